@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Installs the Debian packages the tests and the demo use, only those that are missing.
+# Idempotent: a second run installs nothing.
+set -euo pipefail
+
+# command -> package that provides it
+declare -A NEED=(
+  [qemu-storage-daemon]=qemu-system-common
+  [qemu-system-x86_64]=qemu-system-x86
+  [qemu-img]=qemu-utils
+  [libvirtd]=libvirt-daemon-system
+  [virsh]=libvirt-clients
+  [virt-xml-validate]=libvirt-clients
+  [xmllint]=libxml2-utils
+  [busybox]=busybox-static
+  [cpio]=cpio
+)
+# Packages that provide no command we can probe for.
+EXTRA_PKGS=(libvirt-daemon-driver-qemu)
+
+missing=()
+for cmd in "${!NEED[@]}"; do
+  command -v "$cmd" >/dev/null 2>&1 || missing+=("${NEED[$cmd]}")
+done
+for pkg in "${EXTRA_PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
+done
+
+if [ ${#missing[@]} -gt 0 ]; then
+  mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
+  echo "install-deps: installing ${missing[*]}"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# The test guest (a Debian kernel and its virtio modules, a busybox initramfs).
+bash "$(dirname "$0")/guest/build-guest.sh"

@@ -1,0 +1,68 @@
+import { z } from 'zod';
+import { parseAllDocuments } from 'yaml';
+import { parseQuantity } from './quantity.js';
+import { DNS1123_LABEL } from './volumes.js';
+import { ValidationError, formatZodError } from './errors.js';
+
+export const API_GROUP = 'kubevirt-spdk.io';
+export const API_VERSION = 'v1alpha1';
+
+const Sha256 = z.string().regex(/^[a-f0-9]{64}$/, 'must be 64 lower-case hex characters');
+
+export const ImageSourceSchema = z.union([
+  z.object({ http: z.object({ url: z.string().url().regex(/^https?:\/\//, 'must be an http or https URL'), sha256: Sha256 }).strict() }).strict(),
+  // Development only: a file already on the node.
+  z.object({ hostPath: z.object({ path: z.string().regex(/^\//, 'must be an absolute path'), sha256: Sha256.optional() }).strict() }).strict(),
+]);
+
+export const CachedImageSpecSchema = z
+  .object({
+    source: ImageSourceSchema,
+    format: z.enum(['raw', 'qcow2']).default('raw'),
+    /** Virtual size; discovered on import when absent. */
+    size: z
+      .union([z.string(), z.number()])
+      .transform((v, ctx) => {
+        const bytes = parseQuantity(String(v));
+        if (bytes === undefined || bytes <= 0) {
+          ctx.addIssue({ code: z.ZodIssueCode.custom, message: `${v} is not a positive Kubernetes quantity` });
+          return z.NEVER;
+        }
+        return bytes;
+      })
+      .optional(),
+  })
+  .strict();
+
+export const CachedImageSchema = z.object({
+  apiVersion: z.literal(`${API_GROUP}/${API_VERSION}`),
+  kind: z.literal('CachedImage'),
+  metadata: z.object({ name: z.string().max(63).regex(DNS1123_LABEL, 'must be a DNS-1123 label') }).passthrough(),
+  spec: CachedImageSpecSchema,
+});
+
+export type CachedImage = z.output<typeof CachedImageSchema>;
+export type CachedImageSpec = z.output<typeof CachedImageSpecSchema>;
+export type ImageSource = z.output<typeof ImageSourceSchema>;
+
+/** Parses a file of CachedImage documents (YAML stream or a List). */
+export function parseCachedImages(text: string, file = 'images'): CachedImage[] {
+  const out: CachedImage[] = [];
+  const problems: string[] = [];
+  parseAllDocuments(text, { uniqueKeys: true }).forEach((doc, i) => {
+    if (doc.errors.length) {
+      problems.push(`${file}[${i}]: not valid YAML: ${doc.errors[0]?.message.split('\n')[0]}`);
+      return;
+    }
+    const value: unknown = doc.toJS();
+    if (value === null || value === undefined) return;
+    const items = (value as { kind?: string }).kind === 'List' ? ((value as { items?: unknown[] }).items ?? []) : [value];
+    items.forEach((item, j) => {
+      const res = CachedImageSchema.safeParse(item);
+      if (res.success) out.push(res.data);
+      else problems.push(...formatZodError(items.length > 1 || j > 0 ? `${file}[${i}].items[${j}]` : `${file}[${i}]`, res.error));
+    });
+  });
+  if (problems.length) throw new ValidationError(problems);
+  return out;
+}

@@ -1,0 +1,134 @@
+import { z } from 'zod';
+import { parse as parseYaml } from 'yaml';
+import { parseDuration, parseQuantity } from './quantity.js';
+import { ValidationError, formatZodError } from './errors.js';
+
+/** The VMI annotation that declares SPDK disks, shaped like KubeVirt volumes. */
+export const VOLUMES_ANNOTATION = 'kubevirt-spdk.io/volumes';
+/** Standalone mode: the slot a VMI holds (the device plugin decides it in a cluster). */
+export const SLOT_ANNOTATION = 'kubevirt-spdk.io/slot';
+/** The agent's per-disk status, written on the VMI. */
+export const STATUS_ANNOTATION = 'kubevirt-spdk.io/status';
+
+export const DNS1123_LABEL = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
+export const SLOT_RE = /^slot-[0-9]{2,3}$/;
+export const MAX_QUEUES = 256;
+export const DEFAULT_RECONNECT_TIMEOUT_S = 10;
+
+export const DiskName = z
+  .string()
+  .max(63, 'must be at most 63 characters (DNS-1123 label)')
+  .regex(DNS1123_LABEL, 'must be a DNS-1123 label (lower-case letters, digits and "-", starting and ending alphanumeric)');
+
+const Quantity = z
+  .union([z.string(), z.number()])
+  .transform((v, ctx) => {
+    const text = String(v);
+    const bytes = parseQuantity(text);
+    if (bytes === undefined) {
+      ctx.addIssue({ code: z.ZodIssueCode.custom, message: `${text} is not a Kubernetes quantity (e.g. 20Gi)` });
+      return z.NEVER;
+    }
+    if (bytes <= 0) {
+      ctx.addIssue({ code: z.ZodIssueCode.custom, message: `${text} must be greater than 0` });
+      return z.NEVER;
+    }
+    return { text, bytes };
+  });
+
+const ReconnectTimeout = z.string().transform((text, ctx) => {
+  const ms = parseDuration(text);
+  if (ms === undefined) {
+    ctx.addIssue({ code: z.ZodIssueCode.custom, message: `${text} is not a duration (e.g. 10s)` });
+    return z.NEVER;
+  }
+  if (ms <= 0) {
+    ctx.addIssue({ code: z.ZodIssueCode.custom, message: `${text} must be greater than 0` });
+    return z.NEVER;
+  }
+  if (ms % 1000 !== 0) {
+    // libvirt's <reconnect timeout> is a whole number of seconds.
+    ctx.addIssue({ code: z.ZodIssueCode.custom, message: `${text} must be a whole number of seconds (libvirt reconnect timeout)` });
+    return z.NEVER;
+  }
+  return ms / 1000;
+});
+
+export const SpdkVhostBlkDiskSchema = z
+  .object({
+    image: z.string().min(1).max(63).regex(DNS1123_LABEL, 'must name a CachedImage (DNS-1123 label)').optional(),
+    blank: z.object({}).strict().optional(),
+    bdev: z.string().min(1).max(255).regex(/^[A-Za-z0-9_.:/-]+$/, 'must be an SPDK bdev name ([A-Za-z0-9_.:/-])').optional(),
+    capacity: Quantity.optional(),
+    bootOrder: z.number().int('must be an integer').min(1, 'must be >= 1').optional(),
+    queues: z.number().int('must be an integer').min(1, 'must be >= 1').max(MAX_QUEUES, `must be <= ${MAX_QUEUES}`).optional(),
+    reconnectTimeout: ReconnectTimeout.default(`${DEFAULT_RECONNECT_TIMEOUT_S}s`),
+    readonly: z.boolean().default(false),
+  })
+  .strict()
+  .superRefine((d, ctx) => {
+    const sources = (['image', 'blank', 'bdev'] as const).filter((k) => d[k] !== undefined);
+    if (sources.length !== 1) {
+      ctx.addIssue({
+        code: z.ZodIssueCode.custom,
+        message: `exactly one of image, blank, bdev is required (found ${sources.length ? sources.join(', ') : 'none'})`,
+      });
+    }
+    if ((d.image !== undefined || d.blank !== undefined) && d.capacity === undefined) {
+      ctx.addIssue({ code: z.ZodIssueCode.custom, path: ['capacity'], message: 'is required for image and blank disks' });
+    }
+  });
+
+export const SpdkVolumeSchema = z.object({ name: DiskName, spdkVhostBlkDisk: SpdkVhostBlkDiskSchema }).strict();
+
+export const SpdkVolumesSchema = z
+  .array(SpdkVolumeSchema)
+  .min(1, 'must declare at least one volume')
+  .max(26, 'must declare at most 26 volumes')
+  .superRefine((vols, ctx) => {
+    const seen = new Map<string, number>();
+    vols.forEach((v, i) => {
+      const first = seen.get(v.name);
+      if (first !== undefined) {
+        ctx.addIssue({ code: z.ZodIssueCode.custom, path: [i, 'name'], message: `"${v.name}" is already used by volumes[${first}]` });
+      } else seen.set(v.name, i);
+    });
+    const boots = new Map<number, number>();
+    vols.forEach((v, i) => {
+      const b = v.spdkVhostBlkDisk.bootOrder;
+      if (b === undefined) return;
+      const first = boots.get(b);
+      if (first !== undefined) {
+        ctx.addIssue({ code: z.ZodIssueCode.custom, path: [i, 'spdkVhostBlkDisk', 'bootOrder'], message: `${b} is already used by volumes[${first}]` });
+      } else boots.set(b, i);
+    });
+  });
+
+export type SpdkVolumeInput = z.input<typeof SpdkVolumeSchema>;
+export type SpdkVolume = z.output<typeof SpdkVolumeSchema>;
+export type SpdkVhostBlkDisk = z.output<typeof SpdkVhostBlkDiskSchema>;
+
+/** Where a disk's data comes from, normalised. */
+export type DiskSource = { kind: 'image'; image: string } | { kind: 'blank' } | { kind: 'bdev'; bdev: string };
+
+export function diskSource(d: SpdkVhostBlkDisk): DiskSource {
+  if (d.image !== undefined) return { kind: 'image', image: d.image };
+  if (d.bdev !== undefined) return { kind: 'bdev', bdev: d.bdev };
+  return { kind: 'blank' };
+}
+
+/**
+ * Parses the annotation text (YAML or JSON). Throws ValidationError whose messages name the
+ * field (`volumes[0].spdkVhostBlkDisk.capacity`) and the rule.
+ */
+export function parseVolumesAnnotation(text: string, prefix = 'volumes'): SpdkVolume[] {
+  let doc: unknown;
+  try {
+    doc = parseYaml(text, { uniqueKeys: true, maxAliasCount: 0 });
+  } catch (e) {
+    throw new ValidationError([`${prefix}: not valid YAML: ${(e as Error).message.split('\n')[0]}`]);
+  }
+  const res = SpdkVolumesSchema.safeParse(doc);
+  if (!res.success) throw new ValidationError(formatZodError(prefix, res.error));
+  return res.data;
+}
