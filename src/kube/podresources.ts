@@ -1,0 +1,85 @@
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import * as grpc from '@grpc/grpc-js';
+import * as protoLoader from '@grpc/proto-loader';
+import { z } from 'zod';
+
+/**
+ * Allocate does not say which pod it serves; the kubelet's PodResources API does. This maps
+ * pods to the vhost slots they hold.
+ */
+export const SLOT_RESOURCE = 'kubevirt-spdk.io/vhost-slot';
+export const DEFAULT_POD_RESOURCES_SOCKET = '/var/lib/kubelet/pod-resources/kubelet.sock';
+
+const ListResponseSchema = z.object({
+  pod_resources: z
+    .array(
+      z.object({
+        name: z.string(),
+        namespace: z.string(),
+        containers: z
+          .array(
+            z.object({
+              name: z.string(),
+              devices: z.array(z.object({ resource_name: z.string(), device_ids: z.array(z.string()).default([]) })).default([]),
+            }),
+          )
+          .default([]),
+      }),
+    )
+    .default([]),
+});
+export type ListPodResourcesResponse = z.input<typeof ListResponseSchema>;
+
+export interface PodSlot {
+  namespace: string;
+  pod: string;
+  container: string;
+  slot: string;
+}
+
+/** Pure: every (pod, container) that holds one of our slots. */
+export function slotsFromPodResources(response: unknown, resource = SLOT_RESOURCE): PodSlot[] {
+  const parsed = ListResponseSchema.parse(response);
+  const out: PodSlot[] = [];
+  for (const pod of parsed.pod_resources) {
+    for (const c of pod.containers) {
+      for (const d of c.devices) {
+        if (d.resource_name !== resource) continue;
+        for (const slot of d.device_ids) out.push({ namespace: pod.namespace, pod: pod.name, container: c.name, slot });
+      }
+    }
+  }
+  return out;
+}
+
+const PROTO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../proto/kubelet-podresources/api.proto');
+
+export function loadPodResourcesProto(): grpc.GrpcObject {
+  const def = protoLoader.loadSync(PROTO, { keepCase: true, defaults: true, arrays: true });
+  return grpc.loadPackageDefinition(def);
+}
+
+type ListFn = (req: object, opts: grpc.CallOptions, cb: (err: grpc.ServiceError | null, res: unknown) => void) => void;
+
+export class PodResourcesClient {
+  private readonly client: grpc.Client & { List: ListFn };
+
+  constructor(socketPath = DEFAULT_POD_RESOURCES_SOCKET) {
+    const pkg = loadPodResourcesProto().v1 as grpc.GrpcObject;
+    const Ctor = pkg.PodResourcesLister as grpc.ServiceClientConstructor;
+    this.client = new Ctor(`unix://${socketPath}`, grpc.credentials.createInsecure()) as grpc.Client & { List: ListFn };
+  }
+
+  /** Slots held by pods on this node. Bounded: the kubelet answers locally. */
+  async listSlots(timeoutMs = 5000): Promise<PodSlot[]> {
+    const res = await new Promise<unknown>((resolve, reject) => {
+      this.client.List({}, { deadline: Date.now() + timeoutMs }, (err, r) => (err ? reject(err) : resolve(r)));
+    });
+    return slotsFromPodResources(res);
+  }
+
+  close(): void {
+    this.client.close();
+  }
+}
