@@ -23,6 +23,9 @@ function usage(): string {
 }
 
 async function main(argv: string[]): Promise<number> {
+  // virt-controller starts a hook sidecar image with only `--version v1alphaN` as arguments
+  // (the hookSidecars annotation's args): that means the sidecar.
+  if (argv[0] === '--version' && argv[1]?.startsWith('v1alpha')) argv = ['sidecar', ...argv];
   const [name, ...rest] = argv;
   if (name === undefined || name === '-h' || name === '--help' || name === 'help') {
     process.stdout.write(usage());
