@@ -9,10 +9,12 @@ deps: sys-deps npm-deps
 sys-deps:
 	bash hack/install-deps.sh
 
-# npm ci only when the lock file changed since the last install.
+# Installs from the lock file only when it changed since the last install. (`npm install`,
+# not `npm ci`: npm 11 leaves other platforms' optional packages out of the lock, which
+# `npm ci` then rejects as out of sync.)
 npm-deps: $(NPM_STAMP)
 $(NPM_STAMP): package-lock.json
-	npm ci --no-audit --no-fund
+	npm install --no-audit --no-fund
 	@touch $(NPM_STAMP)
 
 build: npm-deps
