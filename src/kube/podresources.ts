@@ -68,7 +68,7 @@ export class PodResourcesClient {
   constructor(socketPath = DEFAULT_POD_RESOURCES_SOCKET) {
     const pkg = loadPodResourcesProto().v1 as grpc.GrpcObject;
     const Ctor = pkg.PodResourcesLister as grpc.ServiceClientConstructor;
-    this.client = new Ctor(`unix://${socketPath}`, grpc.credentials.createInsecure()) as grpc.Client & { List: ListFn };
+    this.client = new Ctor(`unix://${socketPath}`, grpc.credentials.createInsecure()) as unknown as grpc.Client & { List: ListFn };
   }
 
   /** Slots held by pods on this node. Bounded: the kubelet answers locally. */

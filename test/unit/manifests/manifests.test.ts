@@ -13,7 +13,7 @@ import { parseVmi, spdkVolumesOf } from '../../../src/api/vmi.js';
  * own schemas, and the pieces that must agree (names, ports, secrets) are cross-checked.
  */
 const MANIFESTS = path.join(REPO_ROOT, 'manifests');
-type Obj = { apiVersion: string; kind: string; metadata: { name: string; namespace?: string }; [k: string]: unknown };
+type Obj = { apiVersion: string; kind: string; metadata: { name: string; namespace?: string }; spec?: unknown; [k: string]: unknown };
 
 async function loadDocs(file: string): Promise<Obj[]> {
   const text = await readFile(path.join(MANIFESTS, file), 'utf8');
@@ -83,19 +83,19 @@ describe('manifests', () => {
     expect(validate(example), JSON.stringify(validate.errors)).toBe(true);
     expect(CachedImageSchema.safeParse(example).success).toBe(true);
 
-    const bad = structuredClone(example) as { spec: { source: { http: { sha256: string } } } };
+    const bad = structuredClone(example) as unknown as { spec: { source: { http: { sha256: string } } } };
     bad.spec.source.http.sha256 = 'not-a-hash';
     expect(validate(bad)).toBe(false);
     expect(CachedImageSchema.safeParse(bad).success).toBe(false);
 
-    const unknownField = { ...(example as object), spec: { ...(example as { spec: object }).spec, bogus: 1 } };
+    const unknownField = { ...(example as object), spec: { ...(example?.spec as object), bogus: 1 } };
     expect(validate(unknownField)).toBe(false);
     expect(CachedImageSchema.safeParse(unknownField).success).toBe(false);
   });
 
   it('the example VM template carries valid SPDK volumes', async () => {
     const [vm] = await loadDocs('examples/vm.yaml');
-    const template = (vm as { spec: { template: unknown } }).spec.template as { metadata: object };
+    const template = (vm as unknown as { spec: { template: unknown } }).spec.template as { metadata: object };
     const vmi = parseVmi({ apiVersion: 'kubevirt.io/v1', kind: 'VirtualMachineInstance', ...template, metadata: { name: 'x', ...template.metadata } });
     expect(spdkVolumesOf(vmi).map((v) => v.name)).toEqual(['rootdisk', 'scratch']);
   });
