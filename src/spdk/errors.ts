@@ -60,6 +60,8 @@ const BY_MESSAGE: Array<[RegExp, SpdkErrorKind]> = [
 
 export function classifySpdkError(code: number, message: string): SpdkErrorKind {
   if (code === -32601) return 'methodNotFound';
+  // Invalid request / parse error: what we sent was malformed, as with bad params.
+  if (code === -32600 || code === -32700) return 'invalidParams';
   const byCode = ERRNO[code];
   if (byCode) return byCode;
   for (const [re, kind] of BY_MESSAGE) if (re.test(message)) return kind;

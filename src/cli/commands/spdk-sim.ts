@@ -1,5 +1,79 @@
-// Filled in by the component that owns the "spdk-sim" subcommand.
-export async function run(_argv: string[]): Promise<number> {
-  process.stderr.write('kubevirt-spdk spdk-sim: not implemented yet\n');
-  return 2;
+import { parseArgs } from 'node:util';
+import { createLogger } from '../../log.js';
+import { SpdkSimulator } from '../../simulator/index.js';
+
+const USAGE = `usage: kubevirt-spdk spdk-sim --socket PATH --vhost-dir DIR [--state-dir DIR] [--cpumask 0x1] [--poll-interval-ms N]
+
+A simulated spdk_tgt v24.01: JSON-RPC on --socket, vhost controller sockets in --vhost-dir.
+With --state-dir, lvstores on aio files survive a kill and restart.
+`;
+
+/** Runs until SIGTERM or SIGINT, then stops cleanly (controller sockets removed). */
+export async function run(argv: string[]): Promise<number> {
+  let values;
+  try {
+    ({ values } = parseArgs({
+      args: argv,
+      options: {
+        socket: { type: 'string' },
+        'vhost-dir': { type: 'string' },
+        'state-dir': { type: 'string' },
+        cpumask: { type: 'string', default: '0x1' },
+        'poll-interval-ms': { type: 'string', default: '0' },
+        help: { type: 'boolean', short: 'h' },
+      },
+      strict: true,
+      allowPositionals: false,
+    }));
+  } catch (e) {
+    process.stderr.write(`kubevirt-spdk spdk-sim: ${(e as Error).message}\n\n${USAGE}`);
+    return 2;
+  }
+  if (values.help) {
+    process.stdout.write(USAGE);
+    return 0;
+  }
+  const problems: string[] = [];
+  if (!values.socket) problems.push('--socket: required (path of the JSON-RPC unix socket)');
+  if (!values['vhost-dir']) problems.push('--vhost-dir: required (directory for controller sockets)');
+  const poll = Number(values['poll-interval-ms']);
+  if (!/^\d+$/.test(values['poll-interval-ms'] ?? '')) problems.push(`--poll-interval-ms: must be a whole number of milliseconds, got "${values['poll-interval-ms']}"`);
+  if (problems.length > 0 || !values.socket || !values['vhost-dir']) {
+    process.stderr.write(`kubevirt-spdk spdk-sim: invalid arguments:\n${problems.map((p) => `  ${p}`).join('\n')}\n\n${USAGE}`);
+    return 2;
+  }
+  const logger = createLogger('spdk-sim');
+  let sim: SpdkSimulator;
+  try {
+    sim = new SpdkSimulator({
+      socketPath: values.socket,
+      vhostDir: values['vhost-dir'],
+      ...(values['state-dir'] ? { stateDir: values['state-dir'] } : {}),
+      ...(values.cpumask ? { cpumask: values.cpumask } : {}),
+      pollIntervalMs: poll,
+      logger,
+    });
+    await sim.start();
+  } catch (e) {
+    process.stderr.write(`kubevirt-spdk spdk-sim: ${(e as Error).message}\n`);
+    return 1;
+  }
+  return new Promise<number>((resolve) => {
+    const shutdown = (signal: string): void => {
+      process.off('SIGTERM', onTerm);
+      process.off('SIGINT', onInt);
+      logger.info({ event: 'signal', signal }, 'stopping');
+      sim.stop().then(
+        () => resolve(0),
+        (e: unknown) => {
+          logger.error({ event: 'stop_failed', err: String(e) }, 'stop failed');
+          resolve(1);
+        },
+      );
+    };
+    const onTerm = (): void => shutdown('SIGTERM');
+    const onInt = (): void => shutdown('SIGINT');
+    process.on('SIGTERM', onTerm);
+    process.on('SIGINT', onInt);
+  });
 }

@@ -1,0 +1,686 @@
+import { EventEmitter } from 'node:events';
+import fs from 'node:fs/promises';
+import path from 'node:path';
+import { z } from 'zod';
+import { formatZodError } from '../../api/errors.js';
+import { silentLogger, type Logger } from '../../log.js';
+import { SpdkApi } from '../../spdk/api.js';
+import { SpdkRpcClient } from '../../spdk/client.js';
+import { SpdkError } from '../../spdk/errors.js';
+import type { Bdev, Lvol, Lvstore, VhostController } from '../../spdk/schemas.js';
+import { fetchImage as defaultFetchImage, type FetchOptions } from '../image-source.js';
+import {
+  BackendError,
+  type BackendHealth,
+  type ControllerSpec,
+  type DiskSpec,
+  type ImageSpec,
+  type ObservedController,
+  type ObservedDisk,
+  type ObservedImage,
+  type ObservedState,
+  type StorageBackend,
+} from '../types.js';
+import { KeyedMutex, SingleFlight } from './concurrency.js';
+import {
+  checkControllerName,
+  checkDiskId,
+  checkImageName,
+  classifyLvol,
+  goldenName,
+  importingName,
+  lvolAlias,
+  sourceBdevName,
+} from './naming.js';
+import { buildObservedState, ceilMiB, diskRefOf, lvolBytes, planCloneSize, type ImportProgress } from './observe.js';
+import { bdevSizeBytes, lvolInfoOf } from './schemas.js';
+
+const MiB = 1024 * 1024;
+
+const BaseBdevSchema = z.discriminatedUnion('kind', [
+  z
+    .object({
+      kind: z.literal('aio'),
+      filename: z.string().min(1),
+      /** Size of the file when it has to be created; an existing file is used as it is. */
+      sizeMiB: z.number().int().positive().optional(),
+      blockSize: z.number().int().positive().optional(),
+      name: z.string().min(1).optional(),
+    })
+    .strict(),
+  z.object({ kind: z.literal('malloc'), sizeMiB: z.number().int().positive(), name: z.string().min(1).optional() }).strict(),
+  z.object({ kind: z.literal('existing'), name: z.string().min(1) }).strict(),
+]);
+
+/** The data part of the options: what a CLI flag or a config file can say. */
+export const SpdkBackendConfigSchema = z
+  .object({
+    lvstore: z
+      .object({
+        name: z.string().min(1).max(63).regex(/^[A-Za-z0-9_.-]+$/, 'must be [A-Za-z0-9_.-]').default('kvs'),
+        baseBdev: BaseBdevSchema,
+        /** cluster_sz of a newly created lvstore (SPDK's default is 4 MiB). */
+        clusterSizeBytes: z.number().int().positive().optional(),
+      })
+      .strict(),
+    vhostDir: z.string().min(1),
+    /** Downloaded images live in `<stateDir>/images/` until they are in the lvstore. */
+    stateDir: z.string().min(1),
+    cpumask: z.string().optional(),
+    /** Deadline of bdev_lvol_inflate, which copies the whole image. */
+    inflateTimeoutMs: z.number().int().positive().default(60 * 60_000),
+  })
+  .strict();
+export type SpdkBackendConfig = z.output<typeof SpdkBackendConfigSchema>;
+export type BaseBdevSpec = z.output<typeof BaseBdevSchema>;
+
+export type SpdkBackendOptions = z.input<typeof SpdkBackendConfigSchema> & {
+  client: SpdkRpcClient;
+  /** Defaults to `new SpdkApi(client)`. */
+  api?: SpdkApi;
+  logger?: Logger;
+  /** Replaces the image fetcher (tests, other transports). */
+  fetchImage?: typeof defaultFetchImage;
+  fetchOptions?: Omit<FetchOptions, 'signal' | 'logger'>;
+};
+
+/**
+ * StorageBackend on spdk_tgt: a node-local lvstore caches golden images, disks are thin
+ * clones of them, controllers are vhost-user-blk. All state lives in SPDK and is read back
+ * by listing; this object only remembers what SPDK cannot tell (imports running now).
+ *
+ * Image import: file -> `bdev_aio_create` -> `bdev_lvol_clone_bdev` (`img-X-importing`) ->
+ * `bdev_lvol_inflate` -> `bdev_lvol_snapshot` named `img-X` (the golden) -> delete the
+ * now-empty importing lvol and the aio bdev. `ensureImage` resolves only once the golden
+ * exists, i.e. after hydration: v24.01 gives an aio bdev a new UUID on every create and an
+ * esnap clone refers to that UUID, so a disk cloned before inflate would lose its data
+ * source at the next spdk_tgt restart. A snapshot (not set_read_only + rename) makes the
+ * golden: it appears under its final name in one step, already read-only and cloneable, so
+ * a crash can never leave a `img-X` that is incomplete.
+ */
+export class SpdkBackend extends EventEmitter implements StorageBackend {
+  readonly kind = 'spdk' as const;
+  readonly vhostDir: string;
+  private readonly cfg: SpdkBackendConfig;
+  private readonly client: SpdkRpcClient;
+  private readonly api: SpdkApi;
+  private readonly log: Logger;
+  private readonly fetchImage: typeof defaultFetchImage;
+  private readonly fetchOptions: Omit<FetchOptions, 'signal' | 'logger'>;
+  private readonly lvs: string;
+  private readonly lifetime = new AbortController();
+  private readonly reads = new SingleFlight();
+  private readonly diskLocks = new KeyedMutex();
+  private readonly controllerLocks = new KeyedMutex();
+  private readonly imports = new Map<string, Promise<ObservedImage>>();
+  private readonly progress = new Map<string, ImportProgress>();
+  /** Exact sizes of images imported by this process (the golden is rounded up to clusters). */
+  private readonly imageSizes = new Map<string, number>();
+  private clusterBytes = 4 * MiB;
+  private lvstoreReady: Promise<void> | undefined;
+  private readonly onConnected = (): void => {
+    // A new connection may be a new spdk_tgt: check the lvstore again before the next use.
+    this.lvstoreReady = undefined;
+    this.emit('connected');
+  };
+  private readonly onDisconnected = (info?: unknown): void => {
+    this.emit('disconnected', info);
+  };
+
+  constructor(opts: SpdkBackendOptions) {
+    super();
+    const { client, api, logger, fetchImage, fetchOptions, ...config } = opts;
+    const parsed = SpdkBackendConfigSchema.safeParse(config);
+    if (!parsed.success) throw new BackendError(formatZodError('spdk backend', parsed.error).join('; '), 'invalid');
+    this.cfg = parsed.data;
+    this.vhostDir = this.cfg.vhostDir;
+    this.lvs = this.cfg.lvstore.name;
+    this.client = client;
+    this.api = api ?? new SpdkApi(client);
+    this.log = (logger ?? silentLogger).child({ component: 'spdk-backend', lvs: this.lvs });
+    this.fetchImage = fetchImage ?? defaultFetchImage;
+    this.fetchOptions = fetchOptions ?? {};
+    client.on('connected', this.onConnected);
+    client.on('disconnected', this.onDisconnected);
+  }
+
+  async start(): Promise<void> {
+    await this.client.connect();
+    await this.api.frameworkWaitInit().catch((e: unknown) => {
+      throw toBackendError(e, 'framework_wait_init');
+    });
+    await this.ready();
+    this.log.info({ event: 'backend.started', clusterBytes: this.clusterBytes }, 'spdk backend ready');
+  }
+
+  /** Stops running imports and closes the RPC client. */
+  async close(): Promise<void> {
+    this.lifetime.abort(new BackendError('backend closed', 'transport'));
+    await Promise.allSettled([...this.imports.values()]);
+    this.client.off('connected', this.onConnected);
+    this.client.off('disconnected', this.onDisconnected);
+    await this.client.close();
+  }
+
+  async health(): Promise<BackendHealth> {
+    try {
+      const v = await this.api.spdkGetVersion({ timeoutMs: 5_000 });
+      return { ok: true, kind: 'spdk', version: v.version };
+    } catch (e) {
+      return { ok: false, kind: 'spdk', message: e instanceof Error ? e.message : String(e) };
+    }
+  }
+
+  async observe(): Promise<ObservedState> {
+    await this.ready();
+    const [lvols, bdevs, controllers] = await Promise.all([this.listLvols(), this.listBdevs(), this.listControllers()]);
+    return buildObservedState({
+      lvsName: this.lvs,
+      vhostDir: this.vhostDir,
+      lvols,
+      bdevs,
+      controllers,
+      imports: this.progress,
+    });
+  }
+
+  // ---- lvstore ------------------------------------------------------------------------------
+
+  /** Makes sure the lvstore is loaded; once per connection (spdk_tgt may have restarted). */
+  private ready(): Promise<void> {
+    if (!this.lvstoreReady) {
+      const p: Promise<void> = this.ensureLvstore().catch((e: unknown) => {
+        if (this.lvstoreReady === p) this.lvstoreReady = undefined;
+        throw toBackendError(e, `lvstore ${this.lvs}`);
+      });
+      this.lvstoreReady = p;
+    }
+    return this.lvstoreReady;
+  }
+
+  private async ensureLvstore(): Promise<void> {
+    const found = await this.getLvstore();
+    if (found) {
+      this.clusterBytes = found.cluster_size;
+      return;
+    }
+    const base = await this.ensureBaseBdev();
+    await this.waitForExamine();
+    // An lvstore already on the base bdev loads by itself once the bdev exists again.
+    const reloaded = await this.getLvstore();
+    if (reloaded) {
+      this.clusterBytes = reloaded.cluster_size;
+      this.log.info({ event: 'lvstore.reloaded', baseBdev: base }, 'lvstore loaded from its base bdev');
+      return;
+    }
+    const bdev = await this.getBdev(base);
+    if (!bdev) throw new BackendError(`base bdev ${base} of lvstore ${this.lvs} disappeared`, 'notFound');
+    if (bdev.claimed) {
+      // Never format a bdev something else holds (e.g. an lvstore under another name).
+      throw new BackendError(`base bdev ${base} is claimed by another module; not creating lvstore ${this.lvs} on it`, 'busy');
+    }
+    await this.api.bdevLvolCreateLvstore({
+      bdev_name: base,
+      lvs_name: this.lvs,
+      ...(this.cfg.lvstore.clusterSizeBytes !== undefined ? { cluster_sz: this.cfg.lvstore.clusterSizeBytes } : {}),
+    });
+    const created = await this.getLvstore();
+    if (!created) throw new BackendError(`lvstore ${this.lvs} not listed after creating it`, 'internal');
+    this.clusterBytes = created.cluster_size;
+    this.log.info({ event: 'lvstore.created', baseBdev: base, clusterBytes: created.cluster_size }, 'lvstore created');
+  }
+
+  private async ensureBaseBdev(): Promise<string> {
+    const spec = this.cfg.lvstore.baseBdev;
+    if (spec.kind === 'existing') {
+      if (!(await this.getBdev(spec.name))) {
+        throw new BackendError(`base bdev ${spec.name} of lvstore ${this.lvs} does not exist`, 'notFound');
+      }
+      return spec.name;
+    }
+    const name = spec.name ?? `${this.lvs}-base`;
+    if (await this.getBdev(name)) return name;
+    if (spec.kind === 'malloc') {
+      await this.api.bdevMallocCreate({ name, num_blocks: (spec.sizeMiB * MiB) / 4096, block_size: 4096 });
+    } else {
+      await ensureBackingFile(spec.filename, spec.sizeMiB);
+      await this.api.bdevAioCreate({
+        name,
+        filename: spec.filename,
+        ...(spec.blockSize !== undefined ? { block_size: spec.blockSize } : {}),
+      });
+    }
+    this.log.info({ event: 'lvstore.base.created', baseBdev: name, kind: spec.kind }, 'base bdev created');
+    return name;
+  }
+
+  /** bdev_wait_for_examine: lvstores load during examine; older targets lack the method. */
+  private async waitForExamine(): Promise<void> {
+    try {
+      await this.client.call('bdev_wait_for_examine');
+    } catch (e) {
+      if (!(e instanceof SpdkError && e.kind === 'methodNotFound')) throw e;
+    }
+  }
+
+  private async getLvstore(): Promise<Lvstore | undefined> {
+    try {
+      return (await this.api.bdevLvolGetLvstores({ lvs_name: this.lvs })).find((l) => l.name === this.lvs);
+    } catch (e) {
+      if (e instanceof SpdkError && e.kind === 'notFound') return undefined;
+      throw e;
+    }
+  }
+
+  // ---- reads (shared between concurrent callers) --------------------------------------------
+
+  private listLvols(): Promise<Lvol[]> {
+    return this.reads.run('lvols', () => this.api.bdevLvolGetLvols({ lvs_name: this.lvs })).catch((e: unknown) => {
+      throw toBackendError(e, `listing lvols of ${this.lvs}`);
+    });
+  }
+
+  private listBdevs(): Promise<Bdev[]> {
+    return this.reads.run('bdevs', () => this.api.bdevGetBdevs()).catch((e: unknown) => {
+      throw toBackendError(e, 'listing bdevs');
+    });
+  }
+
+  private listControllers(): Promise<VhostController[]> {
+    return this.reads.run('controllers', () => this.api.vhostGetControllers()).catch((e: unknown) => {
+      throw toBackendError(e, 'listing vhost controllers');
+    });
+  }
+
+  /** One bdev by name or alias; undefined when SPDK has none. */
+  private getBdev(name: string): Promise<Bdev | undefined> {
+    return this.reads.run(`bdev:${name}`, async () => {
+      try {
+        return (await this.api.bdevGetBdevs({ name }))[0];
+      } catch (e) {
+        if (e instanceof SpdkError && e.kind === 'notFound') return undefined;
+        throw toBackendError(e, `looking up bdev ${name}`);
+      }
+    });
+  }
+
+  // ---- images -------------------------------------------------------------------------------
+
+  ensureImage(spec: ImageSpec, signal?: AbortSignal): Promise<ObservedImage> {
+    checkImageName(spec.name);
+    let shared = this.imports.get(spec.name);
+    if (!shared) {
+      shared = this.importImage(spec).finally(() => this.imports.delete(spec.name));
+      this.imports.set(spec.name, shared);
+    }
+    // The import is shared: one caller giving up detaches that caller, it does not cancel
+    // the import the others wait for (close() cancels it).
+    return signal ? detachOnAbort(shared, signal) : shared;
+  }
+
+  private async importImage(spec: ImageSpec): Promise<ObservedImage> {
+    const name = spec.name;
+    const log = this.log.child({ image: name });
+    const signal = this.lifetime.signal;
+    const importing = lvolAlias(this.lvs, importingName(name));
+    const file = this.imageFile(name);
+    await this.ready();
+    const lvols = await this.listLvols();
+    const has = (lvolName: string): boolean => lvols.some((l) => l.name === lvolName);
+
+    if (has(goldenName(name))) {
+      // Finished earlier; tidy what a crash after the snapshot may have left.
+      if (has(importingName(name))) await this.deleteLvolQuietly(importing, log);
+      await this.dropSource(name, log, true);
+      this.progress.delete(name);
+      return this.describeImage(name);
+    }
+    if (has(importingName(name))) {
+      log.warn({ event: 'image.import.stale', lvol: importing }, 'half-made import found; redoing it');
+      await this.deleteLvol(importing);
+    }
+    await this.dropSource(name, log, false);
+
+    const started = Date.now();
+    this.progress.set(name, { phase: 'importing', ...(spec.sizeBytes !== undefined ? { sizeBytes: spec.sizeBytes } : {}) });
+    let goldenMade = false;
+    try {
+      const sizeBytes = await this.fetchToNode(spec, file, log);
+      this.imageSizes.set(name, sizeBytes);
+      this.progress.set(name, { phase: 'importing', sizeBytes });
+      signal.throwIfAborted();
+      // An esnap clone is sized in whole clusters; zero-pad so the aio bdev covers it all.
+      const padded = Math.ceil(sizeBytes / this.clusterBytes) * this.clusterBytes;
+      if (padded !== sizeBytes) await fs.truncate(file, padded);
+
+      await this.api.bdevAioCreate({ name: sourceBdevName(name), filename: file, block_size: 512 });
+      await this.api.bdevLvolCloneBdev({ bdev: sourceBdevName(name), lvs_name: this.lvs, clone_name: importingName(name) });
+      signal.throwIfAborted();
+      this.progress.set(name, { phase: 'hydrating', sizeBytes });
+      log.info({ event: 'image.import.hydrate', sizeBytes }, 'inflating image into the lvstore');
+      await this.api.bdevLvolInflate({ name: importing }, { timeoutMs: this.cfg.inflateTimeoutMs, signal });
+      await this.api.bdevLvolSnapshot({ lvol_name: importing, snapshot_name: goldenName(name) });
+      goldenMade = true;
+      // The importing lvol is now an empty clone of the golden; the aio bdev has no users.
+      await this.deleteLvolQuietly(importing, log);
+      await this.dropSource(name, log, true);
+      this.progress.delete(name);
+      log.info({ event: 'image.import.done', sizeBytes, ms: Date.now() - started }, 'image cached');
+      return await this.describeImage(name);
+    } catch (e) {
+      const err = toBackendError(e, `importing image ${name}`);
+      if (!goldenMade) {
+        await this.deleteLvolQuietly(importing, log);
+        await this.dropSource(name, log, false);
+        this.progress.set(name, { phase: 'failed', message: err.message });
+      }
+      log.warn({ event: 'image.import.failed', kind: err.kind, err: err.message }, 'image import failed');
+      throw err;
+    }
+  }
+
+  private imageFile(name: string): string {
+    return path.join(this.cfg.stateDir, 'images', `${name}.raw`);
+  }
+
+  /** A complete file at `file` (from an interrupted import) is reused: fetch renames atomically. */
+  private async fetchToNode(spec: ImageSpec, file: string, log: Logger): Promise<number> {
+    try {
+      const st = await fs.stat(file);
+      log.info({ event: 'image.fetch.reuse', file, sizeBytes: st.size }, 'reusing downloaded image');
+      return st.size;
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+    }
+    await fs.mkdir(path.dirname(file), { recursive: true });
+    const fetched = await this.fetchImage(spec, file, { ...this.fetchOptions, signal: this.lifetime.signal, logger: log });
+    return fetched.sizeBytes;
+  }
+
+  /** Deletes the aio bdev of an import (and its file when asked). */
+  private async dropSource(name: string, log: Logger, removeFile: boolean): Promise<void> {
+    const src = sourceBdevName(name);
+    try {
+      if (await this.getBdev(src)) await this.api.bdevAioDelete({ name: src });
+    } catch (e) {
+      if (!(e instanceof SpdkError && e.kind === 'notFound')) {
+        log.warn({ event: 'image.source.delete_failed', bdev: src, err: String(e) }, 'could not delete aio bdev');
+      }
+    }
+    if (removeFile) await fs.rm(this.imageFile(name), { force: true });
+  }
+
+  private async describeImage(name: string): Promise<ObservedImage> {
+    const alias = lvolAlias(this.lvs, goldenName(name));
+    const bdev = await this.getBdev(alias);
+    if (!bdev) throw new BackendError(`image ${name}: golden lvol ${alias} vanished`, 'notFound');
+    const clones = (lvolInfoOf(bdev)?.clones ?? []).filter((c) => classifyLvol(c).role === 'disk');
+    return { name, phase: 'ready', sizeBytes: bdevSizeBytes(bdev), ref: alias, cloneCount: clones.length };
+  }
+
+  async deleteImage(name: string): Promise<void> {
+    checkImageName(name);
+    if (this.imports.has(name)) throw new BackendError(`image ${name}: an import is running`, 'busy');
+    const log = this.log.child({ image: name });
+    await this.ready();
+    const golden = lvolAlias(this.lvs, goldenName(name));
+    const bdev = await this.getBdev(golden);
+    if (bdev) {
+      const clones = (lvolInfoOf(bdev)?.clones ?? []).filter((c) => classifyLvol(c).role === 'disk');
+      if (clones.length > 0) {
+        throw new BackendError(`image ${name}: ${clones.length} disk(s) are clones of it (${clones.join(', ')})`, 'busy');
+      }
+    }
+    // The importing lvol first: deleting a snapshot with one clone would merge, not delete.
+    await this.deleteLvolQuietly(lvolAlias(this.lvs, importingName(name)), log);
+    if (bdev) await this.deleteLvol(golden);
+    await this.dropSource(name, log, true);
+    this.progress.delete(name);
+    this.imageSizes.delete(name);
+    log.info({ event: 'image.deleted' }, 'image deleted');
+  }
+
+  // ---- disks --------------------------------------------------------------------------------
+
+  ensureDisk(spec: DiskSpec): Promise<ObservedDisk> {
+    checkDiskId(spec.id);
+    return this.diskLocks.run(spec.id, async () => {
+      await this.ready();
+      const src = spec.source;
+      if (src.kind === 'bdev') {
+        const bdev = await this.getBdev(src.bdev);
+        if (!bdev) throw new BackendError(`disk ${spec.id}: bdev ${src.bdev} does not exist`, 'notFound');
+        return { id: spec.id, ref: bdev.name, sizeBytes: bdevSizeBytes(bdev), dependents: 0, owned: false };
+      }
+      const lvols = await this.listLvols();
+      if (lvols.some((l) => l.name === spec.id)) return this.completeExistingDisk(spec);
+      return src.kind === 'image' ? this.cloneDisk(spec, src.image) : this.createBlankDisk(spec);
+    });
+  }
+
+  private async cloneDisk(spec: DiskSpec, image: string): Promise<ObservedDisk> {
+    const log = this.log.child({ disk: spec.id, image });
+    const alias = lvolAlias(this.lvs, spec.id);
+    const goldenAlias = lvolAlias(this.lvs, goldenName(image));
+    const golden = await this.getBdev(goldenAlias);
+    if (!golden) throw new BackendError(`disk ${spec.id}: image ${image} is not cached on this node`, 'notFound');
+    const goldenBytes = bdevSizeBytes(golden);
+    const plan = planCloneSize(spec.capacityBytes, goldenBytes, this.imageSizes.get(image) ?? goldenBytes - this.clusterBytes + 1);
+    if (!plan.ok) throw new BackendError(`disk ${spec.id}: ${plan.reason}`, 'invalid');
+    try {
+      await this.api.bdevLvolClone({ snapshot_name: goldenAlias, clone_name: spec.id });
+    } catch (e) {
+      if (e instanceof SpdkError && e.kind === 'exists') return this.completeExistingDisk(spec);
+      throw toBackendError(e, `disk ${spec.id}: cloning ${goldenAlias}`);
+    }
+    if (plan.resize) {
+      try {
+        await this.api.bdevLvolResize({ name: alias, size_in_mib: plan.sizeMiB });
+      } catch (e) {
+        // Leave nothing half-made: a clone of the wrong size would look finished.
+        await this.deleteLvolQuietly(alias, log);
+        throw toBackendError(e, `disk ${spec.id}: resizing to ${plan.sizeMiB} MiB`);
+      }
+    }
+    log.info({ event: 'disk.created', source: 'image', sizeMiB: plan.sizeMiB }, 'disk cloned');
+    return { id: spec.id, ref: alias, sizeBytes: lvolBytes(plan.sizeMiB, this.clusterBytes), image, dependents: 0, owned: true };
+  }
+
+  private async createBlankDisk(spec: DiskSpec): Promise<ObservedDisk> {
+    const capacity = spec.capacityBytes;
+    if (capacity === undefined || !Number.isFinite(capacity) || capacity <= 0) {
+      throw new BackendError(`disk ${spec.id}: a blank disk needs a positive capacityBytes`, 'invalid');
+    }
+    const sizeMiB = ceilMiB(capacity);
+    try {
+      await this.api.bdevLvolCreate({ lvol_name: spec.id, size_in_mib: sizeMiB, lvs_name: this.lvs, thin_provision: true });
+    } catch (e) {
+      if (e instanceof SpdkError && e.kind === 'exists') return this.completeExistingDisk(spec);
+      throw toBackendError(e, `disk ${spec.id}: creating a ${sizeMiB} MiB lvol`);
+    }
+    this.log.info({ event: 'disk.created', disk: spec.id, source: 'blank', sizeMiB }, 'disk created');
+    return { id: spec.id, ref: lvolAlias(this.lvs, spec.id), sizeBytes: lvolBytes(sizeMiB, this.clusterBytes), dependents: 0, owned: true };
+  }
+
+  /** The disk exists: report it, growing it first if a crash came between clone and resize. */
+  private async completeExistingDisk(spec: DiskSpec): Promise<ObservedDisk> {
+    const alias = lvolAlias(this.lvs, spec.id);
+    let bdev = await this.getBdev(alias);
+    if (!bdev) throw new BackendError(`disk ${spec.id}: listed but has no bdev`, 'internal');
+    if (spec.capacityBytes !== undefined && bdevSizeBytes(bdev) < spec.capacityBytes) {
+      await this.api.bdevLvolResize({ name: alias, size_in_mib: ceilMiB(spec.capacityBytes) }).catch((e: unknown) => {
+        throw toBackendError(e, `disk ${spec.id}: growing to ${ceilMiB(spec.capacityBytes ?? 0)} MiB`);
+      });
+      bdev = (await this.api.bdevGetBdevs({ name: alias }))[0] ?? bdev;
+    }
+    const info = lvolInfoOf(bdev);
+    const parent = info?.base_snapshot !== undefined ? classifyLvol(info.base_snapshot) : undefined;
+    return {
+      id: spec.id,
+      ref: alias,
+      sizeBytes: bdevSizeBytes(bdev),
+      ...(parent?.role === 'golden' ? { image: parent.image } : {}),
+      dependents: info?.clones?.length ?? 0,
+      owned: true,
+    };
+  }
+
+  deleteDisk(id: string): Promise<void> {
+    checkDiskId(id);
+    return this.diskLocks.run(id, async () => {
+      await this.ready();
+      await this.deleteLvol(lvolAlias(this.lvs, id));
+      this.log.info({ event: 'disk.deleted', disk: id }, 'disk deleted');
+    });
+  }
+
+  /** notFound counts as done. */
+  private async deleteLvol(alias: string): Promise<void> {
+    try {
+      await this.api.bdevLvolDelete({ name: alias });
+    } catch (e) {
+      if (e instanceof SpdkError && e.kind === 'notFound') return;
+      throw toBackendError(e, `deleting lvol ${alias}`);
+    }
+  }
+
+  private async deleteLvolQuietly(alias: string, log: Logger): Promise<void> {
+    await this.deleteLvol(alias).catch((e: unknown) => {
+      log.warn({ event: 'lvol.delete_failed', lvol: alias, err: String(e) }, 'could not delete lvol');
+    });
+  }
+
+  // ---- controllers --------------------------------------------------------------------------
+
+  ensureController(spec: ControllerSpec): Promise<ObservedController> {
+    const { slot } = checkControllerName(spec.name);
+    return this.controllerLocks.run(spec.name, async () => {
+      await this.ready();
+      await fs.mkdir(path.join(this.vhostDir, slot), { recursive: true });
+      const [controllers, bdev] = await Promise.all([this.listControllers(), this.getBdev(spec.diskRef)]);
+      if (!bdev) throw new BackendError(`controller ${spec.name}: bdev ${spec.diskRef} does not exist`, 'notFound');
+      const existing = controllers.find((c) => c.ctrlr === spec.name);
+      if (existing) return this.verifyController(existing, bdev, spec);
+      const other = controllers.find((c) => servesBdev(c, bdev));
+      if (other) {
+        throw new BackendError(`controller ${spec.name}: ${spec.diskRef} is already served by controller ${other.ctrlr}`, 'busy');
+      }
+      const cpumask = spec.cpumask ?? this.cfg.cpumask;
+      try {
+        await this.api.vhostCreateBlkController({
+          ctrlr: spec.name,
+          dev_name: spec.diskRef,
+          ...(cpumask !== undefined ? { cpumask } : {}),
+          ...(spec.readonly ? { readonly: true } : {}),
+        });
+      } catch (e) {
+        if (!(e instanceof SpdkError && e.kind === 'exists')) throw toBackendError(e, `controller ${spec.name}`);
+        const again = (await this.api.vhostGetControllers({ name: spec.name }))[0];
+        if (!again) throw toBackendError(e, `controller ${spec.name}`);
+        return this.verifyController(again, bdev, spec);
+      }
+      this.log.info({ event: 'controller.created', ctrlr: spec.name, bdev: spec.diskRef, readonly: spec.readonly }, 'controller created');
+      return { name: spec.name, diskRef: spec.diskRef, readonly: spec.readonly, socketPath: path.join(this.vhostDir, spec.name), sessions: 0 };
+    });
+  }
+
+  private verifyController(c: VhostController, bdev: Bdev, spec: ControllerSpec): ObservedController {
+    const readonly = c.backend_specific.block?.readonly ?? false;
+    if (!servesBdev(c, bdev)) {
+      const served = c.backend_specific.block?.bdev ?? 'nothing';
+      throw new BackendError(`controller ${spec.name} exists but serves ${served}, not ${spec.diskRef}`, 'busy');
+    }
+    if (readonly !== spec.readonly) {
+      throw new BackendError(`controller ${spec.name} exists with readonly=${readonly}, wanted readonly=${spec.readonly}`, 'busy');
+    }
+    return {
+      name: c.ctrlr,
+      diskRef: diskRefOf(bdev, this.lvs),
+      readonly,
+      socketPath: c.socket || path.join(this.vhostDir, c.ctrlr),
+      sessions: c.sessions.length,
+    };
+  }
+
+  deleteController(name: string): Promise<void> {
+    checkControllerName(name);
+    return this.controllerLocks.run(name, async () => {
+      try {
+        await this.api.vhostDeleteController({ ctrlr: name });
+        this.log.info({ event: 'controller.deleted', ctrlr: name }, 'controller deleted');
+      } catch (e) {
+        if (e instanceof SpdkError && e.kind === 'notFound') return;
+        throw toBackendError(e, `deleting controller ${name}`);
+      }
+    });
+  }
+}
+
+/** A backend with its own RPC client (reconnecting) on spdk_tgt's socket. */
+export function createSpdkBackend(
+  opts: Omit<SpdkBackendOptions, 'client' | 'api'> & { socketPath: string; rpcTimeoutMs?: number },
+): SpdkBackend {
+  const { socketPath, rpcTimeoutMs, ...rest } = opts;
+  const client = new SpdkRpcClient({
+    socketPath,
+    ...(rpcTimeoutMs !== undefined ? { timeoutMs: rpcTimeoutMs } : {}),
+    ...(rest.logger ? { logger: rest.logger } : {}),
+  });
+  return new SpdkBackend({ ...rest, client });
+}
+
+/** Controllers name their bdev by UUID (v24.01); accept a name or alias too. */
+function servesBdev(c: VhostController, bdev: Bdev): boolean {
+  const served = c.backend_specific.block?.bdev;
+  if (served === undefined || served === null) return false;
+  return served === bdev.uuid || served === bdev.name || bdev.aliases.includes(served);
+}
+
+async function ensureBackingFile(filename: string, sizeMiB: number | undefined): Promise<void> {
+  try {
+    await fs.stat(filename);
+    return;
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+  }
+  if (sizeMiB === undefined) {
+    throw new BackendError(`lvstore base file ${filename} does not exist and lvstore.baseBdev.sizeMiB is not set`, 'invalid');
+  }
+  await fs.mkdir(path.dirname(filename), { recursive: true });
+  // 'wx': never truncate a file that appeared meanwhile (it may hold an lvstore).
+  const fh = await fs.open(filename, 'wx');
+  try {
+    await fh.truncate(sizeMiB * MiB);
+  } finally {
+    await fh.close();
+  }
+}
+
+const KIND_OF: Record<SpdkError['kind'], BackendError['kind']> = {
+  exists: 'invalid',
+  notFound: 'notFound',
+  busy: 'busy',
+  notPermitted: 'busy',
+  invalidParams: 'invalid',
+  noSpace: 'noSpace',
+  timeout: 'transport',
+  methodNotFound: 'internal',
+  internal: 'internal',
+  transport: 'transport',
+};
+
+export function toBackendError(e: unknown, what: string): BackendError {
+  if (e instanceof BackendError) return e;
+  if (e instanceof SpdkError) return new BackendError(`${what}: ${e.message}`, KIND_OF[e.kind], { cause: e });
+  if (e instanceof Error && e.name === 'AbortError') return new BackendError(`${what}: aborted`, 'transport', { cause: e });
+  return new BackendError(`${what}: ${e instanceof Error ? e.message : String(e)}`, 'internal', { cause: e });
+}
+
+function detachOnAbort<T>(p: Promise<T>, signal: AbortSignal): Promise<T> {
+  if (signal.aborted) return Promise.reject(new BackendError('aborted by caller', 'transport', { cause: signal.reason }));
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = (): void => reject(new BackendError('aborted by caller', 'transport', { cause: signal.reason }));
+    signal.addEventListener('abort', onAbort, { once: true });
+    p.then(resolve, reject).finally(() => signal.removeEventListener('abort', onAbort));
+  });
+}

@@ -1,0 +1,91 @@
+import { BackendError } from '../types.js';
+
+/**
+ * How the spdk backend names what it makes in SPDK, and how it recognises them again when it
+ * lists SPDK's state (it keeps no other record: SPDK's listing is the truth).
+ *
+ * In the lvstore:
+ * - `img-<image>`            golden image: a read-only snapshot, made in one step by
+ *                            `bdev_lvol_snapshot` of a fully inflated lvol, so an lvol with
+ *                            this name is always complete.
+ * - `img-<image>-importing`  an import in progress (esnap clone of the aio bdev, being
+ *                            inflated). Never cloned from; a left-over one is deleted and the
+ *                            import redone.
+ * - anything else            a disk (`DiskSpec.id`).
+ * Outside the lvstore: `img-<image>-src`, the aio bdev over the downloaded file.
+ */
+
+export const IMAGE_PREFIX = 'img-';
+export const IMPORTING_SUFFIX = '-importing';
+export const SOURCE_SUFFIX = '-src';
+/** SPDK_LVOL_NAME_MAX is 64 bytes including the terminating NUL. */
+export const LVOL_NAME_MAX = 63;
+/** The longest image name whose in-progress lvol name still fits LVOL_NAME_MAX. */
+export const IMAGE_NAME_MAX = LVOL_NAME_MAX - IMAGE_PREFIX.length - IMPORTING_SUFFIX.length;
+
+const LVOL_NAME_RE = /^[A-Za-z0-9_.-]+$/;
+const IMAGE_NAME_RE = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
+/** `<slot>/<disk>`: exactly one directory level under the vhost dir, no `..`. */
+const CONTROLLER_RE = /^([A-Za-z0-9_-][A-Za-z0-9_.-]*)\/([A-Za-z0-9_-][A-Za-z0-9_.-]*)$/;
+
+export const goldenName = (image: string): string => `${IMAGE_PREFIX}${image}`;
+export const importingName = (image: string): string => `${IMAGE_PREFIX}${image}${IMPORTING_SUFFIX}`;
+export const sourceBdevName = (image: string): string => `${IMAGE_PREFIX}${image}${SOURCE_SUFFIX}`;
+export const lvolAlias = (lvs: string, lvol: string): string => `${lvs}/${lvol}`;
+
+export type LvolRole = { role: 'golden'; image: string } | { role: 'importing'; image: string } | { role: 'disk'; id: string };
+
+/** What an lvol of our lvstore is, from its name alone. */
+export function classifyLvol(name: string): LvolRole {
+  if (!name.startsWith(IMAGE_PREFIX)) return { role: 'disk', id: name };
+  const rest = name.slice(IMAGE_PREFIX.length);
+  if (rest.endsWith(IMPORTING_SUFFIX)) return { role: 'importing', image: rest.slice(0, -IMPORTING_SUFFIX.length) };
+  return { role: 'golden', image: rest };
+}
+
+/** The image name of an aio source bdev we made, or undefined for any other bdev. */
+export function imageOfSourceBdev(bdevName: string): string | undefined {
+  if (!bdevName.startsWith(IMAGE_PREFIX) || !bdevName.endsWith(SOURCE_SUFFIX)) return undefined;
+  const image = bdevName.slice(IMAGE_PREFIX.length, -SOURCE_SUFFIX.length);
+  return image.length > 0 ? image : undefined;
+}
+
+export function checkImageName(image: string): void {
+  if (!IMAGE_NAME_RE.test(image)) {
+    throw new BackendError(`image "${image}": name must be a DNS-1123 label`, 'invalid');
+  }
+  if (image.endsWith(IMPORTING_SUFFIX)) {
+    // Its golden lvol would read as an import in progress of another image.
+    throw new BackendError(`image "${image}": names ending in "${IMPORTING_SUFFIX}" are reserved`, 'invalid');
+  }
+  if (image.length > IMAGE_NAME_MAX) {
+    throw new BackendError(
+      `image "${image}": name must be at most ${IMAGE_NAME_MAX} characters (SPDK lvol names are limited to ${LVOL_NAME_MAX})`,
+      'invalid',
+    );
+  }
+}
+
+export function checkDiskId(id: string): void {
+  if (!LVOL_NAME_RE.test(id) || id.length > LVOL_NAME_MAX) {
+    throw new BackendError(`disk "${id}": id must be 1-${LVOL_NAME_MAX} characters of [A-Za-z0-9_.-]`, 'invalid');
+  }
+  if (id.startsWith(IMAGE_PREFIX)) {
+    throw new BackendError(`disk "${id}": id must not start with "${IMAGE_PREFIX}" (reserved for cached images)`, 'invalid');
+  }
+}
+
+/** Splits `<slot>/<disk>`; undefined when the name is not one of ours. */
+export function parseControllerName(name: string): { slot: string; disk: string } | undefined {
+  const m = CONTROLLER_RE.exec(name);
+  if (!m || m[1] === undefined || m[2] === undefined) return undefined;
+  return { slot: m[1], disk: m[2] };
+}
+
+export function checkControllerName(name: string): { slot: string; disk: string } {
+  const parts = parseControllerName(name);
+  if (!parts) {
+    throw new BackendError(`controller "${name}": name must be <slot>/<disk> with characters [A-Za-z0-9_.-]`, 'invalid');
+  }
+  return parts;
+}

@@ -1,0 +1,237 @@
+import fs from 'node:fs';
+import net from 'node:net';
+import { StringDecoder } from 'node:string_decoder';
+import type { Logger } from '../log.js';
+import { RpcError, JSONRPC_INTERNAL_ERROR, JSONRPC_INVALID_REQUEST, JSONRPC_METHOD_NOT_FOUND } from './errors.js';
+import { scanValue } from './framing.js';
+import { METHODS, decodeParams, type MethodContext } from './methods.js';
+import type { Json } from './model.js';
+
+export type FaultAction = 'busy' | 'hang' | 'malformed' | 'close' | { code: number; message: string };
+export interface FaultSpec {
+  method: string;
+  /** How many calls the fault applies to; default 1. */
+  times?: number;
+  action: FaultAction;
+}
+
+type Id = string | number | null;
+interface Request {
+  method: string;
+  id: Id;
+  notification: boolean;
+  params: unknown;
+}
+
+const REQUEST_KEYS = new Set(['jsonrpc', 'method', 'id', 'params']);
+
+/** SPDK's request decoding: anything but a well-formed object is an invalid request. */
+function toRequest(v: unknown): Request | undefined {
+  if (v === null || typeof v !== 'object' || Array.isArray(v)) return undefined;
+  const o = v as Record<string, unknown>;
+  if (Object.keys(o).some((k) => !REQUEST_KEYS.has(k))) return undefined;
+  if (o.jsonrpc !== '2.0' || typeof o.method !== 'string') return undefined;
+  const id = o.id;
+  if (id !== undefined && id !== null && typeof id !== 'string' && typeof id !== 'number') return undefined;
+  const params = o.params;
+  if (params !== undefined && (params === null || typeof params !== 'object')) return undefined;
+  return { method: o.method, id: id ?? null, notification: !('id' in o), params };
+}
+
+export class Faults {
+  private readonly list: Array<{ method: string; remaining: number; action: FaultAction }> = [];
+
+  add(f: FaultSpec): void {
+    this.list.push({ method: f.method, remaining: f.times ?? 1, action: f.action });
+  }
+
+  clear(): void {
+    this.list.length = 0;
+  }
+
+  take(method: string): FaultAction | undefined {
+    const f = this.list.find((x) => x.method === method && x.remaining > 0);
+    if (!f) return undefined;
+    f.remaining--;
+    if (f.remaining <= 0) this.list.splice(this.list.indexOf(f), 1);
+    return f.action;
+  }
+}
+
+/**
+ * SPDK's JSON-RPC server on a unix socket, with its framing and its hazards: values are
+ * read back to back without delimiters, every response ends with "\n", a top-level array is
+ * answered -32600 with id null, unparsable input closes the connection unanswered, and what
+ * follows a notification in the same read is dropped unanswered (the recording shows the
+ * request after a notification never being answered). With a poll interval, received bytes
+ * are only looked at on poller ticks, as SPDK's RPC poller does.
+ */
+export class RpcServer {
+  private server: net.Server | undefined;
+  private readonly conns = new Set<Connection>();
+  private timer: NodeJS.Timeout | undefined;
+
+  constructor(
+    private readonly socketPath: string,
+    private readonly pollIntervalMs: number,
+    private readonly ctx: MethodContext,
+    readonly faults: Faults,
+    private readonly logger: Logger,
+  ) {}
+
+  async start(): Promise<void> {
+    await removeStaleSocket(this.socketPath);
+    const server = net.createServer((sock) => {
+      const conn = new Connection(sock, this, this.logger, this.pollIntervalMs === 0);
+      this.conns.add(conn);
+      sock.on('close', () => this.conns.delete(conn));
+    });
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(this.socketPath, () => {
+        server.off('error', reject);
+        resolve();
+      });
+    });
+    this.server = server;
+    if (this.pollIntervalMs > 0) {
+      this.timer = setInterval(() => {
+        for (const c of this.conns) c.drain();
+      }, this.pollIntervalMs);
+    }
+  }
+
+  async stop(): Promise<void> {
+    if (this.timer) clearInterval(this.timer);
+    this.timer = undefined;
+    for (const c of this.conns) c.destroy();
+    this.conns.clear();
+    const server = this.server;
+    this.server = undefined;
+    if (server) await new Promise<void>((resolve) => server.close(() => resolve()));
+    fs.rmSync(this.socketPath, { force: true });
+  }
+
+  async execute(req: Request): Promise<{ result: Json } | { error: RpcError }> {
+    const def = METHODS[req.method];
+    if (!def) return { error: new RpcError(JSONRPC_METHOD_NOT_FOUND, 'Method not found') };
+    try {
+      const params = decodeParams(req.method, def, req.params);
+      const result = def.params === 'none' ? await def.run(this.ctx) : await def.run(this.ctx, params as never);
+      return { result };
+    } catch (e) {
+      if (e instanceof RpcError) return { error: e };
+      this.logger.error({ event: 'rpc_handler_failed', method: req.method, err: String(e) }, 'handler failed');
+      return { error: new RpcError(JSONRPC_INTERNAL_ERROR, String((e as Error).message ?? e)) };
+    }
+  }
+}
+
+/** spdk_tgt refuses to start on a socket another process serves; a stale file is replaced. */
+async function removeStaleSocket(socketPath: string): Promise<void> {
+  if (!fs.existsSync(socketPath)) return;
+  const alive = await new Promise<boolean>((resolve) => {
+    const s = net.connect(socketPath);
+    s.once('connect', () => {
+      s.destroy();
+      resolve(true);
+    });
+    s.once('error', () => resolve(false));
+  });
+  if (alive) throw new Error(`RPC Unix domain socket path ${socketPath} in use by another process`);
+  fs.rmSync(socketPath, { force: true });
+}
+
+class Connection {
+  private buf = '';
+  private readonly decoder = new StringDecoder('utf8');
+  private chain: Promise<void> = Promise.resolve();
+  private closed = false;
+
+  constructor(
+    private readonly sock: net.Socket,
+    private readonly server: RpcServer,
+    private readonly logger: Logger,
+    immediate: boolean,
+  ) {
+    sock.on('data', (chunk) => {
+      this.buf += this.decoder.write(chunk);
+      if (immediate) this.drain();
+    });
+    sock.on('error', () => this.destroy());
+    sock.on('close', () => {
+      this.closed = true;
+    });
+  }
+
+  destroy(): void {
+    this.closed = true;
+    this.sock.destroy();
+  }
+
+  /** Handles every complete value received so far. */
+  drain(): void {
+    while (!this.closed) {
+      const r = scanValue(this.buf);
+      if (r.kind === 'empty') {
+        this.buf = '';
+        return;
+      }
+      if (r.kind === 'incomplete') return;
+      const text = this.buf.slice(r.start, r.end);
+      this.buf = this.buf.slice(r.end);
+      let value: unknown;
+      try {
+        value = JSON.parse(text);
+      } catch {
+        this.logger.warn({ event: 'rpc_parse_error' }, 'JSON parse error: closing the connection');
+        this.destroy();
+        return;
+      }
+      const req = toRequest(value);
+      if (!req) {
+        this.enqueue(() => this.send(null, { error: new RpcError(JSONRPC_INVALID_REQUEST, 'Invalid request') }));
+        continue;
+      }
+      this.enqueue(() => this.run(req));
+      if (req.notification) {
+        this.buf = '';
+        return;
+      }
+    }
+  }
+
+  private enqueue(task: () => Promise<void> | void): void {
+    this.chain = this.chain.then(task).catch((e: unknown) => {
+      this.logger.error({ event: 'rpc_connection_failed', err: String(e) }, 'connection task failed');
+    });
+  }
+
+  private async run(req: Request): Promise<void> {
+    const fault = this.server.faults.take(req.method);
+    if (fault !== undefined) {
+      this.logger.info({ event: 'fault_injected', method: req.method, action: typeof fault === 'string' ? fault : 'error' }, 'injected fault');
+      if (fault === 'hang') return;
+      if (fault === 'close') return this.destroy();
+      if (fault === 'malformed') {
+        if (!this.closed) this.sock.write(`{"jsonrpc":"2.0","id":${JSON.stringify(req.id)},"result":\n`);
+        return;
+      }
+      const err = fault === 'busy' ? new RpcError(-16, 'Device or resource busy') : new RpcError(fault.code, fault.message);
+      if (!req.notification) this.send(req.id, { error: err });
+      return;
+    }
+    const outcome = await this.server.execute(req);
+    this.logger.debug({ event: 'rpc', method: req.method, ok: 'result' in outcome }, 'rpc handled');
+    if (!req.notification) this.send(req.id, outcome);
+  }
+
+  private send(id: Id, outcome: { result: Json } | { error: RpcError }): void {
+    if (this.closed) return;
+    const body =
+      'result' in outcome
+        ? { jsonrpc: '2.0', id, result: outcome.result }
+        : { jsonrpc: '2.0', id, error: { code: outcome.error.code, message: outcome.error.message } };
+    this.sock.write(`${JSON.stringify(body)}\n`);
+  }
+}
