@@ -1,9 +1,8 @@
 import fs from 'node:fs';
 import net from 'node:net';
-import { StringDecoder } from 'node:string_decoder';
 import type { Logger } from '../log.js';
 import { RpcError, JSONRPC_INTERNAL_ERROR, JSONRPC_INVALID_REQUEST, JSONRPC_METHOD_NOT_FOUND } from './errors.js';
-import { scanValue } from './framing.js';
+import { JsonStreamScanner } from '../spdk/framing.js';
 import { METHODS, decodeParams, type MethodContext } from './methods.js';
 import type { Json } from './model.js';
 
@@ -143,8 +142,9 @@ async function removeStaleSocket(socketPath: string): Promise<void> {
 }
 
 class Connection {
-  private buf = '';
-  private readonly decoder = new StringDecoder('utf8');
+  private readonly scanner = new JsonStreamScanner();
+  /** Complete values not handled yet, grouped by the read they arrived in. */
+  private reads: Array<{ values: unknown[]; broken: boolean }> = [];
   private chain: Promise<void> = Promise.resolve();
   private closed = false;
 
@@ -154,8 +154,9 @@ class Connection {
     private readonly logger: Logger,
     immediate: boolean,
   ) {
-    sock.on('data', (chunk) => {
-      this.buf += this.decoder.write(chunk);
+    sock.on('data', (chunk: Buffer) => {
+      const r = this.scanner.push(chunk);
+      this.reads.push({ values: r.values, broken: r.error !== undefined });
       if (immediate) this.drain();
     });
     sock.on('error', () => this.destroy());
@@ -171,31 +172,20 @@ class Connection {
 
   /** Handles every complete value received so far. */
   drain(): void {
-    while (!this.closed) {
-      const r = scanValue(this.buf);
-      if (r.kind === 'empty') {
-        this.buf = '';
-        return;
+    for (let read = this.reads.shift(); read && !this.closed; read = this.reads.shift()) {
+      for (const value of read.values) {
+        const req = toRequest(value);
+        if (!req) {
+          this.enqueue(() => this.send(null, { error: new RpcError(JSONRPC_INVALID_REQUEST, 'Invalid request') }));
+          continue;
+        }
+        this.enqueue(() => this.run(req));
+        // As recorded: what follows a notification in the same read is never answered.
+        if (req.notification) break;
       }
-      if (r.kind === 'incomplete') return;
-      const text = this.buf.slice(r.start, r.end);
-      this.buf = this.buf.slice(r.end);
-      let value: unknown;
-      try {
-        value = JSON.parse(text);
-      } catch {
+      if (read.broken) {
         this.logger.warn({ event: 'rpc_parse_error' }, 'JSON parse error: closing the connection');
-        this.destroy();
-        return;
-      }
-      const req = toRequest(value);
-      if (!req) {
-        this.enqueue(() => this.send(null, { error: new RpcError(JSONRPC_INVALID_REQUEST, 'Invalid request') }));
-        continue;
-      }
-      this.enqueue(() => this.run(req));
-      if (req.notification) {
-        this.buf = '';
+        this.enqueue(() => this.destroy());
         return;
       }
     }
