@@ -18,6 +18,8 @@ declare -A NEED=(
 # Packages that provide no command we can probe for.
 EXTRA_PKGS=(libvirt-daemon-driver-qemu)
 
+SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+
 missing=()
 for cmd in "${!NEED[@]}"; do
   command -v "$cmd" >/dev/null 2>&1 || missing+=("${NEED[$cmd]}")
@@ -29,10 +31,18 @@ done
 if [ ${#missing[@]} -gt 0 ]; then
   mapfile -t missing < <(printf '%s\n' "${missing[@]}" | sort -u)
   echo "install-deps: installing ${missing[*]}"
-  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   export DEBIAN_FRONTEND=noninteractive
   $SUDO apt-get update -qq
   $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# Without udev (containers, CI VMs) /dev/kvm stays root-only. libvirt then finds at every
+# lookup that KVM "was enabled when probing but is not available now" for its QEMU user and
+# re-probes QEMU's capabilities again and again (seconds each, a define can take a minute).
+# Give it the owner and mode udev gives it on a normal Debian machine.
+if [ -c /dev/kvm ] && getent group kvm >/dev/null && [ "$(stat -c %G:%a /dev/kvm)" != "kvm:660" ]; then
+  echo "install-deps: /dev/kvm -> root:kvm 0660 (as udev would set it)"
+  $SUDO chgrp kvm /dev/kvm && $SUDO chmod 0660 /dev/kvm
 fi
 
 # The test guest (a Debian kernel and its virtio modules, a busybox initramfs).

@@ -2,7 +2,7 @@ import { z } from 'zod';
 import { parseAllDocuments } from 'yaml';
 import { parseQuantity } from './quantity.js';
 import { DNS1123_LABEL } from './volumes.js';
-import { ValidationError, formatZodError } from './errors.js';
+import { ValidationError, apiErrorMap, formatZodError } from './errors.js';
 
 export const API_GROUP = 'kubevirt-spdk.io';
 export const API_VERSION = 'v1alpha1';
@@ -58,7 +58,7 @@ export function parseCachedImages(text: string, file = 'images'): CachedImage[] 
     if (value === null || value === undefined) return;
     const items = (value as { kind?: string }).kind === 'List' ? ((value as { items?: unknown[] }).items ?? []) : [value];
     items.forEach((item, j) => {
-      const res = CachedImageSchema.safeParse(item);
+      const res = CachedImageSchema.safeParse(item, { errorMap: apiErrorMap });
       if (res.success) out.push(res.data);
       else problems.push(...formatZodError(items.length > 1 || j > 0 ? `${file}[${i}].items[${j}]` : `${file}[${i}]`, res.error));
     });

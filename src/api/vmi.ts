@@ -1,7 +1,7 @@
 import { z } from 'zod';
 import { parse as parseYaml } from 'yaml';
 import { SLOT_ANNOTATION, SLOT_RE, VOLUMES_ANNOTATION, parseVolumesAnnotation, type SpdkVolume } from './volumes.js';
-import { ValidationError, formatZodError } from './errors.js';
+import { ValidationError, apiErrorMap, formatZodError } from './errors.js';
 
 /**
  * The parts of a KubeVirt VirtualMachineInstance that we read. Everything else passes
@@ -43,7 +43,7 @@ export const VmiSchema = z
 export type Vmi = z.output<typeof VmiSchema>;
 
 export function parseVmi(doc: unknown, where = 'vmi'): Vmi {
-  const res = VmiSchema.safeParse(doc);
+  const res = VmiSchema.safeParse(doc, { errorMap: apiErrorMap });
   if (!res.success) throw new ValidationError(formatZodError(where, res.error));
   return res.data;
 }
@@ -57,6 +57,9 @@ export function parseVmiYaml(text: string, where = 'vmi'): Vmi {
   }
   return parseVmi(doc, where);
 }
+
+/** The annotation as a field path, the prefix of every message about the volumes of a VMI. */
+export const VOLUMES_FIELD = `metadata.annotations["${VOLUMES_ANNOTATION}"]`;
 
 export function hasSpdkVolumes(vmi: Vmi): boolean {
   return VOLUMES_ANNOTATION in vmi.metadata.annotations;
@@ -75,7 +78,7 @@ export function vcpuCount(vmi: Vmi): number {
 export function spdkVolumesOf(vmi: Vmi): SpdkVolume[] {
   const text = vmi.metadata.annotations[VOLUMES_ANNOTATION];
   if (text === undefined) return [];
-  const prefix = `metadata.annotations["${VOLUMES_ANNOTATION}"]`;
+  const prefix = VOLUMES_FIELD;
   const vols = parseVolumesAnnotation(text, prefix);
   const own = new Set([...vmi.spec.domain.devices.disks.map((d) => d.name), ...vmi.spec.volumes.map((v) => v.name)]);
   const problems = vols.flatMap((v, i) =>

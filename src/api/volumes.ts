@@ -1,7 +1,7 @@
 import { z } from 'zod';
 import { parse as parseYaml } from 'yaml';
 import { parseDuration, parseQuantity } from './quantity.js';
-import { ValidationError, formatZodError } from './errors.js';
+import { ValidationError, apiErrorMap, formatZodError } from './errors.js';
 
 /** The VMI annotation that declares SPDK disks, shaped like KubeVirt volumes. */
 export const VOLUMES_ANNOTATION = 'kubevirt-spdk.io/volumes';
@@ -9,6 +9,8 @@ export const VOLUMES_ANNOTATION = 'kubevirt-spdk.io/volumes';
 export const SLOT_ANNOTATION = 'kubevirt-spdk.io/slot';
 /** The agent's per-disk status, written on the VMI. */
 export const STATUS_ANNOTATION = 'kubevirt-spdk.io/status';
+/** The extended resource a VMI's launcher pod requests: one vhost slot (device plugin). */
+export const VHOST_SLOT_RESOURCE = 'kubevirt-spdk.io/vhost-slot';
 
 export const DNS1123_LABEL = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
 export const SLOT_RE = /^slot-[0-9]{2,3}$/;
@@ -20,23 +22,29 @@ export const DiskName = z
   .max(63, 'must be at most 63 characters (DNS-1123 label)')
   .regex(DNS1123_LABEL, 'must be a DNS-1123 label (lower-case letters, digits and "-", starting and ending alphanumeric)');
 
-const Quantity = z
-  .union([z.string(), z.number()])
-  .transform((v, ctx) => {
-    const text = String(v);
-    const bytes = parseQuantity(text);
-    if (bytes === undefined) {
-      ctx.addIssue({ code: z.ZodIssueCode.custom, message: `${text} is not a Kubernetes quantity (e.g. 20Gi)` });
-      return z.NEVER;
-    }
-    if (bytes <= 0) {
-      ctx.addIssue({ code: z.ZodIssueCode.custom, message: `${text} must be greater than 0` });
-      return z.NEVER;
-    }
-    return { text, bytes };
-  });
+const Quantity = z.unknown().transform((v, ctx) => {
+  if (typeof v !== 'string' && typeof v !== 'number') {
+    ctx.addIssue({ code: z.ZodIssueCode.custom, message: `must be a Kubernetes quantity such as 20Gi, not ${Array.isArray(v) ? 'a list' : v === null ? 'null' : typeof v}` });
+    return z.NEVER;
+  }
+  const text = String(v);
+  const bytes = parseQuantity(text);
+  if (bytes === undefined) {
+    ctx.addIssue({ code: z.ZodIssueCode.custom, message: `${text} is not a Kubernetes quantity (e.g. 20Gi)` });
+    return z.NEVER;
+  }
+  if (bytes <= 0) {
+    ctx.addIssue({ code: z.ZodIssueCode.custom, message: `${text} must be greater than 0` });
+    return z.NEVER;
+  }
+  return { text, bytes };
+});
 
-const ReconnectTimeout = z.string().transform((text, ctx) => {
+const ReconnectTimeout = z.unknown().transform((text, ctx) => {
+  if (typeof text !== 'string') {
+    ctx.addIssue({ code: z.ZodIssueCode.custom, message: 'must be a duration with a unit such as 10s' });
+    return z.NEVER;
+  }
   const ms = parseDuration(text);
   if (ms === undefined) {
     ctx.addIssue({ code: z.ZodIssueCode.custom, message: `${text} is not a duration (e.g. 10s)` });
@@ -56,9 +64,9 @@ const ReconnectTimeout = z.string().transform((text, ctx) => {
 
 export const SpdkVhostBlkDiskSchema = z
   .object({
-    image: z.string().min(1).max(63).regex(DNS1123_LABEL, 'must name a CachedImage (DNS-1123 label)').optional(),
+    image: z.string().max(63).regex(DNS1123_LABEL, 'must name a CachedImage (DNS-1123 label)').optional(),
     blank: z.object({}).strict().optional(),
-    bdev: z.string().min(1).max(255).regex(/^[A-Za-z0-9_.:/-]+$/, 'must be an SPDK bdev name ([A-Za-z0-9_.:/-])').optional(),
+    bdev: z.string().max(255).regex(/^[A-Za-z0-9_.:/-]+$/, 'must be an SPDK bdev name ([A-Za-z0-9_.:/-])').optional(),
     capacity: Quantity.optional(),
     bootOrder: z.number().int('must be an integer').min(1, 'must be >= 1').optional(),
     queues: z.number().int('must be an integer').min(1, 'must be >= 1').max(MAX_QUEUES, `must be <= ${MAX_QUEUES}`).optional(),
@@ -118,17 +126,35 @@ export function diskSource(d: SpdkVhostBlkDisk): DiskSource {
 }
 
 /**
+ * YAML parsing dominates the cost of a conversion, and the same annotation is read again and
+ * again (OnDefineDomain twice per boot, the agent on every reconcile). Only successes are kept;
+ * callers get copies so that none can change another's result.
+ */
+const parsedVolumes = new Map<string, SpdkVolume[]>();
+const PARSED_VOLUMES_MAX = 256;
+
+/**
  * Parses the annotation text (YAML or JSON). Throws ValidationError whose messages name the
  * field (`volumes[0].spdkVhostBlkDisk.capacity`) and the rule.
  */
 export function parseVolumesAnnotation(text: string, prefix = 'volumes'): SpdkVolume[] {
+  const key = `${prefix}\n${text}`;
+  const hit = parsedVolumes.get(key);
+  if (hit) return structuredClone(hit);
+  const vols = parseVolumesUncached(text, prefix);
+  if (parsedVolumes.size >= PARSED_VOLUMES_MAX) parsedVolumes.delete(parsedVolumes.keys().next().value ?? '');
+  parsedVolumes.set(key, vols);
+  return structuredClone(vols);
+}
+
+function parseVolumesUncached(text: string, prefix: string): SpdkVolume[] {
   let doc: unknown;
   try {
     doc = parseYaml(text, { uniqueKeys: true, maxAliasCount: 0 });
   } catch (e) {
-    throw new ValidationError([`${prefix}: not valid YAML: ${(e as Error).message.split('\n')[0]}`]);
+    throw new ValidationError([`${prefix}: not valid YAML: ${(e as Error).message.split('\n')[0]?.replace(/:$/, '')}`]);
   }
-  const res = SpdkVolumesSchema.safeParse(doc);
+  const res = SpdkVolumesSchema.safeParse(doc, { errorMap: apiErrorMap });
   if (!res.success) throw new ValidationError(formatZodError(prefix, res.error));
   return res.data;
 }

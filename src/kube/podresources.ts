@@ -1,14 +1,12 @@
-import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import * as grpc from '@grpc/grpc-js';
-import * as protoLoader from '@grpc/proto-loader';
 import { z } from 'zod';
+import { loadPodResourcesProto } from '../../deviceplugin/proto.js';
+import { VHOST_SLOT_RESOURCE } from '../api/volumes.js';
 
 /**
  * Allocate does not say which pod it serves; the kubelet's PodResources API does. This maps
  * pods to the vhost slots they hold.
  */
-export const SLOT_RESOURCE = 'kubevirt-spdk.io/vhost-slot';
 export const DEFAULT_POD_RESOURCES_SOCKET = '/var/lib/kubelet/pod-resources/kubelet.sock';
 
 const ListResponseSchema = z.object({
@@ -39,7 +37,7 @@ export interface PodSlot {
 }
 
 /** Pure: every (pod, container) that holds one of our slots. */
-export function slotsFromPodResources(response: unknown, resource = SLOT_RESOURCE): PodSlot[] {
+export function slotsFromPodResources(response: unknown, resource = VHOST_SLOT_RESOURCE): PodSlot[] {
   const parsed = ListResponseSchema.parse(response);
   const out: PodSlot[] = [];
   for (const pod of parsed.pod_resources) {
@@ -53,21 +51,13 @@ export function slotsFromPodResources(response: unknown, resource = SLOT_RESOURC
   return out;
 }
 
-const PROTO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../proto/kubelet-podresources/api.proto');
-
-export function loadPodResourcesProto(): grpc.GrpcObject {
-  const def = protoLoader.loadSync(PROTO, { keepCase: true, defaults: true, arrays: true });
-  return grpc.loadPackageDefinition(def);
-}
-
 type ListFn = (req: object, opts: grpc.CallOptions, cb: (err: grpc.ServiceError | null, res: unknown) => void) => void;
 
 export class PodResourcesClient {
   private readonly client: grpc.Client & { List: ListFn };
 
   constructor(socketPath = DEFAULT_POD_RESOURCES_SOCKET) {
-    const pkg = loadPodResourcesProto().v1 as grpc.GrpcObject;
-    const Ctor = pkg.PodResourcesLister as grpc.ServiceClientConstructor;
+    const Ctor = loadPodResourcesProto().v1.PodResourcesLister;
     this.client = new Ctor(`unix://${socketPath}`, grpc.credentials.createInsecure()) as unknown as grpc.Client & { List: ListFn };
   }
 

@@ -1,5 +1,225 @@
-// Filled in by the component that owns the "agent" subcommand.
-export async function run(_argv: string[]): Promise<number> {
-  process.stderr.write('kubevirt-spdk agent: not implemented yet\n');
-  return 2;
+import { watch, type FSWatcher } from 'node:fs';
+import { mkdir } from 'node:fs/promises';
+import path from 'node:path';
+import { parseArgs } from 'node:util';
+import { ValidationError } from '../../api/errors.js';
+import { parseDuration, parseQuantity } from '../../api/quantity.js';
+import type { StorageBackend } from '../../backend/types.js';
+import { createLogger, type Logger } from '../../log.js';
+import { NodeAgent, type ReconcileReport } from '../../agent/agent.js';
+import { StandaloneSource } from '../../agent/standalone.js';
+
+const USAGE = `usage: kubevirt-spdk agent --standalone --vmis DIR --images FILE --backend spdk|qsd
+         --vhost-dir DIR --state-dir DIR [--once] [--timeout 120s]
+         [--spdk-socket PATH] [--lvstore-bdev NAME | --lvstore-size 64Gi]
+         [--socket-owner 107:107] [--socket-mode 0660] [--orphan-grace 5m] [--resync 30s]
+         [--cache-max-size SIZE] [--cache-max-count N] [--node NAME]
+`;
+
+const MiB = 2 ** 20;
+
+interface AgentArgs {
+  vmis: string;
+  images: string;
+  backend: 'spdk' | 'qsd';
+  vhostDir: string;
+  stateDir: string;
+  once: boolean;
+  timeoutMs: number;
+  spdkSocket: string;
+  lvstoreBdev?: string;
+  lvstoreBytes: number;
+  owner: { uid: number; gid: number };
+  mode: number;
+  orphanGraceMs: number;
+  resyncMs: number;
+  cacheMaxBytes?: number;
+  cacheMaxCount?: number;
+  node?: string;
+}
+
+/** Parses and validates flags; every problem names the flag and the rule. */
+export function parseAgentArgs(argv: string[]): AgentArgs {
+  const { values } = parseArgs({
+    args: argv,
+    options: {
+      standalone: { type: 'boolean', default: false },
+      vmis: { type: 'string' },
+      images: { type: 'string' },
+      backend: { type: 'string', default: 'spdk' },
+      'vhost-dir': { type: 'string' },
+      'state-dir': { type: 'string' },
+      once: { type: 'boolean', default: false },
+      timeout: { type: 'string', default: '120s' },
+      'spdk-socket': { type: 'string', default: '/var/tmp/spdk.sock' },
+      'lvstore-bdev': { type: 'string' },
+      'lvstore-size': { type: 'string', default: '64Gi' },
+      'socket-owner': { type: 'string', default: '107:107' },
+      'socket-mode': { type: 'string', default: '0660' },
+      'orphan-grace': { type: 'string', default: '5m' },
+      resync: { type: 'string', default: '30s' },
+      'cache-max-size': { type: 'string' },
+      'cache-max-count': { type: 'string' },
+      node: { type: 'string' },
+    },
+    strict: true,
+  });
+  const problems: string[] = [];
+  const need = (name: string, v: string | undefined): string => {
+    if (v === undefined || v === '') problems.push(`--${name}: is required`);
+    return v ?? '';
+  };
+  if (!values.standalone) problems.push('--standalone: is required (cluster mode runs from the DaemonSet wiring, not this command)');
+  const duration = (name: string, v: string): number => {
+    const ms = parseDuration(v);
+    if (ms === undefined || ms < 0) problems.push(`--${name}: ${v} is not a duration (e.g. 30s, 5m)`);
+    return ms ?? 0;
+  };
+  const backend = values.backend;
+  if (backend !== 'spdk' && backend !== 'qsd') problems.push(`--backend: "${backend}" must be spdk or qsd`);
+  const owner = /^(\d+):(\d+)$/.exec(values['socket-owner']);
+  if (!owner) problems.push(`--socket-owner: "${values['socket-owner']}" must be UID:GID (numbers)`);
+  const mode = /^0?[0-7]{3}$/.test(values['socket-mode']) ? parseInt(values['socket-mode'], 8) : NaN;
+  if (Number.isNaN(mode)) problems.push(`--socket-mode: "${values['socket-mode']}" must be an octal mode like 0660`);
+  const lvstoreBytes = parseQuantity(values['lvstore-size']);
+  if (lvstoreBytes === undefined || lvstoreBytes < 64 * MiB) problems.push(`--lvstore-size: "${values['lvstore-size']}" must be a quantity of at least 64Mi`);
+  const cacheMaxBytes = values['cache-max-size'] === undefined ? undefined : parseQuantity(values['cache-max-size']);
+  if (values['cache-max-size'] !== undefined && cacheMaxBytes === undefined) problems.push(`--cache-max-size: "${values['cache-max-size']}" is not a quantity`);
+  const cacheMaxCount = values['cache-max-count'] === undefined ? undefined : Number(values['cache-max-count']);
+  if (cacheMaxCount !== undefined && !(Number.isInteger(cacheMaxCount) && cacheMaxCount >= 0)) problems.push(`--cache-max-count: "${values['cache-max-count']}" must be a whole number`);
+  const args: AgentArgs = {
+    vmis: need('vmis', values.vmis),
+    images: need('images', values.images),
+    backend: backend as 'spdk' | 'qsd',
+    vhostDir: need('vhost-dir', values['vhost-dir']),
+    stateDir: need('state-dir', values['state-dir']),
+    once: values.once,
+    timeoutMs: duration('timeout', values.timeout),
+    spdkSocket: values['spdk-socket'],
+    ...(values['lvstore-bdev'] ? { lvstoreBdev: values['lvstore-bdev'] } : {}),
+    lvstoreBytes: lvstoreBytes ?? 0,
+    owner: { uid: Number(owner?.[1] ?? 0), gid: Number(owner?.[2] ?? 0) },
+    mode,
+    orphanGraceMs: duration('orphan-grace', values['orphan-grace']),
+    resyncMs: duration('resync', values.resync),
+    ...(cacheMaxBytes !== undefined ? { cacheMaxBytes } : {}),
+    ...(cacheMaxCount !== undefined ? { cacheMaxCount } : {}),
+    ...(values.node ? { node: values.node } : {}),
+  };
+  if (problems.length) throw new ValidationError(problems);
+  return args;
+}
+
+async function makeBackend(a: AgentArgs, logger: Logger): Promise<StorageBackend> {
+  const vhostDir = path.resolve(a.vhostDir);
+  const stateDir = path.resolve(a.stateDir);
+  if (a.backend === 'spdk') {
+    const { SpdkRpcClient } = await import('../../spdk/client.js');
+    const { SpdkBackend } = await import('../../backend/spdk/index.js');
+    const client = new SpdkRpcClient({ socketPath: a.spdkSocket, logger });
+    return new SpdkBackend({
+      client,
+      logger,
+      vhostDir,
+      stateDir: path.join(stateDir, 'spdk'),
+      lvstore: {
+        baseBdev: a.lvstoreBdev
+          ? { kind: 'existing', name: a.lvstoreBdev }
+          : // A sparse file in the state dir: fine for development and tests.
+            { kind: 'aio', filename: path.join(stateDir, 'lvstore.img'), sizeMiB: Math.ceil(a.lvstoreBytes / MiB) },
+      },
+    });
+  }
+  const { QsdBackend } = await import('../../backend/qsd/index.js');
+  return new QsdBackend({ stateDir: path.join(stateDir, 'qsd'), vhostDir, managed: true, logger });
+}
+
+function summary(r: ReconcileReport): string {
+  const lines = r.vmis.flatMap((v) => [
+    ...v.problems.map((p) => `  ${v.vmi.namespace}/${v.vmi.name} (${v.origin}): ${p}`),
+    ...v.disks.map((d) => `  ${v.vmi.namespace}/${v.vmi.name} ${d.name}: ${d.phase}${d.message ? ` (${d.message})` : ''}${d.socket ? ` ${d.socket}` : ''}`),
+  ]);
+  return [...lines, ...r.problems.map((p) => `  ${p}`)].join('\n');
+}
+
+const allReady = (r: ReconcileReport): boolean =>
+  r.backendOk && r.problems.length === 0 && r.vmis.every((v) => v.problems.length === 0 && v.disks.every((d) => d.phase === 'Ready'));
+
+export async function run(argv: string[]): Promise<number> {
+  if (argv.includes('-h') || argv.includes('--help')) {
+    process.stdout.write(USAGE);
+    return 0;
+  }
+  let a: AgentArgs;
+  try {
+    a = parseAgentArgs(argv);
+  } catch (e) {
+    if (e instanceof ValidationError) throw e;
+    process.stderr.write(`kubevirt-spdk agent: ${(e as Error).message}\n${USAGE}`);
+    return 2;
+  }
+  const logger = createLogger('agent');
+  await mkdir(a.stateDir, { recursive: true });
+  await mkdir(a.vhostDir, { recursive: true });
+  const backend = await makeBackend(a, logger);
+  const agent = new NodeAgent({
+    backend,
+    stateDir: path.resolve(a.stateDir),
+    logger,
+    socket: { ...a.owner, mode: a.mode },
+    orphanGraceMs: a.orphanGraceMs,
+    resyncMs: a.once ? 0 : a.resyncMs,
+    cache: { ...(a.cacheMaxBytes !== undefined ? { maxSizeBytes: a.cacheMaxBytes } : {}), ...(a.cacheMaxCount !== undefined ? { maxCount: a.cacheMaxCount } : {}) },
+    ...(a.node ? { node: a.node } : {}),
+  });
+  await agent.init();
+  const source = new StandaloneSource(a.vmis, a.images);
+  const load = async (): Promise<void> => {
+    const desired = await source.load(agent.slotHolder);
+    for (const p of desired.problems) logger.error({ event: 'bad-input', problem: p }, 'input file rejected');
+    for (const v of desired.vmis) for (const p of v.problems) logger.error({ event: 'bad-input', vmi: v.ref, file: v.origin, problem: p }, 'VMI rejected');
+    agent.setDesired(desired);
+  };
+  await backend.start();
+
+  if (a.once) {
+    try {
+      await load();
+      const deadline = Date.now() + a.timeoutMs;
+      let r = await agent.reconcile('once');
+      while (!(r.converged && r.settled) && Date.now() < deadline) {
+        await new Promise((res) => setTimeout(res, 200));
+        r = await agent.reconcile('once');
+      }
+      const ok = allReady(r);
+      process.stderr.write(`kubevirt-spdk agent: ${ok ? 'all disks Ready' : 'not every disk is Ready'}\n${summary(r)}\n`);
+      return ok ? 0 : 1;
+    } finally {
+      await backend.close();
+    }
+  }
+
+  agent.start();
+  let debounce: NodeJS.Timeout | undefined;
+  const changed = (): void => {
+    clearTimeout(debounce);
+    debounce = setTimeout(() => {
+      load()
+        .then(() => agent.reconcile('desired-changed'))
+        .catch((e: unknown) => logger.error({ event: 'reconcile-failed', error: (e as Error).message }, 'reconcile failed'));
+    }, 100);
+  };
+  const watchers: FSWatcher[] = [watch(a.vmis, changed), watch(path.dirname(path.resolve(a.images)), changed)];
+  await load();
+  await agent.reconcile('start');
+  await new Promise<void>((resolve) => {
+    process.once('SIGTERM', resolve);
+    process.once('SIGINT', resolve);
+  });
+  logger.info({ event: 'stopping' }, 'stopping');
+  clearTimeout(debounce);
+  for (const w of watchers) w.close();
+  await agent.stop();
+  await backend.close();
+  return 0;
 }

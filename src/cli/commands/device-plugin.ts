@@ -1,5 +1,72 @@
-// Filled in by the component that owns the "device-plugin" subcommand.
-export async function run(_argv: string[]): Promise<number> {
-  process.stderr.write('kubevirt-spdk device-plugin: not implemented yet\n');
-  return 2;
+/**
+ * `kubevirt-spdk device-plugin --vhost-dir DIR --state-dir DIR [--slots 32]
+ *   [--plugin-dir /var/lib/kubelet/device-plugins] [--health-socket PATH]
+ *   [--prestart-timeout 25s]`
+ * Without --health-socket every slot is always reported Healthy.
+ */
+import { parseArgs } from 'node:util';
+import { createLogger } from '../../log.js';
+import { parseDuration } from '../../api/quantity.js';
+import { DevicePluginServer, DEFAULT_PLUGIN_DIR, DEFAULT_PRESTART_TIMEOUT_MS } from '../../../deviceplugin/server.js';
+import { ManualHealth, SocketProbeHealth, type HealthSource } from '../../../deviceplugin/health.js';
+import { MAX_SLOTS } from '../../../deviceplugin/slots.js';
+
+const USAGE = `usage: kubevirt-spdk device-plugin --vhost-dir DIR --state-dir DIR [--slots 32]
+       [--plugin-dir ${DEFAULT_PLUGIN_DIR}] [--health-socket PATH] [--prestart-timeout ${DEFAULT_PRESTART_TIMEOUT_MS / 1000}s]
+`;
+
+export async function run(argv: string[]): Promise<number> {
+  const { values } = parseArgs({
+    args: argv,
+    options: {
+      'vhost-dir': { type: 'string' },
+      'state-dir': { type: 'string' },
+      slots: { type: 'string', default: '32' },
+      'plugin-dir': { type: 'string', default: DEFAULT_PLUGIN_DIR },
+      'health-socket': { type: 'string' },
+      'prestart-timeout': { type: 'string', default: `${DEFAULT_PRESTART_TIMEOUT_MS / 1000}s` },
+      help: { type: 'boolean', short: 'h' },
+    },
+    strict: true,
+  });
+  if (values.help) {
+    process.stdout.write(USAGE);
+    return 0;
+  }
+  const slots = Number(values.slots);
+  const timeoutMs = parseDuration(values['prestart-timeout']);
+  const problems = [
+    ...(['vhost-dir', 'state-dir'] as const).filter((k) => !values[k]).map((k) => `--${k}: is required`),
+    ...(Number.isInteger(slots) && slots >= 1 && slots <= MAX_SLOTS ? [] : [`--slots: ${values.slots} must be an integer in 1..${MAX_SLOTS}`]),
+    ...(timeoutMs !== undefined && timeoutMs > 0 && timeoutMs < 30_000
+      ? []
+      : [`--prestart-timeout: ${values['prestart-timeout']} must be a duration above 0 and below kubelet's 30s`]),
+  ];
+  if (problems.length) {
+    process.stderr.write(`kubevirt-spdk device-plugin: ${problems.join('; ')}\n${USAGE}`);
+    return 2;
+  }
+  const logger = createLogger('device-plugin');
+  const health: HealthSource = values['health-socket'] ? new SocketProbeHealth(values['health-socket']) : new ManualHealth(true);
+  const server = new DevicePluginServer({
+    pluginDir: values['plugin-dir'],
+    vhostDir: values['vhost-dir'] as string,
+    stateDir: values['state-dir'] as string,
+    slotCount: slots,
+    health,
+    preStartTimeoutMs: timeoutMs,
+    logger,
+  });
+  await server.start();
+  await new Promise<void>((resolve) => {
+    const stop = (signal: string): void => {
+      logger.info({ signal }, 'shutting down');
+      resolve();
+    };
+    process.once('SIGTERM', () => stop('SIGTERM'));
+    process.once('SIGINT', () => stop('SIGINT'));
+  });
+  await server.close();
+  health.close();
+  return 0;
 }

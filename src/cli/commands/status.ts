@@ -1,5 +1,80 @@
-// Filled in by the component that owns the "status" subcommand.
-export async function run(_argv: string[]): Promise<number> {
-  process.stderr.write('kubevirt-spdk status: not implemented yet\n');
-  return 2;
+import { readFile } from 'node:fs/promises';
+import path from 'node:path';
+import { parseArgs } from 'node:util';
+import { formatBytes } from '../../api/quantity.js';
+import { NodeStatusSchema, type NodeStatus } from '../../agent/node-status.js';
+import { formatZodError, ValidationError } from '../../api/errors.js';
+
+const USAGE = 'usage: kubevirt-spdk status [--state-dir DIR] [--json]\n';
+
+/** The status file is stale when the agent missed this many resyncs. */
+const STALE_PERIODS = 3;
+
+function table(rows: string[][]): string {
+  const widths = rows[0]?.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? '').length))) ?? [];
+  return rows.map((r) => r.map((c, i) => c.padEnd(widths[i] ?? 0)).join('  ').trimEnd()).join('\n');
+}
+
+export function staleness(s: NodeStatus, now: number): string | undefined {
+  const age = now - Date.parse(s.updatedAt);
+  const limit = Math.max(s.resyncMs, 10_000) * STALE_PERIODS;
+  return age > limit ? `status is stale: last written ${Math.round(age / 1000)}s ago (the agent resyncs every ${Math.round(s.resyncMs / 1000)}s); is the agent running?` : undefined;
+}
+
+export function render(s: NodeStatus, now: number): string {
+  const out: string[] = [];
+  const stale = staleness(s, now);
+  if (stale) out.push(`WARNING: ${stale}`, '');
+  out.push(`backend: ${s.backend.kind} ${s.backend.ok ? 'ok' : `UNAVAILABLE${s.backend.message ? ` (${s.backend.message})` : ''}`}`);
+  out.push(`updated: ${s.updatedAt} (reconcile ${s.reconcile.reason}, ${s.reconcile.passes} pass(es), ${s.reconcile.durationMs} ms, ${s.reconcile.converged ? 'converged' : 'NOT converged'})`, '');
+  out.push('IMAGES');
+  out.push(table([['NAME', 'PHASE', 'SIZE', 'CLONES', 'LAST USE'], ...s.images.map((i) => [i.name, i.phase, formatBytes(i.sizeBytes), String(i.cloneCount), i.lastUse ?? '-'])]), '');
+  out.push('DISKS');
+  out.push(table([['ID', 'VMI', 'SIZE', 'IMAGE', 'REF'], ...s.disks.map((d) => [d.id, d.vmi ?? (d.owned ? '-' : '(bdev)'), formatBytes(d.sizeBytes), d.image ?? '-', d.ref])]), '');
+  out.push('CONTROLLERS');
+  out.push(table([['NAME', 'BDEV', 'SESSIONS', 'SOCKET'], ...s.controllers.map((c) => [c.name, c.diskRef, String(c.sessions), c.socketPath])]), '');
+  out.push('VMIS');
+  const vmiRows = s.vmis.flatMap((v) =>
+    v.problems.length
+      ? [[`${v.vmi.namespace}/${v.vmi.name}`, v.slot ?? '-', '-', 'Failed', v.problems.join('; ')]]
+      : v.disks.map((d) => [`${v.vmi.namespace}/${v.vmi.name}`, v.slot ?? '-', d.name, d.phase, d.message ?? d.socket ?? '']),
+  );
+  out.push(table([['VMI', 'SLOT', 'DISK', 'PHASE', 'DETAIL'], ...vmiRows]));
+  if (s.orphans.length) out.push('', 'ORPHANS', table([['OBJECT', 'NAME', 'FIRST SEEN', 'COLLECT AT'], ...s.orphans.map((o) => [o.object, o.name, o.firstSeen, o.collectAt])]));
+  if (s.blocked.length) out.push('', 'BLOCKED', table([['OBJECT', 'NAME', 'REASON'], ...s.blocked.map((b) => [b.object, b.name, b.reason])]));
+  if (s.problems.length) out.push('', 'PROBLEMS', ...s.problems.map((p) => `  ${p}`));
+  return `${out.join('\n')}\n`;
+}
+
+export async function run(argv: string[]): Promise<number> {
+  const { values } = parseArgs({
+    args: argv,
+    options: { 'state-dir': { type: 'string', default: '/var/lib/kubevirt-spdk/state' }, json: { type: 'boolean', default: false }, help: { type: 'boolean', short: 'h', default: false } },
+    strict: true,
+  });
+  if (values.help) {
+    process.stdout.write(USAGE);
+    return 0;
+  }
+  const file = path.join(values['state-dir'], 'status.json');
+  let text: string;
+  try {
+    text = await readFile(file, 'utf8');
+  } catch (e) {
+    process.stderr.write(`kubevirt-spdk status: cannot read ${file}: ${(e as Error).message} (has the agent run with --state-dir ${values['state-dir']}?)\n`);
+    return 1;
+  }
+  let doc: unknown;
+  try {
+    doc = JSON.parse(text);
+  } catch (e) {
+    throw new ValidationError([`${file}: not valid JSON: ${(e as Error).message}`]);
+  }
+  const parsed = NodeStatusSchema.safeParse(doc);
+  if (!parsed.success) throw new ValidationError(formatZodError(file, parsed.error));
+  const now = Date.now();
+  const stale = staleness(parsed.data, now);
+  if (values.json) process.stdout.write(`${JSON.stringify({ ...parsed.data, ...(stale ? { stale } : {}) }, null, 2)}\n`);
+  else process.stdout.write(render(parsed.data, now));
+  return stale ? 3 : 0;
 }

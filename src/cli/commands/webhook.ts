@@ -1,5 +1,78 @@
-// Filled in by the component that owns the "webhook" subcommand.
-export async function run(_argv: string[]): Promise<number> {
-  process.stderr.write('kubevirt-spdk webhook: not implemented yet\n');
-  return 2;
+/**
+ * `kubevirt-spdk webhook --tls-cert FILE --tls-key FILE --sidecar-image IMAGE [--images FILE]`
+ * Without --images the CachedImage catalog comes from the cluster (in-cluster config or
+ * KUBECONFIG).
+ */
+import { parseArgs } from 'node:util';
+import { createLogger } from '../../log.js';
+import { InformerImageCatalog, StaticImageCatalog, type ImageCatalog } from '../../../webhooks/catalog.js';
+import { WebhookServer, DEFAULT_MAX_BODY_BYTES } from '../../../webhooks/server.js';
+
+const USAGE = `usage: kubevirt-spdk webhook --tls-cert FILE --tls-key FILE --sidecar-image IMAGE
+       [--images FILE] [--host 0.0.0.0] [--port 8443] [--max-body-bytes ${DEFAULT_MAX_BODY_BYTES}]
+`;
+
+export async function run(argv: string[]): Promise<number> {
+  const { values } = parseArgs({
+    args: argv,
+    options: {
+      'tls-cert': { type: 'string' },
+      'tls-key': { type: 'string' },
+      'sidecar-image': { type: 'string' },
+      images: { type: 'string' },
+      host: { type: 'string', default: '0.0.0.0' },
+      port: { type: 'string', default: '8443' },
+      'max-body-bytes': { type: 'string', default: String(DEFAULT_MAX_BODY_BYTES) },
+      help: { type: 'boolean', short: 'h' },
+    },
+    strict: true,
+  });
+  if (values.help) {
+    process.stdout.write(USAGE);
+    return 0;
+  }
+  const missing = (['tls-cert', 'tls-key', 'sidecar-image'] as const).filter((k) => !values[k]);
+  const port = Number(values.port);
+  const maxBody = Number(values['max-body-bytes']);
+  const problems = [
+    ...missing.map((k) => `--${k}: is required`),
+    ...(Number.isInteger(port) && port >= 0 && port < 65536 ? [] : [`--port: ${values.port} is not a TCP port`]),
+    ...(Number.isInteger(maxBody) && maxBody > 0 ? [] : [`--max-body-bytes: ${values['max-body-bytes']} must be a positive integer`]),
+  ];
+  if (problems.length) {
+    process.stderr.write(`kubevirt-spdk webhook: ${problems.join('; ')}\n${USAGE}`);
+    return 2;
+  }
+  const logger = createLogger('webhook');
+  let catalog: ImageCatalog;
+  let stopCatalog = async (): Promise<void> => undefined;
+  if (values.images) catalog = await StaticImageCatalog.fromFile(values.images);
+  else {
+    const informer = new InformerImageCatalog(logger);
+    // Serve /healthz at once; /readyz reports ready once the first list arrived.
+    void informer.start().catch((err: unknown) => logger.error({ err }, 'CachedImage informer did not start'));
+    catalog = informer;
+    stopCatalog = () => informer.stop();
+  }
+  const server = await WebhookServer.start({
+    certFile: values['tls-cert'] as string,
+    keyFile: values['tls-key'] as string,
+    host: values.host,
+    port,
+    catalog,
+    config: { sidecarImage: values['sidecar-image'] as string },
+    logger,
+    maxBodyBytes: maxBody,
+  });
+  await new Promise<void>((resolve) => {
+    const stop = (signal: string): void => {
+      logger.info({ signal }, 'shutting down');
+      resolve();
+    };
+    process.once('SIGTERM', () => stop('SIGTERM'));
+    process.once('SIGINT', () => stop('SIGINT'));
+  });
+  await server.close();
+  await stopCatalog();
+  return 0;
 }

@@ -3,7 +3,9 @@ import os from 'node:os';
 import path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { afterEach, describe, expect, it } from 'vitest';
-import { PodResourcesClient, SLOT_RESOURCE, loadPodResourcesProto, slotsFromPodResources } from '../../../src/kube/podresources.js';
+import { PodResourcesClient, slotsFromPodResources } from '../../../src/kube/podresources.js';
+import { loadPodResourcesProto } from '../../../deviceplugin/proto.js';
+import { VHOST_SLOT_RESOURCE as SLOT_RESOURCE } from '../../../src/api/volumes.js';
 
 const response = {
   pod_resources: [
@@ -40,8 +42,7 @@ describe('PodResourcesClient against a kubelet-like gRPC server on a unix socket
   it('lists the slots held by pods', async () => {
     dir = await mkdtemp(path.join(os.tmpdir(), 'pr-'));
     const sock = path.join(dir, 'kubelet.sock');
-    const pkg = loadPodResourcesProto().v1 as grpc.GrpcObject;
-    const svc = (pkg.PodResourcesLister as grpc.ServiceClientConstructor).service;
+    const svc = loadPodResourcesProto().v1.PodResourcesLister.service;
     server = new grpc.Server();
     server.addService(svc, {
       List: (_call: unknown, cb: grpc.sendUnaryData<unknown>) => cb(null, response),

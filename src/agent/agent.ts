@@ -1,0 +1,393 @@
+import { EventEmitter } from 'node:events';
+import { lstat, mkdir, readdir, rm } from 'node:fs/promises';
+import path from 'node:path';
+import type { DiskStatus, SlotStatus, VmiRef, VmiStatus } from '../api/status.js';
+import type { ObservedController, ObservedState, StorageBackend } from '../backend/types.js';
+import { silentLogger, type Logger } from '../log.js';
+import { emptyDesired, type DesiredState } from './desired.js';
+import { Executor, FreshObserver, describeError, type DiskOutcome } from './executor.js';
+import { writeFileAtomic } from './fsutil.js';
+import { ImageCache, type CacheLimits } from './image-cache.js';
+import { Journal, type JournalOptions } from './journal.js';
+import type { NodeStatus } from './node-status.js';
+import { isReport, orphanKey, reconcile, type Action, type ReconcileConfig, type SocketPolicy, type SocketStat } from './reconcile.js';
+import { DEFAULT_RETRY, type RetryOptions } from './retry.js';
+import { indexDesired, type DesiredIndex } from './safety.js';
+
+export interface NodeAgentOptions {
+  backend: StorageBackend;
+  stateDir: string;
+  logger?: Logger;
+  /** Owner and mode of vhost sockets, for QEMU (uid/gid 107, 0660 by default). */
+  socket?: Partial<SocketPolicy>;
+  orphanGraceMs?: number;
+  cache?: CacheLimits;
+  /** Periodic reconcile, ms (0 = none). */
+  resyncMs?: number;
+  /** Backend calls in flight at once. */
+  concurrency?: number;
+  retry?: RetryOptions;
+  /** Reconcile passes per round before giving up until the next trigger. */
+  maxPasses?: number;
+  /** Migration hook: true while a migration still needs this disk here (it is not deleted). */
+  heldByMigration?: (diskId: string) => boolean;
+  /** Called when a VMI's status changes (cluster mode patches the VMI annotation). */
+  onVmiStatus?: (vmi: VmiRef, status: VmiStatus, problems: string[]) => void | Promise<void>;
+  journal?: JournalOptions;
+  node?: string;
+  now?: () => number;
+}
+
+export interface VmiReport {
+  vmi: VmiRef;
+  origin: string;
+  slot?: string;
+  problems: string[];
+  disks: DiskStatus[];
+}
+
+export interface ReconcileReport {
+  reason: string;
+  passes: number;
+  durationMs: number;
+  /** The last pass found nothing to do. */
+  converged: boolean;
+  /** Every disk is Ready or Failed and no VMI waits on anything: `--once` may stop. */
+  settled: boolean;
+  vmis: VmiReport[];
+  controllersCreated: number;
+  backendOk: boolean;
+  problems: string[];
+}
+
+export const DEFAULT_SOCKET_POLICY: SocketPolicy = { uid: 107, gid: 107, mode: 0o660 };
+
+/**
+ * The node agent loop: reconciles on every desired-state change, on a timer, and when the
+ * backend comes back (live recovery); runs the executor; writes the status files.
+ */
+export class NodeAgent extends EventEmitter {
+  private desired: DesiredState = emptyDesired();
+  private desiredIdx: DesiredIndex = indexDesired(this.desired);
+  private journal!: Journal;
+  private images!: ImageCache;
+  private executor!: Executor;
+  private readonly observer: FreshObserver;
+  private readonly failed = new Map<string, string>();
+  private running: Promise<ReconcileReport> | undefined;
+  private queued: Promise<ReconcileReport> | undefined;
+  private queuedReasons = new Set<string>();
+  private timer: NodeJS.Timeout | undefined;
+  private connectedAt: number | undefined;
+  private readonly written = new Map<string, string>();
+  private readonly config: ReconcileConfig;
+  readonly log: Logger;
+  lastReport: ReconcileReport | undefined;
+
+  constructor(private readonly opts: NodeAgentOptions) {
+    super();
+    this.log = opts.logger ?? silentLogger;
+    this.observer = new FreshObserver(opts.backend);
+    this.config = {
+      socket: { ...DEFAULT_SOCKET_POLICY, ...opts.socket },
+      orphanGraceMs: opts.orphanGraceMs ?? 5 * 60_000,
+      cache: opts.cache ?? {},
+    };
+  }
+
+  private now(): number {
+    return (this.opts.now ?? Date.now)();
+  }
+
+  get stateDir(): string {
+    return this.opts.stateDir;
+  }
+
+  /** Opens the journal; call once before anything else. */
+  async init(): Promise<void> {
+    await mkdir(path.join(this.opts.stateDir, 'slots'), { recursive: true });
+    this.journal = await Journal.open(this.opts.stateDir, { logger: this.log, ...this.opts.journal });
+    this.images = new ImageCache(this.opts.backend, this.journal, { logger: this.log, now: () => this.now() });
+    this.executor = new Executor({
+      backend: this.opts.backend,
+      journal: this.journal,
+      images: this.images,
+      observer: this.observer,
+      desiredNow: () => this.desiredIdx,
+      heldByMigration: (id) => this.opts.heldByMigration?.(id) ?? false,
+      logger: this.log,
+      retry: this.opts.retry ?? DEFAULT_RETRY,
+      concurrency: this.opts.concurrency ?? 128,
+      now: () => this.now(),
+    });
+  }
+
+  /** Slot the journal last saw a VMI on (for slot conflicts: the incumbent keeps it). */
+  slotHolder = (slot: string): string | undefined =>
+    Object.entries(this.journal?.state.vmiSlots ?? {}).find(([, v]) => v.slot === slot)?.[0];
+
+  setDesired(desired: DesiredState): void {
+    this.desired = desired;
+    this.desiredIdx = indexDesired(desired);
+  }
+
+  private readonly onConnected = (): void => {
+    this.connectedAt = this.now();
+    this.log.info({ event: 'backend-connected' }, 'backend connected; recovering controllers');
+    void this.reconcile('backend-connected').catch((e: unknown) => this.log.error({ event: 'reconcile-failed', error: describeError(e) }, 'reconcile failed'));
+  };
+
+  private readonly onDisconnected = (): void => {
+    this.log.warn({ event: 'backend-disconnected' }, 'backend disconnected');
+  };
+
+  /** Starts the timer and the recovery trigger. */
+  start(): void {
+    this.opts.backend.on('connected', this.onConnected);
+    this.opts.backend.on('disconnected', this.onDisconnected);
+    const every = this.opts.resyncMs ?? 30_000;
+    if (every > 0) {
+      this.timer = setInterval(() => {
+        void this.reconcile('resync').catch((e: unknown) => this.log.error({ event: 'reconcile-failed', error: describeError(e) }, 'reconcile failed'));
+      }, every);
+    }
+  }
+
+  async stop(): Promise<void> {
+    if (this.timer) clearInterval(this.timer);
+    this.timer = undefined;
+    this.opts.backend.off('connected', this.onConnected);
+    this.opts.backend.off('disconnected', this.onDisconnected);
+    await Promise.allSettled([this.running, this.queued]);
+  }
+
+  /**
+   * One reconcile round. Rounds never overlap: a trigger during a round queues one more round
+   * (triggers coalesce), which sees the latest desired state.
+   */
+  reconcile(reason: string): Promise<ReconcileReport> {
+    if (!this.running) return this.begin(reason);
+    this.queuedReasons.add(reason);
+    this.queued ??= this.running
+      .then(
+        () => undefined,
+        () => undefined,
+      )
+      .then(() => {
+        const reasons = [...this.queuedReasons].join(',');
+        this.queuedReasons.clear();
+        this.queued = undefined;
+        return this.begin(reasons);
+      });
+    return this.queued;
+  }
+
+  private begin(reason: string): Promise<ReconcileReport> {
+    const p = this.round(reason).finally(() => {
+      if (this.running === p) this.running = undefined;
+    });
+    this.running = p;
+    return p;
+  }
+
+  private async statSockets(controllers: ObservedController[]): Promise<Map<string, SocketStat>> {
+    const out = new Map<string, SocketStat>();
+    await Promise.all(
+      controllers.map(async (c) => {
+        try {
+          const st = await lstat(c.socketPath);
+          out.set(c.socketPath, { uid: st.uid, gid: st.gid, mode: st.mode & 0o777 });
+        } catch {
+          // Missing socket: the reconciler treats it as not ready.
+        }
+      }),
+    );
+    return out;
+  }
+
+  private async round(reason: string): Promise<ReconcileReport> {
+    const t0 = this.now();
+    const desired = this.desired;
+    this.failed.clear();
+    const maxPasses = this.opts.maxPasses ?? 8;
+    let passes = 0;
+    let plan: Action[] = [];
+    let outcomes = new Map<string, DiskOutcome>();
+    let converged = false;
+    let controllersCreated = 0;
+    let observed: ObservedState | undefined;
+    let backendError: string | undefined;
+    try {
+      while (passes < maxPasses) {
+        passes++;
+        observed = await this.observer.fresh();
+        const sockets = await this.statSockets(observed.controllers);
+        plan = reconcile(
+          desired,
+          observed,
+          { journal: this.journal.state, now: this.now(), failed: this.failed, sockets, heldByMigration: (id) => this.opts.heldByMigration?.(id) ?? false },
+          this.config,
+        );
+        await this.remember(plan, observed);
+        if (!plan.some((a) => !isReport(a))) {
+          converged = true;
+          outcomes = new Map();
+          break;
+        }
+        const exec = await this.executor.execute(plan);
+        outcomes = exec.outcomes;
+        controllersCreated += exec.controllersCreated;
+        for (const [key, o] of exec.outcomes) if (o.permanent && o.message) this.failed.set(key, o.message);
+        // Nothing could be done (all refused or unreachable): wait for the next trigger.
+        if (exec.calls === 0 && exec.refusals.length > 0) break;
+      }
+    } catch (e) {
+      backendError = describeError(e);
+      this.log.error({ event: 'reconcile-failed', reason, error: backendError }, 'reconcile round failed');
+    }
+    if (backendError === undefined) await this.journal.settleReplayed();
+    const report = this.report(reason, desired, plan, outcomes, { passes, converged, controllersCreated, t0, backendError });
+    await this.writeStatus(report, plan, observed);
+    if (reason.includes('backend-connected') && this.connectedAt !== undefined) {
+      const durationMs = this.now() - this.connectedAt;
+      this.connectedAt = undefined;
+      this.log.info({ event: 'recovery', durationMs, controllers: controllersCreated, converged }, 'controllers recovered after a backend restart');
+      this.emit('recovery', { durationMs, controllers: controllersCreated, converged });
+    }
+    this.log.info(
+      { event: 'reconcile', reason, passes, durationMs: report.durationMs, converged, disks: report.vmis.reduce((n, v) => n + v.disks.length, 0) },
+      'reconcile round done',
+    );
+    this.lastReport = report;
+    this.emit('reconciled', report);
+    return report;
+  }
+
+  /** Orphans' first-seen times; ownership records of things that are gone for good. */
+  private async remember(plan: Action[], observed: ObservedState): Promise<void> {
+    const j = this.journal.state;
+    const orphans = new Map<string, number>();
+    for (const a of plan) if (a.kind === 'reportOrphan') orphans.set(orphanKey(a.object, a.name), a.firstSeen);
+    const stale = Object.keys(j.orphans).filter((k) => !orphans.has(k));
+    const fresh = [...orphans].filter(([k]) => j.orphans[k] === undefined);
+    const diskIds = new Set(observed.disks.map((d) => d.id));
+    const ctlNames = new Set(observed.controllers.map((c) => c.name));
+    const gone = Object.entries(j.owned)
+      .filter(([id, o]) => !this.desiredIdx.presentUids.has(o.vmi.uid) && (o.source === 'bdev' || !diskIds.has(id)) && !ctlNames.has(o.controller))
+      .map(([id]) => id);
+    const remaining = Object.entries(j.owned).filter(([id]) => !gone.includes(id));
+    const goneUids = Object.keys(j.vmiSlots).filter((uid) => !this.desiredIdx.presentUids.has(uid) && !remaining.some(([, o]) => o.vmi.uid === uid));
+    if (!stale.length && !fresh.length && !gone.length && !goneUids.length) return;
+    await this.journal.update((s) => {
+      for (const k of stale) delete s.orphans[k];
+      for (const [k, t] of fresh) s.orphans[k] = t;
+      for (const id of gone) delete s.owned[id];
+      for (const uid of goneUids) delete s.vmiSlots[uid];
+    });
+    for (const [k, t] of fresh) this.log.warn({ event: 'orphan', object: k, firstSeen: new Date(t).toISOString() }, 'object matches our naming but belongs to no VMI');
+  }
+
+  private report(
+    reason: string,
+    desired: DesiredState,
+    plan: Action[],
+    outcomes: Map<string, DiskOutcome>,
+    r: { passes: number; converged: boolean; controllersCreated: number; t0: number; backendError?: string },
+  ): ReconcileReport {
+    const byKey = new Map<string, Action[]>();
+    for (const a of plan) {
+      if (!('target' in a) || !a.target) continue;
+      byKey.set(a.target.key, [...(byKey.get(a.target.key) ?? []), a]);
+    }
+    const vmis: VmiReport[] = desired.vmis.map((v) => {
+      const disks: DiskStatus[] = v.disks.map((d) => {
+        const acts = byKey.get(d.key) ?? [];
+        const ready = acts.find((a) => a.kind === 'reportReady');
+        const err = acts.find((a) => a.kind === 'reportError');
+        const o = outcomes.get(d.key);
+        if (r.backendError !== undefined) return { name: d.name, phase: 'Pending', message: `backend unavailable: ${r.backendError}` };
+        if (ready?.kind === 'reportReady') return { name: d.name, phase: 'Ready', socket: ready.socket, dataNode: this.opts.node ?? 'local' };
+        if (err?.kind === 'reportError') return { name: d.name, phase: 'Failed', message: err.message };
+        if (o) return { name: d.name, phase: o.phase, ...(o.message ? { message: o.message } : {}) };
+        if (acts.some((a) => a.kind === 'ensureImage')) return { name: d.name, phase: 'Importing' };
+        return { name: d.name, phase: acts.length ? 'Provisioning' : 'Pending' };
+      });
+      return { vmi: v.ref, origin: v.origin, ...(v.slot ? { slot: v.slot } : {}), problems: v.problems, disks };
+    });
+    const settled =
+      r.backendError === undefined && vmis.every((v) => v.problems.length > 0 || v.disks.every((d) => d.phase === 'Ready' || d.phase === 'Failed'));
+    return {
+      reason,
+      passes: r.passes,
+      durationMs: this.now() - r.t0,
+      converged: r.converged,
+      settled,
+      vmis,
+      controllersCreated: r.controllersCreated,
+      backendOk: r.backendError === undefined,
+      problems: desired.problems,
+    };
+  }
+
+  private async writeIfChanged(file: string, body: object, stamp: object): Promise<void> {
+    const key = JSON.stringify(body);
+    if (this.written.get(file) === key) return;
+    await writeFileAtomic(file, `${JSON.stringify({ ...body, ...stamp }, null, 2)}\n`);
+    this.written.set(file, key);
+  }
+
+  private async writeStatus(report: ReconcileReport, plan: Action[], observed: ObservedState | undefined): Promise<void> {
+    const updatedAt = new Date(this.now()).toISOString();
+    const slotsDir = path.join(this.opts.stateDir, 'slots');
+    const held = new Set<string>();
+    await Promise.all(
+      report.vmis.map(async (v) => {
+        const ready = v.problems.length === 0 && v.disks.length > 0 && v.disks.every((d) => d.phase === 'Ready');
+        if (v.slot) {
+          held.add(`${v.slot}.json`);
+          const slot: Omit<SlotStatus, 'updatedAt'> = { slot: v.slot, vmi: v.vmi, ready, disks: v.disks };
+          await this.writeIfChanged(path.join(slotsDir, `${v.slot}.json`), slot, { updatedAt });
+        }
+        if (this.opts.onVmiStatus) {
+          const status: Omit<VmiStatus, 'updatedAt'> = { ...(this.opts.node ? { node: this.opts.node } : {}), ...(v.slot ? { slot: v.slot } : {}), disks: v.disks };
+          const key = `vmi:${v.vmi.uid}`;
+          const body = JSON.stringify({ status, problems: v.problems });
+          if (this.written.get(key) !== body) {
+            this.written.set(key, body);
+            await Promise.resolve(this.opts.onVmiStatus(v.vmi, { ...status, updatedAt }, v.problems)).catch((e: unknown) =>
+              this.log.error({ event: 'status-hook-failed', vmi: v.vmi, error: describeError(e) }, 'could not publish VMI status'),
+            );
+          }
+        }
+      }),
+    );
+    // A slot no VMI holds any more has no readiness to report.
+    for (const f of await readdir(slotsDir).catch(() => [] as string[])) {
+      if (f.endsWith('.json') && !held.has(f)) {
+        await rm(path.join(slotsDir, f), { force: true });
+        this.written.delete(path.join(slotsDir, f));
+      }
+    }
+    const owners = new Map(Object.entries(this.journal.state.owned).map(([id, o]) => [id, `${o.vmi.namespace}/${o.vmi.name}`]));
+    const node: Omit<NodeStatus, 'updatedAt'> = {
+      version: 1,
+      backend: { kind: this.opts.backend.kind, ok: report.backendOk, ...(report.backendOk ? {} : { message: 'backend unavailable' }) },
+      resyncMs: this.opts.resyncMs ?? 30_000,
+      reconcile: { reason: report.reason, passes: report.passes, durationMs: report.durationMs, converged: report.converged },
+      images: (observed?.images ?? []).map((i) => {
+        const lastUse = this.journal.state.imageLastUse[i.name];
+        return { name: i.name, phase: i.phase, sizeBytes: i.sizeBytes, cloneCount: i.cloneCount, ...(lastUse ? { lastUse: new Date(lastUse).toISOString() } : {}), ...(i.message ? { message: i.message } : {}) };
+      }),
+      disks: (observed?.disks ?? []).map((d) => ({ id: d.id, ref: d.ref, sizeBytes: d.sizeBytes, owned: d.owned, ...(d.image ? { image: d.image } : {}), ...(owners.has(d.id) ? { vmi: owners.get(d.id) } : {}) })),
+      controllers: (observed?.controllers ?? []).map((c) => ({ name: c.name, diskRef: c.diskRef, socketPath: c.socketPath, sessions: c.sessions, readonly: c.readonly })),
+      vmis: report.vmis,
+      orphans: plan.flatMap((a) =>
+        a.kind === 'reportOrphan' ? [{ object: a.object, name: a.name, firstSeen: new Date(a.firstSeen).toISOString(), collectAt: new Date(a.collectAt).toISOString() }] : [],
+      ),
+      blocked: plan.flatMap((a) => (a.kind === 'reportBlocked' ? [{ object: a.object, name: a.name, reason: a.reason }] : [])),
+      problems: report.problems,
+    };
+    // status.json is rewritten every round: its age tells `status` whether the agent is alive.
+    await writeFileAtomic(path.join(this.opts.stateDir, 'status.json'), `${JSON.stringify({ ...node, updatedAt }, null, 2)}\n`);
+  }
+}

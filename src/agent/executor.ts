@@ -1,0 +1,310 @@
+import { chmod, chown, mkdir } from 'node:fs/promises';
+import path from 'node:path';
+import { BackendError, type ObservedState, type StorageBackend } from '../backend/types.js';
+import { SpdkError } from '../spdk/errors.js';
+import { silentLogger, type Logger } from '../log.js';
+import { capacityProblem } from './desired.js';
+import type { ImageCache } from './image-cache.js';
+import type { Journal } from './journal.js';
+import type { Action, DiskTarget } from './reconcile.js';
+import { isTransient, withRetry, type RetryOptions } from './retry.js';
+import { whyNotCreateController, whyNotDeleteController, whyNotDeleteDisk, whyNotEvictImage, type DesiredIndex, type SafetyContext } from './safety.js';
+
+/** An operation a safety rule forbids right now (checked against a fresh observation). */
+export class SafetyRefusal extends Error {
+  override readonly name = 'SafetyRefusal';
+  constructor(readonly action: Action['kind'], readonly object: string, reason: string) {
+    super(`${action} ${object} refused: ${reason}`);
+    this.reason = reason;
+  }
+  readonly reason: string;
+}
+
+/**
+ * Shares observations among concurrent callers, while guaranteeing each caller one that
+ * started after it asked (so a safety re-check never sees a stale listing): callers that
+ * arrive while a listing is running wait for the next one, which they share.
+ */
+export class FreshObserver {
+  private running: Promise<ObservedState> | undefined;
+  private queued: Promise<ObservedState> | undefined;
+  count = 0;
+
+  constructor(private readonly backend: StorageBackend) {}
+
+  fresh(): Promise<ObservedState> {
+    if (!this.running) return this.start();
+    this.queued ??= this.running
+      .then(
+        () => undefined,
+        () => undefined,
+      )
+      .then(() => {
+        this.queued = undefined;
+        return this.start();
+      });
+    return this.queued;
+  }
+
+  private start(): Promise<ObservedState> {
+    this.count++;
+    const p = this.backend.observe().finally(() => {
+      if (this.running === p) this.running = undefined;
+    });
+    this.running = p;
+    return p;
+  }
+}
+
+export interface DiskOutcome {
+  phase: 'Importing' | 'Provisioning' | 'Pending' | 'Failed';
+  message?: string;
+  /** Failed for a reason that retrying now will not fix (bad input, checksum, no space). */
+  permanent: boolean;
+}
+
+export interface ExecResult {
+  outcomes: Map<string, DiskOutcome>;
+  /** Backend calls made. */
+  calls: number;
+  controllersCreated: number;
+  refusals: SafetyRefusal[];
+}
+
+export interface ExecutorDeps {
+  backend: StorageBackend;
+  journal: Journal;
+  images: ImageCache;
+  observer: FreshObserver;
+  /** The desired state as it is now (it may have changed since the plan). */
+  desiredNow: () => DesiredIndex;
+  heldByMigration: (diskId: string) => boolean;
+  logger?: Logger;
+  retry: RetryOptions;
+  concurrency: number;
+  now?: () => number;
+}
+
+/** Runs `fn` over `items` with at most `limit` in flight. */
+async function pool<T>(items: readonly T[], limit: number, fn: (item: T) => Promise<void>): Promise<void> {
+  let next = 0;
+  const workers = Array.from({ length: Math.min(limit, items.length) }, async () => {
+    while (next < items.length) {
+      const item = items[next++] as T;
+      await fn(item);
+    }
+  });
+  await Promise.all(workers);
+}
+
+export function describeError(e: unknown): string {
+  if (e instanceof BackendError) return `${e.kind}: ${e.message}`;
+  if (e instanceof SpdkError) return `${e.kind}: ${e.message}`;
+  if (e instanceof Error) return e.message;
+  return String(e);
+}
+
+/**
+ * Executes a plan: deletions of controllers, then of disks, then one chain per desired disk
+ * (chains run concurrently, so the calls of many VMIs are pipelined), then evictions. Every
+ * call is journaled (intent, done), retried on busy/transport, and every destructive call (and
+ * every controller creation) is re-checked against a fresh observation right before it runs.
+ * A failing disk gets its own outcome; the other chains carry on.
+ */
+export class Executor {
+  /** bdev -> controller being created for it in this process (one controller per bdev). */
+  private readonly serving = new Map<string, string>();
+
+  constructor(private readonly deps: ExecutorDeps) {}
+
+  private get log(): Logger {
+    return this.deps.logger ?? silentLogger;
+  }
+
+  private async safety(): Promise<SafetyContext> {
+    const observed = await this.deps.observer.fresh();
+    return { observed, desired: this.deps.desiredNow(), owned: this.deps.journal.state.owned, heldByMigration: this.deps.heldByMigration };
+  }
+
+  private retry<T>(what: string, fn: () => Promise<T>, log: Logger): Promise<T> {
+    return withRetry(fn, this.deps.retry, (err, attempt, delayMs) => log.warn({ event: 'retry', what, attempt, delayMs, error: describeError(err) }, 'transient backend error; retrying'));
+  }
+
+  /** Journals intent, calls, journals done (also on failure: the call is over). */
+  private async journaled<T>(action: string, target: string, call: () => Promise<T>, log: Logger, before?: Parameters<Journal['intent']>[2], after?: Parameters<Journal['done']>[1]): Promise<T> {
+    const op = await this.deps.journal.intent(action, target, before);
+    let out: T;
+    try {
+      out = await this.retry(`${action} ${target}`, call, log);
+    } catch (e) {
+      await this.deps.journal.done(op);
+      throw e;
+    }
+    await this.deps.journal.done(op, after);
+    return out;
+  }
+
+  async execute(plan: readonly Action[]): Promise<ExecResult> {
+    const result: ExecResult = { outcomes: new Map(), calls: 0, controllersCreated: 0, refusals: [] };
+    const refused = (e: unknown): boolean => {
+      if (e instanceof SafetyRefusal) {
+        result.refusals.push(e);
+        this.log.warn({ event: 'refused', action: e.action, object: e.object, reason: e.reason }, 'safety rule stopped an action');
+        return true;
+      }
+      return false;
+    };
+    const { concurrency } = this.deps;
+
+    const ctlDeletes = plan.filter((a): a is Extract<Action, { kind: 'deleteController' }> => a.kind === 'deleteController');
+    await pool(ctlDeletes, concurrency, async (a) => {
+      const log = this.log.child({ controller: a.name, ...(a.target ? { vmi: a.target.vmi, disk: a.target.disk, slot: a.target.slot } : {}) });
+      try {
+        const why = whyNotDeleteController(await this.safety(), a.name);
+        if (why) throw new SafetyRefusal('deleteController', a.name, why);
+        result.calls++;
+        await this.journaled('deleteController', a.name, () => this.deps.backend.deleteController(a.name), log);
+        log.info({ event: 'controller-deleted', reason: a.reason }, 'controller deleted');
+      } catch (e) {
+        if (!refused(e)) log.error({ event: 'delete-failed', error: describeError(e) }, 'deleting controller failed');
+        if (a.target) result.outcomes.set(a.target.key, { phase: 'Pending', message: describeError(e), permanent: false });
+      }
+    });
+
+    const diskDeletes = plan.filter((a): a is Extract<Action, { kind: 'deleteDisk' }> => a.kind === 'deleteDisk');
+    await pool(diskDeletes, concurrency, async (a) => {
+      const log = this.log.child({ disk: a.id });
+      try {
+        const why = whyNotDeleteDisk(await this.safety(), a.id);
+        if (why) throw new SafetyRefusal('deleteDisk', a.id, why);
+        result.calls++;
+        await this.journaled('deleteDisk', a.id, () => this.deps.backend.deleteDisk(a.id), log, undefined, (s) => {
+          delete s.owned[a.id];
+        });
+        log.info({ event: 'disk-deleted', reason: a.reason }, 'disk deleted');
+      } catch (e) {
+        if (!refused(e)) log.error({ event: 'delete-failed', error: describeError(e) }, 'deleting disk failed');
+      }
+    });
+
+    const chains = new Map<string, { target: DiskTarget; steps: Action[] }>();
+    for (const a of plan) {
+      if (a.kind !== 'ensureImage' && a.kind !== 'ensureDisk' && a.kind !== 'ensureController' && a.kind !== 'fixSocket') continue;
+      const c = chains.get(a.target.key) ?? { target: a.target, steps: [] };
+      c.steps.push(a);
+      chains.set(a.target.key, c);
+    }
+    await pool([...chains.values()], concurrency, async (chain) => {
+      const outcome = await this.runChain(chain.target, chain.steps, result, refused);
+      result.outcomes.set(chain.target.key, outcome);
+    });
+
+    for (const a of plan) {
+      if (a.kind !== 'evictImage') continue;
+      const log = this.log.child({ image: a.name });
+      try {
+        const why = whyNotEvictImage(await this.safety(), a.name, this.deps.images.importing(a.name));
+        if (why) throw new SafetyRefusal('evictImage', a.name, why);
+        result.calls++;
+        await this.retry(`evictImage ${a.name}`, () => this.deps.images.evict(a.name), log);
+      } catch (e) {
+        if (!refused(e)) log.error({ event: 'evict-failed', error: describeError(e) }, 'evicting image failed');
+      }
+    }
+    return result;
+  }
+
+  private async runChain(target: DiskTarget, steps: Action[], result: ExecResult, refused: (e: unknown) => boolean): Promise<DiskOutcome> {
+    const log = this.log.child({ vmi: target.vmi, disk: target.disk, slot: target.slot });
+    let diskRef: string | undefined;
+    let socketPath: string | undefined;
+    let createdController: string | undefined;
+    let phase: DiskOutcome['phase'] = 'Provisioning';
+    try {
+      for (const a of steps) {
+        switch (a.kind) {
+          case 'ensureImage': {
+            phase = 'Importing';
+            result.calls++;
+            const img = await this.retry(`ensureImage ${a.image.name}`, () => this.deps.images.ensure(a.image), log);
+            if (img.phase === 'failed') throw new BackendError(`image ${a.image.name} failed to import: ${img.message ?? 'unknown cause'}`, 'internal');
+            phase = 'Provisioning';
+            const tooSmall = capacityProblem({ source: { kind: 'image', image: a.image.name }, capacityBytes: steps.find((s) => s.kind === 'ensureDisk')?.spec.capacityBytes }, img.sizeBytes);
+            if (tooSmall) throw new BackendError(`capacity: ${tooSmall}`, 'invalid');
+            break;
+          }
+          case 'ensureDisk': {
+            result.calls++;
+            const spec = a.spec;
+            const disk = await this.journaled('ensureDisk', spec.id, () => this.deps.backend.ensureDisk(spec), log, (s) => {
+              // Ours from the moment we ask: a crash after the create still knows who it belongs to.
+              s.owned[spec.id] = {
+                vmi: target.vmi,
+                disk: target.disk,
+                slot: target.slot,
+                controller: `${target.slot}/${target.disk}`,
+                source: spec.source.kind,
+                ...(spec.source.kind === 'image' ? { image: spec.source.image } : {}),
+                createdAt: (this.deps.now ?? Date.now)(),
+              };
+              s.vmiSlots[target.vmi.uid] = { slot: target.slot, namespace: target.vmi.namespace, name: target.vmi.name };
+            });
+            diskRef = disk.ref;
+            if (spec.source.kind === 'image') await this.deps.images.touch(spec.source.image);
+            log.info({ event: 'disk-ready', id: spec.id, ref: disk.ref }, 'disk provisioned');
+            break;
+          }
+          case 'ensureController': {
+            const ref = a.spec.diskRef ?? diskRef;
+            if (ref === undefined) throw new BackendError(`no disk to serve for controller ${a.spec.name}`, 'internal');
+            const holder = this.serving.get(ref);
+            if (holder !== undefined && holder !== a.spec.name) throw new SafetyRefusal('ensureController', a.spec.name, `bdev ${ref} is being served by controller ${holder} (one controller per bdev)`);
+            this.serving.set(ref, a.spec.name);
+            try {
+              const why = whyNotCreateController(await this.safety(), a.spec.name, ref);
+              if (why) throw new SafetyRefusal('ensureController', a.spec.name, why);
+              await mkdir(path.join(this.deps.backend.vhostDir, target.slot), { recursive: true, mode: 0o755 });
+              result.calls++;
+              const spec = { ...a.spec, diskRef: ref };
+              const c = await this.journaled('ensureController', a.spec.name, () => this.deps.backend.ensureController(spec), log, (s) => {
+                s.vmiSlots[target.vmi.uid] = { slot: target.slot, namespace: target.vmi.namespace, name: target.vmi.name };
+              });
+              socketPath = c.socketPath;
+              createdController = c.name;
+              result.controllersCreated++;
+            } finally {
+              this.serving.delete(ref);
+            }
+            break;
+          }
+          case 'fixSocket': {
+            const p = a.path ?? socketPath;
+            if (p === undefined) throw new BackendError(`controller ${a.controller} has no socket path`, 'internal');
+            await chown(p, a.policy.uid, a.policy.gid);
+            await chmod(p, a.policy.mode);
+            break;
+          }
+          default:
+            break;
+        }
+      }
+      return { phase, permanent: false };
+    } catch (e) {
+      if (refused(e)) return { phase: 'Pending', message: (e as SafetyRefusal).message, permanent: false };
+      const message = describeError(e);
+      if (isTransient(e)) {
+        log.warn({ event: 'disk-pending', error: message }, 'backend unavailable; will retry');
+        return { phase: 'Pending', message: `will retry: ${message}`, permanent: false };
+      }
+      log.error({ event: 'disk-failed', error: message }, 'disk failed');
+      if (createdController !== undefined) {
+        // Not half-made: a controller whose socket QEMU may not use is taken down again.
+        const name = createdController;
+        await this.journaled('deleteController', name, () => this.deps.backend.deleteController(name), log).catch((err: unknown) =>
+          log.error({ event: 'rollback-failed', controller: name, error: describeError(err) }, 'could not remove the controller of a failed disk'),
+        );
+      }
+      return { phase: 'Failed', message, permanent: true };
+    }
+  }
+}

@@ -1,0 +1,239 @@
+import type { VmiRef } from '../api/status.js';
+import type { ControllerSpec, DiskSpec, ImageSpec, ObservedController, ObservedState } from '../backend/types.js';
+import { capacityProblem, type DesiredDisk, type DesiredState } from './desired.js';
+import { chooseEvictions, importInProgress, type CacheEntry, type CacheLimits } from './image-cache.js';
+import type { JournalState } from './journal.js';
+import { isOurControllerName, isOurDiskId } from './naming.js';
+import { indexDesired, whyNotCreateController, whyNotDeleteController, whyNotDeleteDisk, whyNotEvictImage, type SafetyContext } from './safety.js';
+
+/**
+ * The reconciler: a pure function from (desired state, the backend's listing, the agent's
+ * memory) to an ordered list of actions. Level-triggered and idempotent: it never trusts that
+ * an earlier action happened, it only looks at what is there, so running it again after a
+ * crash at any point converges.
+ *
+ * Order: deleteController, deleteDisk (before anything is created, so that names and bdevs are
+ * free), then one chain per desired disk (ensureImage -> ensureDisk -> ensureController ->
+ * fixSocket), then evictImage; the report* actions change nothing on the backend.
+ */
+
+export interface SocketStat {
+  uid: number;
+  gid: number;
+  /** Permission bits (mode & 0o777). */
+  mode: number;
+}
+
+export interface SocketPolicy {
+  uid: number;
+  gid: number;
+  mode: number;
+}
+
+/** Identifies the desired disk an action is for (status, logs). */
+export interface DiskTarget {
+  key: string;
+  vmi: VmiRef;
+  disk: string;
+  slot: string;
+}
+
+export type Action =
+  | { kind: 'ensureImage'; target: DiskTarget; image: ImageSpec }
+  | { kind: 'ensureDisk'; target: DiskTarget; spec: DiskSpec }
+  /** `diskRef` is absent when the disk is created earlier in the same chain. */
+  | { kind: 'ensureController'; target: DiskTarget; spec: Omit<ControllerSpec, 'diskRef'> & { diskRef?: string } }
+  /** `path` is absent when the controller is created earlier in the same chain. */
+  | { kind: 'fixSocket'; target: DiskTarget; controller: string; path?: string; policy: SocketPolicy }
+  | { kind: 'reportReady'; target: DiskTarget; socket: string }
+  | { kind: 'deleteController'; name: string; diskRef: string; reason: string; target?: DiskTarget }
+  | { kind: 'deleteDisk'; id: string; reason: string }
+  | { kind: 'evictImage'; name: string; reason: string }
+  | { kind: 'reportOrphan'; object: 'disk' | 'controller'; name: string; firstSeen: number; collectAt: number }
+  /** Something should go but may not yet (a safety rule holds it); retried every reconcile. */
+  | { kind: 'reportBlocked'; object: 'disk' | 'controller' | 'image'; name: string; reason: string }
+  | { kind: 'reportError'; target?: DiskTarget; vmi?: VmiRef; message: string };
+
+export type ActionKind = Action['kind'];
+export const REPORT_KINDS: ReadonlySet<ActionKind> = new Set(['reportReady', 'reportOrphan', 'reportBlocked', 'reportError']);
+export const isReport = (a: Action): boolean => REPORT_KINDS.has(a.kind);
+
+export interface ReconcileConfig {
+  socket: SocketPolicy;
+  /** How long an orphan is left alone after it is first seen. */
+  orphanGraceMs: number;
+  cache: CacheLimits;
+}
+
+export interface AgentMemory {
+  journal: Readonly<JournalState>;
+  now: number;
+  /** Disks that failed for good in this round (by disk key), with the message. */
+  failed: ReadonlyMap<string, string>;
+  /** Sockets' owner and mode, by path; missing = not there. */
+  sockets: ReadonlyMap<string, SocketStat>;
+  /** Migration hook. */
+  heldByMigration?: (diskId: string) => boolean;
+}
+
+export const orphanKey = (object: 'disk' | 'controller', name: string): string => `${object}:${name}`;
+
+export const targetOf = (d: DesiredDisk): DiskTarget => ({ key: d.key, vmi: d.vmi, disk: d.name, slot: d.slot });
+
+export function socketOk(st: SocketStat | undefined, p: SocketPolicy): boolean {
+  return st !== undefined && st.uid === p.uid && st.gid === p.gid && st.mode === p.mode;
+}
+
+export function reconcile(desired: DesiredState, observed: ObservedState, memory: AgentMemory, config: ReconcileConfig): Action[] {
+  const idx = indexDesired(desired);
+  const heldByMigration = memory.heldByMigration ?? (() => false);
+  const deletesCtl: Action[] = [];
+  const goingAway = new Set<string>();
+  const ctx: SafetyContext = { observed, desired: idx, owned: memory.journal.owned, heldByMigration, goingAway };
+  const deletesDisk: Action[] = [];
+  const chains: Action[] = [];
+  const tail: Action[] = [];
+
+  const disksById = new Map(observed.disks.map((d) => [d.id, d]));
+  const ctlByName = new Map(observed.controllers.map((c) => [c.name, c]));
+  const imagesByName = new Map(observed.images.map((i) => [i.name, i]));
+  const ownedByCtl = new Map(Object.entries(memory.journal.owned).map(([id, o]) => [o.controller, { id, o }]));
+
+  const deleteController = (c: ObservedController, reason: string, target?: DiskTarget): boolean => {
+    if (goingAway.has(c.name)) return true;
+    const why = whyNotDeleteController(ctx, c.name);
+    if (why) {
+      tail.push({ kind: 'reportBlocked', object: 'controller', name: c.name, reason: why });
+      return false;
+    }
+    goingAway.add(c.name);
+    deletesCtl.push({ kind: 'deleteController', name: c.name, diskRef: c.diskRef, reason, ...(target ? { target } : {}) });
+    return true;
+  };
+
+  // Controllers and disks that no desired disk accounts for: deletions and orphans.
+  for (const c of observed.controllers) {
+    if (!isOurControllerName(c.name) || idx.controllers.has(c.name)) continue;
+    const known = ownedByCtl.get(c.name);
+    if (known) {
+      if (idx.brokenUids.has(known.o.vmi.uid)) continue;
+      if (heldByMigration(known.id)) {
+        tail.push({ kind: 'reportBlocked', object: 'controller', name: c.name, reason: `disk ${known.id} is still needed by a migration` });
+        continue;
+      }
+      deleteController(c, idx.presentUids.has(known.o.vmi.uid) ? 'no longer in the VMI\'s volumes or slot' : `VMI ${known.o.vmi.namespace}/${known.o.vmi.name} is gone`);
+    } else {
+      collectOrphan('controller', c.name, () => deleteController(c, 'orphan past its grace period'));
+    }
+  }
+
+  function collectOrphan(object: 'disk' | 'controller', name: string, collect: () => void): void {
+    const firstSeen = memory.journal.orphans[orphanKey(object, name)] ?? memory.now;
+    const collectAt = firstSeen + config.orphanGraceMs;
+    tail.push({ kind: 'reportOrphan', object, name, firstSeen, collectAt });
+    if (memory.now >= collectAt) collect();
+  }
+
+  // One chain per desired disk (planned before disk deletions: a replaced controller frees its disk).
+  for (const v of desired.vmis) {
+    if (v.problems.length) {
+      tail.push({ kind: 'reportError', vmi: v.ref, message: `${v.origin}: ${v.problems.join('; ')}` });
+      continue;
+    }
+    for (const d of v.disks) chains.push(...planDisk(d));
+  }
+
+  for (const d of observed.disks) {
+    if (!d.owned || !isOurDiskId(d.id) || idx.disksById.has(d.id)) continue;
+    const known = memory.journal.owned[d.id];
+    const collect = (reason: string): void => {
+      // Controllers serving it that are not already going away keep it (and are reported).
+      const why = whyNotDeleteDisk(ctx, d.id);
+      if (why) tail.push({ kind: 'reportBlocked', object: 'disk', name: d.id, reason: why });
+      else deletesDisk.push({ kind: 'deleteDisk', id: d.id, reason });
+    };
+    if (known) {
+      if (idx.brokenUids.has(known.vmi.uid)) continue;
+      if (idx.presentUids.has(known.vmi.uid)) {
+        tail.push({ kind: 'reportBlocked', object: 'disk', name: d.id, reason: `removed from VMI ${known.vmi.namespace}/${known.vmi.name}'s volumes; kept until the VMI is deleted` });
+        continue;
+      }
+      collect(`VMI ${known.vmi.namespace}/${known.vmi.name} is gone`);
+    } else {
+      collectOrphan('disk', d.id, () => collect('orphan past its grace period'));
+    }
+  }
+
+  function planDisk(d: DesiredDisk): Action[] {
+    const target = targetOf(d);
+    const failed = memory.failed.get(d.key);
+    if (failed !== undefined) return [{ kind: 'reportError', target, message: failed }];
+    if (d.problem !== undefined) return [{ kind: 'reportError', target, message: d.problem }];
+    const out: Action[] = [];
+    if (d.source.kind === 'image' && d.image) {
+      const img = imagesByName.get(d.source.image);
+      if (!img || img.phase === 'failed' || img.phase === 'importing') out.push({ kind: 'ensureImage', target, image: d.image });
+      else {
+        const tooSmall = capacityProblem(d, img.sizeBytes);
+        if (tooSmall) return [{ kind: 'reportError', target, message: `capacity: ${tooSmall}` }];
+      }
+    }
+    const od = disksById.get(d.id);
+    const ctl = ctlByName.get(d.controller);
+    let diskRef = od?.ref;
+    if (!od) {
+      if (d.source.kind === 'bdev' && ctl?.diskRef === d.source.bdev) diskRef = d.source.bdev;
+      else out.push({ kind: 'ensureDisk', target, spec: { id: d.id, source: d.source, ...(d.capacityBytes !== undefined ? { capacityBytes: d.capacityBytes } : {}) } });
+    }
+    const ctlSpec = { name: d.controller, readonly: d.readonly, queues: d.queues };
+    if (ctl && diskRef !== undefined && ctl.diskRef === diskRef && ctl.readonly === d.readonly) {
+      const st = memory.sockets.get(ctl.socketPath);
+      if (!socketOk(st, config.socket)) out.push({ kind: 'fixSocket', target, controller: ctl.name, path: ctl.socketPath, policy: config.socket });
+      else if (out.length === 0) out.push({ kind: 'reportReady', target, socket: ctl.socketPath });
+      return out;
+    }
+    if (ctl) {
+      // Our name, but serving the wrong bdev or with the wrong flags: replace it, unless a guest is on it.
+      if (ctl.sessions > 0) {
+        return [{ kind: 'reportError', target, message: `controller ${ctl.name} serves ${ctl.diskRef} (readonly=${ctl.readonly}) with ${ctl.sessions} active session(s); not replacing it under a running guest` }];
+      }
+      if (!deleteController(ctl, `serves ${ctl.diskRef}, wanted ${diskRef ?? d.id}`, target)) {
+        return [{ kind: 'reportError', target, message: `controller ${ctl.name} serves ${ctl.diskRef} and cannot be replaced yet` }];
+      }
+    }
+    if (diskRef !== undefined) {
+      for (const other of observed.controllers) {
+        if (other.diskRef !== diskRef || other.name === d.controller || goingAway.has(other.name)) continue;
+        // Another controller on this bdev that nothing wants (an old slot) goes first.
+        if (!idx.controllers.has(other.name) && other.sessions === 0) deleteController(other, `bdev ${diskRef} moves to ${d.controller}`);
+      }
+      const why = whyNotCreateController(ctx, d.controller, diskRef);
+      if (why) return [...out.filter((a) => a.kind === 'ensureImage'), { kind: 'reportError', target, message: why }];
+    }
+    out.push({ kind: 'ensureController', target, spec: { ...ctlSpec, ...(diskRef !== undefined ? { diskRef } : {}) } });
+    out.push({ kind: 'fixSocket', target, controller: d.controller, policy: config.socket });
+    return out;
+  }
+
+  // Image cache: evict LRU under the limits; never an image with clones, in import or needed.
+  const entries: CacheEntry[] = observed.images.map((img) => ({
+    name: img.name,
+    sizeBytes: img.sizeBytes,
+    cloneCount: img.cloneCount,
+    lastUse: memory.journal.imageLastUse[img.name] ?? 0,
+    pinned: importInProgress(img) || idx.imagesNeeded.has(img.name),
+    inCatalog: desired.images.some((i) => i.name === img.name),
+  }));
+  for (const name of idx.imagesNeeded) {
+    const spec = desired.images.find((i) => i.name === name);
+    if (!imagesByName.has(name) && spec) entries.push({ name, sizeBytes: spec.sizeBytes ?? 0, cloneCount: 0, lastUse: memory.now, pinned: true, inCatalog: true });
+  }
+  const evictions: Action[] = [];
+  for (const name of chooseEvictions(entries, config.cache)) {
+    const why = whyNotEvictImage(ctx, name);
+    if (why) tail.push({ kind: 'reportBlocked', object: 'image', name, reason: why });
+    else evictions.push({ kind: 'evictImage', name, reason: desired.images.some((i) => i.name === name) ? 'least recently used over the cache limits' : 'no longer in the catalog' });
+  }
+
+  return [...deletesCtl, ...deletesDisk, ...chains, ...evictions, ...tail];
+}

@@ -1,0 +1,36 @@
+import { BackendError } from '../backend/types.js';
+import { isRetryable } from '../spdk/errors.js';
+
+export interface RetryOptions {
+  /** Total tries including the first. */
+  attempts: number;
+  baseMs: number;
+  maxMs: number;
+}
+
+export const DEFAULT_RETRY: RetryOptions = { attempts: 6, baseMs: 50, maxMs: 2000 };
+
+/** busy and transport errors (SPDK's or a driver's) are worth retrying; the rest are not. */
+export function isTransient(err: unknown): boolean {
+  for (let e: unknown = err, depth = 0; e !== undefined && depth < 5; e = (e as { cause?: unknown }).cause, depth++) {
+    if (isRetryable(e)) return true;
+    if (e instanceof BackendError && (e.kind === 'busy' || e.kind === 'transport')) return true;
+  }
+  return false;
+}
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+/** Runs `fn`, retrying transient errors with bounded exponential backoff (full jitter). */
+export async function withRetry<T>(fn: () => Promise<T>, opts: RetryOptions, onRetry?: (err: unknown, attempt: number, delayMs: number) => void): Promise<T> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await fn();
+    } catch (e) {
+      if (!isTransient(e) || attempt >= opts.attempts) throw e;
+      const delay = Math.round(Math.random() * Math.min(opts.maxMs, opts.baseMs * 2 ** (attempt - 1)));
+      onRetry?.(e, attempt, delay);
+      await sleep(delay);
+    }
+  }
+}

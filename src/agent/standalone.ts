@@ -1,0 +1,74 @@
+import { readdir, readFile } from 'node:fs/promises';
+import path from 'node:path';
+import { parse as parseYaml } from 'yaml';
+import { parseCachedImages } from '../api/cachedimage.js';
+import { ValidationError } from '../api/errors.js';
+import { parseVmi, parseVmiYaml, type Vmi } from '../api/vmi.js';
+import type { ImageSpec } from '../backend/types.js';
+import { buildDesired, imageSpecOf, type DesiredState, type VmiInput } from './desired.js';
+
+/**
+ * The standalone desired state: VMI YAML files in a directory and a CachedImage file. A file
+ * that stops parsing keeps its VMI alive (its last good form, or at least its name), so that
+ * a typo never deletes a VM's disks; it is reported with the file name and field.
+ */
+export class StandaloneSource {
+  private readonly lastGood = new Map<string, Vmi>();
+  private lastImages: ImageSpec[] = [];
+
+  constructor(
+    readonly vmisDir: string,
+    readonly imagesFile: string,
+  ) {}
+
+  async load(slotHolder?: (slot: string) => string | undefined): Promise<DesiredState> {
+    const problems: string[] = [];
+    let images = this.lastImages;
+    try {
+      images = parseCachedImages(await readFile(this.imagesFile, 'utf8'), path.basename(this.imagesFile)).map(imageSpecOf);
+      this.lastImages = images;
+    } catch (e) {
+      problems.push(e instanceof ValidationError ? e.problems.join('; ') : `${path.basename(this.imagesFile)}: ${(e as Error).message}`);
+    }
+    const names = (await readdir(this.vmisDir)).filter((f) => /\.(ya?ml|json)$/.test(f) && !f.startsWith('.')).sort();
+    const inputs: VmiInput[] = [];
+    const seen = new Set<string>();
+    for (const f of names) {
+      seen.add(f);
+      let text: string;
+      try {
+        text = await readFile(path.join(this.vmisDir, f), 'utf8');
+      } catch (e) {
+        // Removed between readdir and read: it is gone.
+        if ((e as NodeJS.ErrnoException).code === 'ENOENT') continue;
+        throw e;
+      }
+      try {
+        const vmi = parseVmiYaml(text, f);
+        this.lastGood.set(f, vmi);
+        inputs.push({ origin: f, vmi });
+      } catch (e) {
+        const msgs = e instanceof ValidationError ? e.problems : [`${f}: ${(e as Error).message}`];
+        const known = this.lastGood.get(f) ?? identityOnly(text);
+        if (known) inputs.push({ origin: f, vmi: known, problems: msgs });
+        else problems.push(...msgs);
+      }
+    }
+    for (const f of this.lastGood.keys()) if (!seen.has(f)) this.lastGood.delete(f);
+    return buildDesired(inputs, images, { problems, ...(slotHolder ? { slotHolder } : {}) });
+  }
+}
+
+/** Name, namespace and uid of a VMI whose file does not validate, if they can be read at all. */
+function identityOnly(text: string): Vmi | undefined {
+  try {
+    const doc = parseYaml(text) as { metadata?: { name?: unknown; namespace?: unknown; uid?: unknown } } | null;
+    const m = doc?.metadata;
+    if (!m || typeof m.name !== 'string') return undefined;
+    return parseVmi({
+      metadata: { name: m.name, ...(typeof m.namespace === 'string' ? { namespace: m.namespace } : {}), ...(typeof m.uid === 'string' ? { uid: m.uid } : {}) },
+    });
+  } catch {
+    return undefined;
+  }
+}

@@ -1,0 +1,151 @@
+import { afterEach, describe, expect, it } from 'vitest';
+import { Executor, FreshObserver } from '../../../src/agent/executor.js';
+import { ImageCache } from '../../../src/agent/image-cache.js';
+import { Journal } from '../../../src/agent/journal.js';
+import { diskId } from '../../../src/agent/naming.js';
+import { reconcile, type Action } from '../../../src/agent/reconcile.js';
+import { indexDesired } from '../../../src/agent/safety.js';
+import type { DesiredState } from '../../../src/agent/desired.js';
+import { BackendError } from '../../../src/backend/types.js';
+import { SpdkError } from '../../../src/spdk/errors.js';
+import { desiredOf, harness, image, testSocket, vmi, type Harness } from './fixtures.js';
+import path from 'node:path';
+
+let h: Harness | undefined;
+afterEach(async () => {
+  await h?.cleanup();
+  h = undefined;
+});
+
+const A = vmi('a', 'slot-01', [{ name: 'root', image: 'fedora' }]);
+const idA = diskId('uid-a', 'root');
+
+/** An executor whose notion of "desired now" the test controls. */
+async function executorFor(hh: Harness, desiredNow: () => DesiredState): Promise<{ exec: Executor; journal: Journal; plan: (d: DesiredState) => Promise<Action[]> }> {
+  const journal = await Journal.open(path.join(hh.dir, 'state'));
+  const exec = new Executor({
+    backend: hh.backend,
+    journal,
+    images: new ImageCache(hh.backend, journal),
+    observer: new FreshObserver(hh.backend),
+    desiredNow: () => indexDesired(desiredNow()),
+    heldByMigration: () => false,
+    retry: { attempts: 4, baseMs: 1, maxMs: 2 },
+    concurrency: 16,
+  });
+  const plan = async (d: DesiredState): Promise<Action[]> =>
+    reconcile(d, await hh.backend.observe(), { journal: journal.state, now: Date.now(), failed: new Map(), sockets: new Map() }, { socket: testSocket, orphanGraceMs: 0, cache: {} });
+  return { exec, journal, plan };
+}
+
+describe('executor re-checks safety right before each call', () => {
+  it('does not delete a controller a guest attached to after the plan was made', async () => {
+    h = await harness();
+    h.agent.setDesired(desiredOf([A], [image('fedora')]));
+    await h.agent.reconcile('setup');
+    const gone = desiredOf([], [image('fedora')]);
+    const { exec, plan } = await executorFor(h, () => gone);
+    const p = await plan(gone);
+    expect(p.map((a) => a.kind)).toEqual(['deleteController', 'deleteDisk']);
+    h.backend.attachSession('slot-01/root');
+    const r = await exec.execute(p);
+    expect(r.refusals.map((x) => x.action)).toEqual(['deleteController', 'deleteDisk']);
+    expect(h.backend.controllers.has('slot-01/root')).toBe(true);
+    expect(h.backend.disks.has(idA)).toBe(true);
+  });
+
+  it('does not delete a disk whose VMI came back after the plan was made', async () => {
+    h = await harness();
+    h.agent.setDesired(desiredOf([A], [image('fedora')]));
+    await h.agent.reconcile('setup');
+    const gone = desiredOf([], [image('fedora')]);
+    let now = gone;
+    const { exec, plan } = await executorFor(h, () => now);
+    const p = (await plan(gone)).filter((a) => a.kind === 'deleteDisk');
+    await h.backend.deleteController('slot-01/root');
+    now = desiredOf([A], [image('fedora')]);
+    const r = await exec.execute(p);
+    expect(r.refusals[0]?.reason).toMatch(/still exists/);
+    expect(h.backend.disks.has(idA)).toBe(true);
+  });
+
+  it('does not create a second controller on a bdev that got one after the plan was made', async () => {
+    h = await harness();
+    h.backend.bdevs.add('nvme0n1');
+    const d = desiredOf([vmi('a', 'slot-01', [{ name: 'd', bdev: 'nvme0n1' }])], []);
+    const { exec, plan } = await executorFor(h, () => d);
+    const p = await plan(d);
+    await h.backend.ensureController({ name: 'slot-05/other', diskRef: 'nvme0n1', readonly: false });
+    const r = await exec.execute(p);
+    expect(r.refusals[0]?.reason).toMatch(/one controller per bdev/);
+    expect([...h.backend.controllers.keys()]).toEqual(['slot-05/other']);
+  });
+
+  it('does not evict an image that got a clone after the plan was made', async () => {
+    h = await harness();
+    h.agent.setDesired(desiredOf([A], [image('fedora')]));
+    await h.agent.reconcile('setup');
+    h.agent.setDesired(desiredOf([], []));
+    await h.agent.reconcile('remove');
+    await h.backend.ensureImage(image('fedora'));
+    const none = desiredOf([], []);
+    const { exec, plan } = await executorFor(h, () => none);
+    const p = await plan(none);
+    expect(p.map((a) => a.kind)).toEqual(['evictImage']);
+    await h.backend.ensureDisk({ id: 'd-000000000000-x', source: { kind: 'image', image: 'fedora' }, capacityBytes: 2 ** 31 });
+    const r = await exec.execute(p);
+    expect(r.refusals[0]?.reason).toMatch(/clone/);
+    expect(h.backend.images.has('fedora')).toBe(true);
+  });
+});
+
+describe('executor errors', () => {
+  it('retries busy and transport errors, then succeeds', async () => {
+    h = await harness();
+    h.backend.fail('ensureDisk', () => new SpdkError('bdev_lvol_clone', -16, 'Device or resource busy', 'busy'), { times: 2 });
+    h.backend.fail('ensureController', () => new BackendError('socket closed', 'transport'), { times: 1 });
+    h.agent.setDesired(desiredOf([A], [image('fedora')]));
+    const r = await h.agent.reconcile('test');
+    expect(r.vmis[0]?.disks[0]?.phase).toBe('Ready');
+    expect(h.backend.calls.filter((c) => c.startsWith('ensureDisk'))).toHaveLength(3);
+  });
+
+  it('noSpace fails that disk with the cause and leaves the other disks alone', async () => {
+    h = await harness();
+    h.backend.fail('ensureDisk', () => new BackendError('lvstore lvs has 1 GiB free, 2 GiB asked', 'noSpace'), { match: (id) => id === idA });
+    h.agent.setDesired(desiredOf([A, vmi('b', 'slot-02', [{ name: 'root', image: 'fedora' }])], [image('fedora')]));
+    const r = await h.agent.reconcile('test');
+    expect(r.vmis.map((v) => `${v.vmi.name}:${v.disks[0]?.phase}:${v.disks[0]?.message ?? ''}`)).toEqual([
+      'a:Failed:noSpace: lvstore lvs has 1 GiB free, 2 GiB asked',
+      'b:Ready:',
+    ]);
+    expect(h.backend.controllers.has('slot-01/root')).toBe(false);
+    expect(r.settled).toBe(true);
+  });
+
+  it('a transport error that outlasts the retries leaves the disk Pending, not Failed', async () => {
+    h = await harness();
+    h.backend.fail('ensureController', () => new BackendError('connection refused', 'transport'));
+    h.agent.setDesired(desiredOf([A], [image('fedora')]));
+    const r = await h.agent.reconcile('test');
+    expect(r.vmis[0]?.disks[0]?.phase).toBe('Pending');
+    expect(r.vmis[0]?.disks[0]?.message).toMatch(/will retry: transport: connection refused/);
+    h.backend.clearFaults();
+    expect((await h.agent.reconcile('again')).vmis[0]?.disks[0]?.phase).toBe('Ready');
+  });
+
+  it('a failing socket fix takes the new controller down again (nothing half-made)', async () => {
+    h = await harness({ socket: { uid: 107, gid: 107, mode: 0o660 } });
+    h.backend.hook = async (method, arg, when) => {
+      if (method === 'ensureController' && when === 'after') {
+        const { rm } = await import('node:fs/promises');
+        await rm(path.join(h!.backend.vhostDir, arg));
+      }
+    };
+    h.agent.setDesired(desiredOf([A], [image('fedora')]));
+    const r = await h.agent.reconcile('test');
+    expect(r.vmis[0]?.disks[0]?.phase).toBe('Failed');
+    expect(r.vmis[0]?.disks[0]?.message).toMatch(/ENOENT/);
+    expect(h.backend.controllers.size).toBe(0);
+  });
+});

@@ -1,0 +1,254 @@
+/**
+ * The admission decision, as a pure function: (AdmissionRequest, catalog, config) ->
+ * AdmissionResponse. No I/O, so it is tested densely and benchmarked without a server.
+ */
+import jsonpatch, { type Operation } from 'fast-json-patch';
+import { ValidationError } from '../src/api/errors.js';
+import { formatBytes } from '../src/api/quantity.js';
+import { VHOST_SLOT_RESOURCE, VOLUMES_ANNOTATION, type SpdkVolume } from '../src/api/volumes.js';
+import { parseVmi, spdkVolumesOf, type Vmi } from '../src/api/vmi.js';
+import type { AdmissionRequest, AdmissionResponse } from './admission-review.js';
+import type { ImageCatalog } from './catalog.js';
+import { PatchPathError, getAt, setAt } from './jsonpatch.js';
+
+/** KubeVirt's list of hook sidecars for a VMI (JSON list of {image, args, ...}). */
+export const HOOK_SIDECARS_ANNOTATION = 'hooks.kubevirt.io/hookSidecars';
+/** Our sidecar speaks the v1alpha2 hook API (OnDefineDomain with the VMI). */
+export const SIDECAR_ARGS: readonly string[] = ['--version', 'v1alpha2'];
+
+export const MAX_VOLUMES_ANNOTATION_BYTES = 32 * 1024;
+
+export interface MutationConfig {
+  /** Image of the kubevirt-spdk hook sidecar, e.g. registry/kubevirt-spdk:v0.1.0. */
+  sidecarImage: string;
+}
+
+/**
+ * Where the VMI-shaped part of an object lives: a VMI is itself; a VirtualMachine carries
+ * one in `spec.template` (its VMIs are admitted again when they are created).
+ */
+interface Target {
+  path: readonly string[];
+  /** Prefix of field names in messages. */
+  where: string;
+}
+
+const TARGETS: Record<string, Target> = {
+  VirtualMachineInstance: { path: [], where: '' },
+  VirtualMachine: { path: ['spec', 'template'], where: 'spec.template.' },
+};
+
+function allow(uid: string, patch: Operation[] = [], warnings: string[] = []): AdmissionResponse {
+  const res: AdmissionResponse = { uid, allowed: true };
+  if (patch.length) {
+    res.patchType = 'JSONPatch';
+    res.patch = Buffer.from(JSON.stringify(patch)).toString('base64');
+  }
+  if (warnings.length) res.warnings = warnings;
+  return res;
+}
+
+function deny(uid: string, problems: string[], code = 422): AdmissionResponse {
+  return { uid, allowed: false, status: { code, reason: code === 422 ? 'Invalid' : 'BadRequest', message: problems.join('; ') } };
+}
+
+/** `registry:5000/org/img:tag@sha256:..` -> `registry:5000/org/img`. */
+export function imageRepository(image: string): string {
+  const noDigest = image.split('@')[0] ?? image;
+  const colon = noDigest.lastIndexOf(':');
+  return colon > noDigest.lastIndexOf('/') ? noDigest.slice(0, colon) : noDigest;
+}
+
+/** The bootOrder values already taken by the VMI's own disks and interfaces. */
+function ownBootOrders(spec: unknown, where: string): Map<number, string> {
+  const out = new Map<number, string>();
+  for (const kind of ['disks', 'interfaces'] as const) {
+    const list = getAt(spec, ['domain', 'devices', kind]);
+    if (!Array.isArray(list)) continue;
+    list.forEach((d: unknown, i) => {
+      const b = (d as { bootOrder?: unknown } | null)?.bootOrder;
+      const name = (d as { name?: unknown } | null)?.name;
+      if (typeof b === 'number') out.set(b, `${where}spec.domain.devices.${kind}[${i}]${typeof name === 'string' ? ` (${name})` : ''}`);
+    });
+  }
+  return out;
+}
+
+/** Rules that need the catalog or the rest of the VMI, beyond the annotation's schema. */
+function checkVolumes(vols: SpdkVolume[], spec: unknown, where: string, catalog: ImageCatalog): string[] {
+  const problems: string[] = [];
+  const boots = ownBootOrders(spec, where);
+  vols.forEach((v, i) => {
+    const field = `volumes[${i}].spdkVhostBlkDisk`;
+    const d = v.spdkVhostBlkDisk;
+    if (d.image !== undefined) {
+      const img = catalog.get(d.image);
+      if (img === undefined) problems.push(`${field}.image: CachedImage "${d.image}" does not exist`);
+      else if (img.sizeBytes !== undefined && d.capacity !== undefined && d.capacity.bytes < img.sizeBytes) {
+        problems.push(`${field}.capacity: ${d.capacity.text} is smaller than image ${d.image} (${formatBytes(img.sizeBytes)})`);
+      }
+    }
+    const taken = d.bootOrder === undefined ? undefined : boots.get(d.bootOrder);
+    if (taken !== undefined) problems.push(`${field}.bootOrder: ${d.bootOrder} is already used by ${taken}`);
+  });
+  return problems;
+}
+
+/**
+ * Things the VMI asks for that cannot work with vhost-user disks, refused here rather than
+ * failing on the node:
+ * - launchSecurity (SEV): guest memory is encrypted, the vhost-user back end cannot read it;
+ * - a vhost-slot request other than 1: each VMI holds exactly one slot (Allocate enforces it).
+ * Hugepages are fine: the converter's shared memfd backing works with them.
+ */
+function checkDomain(spec: unknown, where: string): string[] {
+  const problems: string[] = [];
+  if (getAt(spec, ['domain', 'launchSecurity']) !== undefined) {
+    problems.push(
+      `${where}spec.domain.launchSecurity: is not supported with kubevirt-spdk volumes (encrypted guest memory cannot be shared with the vhost-user back end)`,
+    );
+  }
+  for (const kind of ['requests', 'limits'] as const) {
+    const v = getAt(spec, ['domain', 'resources', kind, VHOST_SLOT_RESOURCE]);
+    if (v !== undefined && String(v) !== '1') {
+      problems.push(`${where}spec.domain.resources.${kind}["${VHOST_SLOT_RESOURCE}"]: must be "1" (one vhost slot per VMI), found ${JSON.stringify(v)}`);
+    }
+  }
+  return problems;
+}
+
+type SidecarList = Array<Record<string, unknown>>;
+
+function parseSidecars(text: string | undefined, field: string): SidecarList {
+  if (text === undefined || text.trim() === '') return [];
+  let doc: unknown;
+  try {
+    doc = JSON.parse(text);
+  } catch {
+    throw new ValidationError([`${field}: must be a JSON list of hook sidecars`]);
+  }
+  if (!Array.isArray(doc) || !doc.every((e) => typeof e === 'object' && e !== null && !Array.isArray(e))) {
+    throw new ValidationError([`${field}: must be a JSON list of hook sidecars (objects with "image")`]);
+  }
+  return doc as SidecarList;
+}
+
+/** The hookSidecars list with our entry in it (the user's entries kept), or undefined if already so. */
+function withOurSidecar(list: SidecarList, cfg: MutationConfig): SidecarList | undefined {
+  const repo = imageRepository(cfg.sidecarImage);
+  const idx = list.findIndex((e) => typeof e.image === 'string' && imageRepository(e.image) === repo);
+  const ours = { ...(idx >= 0 ? list[idx] : {}), args: [...SIDECAR_ARGS], image: cfg.sidecarImage };
+  if (idx >= 0) {
+    if (JSON.stringify(ours) === JSON.stringify(list[idx])) return undefined;
+    return list.map((e, i) => (i === idx ? ours : e));
+  }
+  return [...list, ours];
+}
+
+/**
+ * spdkVolumesOf depends only on the annotation text and the VMI's own disk and volume names;
+ * VMIs stamped from one template (VM pools, replica sets) repeat all three, and parsing the
+ * YAML is most of an admission's cost. Bounded, least-recently-used.
+ */
+const VOLUME_CACHE_SIZE = 512;
+const volumeCache = new Map<string, SpdkVolume[] | ValidationError>();
+
+function cachedSpdkVolumesOf(vmi: Vmi): SpdkVolume[] {
+  const names = [...vmi.spec.domain.devices.disks.map((d) => d.name), '|', ...vmi.spec.volumes.map((v) => v.name)];
+  const key = `${vmi.metadata.annotations[VOLUMES_ANNOTATION] ?? ''}\0${JSON.stringify(names)}`;
+  let hit = volumeCache.get(key);
+  if (hit === undefined) {
+    try {
+      hit = spdkVolumesOf(vmi);
+    } catch (e) {
+      if (!(e instanceof ValidationError)) throw e;
+      hit = e;
+    }
+    if (volumeCache.size >= VOLUME_CACHE_SIZE) volumeCache.delete(volumeCache.keys().next().value as string);
+  } else volumeCache.delete(key);
+  volumeCache.set(key, hit);
+  if (hit instanceof ValidationError) throw hit;
+  // Callers get their own copy: the cached value must not be changed through them.
+  return structuredClone(hit);
+}
+
+function objectAt(root: unknown, path: readonly string[]): unknown {
+  return path.length ? getAt(root, path) : root;
+}
+
+export function mutate(req: AdmissionRequest, catalog: ImageCatalog, cfg: MutationConfig): AdmissionResponse {
+  const { uid } = req;
+  const target = TARGETS[req.kind.kind];
+  // The webhook configuration scopes us to VMIs and VMs; anything else passes untouched.
+  if (target === undefined || req.object == null || (req.operation !== 'CREATE' && req.operation !== 'UPDATE')) return allow(uid);
+
+  const vmiLike = objectAt(req.object, target.path);
+  const metaPath = [...target.path, 'metadata'];
+  const annotations = getAt(req.object, [...metaPath, 'annotations']);
+  const volumesText = (annotations as Record<string, unknown> | undefined)?.[VOLUMES_ANNOTATION];
+  if (volumesText === undefined) return allow(uid);
+  if (typeof volumesText !== 'string') return deny(uid, [`${target.where}metadata.annotations["${VOLUMES_ANNOTATION}"]: must be a string`]);
+
+  if (req.kind.kind === 'VirtualMachineInstance' && req.operation === 'UPDATE') {
+    // A VMI's spec is immutable once created, and the agent updates its status annotation:
+    // updates pass, and a changed volume list is only pointed out.
+    const before = getAt(req.oldObject, ['metadata', 'annotations', VOLUMES_ANNOTATION]);
+    const warn = before !== volumesText ? [`${VOLUMES_ANNOTATION}: changes to a running VMI take effect only in a new VMI`] : [];
+    return allow(uid, [], warn);
+  }
+  if (volumesText.length > MAX_VOLUMES_ANNOTATION_BYTES) {
+    // 26 volumes fit in a few KiB; refusing early keeps a huge YAML off the event loop.
+    return deny(uid, [`${target.where}metadata.annotations["${VOLUMES_ANNOTATION}"]: must be at most ${MAX_VOLUMES_ANNOTATION_BYTES} characters, found ${volumesText.length}`]);
+  }
+  if (!catalog.synced()) return deny(uid, ['the CachedImage catalog is not loaded yet; retry'], 503);
+
+  const spec = getAt(vmiLike, ['spec']);
+  let vols: SpdkVolume[];
+  try {
+    // The VMI's name may still be empty (generateName): it plays no part in validation.
+    const meta = (getAt(vmiLike, ['metadata']) ?? {}) as Record<string, unknown>;
+    const vmi = parseVmi({ metadata: { ...meta, name: typeof meta.name === 'string' && meta.name ? meta.name : 'unnamed' }, spec: spec ?? {} }, target.where.replace(/\.$/, ''));
+    vols = cachedSpdkVolumesOf(vmi);
+  } catch (e) {
+    if (!(e instanceof ValidationError)) throw e;
+    const long = `metadata.annotations["${VOLUMES_ANNOTATION}"]`;
+    return deny(uid, e.problems.map((p) => (p.startsWith(long) ? `volumes${p.slice(long.length)}` : p)));
+  }
+
+  const problems = [...checkVolumes(vols, spec, target.where, catalog), ...checkDomain(spec, target.where)];
+  const sidecarField = `${target.where}metadata.annotations["${HOOK_SIDECARS_ANNOTATION}"]`;
+  const existing = (annotations as Record<string, unknown>)[HOOK_SIDECARS_ANNOTATION];
+  let sidecars: SidecarList = [];
+  if (existing !== undefined && typeof existing !== 'string') problems.push(`${sidecarField}: must be a string`);
+  else {
+    try {
+      sidecars = parseSidecars(existing, sidecarField);
+    } catch (e) {
+      if (!(e instanceof ValidationError)) throw e;
+      problems.push(...e.problems);
+    }
+  }
+  if (problems.length) return deny(uid, problems);
+
+  // Each op is computed on the document as the previous ops left it (requests and limits may
+  // share a missing parent); the copy is made only once something changes.
+  const ops: Operation[] = [];
+  let doc: unknown = req.object;
+  const push = (op: Operation | undefined): void => {
+    if (!op) return;
+    if (doc === req.object) doc = structuredClone(req.object);
+    jsonpatch.applyOperation(doc, op, false, true);
+    ops.push(op);
+  };
+  const next = withOurSidecar(sidecars, cfg);
+  try {
+    if (next !== undefined) push(setAt(doc, [...metaPath, 'annotations', HOOK_SIDECARS_ANNOTATION], JSON.stringify(next)));
+    for (const kind of ['requests', 'limits']) {
+      push(setAt(doc, [...target.path, 'spec', 'domain', 'resources', kind, VHOST_SLOT_RESOURCE], '1'));
+    }
+  } catch (e) {
+    if (!(e instanceof PatchPathError)) throw e;
+    return deny(uid, [`${e.message} (cannot add the vhost slot)`]);
+  }
+  return allow(uid, ops);
+}
