@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # make demo: one VM, one SPDK-style disk, on this machine, without Kubernetes.
 #
-#   golden image -> thin clone of it -> vhost-user-blk socket -> domain XML rewritten by the
-#   converter -> libvirt boots the VM -> the guest reads the image and writes to its clone.
+#   golden image -> the agent caches it and makes a thin clone -> vhost-user-blk socket ->
+#   domain XML rewritten by the converter -> libvirt boots the VM -> the guest reads the image
+#   and writes to its clone -> the storage daemon is killed mid-write and comes back (live
+#   recovery) -> the guest verifies every record it wrote.
 #
 # Needs root (system libvirtd, socket ownership) and `make deps`. Cleans up after itself.
 set -euo pipefail
@@ -15,7 +17,7 @@ VIRSH=(virsh -q -c qemu:///system)
 DOMAIN=default_vmi-demo
 DISK=rootdisk
 SLOT=slot-01
-SEQ_RECORDS=20
+SEQ_RECORDS=30
 # The product's contract: QEMU in virt-launcher runs as uid/gid 107 (group kvm on Debian, which
 # libvirt's QEMU user is in here too), so the socket is 107:107 0660.
 SOCKET_UID=107 SOCKET_GID=107 SOCKET_MODE=0660
@@ -33,7 +35,7 @@ bash "$HERE/guest/build-guest.sh" 2>/dev/null || die "building the test guest fa
 # Short path: the sockets live in here (sun_path is 107 bytes).
 WORK=$(mktemp -d /tmp/ksdemo.XXXXXX)
 chmod 0755 "$WORK" # libvirt's QEMU (not root) reads the kernel and opens the sockets in here
-QSD_PID="" LIBVIRTD_PID="" VIRTLOGD_PID=""
+AGENT_PID="" LIBVIRTD_PID="" VIRTLOGD_PID=""
 
 cleanup() {
   set +e
@@ -41,10 +43,11 @@ cleanup() {
     "${VIRSH[@]}" destroy "$DOMAIN" >/dev/null 2>&1
     "${VIRSH[@]}" undefine "$DOMAIN" >/dev/null 2>&1
   fi
-  [ -n "$QSD_PID" ] && kill "$QSD_PID" 2>/dev/null && wait "$QSD_PID" 2>/dev/null
+  # The agent stops the qemu-storage-daemon it supervises.
+  [ -n "$AGENT_PID" ] && kill "$AGENT_PID" 2>/dev/null && wait "$AGENT_PID" 2>/dev/null
   [ -n "$LIBVIRTD_PID" ] && kill "$LIBVIRTD_PID" 2>/dev/null && wait "$LIBVIRTD_PID" 2>/dev/null
   [ -n "$VIRTLOGD_PID" ] && kill "$VIRTLOGD_PID" 2>/dev/null && wait "$VIRTLOGD_PID" 2>/dev/null
-  rm -rf "$WORK"
+  [ -n "${KEEP_DEMO:-}" ] && echo "kept $WORK" || rm -rf "$WORK"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -90,28 +93,33 @@ make_golden_image() {
   say "sha256  $GOLDEN_SHA"
 }
 
-# Provisions the VMI's disk: a thin clone of the golden image served as vhost-user-blk on
-# $SOCKET, as the node agent does (kubevirt-spdk agent --standalone --backend qsd ... --once).
+# Provisions the VMI's disk the way a node does: the agent reads the VMI (its
+# kubevirt-spdk.io/volumes annotation) and the CachedImage catalog, imports the image into its
+# cache once, makes a thin clone per disk and serves it as vhost-user-blk at
+# <vhost-dir>/<slot>/<disk>, owned by QEMU's uid/gid. Here the backend is qsd
+# (qemu-storage-daemon, supervised by the agent); on a node with SPDK it is spdk_tgt.
 provision_disk() {
-  bold "2. Provision the disk: thin clone + vhost-user-blk socket"
-  mkdir -p "$WORK/state" "$WORK/vhost/$SLOT"
-  CLONE="$WORK/state/$DISK.qcow2"
+  bold "2. The node agent provisions the disk (qsd backend: no SPDK on this machine)"
+  mkdir -p "$WORK/vmis" "$WORK/state" "$WORK/vhost"
+  cp "$DEMO/vmi.yaml" "$WORK/vmis/"
   SOCKET="$WORK/vhost/$SLOT/$DISK"
-  qemu-img create -q -f qcow2 -b "$GOLDEN" -F raw "$CLONE"
-  say "clone   $CLONE (qcow2 overlay on the golden image: $(du -k "$CLONE" | cut -f1) KiB, no copy)"
-  # writethrough: the guest sees a write-through disk and never flushes, so the backend must
-  # not keep qcow2 metadata in memory only (it would be lost if the backend crashed).
-  qemu-storage-daemon \
-    --blockdev "driver=file,node-name=file0,filename=$CLONE" \
-    --blockdev "driver=qcow2,node-name=disk0,file=file0" \
-    --export "type=vhost-user-blk,id=$DISK,node-name=disk0,addr.type=unix,addr.path=$SOCKET,writable=on,writethrough=on" \
-    >"$WORK/qsd.log" 2>&1 &
-  QSD_PID=$!
-  for _ in $(seq 1 100); do [ -S "$SOCKET" ] && break; sleep 0.1; done
-  [ -S "$SOCKET" ] || die "qemu-storage-daemon did not create $SOCKET: $(cat "$WORK/qsd.log")"
-  chown "$SOCKET_UID:$SOCKET_GID" "$SOCKET"
-  chmod "$SOCKET_MODE" "$SOCKET"
-  say "socket  $SOCKET ($(stat -c '%u:%g %a' "$SOCKET"), served by qemu-storage-daemon pid $QSD_PID)"
+  say "kubevirt-spdk agent --standalone --backend qsd --vmis vmis/ --images images.yaml --vhost-dir vhost/ --state-dir state/"
+  (cd "$ROOT" && exec node --import tsx src/cli/main.ts agent --standalone --backend qsd \
+    --vmis "$WORK/vmis" --images "$WORK/images.yaml" --vhost-dir "$WORK/vhost" --state-dir "$WORK/state" \
+    --socket-owner "$SOCKET_UID:$SOCKET_GID" --socket-mode "$SOCKET_MODE" --resync 2s) >"$WORK/agent.log" 2>&1 &
+  AGENT_PID=$!
+  local deadline=$((SECONDS + 60))
+  until grep -Eq '"ready": *true' "$WORK/state/slots/$SLOT.json" 2>/dev/null; do
+    kill -0 "$AGENT_PID" 2>/dev/null || die "the agent exited: $(tail -5 "$WORK/agent.log")"
+    [ "$SECONDS" -lt "$deadline" ] || die "the disk was not ready in 60 s: $(tail -5 "$WORK/agent.log")"
+    sleep 0.2
+  done
+  CLONE=$(ls "$WORK"/state/qsd/disks/*.qcow2)
+  say "slot    $SLOT ready ($WORK/state/slots/$SLOT.json, what the device plugin waits for)"
+  say "clone   $CLONE"
+  say "        (qcow2 overlay on the cached golden image: $(du -k "$CLONE" | cut -f1) KiB, no copy)"
+  say "socket  $SOCKET ($(stat -c '%u:%g %a' "$SOCKET"))"
+  (cd "$ROOT" && npx --no-install tsx src/cli/main.ts status --state-dir "$WORK/state") | sed 's/^/   /'
 }
 
 convert_domain() {
@@ -137,13 +145,22 @@ boot_vm() {
   "${VIRSH[@]}" define "$WORK/domain.xml" >/dev/null
   "${VIRSH[@]}" start "$DOMAIN" >/dev/null
   local deadline=$((SECONDS + 120)) shown=0 line seqs="" result=""
+  KILL_AT=$((SEQ_RECORDS / 3))
   while :; do
     mapfile -t lines < <(grep -a '^KS: ' "$CONSOLE" 2>/dev/null | tr -d '\r')
     while [ "$shown" -lt "${#lines[@]}" ]; do
       line=${lines[$shown]#KS: }
       shown=$((shown + 1))
       case "$line" in
-        SEQ\ *) seqs+="${line#SEQ } " ;;
+        SEQ\ *)
+          seqs+="${line#SEQ } "
+          if [ "${line#SEQ }" = "$KILL_AT" ]; then
+            local qsd
+            qsd=$(cat "$WORK/state/qsd/qsd.pid")
+            kill -9 "$qsd"
+            say "!!     killed qemu-storage-daemon (pid $qsd) while the guest writes: live recovery"
+          fi
+          ;;
         STOPPED\ *) say "wrote  one 4 KiB record per number, each O_DIRECT + fsync: ${seqs% }" ;;
         GOLDEN\ *) say "read   \"${line#GOLDEN }\"  (sector 0, through the clone)" ;;
         MARKER\ OK\ *) say "wrote  \"KS-GUEST ${line#MARKER OK }\" at 1 MiB, read it back: ok" ;;
@@ -162,12 +179,15 @@ boot_vm() {
 
 check_result() {
   bold "5. After the VM powered off"
-  kill "$QSD_PID" && wait "$QSD_PID" 2>/dev/null || true
-  QSD_PID=""
-  local now
+  grep -a '"event":"recovery"' "$WORK/agent.log" | head -1 | sed 's/^/   agent: /' || true
+  kill "$AGENT_PID" && wait "$AGENT_PID" 2>/dev/null || true
+  AGENT_PID=""
+  local now cached
   now=$(sha256sum "$GOLDEN" | cut -d' ' -f1)
   [ "$now" = "$GOLDEN_SHA" ] || die "the golden image changed: $now"
-  say "golden image sha256 unchanged: $now"
+  cached=$(sha256sum "$WORK/state/qsd/images/demo-golden.raw" | cut -d' ' -f1)
+  [ "$cached" = "$GOLDEN_SHA" ] || die "the cached golden image changed: $cached"
+  say "golden image sha256 unchanged (source and node cache): $now"
   qemu-img convert -O raw "$CLONE" "$WORK/clone.raw"
   say "clone at 1 MiB: \"$(dd if="$WORK/clone.raw" bs=4096 skip=256 count=1 status=none | tr -d '\0' | head -n 1)\""
   say "clone size on disk: $(du -k "$CLONE" | cut -f1) KiB (only what the guest wrote)"
@@ -183,4 +203,4 @@ provision_disk
 convert_domain
 boot_vm
 check_result
-bold "Done in ${SECONDS}s; cleaning up (domain, qemu-storage-daemon, $WORK)."
+bold "Done in ${SECONDS}s; cleaning up (domain, agent and its qemu-storage-daemon, $WORK)."

@@ -8,12 +8,14 @@ import type { StorageBackend } from '../../backend/types.js';
 import { createLogger, type Logger } from '../../log.js';
 import { NodeAgent, type ReconcileReport } from '../../agent/agent.js';
 import { StandaloneSource } from '../../agent/standalone.js';
+import { startStatusServer } from '../../metrics/server.js';
 
 const USAGE = `usage: kubevirt-spdk agent --standalone --vmis DIR --images FILE --backend spdk|qsd
          --vhost-dir DIR --state-dir DIR [--once] [--timeout 120s]
          [--spdk-socket PATH] [--lvstore-bdev NAME | --lvstore-size 64Gi]
          [--socket-owner 107:107] [--socket-mode 0660] [--orphan-grace 5m] [--resync 30s]
          [--cache-max-size SIZE] [--cache-max-count N] [--node NAME]
+         [--metrics-port PORT] (serves /metrics, /healthz, /readyz; 0 = any free port)
 `;
 
 const MiB = 2 ** 20;
@@ -36,6 +38,7 @@ interface AgentArgs {
   cacheMaxBytes?: number;
   cacheMaxCount?: number;
   node?: string;
+  metricsPort?: number;
 }
 
 /** Parses and validates flags; every problem names the flag and the rule. */
@@ -61,6 +64,7 @@ export function parseAgentArgs(argv: string[]): AgentArgs {
       'cache-max-size': { type: 'string' },
       'cache-max-count': { type: 'string' },
       node: { type: 'string' },
+      'metrics-port': { type: 'string' },
     },
     strict: true,
   });
@@ -87,6 +91,10 @@ export function parseAgentArgs(argv: string[]): AgentArgs {
   if (values['cache-max-size'] !== undefined && cacheMaxBytes === undefined) problems.push(`--cache-max-size: "${values['cache-max-size']}" is not a quantity`);
   const cacheMaxCount = values['cache-max-count'] === undefined ? undefined : Number(values['cache-max-count']);
   if (cacheMaxCount !== undefined && !(Number.isInteger(cacheMaxCount) && cacheMaxCount >= 0)) problems.push(`--cache-max-count: "${values['cache-max-count']}" must be a whole number`);
+  const metricsPort = values['metrics-port'] === undefined ? undefined : Number(values['metrics-port']);
+  if (metricsPort !== undefined && !(Number.isInteger(metricsPort) && metricsPort >= 0 && metricsPort < 65536)) {
+    problems.push(`--metrics-port: "${values['metrics-port']}" is not a TCP port (0-65535)`);
+  }
   const args: AgentArgs = {
     vmis: need('vmis', values.vmis),
     images: need('images', values.images),
@@ -105,6 +113,7 @@ export function parseAgentArgs(argv: string[]): AgentArgs {
     ...(cacheMaxBytes !== undefined ? { cacheMaxBytes } : {}),
     ...(cacheMaxCount !== undefined ? { cacheMaxCount } : {}),
     ...(values.node ? { node: values.node } : {}),
+    ...(metricsPort !== undefined ? { metricsPort } : {}),
   };
   if (problems.length) throw new ValidationError(problems);
   return args;
@@ -200,6 +209,15 @@ export async function run(argv: string[]): Promise<number> {
   }
 
   agent.start();
+  const statusServer =
+    a.metricsPort === undefined
+      ? undefined
+      : await startStatusServer({
+          port: a.metricsPort,
+          registry: agent.metrics.registry,
+          ready: () => (agent.lastReport === undefined ? 'first reconcile not done' : agent.lastReport.backendOk || 'storage backend unreachable'),
+        });
+  if (statusServer) logger.info({ event: 'metrics-listening', port: statusServer.port }, 'serving /metrics, /healthz, /readyz');
   let debounce: NodeJS.Timeout | undefined;
   const changed = (): void => {
     clearTimeout(debounce);
@@ -209,7 +227,15 @@ export async function run(argv: string[]): Promise<number> {
         .catch((e: unknown) => logger.error({ event: 'reconcile-failed', error: (e as Error).message }, 'reconcile failed'));
     }, 100);
   };
-  const watchers: FSWatcher[] = [watch(a.vmis, changed), watch(path.dirname(path.resolve(a.images)), changed)];
+  // The images file is watched through its directory (editors and ConfigMaps replace files),
+  // but only its own name counts: other files there must not trigger reloads.
+  const imagesName = path.basename(a.images);
+  const watchers: FSWatcher[] = [
+    watch(a.vmis, changed),
+    watch(path.dirname(path.resolve(a.images)), (_event, name) => {
+      if (name === null || name === imagesName || name.startsWith('..')) changed();
+    }),
+  ];
   await load();
   await agent.reconcile('start');
   await new Promise<void>((resolve) => {
@@ -220,6 +246,7 @@ export async function run(argv: string[]): Promise<number> {
   clearTimeout(debounce);
   for (const w of watchers) w.close();
   await agent.stop();
+  await statusServer?.close();
   await backend.close();
   return 0;
 }
