@@ -69,7 +69,7 @@ export async function section(): Promise<BenchSection> {
         notes: [
           `${iterations} calls each after a warm-up, in one process.`,
           'Baseline: xmlbuilder2 parse + pretty serialise of the same output domain, the floor of any xmlbuilder2-based rewrite.',
-          'The converter parses strictly (its own single-pass parser into the xmlbuilder2 DOM, faster than xmlbuilder2\'s reader), validates the annotation (YAML + zod; cached by text), names disks and fixes memoryBacking.',
+          'The converter parses strictly (saxes, building the xmlbuilder2 DOM), validates the annotation (YAML + zod; cached by text), names disks and fixes memoryBacking.',
           'Target: well under 1 ms per call (KubeVirt gives a hook seconds; Info must answer within 1 s).',
         ],
       },

@@ -1,5 +1,8 @@
 import type { EventEmitter } from 'node:events';
 import type { ImageSource } from '../api/cachedimage.js';
+import type { ExportOptions, RemoteDiskRef } from './remote.js';
+
+export type { ExportOptions, ListenAddress, RemoteDiskRef } from './remote.js';
 
 /**
  * The one interface the agent uses to hold disks. Two drivers implement it: `spdk` (spdk_tgt
@@ -110,6 +113,22 @@ export interface StorageBackend extends EventEmitter {
   /** Creates the controller and its socket; the agent then fixes the socket's owner and mode. */
   ensureController(spec: ControllerSpec): Promise<ObservedController>;
   deleteController(name: string): Promise<void>;
+
+  // ---- live migration (optional: a backend without them cannot take part in one) ----------
+  /**
+   * Makes the disk reachable from another node (idempotent). The disk may be served by a
+   * controller at the same time; deleting that controller later keeps the export.
+   */
+  exportDisk?(id: string, opts: ExportOptions): Promise<RemoteDiskRef>;
+  /** Stops exporting the disk; an export that is gone already counts as done. */
+  unexportDisk?(id: string): Promise<void>;
+  /**
+   * Opens a disk exported by another node as the local disk `localId` (idempotent). The
+   * result's `ref` is what ControllerSpec.diskRef takes; `owned` is false (detach, never delete).
+   */
+  attachRemoteDisk?(ref: RemoteDiskRef, localId: string): Promise<ObservedDisk>;
+  /** Closes a remote disk; refuses while a controller serves it. Gone already counts as done. */
+  detachRemoteDisk?(localId: string): Promise<void>;
 }
 
 export class BackendError extends Error {

@@ -27,6 +27,8 @@ import {
 } from './naming.js';
 import { QCOW2_PROBE_BYTES, parseQcow2Header, type Qcow2Header } from './qcow2.js';
 import { QmpClient, QmpError } from './qmp.js';
+import * as nbd from './nbd.js';
+import type { ExportOptions, ListenAddress, RemoteDiskRef } from '../remote.js';
 
 /**
  * The qsd driver: golden image file -> qcow2 overlay per disk -> vhost-user-blk export of a
@@ -116,6 +118,8 @@ export class QsdBackend extends EventEmitter implements StorageBackend {
   private readonly importing = new Map<string, Promise<ObservedImage>>();
   /** Disk and controller changes run one at a time: they read-then-write shared state. */
   private queue: Promise<unknown> = Promise.resolve();
+  /** Where this daemon's NBD server listens (migration exports); a new daemon has none. */
+  private nbdServer: ListenAddress | undefined;
 
   constructor(private readonly opts: QsdBackendOptions) {
     super();
@@ -177,6 +181,7 @@ export class QsdBackend extends EventEmitter implements StorageBackend {
       else this.onDaemonLost('QMP connection closed');
     });
     this.client = client;
+    if (this.process) this.nbdServer = undefined;
     this.restartDelay = this.opts.restartDelayMs ?? 200;
     const v = client.greeting?.version.qemu;
     this.log.info({ event: 'qsd.connected', version: v ? `${v.major}.${v.minor}.${v.micro}` : undefined }, 'connected');
@@ -542,7 +547,6 @@ export class QsdBackend extends EventEmitter implements StorageBackend {
     if (spec.queues !== undefined && (!Number.isInteger(spec.queues) || spec.queues < 1 || spec.queues > 256)) {
       throw new BackendError(`${what}: queues ${spec.queues} must be an integer from 1 to 256`, 'invalid');
     }
-    const id = exportIdFor(spec.name);
     const nodes = nodeNamesFor(spec.name);
 
     const current = (await this.controllersNow()).find((c) => c.name === spec.name);
@@ -552,6 +556,15 @@ export class QsdBackend extends EventEmitter implements StorageBackend {
       await this.deleteControllerNow(spec.name);
     }
 
+    // A node already open on this disk (an NBD export's, or a remote disk's): QEMU's image
+    // locks forbid opening the file a second time, and a remote disk has no file at all.
+    const shared = (await this.blockNodes()).find(
+      (n) => n.file === spec.diskRef && n.drv !== 'file' && n['node-name'] !== undefined && n['node-name'] !== nodes.format,
+    );
+    if (shared?.['node-name'] !== undefined) {
+      if (shared.ro && !spec.readonly) throw new BackendError(`${what}: ${spec.diskRef} is open read-only elsewhere`, 'busy');
+      return this.addVhostExport(spec, shared['node-name'], socketPath, log);
+    }
     const st = await fs.stat(spec.diskRef).catch(() => undefined);
     if (!st) throw new BackendError(`${what}: disk ${spec.diskRef} does not exist`, 'notFound');
     // Only our own overlays are qcow2; anything else is served as raw bytes, so that a guest
@@ -575,25 +588,35 @@ export class QsdBackend extends EventEmitter implements StorageBackend {
       );
     }
 
-    await fs.mkdir(path.dirname(socketPath), { recursive: true });
-    await fs.rm(socketPath, { force: true }); // a socket file left by a daemon that died
     try {
-      await this.exec(
-        'block-export-add',
-        {
-          type: 'vhost-user-blk',
-          id,
-          'node-name': nodes.format,
-          addr: { type: 'unix', path: socketPath },
-          writable: !spec.readonly,
-          ...(spec.queues !== undefined ? { 'num-queues': spec.queues } : {}),
-        },
-        what,
-      );
+      return await this.addVhostExport(spec, nodes.format, socketPath, log);
     } catch (err) {
       await this.deleteNode(nodes.format).catch(() => undefined);
       throw err;
     }
+  }
+
+  private async addVhostExport(spec: ControllerSpec, nodeName: string, socketPath: string, log: Logger): Promise<ObservedController> {
+    const what = `controller ${spec.name}`;
+    const id = exportIdFor(spec.name);
+    await fs.mkdir(path.dirname(socketPath), { recursive: true });
+    await fs.rm(socketPath, { force: true }); // a socket file left by a daemon that died
+    await this.exec(
+      'block-export-add',
+      {
+        type: 'vhost-user-blk',
+        id,
+        'node-name': nodeName,
+        addr: { type: 'unix', path: socketPath },
+        writable: !spec.readonly,
+        // The guest sees a write-through disk and never flushes: without this, qcow2
+        // metadata of acknowledged writes lives only in QSD's memory and a crash of QSD
+        // loses them (the e2e restart test caught it).
+        writethrough: true,
+        ...(spec.queues !== undefined ? { 'num-queues': spec.queues } : {}),
+      },
+      what,
+    );
     log.info({ event: 'controller.created', diskRef: spec.diskRef, readonly: spec.readonly, socketPath }, 'controller created');
     return { name: spec.name, diskRef: spec.diskRef, readonly: spec.readonly, socketPath, sessions: 0 };
   }
@@ -606,7 +629,8 @@ export class QsdBackend extends EventEmitter implements StorageBackend {
     const { slot, disk } = parseControllerName(name);
     const id = exportIdFor(name);
     const what = `controller ${name}`;
-    if ((await this.exports()).some((e) => e.id === id)) {
+    const exportNode = (await this.exports()).find((e) => e.id === id)?.['node-name'];
+    if (exportNode !== undefined) {
       const deleted = this.qmp()
         .waitForEvent('BLOCK_EXPORT_DELETED', (e) => e.data?.id === id, 10_000)
         .catch(() => undefined);
@@ -622,7 +646,8 @@ export class QsdBackend extends EventEmitter implements StorageBackend {
         await new Promise((r) => setTimeout(r, 50));
       }
     }
-    await this.deleteNode(nodeNamesFor(name).format);
+    // The node may be shared with a migration export (which keeps it) or be a remote disk.
+    await nbd.releaseNode(this.nbdContext, exportNode ?? nodeNamesFor(name).format);
     await fs.rm(path.join(this.vhostDir, slot, disk), { force: true });
     this.log.info({ event: 'controller.deleted', slot, disk, controller: name }, 'controller deleted');
   }
@@ -639,6 +664,46 @@ export class QsdBackend extends EventEmitter implements StorageBackend {
         await new Promise((r) => setTimeout(r, 50));
       }
     }
+  }
+
+  // ---- live migration (see nbd.ts) -------------------------------------------------------
+
+  private get nbdContext(): nbd.NbdContext {
+    return {
+      exec: (command, args, what) => this.exec(command, args, what),
+      blockNodes: () => this.blockNodes(),
+      exports: () => this.exports(),
+      diskFile: (id) => this.diskFile(id),
+      nbdServer: this.nbdServer,
+      setNbdServer: (a) => {
+        this.nbdServer = a;
+      },
+      log: this.log,
+    };
+  }
+
+  private async diskFile(id: string): Promise<{ file: string; format: 'qcow2' | 'raw' }> {
+    const overlay = this.overlayPath(id);
+    if (await fs.stat(overlay).then(() => true, () => false)) return { file: overlay, format: 'qcow2' };
+    const target = await fs.readlink(this.linkPath(id)).catch(() => undefined);
+    if (target !== undefined) return { file: target, format: 'raw' };
+    throw new BackendError(`disk ${id} does not exist on this node`, 'notFound');
+  }
+
+  exportDisk(id: string, opts: ExportOptions): Promise<RemoteDiskRef> {
+    return this.serial(() => nbd.exportDisk(this.nbdContext, id, opts));
+  }
+
+  unexportDisk(id: string): Promise<void> {
+    return this.serial(() => nbd.unexportDisk(this.nbdContext, id));
+  }
+
+  attachRemoteDisk(ref: RemoteDiskRef, localId: string): Promise<ObservedDisk> {
+    return this.serial(() => nbd.attachRemoteDisk(this.nbdContext, ref, localId));
+  }
+
+  detachRemoteDisk(localId: string): Promise<void> {
+    return this.serial(() => nbd.detachRemoteDisk(this.nbdContext, localId));
   }
 
   // ---- observe ---------------------------------------------------------------------------

@@ -22,6 +22,8 @@ import {
   type StorageBackend,
 } from '../types.js';
 import { KeyedMutex, SingleFlight } from './concurrency.js';
+import * as remote from './export.js';
+import type { ExportOptions, RemoteDiskRef } from '../remote.js';
 import {
   checkControllerName,
   checkDiskId,
@@ -174,6 +176,7 @@ export class SpdkBackend extends EventEmitter implements StorageBackend {
   async observe(): Promise<ObservedState> {
     await this.ready();
     const [lvols, bdevs, controllers] = await Promise.all([this.listLvols(), this.listBdevs(), this.listControllers()]);
+    this.tidyFinishedImports(lvols, bdevs);
     return buildObservedState({
       lvsName: this.lvs,
       vhostDir: this.vhostDir,
@@ -376,6 +379,31 @@ export class SpdkBackend extends EventEmitter implements StorageBackend {
       }
       log.warn({ event: 'image.import.failed', kind: err.kind, err: err.message }, 'image import failed');
       throw err;
+    }
+  }
+
+  /**
+   * A crash after the golden was made can leave its importing lvol, aio source bdev and
+   * downloaded file behind; the golden reads as ready, so no ensureImage comes to tidy them.
+   * Tidied here, in the background, registered as the image's import (deleteImage waits).
+   */
+  private tidyFinishedImports(lvols: ReadonlyArray<{ name: string }>, bdevs: ReadonlyArray<{ name: string }>): void {
+    const names = new Set(lvols.map((l) => l.name));
+    const bdevNames = new Set(bdevs.map((b) => b.name));
+    for (const l of lvols) {
+      const role = classifyLvol(l.name);
+      if (role.role !== 'golden' || this.imports.has(role.image)) continue;
+      const image = role.image;
+      if (!names.has(importingName(image)) && !bdevNames.has(sourceBdevName(image))) continue;
+      const log = this.log.child({ image });
+      const tidy = (async () => {
+        log.warn({ event: 'image.import.leftover' }, 'tidying what an interrupted import left next to its golden');
+        await this.deleteLvolQuietly(lvolAlias(this.lvs, importingName(image)), log);
+        await this.dropSource(image, log, true);
+        return this.describeImage(image);
+      })().finally(() => this.imports.delete(image));
+      tidy.catch(() => undefined);
+      this.imports.set(image, tidy);
     }
   }
 
@@ -613,6 +641,33 @@ export class SpdkBackend extends EventEmitter implements StorageBackend {
         throw toBackendError(e, `deleting controller ${name}`);
       }
     });
+  }
+
+  // ---- live migration (see export.ts) ---------------------------------------------------------
+
+  private get exportContext(): remote.ExportContext {
+    return { api: this.api, lvs: this.lvs, log: this.log };
+  }
+
+  exportDisk(id: string, opts: ExportOptions): Promise<RemoteDiskRef> {
+    return this.diskLocks.run(id, async () => {
+      await this.ready();
+      return remote.exportDisk(this.exportContext, id, opts);
+    });
+  }
+
+  unexportDisk(id: string): Promise<void> {
+    return this.diskLocks.run(id, () => remote.unexportDisk(this.exportContext, id));
+  }
+
+  attachRemoteDisk(ref: RemoteDiskRef, localId: string): Promise<ObservedDisk> {
+    return this.diskLocks.run(localId, () => remote.attachRemoteDisk(this.exportContext, ref, localId));
+  }
+
+  detachRemoteDisk(localId: string): Promise<void> {
+    return this.diskLocks.run(localId, () =>
+      remote.detachRemoteDisk(this.exportContext, localId, async (bdev) => (await this.listControllers()).find((c) => servesBdev(c, bdev))?.ctrlr),
+    );
   }
 }
 

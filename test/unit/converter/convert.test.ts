@@ -330,23 +330,23 @@ describe('convertDomain: details', () => {
 describe('convertDomain: malformed domains', () => {
   const vmi = vmiWith(volumes(1));
   const cases: Array<[string, string, string]> = [
-    ['empty input', '', 'domain XML: not well-formed XML at line 1, column 1: no root element'],
-    ['plain text', 'hello', 'domain XML: not well-formed XML at line 1, column 1: text before the root element'],
-    ['mismatched closing tag', '<domain>\n  <name>x</domain>', 'domain XML: not well-formed XML at line 2, column 10: closing tag </domain> does not match <name> opened at line 2, column 3'],
-    ['unclosed root', '<domain><name>x</name>', 'domain XML: not well-formed XML at line 1, column 1: <domain> is never closed'],
-    ['truncated tag', '<domain', 'domain XML: not well-formed XML at line 1, column 8: malformed attribute or unterminated tag <domain>'],
-    ['duplicate attribute', '<domain type="kvm" type="qemu"/>', 'domain XML: not well-formed XML at line 1, column 19: attribute "type" appears twice on <domain>'],
-    ['unknown entity', '<domain><name>a &nbsp; b</name></domain>', 'domain XML: not well-formed XML at line 1, column 17: an "&" must start a character or predefined entity reference such as &amp;'],
-    ['two roots', '<domain/><domain/>', 'domain XML: not well-formed XML at line 1, column 10: a second root element <domain> after <domain>'],
-    ['text after the root', '<domain/>x', 'domain XML: not well-formed XML at line 1, column 10: text after the root element'],
-    ['DOCTYPE (entity expansion)', '<!DOCTYPE d [<!ENTITY a "b">]><domain/>', 'domain XML: not well-formed XML at line 1, column 1: DOCTYPE and other declarations are not allowed'],
-    ['unquoted attribute', '<domain type=kvm/>', 'domain XML: not well-formed XML at line 1, column 8: malformed attribute or unterminated tag <domain>'],
-    ['"<" in an attribute', '<domain type="a<b"/>', 'domain XML: not well-formed XML at line 1, column 15: attribute "type" contains "<" (write &lt;)'],
-    ['unclosed comment', '<domain><!-- x</domain>', 'domain XML: not well-formed XML at line 1, column 9: comment is never closed with "-->"'],
+    ['empty input', '', 'domain XML: not well-formed XML at line 1, column 1: document must contain a root element.'],
+    ['plain text', 'hello', 'domain XML: not well-formed XML at line 1, column 6: text data outside of root node.'],
+    ['mismatched closing tag', '<domain>\n  <name>x</domain>', 'domain XML: not well-formed XML at line 2, column 19: unexpected close tag.'],
+    ['unclosed root', '<domain><name>x</name>', 'domain XML: not well-formed XML at line 1, column 23: unclosed tag: domain'],
+    ['truncated tag', '<domain', 'domain XML: not well-formed XML at line 1, column 8: document must contain a root element.'],
+    ['duplicate attribute', '<domain type="kvm" type="qemu"/>', 'domain XML: not well-formed XML at line 1, column 33: duplicate attribute: type.'],
+    ['unknown entity', '<domain><name>a &nbsp; b</name></domain>', 'domain XML: not well-formed XML at line 1, column 23: undefined entity.'],
+    ['two roots', '<domain/><domain/>', 'domain XML: not well-formed XML at line 1, column 18: documents may contain only one root.'],
+    ['text after the root', '<domain/>x', 'domain XML: not well-formed XML at line 1, column 11: text data outside of root node.'],
+    ['DOCTYPE (entity expansion)', '<!DOCTYPE d [<!ENTITY a "b">]><domain/>', 'domain XML: not well-formed XML at line 1, column 31: DOCTYPE and other declarations are not allowed'],
+    ['unquoted attribute', '<domain type=kvm/>', 'domain XML: not well-formed XML at line 1, column 15: unquoted attribute value.'],
+    ['"<" in an attribute', '<domain type="a<b"/>', 'domain XML: not well-formed XML at line 1, column 17: disallowed character.'],
+    ['unclosed comment', '<domain><!-- x</domain>', 'domain XML: not well-formed XML at line 1, column 24: unclosed tag: domain'],
     ['not a domain', '<network><name>x</name></network>', 'domain XML: the root element is <network>, expected a libvirt <domain>'],
     ['a namespaced domain', '<domain xmlns="urn:x"/>', 'domain XML: the root element is <domain> in namespace "urn:x", expected a libvirt <domain>'],
-    ['an undeclared prefix', '<domain><qemu:commandline/></domain>', 'domain XML: not well-formed XML at line 1, column 9: namespace prefix "qemu" of <qemu:commandline> is not declared'],
-    ['a bad character reference', '<domain><name>&#0;</name></domain>', 'domain XML: not well-formed XML at line 1, column 15: character reference &#0; is not a valid character'],
+    ['an undeclared prefix', '<domain><qemu:commandline/></domain>', 'domain XML: not well-formed XML at line 1, column 28: unbound namespace prefix: "qemu".'],
+    ['a bad character reference', '<domain><name>&#0;</name></domain>', 'domain XML: not well-formed XML at line 1, column 19: malformed character entity.'],
   ];
   for (const [what, xml, message] of cases) {
     it(`rejects ${what} with a clear message`, () => {

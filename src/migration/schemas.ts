@@ -1,0 +1,50 @@
+import { z } from 'zod';
+import { RemoteDiskRefSchema } from '../backend/remote.js';
+
+/**
+ * KubeVirt's `VirtualMachineInstance.status.migrationState` (kubevirt.io/v1
+ * VirtualMachineInstanceMigrationState), the fields the coordinator reads. Written by
+ * KubeVirt, not by users: unknown fields pass through (newer KubeVirt adds some).
+ */
+export const MigrationStateSchema = z
+  .object({
+    migrationUid: z.string().optional(),
+    sourceNode: z.string().optional(),
+    targetNode: z.string().optional(),
+    targetPod: z.string().optional(),
+    targetNodeAddress: z.string().optional(),
+    startTimestamp: z.string().optional(),
+    endTimestamp: z.string().optional(),
+    completed: z.boolean().optional(),
+    failed: z.boolean().optional(),
+    abortRequested: z.boolean().optional(),
+    abortStatus: z.enum(['Succeeded', 'Failed', 'Aborting']).optional(),
+    mode: z.enum(['PreCopy', 'PostCopy']).optional(),
+    migrationConfiguration: z.object({ allowPostCopy: z.boolean().optional() }).passthrough().optional(),
+  })
+  .passthrough();
+export type MigrationState = z.output<typeof MigrationStateSchema>;
+
+/**
+ * What this node did for one VMI's migration, persisted by the agent between actions so that
+ * a restarted agent plans the same next steps. Keys of the records are disk names.
+ */
+export const MigrationJournalSchema = z
+  .object({
+    /** The migration this record belongs to; a different one starts from scratch. */
+    migrationUid: z.string(),
+    role: z.enum(['source', 'target']),
+    /** Source: exports made (and published to the target). */
+    exports: z.record(RemoteDiskRefSchema).default({}),
+    /** Target: disks opened (remote, or a shared bdev), with the ref a controller serves. */
+    attached: z.record(z.object({ diskRef: z.string(), kind: z.enum(['remote', 'shared']) }).strict()).default({}),
+    /** Controllers this node made (target) or gave up (source), by disk name. */
+    controllers: z.record(z.string()).default({}),
+    /** Where each disk's data lives once the migration is over. */
+    dataNode: z.record(z.string()).default({}),
+    /** Target: an export that could not be reached (the migration cannot succeed). */
+    unreachable: z.object({ disk: z.string(), message: z.string() }).strict().optional(),
+    phase: z.enum(['preparing', 'ready', 'serving', 'handedOver', 'rolledBack', 'refused']).default('preparing'),
+  })
+  .strict();
+export type MigrationJournal = z.output<typeof MigrationJournalSchema>;
