@@ -8,14 +8,12 @@ import type { StorageBackend } from '../../backend/types.js';
 import { createLogger, type Logger } from '../../log.js';
 import { NodeAgent, type ReconcileReport } from '../../agent/agent.js';
 import { StandaloneSource } from '../../agent/standalone.js';
-import { startStatusServer } from '../../metrics/server.js';
 
 const USAGE = `usage: kubevirt-spdk agent --standalone --vmis DIR --images FILE --backend spdk|qsd
          --vhost-dir DIR --state-dir DIR [--once] [--timeout 120s]
          [--spdk-socket PATH] [--lvstore-bdev NAME | --lvstore-size 64Gi]
          [--socket-owner 107:107] [--socket-mode 0660] [--orphan-grace 5m] [--resync 30s]
          [--cache-max-size SIZE] [--cache-max-count N] [--node NAME]
-         [--metrics-port PORT] (serves /metrics, /healthz, /readyz; 0 = any free port)
 `;
 
 const MiB = 2 ** 20;
@@ -38,7 +36,6 @@ interface AgentArgs {
   cacheMaxBytes?: number;
   cacheMaxCount?: number;
   node?: string;
-  metricsPort?: number;
 }
 
 /** Parses and validates flags; every problem names the flag and the rule. */
@@ -64,7 +61,6 @@ export function parseAgentArgs(argv: string[]): AgentArgs {
       'cache-max-size': { type: 'string' },
       'cache-max-count': { type: 'string' },
       node: { type: 'string' },
-      'metrics-port': { type: 'string' },
     },
     strict: true,
   });
@@ -91,10 +87,6 @@ export function parseAgentArgs(argv: string[]): AgentArgs {
   if (values['cache-max-size'] !== undefined && cacheMaxBytes === undefined) problems.push(`--cache-max-size: "${values['cache-max-size']}" is not a quantity`);
   const cacheMaxCount = values['cache-max-count'] === undefined ? undefined : Number(values['cache-max-count']);
   if (cacheMaxCount !== undefined && !(Number.isInteger(cacheMaxCount) && cacheMaxCount >= 0)) problems.push(`--cache-max-count: "${values['cache-max-count']}" must be a whole number`);
-  const metricsPort = values['metrics-port'] === undefined ? undefined : Number(values['metrics-port']);
-  if (metricsPort !== undefined && !(Number.isInteger(metricsPort) && metricsPort >= 0 && metricsPort < 65536)) {
-    problems.push(`--metrics-port: "${values['metrics-port']}" is not a TCP port (0-65535)`);
-  }
   const args: AgentArgs = {
     vmis: need('vmis', values.vmis),
     images: need('images', values.images),
@@ -113,7 +105,6 @@ export function parseAgentArgs(argv: string[]): AgentArgs {
     ...(cacheMaxBytes !== undefined ? { cacheMaxBytes } : {}),
     ...(cacheMaxCount !== undefined ? { cacheMaxCount } : {}),
     ...(values.node ? { node: values.node } : {}),
-    ...(metricsPort !== undefined ? { metricsPort } : {}),
   };
   if (problems.length) throw new ValidationError(problems);
   return args;
@@ -209,15 +200,6 @@ export async function run(argv: string[]): Promise<number> {
   }
 
   agent.start();
-  const statusServer =
-    a.metricsPort === undefined
-      ? undefined
-      : await startStatusServer({
-          port: a.metricsPort,
-          registry: agent.metrics.registry,
-          ready: () => (agent.lastReport === undefined ? 'first reconcile not done' : agent.lastReport.backendOk || 'storage backend unreachable'),
-        });
-  if (statusServer) logger.info({ event: 'metrics-listening', port: statusServer.port }, 'serving /metrics, /healthz, /readyz');
   let debounce: NodeJS.Timeout | undefined;
   const changed = (): void => {
     clearTimeout(debounce);
@@ -246,7 +228,6 @@ export async function run(argv: string[]): Promise<number> {
   clearTimeout(debounce);
   for (const w of watchers) w.close();
   await agent.stop();
-  await statusServer?.close();
   await backend.close();
   return 0;
 }
