@@ -13,6 +13,8 @@ import { PatchPathError, getAt, setAt } from './jsonpatch.js';
 
 /** KubeVirt's list of hook sidecars for a VMI (JSON list of {image, args, ...}). */
 export const HOOK_SIDECARS_ANNOTATION = 'hooks.kubevirt.io/hookSidecars';
+/** Label on every VMI with SPDK disks: KubeVirt MigrationPolicies select VMIs by label. */
+export const SPDK_DISKS_LABEL = 'kubevirt-spdk.io/disks';
 /** Our sidecar speaks the v1alpha2 hook API (OnDefineDomain with the VMI). */
 export const SIDECAR_ARGS: readonly string[] = ['--version', 'v1alpha2'];
 
@@ -243,6 +245,8 @@ export function mutate(req: AdmissionRequest, catalog: ImageCatalog, cfg: Mutati
   const next = withOurSidecar(sidecars, cfg);
   try {
     if (next !== undefined) push(setAt(doc, [...metaPath, 'annotations', HOOK_SIDECARS_ANNOTATION], JSON.stringify(next)));
+    // Selects the VMI for the pre-copy-only MigrationPolicy shipped in manifests/kubevirt/.
+    push(setAt(doc, [...metaPath, 'labels', SPDK_DISKS_LABEL], 'true'));
     for (const kind of ['requests', 'limits']) {
       push(setAt(doc, [...target.path, 'spec', 'domain', 'resources', kind, VHOST_SLOT_RESOURCE], '1'));
     }

@@ -88,6 +88,7 @@ describe('mutate: accepted objects', () => {
     expect(res.allowed).toBe(true);
     expect(patchOf(res).map((o) => o.path)).toEqual([
       '/spec/template/metadata/annotations/hooks.kubevirt.io~1hookSidecars',
+      '/spec/template/metadata/labels',
       '/spec/template/spec/domain/resources',
       '/spec/template/spec/domain/resources/limits',
     ]);
