@@ -1,11 +1,10 @@
-import { spawn, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { mkdir, mkdtemp, readFile, rm, stat, truncate, unlink, writeFile } from 'node:fs/promises';
-import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { NodeStatusSchema } from '../../src/agent/node-status.js';
-import { cliArgv } from '../helpers/cli.js';
+import { connectable, exited, killAll, startCli, until, vmiYaml, type CliProcess } from '../helpers/process.js';
 
 /** The standalone agent as a real process against the SPDK simulator (a real process too). */
 
@@ -15,53 +14,7 @@ const OWNER = isRoot ? { uid: 107, gid: 107 } : { uid: process.getuid?.() ?? 0, 
 
 let dir: string;
 const procs: ChildProcess[] = [];
-
-function start(args: string[]): ChildProcess & { out: string[] } {
-  const { command, args: argv } = cliArgv(...args);
-  const p = spawn(command, argv, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, LOG_LEVEL: 'info' } }) as ChildProcess & { out: string[] };
-  p.out = [];
-  p.stdout?.on('data', (b: Buffer) => p.out.push(b.toString()));
-  p.stderr?.on('data', (b: Buffer) => p.out.push(b.toString()));
-  procs.push(p);
-  return p;
-}
-
-const exited = (p: ChildProcess): Promise<number | null> =>
-  p.exitCode !== null ? Promise.resolve(p.exitCode) : new Promise((resolve) => p.once('exit', (code) => resolve(code)));
-
-async function until<T>(what: string, fn: () => Promise<T | undefined>, timeoutMs = 30_000): Promise<T> {
-  const end = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await fn().catch(() => undefined);
-    if (v !== undefined) return v;
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
-
-const connectable = (p: string): Promise<boolean> =>
-  new Promise((resolve) => {
-    const s = net.connect(p);
-    s.once('connect', () => {
-      s.destroy();
-      resolve(true);
-    });
-    s.once('error', () => resolve(false));
-  });
-
-const vmiYaml = (name: string, slot: string, volumes: string): string => `apiVersion: kubevirt.io/v1
-kind: VirtualMachineInstance
-metadata:
-  name: ${name}
-  annotations:
-    kubevirt-spdk.io/slot: ${slot}
-    kubevirt-spdk.io/volumes: |
-${volumes
-  .trim()
-  .split('\n')
-  .map((l) => `      ${l}`)
-  .join('\n')}
-`;
+const start = (args: string[]): CliProcess => startCli(args, procs);
 
 const simArgs = (): string[] => ['spdk-sim', '--socket', path.join(dir, 'spdk.sock'), '--vhost-dir', path.join(dir, 'vh'), '--state-dir', path.join(dir, 'sim')];
 const agentArgs = (...more: string[]): string[] => [
@@ -108,12 +61,7 @@ beforeEach(async () => {
 });
 
 afterEach(async () => {
-  for (const p of procs.splice(0)) {
-    if (p.exitCode === null && p.signalCode === null) {
-      p.kill('SIGKILL');
-      await exited(p);
-    }
-  }
+  await killAll(procs);
   await rm(dir, { recursive: true, force: true });
 });
 

@@ -1,0 +1,66 @@
+/** Real processes in integration tests: start the CLI, wait for conditions, probe sockets. */
+import { spawn, type ChildProcess } from 'node:child_process';
+import net from 'node:net';
+import { cliArgv } from './cli.js';
+
+export type CliProcess = ChildProcess & { out: string[] };
+
+/** Starts `kubevirt-spdk ...args` from source; its stdout+stderr collect in `out`. */
+export function startCli(args: string[], procs: ChildProcess[]): CliProcess {
+  const { command, args: argv } = cliArgv(...args);
+  const p = spawn(command, argv, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, LOG_LEVEL: 'info' } }) as CliProcess;
+  p.out = [];
+  p.stdout?.on('data', (b: Buffer) => p.out.push(b.toString()));
+  p.stderr?.on('data', (b: Buffer) => p.out.push(b.toString()));
+  procs.push(p);
+  return p;
+}
+
+export const exited = (p: ChildProcess): Promise<number | null> =>
+  p.exitCode !== null || p.signalCode !== null ? Promise.resolve(p.exitCode) : new Promise((resolve) => p.once('exit', (code) => resolve(code)));
+
+/** SIGKILLs what is still running (afterEach). */
+export async function killAll(procs: ChildProcess[]): Promise<void> {
+  for (const p of procs.splice(0)) {
+    if (p.exitCode === null && p.signalCode === null) {
+      p.kill('SIGKILL');
+      await exited(p);
+    }
+  }
+}
+
+/** Polls `fn` until it returns a value (not undefined), bounded. */
+export async function until<T>(what: string, fn: () => Promise<T | undefined>, timeoutMs = 30_000): Promise<T> {
+  const end = Date.now() + timeoutMs;
+  for (;;) {
+    const v = await fn().catch(() => undefined);
+    if (v !== undefined) return v;
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+export const connectable = (p: string): Promise<boolean> =>
+  new Promise((resolve) => {
+    const s = net.connect(p);
+    s.once('connect', () => {
+      s.destroy();
+      resolve(true);
+    });
+    s.once('error', () => resolve(false));
+  });
+
+/** A standalone VMI file: the slot annotation and the volumes annotation (YAML list text). */
+export const vmiYaml = (name: string, slot: string, volumes: string): string => `apiVersion: kubevirt.io/v1
+kind: VirtualMachineInstance
+metadata:
+  name: ${name}
+  annotations:
+    kubevirt-spdk.io/slot: ${slot}
+    kubevirt-spdk.io/volumes: |
+${volumes
+  .trim()
+  .split('\n')
+  .map((l) => `      ${l}`)
+  .join('\n')}
+`;
