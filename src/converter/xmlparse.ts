@@ -38,7 +38,11 @@ export function parseXmlStrict(xml: string, what = 'domain XML'): ParsedXml {
     // The DOM and the serializer recurse per level: deep nesting would overflow the stack.
     if (open.length > MAX_DEPTH) fail(`elements nested deeper than ${MAX_DEPTH} levels`);
     const el = doc.createElementNS(tag.uri || null, tag.name);
-    for (const a of Object.values(tag.attributes)) el.setAttributeNS(a.uri || null, a.name, a.value);
+    // setAttribute is much cheaper than setAttributeNS in this DOM; only namespaced ones need NS.
+    for (const a of Object.values(tag.attributes)) {
+      if (a.uri) el.setAttributeNS(a.uri, a.name, a.value);
+      else el.setAttribute(a.name, a.value);
+    }
     parent().appendChild(el);
     root ??= el;
     open.push(el);
