@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 NPM_STAMP := node_modules/.package-lock.json
 
-.PHONY: deps npm-deps sys-deps test typecheck lint unit demo bench build clean faults
+.PHONY: deps npm-deps sys-deps test typecheck lint unit demo bench build clean faults fuzz
 
 deps: sys-deps npm-deps
 
@@ -36,6 +36,19 @@ demo: deps
 
 bench: deps
 	npx tsx bench/run.ts
+
+# Long fault-injection run: every kill point, longer restart delays. FAULT_SCALE scales the
+# number of scenarios; FAULT_SEED=<n> replays a run (each run prints its seed).
+FAULT_SCALE ?= 5
+FAULT_MAX_DELAY_MS ?= 500
+faults: npm-deps
+	FAULT_SCALE=$(FAULT_SCALE) FAULT_MAX_DELAY_MS=$(FAULT_MAX_DELAY_MS) npx vitest run --testTimeout=0 test/faults
+
+# Long fuzz run: FUZZ_RUNS cases per property, FUZZ_VALIDATE outputs through virt-xml-validate.
+FUZZ_RUNS ?= 20000
+FUZZ_VALIDATE ?= 20
+fuzz: npm-deps
+	FUZZ_RUNS=$(FUZZ_RUNS) FUZZ_VALIDATE=$(FUZZ_VALIDATE) npx vitest run --testTimeout=0 test/fuzz
 
 clean:
 	rm -rf dist .cache

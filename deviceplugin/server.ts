@@ -10,6 +10,7 @@ import path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { VHOST_SLOT_RESOURCE } from '../src/api/volumes.js';
 import { silentLogger, type Logger } from '../src/log.js';
+import { defaultMetrics, type Metrics } from '../src/metrics/metrics.js';
 import type { HealthSource } from './health.js';
 import { DEVICE_PLUGIN_API_VERSION, loadDevicePluginProto } from './proto.js';
 import { SlotNotReadyError, waitForSlotReady } from './readiness.js';
@@ -42,6 +43,8 @@ export interface DevicePluginServerOptions {
   /** How often to check for a kubelet restart, besides the directory watch. */
   checkIntervalMs?: number;
   logger?: Logger;
+  /** Slot gauges and allocation counter; the process-wide metrics by default. */
+  metrics?: Metrics;
 }
 
 type StreamCall = grpc.ServerWritableStream<Empty__Output, ListAndWatchResponse>;
@@ -53,6 +56,7 @@ export class DevicePluginServer {
   private readonly ids: string[];
   private readonly known: ReadonlySet<string>;
   private readonly logger: Logger;
+  readonly metrics: Metrics;
   private server: grpc.Server | undefined;
   private streams = new Set<StreamCall>();
   private lastSent = '';
@@ -77,6 +81,12 @@ export class DevicePluginServer {
     this.ids = slotIds(opts.slotCount);
     this.known = new Set(this.ids);
     this.logger = (opts.logger ?? silentLogger).child({ resource: this.resourceName });
+    this.metrics = opts.metrics ?? defaultMetrics();
+    this.metrics.slots.set(this.ids.length);
+  }
+
+  private updateHealthGauge(): void {
+    this.metrics.slotsHealthy.set(this.opts.health.healthy() ? this.ids.length : 0);
   }
 
   get socketPath(): string {
@@ -91,6 +101,7 @@ export class DevicePluginServer {
     await mkdir(this.pluginDir, { recursive: true });
     await mkdir(this.opts.vhostDir, { recursive: true });
     this.unsubscribeHealth = this.opts.health.onChange(() => this.broadcast());
+    this.updateHealthGauge();
     await this.serialised(async () => {
       await this.serve();
       // Kubelet may be down or restarting: the periodic check registers later.
@@ -195,6 +206,7 @@ export class DevicePluginServer {
   }
 
   private broadcast(): void {
+    this.updateHealthGauge();
     const list = this.currentList();
     const text = JSON.stringify(list);
     if (text === this.lastSent) return;
@@ -237,6 +249,8 @@ export class DevicePluginServer {
             // The backend binds sockets inside; it must exist before the container mounts it.
             await mkdir(slotHostDir(this.opts.vhostDir, slot), { recursive: true, mode: 0o755 });
             this.allocatedAt.set(slot, Date.now());
+            this.metrics.slotAllocations.inc();
+            this.metrics.slotsAllocated.set(this.allocatedAt.size);
             this.logger.info({ slot }, 'allocated');
             responses.push(containerAllocation(this.opts.vhostDir, slot));
           }

@@ -10,6 +10,7 @@ import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import tls from 'node:tls';
 import { silentLogger, type Logger } from '../src/log.js';
+import { defaultMetrics, secondsSince, type Metrics } from '../src/metrics/metrics.js';
 import { formatZodError } from '../src/api/errors.js';
 import { AdmissionReviewRequestSchema, reviewResponse } from './admission-review.js';
 import type { ImageCatalog } from './catalog.js';
@@ -30,6 +31,8 @@ export interface WebhookServerOptions {
   maxBodyBytes?: number;
   /** How long close() lets in-flight requests finish before cutting connections. */
   shutdownGraceMs?: number;
+  /** Served on GET /metrics of this HTTPS server; the process-wide metrics by default. */
+  metrics?: Metrics;
 }
 
 class HttpError extends Error {
@@ -79,6 +82,7 @@ export class WebhookServer {
   private readonly server: https.Server;
   private readonly logger: Logger;
   private readonly maxBody: number;
+  private readonly metrics: Metrics;
   private watchers: FSWatcher[] = [];
   private reloadTimer: NodeJS.Timeout | undefined;
   private closing = false;
@@ -92,6 +96,7 @@ export class WebhookServer {
   ) {
     this.logger = opts.logger ?? silentLogger;
     this.maxBody = opts.maxBodyBytes ?? DEFAULT_MAX_BODY_BYTES;
+    this.metrics = opts.metrics ?? defaultMetrics();
     this.tlsFingerprint = cert + key;
     this.server = https.createServer({ cert, key, keepAlive: true }, (req, res) => this.handle(req, res));
     // The API server reuses connections; don't let them linger past its own timeouts forever.
@@ -165,6 +170,17 @@ export class WebhookServer {
     const url = (req.url ?? '/').split('?')[0];
     if (url === '/healthz') return sendText(res, 200, 'ok');
     if (url === '/readyz') return this.ready() ? sendText(res, 200, 'ok') : sendText(res, 503, 'not ready');
+    if (url === '/metrics' && req.method === 'GET') {
+      const registry = this.metrics.registry;
+      registry.metrics().then(
+        (text) => {
+          res.writeHead(200, { 'content-type': registry.contentType });
+          res.end(text);
+        },
+        (err: unknown) => sendText(res, 500, `metrics failed: ${(err as Error).message}`),
+      );
+      return;
+    }
     if (url !== MUTATE_PATH) return sendText(res, 404, 'not found');
     if (req.method !== 'POST') return sendText(res, 405, 'POST only');
     readBody(req, this.maxBody).then(
@@ -187,15 +203,21 @@ export class WebhookServer {
     const parsed = AdmissionReviewRequestSchema.safeParse(doc);
     if (!parsed.success) return sendText(res, 400, `not an admission.k8s.io/v1 AdmissionReview: ${formatZodError('', parsed.error).join('; ')}`);
     const request = parsed.data.request;
+    const t0 = process.hrtime.bigint();
     const log = this.logger.child({ uid: request.uid, kind: request.kind.kind, namespace: request.namespace, name: request.name, operation: request.operation });
     try {
       const response = mutate(request, this.opts.catalog, this.opts.config);
       // Denials are what users ask about; accepted admissions would flood the log at info.
       if (response.allowed) log.debug({ allowed: true, patched: response.patch !== undefined }, 'admission');
-      else log.info({ allowed: false, code: response.status?.code, message: response.status?.message }, 'admission denied');
+      else {
+        log.info({ allowed: false, code: response.status?.code, message: response.status?.message }, 'admission denied');
+        this.metrics.webhookRejections.inc({ code: String(response.status?.code ?? 403) });
+      }
+      this.metrics.webhookAdmissionDuration.observe({ operation: request.operation, allowed: String(response.allowed) }, secondsSince(t0));
       sendJson(res, 200, reviewResponse(response));
     } catch (err) {
       log.error({ err }, 'admission failed');
+      this.metrics.webhookRejections.inc({ code: '500' });
       sendJson(res, 200, reviewResponse({ uid: request.uid, allowed: false, status: { code: 500, message: `internal error: ${(err as Error).message}` } }));
     }
   }

@@ -4,6 +4,7 @@ import path from 'node:path';
 import type { DiskStatus, SlotStatus, VmiRef, VmiStatus } from '../api/status.js';
 import type { ObservedController, ObservedState, StorageBackend } from '../backend/types.js';
 import { silentLogger, type Logger } from '../log.js';
+import { DISK_PHASES, defaultMetrics, type Metrics } from '../metrics/metrics.js';
 import { emptyDesired, type DesiredState } from './desired.js';
 import { Executor, FreshObserver, describeError, type DiskOutcome } from './executor.js';
 import { writeFileAtomic } from './fsutil.js';
@@ -36,6 +37,8 @@ export interface NodeAgentOptions {
   journal?: JournalOptions;
   node?: string;
   now?: () => number;
+  /** Where the agent's metrics go; the process-wide ones (served on /metrics) by default. */
+  metrics?: Metrics;
 }
 
 export interface VmiReport {
@@ -82,11 +85,13 @@ export class NodeAgent extends EventEmitter {
   private readonly written = new Map<string, string>();
   private readonly config: ReconcileConfig;
   readonly log: Logger;
+  readonly metrics: Metrics;
   lastReport: ReconcileReport | undefined;
 
   constructor(private readonly opts: NodeAgentOptions) {
     super();
     this.log = opts.logger ?? silentLogger;
+    this.metrics = opts.metrics ?? defaultMetrics();
     this.observer = new FreshObserver(opts.backend);
     this.config = {
       socket: { ...DEFAULT_SOCKET_POLICY, ...opts.socket },
@@ -107,7 +112,7 @@ export class NodeAgent extends EventEmitter {
   async init(): Promise<void> {
     await mkdir(path.join(this.opts.stateDir, 'slots'), { recursive: true });
     this.journal = await Journal.open(this.opts.stateDir, { logger: this.log, ...this.opts.journal });
-    this.images = new ImageCache(this.opts.backend, this.journal, { logger: this.log, now: () => this.now() });
+    this.images = new ImageCache(this.opts.backend, this.journal, { logger: this.log, now: () => this.now(), metrics: this.metrics });
     this.executor = new Executor({
       backend: this.opts.backend,
       journal: this.journal,
@@ -119,6 +124,7 @@ export class NodeAgent extends EventEmitter {
       retry: this.opts.retry ?? DEFAULT_RETRY,
       concurrency: this.opts.concurrency ?? 128,
       now: () => this.now(),
+      metrics: this.metrics,
     });
   }
 
@@ -252,15 +258,33 @@ export class NodeAgent extends EventEmitter {
       const durationMs = this.now() - this.connectedAt;
       this.connectedAt = undefined;
       this.log.info({ event: 'recovery', durationMs, controllers: controllersCreated, converged }, 'controllers recovered after a backend restart');
+      this.metrics.recoveries.inc({ converged: String(converged) });
+      this.metrics.recoveryDuration.observe(durationMs / 1000);
+      this.metrics.recoveredControllers.inc(controllersCreated);
       this.emit('recovery', { durationMs, controllers: controllersCreated, converged });
     }
     this.log.info(
       { event: 'reconcile', reason, passes, durationMs: report.durationMs, converged, disks: report.vmis.reduce((n, v) => n + v.disks.length, 0) },
       'reconcile round done',
     );
+    this.observeRound(report, observed);
     this.lastReport = report;
     this.emit('reconciled', report);
     return report;
+  }
+
+  /** Gauges are set from the whole picture each round, so they never drift. */
+  private observeRound(report: ReconcileReport, observed: ObservedState | undefined): void {
+    const m = this.metrics;
+    m.reconcileDuration.observe(report.durationMs / 1000);
+    m.backendUp.set(report.backendOk ? 1 : 0);
+    const byPhase = new Map<string, number>(DISK_PHASES.map((p) => [p, 0]));
+    for (const v of report.vmis) for (const d of v.disks) byPhase.set(d.phase, (byPhase.get(d.phase) ?? 0) + 1);
+    for (const [phase, count] of byPhase) m.disks.set({ phase }, count);
+    if (observed) {
+      m.imageCacheImages.set(observed.images.length);
+      m.imageCacheBytes.set(observed.images.reduce((n, i) => n + i.sizeBytes, 0));
+    }
   }
 
   /** Orphans' first-seen times; ownership records of things that are gone for good. */

@@ -3,6 +3,7 @@ import path from 'node:path';
 import { BackendError, type ObservedState, type StorageBackend } from '../backend/types.js';
 import { SpdkError } from '../spdk/errors.js';
 import { silentLogger, type Logger } from '../log.js';
+import { secondsSince, type Metrics } from '../metrics/metrics.js';
 import { capacityProblem } from './desired.js';
 import type { ImageCache } from './image-cache.js';
 import type { Journal } from './journal.js';
@@ -83,6 +84,7 @@ export interface ExecutorDeps {
   retry: RetryOptions;
   concurrency: number;
   now?: () => number;
+  metrics?: Metrics;
 }
 
 /** Runs `fn` over `items` with at most `limit` in flight. */
@@ -220,6 +222,8 @@ export class Executor {
     let socketPath: string | undefined;
     let createdController: string | undefined;
     let phase: DiskOutcome['phase'] = 'Provisioning';
+    const t0 = process.hrtime.bigint();
+    const m = this.deps.metrics;
     try {
       for (const a of steps) {
         switch (a.kind) {
@@ -250,7 +254,12 @@ export class Executor {
               s.vmiSlots[target.vmi.uid] = { slot: target.slot, namespace: target.vmi.namespace, name: target.vmi.name };
             });
             diskRef = disk.ref;
-            if (spec.source.kind === 'image') await this.deps.images.touch(spec.source.image);
+            if (spec.source.kind === 'image') {
+              await this.deps.images.touch(spec.source.image);
+              // A miss is a clone that had to wait for its image to be imported first.
+              if (steps.some((s) => s.kind === 'ensureImage')) m?.imageCacheMisses.inc();
+              else m?.imageCacheHits.inc();
+            }
             log.info({ event: 'disk-ready', id: spec.id, ref: disk.ref }, 'disk provisioned');
             break;
           }
@@ -288,6 +297,9 @@ export class Executor {
             break;
         }
       }
+      // Only chains that made a disk count as provisioning (not controller re-creations).
+      const made = steps.find((s) => s.kind === 'ensureDisk');
+      if (made?.kind === 'ensureDisk') m?.provisionDuration.observe({ source: made.spec.source.kind }, secondsSince(t0));
       return { phase, permanent: false };
     } catch (e) {
       if (refused(e)) return { phase: 'Pending', message: (e as SafetyRefusal).message, permanent: false };

@@ -1,5 +1,6 @@
 import type { ImageSpec, ObservedImage, StorageBackend } from '../backend/types.js';
 import { silentLogger, type Logger } from '../log.js';
+import { secondsSince, type Metrics } from '../metrics/metrics.js';
 import type { Journal } from './journal.js';
 
 /**
@@ -73,7 +74,7 @@ export class ImageCache {
   constructor(
     private readonly backend: StorageBackend,
     private readonly journal: Journal,
-    private readonly opts: { logger?: Logger; now?: () => number } = {},
+    private readonly opts: { logger?: Logger; now?: () => number; metrics?: Metrics } = {},
   ) {}
 
   private get log(): Logger {
@@ -96,7 +97,17 @@ export class ImageCache {
     const p = (async () => {
       const op = await this.journal.intent('ensureImage', spec.name);
       const t0 = this.now();
-      const img = await this.backend.ensureImage(spec, signal);
+      const started = process.hrtime.bigint();
+      let img: ObservedImage;
+      try {
+        img = await this.backend.ensureImage(spec, signal);
+      } catch (e) {
+        this.opts.metrics?.imageImportDuration.observe({ outcome: 'error' }, secondsSince(started));
+        // The call is over: a failed import must not stay "pending" (one more per retry, replayed at every start).
+        await this.journal.done(op);
+        throw e;
+      }
+      this.opts.metrics?.imageImportDuration.observe({ outcome: img.phase === 'failed' ? 'failed' : 'ok' }, secondsSince(started));
       await this.journal.done(op, (s) => {
         s.imageLastUse[spec.name] = this.now();
       });
@@ -120,6 +131,7 @@ export class ImageCache {
     await this.journal.done(op, (s) => {
       delete s.imageLastUse[name];
     });
+    this.opts.metrics?.imageCacheEvictions.inc();
     this.log.info({ event: 'image-evicted', image: name }, 'image evicted from the cache');
   }
 }

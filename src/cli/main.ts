@@ -14,18 +14,49 @@ const COMMANDS: Record<string, Command> = {
   webhook: { describe: 'mutating admission webhook (HTTPS)', load: () => import('./commands/webhook.js') },
   'device-plugin': { describe: 'kubelet device plugin for vhost slots', load: () => import('./commands/device-plugin.js') },
   status: { describe: 'what this node serves: images, disks, controllers, sessions', load: () => import('./commands/status.js') },
+  doctor: { describe: 'check this node (SPDK, hugepages, vhost dir, lvstore, kubelet, KubeVirt) and say what is wrong', load: () => import('./commands/doctor.js') },
   'spdk-sim': { describe: 'SPDK JSON-RPC simulator (test double for spdk_tgt)', load: () => import('./commands/spdk-sim.js') },
 };
 
 function usage(): string {
   const lines = Object.entries(COMMANDS).map(([name, c]) => `  ${name.padEnd(14)} ${c.describe}`);
-  return `usage: kubevirt-spdk <command> [options]\n\ncommands:\n${lines.join('\n')}\n`;
+  return `usage: kubevirt-spdk <command> [--log-level LEVEL] [options]\n\ncommands:\n${lines.join('\n')}\n\nevery command takes --log-level (${LOG_LEVELS.join('|')}; or LOG_LEVEL), default info\n`;
+}
+
+const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
+
+/**
+ * `--log-level` is common to every command, so it is taken out here and handed to the
+ * loggers through LOG_LEVEL (which createLogger reads) instead of in each command's flags.
+ */
+function takeLogLevel(argv: string[]): { argv: string[]; level?: string } {
+  const out: string[] = [];
+  let level: string | undefined;
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i] as string;
+    if (a === '--') {
+      out.push(...argv.slice(i));
+      break;
+    }
+    if (a === '--log-level') level = argv[++i] ?? '';
+    else if (a.startsWith('--log-level=')) level = a.slice('--log-level='.length);
+    else out.push(a);
+  }
+  return { argv: out, ...(level !== undefined ? { level } : {}) };
 }
 
 async function main(argv: string[]): Promise<number> {
   // virt-controller starts a hook sidecar image with only `--version v1alphaN` as arguments
   // (the hookSidecars annotation's args): that means the sidecar.
   if (argv[0] === '--version' && argv[1]?.startsWith('v1alpha')) argv = ['sidecar', ...argv];
+  const taken = takeLogLevel(argv);
+  argv = taken.argv;
+  const level = taken.level ?? process.env.LOG_LEVEL;
+  if (level !== undefined && !LOG_LEVELS.includes(level)) {
+    process.stderr.write(`kubevirt-spdk: --log-level: "${level}" must be one of ${LOG_LEVELS.join(', ')}\n`);
+    return 2;
+  }
+  if (level !== undefined) process.env.LOG_LEVEL = level;
   const [name, ...rest] = argv;
   if (name === undefined || name === '-h' || name === '--help' || name === 'help') {
     process.stdout.write(usage());

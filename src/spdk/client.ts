@@ -17,6 +17,7 @@ import {
   type JSONRPCResponse,
 } from 'json-rpc-2.0';
 import { silentLogger, type Logger } from '../log.js';
+import { defaultMetrics, secondsSince, type Metrics } from '../metrics/metrics.js';
 import { SpdkError, classifySpdkError } from './errors.js';
 import { JsonStreamScanner } from './framing.js';
 
@@ -27,6 +28,8 @@ export interface SpdkRpcClientOptions {
   /** Reconnect with exponential backoff when the socket goes away; false: fail fast. */
   reconnect?: { initialDelayMs?: number; maxDelayMs?: number } | false;
   logger?: Logger;
+  /** Call durations and errors by method and kind; the process-wide metrics by default. */
+  metrics?: Metrics;
 }
 
 export interface CallOptions {
@@ -84,10 +87,12 @@ export class SpdkRpcClient extends EventEmitter {
   private state: State = 'idle';
   private socket?: net.Socket;
   private scanner = new JsonStreamScanner();
+  private lastDataAt = 0;
   private retryTimer?: NodeJS.Timeout;
   private attempt = 0;
   private corked = false;
   private lastConnectError?: Error;
+  private readonly metrics: Metrics;
 
   constructor(opts: SpdkRpcClientOptions) {
     super();
@@ -101,6 +106,7 @@ export class SpdkRpcClient extends EventEmitter {
             maxDelayMs: opts.reconnect?.maxDelayMs ?? DEFAULT_MAX_DELAY_MS,
           };
     this.log = (opts.logger ?? silentLogger).child({ component: 'spdk-rpc', socket: opts.socketPath });
+    this.metrics = opts.metrics ?? defaultMetrics();
     this.rpc = new JSONRPCClient<SendParams>((_payload, { bytes }) => this.write(bytes));
     // Waiters for 'connected' are many (every call made while disconnected).
     this.setMaxListeners(0);
@@ -144,6 +150,18 @@ export class SpdkRpcClient extends EventEmitter {
   }
 
   async call(method: string, params?: Record<string, unknown>, opts: CallOptions = {}): Promise<unknown> {
+    const t0 = process.hrtime.bigint();
+    try {
+      return await this.callOnce(method, params, opts);
+    } catch (e) {
+      this.metrics.spdkRpcErrors.inc({ method, kind: e instanceof SpdkError ? e.kind : 'internal' });
+      throw e;
+    } finally {
+      this.metrics.spdkRpcDuration.observe({ method }, secondsSince(t0));
+    }
+  }
+
+  private async callOnce(method: string, params: Record<string, unknown> | undefined, opts: CallOptions): Promise<unknown> {
     const timeoutMs = opts.timeoutMs ?? this.timeoutMs;
     const signal = opts.signal;
     if (signal?.aborted) throw this.cancelled(method, signal);
@@ -198,10 +216,10 @@ export class SpdkRpcClient extends EventEmitter {
       };
       const onAbort = (): void => fail(this.cancelled(method, signal as AbortSignal));
       this.inFlight.set(id, { method, fail });
-      const timer = setTimeout(
-        () => fail(localError(method, 'timeout', `no reply within ${timeoutMs}ms`, { timeoutMs, id })),
-        Math.max(0, deadline - Date.now()),
-      );
+      const timer = setTimeout(() => {
+        fail(localError(method, 'timeout', `no reply within ${timeoutMs}ms`, { timeoutMs, id }));
+        this.resetIfStuck(timeoutMs);
+      }, Math.max(0, deadline - Date.now()));
       signal?.addEventListener('abort', onAbort, { once: true });
       if (this.state !== 'connected') {
         fail(localError(method, 'transport', 'connection to SPDK lost before the request was sent'));
@@ -350,7 +368,20 @@ export class SpdkRpcClient extends EventEmitter {
     this.retryTimer.unref();
   }
 
+  /**
+   * A reply cut short (a truncated value, then silence for a whole call deadline) would
+   * swallow every later reply into that value: no call on this connection could succeed
+   * again. Start over on a new connection, as for a reply that cannot be parsed.
+   */
+  private resetIfStuck(timeoutMs: number): void {
+    if (this.scanner.buffered === 0 || Date.now() - this.lastDataAt < timeoutMs) return;
+    this.log.error({ event: 'truncatedReply', buffered: this.scanner.buffered }, 'incomplete reply from SPDK; connection reset');
+    this.failAll('incomplete reply from SPDK; connection reset');
+    this.socket?.destroy();
+  }
+
   private onData(socket: net.Socket, chunk: Buffer): void {
+    this.lastDataAt = Date.now();
     const { values, error } = this.scanner.push(chunk);
     for (const v of values) this.onMessage(v);
     if (error) {

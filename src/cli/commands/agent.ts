@@ -8,17 +8,28 @@ import type { StorageBackend } from '../../backend/types.js';
 import { createLogger, type Logger } from '../../log.js';
 import { NodeAgent, type ReconcileReport } from '../../agent/agent.js';
 import { StandaloneSource } from '../../agent/standalone.js';
+import { startStatusServer } from '../../metrics/server.js';
+import { DEFAULT_POD_RESOURCES_SOCKET } from '../../kube/podresources.js';
+
+const DEFAULT_METRICS_PORT = 9470;
 
 const USAGE = `usage: kubevirt-spdk agent --standalone --vmis DIR --images FILE --backend spdk|qsd
          --vhost-dir DIR --state-dir DIR [--once] [--timeout 120s]
          [--spdk-socket PATH] [--lvstore-bdev NAME | --lvstore-size 64Gi]
          [--socket-owner 107:107] [--socket-mode 0660] [--orphan-grace 5m] [--resync 30s]
          [--cache-max-size SIZE] [--cache-max-count N] [--node NAME]
+         [--metrics-port PORT] (serves /metrics, /healthz, /readyz; 0 = any free port)
+       kubevirt-spdk agent [--node NAME (default $NODE_NAME)] --backend spdk|qsd
+         --vhost-dir DIR --state-dir DIR [--kubeconfig FILE] [--metrics-port 9470]
+         [--pod-resources-socket PATH] [and the flags above that are not standalone-only]
+         (cluster mode: watches the node's VMIs, launcher pods and CachedImages)
 `;
 
 const MiB = 2 ** 20;
 
 interface AgentArgs {
+  /** Standalone reads files; otherwise (cluster mode) the agent watches the API server. */
+  standalone: boolean;
   vmis: string;
   images: string;
   backend: 'spdk' | 'qsd';
@@ -36,10 +47,13 @@ interface AgentArgs {
   cacheMaxBytes?: number;
   cacheMaxCount?: number;
   node?: string;
+  metricsPort?: number;
+  kubeconfig?: string;
+  podResourcesSocket: string;
 }
 
 /** Parses and validates flags; every problem names the flag and the rule. */
-export function parseAgentArgs(argv: string[]): AgentArgs {
+export function parseAgentArgs(argv: string[], env: NodeJS.ProcessEnv = process.env): AgentArgs {
   const { values } = parseArgs({
     args: argv,
     options: {
@@ -61,6 +75,9 @@ export function parseAgentArgs(argv: string[]): AgentArgs {
       'cache-max-size': { type: 'string' },
       'cache-max-count': { type: 'string' },
       node: { type: 'string' },
+      'metrics-port': { type: 'string' },
+      kubeconfig: { type: 'string' },
+      'pod-resources-socket': { type: 'string', default: DEFAULT_POD_RESOURCES_SOCKET },
     },
     strict: true,
   });
@@ -69,7 +86,13 @@ export function parseAgentArgs(argv: string[]): AgentArgs {
     if (v === undefined || v === '') problems.push(`--${name}: is required`);
     return v ?? '';
   };
-  if (!values.standalone) problems.push('--standalone: is required (cluster mode runs from the DaemonSet wiring, not this command)');
+  const standalone = values.standalone;
+  const node = values.node ?? (standalone ? undefined : env.NODE_NAME);
+  if (!standalone) {
+    if (!node) problems.push('--node: is required in cluster mode (or set NODE_NAME)');
+    if (values.once) problems.push('--once: only applies with --standalone');
+    if (values.vmis !== undefined || values.images !== undefined) problems.push('--vmis, --images: only apply with --standalone (cluster mode watches the API server)');
+  } else if (values.kubeconfig !== undefined) problems.push('--kubeconfig: only applies in cluster mode (without --standalone)');
   const duration = (name: string, v: string): number => {
     const ms = parseDuration(v);
     if (ms === undefined || ms < 0) problems.push(`--${name}: ${v} is not a duration (e.g. 30s, 5m)`);
@@ -87,9 +110,14 @@ export function parseAgentArgs(argv: string[]): AgentArgs {
   if (values['cache-max-size'] !== undefined && cacheMaxBytes === undefined) problems.push(`--cache-max-size: "${values['cache-max-size']}" is not a quantity`);
   const cacheMaxCount = values['cache-max-count'] === undefined ? undefined : Number(values['cache-max-count']);
   if (cacheMaxCount !== undefined && !(Number.isInteger(cacheMaxCount) && cacheMaxCount >= 0)) problems.push(`--cache-max-count: "${values['cache-max-count']}" must be a whole number`);
+  const metricsPort = values['metrics-port'] === undefined ? undefined : Number(values['metrics-port']);
+  if (metricsPort !== undefined && !(Number.isInteger(metricsPort) && metricsPort >= 0 && metricsPort < 65536)) {
+    problems.push(`--metrics-port: "${values['metrics-port']}" is not a TCP port (0-65535)`);
+  }
   const args: AgentArgs = {
-    vmis: need('vmis', values.vmis),
-    images: need('images', values.images),
+    standalone,
+    vmis: standalone ? need('vmis', values.vmis) : '',
+    images: standalone ? need('images', values.images) : '',
     backend: backend as 'spdk' | 'qsd',
     vhostDir: need('vhost-dir', values['vhost-dir']),
     stateDir: need('state-dir', values['state-dir']),
@@ -104,7 +132,11 @@ export function parseAgentArgs(argv: string[]): AgentArgs {
     resyncMs: duration('resync', values.resync),
     ...(cacheMaxBytes !== undefined ? { cacheMaxBytes } : {}),
     ...(cacheMaxCount !== undefined ? { cacheMaxCount } : {}),
-    ...(values.node ? { node: values.node } : {}),
+    ...(node ? { node } : {}),
+    // Cluster mode always serves /readyz (the DaemonSet's probe) on the default port.
+    ...(metricsPort !== undefined ? { metricsPort } : standalone ? {} : { metricsPort: DEFAULT_METRICS_PORT }),
+    ...(values.kubeconfig ? { kubeconfig: values.kubeconfig } : {}),
+    podResourcesSocket: values['pod-resources-socket'],
   };
   if (problems.length) throw new ValidationError(problems);
   return args;
@@ -158,10 +190,30 @@ export async function run(argv: string[]): Promise<number> {
     process.stderr.write(`kubevirt-spdk agent: ${(e as Error).message}\n${USAGE}`);
     return 2;
   }
-  const logger = createLogger('agent');
+  // Every line carries the node, so logs from a DaemonSet can be told apart.
+  const logger = a.node ? createLogger('agent').child({ node: a.node }) : createLogger('agent');
   await mkdir(a.stateDir, { recursive: true });
   await mkdir(a.vhostDir, { recursive: true });
   const backend = await makeBackend(a, logger);
+  const agentOptions = {
+    backend,
+    stateDir: path.resolve(a.stateDir),
+    socket: { ...a.owner, mode: a.mode },
+    orphanGraceMs: a.orphanGraceMs,
+    resyncMs: a.resyncMs,
+    cache: { ...(a.cacheMaxBytes !== undefined ? { maxSizeBytes: a.cacheMaxBytes } : {}), ...(a.cacheMaxCount !== undefined ? { maxCount: a.cacheMaxCount } : {}) },
+  };
+  if (!a.standalone) {
+    const { runClusterAgent } = await import('../../kube/run.js');
+    return runClusterAgent({
+      node: a.node ?? '',
+      ...(a.kubeconfig ? { kubeconfig: a.kubeconfig } : {}),
+      podResourcesSocket: a.podResourcesSocket,
+      metricsPort: a.metricsPort ?? DEFAULT_METRICS_PORT,
+      agent: agentOptions,
+      logger,
+    });
+  }
   const agent = new NodeAgent({
     backend,
     stateDir: path.resolve(a.stateDir),
@@ -200,6 +252,15 @@ export async function run(argv: string[]): Promise<number> {
   }
 
   agent.start();
+  const statusServer =
+    a.metricsPort === undefined
+      ? undefined
+      : await startStatusServer({
+          port: a.metricsPort,
+          registry: agent.metrics.registry,
+          ready: () => (agent.lastReport === undefined ? 'first reconcile not done' : agent.lastReport.backendOk || 'storage backend unreachable'),
+        });
+  if (statusServer) logger.info({ event: 'metrics-listening', port: statusServer.port }, 'serving /metrics, /healthz, /readyz');
   let debounce: NodeJS.Timeout | undefined;
   const changed = (): void => {
     clearTimeout(debounce);
@@ -228,6 +289,7 @@ export async function run(argv: string[]): Promise<number> {
   clearTimeout(debounce);
   for (const w of watchers) w.close();
   await agent.stop();
+  await statusServer?.close();
   await backend.close();
   return 0;
 }

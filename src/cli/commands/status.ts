@@ -36,10 +36,11 @@ export function render(s: NodeStatus, now: number): string {
   out.push('VMIS');
   const vmiRows = s.vmis.flatMap((v) =>
     v.problems.length
-      ? [[`${v.vmi.namespace}/${v.vmi.name}`, v.slot ?? '-', '-', 'Failed', v.problems.join('; ')]]
-      : v.disks.map((d) => [`${v.vmi.namespace}/${v.vmi.name}`, v.slot ?? '-', d.name, d.phase, d.message ?? d.socket ?? '']),
+      ? [[`${v.vmi.namespace}/${v.vmi.name}`, v.slot ?? '-', '-', 'Failed', '-', v.problems.join('; ')]]
+      : // DATA ON: the node whose storage holds the disk's blocks (another node during a migration).
+        v.disks.map((d) => [`${v.vmi.namespace}/${v.vmi.name}`, v.slot ?? '-', d.name, d.phase, d.dataNode ?? '-', d.message ?? d.socket ?? '']),
   );
-  out.push(table([['VMI', 'SLOT', 'DISK', 'PHASE', 'DETAIL'], ...vmiRows]));
+  out.push(table([['VMI', 'SLOT', 'DISK', 'PHASE', 'DATA ON', 'DETAIL'], ...vmiRows]));
   if (s.orphans.length) out.push('', 'ORPHANS', table([['OBJECT', 'NAME', 'FIRST SEEN', 'COLLECT AT'], ...s.orphans.map((o) => [o.object, o.name, o.firstSeen, o.collectAt])]));
   if (s.blocked.length) out.push('', 'BLOCKED', table([['OBJECT', 'NAME', 'REASON'], ...s.blocked.map((b) => [b.object, b.name, b.reason])]));
   if (s.problems.length) out.push('', 'PROBLEMS', ...s.problems.map((p) => `  ${p}`));

@@ -31,7 +31,7 @@ async function kustomizationObjects(): Promise<Array<{ file: string; obj: Obj }>
 }
 
 // Kinds of other projects (cert-manager, KubeVirt): their CRDs are not ours to validate.
-const EXTERNAL = new Set(['cert-manager.io/v1 Issuer', 'cert-manager.io/v1 Certificate', 'migrations.kubevirt.io/v1alpha1 MigrationPolicy']);
+const EXTERNAL = new Set(['cert-manager.io/v1 Issuer', 'cert-manager.io/v1 Certificate', 'migrations.kubevirt.io/v1alpha1 MigrationPolicy', 'monitoring.coreos.com/v1 ServiceMonitor']);
 
 async function modelFor(apiVersion: string, kind: string): Promise<new (o: unknown) => { validate(): void }> {
   const mod = (await import(`kubernetes-models/${apiVersion}/${kind}`)) as Record<string, new (o: unknown) => { validate(): void }>;
@@ -126,5 +126,25 @@ describe('manifests', () => {
   it('post-copy is refused by the shipped MigrationPolicy', async () => {
     const [policy] = await loadDocs('kubevirt/migration-policy.yaml');
     expect((policy as unknown as { spec: { allowPostCopy: boolean } }).spec.allowPostCopy).toBe(false);
+  });
+});
+
+describe('manifests and the CLI agree', () => {
+  it('every flag a container passes is a flag of that kubevirt-spdk command', async () => {
+    const { allCommandFlags } = await import('../../../hack/gen-config-docs.js');
+    const flags = await allCommandFlags();
+    const objs = (await kustomizationObjects()).map((o) => o.obj);
+    type Container = { name: string; image: string; args?: string[] };
+    const containers = objs
+      .filter((o) => o.kind === 'DaemonSet' || o.kind === 'Deployment')
+      .flatMap((o) => (o.spec as { template: { spec: { containers: Container[] } } }).template.spec.containers)
+      .filter((c) => c.image === 'kubevirt-spdk');
+    expect(containers.map((c) => c.name).sort()).toEqual(['agent', 'device-plugin', 'webhook']);
+    for (const c of containers) {
+      const [command, ...args] = c.args ?? [];
+      const known = new Set((flags.get(command ?? '') ?? []).map((f) => f.flag.replace(/^--/, '')));
+      expect(known.size, `command ${command}`).toBeGreaterThan(0);
+      for (const a of args) expect(known, `${c.name}: ${a}`).toContain(a.replace(/^--/, '').split('=')[0]);
+    }
   });
 });

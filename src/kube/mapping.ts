@@ -1,0 +1,304 @@
+import { z } from 'zod';
+import { CachedImageSchema } from '../api/cachedimage.js';
+import { ValidationError, formatZodError } from '../api/errors.js';
+import type { VmiRef, VmiStatus } from '../api/status.js';
+import { hasSpdkVolumes, parseVmi, vmiUid, type Vmi } from '../api/vmi.js';
+import { SLOT_ANNOTATION, STATUS_ANNOTATION } from '../api/volumes.js';
+import { buildDesired, imageSpecOf, type DesiredState, type VmiInput } from '../agent/desired.js';
+import type { NodeStatus } from '../agent/node-status.js';
+import type { ImageSpec } from '../backend/types.js';
+import type { PodSlot } from './podresources.js';
+
+/**
+ * The pure half of cluster mode: informer caches + PodResources slots + catalog -> the node's
+ * DesiredState, and the agent's reports -> VMI status patches, Events and the NodeImageCache
+ * status. No I/O here; cluster.ts feeds it and writes what it returns.
+ */
+
+export const LAUNCHER_LABEL = 'kubevirt.io';
+export const LAUNCHER_LABEL_VALUE = 'virt-launcher';
+/** On a launcher pod: the uid of the VMI it runs. */
+export const CREATED_BY_LABEL = 'kubevirt.io/created-by';
+export const VMI_NODE_LABEL = 'kubevirt.io/nodeName';
+export const VMI_MIGRATION_TARGET_LABEL = 'kubevirt.io/migrationTargetNodeName';
+
+/** The fields of a launcher pod that the mapping reads. */
+export const LauncherPodSchema = z
+  .object({
+    metadata: z
+      .object({ name: z.string(), namespace: z.string().default('default'), labels: z.record(z.string()).nullish() })
+      .passthrough(),
+    spec: z.object({ nodeName: z.string().nullish() }).passthrough().nullish(),
+    status: z.object({ phase: z.string().nullish() }).passthrough().nullish(),
+  })
+  .passthrough();
+export type LauncherPod = z.output<typeof LauncherPodSchema>;
+
+const TERMINAL_POD_PHASES = new Set(['Succeeded', 'Failed']);
+
+/** The problem `desiredVmiOf` reports for a VMI without a slot; not worth an Event while its pod starts. */
+export const NO_SLOT_PROBLEM = `metadata.annotations["${SLOT_ANNOTATION}"]: is required (no vhost slot assigned)`;
+
+/**
+ * VMI uid -> slot: the slot that PodResources lists for a live launcher pod of the VMI on this
+ * node. Pods that finished are ignored (a restarted VMI's old pod). When two live pods of one
+ * VMI hold slots, the slot the VMI had before wins, so a running VM never changes slot.
+ */
+export function slotsByVmi(pods: readonly unknown[], podSlots: readonly PodSlot[], lastSlots: ReadonlyMap<string, string> = new Map()): Map<string, string> {
+  const slotOfPod = new Map<string, string>();
+  for (const s of podSlots) slotOfPod.set(`${s.namespace}/${s.pod}`, s.slot);
+  const candidates = new Map<string, string[]>();
+  for (const raw of pods) {
+    const res = LauncherPodSchema.safeParse(raw);
+    if (!res.success) continue;
+    const pod = res.data;
+    const uid = pod.metadata.labels?.[CREATED_BY_LABEL];
+    if (!uid || TERMINAL_POD_PHASES.has(pod.status?.phase ?? '')) continue;
+    const slot = slotOfPod.get(`${pod.metadata.namespace}/${pod.metadata.name}`);
+    if (slot) candidates.set(uid, [...(candidates.get(uid) ?? []), slot]);
+  }
+  const out = new Map<string, string>();
+  for (const [uid, slots] of candidates) {
+    const last = lastSlots.get(uid);
+    out.set(uid, last !== undefined && slots.includes(last) ? last : ([...slots].sort()[0] as string));
+  }
+  return out;
+}
+
+/** A VMI from the API: parsed, or (when it does not parse) its identity with the problems. */
+export function vmiInputOf(raw: unknown): VmiInput | undefined {
+  const m = (raw as { metadata?: { name?: unknown; namespace?: unknown; uid?: unknown } } | null)?.metadata;
+  if (!m || typeof m.name !== 'string') return undefined;
+  const origin = `${typeof m.namespace === 'string' ? m.namespace : 'default'}/${m.name}`;
+  try {
+    return { origin, vmi: parseVmi(raw, origin) };
+  } catch (e) {
+    const problems = e instanceof ValidationError ? e.problems : [`${origin}: ${String(e)}`];
+    const vmi = parseVmi({ metadata: { name: m.name, ...(typeof m.namespace === 'string' ? { namespace: m.namespace } : {}), ...(typeof m.uid === 'string' ? { uid: m.uid } : {}) } });
+    return { origin, vmi, problems };
+  }
+}
+
+/** The catalog from the CachedImage informer; an invalid object is left out and reported. */
+export function catalogOf(rawImages: readonly unknown[]): { images: ImageSpec[]; problems: string[] } {
+  const images: ImageSpec[] = [];
+  const problems: string[] = [];
+  for (const raw of rawImages) {
+    const name = (raw as { metadata?: { name?: unknown } } | null)?.metadata?.name;
+    const res = CachedImageSchema.safeParse(raw);
+    if (res.success) images.push(imageSpecOf(res.data));
+    else problems.push(...formatZodError(`cachedimage ${typeof name === 'string' ? name : '?'}`, res.error));
+  }
+  return { images: images.sort((a, b) => a.name.localeCompare(b.name)), problems };
+}
+
+export interface ClusterView {
+  /** VMIs labelled with this node (`kubevirt.io/nodeName`). */
+  vmis: readonly unknown[];
+  /** Launcher pods on this node. */
+  pods: readonly unknown[];
+  podSlots: readonly PodSlot[];
+  cachedImages: readonly unknown[];
+  /** Slots chosen before, by VMI uid (keeps a VM's slot stable). */
+  lastSlots?: ReadonlyMap<string, string>;
+  slotHolder?: (slot: string) => string | undefined;
+}
+
+export interface ClusterDesired {
+  desired: DesiredState;
+  /** VMI uid -> slot, for the VMIs that have one now. */
+  slots: Map<string, string>;
+}
+
+/**
+ * The node's desired state. Only VMIs with our volumes annotation take part. The slot comes
+ * from PodResources alone (a slot annotation written by a user is ignored: the device plugin's
+ * allocation is the truth). A VMI without a slot yet stays in the desired state with a problem,
+ * so that nothing it already has is deleted while its pod (re)starts.
+ */
+export function clusterDesired(view: ClusterView): ClusterDesired {
+  const slots = slotsByVmi(view.pods, view.podSlots, view.lastSlots);
+  const catalog = catalogOf(view.cachedImages);
+  const inputs: VmiInput[] = [];
+  for (const raw of view.vmis) {
+    const input = vmiInputOf(raw);
+    if (!input) continue;
+    if (!input.problems && !hasSpdkVolumes(input.vmi)) continue;
+    const slot = slots.get(vmiUid(input.vmi));
+    inputs.push({ ...input, vmi: withSlot(input.vmi, slot) });
+  }
+  const desired = buildDesired(inputs, catalog.images, { problems: catalog.problems, ...(view.slotHolder ? { slotHolder: view.slotHolder } : {}) });
+  return { desired, slots };
+}
+
+function withSlot(vmi: Vmi, slot: string | undefined): Vmi {
+  const annotations = { ...vmi.metadata.annotations };
+  if (slot === undefined) delete annotations[SLOT_ANNOTATION];
+  else annotations[SLOT_ANNOTATION] = slot;
+  return { ...vmi, metadata: { ...vmi.metadata, annotations } };
+}
+
+// ---- agent report -> VMI status annotation ------------------------------------------------------
+
+/** The status without its timestamp: what decides whether a patch is needed. */
+function statusContent(s: unknown): string | undefined {
+  if (!s || typeof s !== 'object') return undefined;
+  const { updatedAt: _ignored, ...rest } = s as Record<string, unknown>;
+  return JSON.stringify(rest);
+}
+
+/** The JSON merge patch that sets the status annotation, or undefined when the VMI already says so. */
+export function vmiStatusPatch(currentAnnotations: Readonly<Record<string, string>> | undefined, status: VmiStatus): { metadata: { annotations: Record<string, string> } } | undefined {
+  const current = currentAnnotations?.[STATUS_ANNOTATION];
+  if (current !== undefined) {
+    try {
+      if (statusContent(JSON.parse(current)) === statusContent(status)) return undefined;
+    } catch {
+      // Not JSON: overwrite it.
+    }
+  }
+  return { metadata: { annotations: { [STATUS_ANNOTATION]: JSON.stringify(status) } } };
+}
+
+// ---- agent report -> Events ---------------------------------------------------------------------
+
+export interface PlannedEvent {
+  /** Stable identity for deduplication. */
+  key: string;
+  reason: 'SpdkDiskFailed' | 'SpdkVolumesInvalid';
+  message: string;
+}
+
+/** Kubernetes caps an Event message at 1 KiB. */
+const MAX_MESSAGE = 1024;
+const cap = (s: string): string => (s.length > MAX_MESSAGE ? `${s.slice(0, MAX_MESSAGE - 3)}...` : s);
+
+/** Warning Events a VMI's status calls for: one per failed disk and one per input problem. */
+export function eventsFor(status: Pick<VmiStatus, 'disks'>, problems: readonly string[]): PlannedEvent[] {
+  const out: PlannedEvent[] = [];
+  for (const p of problems) {
+    if (p === NO_SLOT_PROBLEM) continue;
+    out.push({ key: `SpdkVolumesInvalid:${p}`, reason: 'SpdkVolumesInvalid', message: cap(p) });
+  }
+  for (const d of status.disks) {
+    if (d.phase !== 'Failed') continue;
+    const message = `disk ${d.name}: ${d.message ?? 'failed'}`;
+    out.push({ key: `SpdkDiskFailed:${message}`, reason: 'SpdkDiskFailed', message: cap(message) });
+  }
+  return out;
+}
+
+/**
+ * Deduplication: the events of `planned` not already emitted for this VMI. A condition that
+ * clears and comes back is reported again; one that persists, once.
+ */
+export function newEvents(previouslyEmitted: ReadonlySet<string>, planned: readonly PlannedEvent[]): PlannedEvent[] {
+  return planned.filter((e) => !previouslyEmitted.has(e.key));
+}
+
+export interface EventBody {
+  metadata: { generateName: string; namespace: string };
+  involvedObject: { apiVersion: string; kind: string; name: string; namespace: string; uid: string };
+  type: 'Warning';
+  reason: string;
+  message: string;
+  source: { component: string; host: string };
+  reportingComponent: string;
+  reportingInstance: string;
+  count: number;
+  firstTimestamp: Date;
+  lastTimestamp: Date;
+}
+
+export function eventBody(vmi: VmiRef, e: PlannedEvent, node: string, now: Date): EventBody {
+  return {
+    metadata: { generateName: `${vmi.name}.`, namespace: vmi.namespace },
+    involvedObject: { apiVersion: 'kubevirt.io/v1', kind: 'VirtualMachineInstance', name: vmi.name, namespace: vmi.namespace, uid: vmi.uid },
+    type: 'Warning',
+    reason: e.reason,
+    message: e.message,
+    source: { component: 'kubevirt-spdk-agent', host: node },
+    reportingComponent: 'kubevirt-spdk.io/agent',
+    reportingInstance: node,
+    count: 1,
+    firstTimestamp: now,
+    lastTimestamp: now,
+  };
+}
+
+// ---- node cache state -> NodeImageCache, CachedImage.status.readyNodes ---------------------------
+
+export const NodeImageCacheImageSchema = z.object({
+  name: z.string(),
+  phase: z.enum(['importing', 'hydrating', 'ready', 'failed']),
+  sizeBytes: z.number().int().nonnegative().optional(),
+  clones: z.number().int().nonnegative().optional(),
+  lastUsed: z.string().optional(),
+  message: z.string().optional(),
+});
+
+/** `NodeImageCache.status` (see manifests/crds/nodeimagecache.yaml). */
+export const NodeImageCacheStatusSchema = z.object({
+  backend: z.enum(['spdk', 'qsd']),
+  summary: z.string(),
+  usedBytes: z.number().int().nonnegative(),
+  updatedAt: z.string(),
+  images: z.array(NodeImageCacheImageSchema),
+});
+export type NodeImageCacheStatus = z.output<typeof NodeImageCacheStatusSchema>;
+
+const NodeImageCacheSchema = z.object({
+  metadata: z.object({ name: z.string() }).passthrough(),
+  status: z.object({ images: z.array(z.object({ name: z.string(), phase: z.string() }).passthrough()).default([]) }).passthrough().nullish(),
+});
+
+/** The NodeImageCache status from what the agent observed (its status.json). */
+export function nodeImageCacheStatus(s: Pick<NodeStatus, 'backend' | 'images'>, updatedAt: string): NodeImageCacheStatus {
+  const images = [...s.images]
+    .sort((a, b) => a.name.localeCompare(b.name))
+    .map((i) => ({
+      name: i.name,
+      phase: NodeImageCacheImageSchema.shape.phase.safeParse(i.phase).data ?? 'failed',
+      sizeBytes: i.sizeBytes,
+      clones: i.cloneCount,
+      ...(i.lastUse ? { lastUsed: i.lastUse } : {}),
+      ...(i.message ? { message: i.message } : {}),
+    }));
+  const summary = images.length
+    ? images.map((i) => `${i.name}${i.phase === 'ready' ? '' : `[${i.phase}]`}${i.clones ? `(${i.clones} clone${i.clones === 1 ? '' : 's'})` : ''}`).join(', ')
+    : 'none';
+  // The cache's footprint: golden images only (clones are thin until written).
+  const usedBytes = images.reduce((n, i) => n + i.sizeBytes, 0);
+  return { backend: s.backend.kind, summary, usedBytes, updatedAt, images };
+}
+
+/** Whether two statuses differ in anything but their timestamp. */
+export const sameCacheStatus = (a: unknown, b: unknown): boolean => statusContent(a) === statusContent(b);
+
+/** Image name -> number of NodeImageCaches that list it ready. */
+export function readyNodeCounts(caches: readonly unknown[]): Map<string, number> {
+  const out = new Map<string, number>();
+  for (const raw of caches) {
+    const res = NodeImageCacheSchema.safeParse(raw);
+    if (!res.success) continue;
+    const ready = new Set((res.data.status?.images ?? []).filter((i) => i.phase === 'ready').map((i) => i.name));
+    for (const name of ready) out.set(name, (out.get(name) ?? 0) + 1);
+  }
+  return out;
+}
+
+/**
+ * The CachedImages whose `status.readyNodes` differs from the count. Every agent computes the
+ * same count from the same NodeImageCaches, so concurrent writers converge on one value.
+ */
+export function readyNodesUpdates(cachedImages: readonly unknown[], counts: ReadonlyMap<string, number>): Array<{ name: string; readyNodes: number }> {
+  const out: Array<{ name: string; readyNodes: number }> = [];
+  for (const raw of cachedImages) {
+    const o = raw as { metadata?: { name?: unknown }; status?: { readyNodes?: unknown } | null } | null;
+    const name = o?.metadata?.name;
+    if (typeof name !== 'string') continue;
+    const want = counts.get(name) ?? 0;
+    if (o?.status?.readyNodes !== want) out.push({ name, readyNodes: want });
+  }
+  return out.sort((a, b) => a.name.localeCompare(b.name));
+}

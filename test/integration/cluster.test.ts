@@ -1,0 +1,291 @@
+import { mkdir, mkdtemp, readFile, rm, stat, truncate, writeFile } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import * as grpc from '@grpc/grpc-js';
+import { KubeConfig } from '@kubernetes/client-node';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { SlotStatusSchema, VmiStatusSchema } from '../../src/api/status.js';
+import { STATUS_ANNOTATION, VHOST_SLOT_RESOURCE } from '../../src/api/volumes.js';
+import { createSpdkBackend, type SpdkBackend } from '../../src/backend/spdk/index.js';
+import { ClusterAgent } from '../../src/kube/cluster.js';
+import { PodResourcesClient, type PodSlot } from '../../src/kube/podresources.js';
+import { createLogger, silentLogger } from '../../src/log.js';
+import { SpdkSimulator } from '../../src/simulator/index.js';
+import { loadPodResourcesProto } from '../../deviceplugin/proto.js';
+import { FakeApiServer, type Obj } from '../helpers/fake-apiserver.js';
+
+/**
+ * Cluster mode end to end, in one process: the agent's informers against a fake API server,
+ * PodResources against a fake kubelet gRPC server, the SPDK backend against the simulator.
+ */
+
+const NODE = 'node-a';
+const VMIS = 'kubevirt.io/v1/virtualmachineinstances';
+const PODS = '/v1/pods';
+const CIMGS = 'kubevirt-spdk.io/v1alpha1/cachedimages';
+const NICS = 'kubevirt-spdk.io/v1alpha1/nodeimagecaches';
+const EVENTS = '/v1/events';
+const OWNER = { uid: process.getuid?.() ?? 0, gid: process.getgid?.() ?? 0 };
+
+interface Rig {
+  dir: string;
+  sim: SpdkSimulator;
+  backend: SpdkBackend;
+  api: FakeApiServer;
+  kubelet: grpc.Server;
+  slots: PodSlot[];
+  cluster: ClusterAgent;
+  /** Backend deletions the agent asked for. */
+  deletions: string[];
+}
+
+let rig: Rig | undefined;
+
+async function until<T>(what: string, fn: () => T | undefined | Promise<T | undefined>, timeoutMs = 10_000): Promise<T> {
+  const end = Date.now() + timeoutMs;
+  for (;;) {
+    const v = await Promise.resolve()
+      .then(fn)
+      .catch(() => undefined);
+    if (v !== undefined && v !== false) return v;
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 25));
+  }
+}
+
+function vmi(name: string, uid: string, volumes: string, node = NODE): Obj {
+  return {
+    apiVersion: 'kubevirt.io/v1',
+    kind: 'VirtualMachineInstance',
+    metadata: { name, namespace: 'default', uid, labels: { 'kubevirt.io/nodeName': node }, annotations: { 'kubevirt-spdk.io/volumes': volumes } },
+    spec: { domain: { devices: { disks: [] } } },
+  };
+}
+
+function launcherPod(name: string, vmiUid: string, node = NODE): Obj {
+  return {
+    apiVersion: 'v1',
+    kind: 'Pod',
+    metadata: { name, namespace: 'default', labels: { 'kubevirt.io': 'virt-launcher', 'kubevirt.io/created-by': vmiUid } },
+    spec: { nodeName: node, containers: [{ name: 'compute', image: 'virt-launcher' }] },
+    status: { phase: 'Running' },
+  };
+}
+
+const ROOT = '- name: root\n  spdkVhostBlkDisk: {image: base, capacity: 1Gi}\n';
+
+async function startRig(): Promise<Rig> {
+  const dir = await mkdtemp(path.join(os.tmpdir(), 'cl-'));
+  const vhost = path.join(dir, 'vh');
+  await mkdir(vhost);
+  const image = path.join(dir, 'base.raw');
+  await writeFile(image, '');
+  await truncate(image, 8 * 2 ** 20);
+  const sim = new SpdkSimulator({ socketPath: path.join(dir, 'spdk.sock'), vhostDir: vhost, stateDir: path.join(dir, 'sim') });
+  await sim.start();
+  const backend = createSpdkBackend({
+    socketPath: path.join(dir, 'spdk.sock'),
+    vhostDir: vhost,
+    stateDir: path.join(dir, 'st', 'spdk'),
+    lvstore: { baseBdev: { kind: 'aio', filename: path.join(dir, 'lvs.img'), sizeMiB: 256 } },
+  });
+  const deletions: string[] = [];
+  for (const m of ['deleteDisk', 'deleteController', 'deleteImage'] as const) {
+    const orig = backend[m].bind(backend);
+    backend[m] = (name: string) => {
+      deletions.push(`${m}:${name}`);
+      return orig(name);
+    };
+  }
+
+  const api = await FakeApiServer.start();
+  api.put(CIMGS, { apiVersion: 'kubevirt-spdk.io/v1alpha1', kind: 'CachedImage', metadata: { name: 'base' }, spec: { source: { hostPath: { path: image } } } });
+
+  const slots: PodSlot[] = [];
+  const kubelet = new grpc.Server();
+  kubelet.addService(loadPodResourcesProto().v1.PodResourcesLister.service, {
+    List: (_call: unknown, cb: grpc.sendUnaryData<unknown>) =>
+      cb(null, {
+        pod_resources: slots.map((s) => ({ name: s.pod, namespace: s.namespace, containers: [{ name: s.container, devices: [{ resource_name: VHOST_SLOT_RESOURCE, device_ids: [s.slot] }] }] })),
+      }),
+    Get: (_call: unknown, cb: grpc.sendUnaryData<unknown>) => cb({ code: grpc.status.UNIMPLEMENTED }),
+  });
+  const prSock = path.join(dir, 'pr.sock');
+  await new Promise<void>((res, rej) => kubelet.bindAsync(`unix://${prSock}`, grpc.ServerCredentials.createInsecure(), (e) => (e ? rej(e) : res())));
+
+  const kc = new KubeConfig();
+  kc.loadFromOptions({
+    clusters: [{ name: 'fake', server: api.url, skipTLSVerify: true }],
+    users: [{ name: 'agent' }],
+    contexts: [{ name: 'fake', cluster: 'fake', user: 'agent' }],
+    currentContext: 'fake',
+  });
+  const cluster = new ClusterAgent({
+    node: NODE,
+    kubeConfig: kc,
+    podResources: new PodResourcesClient(prSock),
+    agent: { backend, stateDir: path.join(dir, 'st'), socket: { ...OWNER, mode: 0o660 }, orphanGraceMs: 0, resyncMs: 200 },
+    logger: process.env.CLUSTER_TEST_DEBUG ? createLogger('cluster-test', 'debug') : silentLogger,
+    podResourcesPollMs: 100,
+    retry: { initialMs: 50, maxMs: 200 },
+    debounceMs: 10,
+  });
+  await backend.start();
+  return { dir, sim, backend, api, kubelet, slots, cluster, deletions };
+}
+
+beforeEach(async () => {
+  rig = await startRig();
+});
+
+afterEach(async () => {
+  if (!rig) return;
+  const r = rig;
+  rig = undefined;
+  await r.cluster.stop();
+  await r.backend.close();
+  await r.sim.stop();
+  r.kubelet.forceShutdown();
+  await r.api.close();
+  await rm(r.dir, { recursive: true, force: true });
+});
+
+/** A VMI with its launcher pod, and the kubelet listing the pod's slot. */
+function schedule(r: Rig, name: string, uid: string, slot: string, volumes = ROOT): void {
+  r.api.put(VMIS, vmi(name, uid, volumes));
+  r.api.put(PODS, launcherPod(`virt-launcher-${name}`, uid));
+  r.slots.push({ namespace: 'default', pod: `virt-launcher-${name}`, container: 'compute', slot });
+}
+
+const vmiStatus = (r: Rig, name: string) => {
+  const a = (r.api.get(VMIS, name, 'default')?.metadata?.annotations as Record<string, string> | undefined)?.[STATUS_ANNOTATION];
+  return a === undefined ? undefined : VmiStatusSchema.parse(JSON.parse(a));
+};
+const diskReady = (r: Rig, name: string, disk = 'root') => vmiStatus(r, name)?.disks.find((d) => d.name === disk)?.phase === 'Ready' || undefined;
+
+describe('agent cluster mode', () => {
+  it('serves a scheduled VMI: controller at <vhost>/<slot>/<disk>, slot file ready, status merge-patched, NodeImageCache and readyNodes written', async () => {
+    const r = rig!;
+    schedule(r, 'vm1', 'uid-1', 'slot-03');
+    await r.cluster.start();
+    await until('vm1 Ready in its status annotation', () => diskReady(r, 'vm1'));
+
+    const sock = path.join(r.dir, 'vh', 'slot-03', 'root');
+    expect((await stat(sock)).isSocket()).toBe(true);
+    const slot = SlotStatusSchema.parse(JSON.parse(await readFile(path.join(r.dir, 'st', 'slots', 'slot-03.json'), 'utf8')));
+    expect(slot).toMatchObject({ slot: 'slot-03', ready: true, vmi: { namespace: 'default', name: 'vm1', uid: 'uid-1' } });
+
+    const status = vmiStatus(r, 'vm1');
+    expect(status).toMatchObject({ node: NODE, slot: 'slot-03', disks: [{ name: 'root', phase: 'Ready', socket: sock }] });
+    const vmiPatches = r.api.patches.filter((p) => p.resource === VMIS);
+    expect(vmiPatches.length).toBeGreaterThan(0);
+    for (const p of vmiPatches) {
+      expect(p.contentType).toMatch(/^application\/merge-patch\+json/);
+      expect(Object.keys((p.body as { metadata: { annotations: object } }).metadata.annotations)).toEqual([STATUS_ANNOTATION]);
+    }
+    // The user's annotation is untouched by the merge patch.
+    expect((r.api.get(VMIS, 'vm1', 'default')?.metadata?.annotations as Record<string, string>)['kubevirt-spdk.io/volumes']).toBe(ROOT);
+
+    const nic = await until('NodeImageCache lists base ready', () => {
+      const o = r.api.get(NICS, NODE) as { status?: { images?: Array<{ name: string; phase: string; clones?: number }> } } | undefined;
+      return o?.status?.images?.some((i) => i.name === 'base' && i.phase === 'ready' && i.clones === 1) ? o : undefined;
+    });
+    expect(nic.status).toMatchObject({ backend: 'spdk', summary: 'base(1 clone)', usedBytes: 8 * 2 ** 20 });
+    await until('CachedImage readyNodes = 1', () => (r.api.get(CIMGS, 'base')?.status as { readyNodes?: number } | undefined)?.readyNodes === 1 || undefined);
+    expect(r.api.patches.filter((p) => p.subresource === 'status').every((p) => p.contentType.startsWith('application/merge-patch+json'))).toBe(true);
+    expect(r.cluster.ready()).toBe(true);
+
+    // Nothing changed: no further status patch for the VMI after more reconciles.
+    const n = r.api.patches.filter((p) => p.resource === VMIS).length;
+    await r.cluster.agent.reconcile('test');
+    await r.cluster.flushWrites();
+    expect(r.api.patches.filter((p) => p.resource === VMIS).length).toBe(n);
+  });
+
+  it('reports a failing disk with one Warning Event on the VMI, and bad volumes with another', async () => {
+    const r = rig!;
+    schedule(r, 'vm2', 'uid-2', 'slot-04', `${ROOT}- name: data\n  spdkVhostBlkDisk: {image: missing, capacity: 1Gi}\n`);
+    r.api.put(VMIS, vmi('vm3', 'uid-3', '- name: x\n  spdkVhostBlkDisk: {capacity: 1Gi, unknownField: 1}\n'));
+    await r.cluster.start();
+    const failed = await until('SpdkDiskFailed event', () => r.api.list(EVENTS).find((e) => e.reason === 'SpdkDiskFailed'));
+    expect(failed).toMatchObject({
+      type: 'Warning',
+      involvedObject: { kind: 'VirtualMachineInstance', name: 'vm2', namespace: 'default', uid: 'uid-2' },
+      message: expect.stringMatching(/disk data: .*CachedImage "missing" does not exist/),
+    });
+    const invalid = await until('SpdkVolumesInvalid event', () => r.api.list(EVENTS).find((e) => e.reason === 'SpdkVolumesInvalid'));
+    expect(invalid).toMatchObject({ involvedObject: { name: 'vm3' }, message: expect.stringContaining('unknownField') });
+    await until('vm2 root Ready', () => diskReady(r, 'vm2'));
+    expect(vmiStatus(r, 'vm2')?.disks.find((d) => d.name === 'data')).toMatchObject({ phase: 'Failed' });
+
+    // The same failure over more rounds is not reported again.
+    for (let i = 0; i < 3; i++) await r.cluster.agent.reconcile('test');
+    await r.cluster.flushWrites();
+    expect(r.api.list(EVENTS).filter((e) => e.reason === 'SpdkDiskFailed')).toHaveLength(1);
+  });
+
+  it('relists after a watch 410 without deleting anything, and picks up what changed meanwhile', async () => {
+    const r = rig!;
+    schedule(r, 'vm1', 'uid-1', 'slot-01');
+    await r.cluster.start();
+    await until('vm1 Ready', () => diskReady(r, 'vm1'));
+    const listsBefore = r.api.requests.filter((q) => q.startsWith('GET /apis/kubevirt.io/v1/virtualmachineinstances?') && !q.includes('watch=true')).length;
+
+    r.api.expireWatches();
+    schedule(r, 'vm2', 'uid-2', 'slot-02');
+    await until('vm2 Ready', () => diskReady(r, 'vm2'));
+
+    const listsAfter = r.api.requests.filter((q) => q.startsWith('GET /apis/kubevirt.io/v1/virtualmachineinstances?') && !q.includes('watch=true')).length;
+    expect(listsAfter).toBeGreaterThan(listsBefore);
+    expect(r.deletions).toEqual([]);
+    expect((await stat(path.join(r.dir, 'vh', 'slot-01', 'root'))).isSocket()).toBe(true);
+  });
+
+  it('keeps serving while the API server is away, says so on /readyz, recovers when it returns, and cleans up a deleted VMI', async () => {
+    const r = rig!;
+    schedule(r, 'vm1', 'uid-1', 'slot-01');
+    await r.cluster.start();
+    await until('vm1 Ready', () => diskReady(r, 'vm1'));
+
+    await r.api.goAway();
+    const why = await until('not ready', () => {
+      const v = r.cluster.ready();
+      return v === true ? undefined : v;
+    });
+    expect(why).toMatch(/API server unreachable/);
+    // Reconciles go on from the last known desired state: the controller stays.
+    const rounds = await r.cluster.agent.reconcile('test');
+    expect(rounds.vmis.map((v) => v.vmi.name)).toEqual(['vm1']);
+    expect(r.deletions).toEqual([]);
+    expect(r.sim.snapshot().controllers.map((c) => c.name)).toContain('slot-01/root');
+
+    // Meanwhile the cluster moved on: a new VMI was scheduled here.
+    schedule(r, 'vm2', 'uid-2', 'slot-02');
+    await r.api.comeBack();
+    await until('vm2 Ready after the API server returned', () => diskReady(r, 'vm2'), 15_000);
+    await until('ready again', () => r.cluster.ready() === true || undefined);
+    expect(r.deletions).toEqual([]);
+
+    // VMI deleted: its controller and disk go, the other VMI's stay.
+    r.api.remove(VMIS, 'vm1', 'default');
+    r.api.remove(PODS, 'virt-launcher-vm1', 'default');
+    r.slots.splice(0, 1);
+    await until('vm1 controller deleted', () => !r.sim.snapshot().controllers.some((c) => c.name === 'slot-01/root') || undefined);
+    await until('vm1 disk deleted', () => r.deletions.some((d) => d.startsWith('deleteDisk:')) || undefined);
+    expect(r.deletions.every((d) => !d.includes('slot-02'))).toBe(true);
+    expect(r.sim.snapshot().controllers.map((c) => c.name)).toEqual(['slot-02/root']);
+    await until('slot-01 readiness file removed', () => stat(path.join(r.dir, 'st', 'slots', 'slot-01.json')).then(() => undefined, () => true));
+  });
+
+  it('does not act before every informer has listed once', async () => {
+    const r = rig!;
+    schedule(r, 'vm1', 'uid-1', 'slot-01');
+    await r.api.goAway();
+    await r.cluster.start();
+    await new Promise((res) => setTimeout(res, 300));
+    expect(r.cluster.ready()).toMatch(/waiting for the first list/);
+    expect(r.cluster.agent.lastReport).toBeUndefined();
+    await r.api.comeBack();
+    await until('vm1 Ready once the API server answers', () => diskReady(r, 'vm1'));
+  });
+});
