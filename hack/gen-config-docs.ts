@@ -72,6 +72,7 @@ const FLAG_DOCS: Record<string, Record<string, string>> = {
     standalone: 'Run driven by files (`--vmis`, `--images`, a `kubevirt-spdk.io/slot` annotation per VMI). Without it the agent runs in cluster mode against the API server.',
     kubeconfig: 'Cluster mode: kubeconfig file. In-cluster config when absent.',
     'pod-resources-socket': 'Cluster mode: the kubelet PodResources API socket, used to map launcher pods to slots.',
+    'node-address': 'Cluster mode: the address this node exports migrating disks on (NVMe-oF/TCP, port 4420); default the NODE_IP environment variable. Without it, node-local disks cannot migrate away.',
     vmis: 'Standalone: directory of VMI YAML files: the desired state. Each VMI needs `kubevirt-spdk.io/volumes` and `kubevirt-spdk.io/slot`.',
     images: 'Standalone: file of `CachedImage` documents (YAML stream or a `List`).',
     backend: '`spdk` (spdk_tgt over JSON-RPC) or `qsd` (qemu-storage-daemon, managed by the agent).',

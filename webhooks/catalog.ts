@@ -1,8 +1,8 @@
 import { readFile } from 'node:fs/promises';
-import { parseCachedImages, API_GROUP, API_VERSION, CachedImageSchema, type CachedImage } from '../src/api/cachedimage.js';
+import { parseCachedImages, CachedImageSchema, type CachedImage } from '../src/api/cachedimage.js';
 import { formatZodError } from '../src/api/errors.js';
 import type { Logger } from '../src/log.js';
-import type { KubernetesListObject, KubernetesObject } from '@kubernetes/client-node';
+import type { KubeConfig } from '@kubernetes/client-node';
 
 /** What the webhook needs to know about a CachedImage. */
 export interface CatalogEntry {
@@ -39,67 +39,92 @@ export class StaticImageCatalog implements ImageCatalog {
 }
 
 /**
+ * What the informer catalog reads from: the cluster mode's `ResilientInformer` on the
+ * CachedImage CRD, or a stand-in in tests.
+ */
+export interface CachedImageSource {
+  /** True once a full list was applied: before that, an absent image may merely be unlisted. */
+  readonly synced: boolean;
+  list(): readonly unknown[];
+  on(event: 'change', listener: () => void): unknown;
+  start(): Promise<void>;
+  stop(): Promise<void>;
+}
+
+/**
  * The catalog kept by an informer on the cluster-scoped CachedImage CRD. A CachedImage that
- * fails the schema is left out (and logged): admitting a VMI against it would fail on the
- * node anyway, and the webhook then says the image does not exist.
+ * fails the schema is left out (and logged once per version): admitting a VMI against it
+ * would fail on the node anyway, and the webhook then says the image does not exist.
  */
 export class InformerImageCatalog implements ImageCatalog {
-  private readonly entries = new Map<string, CatalogEntry>();
-  private hasSynced = false;
-  private stopFn: (() => Promise<void>) | undefined;
+  private entries = new Map<string, CatalogEntry>();
+  /** Rebuilt on the next read, not per event: the first list arrives as one event per object. */
+  private stale = true;
+  /** `name@resourceVersion` of the invalid objects already logged. */
+  private warned = new Set<string>();
 
-  constructor(private readonly logger: Logger) {}
+  constructor(
+    private readonly source: CachedImageSource,
+    private readonly logger: Logger,
+  ) {
+    source.on('change', () => {
+      this.stale = true;
+    });
+  }
+
+  /**
+   * The catalog of the cluster's CachedImages, on the same informer as the agent's cluster mode.
+   * Without a kubeConfig: in-cluster config, else KUBECONFIG. Not started.
+   */
+  static async forCluster(logger: Logger, opts: { kubeConfig?: KubeConfig; backoff?: { initialMs: number; maxMs: number } } = {}): Promise<InformerImageCatalog> {
+    // Loaded lazily: standalone mode and tests of the webhook never need the Kubernetes client.
+    const [{ KubeApi, loadKubeConfig, paths }, { ResilientInformer }] = await Promise.all([import('../src/kube/api.js'), import('../src/kube/informer.js')]);
+    const kubeConfig = opts.kubeConfig ?? loadKubeConfig();
+    const api = new KubeApi(kubeConfig);
+    const informer = new ResilientInformer({
+      name: 'cachedimages',
+      kubeConfig,
+      path: paths.cachedImages,
+      list: api.listCachedImages,
+      logger,
+      ...(opts.backoff ? { backoff: opts.backoff } : {}),
+    });
+    return new InformerImageCatalog(informer, logger);
+  }
 
   get(name: string): CatalogEntry | undefined {
+    if (this.stale) this.rebuild();
     return this.entries.get(name);
   }
   synced(): boolean {
-    return this.hasSynced;
+    return this.source.synced;
   }
 
-  /** Applies one watch event; exported for tests of the informer-free logic. */
-  apply(type: 'add' | 'update' | 'delete', obj: unknown): void {
-    const name = (obj as { metadata?: { name?: unknown } } | null)?.metadata?.name;
-    if (typeof name !== 'string') return;
-    if (type === 'delete') {
-      this.entries.delete(name);
-      return;
+  /** Starts listing and watching; never throws (the informer retries in the background). */
+  start(): Promise<void> {
+    return this.source.start();
+  }
+  stop(): Promise<void> {
+    return this.source.stop();
+  }
+
+  private rebuild(): void {
+    const entries = new Map<string, CatalogEntry>();
+    const invalid = new Set<string>();
+    for (const obj of this.source.list()) {
+      const meta = (obj as { metadata?: { name?: unknown; resourceVersion?: unknown } } | null)?.metadata;
+      if (typeof meta?.name !== 'string') continue;
+      const res = CachedImageSchema.safeParse(obj);
+      if (res.success) {
+        entries.set(meta.name, entryOf(res.data));
+        continue;
+      }
+      const version = `${meta.name}@${String(meta.resourceVersion)}`;
+      invalid.add(version);
+      if (!this.warned.has(version)) this.logger.warn({ image: meta.name, problems: formatZodError(`cachedimage ${meta.name}`, res.error) }, 'ignoring invalid CachedImage');
     }
-    const res = CachedImageSchema.safeParse(obj);
-    if (!res.success) {
-      this.entries.delete(name);
-      this.logger.warn({ image: name, problems: formatZodError(`cachedimage ${name}`, res.error) }, 'ignoring invalid CachedImage');
-      return;
-    }
-    this.entries.set(name, entryOf(res.data));
-  }
-
-  async start(): Promise<void> {
-    // Loaded lazily: standalone mode and tests never need the Kubernetes client.
-    const k8s = await import('@kubernetes/client-node');
-    const kc = new k8s.KubeConfig();
-    kc.loadFromDefault();
-    const api = kc.makeApiClient(k8s.CustomObjectsApi);
-    const plural = 'cachedimages';
-    const listFn = () =>
-      api.listClusterCustomObject({ group: API_GROUP, version: API_VERSION, plural }) as Promise<KubernetesListObject<KubernetesObject>>;
-    const informer = k8s.makeInformer(kc, `/apis/${API_GROUP}/${API_VERSION}/${plural}`, listFn);
-    informer.on('add', (o) => this.apply('add', o));
-    informer.on('update', (o) => this.apply('update', o));
-    informer.on('delete', (o) => this.apply('delete', o));
-    informer.on('connect', () => {
-      this.hasSynced = true;
-    });
-    informer.on('error', (err: unknown) => {
-      this.logger.error({ err }, 'CachedImage informer failed; restarting in 5s');
-      setTimeout(() => void informer.start().catch(() => undefined), 5000).unref();
-    });
-    await informer.start();
-    this.hasSynced = true;
-    this.stopFn = () => informer.stop();
-  }
-
-  async stop(): Promise<void> {
-    await this.stopFn?.();
+    this.entries = entries;
+    this.warned = invalid;
+    this.stale = false;
   }
 }

@@ -11,7 +11,6 @@ import { SLOT_RE } from '../api/volumes.js';
 export const MAX_DISK_ID_LENGTH = 63;
 const HASH_HEX = 12;
 const DISK_ID_RE = /^d-[0-9a-f]{12}-[a-z0-9-]*$/;
-const IMAGE_RE = /^img-[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
 
 /** `d-<12 hex of sha256(uid/disk)>-<disk, truncated>`: unique by the hash, readable by the suffix. */
 export function diskId(vmiUid: string, disk: string): string {
@@ -45,10 +44,6 @@ export function isOurControllerName(name: string): boolean {
 /** The golden lvol (or file) of a CachedImage. */
 export function goldenImageName(image: string): string {
   return `img-${image}`;
-}
-
-export function isOurImageName(name: string): boolean {
-  return IMAGE_RE.test(name);
 }
 
 /** The key of one desired disk in status and memory: `<vmi uid>/<disk>`. */

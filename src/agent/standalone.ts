@@ -62,7 +62,8 @@ export class StandaloneSource {
 /** Name, namespace and uid of a VMI whose file does not validate, if they can be read at all. */
 function identityOnly(text: string): Vmi | undefined {
   try {
-    const doc = parseYaml(text) as { metadata?: { name?: unknown; namespace?: unknown; uid?: unknown } } | null;
+    // Best effort on a file already refused: its YAML warnings are in the refusal, not printed again.
+    const doc = parseYaml(text, { logLevel: 'error' }) as { metadata?: { name?: unknown; namespace?: unknown; uid?: unknown } } | null;
     const m = doc?.metadata;
     if (!m || typeof m.name !== 'string') return undefined;
     return parseVmi({

@@ -3,6 +3,7 @@ import { parseAllDocuments } from 'yaml';
 import { parseQuantity } from './quantity.js';
 import { DNS1123_LABEL } from './volumes.js';
 import { ValidationError, apiErrorMap, formatZodError } from './errors.js';
+import { STRICT_YAML_OPTIONS, yamlProblems } from './yaml.js';
 
 export const API_GROUP = 'kubevirt-spdk.io';
 export const API_VERSION = 'v1alpha1';
@@ -49,12 +50,25 @@ export type ImageSource = z.output<typeof ImageSourceSchema>;
 export function parseCachedImages(text: string, file = 'images'): CachedImage[] {
   const out: CachedImage[] = [];
   const problems: string[] = [];
-  parseAllDocuments(text, { uniqueKeys: true }).forEach((doc, i) => {
-    if (doc.errors.length) {
-      problems.push(`${file}[${i}]: not valid YAML: ${doc.errors[0]?.message.split('\n')[0]}`);
+  const docs = parseAllDocuments(text, STRICT_YAML_OPTIONS);
+  // A stream with no document carries its own errors and warnings (e.g. a bad directive).
+  if ('errors' in docs) {
+    const issues = [...docs.errors, ...docs.warnings];
+    if (issues.length) throw new ValidationError(issues.map((e) => `${file}: not valid YAML: ${e.message.split('\n')[0]}`));
+  }
+  docs.forEach((doc, i) => {
+    const yamlIssues = yamlProblems(doc, `${file}[${i}]`);
+    if (yamlIssues.length) {
+      problems.push(...yamlIssues);
       return;
     }
-    const value: unknown = doc.toJS();
+    let value: unknown;
+    try {
+      value = doc.toJS({ maxAliasCount: 0 });
+    } catch (e) {
+      problems.push(`${file}[${i}]: not valid YAML: ${(e as Error).message.split('\n')[0]}`);
+      return;
+    }
     if (value === null || value === undefined) return;
     const items = (value as { kind?: string }).kind === 'List' ? ((value as { items?: unknown[] }).items ?? []) : [value];
     items.forEach((item, j) => {

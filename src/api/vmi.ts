@@ -1,6 +1,7 @@
 import { z } from 'zod';
-import { parse as parseYaml } from 'yaml';
+import { parseDocument } from 'yaml';
 import { SLOT_ANNOTATION, SLOT_RE, VOLUMES_ANNOTATION, parseVolumesAnnotation, type SpdkVolume } from './volumes.js';
+import { yamlProblems } from './yaml.js';
 import { ValidationError, apiErrorMap, formatZodError } from './errors.js';
 
 /**
@@ -51,8 +52,12 @@ export function parseVmi(doc: unknown, where = 'vmi'): Vmi {
 export function parseVmiYaml(text: string, where = 'vmi'): Vmi {
   let doc: unknown;
   try {
-    doc = parseYaml(text, { uniqueKeys: true });
+    const parsed = parseDocument(text, { uniqueKeys: true });
+    const problems = yamlProblems(parsed, where);
+    if (problems.length) throw new ValidationError(problems);
+    doc = parsed.toJS();
   } catch (e) {
+    if (e instanceof ValidationError) throw e;
     throw new ValidationError([`${where}: not valid YAML: ${(e as Error).message.split('\n')[0]}`]);
   }
   return parseVmi(doc, where);

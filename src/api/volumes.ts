@@ -1,7 +1,8 @@
 import { z } from 'zod';
-import { parse as parseYaml } from 'yaml';
+import { parseDocument } from 'yaml';
 import { parseDuration, parseQuantity } from './quantity.js';
 import { ValidationError, apiErrorMap, formatZodError } from './errors.js';
+import { STRICT_YAML_OPTIONS, yamlProblems } from './yaml.js';
 
 /** The VMI annotation that declares SPDK disks, shaped like KubeVirt volumes. */
 export const VOLUMES_ANNOTATION = 'kubevirt-spdk.io/volumes';
@@ -150,8 +151,12 @@ export function parseVolumesAnnotation(text: string, prefix = 'volumes'): SpdkVo
 function parseVolumesUncached(text: string, prefix: string): SpdkVolume[] {
   let doc: unknown;
   try {
-    doc = parseYaml(text, { uniqueKeys: true, maxAliasCount: 0 });
+    const parsed = parseDocument(text, STRICT_YAML_OPTIONS);
+    const problems = yamlProblems(parsed, prefix);
+    if (problems.length) throw new ValidationError(problems);
+    doc = parsed.toJS({ maxAliasCount: 0 });
   } catch (e) {
+    if (e instanceof ValidationError) throw e;
     throw new ValidationError([`${prefix}: not valid YAML: ${(e as Error).message.split('\n')[0]?.replace(/:$/, '')}`]);
   }
   const res = SpdkVolumesSchema.safeParse(doc, { errorMap: apiErrorMap });

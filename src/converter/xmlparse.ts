@@ -18,6 +18,8 @@ export interface ParsedXml {
 
 /** A libvirt domain is about 6 levels deep; this bounds hostile input well above that. */
 const MAX_DEPTH = 256;
+/** The converter's notion of indentation (see dropIgnorableWhitespace there). */
+const IGNORABLE_WHITESPACE = /^\s*$/;
 
 /** Parses `xml` strictly; throws ConvertError naming the first problem and its position. */
 export function parseXmlStrict(xml: string, what = 'domain XML'): ParsedXml {
@@ -30,6 +32,16 @@ export function parseXmlStrict(xml: string, what = 'domain XML'): ParsedXml {
   const open: Node[] = [doc];
   const parent = (): Node => open[open.length - 1] ?? doc;
   let root: Element | undefined;
+  /*
+   * Indentation between elements is dropped here rather than built and removed later: the
+   * converter's pretty printer re-indents anyway, and those text nodes were a large share of
+   * the DOM work. The rule is the one the converter applies before serialising (a
+   * whitespace-only text node goes when its parent has an element child), so the output is
+   * the same: per open element, whether it has an element child yet, and the whitespace-only
+   * text nodes appended before the first one (removed when it arrives).
+   */
+  const hasElementChild: boolean[] = [false];
+  const pendingBlank: Array<Node[] | undefined> = [undefined];
 
   // saxes prefixes its messages with "line:column: "; ours carry the position already.
   parser.on('error', (e) => fail(e.message.replace(/^\d+:\d+: /, '')));
@@ -43,15 +55,31 @@ export function parseXmlStrict(xml: string, what = 'domain XML'): ParsedXml {
       if (a.uri) el.setAttributeNS(a.uri, a.name, a.value);
       else el.setAttribute(a.name, a.value);
     }
-    parent().appendChild(el);
+    const p = parent();
+    const top = open.length - 1;
+    if (!hasElementChild[top]) {
+      hasElementChild[top] = true;
+      for (const blank of pendingBlank[top] ?? []) p.removeChild(blank);
+      pendingBlank[top] = undefined;
+    }
+    p.appendChild(el);
     root ??= el;
     open.push(el);
+    hasElementChild.push(false);
+    pendingBlank.push(undefined);
   });
   parser.on('closetag', () => {
     open.pop();
+    hasElementChild.pop();
+    pendingBlank.pop();
   });
   parser.on('text', (text) => {
-    if (open.length > 1) parent().appendChild(doc.createTextNode(text));
+    if (open.length <= 1) return;
+    const top = open.length - 1;
+    const blank = IGNORABLE_WHITESPACE.test(text);
+    if (blank && hasElementChild[top]) return;
+    const node = parent().appendChild(doc.createTextNode(text));
+    if (blank) (pendingBlank[top] ??= []).push(node);
   });
   parser.on('cdata', (text) => parent().appendChild(doc.createCDATASection(text)));
   parser.on('comment', (text) => parent().appendChild(doc.createComment(text)));

@@ -60,6 +60,10 @@ export interface ClusterAgentOptions {
   cacheHeartbeatMs?: number;
   /** Migration seam: called after every refresh with the VMIs on and migrating to this node. */
   onSnapshot?: (s: ClusterSnapshot) => void;
+  /** Migration seam: the VMI objects the desired state is built from (default: the VMIs on this node). */
+  adjustVmis?: (onNode: readonly KubernetesObject[], migrationTargets: readonly KubernetesObject[]) => KubernetesObject[];
+  /** Migration seam: the status annotation as published (e.g. where a migrated disk's data lives). */
+  statusOverlay?: (vmiUid: string, status: VmiStatus) => VmiStatus;
 }
 
 /**
@@ -92,6 +96,7 @@ export class ClusterAgent {
   private polling: Promise<void> | undefined;
   private pollAgain = false;
   private readonly emitted = new Map<string, Set<string>>();
+  private readonly lastStatus = new Map<string, { vmi: VmiRef; status: VmiStatus }>();
   private cacheWritten: { status: NodeImageCacheStatus; at: number } | undefined;
   private waitingLogged = false;
 
@@ -215,7 +220,7 @@ export class ClusterAgent {
     }
     const vmis = this.vmis.list();
     const { desired, slots } = clusterDesired({
-      vmis,
+      vmis: this.opts.adjustVmis ? this.opts.adjustVmis(vmis, this.targets.list()) : vmis,
       pods: this.pods.list(),
       podSlots: this.podSlots,
       cachedImages: this.cachedImages.list(),
@@ -227,6 +232,13 @@ export class ClusterAgent {
     const targetSlots = clusterDesired({ vmis: this.targets.list(), pods: this.pods.list(), podSlots: this.podSlots, cachedImages: [], lastSlots: this.slots }).slots;
     const present = new Set(desired.vmis.map((v) => v.ref.uid));
     for (const uid of this.emitted.keys()) if (!present.has(uid)) this.emitted.delete(uid);
+    for (const uid of this.lastStatus.keys()) if (!present.has(uid)) this.lastStatus.delete(uid);
+    // A status reported while the VMI was not on this node yet (a migration target) was not
+    // written; once the VMI arrives here it is.
+    for (const v of vmis) {
+      const last = v.metadata?.uid !== undefined ? this.lastStatus.get(v.metadata.uid) : undefined;
+      if (last && vmiStatusPatch(v.metadata?.annotations, last.status)) this.putStatus(last.vmi, last.status);
+    }
     const key = JSON.stringify(desired);
     if (key !== this.desiredKey) {
       this.desiredKey = key;
@@ -242,12 +254,33 @@ export class ClusterAgent {
     this.opts.onSnapshot?.({ vmis, migrationTargets: this.targets.list(), slots: new Map([...slots, ...targetSlots]) });
   }
 
+  /** Rebuilds the desired state soon (the migration seam changed what it is made of). */
+  resync(): void {
+    this.desiredKey = undefined;
+    this.schedule();
+  }
+
   private currentVmi(ref: VmiRef): KubernetesObject | undefined {
     const o = this.vmis.list().find((v) => v.metadata?.uid === ref.uid);
     return o;
   }
 
-  private onVmiStatus(vmi: VmiRef, status: VmiStatus, problems: string[]): void {
+  private onVmiStatus(vmi: VmiRef, reported: VmiStatus, problems: string[]): void {
+    const status = this.opts.statusOverlay ? this.opts.statusOverlay(vmi.uid, reported) : reported;
+    const log = this.log.child({ vmi: `${vmi.namespace}/${vmi.name}`, uid: vmi.uid });
+    this.lastStatus.set(vmi.uid, { vmi, status });
+    this.putStatus(vmi, status);
+    const planned = eventsFor(status, problems);
+    const fresh = newEvents(this.emitted.get(vmi.uid) ?? new Set(), planned);
+    this.emitted.set(vmi.uid, new Set(planned.map((e) => e.key)));
+    for (const e of fresh) {
+      const body = eventBody(vmi, e, this.opts.node, new Date());
+      log.warn({ event: 'vmi-event', reason: e.reason, message: e.message }, 'reporting a failure on the VMI');
+      this.outbox.put(`event:${vmi.uid}:${e.key}`, () => this.api.createEvent(body));
+    }
+  }
+
+  private putStatus(vmi: VmiRef, status: VmiStatus): void {
     const log = this.log.child({ vmi: `${vmi.namespace}/${vmi.name}`, uid: vmi.uid });
     this.outbox.put(`status:${vmi.uid}`, async () => {
       const cur = this.currentVmi(vmi);
@@ -257,14 +290,6 @@ export class ClusterAgent {
       await this.api.patchVmi(vmi.namespace, vmi.name, patch);
       log.debug({ event: 'status-patched', disks: status.disks.map((d) => `${d.name}=${d.phase}`) }, 'VMI status annotation updated');
     });
-    const planned = eventsFor(status, problems);
-    const fresh = newEvents(this.emitted.get(vmi.uid) ?? new Set(), planned);
-    this.emitted.set(vmi.uid, new Set(planned.map((e) => e.key)));
-    for (const e of fresh) {
-      const body = eventBody(vmi, e, this.opts.node, new Date());
-      log.warn({ event: 'vmi-event', reason: e.reason, message: e.message }, 'reporting a failure on the VMI');
-      this.outbox.put(`event:${vmi.uid}:${e.key}`, () => this.api.createEvent(body));
-    }
   }
 
   /** Rewrites the NodeImageCache when the node's cache changed (or as a heartbeat). */

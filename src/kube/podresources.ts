@@ -1,13 +1,12 @@
-import * as grpc from '@grpc/grpc-js';
-import { z } from 'zod';
-import { loadPodResourcesProto } from '../../deviceplugin/proto.js';
-import { VHOST_SLOT_RESOURCE } from '../api/volumes.js';
-
 /**
  * Allocate does not say which pod it serves; the kubelet's PodResources API does. This maps
  * pods to the vhost slots they hold.
  */
-export const DEFAULT_POD_RESOURCES_SOCKET = '/var/lib/kubelet/pod-resources/kubelet.sock';
+import * as grpc from '@grpc/grpc-js';
+import { z } from 'zod';
+import { loadPodResourcesProto } from '../../deviceplugin/proto.js';
+import { VHOST_SLOT_RESOURCE } from '../api/volumes.js';
+import { DEFAULT_POD_RESOURCES_SOCKET } from './kubelet-paths.js';
 
 const ListResponseSchema = z.object({
   pod_resources: z

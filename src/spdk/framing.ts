@@ -72,6 +72,7 @@ export class JsonStreamScanner {
     const values: unknown[] = [];
     if (this.broken) return { values, error: this.broken };
     let start = this.depth > 0 ? 0 : -1; // start of the current value inside this chunk
+    let slashAt = -1; // the next backslash after the scan position (chunk.length: none)
     for (let i = 0; i < chunk.length; i++) {
       const b = chunk[i] as number;
       if (this.depth === 0) {
@@ -87,6 +88,18 @@ export class JsonStreamScanner {
         if (this.escaped) this.escaped = false;
         else if (b === BACKSLASH) this.escaped = true;
         else if (b === QUOTE) this.inString = false;
+        else {
+          // Most of a reply is string content: jump to the next quote (native search) unless
+          // a backslash comes first, which the byte-wise steps above must see.
+          // Both searches only move forward, so a chunk is still scanned in linear time.
+          if (slashAt <= i) {
+            const found = chunk.indexOf(BACKSLASH, i + 1);
+            slashAt = found < 0 ? chunk.length : found;
+          }
+          const quote = chunk.indexOf(QUOTE, i + 1);
+          const next = quote < 0 ? chunk.length : quote;
+          i = Math.min(next, slashAt) - 1;
+        }
         continue;
       }
       if (b === QUOTE) this.inString = true;

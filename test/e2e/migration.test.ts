@@ -4,7 +4,6 @@
  * plans both nodes' actions from a scripted `migrationState`, the executor runs them on the
  * real backends, and QEMU migrates the running guest, which keeps writing its sequence.
  */
-import { execFileSync } from 'node:child_process';
 import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -15,19 +14,12 @@ import { planMigration, type CoordinatorInput } from '../../src/migration/coordi
 import { executeMigrationPlan } from '../../src/migration/executor.js';
 import type { MigrationJournal, MigrationState } from '../../src/migration/schemas.js';
 import { ensureGuestBuilt, guestCmdline } from '../helpers/guest.js';
+import { hasCommand } from '../helpers/process.js';
 import { createGoldenImage, readDiskBytes } from '../helpers/qsd.js';
 import { MigratableVm, migrate } from './migration-vm.js';
 
-function have(bin: string): boolean {
-  try {
-    execFileSync('sh', ['-c', `command -v ${bin}`], { stdio: 'ignore' });
-    return true;
-  } catch {
-    return false;
-  }
-}
 // Needs the QEMU binaries (installed by hack/install-deps.sh); without them there is no VM to migrate.
-const missing = !have('qemu-system-x86_64') || !have('qemu-storage-daemon');
+const missing = !hasCommand('qemu-system-x86_64') || !hasCommand('qemu-storage-daemon');
 
 const DISK = 'root';
 const DISK_ID = 'vmi1-root';

@@ -1,13 +1,13 @@
 import fc from 'fast-check';
 import { stringify } from 'yaml';
-import { describe, expect, it } from 'vitest';
+import { afterEach, beforeEach, describe, expect, it, vi, type MockInstance } from 'vitest';
 import { ValidationError } from '../../src/api/errors.js';
 import { DNS1123_LABEL, VOLUMES_ANNOTATION, parseVolumesAnnotation } from '../../src/api/volumes.js';
 import { parseCachedImages } from '../../src/api/cachedimage.js';
 import { JsonStreamScanner } from '../../src/spdk/framing.js';
-import { StaticImageCatalog } from '../../webhooks/catalog.js';
 import { mutate } from '../../webhooks/mutate.js';
 import type { AdmissionRequest } from '../../webhooks/admission-review.js';
+import { testCatalog } from '../helpers/webhook.js';
 
 /**
  * Property-based fuzzing of the inputs users and SPDK control: the volumes annotation, the
@@ -19,14 +19,7 @@ const SEED = process.env.FUZZ_SEED ? Number(process.env.FUZZ_SEED) : Math.floor(
 const params = { numRuns: RUNS, seed: SEED };
 console.log(`[fuzz] inputs seed=${SEED} runs=${RUNS} (replay with FUZZ_SEED=${SEED})`);
 
-const catalog = new StaticImageCatalog(
-  parseCachedImages(`
-apiVersion: kubevirt-spdk.io/v1alpha1
-kind: CachedImage
-metadata: {name: fedora-40}
-spec: {source: {hostPath: {path: /images/fedora.raw}}, size: 4Gi}
-`),
-);
+const catalog = testCatalog();
 
 const nasty = fc.oneof(
   fc.string(),
@@ -87,6 +80,69 @@ describe('fuzz: volumes annotation', () => {
           expect(e.problems.length).toBeGreaterThan(0);
         }
         expect(({} as Record<string, unknown>).polluted).toBeUndefined();
+      }),
+      params,
+    );
+  });
+});
+
+/**
+ * Strict YAML: the `yaml` library resolves an unknown tag to a plain value and only warns.
+ * Any tag outside the core schema on any field must be refused, naming that field, and no
+ * process warning may be printed whatever the input.
+ */
+describe('fuzz: YAML tags and warnings', () => {
+  let warn: MockInstance<typeof process.emitWarning>;
+  beforeEach(() => {
+    warn = vi.spyOn(process, 'emitWarning');
+  });
+  afterEach(() => {
+    expect(warn).not.toHaveBeenCalled();
+    warn.mockRestore();
+  });
+
+  // `x-` keeps the tag out of the core and YAML 1.1 schemas (!!str, !!binary, ...), which resolve.
+  const tag = fc.tuple(fc.constantFrom('!', '!!'), fc.stringMatching(/^[a-z][a-z0-9/]{0,12}$/)).map(([bang, t]) => `${bang}x-${t}`);
+  const fields = ['image', 'capacity', 'bootOrder', 'queues', 'reconnectTimeout', 'readonly', 'bdev'] as const;
+  const scalar = fc.oneof(fc.string({ maxLength: 20 }), fc.integer(), fc.boolean()).map((v) => JSON.stringify(v));
+
+  it('a tag on any field of any volume is a ValidationError naming that field', () => {
+    fc.assert(
+      fc.property(fc.integer({ min: 1, max: 4 }), fc.nat(), fc.constantFrom(...fields), tag, scalar, (count, which, field, t, value) => {
+        const at = which % count;
+        const text = Array.from({ length: count }, (_, i) => {
+          const v = i === at ? `${t} ${value}` : '"1Gi"';
+          return `- name: d${i}\n  spdkVhostBlkDisk:\n    blank: {}\n    ${field === 'capacity' ? 'capacity' : `capacity: 1Gi\n    ${field}`}: ${v}\n`;
+        }).join('');
+        let problems: string[] = [];
+        try {
+          parseVolumesAnnotation(text);
+        } catch (e) {
+          if (!(e instanceof ValidationError)) throw e;
+          problems = e.problems;
+        }
+        const esc = (x: string): string => x.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&');
+        expect(problems).toContainEqual(expect.stringMatching(new RegExp(`^${esc(`volumes[${at}].spdkVhostBlkDisk.${field}: YAML tag ${t} (line `)}\\d+, column \\d+\\) is not allowed`)));
+      }),
+      params,
+    );
+  });
+
+  it('tags, directives and garbage in a CachedImage file: a ValidationError or images, never a warning', () => {
+    const doc = fc.oneof(
+      fc.jsonValue().map((v) => stringify(v)),
+      fc.string(),
+      fc.tuple(tag, fc.jsonValue()).map(([t, v]) => `${t} ${JSON.stringify(v) ?? 'null'}`),
+      fc.constantFrom('%YAML 1.3\n', '%FOO bar\n---\na: 1\n', '%TAG !e! tag:example.com,2000:\n---\n!e!foo x\n', 'a: !!set {x, y}\n', 'a: !!timestamp 2001-12-14\n'),
+    );
+    fc.assert(
+      fc.property(fc.array(doc, { minLength: 1, maxLength: 3 }), (docs) => {
+        try {
+          parseCachedImages(docs.join('\n---\n'));
+        } catch (e) {
+          if (!(e instanceof ValidationError)) throw e;
+          expect(e.problems.length).toBeGreaterThan(0);
+        }
       }),
       params,
     );

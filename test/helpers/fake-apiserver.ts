@@ -8,6 +8,7 @@
 import http from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
 import { randomUUID } from 'node:crypto';
+import { KubeConfig } from '@kubernetes/client-node';
 import jsonpatch from 'fast-json-patch';
 import type { Operation } from 'fast-json-patch';
 
@@ -120,6 +121,18 @@ export class FakeApiServer {
 
   get url(): string {
     return `http://127.0.0.1:${this.port}`;
+  }
+
+  /** A client configuration that talks to this server (plain HTTP, no credentials). */
+  kubeConfig(user = 'test'): KubeConfig {
+    const kc = new KubeConfig();
+    kc.loadFromOptions({
+      clusters: [{ name: 'fake', server: this.url, skipTLSVerify: true }],
+      users: [{ name: user }],
+      contexts: [{ name: 'fake', cluster: 'fake', user }],
+      currentContext: 'fake',
+    });
+    return kc;
   }
 
   private listen(port: number): Promise<void> {

@@ -1,6 +1,8 @@
 /** Real processes in integration tests: start the CLI, wait for conditions, probe sockets. */
 import { spawn, type ChildProcess } from 'node:child_process';
+import { accessSync, constants } from 'node:fs';
 import net from 'node:net';
+import path from 'node:path';
 import { cliArgv } from './cli.js';
 
 export type CliProcess = ChildProcess & { out: string[] };
@@ -38,6 +40,18 @@ export async function until<T>(what: string, fn: () => Promise<T | undefined>, t
     if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
     await new Promise((r) => setTimeout(r, 100));
   }
+}
+
+/** True when `name` is an executable on PATH: tests that need a binary skip without it. */
+export function hasCommand(name: string): boolean {
+  return (process.env.PATH ?? '').split(path.delimiter).some((dir) => {
+    try {
+      accessSync(path.join(dir, name), constants.X_OK);
+      return true;
+    } catch {
+      return false;
+    }
+  });
 }
 
 export const connectable = (p: string): Promise<boolean> =>

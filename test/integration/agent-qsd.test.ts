@@ -5,23 +5,15 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { NodeStatusSchema } from '../../src/agent/node-status.js';
-import { connectable, exited, killAll, startCli, until, vmiYaml } from '../helpers/process.js';
+import { connectable, exited, hasCommand, killAll, startCli, until, vmiYaml } from '../helpers/process.js';
 
 /**
  * The standalone agent as a real process on the qsd backend: it supervises a real
  * qemu-storage-daemon, serves thin qcow2 clones of the cached image as vhost-user-blk sockets,
  * and brings them back when the daemon dies.
  */
-const has = (cmd: string): boolean => {
-  try {
-    execFileSync('sh', ['-c', `command -v ${cmd}`], { stdio: 'ignore' });
-    return true;
-  } catch {
-    return false;
-  }
-};
 // Needs Debian's qemu-system-common and qemu-utils (make deps installs them).
-const missing = !has('qemu-storage-daemon') || !has('qemu-img');
+const missing = !hasCommand('qemu-storage-daemon') || !hasCommand('qemu-img');
 const isRoot = process.getuid?.() === 0;
 const OWNER = isRoot ? { uid: 107, gid: 107 } : { uid: process.getuid?.() ?? 0, gid: process.getgid?.() ?? 0 };
 

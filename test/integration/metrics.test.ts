@@ -4,7 +4,7 @@
  */
 import http from 'node:http';
 import https from 'node:https';
-import { mkdir, mkdtemp, readFile, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { Registry } from 'prom-client';
@@ -15,12 +15,9 @@ import { createMetrics, recordMigration, type Metrics } from '../../src/metrics/
 import { startStatusServer, type StatusServer } from '../../src/metrics/server.js';
 import { SpdkSimulator } from '../../src/simulator/index.js';
 import { SpdkRpcClient } from '../../src/spdk/client.js';
-import { parseCachedImages } from '../../src/api/cachedimage.js';
 import { VOLUMES_ANNOTATION } from '../../src/api/volumes.js';
-import { StaticImageCatalog } from '../../webhooks/catalog.js';
-import { writeSelfSignedCert } from '../../webhooks/selfsigned.js';
-import { WebhookServer } from '../../webhooks/server.js';
 import { FakeKubelet } from '../helpers/fake-kubelet.js';
+import { admissionReview, postJson, startTestWebhook } from '../helpers/webhook.js';
 import { desiredOf, harness, image, vmi, type Harness } from '../unit/agent/fixtures.js';
 
 const cleanups: Array<() => Promise<void>> = [];
@@ -151,49 +148,13 @@ describe('/metrics', () => {
   });
 
   it('the webhook serves /metrics on its HTTPS port and counts a rejection', async () => {
-    const dir = await mkdtemp(path.join(os.tmpdir(), 'mw-'));
-    await writeSelfSignedCert(path.join(dir, 'tls.crt'), path.join(dir, 'tls.key'));
-    const ca = await readFile(path.join(dir, 'tls.crt'), 'utf8');
     const metrics = createMetrics(new Registry());
-    const catalog = new StaticImageCatalog(
-      parseCachedImages('apiVersion: kubevirt-spdk.io/v1alpha1\nkind: CachedImage\nmetadata: {name: fedora-40}\nspec: {source: {hostPath: {path: /images/f.raw}}, size: 4Gi}\n'),
-    );
-    const server = await WebhookServer.start({
-      certFile: path.join(dir, 'tls.crt'),
-      keyFile: path.join(dir, 'tls.key'),
-      host: '127.0.0.1',
-      port: 0,
-      catalog,
-      config: { sidecarImage: 'example.org/kubevirt-spdk:test' },
-      shutdownGraceMs: 500,
-      metrics,
-    });
-    cleanups.push(async () => {
-      await server.close();
-      await rm(dir, { recursive: true, force: true });
-    });
-    const admit = (volumes: string): Promise<string> =>
-      new Promise((resolve, reject) => {
-        const body = JSON.stringify({
-          apiVersion: 'admission.k8s.io/v1',
-          kind: 'AdmissionReview',
-          request: {
-            uid: 'u1',
-            kind: { group: 'kubevirt.io', version: 'v1', kind: 'VirtualMachineInstance' },
-            resource: { group: 'kubevirt.io', version: 'v1', resource: 'virtualmachineinstances' },
-            operation: 'CREATE',
-            namespace: 'default',
-            object: { apiVersion: 'kubevirt.io/v1', kind: 'VirtualMachineInstance', metadata: { name: 'vm', annotations: { [VOLUMES_ANNOTATION]: volumes } }, spec: { domain: { devices: {} } } },
-          },
-        });
-        const req = https.request({ host: '127.0.0.1', port: server.port, path: '/mutate', method: 'POST', ca, headers: { 'content-type': 'application/json' } }, (res) => {
-          const chunks: Buffer[] = [];
-          res.on('data', (c: Buffer) => chunks.push(c));
-          res.on('end', () => resolve(Buffer.concat(chunks).toString('utf8')));
-        });
-        req.on('error', reject);
-        req.end(body);
-      });
+    const { server, ca, close } = await startTestWebhook({ shutdownGraceMs: 500, metrics });
+    cleanups.push(close);
+    const admit = async (volumes: string): Promise<string> => {
+      const vmi = { apiVersion: 'kubevirt.io/v1', kind: 'VirtualMachineInstance', metadata: { name: 'vm', annotations: { [VOLUMES_ANNOTATION]: volumes } }, spec: { domain: { devices: {} } } };
+      return (await postJson(server.port, '/mutate', JSON.stringify(admissionReview(vmi, 'u1')), ca)).text;
+    };
     await admit('- {name: rootdisk, spdkVhostBlkDisk: {image: fedora-40, capacity: 20Gi}}');
     const denied = await admit('- {name: rootdisk, spdkVhostBlkDisk: {image: fedora-40, capacity: 1Gi}}');
     expect(denied).toContain('"allowed":false');

@@ -1,44 +1,21 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { mkdtemp, readFile, rm, writeFile, rename } from 'node:fs/promises';
+import { writeFile, rename } from 'node:fs/promises';
 import https from 'node:https';
-import os from 'node:os';
 import path from 'node:path';
 import tls from 'node:tls';
 import jsonpatch, { type Operation } from 'fast-json-patch';
-import { WebhookServer } from '../../webhooks/server.js';
-import { StaticImageCatalog } from '../../webhooks/catalog.js';
+import type { WebhookServer } from '../../webhooks/server.js';
 import { writeSelfSignedCert } from '../../webhooks/selfsigned.js';
-import { parseCachedImages } from '../../src/api/cachedimage.js';
 import { VOLUMES_ANNOTATION, VHOST_SLOT_RESOURCE } from '../../src/api/volumes.js';
 import type { AdmissionReviewResponse } from '../../webhooks/admission-review.js';
-
-const catalog = new StaticImageCatalog(
-  parseCachedImages(`apiVersion: kubevirt-spdk.io/v1alpha1
-kind: CachedImage
-metadata: {name: fedora-40}
-spec: {source: {hostPath: {path: /images/fedora.raw}}, size: 4Gi}
-`),
-);
+import { admissionReview, postJson, startTestWebhook, type TestWebhook } from '../helpers/webhook.js';
 
 let dir: string;
 let server: WebhookServer;
 let ca: string;
 const agent = new https.Agent({ keepAlive: true });
 
-function post(urlPath: string, body: string | Buffer): Promise<{ status: number; text: string }> {
-  return new Promise((resolve, reject) => {
-    const req = https.request(
-      { host: '127.0.0.1', port: server.port, path: urlPath, method: 'POST', ca, agent, headers: { 'content-type': 'application/json' }, timeout: 5000 },
-      (res) => {
-        const chunks: Buffer[] = [];
-        res.on('data', (c: Buffer) => chunks.push(c));
-        res.on('end', () => resolve({ status: res.statusCode ?? 0, text: Buffer.concat(chunks).toString('utf8') }));
-      },
-    );
-    req.on('error', reject);
-    req.end(body);
-  });
-}
+const post = (urlPath: string, body: string | Buffer) => postJson(server.port, urlPath, body, ca, agent);
 
 function get(urlPath: string): Promise<number> {
   return new Promise((resolve, reject) => {
@@ -49,12 +26,8 @@ function get(urlPath: string): Promise<number> {
   });
 }
 
-function review(object: unknown, uid = 'uid-1') {
-  return { apiVersion: 'admission.k8s.io/v1', kind: 'AdmissionReview', request: { uid, kind: { group: 'kubevirt.io', version: 'v1', kind: 'VirtualMachineInstance' }, resource: { group: 'kubevirt.io', version: 'v1', resource: 'virtualmachineinstances' }, operation: 'CREATE', namespace: 'default', object } };
-}
-
 async function admit(object: unknown): Promise<AdmissionReviewResponse['response']> {
-  const res = await post('/mutate', JSON.stringify(review(object)));
+  const res = await post('/mutate', JSON.stringify(admissionReview(object)));
   expect(res.status).toBe(200);
   const out = JSON.parse(res.text) as AdmissionReviewResponse;
   expect(out).toMatchObject({ apiVersion: 'admission.k8s.io/v1', kind: 'AdmissionReview', response: { uid: 'uid-1' } });
@@ -76,25 +49,16 @@ async function peerFingerprint(): Promise<string> {
   });
 }
 
+let webhook: TestWebhook;
+
 beforeAll(async () => {
-  dir = await mkdtemp(path.join(os.tmpdir(), 'wh-'));
-  await writeSelfSignedCert(path.join(dir, 'tls.crt'), path.join(dir, 'tls.key'));
-  ca = await readFile(path.join(dir, 'tls.crt'), 'utf8');
-  server = await WebhookServer.start({
-    certFile: path.join(dir, 'tls.crt'),
-    keyFile: path.join(dir, 'tls.key'),
-    host: '127.0.0.1',
-    port: 0,
-    catalog,
-    config: { sidecarImage: 'example.org/kubevirt-spdk:test' },
-    shutdownGraceMs: 1000,
-  });
+  webhook = await startTestWebhook({ shutdownGraceMs: 1000 });
+  ({ server, ca, dir } = webhook);
 });
 
 afterAll(async () => {
   agent.destroy();
-  await server?.close();
-  await rm(dir, { recursive: true, force: true });
+  await webhook?.close();
 });
 
 describe('webhook over HTTPS', () => {

@@ -147,11 +147,23 @@ export class SpdkBackend extends EventEmitter implements StorageBackend {
   }
 
   async start(): Promise<void> {
-    await this.client.connect();
-    await this.api.frameworkWaitInit().catch((e: unknown) => {
-      throw toBackendError(e, 'framework_wait_init');
-    });
-    await this.ready();
+    // spdk_tgt may die, and be restarted, while the agent starts: wait for it again (as a
+    // reconcile round does) instead of failing the agent's start on a lost connection.
+    for (let attempt = 0; ; attempt++) {
+      try {
+        await this.client.connect();
+        await this.api.frameworkWaitInit().catch((e: unknown) => {
+          throw toBackendError(e, 'framework_wait_init');
+        });
+        await this.ready();
+        break;
+      } catch (e) {
+        const err = toBackendError(e, 'start');
+        if (err.kind !== 'transport' || this.lifetime.signal.aborted) throw err;
+        this.log.warn({ event: 'backend.start-retry', attempt, error: err.message }, 'SPDK went away while starting: waiting for it');
+        await new Promise((r) => setTimeout(r, Math.min(2_000, 50 * 2 ** Math.min(attempt, 6))));
+      }
+    }
     this.log.info({ event: 'backend.started', clusterBytes: this.clusterBytes }, 'spdk backend ready');
   }
 

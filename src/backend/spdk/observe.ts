@@ -51,12 +51,15 @@ export function buildObservedState(input: ObserveInput): ObservedState {
 
   const parentOf = new Map<string, string>();
   const childCount = new Map<string, number>();
+  /** Children that are VM disks (a golden's cloneCount), counted in the same pass. */
+  const diskChildCount = new Map<string, number>();
   for (const l of ours) {
     const bdev = index.get(l.uuid) ?? index.get(l.alias);
     const parent = bdev ? lvolInfoOf(bdev)?.base_snapshot : undefined;
     if (parent !== undefined) {
       parentOf.set(l.name, parent);
       childCount.set(parent, (childCount.get(parent) ?? 0) + 1);
+      if (classifyLvol(l.name).role === 'disk') diskChildCount.set(parent, (diskChildCount.get(parent) ?? 0) + 1);
     }
   }
   const sizeOf = (l: Lvol): number => {
@@ -70,8 +73,7 @@ export function buildObservedState(input: ObserveInput): ObservedState {
   for (const l of ours) {
     const role = classifyLvol(l.name);
     if (role.role === 'golden') {
-      const cloneCount = ours.filter((o) => parentOf.get(o.name) === l.name && classifyLvol(o.name).role === 'disk').length;
-      images.set(role.image, { name: role.image, phase: 'ready', sizeBytes: sizeOf(l), ref: l.alias, cloneCount });
+      images.set(role.image, { name: role.image, phase: 'ready', sizeBytes: sizeOf(l), ref: l.alias, cloneCount: diskChildCount.get(l.name) ?? 0 });
     } else if (role.role === 'importing') {
       stale.add(role.image);
     } else {

@@ -9,7 +9,8 @@ import { createLogger, type Logger } from '../../log.js';
 import { NodeAgent, type ReconcileReport } from '../../agent/agent.js';
 import { StandaloneSource } from '../../agent/standalone.js';
 import { startStatusServer } from '../../metrics/server.js';
-import { DEFAULT_POD_RESOURCES_SOCKET } from '../../kube/podresources.js';
+import { stopSignal } from '../signals.js';
+import { DEFAULT_POD_RESOURCES_SOCKET } from '../../kube/kubelet-paths.js';
 
 const DEFAULT_METRICS_PORT = 9470;
 
@@ -21,7 +22,7 @@ const USAGE = `usage: kubevirt-spdk agent --standalone --vmis DIR --images FILE 
          [--metrics-port PORT] (serves /metrics, /healthz, /readyz; 0 = any free port)
        kubevirt-spdk agent [--node NAME (default $NODE_NAME)] --backend spdk|qsd
          --vhost-dir DIR --state-dir DIR [--kubeconfig FILE] [--metrics-port 9470]
-         [--pod-resources-socket PATH] [and the flags above that are not standalone-only]
+         [--pod-resources-socket PATH] [--node-address IP (default $NODE_IP)] [and the flags above that are not standalone-only]
          (cluster mode: watches the node's VMIs, launcher pods and CachedImages)
 `;
 
@@ -47,6 +48,8 @@ interface AgentArgs {
   cacheMaxBytes?: number;
   cacheMaxCount?: number;
   node?: string;
+  /** This node's IP for migration exports (cluster mode; default NODE_IP). */
+  nodeAddress?: string;
   metricsPort?: number;
   kubeconfig?: string;
   podResourcesSocket: string;
@@ -75,6 +78,7 @@ export function parseAgentArgs(argv: string[], env: NodeJS.ProcessEnv = process.
       'cache-max-size': { type: 'string' },
       'cache-max-count': { type: 'string' },
       node: { type: 'string' },
+      'node-address': { type: 'string' },
       'metrics-port': { type: 'string' },
       kubeconfig: { type: 'string' },
       'pod-resources-socket': { type: 'string', default: DEFAULT_POD_RESOURCES_SOCKET },
@@ -133,6 +137,7 @@ export function parseAgentArgs(argv: string[], env: NodeJS.ProcessEnv = process.
     ...(cacheMaxBytes !== undefined ? { cacheMaxBytes } : {}),
     ...(cacheMaxCount !== undefined ? { cacheMaxCount } : {}),
     ...(node ? { node } : {}),
+    ...(values['node-address'] ? { nodeAddress: values['node-address'] } : {}),
     // Cluster mode always serves /readyz (the DaemonSet's probe) on the default port.
     ...(metricsPort !== undefined ? { metricsPort } : standalone ? {} : { metricsPort: DEFAULT_METRICS_PORT }),
     ...(values.kubeconfig ? { kubeconfig: values.kubeconfig } : {}),
@@ -208,6 +213,7 @@ export async function run(argv: string[]): Promise<number> {
     return runClusterAgent({
       node: a.node ?? '',
       ...(a.kubeconfig ? { kubeconfig: a.kubeconfig } : {}),
+      ...(a.nodeAddress ? { nodeAddress: a.nodeAddress } : {}),
       podResourcesSocket: a.podResourcesSocket,
       metricsPort: a.metricsPort ?? DEFAULT_METRICS_PORT,
       agent: agentOptions,
@@ -281,11 +287,7 @@ export async function run(argv: string[]): Promise<number> {
   ];
   await load();
   await agent.reconcile('start');
-  await new Promise<void>((resolve) => {
-    process.once('SIGTERM', resolve);
-    process.once('SIGINT', resolve);
-  });
-  logger.info({ event: 'stopping' }, 'stopping');
+  logger.info({ event: 'stopping', signal: await stopSignal() }, 'stopping');
   clearTimeout(debounce);
   for (const w of watchers) w.close();
   await agent.stop();

@@ -6,6 +6,7 @@
  */
 import { parseArgs } from 'node:util';
 import { createLogger } from '../../log.js';
+import { stopSignal } from '../signals.js';
 import { parseDuration } from '../../api/quantity.js';
 import { DevicePluginServer, DEFAULT_PLUGIN_DIR, DEFAULT_PRESTART_TIMEOUT_MS } from '../../../deviceplugin/server.js';
 import { ManualHealth, SocketProbeHealth, type HealthSource } from '../../../deviceplugin/health.js';
@@ -70,14 +71,7 @@ export async function run(argv: string[]): Promise<number> {
       ? undefined
       : await startStatusServer({ port: metricsPort, registry: server.metrics.registry, ready: () => health.healthy() || 'vhost target unhealthy' });
   if (statusServer) logger.info({ port: statusServer.port }, 'serving /metrics, /healthz, /readyz');
-  await new Promise<void>((resolve) => {
-    const stop = (signal: string): void => {
-      logger.info({ signal }, 'shutting down');
-      resolve();
-    };
-    process.once('SIGTERM', () => stop('SIGTERM'));
-    process.once('SIGINT', () => stop('SIGINT'));
-  });
+  logger.info({ signal: await stopSignal() }, 'shutting down');
   await server.close();
   await statusServer?.close();
   health.close();

@@ -5,6 +5,7 @@
  */
 import { parseArgs } from 'node:util';
 import { createLogger } from '../../log.js';
+import { stopSignal } from '../signals.js';
 import { DEFAULT_SOCKET_DIR } from '../../converter/index.js';
 import { DEFAULT_HOOKS_DIR, startSidecar } from '../../sidecar/server.js';
 import { CALLBACK_VERSIONS, type CallbackVersion } from '../../sidecar/protos.js';
@@ -49,11 +50,7 @@ export async function run(argv: string[]): Promise<number> {
   }
   const logger = createLogger('sidecar');
   let stop: () => void = () => undefined;
-  const stopped = new Promise<string>((resolve) => {
-    stop = () => resolve('shutdown call');
-    process.once('SIGTERM', () => resolve('SIGTERM'));
-    process.once('SIGINT', () => resolve('SIGINT'));
-  });
+  const stopped = Promise.race<string>([stopSignal(), new Promise<string>((resolve) => (stop = () => resolve('shutdown call')))]);
   const sidecar = await startSidecar({
     hooksDir: values['socket-dir'] ?? DEFAULT_HOOKS_DIR,
     ...(values['vhost-socket-dir'] === undefined ? {} : { vhostSocketDir: values['vhost-socket-dir'] }),

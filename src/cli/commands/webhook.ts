@@ -5,6 +5,7 @@
  */
 import { parseArgs } from 'node:util';
 import { createLogger } from '../../log.js';
+import { stopSignal } from '../signals.js';
 import { InformerImageCatalog, StaticImageCatalog, type ImageCatalog } from '../../../webhooks/catalog.js';
 import { WebhookServer, DEFAULT_MAX_BODY_BYTES } from '../../../webhooks/server.js';
 
@@ -48,9 +49,9 @@ export async function run(argv: string[]): Promise<number> {
   let stopCatalog = async (): Promise<void> => undefined;
   if (values.images) catalog = await StaticImageCatalog.fromFile(values.images);
   else {
-    const informer = new InformerImageCatalog(logger);
+    const informer = await InformerImageCatalog.forCluster(logger);
     // Serve /healthz at once; /readyz reports ready once the first list arrived.
-    void informer.start().catch((err: unknown) => logger.error({ err }, 'CachedImage informer did not start'));
+    void informer.start();
     catalog = informer;
     stopCatalog = () => informer.stop();
   }
@@ -64,14 +65,7 @@ export async function run(argv: string[]): Promise<number> {
     logger,
     maxBodyBytes: maxBody,
   });
-  await new Promise<void>((resolve) => {
-    const stop = (signal: string): void => {
-      logger.info({ signal }, 'shutting down');
-      resolve();
-    };
-    process.once('SIGTERM', () => stop('SIGTERM'));
-    process.once('SIGINT', () => stop('SIGINT'));
-  });
+  logger.info({ signal: await stopSignal() }, 'shutting down');
   await server.close();
   await stopCatalog();
   return 0;

@@ -1,28 +1,16 @@
 import { describe, expect, it } from 'vitest';
 import jsonpatch, { type Operation } from 'fast-json-patch';
 import { mutate, HOOK_SIDECARS_ANNOTATION, imageRepository } from '../../../webhooks/mutate.js';
-import { StaticImageCatalog, InformerImageCatalog } from '../../../webhooks/catalog.js';
+import { InformerImageCatalog } from '../../../webhooks/catalog.js';
 import type { AdmissionRequest, AdmissionResponse } from '../../../webhooks/admission-review.js';
 import { escapePointerToken, setAt } from '../../../webhooks/jsonpatch.js';
-import { parseCachedImages } from '../../../src/api/cachedimage.js';
 import { VHOST_SLOT_RESOURCE, VOLUMES_ANNOTATION } from '../../../src/api/volumes.js';
 import { silentLogger } from '../../../src/log.js';
+import { FakeCachedImageSource, testCatalog } from '../../helpers/webhook.js';
 
 const SIDECAR = 'registry.example/kubevirt-spdk:v0.1.0';
 const cfg = { sidecarImage: SIDECAR };
-const catalog = new StaticImageCatalog(
-  parseCachedImages(`
-apiVersion: kubevirt-spdk.io/v1alpha1
-kind: CachedImage
-metadata: {name: fedora-40}
-spec: {source: {hostPath: {path: /images/fedora.raw}}, size: 4Gi}
----
-apiVersion: kubevirt-spdk.io/v1alpha1
-kind: CachedImage
-metadata: {name: unsized}
-spec: {source: {hostPath: {path: /images/unsized.raw}}}
-`),
-);
+const catalog = testCatalog();
 
 const VOLS = `- name: rootdisk
   spdkVhostBlkDisk: {image: fedora-40, capacity: 20Gi, bootOrder: 1}
@@ -161,7 +149,7 @@ describe('mutate: rejected objects name the field and the rule', () => {
   });
 
   it('answers 503 while the catalog has not synced', () => {
-    const res = mutate(request(vmi()), new InformerImageCatalog(silentLogger), cfg);
+    const res = mutate(request(vmi()), new InformerImageCatalog(new FakeCachedImageSource(), silentLogger), cfg);
     expect(res).toMatchObject({ allowed: false, status: { code: 503 } });
   });
 });
@@ -190,16 +178,5 @@ describe('helpers', () => {
   it('finds the repository of an image reference', () => {
     expect(imageRepository('reg:5000/org/img:tag@sha256:abc')).toBe('reg:5000/org/img');
     expect(imageRepository('reg:5000/org/img')).toBe('reg:5000/org/img');
-  });
-  it('informer catalog keeps valid CachedImages and drops deleted ones', () => {
-    const c = new InformerImageCatalog(silentLogger);
-    const img = { apiVersion: 'kubevirt-spdk.io/v1alpha1', kind: 'CachedImage', metadata: { name: 'f' }, spec: { source: { hostPath: { path: '/x' } }, size: '1Gi' } };
-    c.apply('add', img);
-    expect(c.get('f')).toEqual({ sizeBytes: 2 ** 30 });
-    c.apply('update', { ...img, spec: { bogus: 1 } });
-    expect(c.get('f')).toBeUndefined();
-    c.apply('add', img);
-    c.apply('delete', img);
-    expect(c.get('f')).toBeUndefined();
   });
 });

@@ -1,0 +1,303 @@
+import { mkdir, mkdtemp, readFile, rm } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import * as grpc from '@grpc/grpc-js';
+import { KubeConfig } from '@kubernetes/client-node';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { SlotStatusSchema, VmiStatusSchema } from '../../src/api/status.js';
+import { STATUS_ANNOTATION, VHOST_SLOT_RESOURCE } from '../../src/api/volumes.js';
+import { diskId } from '../../src/agent/naming.js';
+import { exportNqn } from '../../src/backend/remote.js';
+import { createSpdkBackend, type SpdkBackend } from '../../src/backend/spdk/index.js';
+import { EXPORTS_ANNOTATION, REASON_ABORTED, REASON_REFUSED, createMigratingClusterAgent } from '../../src/kube/migration.js';
+import { PodResourcesClient, type PodSlot } from '../../src/kube/podresources.js';
+import { createLogger, silentLogger } from '../../src/log.js';
+import { createMetrics, type Metrics } from '../../src/metrics/metrics.js';
+import { NvmfFabric, SpdkSimulator } from '../../src/simulator/index.js';
+import { loadPodResourcesProto } from '../../deviceplugin/proto.js';
+import { FakeApiServer, type Obj } from '../helpers/fake-apiserver.js';
+
+/**
+ * Live migration in cluster mode, two agents in one process: node A and node B each with an SPDK
+ * simulator (sharing one NVMe-oF fabric), a real SpdkBackend and a fake kubelet PodResources
+ * server; one fake API server. The test plays KubeVirt: it sets `status.migrationState` on the
+ * VMI, adds the target pod, then marks the migration completed, failed or aborted.
+ */
+
+const VMIS = 'kubevirt.io/v1/virtualmachineinstances';
+const VMIMS = 'kubevirt.io/v1/virtualmachineinstancemigrations';
+const PODS = '/v1/pods';
+const EVENTS = '/v1/events';
+const OWNER = { uid: process.getuid?.() ?? 0, gid: process.getgid?.() ?? 0 };
+const UID = 'uid-m1';
+const DISK = diskId(UID, 'root');
+const VOLUMES = '- name: root\n  spdkVhostBlkDisk: {blank: {}, capacity: 8Mi}\n';
+
+interface Node {
+  name: string;
+  dir: string;
+  simOpts: ConstructorParameters<typeof SpdkSimulator>[0];
+  sim: SpdkSimulator;
+  backend: SpdkBackend;
+  kubelet: grpc.Server;
+  slots: PodSlot[];
+  metrics: Metrics;
+  agent: ReturnType<typeof createMigratingClusterAgent>;
+}
+interface Rig {
+  dir: string;
+  api: FakeApiServer;
+  a: Node;
+  b: Node;
+}
+let rig: Rig | undefined;
+
+async function until<T>(what: string, fn: () => T | undefined | false | Promise<T | undefined | false>, timeoutMs = 15_000): Promise<T> {
+  const end = Date.now() + timeoutMs;
+  for (;;) {
+    const v = await Promise.resolve()
+      .then(fn)
+      .catch(() => undefined);
+    if (v !== undefined && v !== false) return v;
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 25));
+  }
+}
+
+async function startNode(dir: string, name: string, fabric: NvmfFabric, api: FakeApiServer): Promise<Node> {
+  const d = path.join(dir, name);
+  const vhost = path.join(d, 'vh');
+  await mkdir(vhost, { recursive: true });
+  const simOpts = { socketPath: path.join(d, 'spdk.sock'), vhostDir: vhost, stateDir: path.join(d, 'sim'), fabric };
+  const sim = new SpdkSimulator(simOpts);
+  await sim.start();
+  const backend = createSpdkBackend({
+    socketPath: simOpts.socketPath,
+    vhostDir: vhost,
+    stateDir: path.join(d, 'st', 'spdk'),
+    lvstore: { baseBdev: { kind: 'aio', filename: path.join(d, 'lvs.img'), sizeMiB: 128 } },
+  });
+  const slots: PodSlot[] = [];
+  const kubelet = new grpc.Server();
+  kubelet.addService(loadPodResourcesProto().v1.PodResourcesLister.service, {
+    List: (_call: unknown, cb: grpc.sendUnaryData<unknown>) =>
+      cb(null, {
+        pod_resources: slots.map((s) => ({ name: s.pod, namespace: s.namespace, containers: [{ name: s.container, devices: [{ resource_name: VHOST_SLOT_RESOURCE, device_ids: [s.slot] }] }] })),
+      }),
+    Get: (_call: unknown, cb: grpc.sendUnaryData<unknown>) => cb({ code: grpc.status.UNIMPLEMENTED }),
+  });
+  const prSock = path.join(d, 'pr.sock');
+  await new Promise<void>((res, rej) => kubelet.bindAsync(`unix://${prSock}`, grpc.ServerCredentials.createInsecure(), (e) => (e ? rej(e) : res())));
+  const kc = new KubeConfig();
+  kc.loadFromOptions({
+    clusters: [{ name: 'fake', server: api.url, skipTLSVerify: true }],
+    users: [{ name: 'agent' }],
+    contexts: [{ name: 'fake', cluster: 'fake', user: 'agent' }],
+    currentContext: 'fake',
+  });
+  const metrics = createMetrics();
+  const agent = createMigratingClusterAgent({
+    node: name,
+    kubeConfig: kc,
+    podResources: new PodResourcesClient(prSock),
+    agent: { backend, stateDir: path.join(d, 'st'), socket: { ...OWNER, mode: 0o660 }, orphanGraceMs: 0, resyncMs: 200, metrics },
+    logger: process.env.CLUSTER_TEST_DEBUG ? createLogger(`agent-${name}`, 'debug') : silentLogger,
+    podResourcesPollMs: 100,
+    retry: { initialMs: 50, maxMs: 200 },
+    debounceMs: 10,
+    exportAddress: { kind: 'tcp', host: '127.0.0.1', port: 4420 },
+    migrationPollMs: 100,
+  });
+  await backend.start();
+  return { name, dir: d, simOpts, sim, backend, kubelet, slots, metrics, agent };
+}
+
+beforeEach(async () => {
+  const dir = await mkdtemp(path.join(os.tmpdir(), 'cm-'));
+  const api = await FakeApiServer.start();
+  const fabric = new NvmfFabric();
+  rig = { dir, api, a: await startNode(dir, 'node-a', fabric, api), b: await startNode(dir, 'node-b', fabric, api) };
+});
+
+afterEach(async () => {
+  if (!rig) return;
+  const r = rig;
+  rig = undefined;
+  for (const n of [r.a, r.b]) {
+    await n.agent.stop();
+    await n.backend.close();
+    await n.sim.stop();
+    n.kubelet.forceShutdown();
+  }
+  await r.api.close();
+  await rm(r.dir, { recursive: true, force: true });
+});
+
+// ---- the test plays KubeVirt -----------------------------------------------------------------------
+
+function pod(name: string, node: string, phase = 'Running'): Obj {
+  return {
+    apiVersion: 'v1',
+    kind: 'Pod',
+    metadata: { name, namespace: 'default', labels: { 'kubevirt.io': 'virt-launcher', 'kubevirt.io/created-by': UID } },
+    spec: { nodeName: node, containers: [{ name: 'compute', image: 'virt-launcher' }] },
+    status: { phase },
+  };
+}
+
+const currentVmi = (r: Rig): Obj => {
+  const o = r.api.get(VMIS, 'vm1', 'default');
+  if (!o) throw new Error('vm1 is gone');
+  return o;
+};
+
+/** Changes the VMI as KubeVirt would (labels and status), keeping what the agents wrote. */
+function updateVmi(r: Rig, labels: Record<string, string>, migrationState: Record<string, unknown> | undefined): void {
+  const o = currentVmi(r);
+  const meta = o.metadata as { labels?: Record<string, string>; resourceVersion?: string };
+  delete meta.resourceVersion;
+  r.api.put(VMIS, { ...o, metadata: { ...meta, labels }, status: migrationState ? { migrationState } : {} });
+}
+
+async function runningOnA(r: Rig): Promise<void> {
+  r.api.put(VMIS, {
+    apiVersion: 'kubevirt.io/v1',
+    kind: 'VirtualMachineInstance',
+    metadata: { name: 'vm1', namespace: 'default', uid: UID, labels: { 'kubevirt.io/nodeName': 'node-a' }, annotations: { 'kubevirt-spdk.io/volumes': VOLUMES } },
+    spec: { domain: { devices: { disks: [] } } },
+  });
+  r.api.put(PODS, pod('virt-launcher-vm1-src', 'node-a'));
+  r.a.slots.push({ namespace: 'default', pod: 'virt-launcher-vm1-src', container: 'compute', slot: 'slot-01' });
+  await Promise.all([r.a.agent.start(), r.b.agent.start()]);
+  await until('vm1 Ready on node-a', () => vmiStatus(r)?.disks[0]?.phase === 'Ready');
+}
+
+/** `virtctl migrate vm1`: the migration object, the target pod with its slot, migrationState. */
+function startMigration(r: Rig, extra: Record<string, unknown> = {}): Record<string, unknown> {
+  const vmim = r.api.put(VMIMS, { apiVersion: 'kubevirt.io/v1', kind: 'VirtualMachineInstanceMigration', metadata: { name: 'mig1', namespace: 'default' }, spec: { vmiName: 'vm1' } });
+  r.api.put(PODS, pod('virt-launcher-vm1-tgt', 'node-b'));
+  r.b.slots.push({ namespace: 'default', pod: 'virt-launcher-vm1-tgt', container: 'compute', slot: 'slot-05' });
+  const state = {
+    migrationUid: vmim.metadata?.uid as string,
+    sourceNode: 'node-a',
+    targetNode: 'node-b',
+    targetPod: 'virt-launcher-vm1-tgt',
+    mode: 'PreCopy',
+    startTimestamp: new Date().toISOString(),
+    ...extra,
+  };
+  updateVmi(r, { 'kubevirt.io/nodeName': 'node-a', 'kubevirt.io/migrationTargetNodeName': 'node-b' }, state);
+  return state;
+}
+
+const vmiStatus = (r: Rig) => {
+  const a = (currentVmi(r).metadata?.annotations as Record<string, string> | undefined)?.[STATUS_ANNOTATION];
+  return a === undefined ? undefined : VmiStatusSchema.parse(JSON.parse(a));
+};
+const controllers = async (n: Node) => (await n.backend.observe()).controllers;
+const controller = async (n: Node, name: string) => (await controllers(n)).find((c) => c.name === name);
+const exported = (n: Node) => JSON.stringify(n.sim.snapshot()).includes(exportNqn(DISK));
+const slotFile = async (n: Node, slot: string) => SlotStatusSchema.parse(JSON.parse(await readFile(path.join(n.dir, 'st', 'slots', `${slot}.json`), 'utf8')));
+const migrations = async (n: Node, outcome: string) => (await n.metrics.migrations.get()).values.find((v) => v.labels.outcome === outcome)?.value ?? 0;
+const events = (r: Rig, reason: string) => r.api.list(EVENTS).filter((e) => e.reason === reason);
+
+/** Target ready: B serves the attached export at its slot and the slot file says ready. */
+async function targetReady(r: Rig): Promise<void> {
+  await until('exports published on the VMI', () => (currentVmi(r).metadata?.annotations as Record<string, string>)[EXPORTS_ANNOTATION]);
+  await until('slot-05 ready on node-b', async () => (await slotFile(r.b, 'slot-05').catch(() => undefined))?.ready);
+  const c = await controller(r.b, 'slot-05/root');
+  expect(c?.diskRef).toMatch(/^mig-/);
+  expect(exported(r.a)).toBe(true);
+  // The source VM still runs from its own controller.
+  expect((await controller(r.a, 'slot-01/root'))?.diskRef).toContain(DISK);
+}
+
+describe('live migration in cluster mode', () => {
+  it('hands a node-local disk over: B serves the export at the target slot, A drops its controller and keeps exporting until the VMI is deleted', async () => {
+    const r = rig!;
+    await runningOnA(r);
+    const state = startMigration(r);
+    await targetReady(r);
+    expect((await slotFile(r.b, 'slot-05')).vmi).toMatchObject({ name: 'vm1', uid: UID });
+
+    // KubeVirt: completed; the VMI now lives on node-b and the source pod is done.
+    r.api.put(PODS, pod('virt-launcher-vm1-src', 'node-a', 'Succeeded'));
+    r.a.slots.splice(0);
+    updateVmi(r, { 'kubevirt.io/nodeName': 'node-b' }, { ...state, completed: true, endTimestamp: new Date().toISOString() });
+
+    await until('A gave up its controller', async () => (await controller(r.a, 'slot-01/root')) === undefined);
+    await until('B reports the disk Ready with its data on node-a', () => {
+      const s = vmiStatus(r);
+      return s?.node === 'node-b' && s.disks[0]?.phase === 'Ready' && s.disks[0].dataNode === 'node-a';
+    });
+    await until('both nodes counted a success', async () => (await migrations(r.a, 'succeeded')) === 1 && (await migrations(r.b, 'succeeded')) === 1);
+    // Several reconciles later the data still lives on A and B still serves it.
+    await r.a.agent.cluster.agent.reconcile('test');
+    await r.b.agent.cluster.agent.reconcile('test');
+    expect(exported(r.a)).toBe(true);
+    expect((await r.a.backend.observe()).disks.map((d) => d.id)).toContain(DISK);
+    expect((await controller(r.b, 'slot-05/root'))?.diskRef).toMatch(/^mig-/);
+    expect((await slotFile(r.b, 'slot-05')).ready).toBe(true);
+
+    // The VMI is deleted: B lets go of the remote disk, A stops exporting and deletes the disk.
+    r.api.put(PODS, pod('virt-launcher-vm1-tgt', 'node-b', 'Succeeded'));
+    r.b.slots.splice(0);
+    r.api.remove(VMIS, 'vm1', 'default');
+    await until('B dropped controller and remote disk', async () => (await controllers(r.b)).length === 0 && !JSON.stringify(r.b.sim.snapshot()).includes('mig-'));
+    await until('A unexported and deleted the disk', async () => !exported(r.a) && !(await r.a.backend.observe()).disks.some((d) => d.id === DISK));
+  });
+
+  it.each([
+    ['failed', { failed: true }],
+    ['aborted', { abortRequested: true, abortStatus: 'Succeeded' }],
+  ] as const)('rolls back on B and leaves A serving when the migration %s', async (outcome, end) => {
+    const r = rig!;
+    await runningOnA(r);
+    const state = startMigration(r);
+    await targetReady(r);
+
+    r.api.put(PODS, pod('virt-launcher-vm1-tgt', 'node-b', 'Failed'));
+    r.b.slots.splice(0);
+    updateVmi(r, { 'kubevirt.io/nodeName': 'node-a' }, { ...state, ...end, completed: true, endTimestamp: new Date().toISOString() });
+
+    await until('B tore down controller and remote disk', async () => (await controllers(r.b)).length === 0 && !JSON.stringify(r.b.sim.snapshot()).includes('mig-'));
+    await until('A dropped the export and unpublished it', () => !exported(r.a) && (currentVmi(r).metadata?.annotations as Record<string, string>)[EXPORTS_ANNOTATION] === undefined);
+    await until(`both nodes counted ${outcome}`, async () => (await migrations(r.a, outcome)) === 1 && (await migrations(r.b, outcome)) === 1);
+    // A is untouched: same controller, disk Ready, reported by A.
+    expect((await controller(r.a, 'slot-01/root'))?.diskRef).toContain(DISK);
+    expect(vmiStatus(r)).toMatchObject({ node: 'node-a', disks: [{ name: 'root', phase: 'Ready', dataNode: 'node-a' }] });
+    expect(await migrations(r.a, 'succeeded')).toBe(0);
+  });
+
+  it('refuses post-copy with a Warning Event and makes nothing on B', async () => {
+    const r = rig!;
+    await runningOnA(r);
+    startMigration(r, { mode: 'PostCopy' });
+    const ev = await until('a refusal Event on the VMI', () => events(r, REASON_REFUSED)[0]);
+    expect(ev).toMatchObject({ type: 'Warning', involvedObject: { kind: 'VirtualMachineInstance', name: 'vm1', uid: UID } });
+    expect(String(ev.message)).toMatch(/post-copy/);
+    await until('refusals counted', async () => (await migrations(r.a, 'refused')) === 1 && (await migrations(r.b, 'refused')) === 1);
+    await r.b.agent.cluster.agent.reconcile('test');
+    expect(await controllers(r.b)).toEqual([]);
+    expect(exported(r.a)).toBe(false);
+    await expect(slotFile(r.b, 'slot-05')).rejects.toThrow();
+  });
+
+  it('cancels the migration (deletes the migration object) when the source backend restarts mid-migration', async () => {
+    const r = rig!;
+    await runningOnA(r);
+    startMigration(r);
+    await targetReady(r);
+    expect(r.api.get(VMIMS, 'mig1', 'default')).toBeDefined();
+
+    await r.a.sim.stop();
+    r.a.sim = new SpdkSimulator(r.a.simOpts);
+    await r.a.sim.start();
+
+    await until('the migration object is deleted', () => r.api.get(VMIMS, 'mig1', 'default') === undefined);
+    const ev = await until('an abort Event on the VMI', () => events(r, REASON_ABORTED)[0]);
+    expect(String(ev.message)).toMatch(/restarted/);
+    // Live recovery still brings the source VM's controller back.
+    await until('A serves vm1 again', async () => (await controller(r.a, 'slot-01/root'))?.diskRef.includes(DISK));
+  });
+});

@@ -1,0 +1,97 @@
+import { afterEach, beforeEach, describe, expect, it, vi, type MockInstance } from 'vitest';
+import { ValidationError } from '../../../src/api/errors.js';
+import { parseCachedImages } from '../../../src/api/cachedimage.js';
+import { parseVmiYaml } from '../../../src/api/vmi.js';
+import { parseVolumesAnnotation } from '../../../src/api/volumes.js';
+
+/**
+ * Strict YAML: what the `yaml` library only warns about (an unresolved tag becomes a plain
+ * string, an unknown directive is skipped) must be a ValidationError naming the field, and no
+ * process warning may be printed.
+ */
+function problemsOf(fn: () => unknown): string[] {
+  try {
+    fn();
+  } catch (e) {
+    if (e instanceof ValidationError) return e.problems;
+    throw e;
+  }
+  throw new Error('expected a ValidationError');
+}
+
+const PLAIN = 'is not allowed: only plain values (strings, numbers, booleans, lists, mappings)';
+const SHA = 'a'.repeat(64);
+
+let warn: MockInstance<typeof process.emitWarning>;
+beforeEach(() => {
+  warn = vi.spyOn(process, 'emitWarning');
+});
+afterEach(() => {
+  expect(warn).not.toHaveBeenCalled();
+  warn.mockRestore();
+});
+
+describe('volumes annotation: YAML tags and directives are errors naming the field', () => {
+  const cases: Array<[string, string, string[]]> = [
+    [
+      'a js/function on a field',
+      '- name: a\n  spdkVhostBlkDisk:\n    blank: {}\n    capacity: !!js/function "function(){}"\n',
+      [`volumes[0].spdkVhostBlkDisk.capacity: YAML tag !!js/function (line 4, column 15) ${PLAIN}`],
+    ],
+    ['a local tag on a field', '- {name: !x a, spdkVhostBlkDisk: {bdev: b}}', [`volumes[0].name: YAML tag !x (line 1, column 10) ${PLAIN}`]],
+    ['a tag on a list item', '- !!js/undefined\n', [`volumes[0]: YAML tag !!js/undefined (line 1, column 3) ${PLAIN}`]],
+    ['a tag on the second item', '- {name: a, spdkVhostBlkDisk: {bdev: b}}\n- !!python/object {name: c}\n', [`volumes[1]: YAML tag !!python/object (line 2, column 3) ${PLAIN}`]],
+    ['a tag on the whole document', '!!js/regexp /x/', [`volumes: YAML tag !!js/regexp (line 1, column 1) ${PLAIN}`]],
+    ['a tag on a key', '- name: a\n  !k spdkVhostBlkDisk: {bdev: b}\n', [`volumes[0].spdkVhostBlkDisk: YAML tag !k (line 2, column 3) ${PLAIN}`]],
+    [
+      'two tags, two problems',
+      '- name: a\n  spdkVhostBlkDisk: {image: !i x, capacity: !c 1Gi}\n',
+      [`volumes[0].spdkVhostBlkDisk.image: YAML tag !i (line 2, column 29) ${PLAIN}`, `volumes[0].spdkVhostBlkDisk.capacity: YAML tag !c (line 2, column 45) ${PLAIN}`],
+    ],
+    ['an unsupported YAML version', '%YAML 1.3\n---\n- {name: a, spdkVhostBlkDisk: {bdev: b}}\n', ['volumes: not valid YAML: Unsupported YAML version 1.3 at line 1, column 7']],
+    ['an unknown directive', '%FOO bar\n---\n- {name: a, spdkVhostBlkDisk: {bdev: b}}\n', ['volumes: not valid YAML: Unknown directive %FOO at line 1, column 1']],
+  ];
+  for (const [what, text, want] of cases) {
+    it(what, () => {
+      expect(problemsOf(() => parseVolumesAnnotation(text))).toEqual(want);
+    });
+  }
+
+  it('a tag the core schema knows (!!str) is plain YAML and still parses', () => {
+    expect(parseVolumesAnnotation('- {name: !!str a, spdkVhostBlkDisk: {bdev: !!str b}}').map((v) => v.name)).toEqual(['a']);
+  });
+
+  it('the same text is refused every time (a refusal is never cached as a success)', () => {
+    const text = '- {name: a, spdkVhostBlkDisk: {bdev: !t b}}';
+    expect(problemsOf(() => parseVolumesAnnotation(text))).toHaveLength(1);
+    expect(problemsOf(() => parseVolumesAnnotation(text))).toHaveLength(1);
+  });
+});
+
+describe('CachedImage files: tags and directives are errors naming the document and field', () => {
+  const image = (spec: string, name = 'img'): string => `apiVersion: kubevirt-spdk.io/v1alpha1\nkind: CachedImage\nmetadata: {name: ${name}}\nspec: ${spec}\n`;
+
+  it('a tag on a field of the second document', () => {
+    const text = `${image(`{source: {hostPath: {path: /a}}}`)}---\n${image(`{source: {http: {url: !!js/function "x", sha256: "${SHA}"}}}`, 'b')}`;
+    expect(problemsOf(() => parseCachedImages(text, 'images.yaml'))).toEqual([`images.yaml[1].spec.source.http.url: YAML tag !!js/function (line 9, column 29) ${PLAIN}`]);
+  });
+
+  it('an unknown directive', () => {
+    expect(problemsOf(() => parseCachedImages(`%FOO bar\n---\n${image('{source: {hostPath: {path: /a}}}')}`))).toEqual(['images[0]: not valid YAML: Unknown directive %FOO at line 1, column 1']);
+  });
+
+  it('a stream with a directive and no document', () => {
+    expect(problemsOf(() => parseCachedImages('%YAML 1.3\n'))).toEqual([expect.stringMatching(/^images: not valid YAML: /)]);
+  });
+
+  it('clean documents still parse', () => {
+    expect(parseCachedImages(image('{source: {hostPath: {path: /a}}}')).map((i) => i.metadata.name)).toEqual(['img']);
+  });
+});
+
+describe('VMI files (standalone): tags are errors too', () => {
+  it('names the field', () => {
+    const text = 'apiVersion: kubevirt.io/v1\nkind: VirtualMachineInstance\nmetadata:\n  name: !!js/function a\n';
+    expect(problemsOf(() => parseVmiYaml(text, 'vmi.yaml'))).toEqual([`vmi.yaml.metadata.name: YAML tag !!js/function (line 4, column 9) ${PLAIN}`]);
+  });
+});
