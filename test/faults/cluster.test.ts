@@ -2,19 +2,18 @@ import { mkdir, mkdtemp, rm, stat, truncate, writeFile } from 'node:fs/promises'
 import os from 'node:os';
 import path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
-import { KubeConfig } from '@kubernetes/client-node';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import type { NodeAgentOptions } from '../../src/agent/agent.js';
-import { STATUS_ANNOTATION, VHOST_SLOT_RESOURCE } from '../../src/api/volumes.js';
+import { STATUS_ANNOTATION } from '../../src/api/volumes.js';
 import { VmiStatusSchema } from '../../src/api/status.js';
 import { createSpdkBackend, type SpdkBackend } from '../../src/backend/spdk/index.js';
 import { ClusterAgent } from '../../src/kube/cluster.js';
 import { PodResourcesClient, type PodSlot } from '../../src/kube/podresources.js';
 import { silentLogger } from '../../src/log.js';
 import { SpdkSimulator } from '../../src/simulator/index.js';
-import { loadPodResourcesProto } from '../../deviceplugin/proto.js';
 import { desiredOf, vmi as fixtureVmi } from '../unit/agent/fixtures.js';
 import { FakeApiServer, type Obj } from '../helpers/fake-apiserver.js';
+import { startFakePodResources } from '../helpers/fake-podresources.js';
 import { Tally, rng, runSeed, scale } from './seed.js';
 import { SimRig, hostImage } from './sim-rig.js';
 
@@ -110,24 +109,8 @@ async function startRig(): Promise<Rig> {
   }
   api.put(CIMGS, { apiVersion: 'kubevirt-spdk.io/v1alpha1', kind: 'CachedImage', metadata: { name: 'base' }, spec: { source: { hostPath: { path: image } } } });
 
-  const slots: PodSlot[] = [];
-  const kubelet = new grpc.Server();
-  kubelet.addService(loadPodResourcesProto().v1.PodResourcesLister.service, {
-    List: (_call: unknown, cb: grpc.sendUnaryData<unknown>) =>
-      cb(null, {
-        pod_resources: slots.map((s) => ({ name: s.pod, namespace: s.namespace, containers: [{ name: s.container, devices: [{ resource_name: VHOST_SLOT_RESOURCE, device_ids: [s.slot] }] }] })),
-      }),
-    Get: (_call: unknown, cb: grpc.sendUnaryData<unknown>) => cb({ code: grpc.status.UNIMPLEMENTED }),
-  });
-  const prSock = path.join(dir, 'pr.sock');
-  await new Promise<void>((res, rej) => kubelet.bindAsync(`unix://${prSock}`, grpc.ServerCredentials.createInsecure(), (e) => (e ? rej(e) : res())));
-  const kc = new KubeConfig();
-  kc.loadFromOptions({
-    clusters: [{ name: 'fake', server: api.url, skipTLSVerify: true }],
-    users: [{ name: 'agent' }],
-    contexts: [{ name: 'fake', cluster: 'fake', user: 'agent' }],
-    currentContext: 'fake',
-  });
+  const { server: kubelet, socket: prSock, slots } = await startFakePodResources(dir);
+  const kc = api.kubeConfig('agent');
   const cluster = new ClusterAgent({
     node: NODE,
     kubeConfig: kc,

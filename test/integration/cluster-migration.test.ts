@@ -2,10 +2,9 @@ import { mkdir, mkdtemp, readFile, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
-import { KubeConfig } from '@kubernetes/client-node';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { SlotStatusSchema, VmiStatusSchema } from '../../src/api/status.js';
-import { STATUS_ANNOTATION, VHOST_SLOT_RESOURCE } from '../../src/api/volumes.js';
+import { STATUS_ANNOTATION } from '../../src/api/volumes.js';
 import { diskId } from '../../src/agent/naming.js';
 import { exportNqn } from '../../src/backend/remote.js';
 import { createSpdkBackend, type SpdkBackend } from '../../src/backend/spdk/index.js';
@@ -14,8 +13,8 @@ import { PodResourcesClient, type PodSlot } from '../../src/kube/podresources.js
 import { createLogger, silentLogger } from '../../src/log.js';
 import { createMetrics, type Metrics } from '../../src/metrics/metrics.js';
 import { NvmfFabric, SpdkSimulator } from '../../src/simulator/index.js';
-import { loadPodResourcesProto } from '../../deviceplugin/proto.js';
 import { FakeApiServer, type Obj } from '../helpers/fake-apiserver.js';
+import { startFakePodResources } from '../helpers/fake-podresources.js';
 
 /**
  * Live migration in cluster mode, two agents in one process: node A and node B each with an SPDK
@@ -77,24 +76,8 @@ async function startNode(dir: string, name: string, fabric: NvmfFabric, api: Fak
     stateDir: path.join(d, 'st', 'spdk'),
     lvstore: { baseBdev: { kind: 'aio', filename: path.join(d, 'lvs.img'), sizeMiB: 128 } },
   });
-  const slots: PodSlot[] = [];
-  const kubelet = new grpc.Server();
-  kubelet.addService(loadPodResourcesProto().v1.PodResourcesLister.service, {
-    List: (_call: unknown, cb: grpc.sendUnaryData<unknown>) =>
-      cb(null, {
-        pod_resources: slots.map((s) => ({ name: s.pod, namespace: s.namespace, containers: [{ name: s.container, devices: [{ resource_name: VHOST_SLOT_RESOURCE, device_ids: [s.slot] }] }] })),
-      }),
-    Get: (_call: unknown, cb: grpc.sendUnaryData<unknown>) => cb({ code: grpc.status.UNIMPLEMENTED }),
-  });
-  const prSock = path.join(d, 'pr.sock');
-  await new Promise<void>((res, rej) => kubelet.bindAsync(`unix://${prSock}`, grpc.ServerCredentials.createInsecure(), (e) => (e ? rej(e) : res())));
-  const kc = new KubeConfig();
-  kc.loadFromOptions({
-    clusters: [{ name: 'fake', server: api.url, skipTLSVerify: true }],
-    users: [{ name: 'agent' }],
-    contexts: [{ name: 'fake', cluster: 'fake', user: 'agent' }],
-    currentContext: 'fake',
-  });
+  const { server: kubelet, socket: prSock, slots } = await startFakePodResources(d);
+  const kc = api.kubeConfig('agent');
   const metrics = createMetrics();
   const agent = createMigratingClusterAgent({
     node: name,
