@@ -27,7 +27,9 @@ lint: npm-deps
 	npx eslint .
 
 unit: npm-deps
-	npx vitest run
+	@mkdir -p .cache
+	npx vitest run --reporter=default --reporter=json --outputFile=.cache/vitest.json
+	@node -e 'const r=require("./.cache/vitest.json"); console.log(`$${r.numPassedTests} passed, $${r.numFailedTests} failed, $${r.numPendingTests + r.numTodoTests} skipped`)'
 
 test: deps typecheck lint unit
 

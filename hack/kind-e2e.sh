@@ -8,8 +8,8 @@
 #
 # The node image needs hugepages for spdk_tgt: on the host, before `up`:
 #   echo 1024 | sudo tee /sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages
-# Without SPDK images, set KVSPDK_BACKEND=qsd: the agent then serves disks with
-# qemu-storage-daemon (shipped in the kubevirt-spdk image) and the spdk-tgt container is removed.
+# Without an spdk_tgt image, edit the DaemonSet: drop the spdk-tgt container and run the agent
+# with --backend=qsd (qemu-storage-daemon ships in the kubevirt-spdk image).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
