@@ -1,19 +1,11 @@
-import { mkdir, mkdtemp, rm, stat, truncate, writeFile } from 'node:fs/promises';
-import os from 'node:os';
+import { stat } from 'node:fs/promises';
 import path from 'node:path';
-import * as grpc from '@grpc/grpc-js';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import type { NodeAgentOptions } from '../../src/agent/agent.js';
 import { STATUS_ANNOTATION } from '../../src/api/volumes.js';
 import { VmiStatusSchema } from '../../src/api/status.js';
-import { createSpdkBackend, type SpdkBackend } from '../../src/backend/spdk/index.js';
-import { ClusterAgent } from '../../src/kube/cluster.js';
-import { PodResourcesClient, type PodSlot } from '../../src/kube/podresources.js';
-import { silentLogger } from '../../src/log.js';
-import { SpdkSimulator } from '../../src/simulator/index.js';
 import { desiredOf, vmi as fixtureVmi } from '../unit/agent/fixtures.js';
-import { FakeApiServer, type Obj } from '../helpers/fake-apiserver.js';
-import { startFakePodResources } from '../helpers/fake-podresources.js';
+import { VMIS, PODS, eventually, schedule as scheduleVmi, startClusterRig, stopClusterRig, type ClusterRig } from '../helpers/cluster-rig.js';
 import { Tally, rng, runSeed, scale } from './seed.js';
 import { SimRig, hostImage } from './sim-rig.js';
 
@@ -31,36 +23,13 @@ const tally = new Tally();
 console.log(`[faults] cluster suite seed=${SEED} (replay with FAULT_SEED=${SEED}) scale=${SCALE}`);
 
 const NODE = 'node-a';
-const VMIS = 'kubevirt.io/v1/virtualmachineinstances';
-const PODS = '/v1/pods';
-const CIMGS = 'kubevirt-spdk.io/v1alpha1/cachedimages';
-const OWNER = { uid: process.getuid?.() ?? 0, gid: process.getgid?.() ?? 0 };
 const VOLUMES = '- name: root\n  spdkVhostBlkDisk: {image: base, capacity: 64Mi}\n- name: data\n  spdkVhostBlkDisk: {blank: {}, capacity: 16Mi}\n';
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
-async function until<T>(what: string, fn: () => T | undefined | false | Promise<T | undefined | false>, timeoutMs = 20_000): Promise<T> {
-  const end = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await Promise.resolve()
-      .then(fn)
-      .catch(() => undefined);
-    if (v !== undefined && v !== false) return v;
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await sleep(25);
-  }
-}
-
-interface Rig {
-  dir: string;
-  sim: SpdkSimulator;
-  backend: SpdkBackend;
-  api: FakeApiServer;
-  kubelet: grpc.Server;
-  slots: PodSlot[];
-  cluster: ClusterAgent;
+type Rig = ClusterRig & {
   /** Backend deletions, each with the VMIs that existed in the API server at that moment. */
   deletions: Array<{ call: string; existing: string[] }>;
-}
+};
 
 let rig: Rig | undefined;
 let simRig: SimRig | undefined;
@@ -68,14 +37,7 @@ let simRig: SimRig | undefined;
 afterEach(async () => {
   const r = rig;
   rig = undefined;
-  if (r) {
-    await r.cluster.stop();
-    await r.backend.close();
-    await r.sim.stop();
-    r.kubelet.forceShutdown();
-    await r.api.close();
-    await rm(r.dir, { recursive: true, force: true });
-  }
+  if (r) await stopClusterRig(r);
   await simRig?.cleanup();
   simRig = undefined;
 });
@@ -84,64 +46,24 @@ afterAll(() => {
 });
 
 async function startRig(): Promise<Rig> {
-  const dir = await mkdtemp(path.join(os.tmpdir(), 'fc-'));
-  const vhost = path.join(dir, 'vh');
-  await mkdir(vhost);
-  const image = path.join(dir, 'base.raw');
-  await writeFile(image, '');
-  await truncate(image, 8 * 2 ** 20);
-  const sim = new SpdkSimulator({ socketPath: path.join(dir, 'spdk.sock'), vhostDir: vhost, stateDir: path.join(dir, 'sim') });
-  await sim.start();
-  const backend = createSpdkBackend({
-    socketPath: path.join(dir, 'spdk.sock'),
-    vhostDir: vhost,
-    stateDir: path.join(dir, 'st', 'spdk'),
-    lvstore: { baseBdev: { kind: 'aio', filename: path.join(dir, 'lvs.img'), sizeMiB: 512 } },
-  });
-  const api = await FakeApiServer.start();
   const deletions: Rig['deletions'] = [];
-  for (const m of ['deleteDisk', 'deleteController'] as const) {
-    const orig = backend[m].bind(backend);
-    backend[m] = (name: string) => {
-      deletions.push({ call: `${m}:${name}`, existing: api.list(VMIS).map((v) => String(v.metadata?.name)) });
-      return orig(name);
-    };
-  }
-  api.put(CIMGS, { apiVersion: 'kubevirt-spdk.io/v1alpha1', kind: 'CachedImage', metadata: { name: 'base' }, spec: { source: { hostPath: { path: image } } } });
-
-  const { server: kubelet, socket: prSock, slots } = await startFakePodResources(dir);
-  const kc = api.kubeConfig('agent');
-  const cluster = new ClusterAgent({
+  const r = await startClusterRig({
     node: NODE,
-    kubeConfig: kc,
-    podResources: new PodResourcesClient(prSock),
-    agent: { backend, stateDir: path.join(dir, 'st'), socket: { ...OWNER, mode: 0o660 }, orphanGraceMs: 0, resyncMs: 200 },
-    logger: silentLogger,
-    podResourcesPollMs: 100,
-    retry: { initialMs: 50, maxMs: 200 },
-    debounceMs: 10,
+    lvstoreMiB: 512,
+    instrument: (backend, api) => {
+      for (const m of ['deleteDisk', 'deleteController'] as const) {
+        const orig = backend[m].bind(backend);
+        backend[m] = (name: string) => {
+          deletions.push({ call: `${m}:${name}`, existing: api.list(VMIS).map((v) => String(v.metadata?.name)) });
+          return orig(name);
+        };
+      }
+    },
   });
-  await backend.start();
-  return { dir, sim, backend, api, kubelet, slots, cluster, deletions };
+  return { ...r, deletions };
 }
 
-function schedule(r: Rig, name: string, slot: string): void {
-  const uid = `uid-${name}`;
-  r.api.put(VMIS, {
-    apiVersion: 'kubevirt.io/v1',
-    kind: 'VirtualMachineInstance',
-    metadata: { name, namespace: 'default', uid, labels: { 'kubevirt.io/nodeName': NODE }, annotations: { 'kubevirt-spdk.io/volumes': VOLUMES } },
-    spec: { domain: { devices: { disks: [] } } },
-  } satisfies Obj);
-  r.api.put(PODS, {
-    apiVersion: 'v1',
-    kind: 'Pod',
-    metadata: { name: `virt-launcher-${name}`, namespace: 'default', labels: { 'kubevirt.io': 'virt-launcher', 'kubevirt.io/created-by': uid } },
-    spec: { nodeName: NODE, containers: [{ name: 'compute', image: 'virt-launcher' }] },
-    status: { phase: 'Running' },
-  });
-  r.slots.push({ namespace: 'default', pod: `virt-launcher-${name}`, container: 'compute', slot });
-}
+const schedule = (r: Rig, name: string, slot: string): void => scheduleVmi(r, name, `uid-${name}`, slot, VOLUMES);
 
 function unschedule(r: Rig, name: string): void {
   r.api.remove(VMIS, name, 'default');
@@ -206,20 +128,15 @@ describe('API server away and watches expired (410) during provisioning', () => 
         tally.faults++;
       }
       const what = `round ${round}: ${faults.join(', ')} (seed ${SEED})`;
-      for (const v of vms) await until(`${what}: ${v.name} Ready`, () => ready(r, v.name));
-      await until(`${what}: ready`, () => r.cluster.ready() === true);
+      for (const v of vms) await eventually(`${what}: ${v.name} Ready`, () => ready(r, v.name));
+      await eventually(`${what}: ready`, () => r.cluster.ready() === true);
       expect(r.deletions.map((d) => d.call), `${what}: nothing deleted`).toEqual([]);
       tally.held('nothing-deleted');
       await r.cluster.agent.reconcile('check');
       expectServes(r, vms, what);
       for (const v of vms) expect((await stat(path.join(r.dir, 'vh', v.slot, 'root'))).isSocket(), what).toBe(true);
       tally.scenarios++;
-      await r.cluster.stop();
-      await r.backend.close();
-      await r.sim.stop();
-      r.kubelet.forceShutdown();
-      await r.api.close();
-      await rm(r.dir, { recursive: true, force: true });
+      await stopClusterRig(r);
       rig = undefined;
     }
   }, 90_000);
@@ -241,8 +158,8 @@ describe('VMI deleted during provisioning (cluster mode)', () => {
       const what = `round ${round}: VMI deleted ${after}ms into provisioning (seed ${SEED})`;
       unschedule(r, 'gone');
       tally.faults++;
-      await until(`${what}: keep Ready`, () => ready(r, 'keep'));
-      await until(`${what}: gone collected`, () => {
+      await eventually(`${what}: keep Ready`, () => ready(r, 'keep'));
+      await eventually(`${what}: gone collected`, () => {
         const snap = r.sim.snapshot();
         return !snap.controllers.some((c) => c.name.startsWith('slot-02/')) && snap.lvols.filter((l) => !l.name.startsWith('img-')).length === 2;
       });
@@ -251,15 +168,10 @@ describe('VMI deleted during provisioning (cluster mode)', () => {
       expectNoDeleteWhileExists(r, 'gone', what);
       const keepIds = r.sim.snapshot().lvols.flatMap((l) => [l.name, l.uuid, l.alias]);
       expect(r.deletions.filter((d) => d.call.includes('slot-01') || keepIds.some((id) => d.call.endsWith(id))).map((d) => d.call), `${what}: the other VMI lost nothing`).toEqual([]);
-      await until(`${what}: slot file removed`, () => stat(path.join(r.dir, 'st', 'slots', 'slot-02.json')).then(() => false, () => true));
+      await eventually(`${what}: slot file removed`, () => stat(path.join(r.dir, 'st', 'slots', 'slot-02.json')).then(() => false, () => true));
       tally.held('collected-after-delete');
       tally.scenarios++;
-      await r.cluster.stop();
-      await r.backend.close();
-      await r.sim.stop();
-      r.kubelet.forceShutdown();
-      await r.api.close();
-      await rm(r.dir, { recursive: true, force: true });
+      await stopClusterRig(r);
       rig = undefined;
     }
   }, 90_000);

@@ -1,17 +1,10 @@
-import { mkdir, mkdtemp, readFile, rm, stat, truncate, writeFile } from 'node:fs/promises';
-import os from 'node:os';
+import { readFile, stat } from 'node:fs/promises';
 import path from 'node:path';
-import * as grpc from '@grpc/grpc-js';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { SlotStatusSchema, VmiStatusSchema } from '../../src/api/status.js';
 import { STATUS_ANNOTATION } from '../../src/api/volumes.js';
-import { createSpdkBackend, type SpdkBackend } from '../../src/backend/spdk/index.js';
-import { ClusterAgent } from '../../src/kube/cluster.js';
-import { PodResourcesClient, type PodSlot } from '../../src/kube/podresources.js';
-import { createLogger, silentLogger } from '../../src/log.js';
-import { SpdkSimulator } from '../../src/simulator/index.js';
-import { FakeApiServer, type Obj } from '../helpers/fake-apiserver.js';
-import { startFakePodResources } from '../helpers/fake-podresources.js';
+import { createLogger } from '../../src/log.js';
+import { CIMGS, PODS, VMIS, eventually as until, schedule as scheduleVmi, startClusterRig, stopClusterRig, vmiObject, type ClusterRig } from '../helpers/cluster-rig.js';
 
 /**
  * Cluster mode end to end, in one process: the agent's informers against a fake API server,
@@ -19,125 +12,41 @@ import { startFakePodResources } from '../helpers/fake-podresources.js';
  */
 
 const NODE = 'node-a';
-const VMIS = 'kubevirt.io/v1/virtualmachineinstances';
-const PODS = '/v1/pods';
-const CIMGS = 'kubevirt-spdk.io/v1alpha1/cachedimages';
 const NICS = 'kubevirt-spdk.io/v1alpha1/nodeimagecaches';
 const EVENTS = '/v1/events';
-const OWNER = { uid: process.getuid?.() ?? 0, gid: process.getgid?.() ?? 0 };
 
-interface Rig {
-  dir: string;
-  sim: SpdkSimulator;
-  backend: SpdkBackend;
-  api: FakeApiServer;
-  kubelet: grpc.Server;
-  slots: PodSlot[];
-  cluster: ClusterAgent;
-  /** Backend deletions the agent asked for. */
-  deletions: string[];
-}
-
+type Rig = ClusterRig;
 let rig: Rig | undefined;
-
-async function until<T>(what: string, fn: () => T | undefined | Promise<T | undefined>, timeoutMs = 10_000): Promise<T> {
-  const end = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await Promise.resolve()
-      .then(fn)
-      .catch(() => undefined);
-    if (v !== undefined && v !== false) return v;
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 25));
-  }
-}
-
-function vmi(name: string, uid: string, volumes: string, node = NODE): Obj {
-  return {
-    apiVersion: 'kubevirt.io/v1',
-    kind: 'VirtualMachineInstance',
-    metadata: { name, namespace: 'default', uid, labels: { 'kubevirt.io/nodeName': node }, annotations: { 'kubevirt-spdk.io/volumes': volumes } },
-    spec: { domain: { devices: { disks: [] } } },
-  };
-}
-
-function launcherPod(name: string, vmiUid: string, node = NODE): Obj {
-  return {
-    apiVersion: 'v1',
-    kind: 'Pod',
-    metadata: { name, namespace: 'default', labels: { 'kubevirt.io': 'virt-launcher', 'kubevirt.io/created-by': vmiUid } },
-    spec: { nodeName: node, containers: [{ name: 'compute', image: 'virt-launcher' }] },
-    status: { phase: 'Running' },
-  };
-}
+/** Backend deletions the agent asked for. */
+let deletions: string[] = [];
 
 const ROOT = '- name: root\n  spdkVhostBlkDisk: {image: base, capacity: 1Gi}\n';
 
-async function startRig(): Promise<Rig> {
-  const dir = await mkdtemp(path.join(os.tmpdir(), 'cl-'));
-  const vhost = path.join(dir, 'vh');
-  await mkdir(vhost);
-  const image = path.join(dir, 'base.raw');
-  await writeFile(image, '');
-  await truncate(image, 8 * 2 ** 20);
-  const sim = new SpdkSimulator({ socketPath: path.join(dir, 'spdk.sock'), vhostDir: vhost, stateDir: path.join(dir, 'sim') });
-  await sim.start();
-  const backend = createSpdkBackend({
-    socketPath: path.join(dir, 'spdk.sock'),
-    vhostDir: vhost,
-    stateDir: path.join(dir, 'st', 'spdk'),
-    lvstore: { baseBdev: { kind: 'aio', filename: path.join(dir, 'lvs.img'), sizeMiB: 256 } },
-  });
-  const deletions: string[] = [];
-  for (const m of ['deleteDisk', 'deleteController', 'deleteImage'] as const) {
-    const orig = backend[m].bind(backend);
-    backend[m] = (name: string) => {
-      deletions.push(`${m}:${name}`);
-      return orig(name);
-    };
-  }
-
-  const api = await FakeApiServer.start();
-  api.put(CIMGS, { apiVersion: 'kubevirt-spdk.io/v1alpha1', kind: 'CachedImage', metadata: { name: 'base' }, spec: { source: { hostPath: { path: image } } } });
-
-  const { server: kubelet, socket: prSock, slots } = await startFakePodResources(dir);
-  const kc = api.kubeConfig('agent');
-  const cluster = new ClusterAgent({
-    node: NODE,
-    kubeConfig: kc,
-    podResources: new PodResourcesClient(prSock),
-    agent: { backend, stateDir: path.join(dir, 'st'), socket: { ...OWNER, mode: 0o660 }, orphanGraceMs: 0, resyncMs: 200 },
-    logger: process.env.CLUSTER_TEST_DEBUG ? createLogger('cluster-test', 'debug') : silentLogger,
-    podResourcesPollMs: 100,
-    retry: { initialMs: 50, maxMs: 200 },
-    debounceMs: 10,
-  });
-  await backend.start();
-  return { dir, sim, backend, api, kubelet, slots, cluster, deletions };
-}
-
 beforeEach(async () => {
-  rig = await startRig();
+  deletions = [];
+  rig = await startClusterRig({
+    node: NODE,
+    lvstoreMiB: 256,
+    ...(process.env.CLUSTER_TEST_DEBUG ? { logger: createLogger('cluster-test', 'debug') } : {}),
+    instrument: (backend) => {
+      for (const m of ['deleteDisk', 'deleteController', 'deleteImage'] as const) {
+        const orig = backend[m].bind(backend);
+        backend[m] = (name: string) => {
+          deletions.push(`${m}:${name}`);
+          return orig(name);
+        };
+      }
+    },
+  });
 });
 
 afterEach(async () => {
-  if (!rig) return;
   const r = rig;
   rig = undefined;
-  await r.cluster.stop();
-  await r.backend.close();
-  await r.sim.stop();
-  r.kubelet.forceShutdown();
-  await r.api.close();
-  await rm(r.dir, { recursive: true, force: true });
+  if (r) await stopClusterRig(r);
 });
 
-/** A VMI with its launcher pod, and the kubelet listing the pod's slot. */
-function schedule(r: Rig, name: string, uid: string, slot: string, volumes = ROOT): void {
-  r.api.put(VMIS, vmi(name, uid, volumes));
-  r.api.put(PODS, launcherPod(`virt-launcher-${name}`, uid));
-  r.slots.push({ namespace: 'default', pod: `virt-launcher-${name}`, container: 'compute', slot });
-}
+const schedule = (r: Rig, name: string, uid: string, slot: string, volumes = ROOT): void => scheduleVmi(r, name, uid, slot, volumes);
 
 const vmiStatus = (r: Rig, name: string) => {
   const a = (r.api.get(VMIS, name, 'default')?.metadata?.annotations as Record<string, string> | undefined)?.[STATUS_ANNOTATION];
@@ -187,7 +96,7 @@ describe('agent cluster mode', () => {
   it('reports a failing disk with one Warning Event on the VMI, and bad volumes with another', async () => {
     const r = rig!;
     schedule(r, 'vm2', 'uid-2', 'slot-04', `${ROOT}- name: data\n  spdkVhostBlkDisk: {image: missing, capacity: 1Gi}\n`);
-    r.api.put(VMIS, vmi('vm3', 'uid-3', '- name: x\n  spdkVhostBlkDisk: {capacity: 1Gi, unknownField: 1}\n'));
+    r.api.put(VMIS, vmiObject('vm3', 'uid-3', '- name: x\n  spdkVhostBlkDisk: {capacity: 1Gi, unknownField: 1}\n', NODE));
     await r.cluster.start();
     const failed = await until('SpdkDiskFailed event', () => r.api.list(EVENTS).find((e) => e.reason === 'SpdkDiskFailed'));
     expect(failed).toMatchObject({
@@ -219,7 +128,7 @@ describe('agent cluster mode', () => {
 
     const listsAfter = r.api.requests.filter((q) => q.startsWith('GET /apis/kubevirt.io/v1/virtualmachineinstances?') && !q.includes('watch=true')).length;
     expect(listsAfter).toBeGreaterThan(listsBefore);
-    expect(r.deletions).toEqual([]);
+    expect(deletions).toEqual([]);
     expect((await stat(path.join(r.dir, 'vh', 'slot-01', 'root'))).isSocket()).toBe(true);
   });
 
@@ -238,7 +147,7 @@ describe('agent cluster mode', () => {
     // Reconciles go on from the last known desired state: the controller stays.
     const rounds = await r.cluster.agent.reconcile('test');
     expect(rounds.vmis.map((v) => v.vmi.name)).toEqual(['vm1']);
-    expect(r.deletions).toEqual([]);
+    expect(deletions).toEqual([]);
     expect(r.sim.snapshot().controllers.map((c) => c.name)).toContain('slot-01/root');
 
     // Meanwhile the cluster moved on: a new VMI was scheduled here.
@@ -246,15 +155,15 @@ describe('agent cluster mode', () => {
     await r.api.comeBack();
     await until('vm2 Ready after the API server returned', () => diskReady(r, 'vm2'), 15_000);
     await until('ready again', () => r.cluster.ready() === true || undefined);
-    expect(r.deletions).toEqual([]);
+    expect(deletions).toEqual([]);
 
     // VMI deleted: its controller and disk go, the other VMI's stay.
     r.api.remove(VMIS, 'vm1', 'default');
     r.api.remove(PODS, 'virt-launcher-vm1', 'default');
     r.slots.splice(0, 1);
     await until('vm1 controller deleted', () => !r.sim.snapshot().controllers.some((c) => c.name === 'slot-01/root') || undefined);
-    await until('vm1 disk deleted', () => r.deletions.some((d) => d.startsWith('deleteDisk:')) || undefined);
-    expect(r.deletions.every((d) => !d.includes('slot-02'))).toBe(true);
+    await until('vm1 disk deleted', () => deletions.some((d) => d.startsWith('deleteDisk:')) || undefined);
+    expect(deletions.every((d) => !d.includes('slot-02'))).toBe(true);
     expect(r.sim.snapshot().controllers.map((c) => c.name)).toEqual(['slot-02/root']);
     await until('slot-01 readiness file removed', () => stat(path.join(r.dir, 'st', 'slots', 'slot-01.json')).then(() => undefined, () => true));
   });

@@ -1,0 +1,116 @@
+/**
+ * One node in cluster mode for tests: the SPDK simulator, a real SpdkBackend, a fake API server
+ * (with a CachedImage "base"), a fake kubelet PodResources server and the ClusterAgent.
+ */
+import { mkdir, mkdtemp, rm, truncate, writeFile } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import type * as grpc from '@grpc/grpc-js';
+import { createSpdkBackend, type SpdkBackend } from '../../src/backend/spdk/index.js';
+import { ClusterAgent } from '../../src/kube/cluster.js';
+import { PodResourcesClient, type PodSlot } from '../../src/kube/podresources.js';
+import { silentLogger, type Logger } from '../../src/log.js';
+import { SpdkSimulator } from '../../src/simulator/index.js';
+import { FakeApiServer, type Obj } from './fake-apiserver.js';
+import { startFakePodResources } from './fake-podresources.js';
+
+export const VMIS = 'kubevirt.io/v1/virtualmachineinstances';
+export const PODS = '/v1/pods';
+export const CIMGS = 'kubevirt-spdk.io/v1alpha1/cachedimages';
+const OWNER = { uid: process.getuid?.() ?? 0, gid: process.getgid?.() ?? 0 };
+
+export interface ClusterRig {
+  dir: string;
+  node: string;
+  sim: SpdkSimulator;
+  backend: SpdkBackend;
+  api: FakeApiServer;
+  kubelet: grpc.Server;
+  slots: PodSlot[];
+  cluster: ClusterAgent;
+}
+
+export interface ClusterRigOptions {
+  node: string;
+  lvstoreMiB: number;
+  logger?: Logger;
+  /** Called before the agent exists, e.g. to record the backend's deletions. */
+  instrument?: (backend: SpdkBackend, api: FakeApiServer) => void;
+}
+
+export async function startClusterRig(opts: ClusterRigOptions): Promise<ClusterRig> {
+  const dir = await mkdtemp(path.join(os.tmpdir(), 'cl-'));
+  const vhost = path.join(dir, 'vh');
+  await mkdir(vhost);
+  const image = path.join(dir, 'base.raw');
+  await writeFile(image, '');
+  await truncate(image, 8 * 2 ** 20);
+  const sim = new SpdkSimulator({ socketPath: path.join(dir, 'spdk.sock'), vhostDir: vhost, stateDir: path.join(dir, 'sim') });
+  await sim.start();
+  const backend = createSpdkBackend({
+    socketPath: path.join(dir, 'spdk.sock'),
+    vhostDir: vhost,
+    stateDir: path.join(dir, 'st', 'spdk'),
+    lvstore: { baseBdev: { kind: 'aio', filename: path.join(dir, 'lvs.img'), sizeMiB: opts.lvstoreMiB } },
+  });
+  const api = await FakeApiServer.start();
+  opts.instrument?.(backend, api);
+  api.put(CIMGS, { apiVersion: 'kubevirt-spdk.io/v1alpha1', kind: 'CachedImage', metadata: { name: 'base' }, spec: { source: { hostPath: { path: image } } } });
+  const { server: kubelet, socket, slots } = await startFakePodResources(dir);
+  const cluster = new ClusterAgent({
+    node: opts.node,
+    kubeConfig: api.kubeConfig('agent'),
+    podResources: new PodResourcesClient(socket),
+    agent: { backend, stateDir: path.join(dir, 'st'), socket: { ...OWNER, mode: 0o660 }, orphanGraceMs: 0, resyncMs: 200 },
+    logger: opts.logger ?? silentLogger,
+    podResourcesPollMs: 100,
+    retry: { initialMs: 50, maxMs: 200 },
+    debounceMs: 10,
+  });
+  await backend.start();
+  return { dir, node: opts.node, sim, backend, api, kubelet, slots, cluster };
+}
+
+export async function stopClusterRig(r: ClusterRig): Promise<void> {
+  await r.cluster.stop();
+  await r.backend.close();
+  await r.sim.stop();
+  r.kubelet.forceShutdown();
+  await r.api.close();
+  await rm(r.dir, { recursive: true, force: true });
+}
+
+export function vmiObject(name: string, uid: string, volumes: string, node: string): Obj {
+  return {
+    apiVersion: 'kubevirt.io/v1',
+    kind: 'VirtualMachineInstance',
+    metadata: { name, namespace: 'default', uid, labels: { 'kubevirt.io/nodeName': node }, annotations: { 'kubevirt-spdk.io/volumes': volumes } },
+    spec: { domain: { devices: { disks: [] } } },
+  };
+}
+
+/** What KubeVirt would have: the VMI on this node, its launcher pod, the pod's slot. */
+export function schedule(r: ClusterRig, name: string, uid: string, slot: string, volumes: string): void {
+  r.api.put(VMIS, vmiObject(name, uid, volumes, r.node));
+  r.api.put(PODS, {
+    apiVersion: 'v1',
+    kind: 'Pod',
+    metadata: { name: `virt-launcher-${name}`, namespace: 'default', labels: { 'kubevirt.io': 'virt-launcher', 'kubevirt.io/created-by': uid } },
+    spec: { nodeName: r.node, containers: [{ name: 'compute', image: 'virt-launcher' }] },
+    status: { phase: 'Running' },
+  });
+  r.slots.push({ namespace: 'default', pod: `virt-launcher-${name}`, container: 'compute', slot });
+}
+
+/** Polls until `fn` gives a value other than undefined/false, bounded. */
+export async function eventually<T>(what: string, fn: () => T | undefined | false | Promise<T | undefined | false>, timeoutMs = 20_000): Promise<T> {
+  const end = Date.now() + timeoutMs;
+  for (;;) {
+    const v = await Promise.resolve()
+      .then(fn)
+      .catch(() => undefined);
+    if (v !== undefined && v !== false) return v;
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((res) => setTimeout(res, 25));
+  }
+}
