@@ -95,3 +95,30 @@ describe('VMI files (standalone): tags are errors too', () => {
     expect(problemsOf(() => parseVmiYaml(text, 'vmi.yaml'))).toEqual([`vmi.yaml.metadata.name: YAML tag !!js/function (line 4, column 9) ${PLAIN}`]);
   });
 });
+
+describe('the plain-YAML fast path', () => {
+  it('reads what the strict parser reads, for any tree of plain values', async () => {
+    const fc = (await import('fast-check')).default;
+    const { parse, stringify } = await import('yaml');
+    const { readPlainYaml } = await import('../../../src/api/yaml.js');
+    fc.assert(
+      fc.property(fc.jsonValue(), (value) => {
+        const text = stringify(value);
+        const fast = readPlainYaml(text);
+        if (fast === undefined) return; // tags/anchors/odd text: the strict path decides
+        expect(fast.value).toEqual(parse(text, { uniqueKeys: true, maxAliasCount: 0 }));
+      }),
+      { numRuns: 300 },
+    );
+  });
+
+  it('leaves anything it would have to judge to the strict path', async () => {
+    const { readPlainYaml } = await import('../../../src/api/yaml.js');
+    expect(readPlainYaml('a: 1\na: 2\n')).toBeUndefined(); // duplicate key
+    expect(readPlainYaml('a: !!js/function x\n')).toBeUndefined();
+    expect(readPlainYaml('a: &x 1\nb: *x\n')).toBeUndefined();
+    expect(readPlainYaml('- name: root\n  spdkVhostBlkDisk: {blank: {}, capacity: 1Gi}\n')).toEqual({
+      value: [{ name: 'root', spdkVhostBlkDisk: { blank: {}, capacity: '1Gi' } }],
+    });
+  });
+});
