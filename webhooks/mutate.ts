@@ -6,7 +6,7 @@ import jsonpatch, { type Operation } from 'fast-json-patch';
 import { ValidationError } from '../src/api/errors.js';
 import { formatBytes } from '../src/api/quantity.js';
 import { VHOST_SLOT_RESOURCE, VOLUMES_ANNOTATION, type SpdkVolume } from '../src/api/volumes.js';
-import { parseVmi, spdkVolumesOf, type Vmi } from '../src/api/vmi.js';
+import { parseVmi, spdkVolumesOf } from '../src/api/vmi.js';
 import type { AdmissionRequest, AdmissionResponse } from './admission-review.js';
 import type { ImageCatalog } from './catalog.js';
 import { PatchPathError, getAt, setAt } from './jsonpatch.js';
@@ -147,33 +147,6 @@ function withOurSidecar(list: SidecarList, cfg: MutationConfig): SidecarList | u
   return [...list, ours];
 }
 
-/**
- * spdkVolumesOf depends only on the annotation text and the VMI's own disk and volume names;
- * VMIs stamped from one template (VM pools, replica sets) repeat all three, and parsing the
- * YAML is most of an admission's cost. Bounded, least-recently-used.
- */
-const VOLUME_CACHE_SIZE = 512;
-const volumeCache = new Map<string, SpdkVolume[] | ValidationError>();
-
-function cachedSpdkVolumesOf(vmi: Vmi): SpdkVolume[] {
-  const names = [...vmi.spec.domain.devices.disks.map((d) => d.name), '|', ...vmi.spec.volumes.map((v) => v.name)];
-  const key = `${vmi.metadata.annotations[VOLUMES_ANNOTATION] ?? ''}\0${JSON.stringify(names)}`;
-  let hit = volumeCache.get(key);
-  if (hit === undefined) {
-    try {
-      hit = spdkVolumesOf(vmi);
-    } catch (e) {
-      if (!(e instanceof ValidationError)) throw e;
-      hit = e;
-    }
-    if (volumeCache.size >= VOLUME_CACHE_SIZE) volumeCache.delete(volumeCache.keys().next().value as string);
-  } else volumeCache.delete(key);
-  volumeCache.set(key, hit);
-  if (hit instanceof ValidationError) throw hit;
-  // Callers get their own copy: the cached value must not be changed through them.
-  return structuredClone(hit);
-}
-
 function objectAt(root: unknown, path: readonly string[]): unknown {
   return path.length ? getAt(root, path) : root;
 }
@@ -210,7 +183,8 @@ export function mutate(req: AdmissionRequest, catalog: ImageCatalog, cfg: Mutati
     // The VMI's name may still be empty (generateName): it plays no part in validation.
     const meta = (getAt(vmiLike, ['metadata']) ?? {}) as Record<string, unknown>;
     const vmi = parseVmi({ metadata: { ...meta, name: typeof meta.name === 'string' && meta.name ? meta.name : 'unnamed' }, spec: spec ?? {} }, target.where.replace(/\.$/, ''));
-    vols = cachedSpdkVolumesOf(vmi);
+    // parseVolumesAnnotation caches by text: VMs of one template parse once.
+    vols = spdkVolumesOf(vmi);
   } catch (e) {
     if (!(e instanceof ValidationError)) throw e;
     const long = `metadata.annotations["${VOLUMES_ANNOTATION}"]`;
