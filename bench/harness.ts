@@ -32,6 +32,9 @@ export function percentile(sorted: number[], p: number): number {
   return sorted[idx] ?? NaN;
 }
 
+/** The median of unsorted samples (the lower middle one for an even count). */
+export const median = (xs: number[]): number => percentile([...xs].sort((a, b) => a - b), 50);
+
 export const fmt = (n: number, digits = 2): string => (Number.isFinite(n) ? n.toFixed(digits) : String(n));
 
 export interface Series {

@@ -18,14 +18,12 @@ import type { StorageBackend } from '../src/backend/types.js';
 import { createMetrics } from '../src/metrics/metrics.js';
 import { SpdkSimulator } from '../src/simulator/index.js';
 import { SpdkRpcClient } from '../src/spdk/client.js';
-import { fmt, lineChart, percentile, timeIt, type BenchSection, type Series } from './harness.js';
+import { fmt, lineChart, median, timeIt, type BenchSection, type Series } from './harness.js';
 
 const MiB = 2 ** 20;
 const SIZES_MIB = [16, 64, 256, 512];
 const CLONES = 5;
 const COPIES = 3;
-
-const median = (xs: number[]): number => percentile([...xs].sort((a, b) => a - b), 50);
 
 async function writeImage(file: string, bytes: number): Promise<string> {
   // Non-zero, non-repeating content so no layer can shortcut the copy.

@@ -5,7 +5,7 @@
 import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { fmt, timeIt, type BenchSection } from './harness.js';
+import { fmt, median, timeIt, type BenchSection } from './harness.js';
 import { SpdkApi } from '../src/spdk/api.js';
 import { SpdkRpcClient } from '../src/spdk/client.js';
 import { SpdkSimulator } from '../src/simulator/index.js';
@@ -13,11 +13,6 @@ import { FakeSpdk } from '../test/helpers/fake-spdk.js';
 
 const N = 1000;
 const ROUNDS = 3;
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.floor(s.length / 2)] ?? NaN;
-}
 
 interface Target {
   label: string;

@@ -87,6 +87,8 @@ export class NodeAgent extends EventEmitter {
   readonly log: Logger;
   readonly metrics: Metrics;
   lastReport: ReconcileReport | undefined;
+  /** What `status.json` says since the last round (cluster mode publishes it without reading the file back). */
+  lastNodeStatus: NodeStatus | undefined;
 
   constructor(private readonly opts: NodeAgentOptions) {
     super();
@@ -412,6 +414,8 @@ export class NodeAgent extends EventEmitter {
       problems: report.problems,
     };
     // status.json is rewritten every round: its age tells `status` whether the agent is alive.
-    await writeFileAtomic(path.join(this.opts.stateDir, 'status.json'), `${JSON.stringify({ ...node, updatedAt }, null, 2)}\n`);
+    const status: NodeStatus = { ...node, updatedAt };
+    await writeFileAtomic(path.join(this.opts.stateDir, 'status.json'), `${JSON.stringify(status, null, 2)}\n`);
+    this.lastNodeStatus = status;
   }
 }

@@ -19,6 +19,16 @@ export function isTransient(err: unknown): boolean {
   return false;
 }
 
+/** Capped exponential backoff: `initialMs` after the first failure, doubling up to `maxMs`. */
+export interface Backoff {
+  initialMs: number;
+  maxMs: number;
+}
+
+export function backoffMs(failures: number, b: Backoff): number {
+  return Math.min(b.maxMs, b.initialMs * 2 ** Math.min(failures - 1, 16));
+}
+
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 /** Runs `fn`, retrying transient errors with bounded exponential backoff (full jitter). */
@@ -28,7 +38,7 @@ export async function withRetry<T>(fn: () => Promise<T>, opts: RetryOptions, onR
       return await fn();
     } catch (e) {
       if (!isTransient(e) || attempt >= opts.attempts) throw e;
-      const delay = Math.round(Math.random() * Math.min(opts.maxMs, opts.baseMs * 2 ** (attempt - 1)));
+      const delay = Math.round(Math.random() * backoffMs(attempt, { initialMs: opts.baseMs, maxMs: opts.maxMs }));
       onRetry?.(e, attempt, delay);
       await sleep(delay);
     }

@@ -87,13 +87,14 @@ function describeDevice(device: Element): string {
   return `<${device.localName}${dev ? ` dev="${dev}"` : ''}${alias ? ` alias="${alias}"` : ''}>`;
 }
 
-/** Removes whitespace-only text between elements so the pretty printer owns the layout. */
-function dropIgnorableWhitespace(el: Element): void {
-  const kids = childNodes(el);
-  if (!kids.some(isElement)) return;
-  for (const k of kids) {
-    if (k.nodeType === TEXT_NODE && /^\s*$/.test(k.nodeValue ?? '')) el.removeChild(k);
-    else if (isElement(k)) dropIgnorableWhitespace(k);
+/**
+ * Removes whitespace-only text from `parents` so the pretty printer owns the layout. The reader
+ * already dropped it from every element that had an element child; only an element this
+ * rewrite gave its first element child (`<devices>`, `<memoryBacking>`, `<domain>`) can hold some.
+ */
+function dropIgnorableWhitespace(parents: readonly Element[]): void {
+  for (const el of parents) {
+    for (const k of childNodes(el)) if (k.nodeType === TEXT_NODE && /^\s*$/.test(k.nodeValue ?? '')) el.removeChild(k);
   }
 }
 
@@ -130,8 +131,8 @@ function checkBootOrders(domain: Element, devices: Element, volumes: SpdkVolume[
   if (problems.length) throw new ConvertError(problems);
 }
 
-/** vhost-user needs guest memory that the backend can map: memfd, shared. */
-function ensureSharedMemory(doc: Document, domain: Element): void {
+/** vhost-user needs guest memory that the backend can map: memfd, shared. Returns `<memoryBacking>`. */
+function ensureSharedMemory(doc: Document, domain: Element): Element {
   let backing = child(domain, 'memoryBacking');
   if (!backing) {
     backing = makeElement(doc, 'memoryBacking', {});
@@ -145,6 +146,7 @@ function ensureSharedMemory(doc: Document, domain: Element): void {
   const access = child(backing, 'access');
   if (!access) insertOrdered(backing, makeElement(doc, 'access', { mode: 'shared' }));
   else access.setAttribute('mode', 'shared');
+  return backing;
 }
 
 function insertOrdered(backing: Element, el: Element): void {
@@ -171,8 +173,8 @@ function parseDomain(domainXml: string): { builder: XMLBuilder; doc: Document; d
   return { builder, doc, domain };
 }
 
-function serialize(builder: XMLBuilder, domain: Element): string {
-  dropIgnorableWhitespace(domain);
+function serialize(builder: XMLBuilder, grown: readonly Element[]): string {
+  dropIgnorableWhitespace(grown);
   return `${builder.end({ headless: true, prettyPrint: true, indent: '  ' })}\n`;
 }
 
@@ -226,6 +228,6 @@ export function convertDomain(domainXml: string, vmi: Vmi, options: ConvertOptio
     before = disk.nextSibling;
   });
 
-  ensureSharedMemory(doc, domain);
-  return serialize(builder, domain);
+  const backing = ensureSharedMemory(doc, domain);
+  return serialize(builder, [domain, devices, backing]);
 }

@@ -18,7 +18,7 @@ export interface ParsedXml {
 
 /** A libvirt domain is about 6 levels deep; this bounds hostile input well above that. */
 const MAX_DEPTH = 256;
-/** The converter's notion of indentation (see dropIgnorableWhitespace there). */
+/** The converter's notion of indentation (see dropIgnorableWhitespace in index.ts). */
 const IGNORABLE_WHITESPACE = /^\s*$/;
 
 /** Parses `xml` strictly; throws ConvertError naming the first problem and its position. */
@@ -35,10 +35,10 @@ export function parseXmlStrict(xml: string, what = 'domain XML'): ParsedXml {
   /*
    * Indentation between elements is dropped here rather than built and removed later: the
    * converter's pretty printer re-indents anyway, and those text nodes were a large share of
-   * the DOM work. The rule is the one the converter applies before serialising (a
-   * whitespace-only text node goes when its parent has an element child), so the output is
-   * the same: per open element, whether it has an element child yet, and the whitespace-only
-   * text nodes appended before the first one (removed when it arrives).
+   * the DOM work. The rule: a whitespace-only text node goes when its parent has an element
+   * child (the converter applies it once more, only to the elements it gives children). Per
+   * open element: whether it has an element child yet, and the whitespace-only text nodes
+   * appended before the first one (removed when it arrives).
    */
   const hasElementChild: boolean[] = [false];
   const pendingBlank: Array<Node[] | undefined> = [undefined];

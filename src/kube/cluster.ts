@@ -1,9 +1,6 @@
-import { readFile } from 'node:fs/promises';
-import path from 'node:path';
 import type { KubeConfig, KubernetesObject } from '@kubernetes/client-node';
 import type { VmiRef, VmiStatus } from '../api/status.js';
 import { NodeAgent, type NodeAgentOptions } from '../agent/agent.js';
-import { NodeStatusSchema } from '../agent/node-status.js';
 import type { Logger } from '../log.js';
 import { KubeApi, isNotFound, paths } from './api.js';
 import { ResilientInformer, errorText } from './informer.js';
@@ -125,7 +122,7 @@ export class ClusterAgent {
   /** Opens the journal, starts informers and the PodResources poll. Does not wait for the API server. */
   async start(): Promise<void> {
     await this.agent.init();
-    this.agent.on('reconciled', () => void this.publishCache());
+    this.agent.on('reconciled', () => this.publishCache());
     for (const inf of this.informers) {
       inf.on('change', () => this.schedule());
       inf.on('synced', () => this.schedule());
@@ -293,14 +290,9 @@ export class ClusterAgent {
   }
 
   /** Rewrites the NodeImageCache when the node's cache changed (or as a heartbeat). */
-  private async publishCache(): Promise<void> {
-    let node;
-    try {
-      node = NodeStatusSchema.parse(JSON.parse(await readFile(path.join(this.agent.stateDir, 'status.json'), 'utf8')));
-    } catch (e) {
-      this.log.warn({ event: 'node-status-unreadable', error: errorText(e) }, 'cannot read the agent status file');
-      return;
-    }
+  private publishCache(): void {
+    const node = this.agent.lastNodeStatus;
+    if (!node) return;
     const status = nodeImageCacheStatus(node, new Date().toISOString());
     const heartbeat = this.opts.cacheHeartbeatMs ?? 10 * 60_000;
     const prev = this.cacheWritten;

@@ -1,5 +1,6 @@
 import { EventEmitter } from 'node:events';
 import { ListWatch, Watch, type KubeConfig, type KubernetesListObject, type KubernetesObject } from '@kubernetes/client-node';
+import { backoffMs, type Backoff } from '../agent/retry.js';
 import type { Logger } from '../log.js';
 
 /**
@@ -19,8 +20,11 @@ export interface InformerOptions<T extends KubernetesObject> {
   labelSelector?: string;
   fieldSelector?: string;
   logger: Logger;
-  backoff?: { initialMs: number; maxMs: number };
+  backoff?: Backoff;
 }
+
+/** Informer restarts and API writes: from half a second up to 30 s while the API server is away. */
+export const DEFAULT_API_BACKOFF: Backoff = { initialMs: 500, maxMs: 30_000 };
 
 /** Reports when a watch request was answered with 200 (the list before it was applied). */
 class TrackingWatch extends Watch {
@@ -126,8 +130,7 @@ export class ResilientInformer<T extends KubernetesObject> extends EventEmitter 
     this.healthy = false;
     this.lastErrorText = text;
     this.failures++;
-    const { initialMs, maxMs } = this.opts.backoff ?? { initialMs: 500, maxMs: 30_000 };
-    const delayMs = Math.min(maxMs, initialMs * 2 ** Math.min(this.failures - 1, 16));
+    const delayMs = backoffMs(this.failures, this.opts.backoff ?? DEFAULT_API_BACKOFF);
     // One warning per outage, then debug lines: a long outage must not flood the log.
     const level = wasHealthy || this.failures === 1 ? 'warn' : 'debug';
     this.log[level]({ event: 'informer-failed', error: text, retryInMs: delayMs, failures: this.failures }, 'watch failed; keeping the last known objects and retrying');

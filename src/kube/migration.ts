@@ -13,7 +13,7 @@ import { RemoteDiskRefSchema, type ListenAddress, type RemoteDiskRef } from '../
 import type { StorageBackend } from '../backend/types.js';
 import type { Logger } from '../log.js';
 import { recordMigration, type Metrics, type MigrationOutcome } from '../metrics/metrics.js';
-import { migrationKey, outcomeOf, planMigration, type MigratingDisk, type MigrationPlan, type Outcome } from '../migration/coordinator.js';
+import { freshJournal, migrationKey, outcomeOf, planMigration, type MigratingDisk, type MigrationPlan } from '../migration/coordinator.js';
 import { executeMigrationPlan } from '../migration/executor.js';
 import { MigrationJournalSchema, MigrationStateSchema, type MigrationJournal, type MigrationState } from '../migration/schemas.js';
 import { KUBEVIRT_GROUP, KUBEVIRT_VERSION, VMI_PLURAL, isNotFound, type KubeApi } from './api.js';
@@ -144,6 +144,12 @@ export function outcomeToReport(plan: Pick<MigrationPlan, 'role' | 'outcome' | '
 /** A running source migration whose exports a backend restart took away: it must be aborted. */
 export function needsAbort(rec: MigrationRecord, state: MigrationState | undefined): boolean {
   return rec.journal.role === 'source' && rec.abort === undefined && state !== undefined && outcomeOf(state) === 'running' && Object.keys(rec.journal.exports).length > 0;
+}
+
+/** Nothing of the migration is left on this node: no export, no attached disk, no controller it made (a source's are given up). */
+function keepsNothing(j: MigrationJournal): boolean {
+  const empty = (r: Record<string, unknown>): boolean => Object.keys(r).length === 0;
+  return empty(j.exports) && empty(j.attached) && (j.role === 'source' || empty(j.controllers));
 }
 
 /** Source disks the node must keep (never deleted): those it exports. */
@@ -412,7 +418,7 @@ export class MigrationAgent {
     if (!rec) {
       // Only a migration still running is worth starting; an old, finished one is history.
       if (outcomeOf(state) !== 'running') return;
-      rec = { vmi: facts.ref, journal: freshRecordJournal(key, role), ...(state.sourceNode ? { sourceNode: state.sourceNode } : {}), ...(role === 'source' && slotHere ? { slot: slotHere } : {}) };
+      rec = { vmi: facts.ref, journal: freshJournal(key, role), ...(state.sourceNode ? { sourceNode: state.sourceNode } : {}), ...(role === 'source' && slotHere ? { slot: slotHere } : {}) };
       await this.save(rec);
     }
     if (rec.abort === 'pending') rec = await this.abortMigration(rec, state, log);
@@ -449,9 +455,13 @@ export class MigrationAgent {
     if (report) {
       recordMigration(report, this.opts.metrics);
       log.info({ event: `migration.${report}` }, `migration ${report}`);
-      await this.save({ ...current, reported: report });
+      current = { ...current, reported: report };
+      await this.save(current);
     }
     if (failure !== undefined) throw failure;
+    // A finished migration that keeps nothing here is history (a new one starts afresh): forgetting
+    // it stops fetching a VMI that is no longer on this node's informers every poll.
+    if (plan.outcome !== 'running' && current.reported !== undefined && keepsNothing(current.journal)) await this.forget(uid);
   }
 
   private async publish(facts: VmiMigrationFacts, j: MigrationJournal, log: Logger): Promise<void> {
@@ -507,12 +517,6 @@ export class MigrationAgent {
 }
 
 const NO_ADDRESS = 'this node has no address for disk exports: set --node-address or the NODE_IP environment variable';
-
-function freshRecordJournal(key: string, role: 'source' | 'target'): MigrationJournal {
-  return { migrationUid: key, role, exports: {}, attached: {}, controllers: {}, dataNode: {}, phase: 'preparing' };
-}
-
-export type { Outcome };
 
 // ---- wiring ------------------------------------------------------------------------------------------
 

@@ -1,5 +1,6 @@
+import { backoffMs, type Backoff } from '../agent/retry.js';
 import type { Logger } from '../log.js';
-import { errorText } from './informer.js';
+import { DEFAULT_API_BACKOFF, errorText } from './informer.js';
 import { isNotFound } from './api.js';
 
 /**
@@ -17,7 +18,7 @@ export class Outbox {
 
   constructor(
     private readonly log: Logger,
-    private readonly backoff: { initialMs: number; maxMs: number } = { initialMs: 500, maxMs: 30_000 },
+    private readonly backoff: Backoff = DEFAULT_API_BACKOFF,
   ) {}
 
   get size(): number {
@@ -52,7 +53,7 @@ export class Outbox {
   }
 
   private delayMs(): number {
-    return this.failures === 0 ? 0 : Math.min(this.backoff.maxMs, this.backoff.initialMs * 2 ** Math.min(this.failures - 1, 16));
+    return this.failures === 0 ? 0 : backoffMs(this.failures, this.backoff);
   }
 
   private schedule(delayMs: number): void {

@@ -1,3 +1,4 @@
+import { controllerName } from '../agent/naming.js';
 import type { ListenAddress, RemoteDiskRef } from '../backend/remote.js';
 import type { MigrationJournal, MigrationState } from './schemas.js';
 
@@ -72,8 +73,6 @@ export interface MigrationPlan {
   journal: MigrationJournal | undefined;
 }
 
-export const controllerOf = (slot: string, disk: string): string => `${slot}/${disk}`;
-
 export function outcomeOf(s: MigrationState): Outcome {
   if (s.abortStatus === 'Succeeded') return 'aborted';
   if (s.failed === true) return 'failed';
@@ -133,7 +132,7 @@ function planSource(input: CoordinatorInput, s: MigrationState, j: MigrationJour
     for (const d of local) if (j.dataNode[d.name] !== input.node) actions.push({ type: 'recordDataNode', disk: d.name, node: input.node });
     if (input.slot !== undefined) {
       for (const d of input.disks) {
-        if (j.controllers[d.name] === undefined) actions.push({ type: 'deleteController', disk: d.name, controller: controllerOf(input.slot, d.name) });
+        if (j.controllers[d.name] === undefined) actions.push({ type: 'deleteController', disk: d.name, controller: controllerName(input.slot, d.name) });
       }
     }
     return plan('source', outcome, j, [...actions, ...phase('handedOver')]);
@@ -201,7 +200,7 @@ function planTarget(input: CoordinatorInput, s: MigrationState, j: MigrationJour
     actions.push({
       type: 'createController',
       disk: d.name,
-      controller: controllerOf(input.slot, d.name),
+      controller: controllerName(input.slot, d.name),
       readonly: d.readonly,
       ...(d.queues !== undefined ? { queues: d.queues } : {}),
     });

@@ -381,8 +381,9 @@ export type BdevNvmeDetachControllerParams = z.input<typeof BdevNvmeDetachContro
 // ---- the table ----------------------------------------------------------------------------
 
 /**
- * method -> schemas. The simulator can validate incoming params with the same table;
- * `params: NoParams` marks methods that must be sent without `params`.
+ * method -> schemas, for the client side. (The simulator decodes incoming params as SPDK
+ * does, more leniently, in simulator/params.ts.) `params: NoParams` marks methods that must
+ * be sent without `params`.
  */
 export const SPDK_METHODS = {
   spdk_get_version: { params: NoParams, result: SpdkVersion },

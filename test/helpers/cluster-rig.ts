@@ -13,6 +13,7 @@ import { silentLogger, type Logger } from '../../src/log.js';
 import { SpdkSimulator } from '../../src/simulator/index.js';
 import { FakeApiServer, type Obj } from './fake-apiserver.js';
 import { startFakePodResources } from './fake-podresources.js';
+import { until } from './process.js';
 
 export const VMIS = 'kubevirt.io/v1/virtualmachineinstances';
 export const PODS = '/v1/pods';
@@ -89,28 +90,24 @@ export function vmiObject(name: string, uid: string, volumes: string, node: stri
   };
 }
 
+/** A virt-launcher pod of the VMI with `uid` on `node`. */
+export function launcherPod(name: string, uid: string, node: string, phase = 'Running'): Obj {
+  return {
+    apiVersion: 'v1',
+    kind: 'Pod',
+    metadata: { name, namespace: 'default', labels: { 'kubevirt.io': 'virt-launcher', 'kubevirt.io/created-by': uid } },
+    spec: { nodeName: node, containers: [{ name: 'compute', image: 'virt-launcher' }] },
+    status: { phase },
+  };
+}
+
 /** What KubeVirt would have: the VMI on this node, its launcher pod, the pod's slot. */
 export function schedule(r: ClusterRig, name: string, uid: string, slot: string, volumes: string): void {
   r.api.put(VMIS, vmiObject(name, uid, volumes, r.node));
-  r.api.put(PODS, {
-    apiVersion: 'v1',
-    kind: 'Pod',
-    metadata: { name: `virt-launcher-${name}`, namespace: 'default', labels: { 'kubevirt.io': 'virt-launcher', 'kubevirt.io/created-by': uid } },
-    spec: { nodeName: r.node, containers: [{ name: 'compute', image: 'virt-launcher' }] },
-    status: { phase: 'Running' },
-  });
+  r.api.put(PODS, launcherPod(`virt-launcher-${name}`, uid, r.node));
   r.slots.push({ namespace: 'default', pod: `virt-launcher-${name}`, container: 'compute', slot });
 }
 
-/** Polls until `fn` gives a value other than undefined/false, bounded. */
-export async function eventually<T>(what: string, fn: () => T | undefined | false | Promise<T | undefined | false>, timeoutMs = 20_000): Promise<T> {
-  const end = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await Promise.resolve()
-      .then(fn)
-      .catch(() => undefined);
-    if (v !== undefined && v !== false) return v;
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((res) => setTimeout(res, 25));
-  }
-}
+/** `until` with the cluster tests' bounds: a shorter time-out, a faster poll. */
+export const eventually = <T>(what: string, fn: () => T | undefined | false | Promise<T | undefined | false>, timeoutMs = 20_000): Promise<T> =>
+  until(what, fn, timeoutMs, 25);

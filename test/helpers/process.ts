@@ -31,14 +31,21 @@ export async function killAll(procs: ChildProcess[]): Promise<void> {
   }
 }
 
-/** Polls `fn` until it returns a value (not undefined), bounded. */
-export async function until<T>(what: string, fn: () => Promise<T | undefined>, timeoutMs = 30_000): Promise<T> {
+/** Polls `fn` (sync or async) until it gives a value other than undefined/false, bounded; a throw counts as "not yet". */
+export async function until<T>(
+  what: string,
+  fn: () => T | undefined | false | Promise<T | undefined | false>,
+  timeoutMs = 30_000,
+  pollMs = 100,
+): Promise<T> {
   const end = Date.now() + timeoutMs;
   for (;;) {
-    const v = await fn().catch(() => undefined);
-    if (v !== undefined) return v;
+    const v = await Promise.resolve()
+      .then(fn)
+      .catch(() => undefined);
+    if (v !== undefined && v !== false) return v;
     if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
+    await new Promise((r) => setTimeout(r, pollMs));
   }
 }
 

@@ -13,6 +13,7 @@ import { PodResourcesClient, type PodSlot } from '../../src/kube/podresources.js
 import { createLogger, silentLogger } from '../../src/log.js';
 import { createMetrics, type Metrics } from '../../src/metrics/metrics.js';
 import { NvmfFabric, SpdkSimulator } from '../../src/simulator/index.js';
+import { PODS, VMIS, eventually as until, launcherPod, vmiObject } from '../helpers/cluster-rig.js';
 import { FakeApiServer, type Obj } from '../helpers/fake-apiserver.js';
 import { startFakePodResources } from '../helpers/fake-podresources.js';
 
@@ -23,9 +24,7 @@ import { startFakePodResources } from '../helpers/fake-podresources.js';
  * VMI, adds the target pod, then marks the migration completed, failed or aborted.
  */
 
-const VMIS = 'kubevirt.io/v1/virtualmachineinstances';
 const VMIMS = 'kubevirt.io/v1/virtualmachineinstancemigrations';
-const PODS = '/v1/pods';
 const EVENTS = '/v1/events';
 const OWNER = { uid: process.getuid?.() ?? 0, gid: process.getgid?.() ?? 0 };
 const UID = 'uid-m1';
@@ -50,18 +49,6 @@ interface Rig {
   b: Node;
 }
 let rig: Rig | undefined;
-
-async function until<T>(what: string, fn: () => T | undefined | false | Promise<T | undefined | false>, timeoutMs = 15_000): Promise<T> {
-  const end = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await Promise.resolve()
-      .then(fn)
-      .catch(() => undefined);
-    if (v !== undefined && v !== false) return v;
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 25));
-  }
-}
 
 async function startNode(dir: string, name: string, fabric: NvmfFabric, api: FakeApiServer): Promise<Node> {
   const d = path.join(dir, name);
@@ -118,15 +105,7 @@ afterEach(async () => {
 
 // ---- the test plays KubeVirt -----------------------------------------------------------------------
 
-function pod(name: string, node: string, phase = 'Running'): Obj {
-  return {
-    apiVersion: 'v1',
-    kind: 'Pod',
-    metadata: { name, namespace: 'default', labels: { 'kubevirt.io': 'virt-launcher', 'kubevirt.io/created-by': UID } },
-    spec: { nodeName: node, containers: [{ name: 'compute', image: 'virt-launcher' }] },
-    status: { phase },
-  };
-}
+const pod = (name: string, node: string, phase?: string): Obj => launcherPod(name, UID, node, phase);
 
 const currentVmi = (r: Rig): Obj => {
   const o = r.api.get(VMIS, 'vm1', 'default');
@@ -143,12 +122,7 @@ function updateVmi(r: Rig, labels: Record<string, string>, migrationState: Recor
 }
 
 async function runningOnA(r: Rig): Promise<void> {
-  r.api.put(VMIS, {
-    apiVersion: 'kubevirt.io/v1',
-    kind: 'VirtualMachineInstance',
-    metadata: { name: 'vm1', namespace: 'default', uid: UID, labels: { 'kubevirt.io/nodeName': 'node-a' }, annotations: { 'kubevirt-spdk.io/volumes': VOLUMES } },
-    spec: { domain: { devices: { disks: [] } } },
-  });
+  r.api.put(VMIS, vmiObject('vm1', UID, VOLUMES, 'node-a'));
   r.api.put(PODS, pod('virt-launcher-vm1-src', 'node-a'));
   r.a.slots.push({ namespace: 'default', pod: 'virt-launcher-vm1-src', container: 'compute', slot: 'slot-01' });
   await Promise.all([r.a.agent.start(), r.b.agent.start()]);

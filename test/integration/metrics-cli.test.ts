@@ -9,6 +9,7 @@ import { promisify } from 'node:util';
 import { afterEach, describe, expect, it } from 'vitest';
 import { SpdkSimulator } from '../../src/simulator/index.js';
 import { cliArgv } from '../helpers/cli.js';
+import { until } from '../helpers/process.js';
 
 let dir: string | undefined;
 let sim: SpdkSimulator | undefined;
@@ -37,16 +38,6 @@ const get = (url: string): Promise<{ status: number; body: string }> =>
       })
       .on('error', reject);
   });
-
-async function until<T>(what: string, fn: () => Promise<T | undefined> | T | undefined, timeoutMs = 30_000): Promise<T> {
-  const end = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await Promise.resolve(fn()).catch(() => undefined);
-    if (v !== undefined) return v;
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
 
 describe('CLI observability flags', () => {
   it('the standalone agent serves /metrics with its disks and SPDK calls on --metrics-port', async () => {

@@ -6,6 +6,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { NvmfFabric, SpdkSimulator } from '../../src/simulator/index.js';
+import { until } from '../helpers/process.js';
 import { RawRpcClient } from '../unit/simulator/rpc-client.js';
 
 interface Rig {
@@ -39,14 +40,6 @@ function connectUnix(p: string): Promise<net.Socket> {
   });
 }
 
-async function until(check: () => boolean | Promise<boolean>, what: string): Promise<void> {
-  for (let i = 0; i < 400; i++) {
-    if (await check()) return;
-    await new Promise((r) => setTimeout(r, 5));
-  }
-  throw new Error(`timed out waiting for ${what}`);
-}
-
 async function lvolDisk(c: RawRpcClient): Promise<string> {
   await c.ok('bdev_malloc_create', { name: 'M', num_blocks: 8192, block_size: 4096 });
   await c.ok('bdev_lvol_create_lvstore', { bdev_name: 'M', lvs_name: 'lvs', cluster_sz: 1048576 });
@@ -76,13 +69,13 @@ describe('vhost controller sockets', () => {
     expect((await fs.stat(sock)).isSocket()).toBe(true);
 
     const qemu = await connectUnix(sock);
-    await until(async () => (await client.ok<Array<{ sessions: unknown[] }>>('vhost_get_controllers'))[0]?.sessions.length === 1, 'a session');
+    await until('a session', async () => (await client.ok<Array<{ sessions: unknown[] }>>('vhost_get_controllers'))[0]?.sessions.length === 1, 2_000, 5);
     const [ctrl] = await client.ok<Array<{ ctrlr: string; socket: string; sessions: Array<{ id: number }> }>>('vhost_get_controllers', { name: 'slot-07/root' });
     expect(ctrl).toMatchObject({ ctrlr: 'slot-07/root', socket: sock });
     expect(sim.snapshot().controllers[0]?.sessions).toBe(1);
 
     qemu.destroy();
-    await until(() => sim.snapshot().controllers[0]?.sessions === 0, 'the session to end');
+    await until('the session to end', () => sim.snapshot().controllers[0]?.sessions === 0, 2_000, 5);
 
     const again = await connectUnix(sock);
     const closed = new Promise<void>((resolve) => again.once('close', () => resolve()));

@@ -558,7 +558,8 @@ export class QsdBackend extends EventEmitter implements StorageBackend {
 
     // A node already open on this disk (an NBD export's, or a remote disk's): QEMU's image
     // locks forbid opening the file a second time, and a remote disk has no file at all.
-    const shared = (await this.blockNodes()).find(
+    const openNodes = await this.blockNodes();
+    const shared = openNodes.find(
       (n) => n.file === spec.diskRef && n.drv !== 'file' && n['node-name'] !== undefined && n['node-name'] !== nodes.format,
     );
     if (shared?.['node-name'] !== undefined) {
@@ -571,11 +572,11 @@ export class QsdBackend extends EventEmitter implements StorageBackend {
     // writing a qcow2 header into a raw disk can never make us open other files.
     const format = path.dirname(spec.diskRef) === this.disksDir && spec.diskRef.endsWith('.qcow2') ? 'qcow2' : 'raw';
 
-    const existingNode = (await this.blockNodes()).find((n) => n['node-name'] === nodes.format);
-    if (existingNode && (existingNode.file !== spec.diskRef || existingNode.ro !== spec.readonly)) {
-      await this.deleteNode(nodes.format);
-    }
-    if (!existingNode || existingNode.file !== spec.diskRef || existingNode.ro !== spec.readonly) {
+    // A node of ours left open by an earlier attempt is reused only when it matches the spec.
+    const existingNode = openNodes.find((n) => n['node-name'] === nodes.format);
+    const reusable = existingNode !== undefined && existingNode.file === spec.diskRef && existingNode.ro === spec.readonly;
+    if (existingNode && !reusable) await this.deleteNode(nodes.format);
+    if (!reusable) {
       await this.exec(
         'blockdev-add',
         {

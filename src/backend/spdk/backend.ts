@@ -22,6 +22,7 @@ import {
   type StorageBackend,
 } from '../types.js';
 import { KeyedMutex, SingleFlight } from './concurrency.js';
+import { toBackendError } from './errors.js';
 import * as remote from './export.js';
 import type { ExportOptions, RemoteDiskRef } from '../remote.js';
 import {
@@ -454,7 +455,7 @@ export class SpdkBackend extends EventEmitter implements StorageBackend {
     const alias = lvolAlias(this.lvs, goldenName(name));
     const bdev = await this.getBdev(alias);
     if (!bdev) throw new BackendError(`image ${name}: golden lvol ${alias} vanished`, 'notFound');
-    const clones = (lvolInfoOf(bdev)?.clones ?? []).filter((c) => classifyLvol(c).role === 'disk');
+    const clones = diskClonesOf(bdev);
     return { name, phase: 'ready', sizeBytes: bdevSizeBytes(bdev), ref: alias, cloneCount: clones.length };
   }
 
@@ -466,7 +467,7 @@ export class SpdkBackend extends EventEmitter implements StorageBackend {
     const golden = lvolAlias(this.lvs, goldenName(name));
     const bdev = await this.getBdev(golden);
     if (bdev) {
-      const clones = (lvolInfoOf(bdev)?.clones ?? []).filter((c) => classifyLvol(c).role === 'disk');
+      const clones = diskClonesOf(bdev);
       if (clones.length > 0) {
         throw new BackendError(`image ${name}: ${clones.length} disk(s) are clones of it (${clones.join(', ')})`, 'busy');
       }
@@ -696,6 +697,11 @@ export function createSpdkBackend(
   return new SpdkBackend({ ...rest, client });
 }
 
+/** The VM disks cloned from a golden image's lvol (an import's own lvol is not one). */
+function diskClonesOf(golden: Bdev): string[] {
+  return (lvolInfoOf(golden)?.clones ?? []).filter((c) => classifyLvol(c).role === 'disk');
+}
+
 /** Controllers name their bdev by UUID (v24.01); accept a name or alias too. */
 function servesBdev(c: VhostController, bdev: Bdev): boolean {
   const served = c.backend_specific.block?.bdev;
@@ -721,26 +727,6 @@ async function ensureBackingFile(filename: string, sizeMiB: number | undefined):
   } finally {
     await fh.close();
   }
-}
-
-const KIND_OF: Record<SpdkError['kind'], BackendError['kind']> = {
-  exists: 'invalid',
-  notFound: 'notFound',
-  busy: 'busy',
-  notPermitted: 'busy',
-  invalidParams: 'invalid',
-  noSpace: 'noSpace',
-  timeout: 'transport',
-  methodNotFound: 'internal',
-  internal: 'internal',
-  transport: 'transport',
-};
-
-export function toBackendError(e: unknown, what: string): BackendError {
-  if (e instanceof BackendError) return e;
-  if (e instanceof SpdkError) return new BackendError(`${what}: ${e.message}`, KIND_OF[e.kind], { cause: e });
-  if (e instanceof Error && e.name === 'AbortError') return new BackendError(`${what}: aborted`, 'transport', { cause: e });
-  return new BackendError(`${what}: ${e instanceof Error ? e.message : String(e)}`, 'internal', { cause: e });
 }
 
 function detachOnAbort<T>(p: Promise<T>, signal: AbortSignal): Promise<T> {

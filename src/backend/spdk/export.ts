@@ -4,6 +4,7 @@ import { SpdkError } from '../../spdk/errors.js';
 import type { Bdev } from '../../spdk/schemas.js';
 import { adrfamOf, exportNqn, type ExportOptions, type RemoteDiskRef } from '../remote.js';
 import { BackendError, type ObservedDisk } from '../types.js';
+import { toBackendError } from './errors.js';
 import { checkDiskId, lvolAlias } from './naming.js';
 import { bdevSizeBytes } from './schemas.js';
 
@@ -35,17 +36,8 @@ async function getBdev(api: SpdkApi, name: string): Promise<Bdev | undefined> {
     return (await api.bdevGetBdevs({ name }))[0];
   } catch (e) {
     if (isNotFound(e)) return undefined;
-    throw wrap(e, `looking up bdev ${name}`);
+    throw toBackendError(e, `looking up bdev ${name}`);
   }
-}
-
-function wrap(e: unknown, what: string): BackendError {
-  if (e instanceof BackendError) return e;
-  if (e instanceof SpdkError) {
-    const kind: BackendError['kind'] = e.kind === 'notFound' ? 'notFound' : e.kind === 'transport' || e.kind === 'timeout' ? 'transport' : e.kind === 'busy' ? 'busy' : e.kind === 'invalidParams' ? 'invalid' : 'internal';
-    return new BackendError(`${what}: ${e.message}`, kind, { cause: e });
-  }
-  return new BackendError(`${what}: ${e instanceof Error ? e.message : String(e)}`, 'internal', { cause: e });
 }
 
 /** nvmf_create_transport TCP once per spdk_tgt; "already exists" is success. */
@@ -54,7 +46,7 @@ async function ensureTcpTransport(api: SpdkApi): Promise<void> {
     await api.nvmfCreateTransport({ trtype: 'TCP' });
   } catch (e) {
     if (e instanceof SpdkError && /already exists/i.test(e.message)) return;
-    throw wrap(e, 'nvmf_create_transport TCP');
+    throw toBackendError(e, 'nvmf_create_transport TCP');
   }
 }
 
@@ -69,14 +61,14 @@ export async function exportDisk(ctx: ExportContext, id: string, opts: ExportOpt
   await ensureTcpTransport(ctx.api);
 
   const subsystems = await ctx.api.nvmfGetSubsystems().catch((e: unknown) => {
-    throw wrap(e, 'nvmf_get_subsystems');
+    throw toBackendError(e, 'nvmf_get_subsystems');
   });
   let sub = subsystems.find((s) => s.nqn === nqn);
   if (!sub) {
     await ctx.api
       .nvmfCreateSubsystem({ nqn, allow_any_host: true, serial_number: serialOf(id), model_number: 'kubevirt-spdk migration' })
       .catch((e: unknown) => {
-        throw wrap(e, `nvmf_create_subsystem ${nqn}`);
+        throw toBackendError(e, `nvmf_create_subsystem ${nqn}`);
       });
     sub = { nqn, subtype: 'NVMe', listen_addresses: [], hosts: [], namespaces: [] };
   }
@@ -85,7 +77,7 @@ export async function exportDisk(ctx: ExportContext, id: string, opts: ExportOpt
   if (other) throw new BackendError(`export of disk ${id}: subsystem ${nqn} already exports bdev ${other.bdev_name}`, 'busy');
   if (sub.namespaces.length === 0) {
     await ctx.api.nvmfSubsystemAddNs({ nqn, namespace: { bdev_name: alias } }).catch((e: unknown) => {
-      throw wrap(e, `nvmf_subsystem_add_ns ${nqn} ${alias}`);
+      throw toBackendError(e, `nvmf_subsystem_add_ns ${nqn} ${alias}`);
     });
   }
   const port = String(addr.port);
@@ -94,7 +86,7 @@ export async function exportDisk(ctx: ExportContext, id: string, opts: ExportOpt
     await ctx.api
       .nvmfSubsystemAddListener({ nqn, listen_address: { trtype: 'TCP', adrfam: adrfamOf(addr.host), traddr: addr.host, trsvcid: port } })
       .catch((e: unknown) => {
-        throw wrap(e, `nvmf_subsystem_add_listener ${nqn} ${addr.host}:${port}`);
+        throw toBackendError(e, `nvmf_subsystem_add_listener ${nqn} ${addr.host}:${port}`);
       });
   }
   ctx.log.info({ event: 'disk.exported', disk: id, nqn, traddr: addr.host, trsvcid: port }, 'disk exported over NVMe-oF/TCP');
@@ -105,7 +97,7 @@ export async function unexportDisk(ctx: ExportContext, id: string): Promise<void
   checkDiskId(id);
   const nqn = exportNqn(id);
   const subsystems = await ctx.api.nvmfGetSubsystems().catch((e: unknown) => {
-    throw wrap(e, 'nvmf_get_subsystems');
+    throw toBackendError(e, 'nvmf_get_subsystems');
   });
   if (!subsystems.some((s) => s.nqn === nqn)) return;
   try {
@@ -113,7 +105,7 @@ export async function unexportDisk(ctx: ExportContext, id: string): Promise<void
   } catch (e) {
     // Someone deleted it between the listing and the call.
     const still = await ctx.api.nvmfGetSubsystems().catch(() => subsystems);
-    if (still.some((s) => s.nqn === nqn)) throw wrap(e, `nvmf_delete_subsystem ${nqn}`);
+    if (still.some((s) => s.nqn === nqn)) throw toBackendError(e, `nvmf_delete_subsystem ${nqn}`);
   }
   ctx.log.info({ event: 'disk.unexported', disk: id, nqn }, 'disk export deleted');
 }
@@ -136,7 +128,7 @@ export async function attachRemoteDisk(ctx: ExportContext, ref: RemoteDiskRef, l
     } catch (e) {
       // -114 (EALREADY): a concurrent attach of the same controller; its bdev is what we want.
       if (!(e instanceof SpdkError && (e.code === -114 || e.kind === 'exists'))) {
-        const err = wrap(e, `disk ${localId}: attaching ${ref.subnqn} at ${ref.host}:${ref.port}`);
+        const err = toBackendError(e, `disk ${localId}: attaching ${ref.subnqn} at ${ref.host}:${ref.port}`);
         // An export that cannot be reached is not the target's bug: say so.
         throw new BackendError(err.message, err.kind === 'internal' ? 'transport' : err.kind, { cause: e });
       }
@@ -165,9 +157,9 @@ export async function detachRemoteDisk(ctx: ExportContext, localId: string, serv
     await ctx.api.bdevNvmeDetachController({ name: remoteControllerName(localId) });
     ctx.log.info({ event: 'remote.detached', disk: localId }, 'remote disk detached');
   } catch (e) {
-    // ENODEV: nothing attached under that name.
-    if (e instanceof SpdkError && (e.kind === 'notFound' || e.code === -19)) return;
-    throw wrap(e, `disk ${localId}: detaching ${remoteControllerName(localId)}`);
+    // ENODEV (notFound): nothing attached under that name.
+    if (isNotFound(e)) return;
+    throw toBackendError(e, `disk ${localId}: detaching ${remoteControllerName(localId)}`);
   }
 }
 

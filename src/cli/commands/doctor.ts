@@ -12,7 +12,7 @@ import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { promisify } from 'node:util';
 import { Registry } from 'prom-client';
-import { formatBytes } from '../../api/quantity.js';
+import { formatBytes, parseDuration } from '../../api/quantity.js';
 import { createMetrics } from '../../metrics/metrics.js';
 import { SpdkRpcClient } from '../../spdk/client.js';
 import { SpdkError } from '../../spdk/errors.js';
@@ -413,8 +413,8 @@ export async function run(argv: string[]): Promise<number> {
   };
   const uid = id('qemu-uid', values['qemu-uid']);
   const gid = id('qemu-gid', values['qemu-gid']);
-  const t = /^(\d+)(ms|s)$/.exec(values.timeout);
-  if (!t) problems.push(`--timeout: "${values.timeout}" must be like 3s or 500ms`);
+  const timeoutMs = parseDuration(values.timeout);
+  if (timeoutMs === undefined || timeoutMs <= 0) problems.push(`--timeout: "${values.timeout}" must be a duration above 0, like 3s or 500ms`);
   if (problems.length) {
     process.stderr.write(`kubevirt-spdk doctor: ${problems.join('; ')}\n${USAGE}`);
     return 2;
@@ -431,7 +431,7 @@ export async function run(argv: string[]): Promise<number> {
     qsdBinary: values['qsd-binary'],
     ...(values.kubeconfig ? { kubeconfig: values.kubeconfig } : {}),
     namespace: values.namespace,
-    timeoutMs: Number(t?.[1]) * (t?.[2] === 's' ? 1000 : 1),
+    timeoutMs: timeoutMs ?? 0,
     skipKube: values['no-kube'],
   });
   const findings = diagnose(facts);

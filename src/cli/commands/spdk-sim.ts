@@ -1,6 +1,7 @@
 import { parseArgs } from 'node:util';
 import { createLogger } from '../../log.js';
 import { SpdkSimulator } from '../../simulator/index.js';
+import { stopSignal } from '../signals.js';
 
 const USAGE = `usage: kubevirt-spdk spdk-sim --socket PATH --vhost-dir DIR [--state-dir DIR] [--cpumask 0x1] [--poll-interval-ms N]
 
@@ -58,22 +59,13 @@ export async function run(argv: string[]): Promise<number> {
     process.stderr.write(`kubevirt-spdk spdk-sim: ${(e as Error).message}\n`);
     return 1;
   }
-  return new Promise<number>((resolve) => {
-    const shutdown = (signal: string): void => {
-      process.off('SIGTERM', onTerm);
-      process.off('SIGINT', onInt);
-      logger.info({ event: 'signal', signal }, 'stopping');
-      sim.stop().then(
-        () => resolve(0),
-        (e: unknown) => {
-          logger.error({ event: 'stop_failed', err: String(e) }, 'stop failed');
-          resolve(1);
-        },
-      );
-    };
-    const onTerm = (): void => shutdown('SIGTERM');
-    const onInt = (): void => shutdown('SIGINT');
-    process.on('SIGTERM', onTerm);
-    process.on('SIGINT', onInt);
-  });
+  const signal = await stopSignal();
+  logger.info({ event: 'signal', signal }, 'stopping');
+  try {
+    await sim.stop();
+    return 0;
+  } catch (e) {
+    logger.error({ event: 'stop_failed', err: String(e) }, 'stop failed');
+    return 1;
+  }
 }

@@ -1,18 +1,8 @@
 import { describe, expect, it } from 'vitest';
-import { ValidationError } from '../../../src/api/errors.js';
 import { parseCachedImages } from '../../../src/api/cachedimage.js';
 import { formatBytes, parseDuration, parseQuantity } from '../../../src/api/quantity.js';
 import { hasSpdkVolumes, parseVmi, parseVmiYaml, slotOf, spdkVolumesOf, vcpuCount, vmiUid } from '../../../src/api/vmi.js';
-
-function problemsOf(fn: () => unknown): string[] {
-  try {
-    fn();
-  } catch (e) {
-    if (e instanceof ValidationError) return e.problems;
-    throw e;
-  }
-  throw new Error('expected a ValidationError');
-}
+import { problemsOf } from '../../helpers/validation.js';
 
 const ANN = 'kubevirt-spdk.io/volumes';
 const P = `metadata.annotations["${ANN}"]`;

@@ -1,23 +1,14 @@
 import { afterEach, beforeEach, describe, expect, it, vi, type MockInstance } from 'vitest';
-import { ValidationError } from '../../../src/api/errors.js';
 import { parseCachedImages } from '../../../src/api/cachedimage.js';
 import { parseVmiYaml } from '../../../src/api/vmi.js';
 import { parseVolumesAnnotation } from '../../../src/api/volumes.js';
+import { problemsOf } from '../../helpers/validation.js';
 
 /**
  * Strict YAML: what the `yaml` library only warns about (an unresolved tag becomes a plain
  * string, an unknown directive is skipped) must be a ValidationError naming the field, and no
  * process warning may be printed.
  */
-function problemsOf(fn: () => unknown): string[] {
-  try {
-    fn();
-  } catch (e) {
-    if (e instanceof ValidationError) return e.problems;
-    throw e;
-  }
-  throw new Error('expected a ValidationError');
-}
 
 const PLAIN = 'is not allowed: only plain values (strings, numbers, booleans, lists, mappings)';
 const SHA = 'a'.repeat(64);

@@ -9,6 +9,7 @@ import { BackendError, type ImageSpec } from '../../../../src/backend/types.js';
 import { SpdkApi } from '../../../../src/spdk/api.js';
 import { SpdkRpcClient } from '../../../../src/spdk/client.js';
 import { SpdkSimulator } from '../../../../src/simulator/index.js';
+import { until } from '../../../helpers/process.js';
 
 const MiB = 1024 * 1024;
 
@@ -74,15 +75,6 @@ afterEach(async () => {
     await fs.rm(r.dir, { recursive: true, force: true });
   }
 });
-
-/** Polls a condition of the simulator's model; bounded, never a timing assertion. */
-async function until(cond: () => boolean, tries = 200): Promise<void> {
-  for (let i = 0; i < tries; i++) {
-    if (cond()) return;
-    await new Promise((r) => setTimeout(r, 10));
-  }
-  throw new Error('condition not reached');
-}
 
 const lvolNamed = (r: Rig, name: string) => r.sim.snapshot().lvols.find((l) => l.name === name);
 
@@ -169,7 +161,7 @@ describe('SpdkBackend image cache', () => {
     r.sim.injectFault({ method: 'bdev_lvol_inflate', action: 'hang' });
     const importing = r.backend.ensureImage(spec);
     importing.catch(() => undefined);
-    await until(() => lvolNamed(r, 'img-fedora-importing') !== undefined);
+    await until('the importing lvol', () => lvolNamed(r, 'img-fedora-importing'), 2_000, 10);
 
     const reconnected = new Promise<void>((resolve) => r.backend.once('connected', () => resolve()));
     await r.sim.stop();
