@@ -1,7 +1,7 @@
 /**
  * Typed SPDK errors. SPDK reports one condition in several ways (-17 "File exists" from
  * bdev_malloc_create, -32602 "File exists" from vhost_create_blk_controller), so the kind is
- * classified from the code *and* the message: see ../shared/spdk/README.md.
+ * classified from the code *and* the message: see test/fixtures/spdk/README.md.
  */
 export const SPDK_ERROR_KINDS = [
   'exists',

@@ -1,6 +1,6 @@
 /**
  * zod schemas of the SPDK v24.01 JSON-RPC methods we use (names as in SPDK's doc/jsonrpc.md
- * and python/spdk/rpc/*.py, checked against the recording in ../shared/spdk/).
+ * and python/spdk/rpc/*.py, checked against the recording in test/fixtures/spdk/).
  *
  * Params are `.strict()`: SPDK answers an unknown or mistyped member only with an opaque
  * "spdk_json_decode_object failed", so a typo is caught here, naming the field.

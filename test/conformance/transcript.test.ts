@@ -12,7 +12,7 @@ import { TRANSCRIPT_PATH } from '../helpers/fake-spdk.js';
  * come from the recording only. UUIDs are compared as a consistent mapping: a UUID that
  * appears twice in the recording must map to the same simulator UUID both times.
  */
-// The ground truth lives in shared/ beside the repository, as in CI.
+// The ground truth: a recording of a real v24.01 target, kept in the repository.
 const RECORDING = TRANSCRIPT_PATH;
 // Paths the recording was made with, mapped to files of this run.
 const RECORDED_IMAGE = '/images/golden.raw';

@@ -30,7 +30,7 @@ export interface TranscriptEntry {
   outcome?: string;
 }
 
-export const TRANSCRIPT_PATH = path.join(REPO_ROOT, '..', 'shared', 'spdk', 'v24.01-rpc-transcript.jsonl');
+export const TRANSCRIPT_PATH = path.join(REPO_ROOT, 'test', 'fixtures', 'spdk', 'v24.01-rpc-transcript.jsonl');
 
 export function loadTranscript(): TranscriptEntry[] {
   return readFileSync(TRANSCRIPT_PATH, 'utf8')
