@@ -20,6 +20,6 @@ COPY --from=build /src/node_modules node_modules
 COPY --from=build /src/dist dist
 COPY --from=build /src/proto proto
 COPY package.json ./
-# The hook sidecar is started by virt-launcher with `--version v1alpha2`: the entry point
-# runs the sidecar then; every other component passes its subcommand.
+# Every component passes its subcommand (the webhook injects the hook sidecar with `sidecar`);
+# a bare `--version v1alphaN`, as older webhooks injected, also runs the sidecar.
 ENTRYPOINT ["node", "/opt/kubevirt-spdk/dist/src/cli/main.js"]

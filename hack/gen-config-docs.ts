@@ -111,7 +111,7 @@ const FLAG_DOCS: Record<string, Record<string, string>> = {
   sidecar: {
     'socket-dir': 'Hooks directory virt-launcher scans for hook sockets. Default `/var/run/kubevirt-hooks`.',
     'vhost-socket-dir': 'vhost socket directory inside the pod, written into the domain XML. Default `/var/run/kubevirt-spdk`.',
-    version: 'Advertise only this Callbacks version (`v1alpha1`, `v1alpha2`, `v1alpha3`); default all.',
+    version: 'Advertise only this Callbacks version (`v1alpha1`, `v1alpha2`, `v1alpha3`); default all, and virt-launcher picks the newest it speaks (`v1alpha3`, with Shutdown, from KubeVirt v1.2.0).',
     help: 'Print usage.',
   },
   doctor: {
@@ -153,6 +153,7 @@ const FLAG_DOCS: Record<string, Record<string, string>> = {
     host: 'Listen address.',
     port: 'HTTPS port.',
     'max-body-bytes': 'Largest AdmissionReview body accepted.',
+    'hook-sidecar': 'Hook sidecar injected into SPDK VMIs: `all` (lists every Callbacks version; KubeVirt picks `v1alpha3` with Shutdown from v1.2.0, `v1alpha2` before), `v1alpha1`/`v1alpha2`/`v1alpha3` (pinned), or `none` (KubeVirt >= v1.9 with the Plugin CR, see docs/kubevirt-versions.md).',
     help: 'Print usage.',
   },
 };

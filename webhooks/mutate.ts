@@ -7,6 +7,7 @@ import { ValidationError } from '../src/api/errors.js';
 import { formatBytes } from '../src/api/quantity.js';
 import { VHOST_SLOT_RESOURCE, VOLUMES_ANNOTATION, type SpdkVolume } from '../src/api/volumes.js';
 import { parseVmi, spdkVolumesOf } from '../src/api/vmi.js';
+import { CALLBACK_VERSIONS } from '../src/sidecar/versions.js';
 import type { AdmissionRequest, AdmissionResponse } from './admission-review.js';
 import type { ImageCatalog } from './catalog.js';
 import { PatchPathError, getAt, setAt } from './jsonpatch.js';
@@ -15,14 +16,30 @@ import { PatchPathError, getAt, setAt } from './jsonpatch.js';
 export const HOOK_SIDECARS_ANNOTATION = 'hooks.kubevirt.io/hookSidecars';
 /** Label on every VMI with SPDK disks: KubeVirt MigrationPolicies select VMIs by label. */
 export const SPDK_DISKS_LABEL = 'kubevirt-spdk.io/disks';
-/** Our sidecar speaks the v1alpha2 hook API (OnDefineDomain with the VMI). */
-export const SIDECAR_ARGS: readonly string[] = ['--version', 'v1alpha2'];
+/**
+ * How the webhook wires our domain rewrite into virt-launcher:
+ * - `all` (default): add the hook sidecar, listing Callbacks v1alpha1..v1alpha3; virt-launcher
+ *   picks the newest it speaks: v1alpha3 with Shutdown on KubeVirt >= v1.2.0 (so the launcher
+ *   pod terminates after the VM), v1alpha2 on older releases;
+ * - a version: add the hook sidecar pinned to it (v1alpha3 fails on KubeVirt < v1.2.0);
+ * - `none`: no hook sidecar, for KubeVirt >= v1.9 with the Plugin CR (VEP 190), whose sidecar
+ *   is added to the launcher pod by manifests/kubevirt/plugin.yaml.
+ */
+export const HOOK_SIDECAR_MODES = ['all', ...CALLBACK_VERSIONS, 'none'] as const;
+export type HookSidecarMode = (typeof HOOK_SIDECAR_MODES)[number];
+
+/** The injected container's args (the image's entry point is the kubevirt-spdk CLI). */
+export function sidecarArgs(mode: Exclude<HookSidecarMode, 'none'>): string[] {
+  return mode === 'all' ? ['sidecar'] : ['sidecar', '--version', mode];
+}
 
 export const MAX_VOLUMES_ANNOTATION_BYTES = 32 * 1024;
 
 export interface MutationConfig {
   /** Image of the kubevirt-spdk hook sidecar, e.g. registry/kubevirt-spdk:v0.1.0. */
   sidecarImage: string;
+  /** See HOOK_SIDECAR_MODES; default `all`. */
+  hookSidecar?: HookSidecarMode;
 }
 
 /**
@@ -137,9 +154,11 @@ function parseSidecars(text: string | undefined, field: string): SidecarList {
 
 /** The hookSidecars list with our entry in it (the user's entries kept), or undefined if already so. */
 function withOurSidecar(list: SidecarList, cfg: MutationConfig): SidecarList | undefined {
+  const mode = cfg.hookSidecar ?? 'all';
+  if (mode === 'none') return undefined;
   const repo = imageRepository(cfg.sidecarImage);
   const idx = list.findIndex((e) => typeof e.image === 'string' && imageRepository(e.image) === repo);
-  const ours = { ...(idx >= 0 ? list[idx] : {}), args: [...SIDECAR_ARGS], image: cfg.sidecarImage };
+  const ours = { ...(idx >= 0 ? list[idx] : {}), args: sidecarArgs(mode), image: cfg.sidecarImage };
   if (idx >= 0) {
     if (JSON.stringify(ours) === JSON.stringify(list[idx])) return undefined;
     return list.map((e, i) => (i === idx ? ours : e));

@@ -7,9 +7,9 @@ import path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
 import { protoPath } from '../proto.js';
+import { CALLBACK_VERSIONS, type CallbackVersion } from './versions.js';
 
-export const CALLBACK_VERSIONS = ['v1alpha1', 'v1alpha2', 'v1alpha3'] as const;
-export type CallbackVersion = (typeof CALLBACK_VERSIONS)[number];
+export { CALLBACK_VERSIONS, type CallbackVersion };
 
 const PROTO_FILES = ['kubevirt/hooks/info.proto', ...CALLBACK_VERSIONS.map((v) => `kubevirt/hooks/${v}.proto`)];
 

@@ -1,22 +1,26 @@
 /**
  * The KubeVirt hook sidecar: a gRPC server on a unix socket in virt-launcher's hooks directory.
- * virt-launcher calls Info (within 1 s) to learn our hook points and versions, then
- * OnDefineDomain with the domain XML and the VMI; we answer with convertDomain's rewrite.
+ * virt-launcher calls Info (within 1 s) to learn our hook points and versions, picks the newest
+ * version it also speaks (v1alpha3, then v1alpha2, then v1alpha1), then calls OnDefineDomain
+ * with the domain XML and the VMI; we answer with convertDomain's rewrite. Once QEMU has exited
+ * it calls v1alpha3 Shutdown on sidecars that list the Shutdown hook point: that is our cue to
+ * exit, or the launcher pod never terminates.
  */
 import { randomBytes } from 'node:crypto';
-import { mkdir, rm } from 'node:fs/promises';
 import path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { z } from 'zod';
 import { ValidationError } from '../api/errors.js';
-import { hasSpdkVolumes, parseVmi, spdkVolumesOf } from '../api/vmi.js';
-import { convertDomain } from '../converter/index.js';
 import { silentLogger, type Logger } from '../log.js';
+import { closeUnix, listenUnix } from './listen.js';
 import { CALLBACK_VERSIONS, hookServices, type CallbackVersion } from './protos.js';
+import { rewriteDomain } from './rewrite.js';
 
 export const DEFAULT_HOOKS_DIR = '/var/run/kubevirt-hooks';
 export const HOOK_NAME = 'kubevirt-spdk';
 export const ON_DEFINE_DOMAIN = 'OnDefineDomain';
+/** Hook point names as KubeVirt spells them (pkg/hooks/info/info.go). */
+export const SHUTDOWN = 'Shutdown';
 
 const Bytes = z.instanceof(Buffer);
 export const OnDefineDomainParamsSchema = z.object({ domainXML: Bytes, vmi: Bytes });
@@ -50,26 +54,15 @@ function grpcError(code: grpc.status, details: string): grpc.ServiceError {
   return Object.assign(new Error(details), { code, details, metadata: new grpc.Metadata() });
 }
 
+/** OnDefineDomain's core, without gRPC: the rewrite shared with the plugin protocol. */
+export const onDefineDomain: (params: OnDefineDomainParams, vhostSocketDir: string | undefined, logger: Logger) => Buffer = rewriteDomain;
+
 /**
- * OnDefineDomain's core, without gRPC: VMI JSON + domain XML -> domain XML. Throws
- * ValidationError for input it refuses.
+ * Info's hook points: OnDefineDomain always; Shutdown only with v1alpha3, the only version
+ * that has it (virt-launcher calls Shutdown on a v1alpha3 sidecar listing it, and on no other).
  */
-export function onDefineDomain(params: OnDefineDomainParams, vhostSocketDir: string | undefined, logger: Logger): Buffer {
-  let doc: unknown;
-  try {
-    doc = JSON.parse(params.vmi.toString('utf8'));
-  } catch (e) {
-    throw new ValidationError([`vmi: not valid JSON: ${(e as Error).message}`]);
-  }
-  const vmi = parseVmi(doc);
-  const log = logger.child({ vmi: `${vmi.metadata.namespace}/${vmi.metadata.name}`, uid: vmi.metadata.uid });
-  if (!hasSpdkVolumes(vmi)) {
-    log.debug('no kubevirt-spdk.io/volumes annotation: domain unchanged');
-    return params.domainXML;
-  }
-  const out = convertDomain(params.domainXML.toString('utf8'), vmi, vhostSocketDir === undefined ? {} : { socketDir: vhostSocketDir });
-  log.info({ disks: spdkVolumesOf(vmi).map((v) => v.name) }, 'domain rewritten with vhost-user disks');
-  return Buffer.from(out, 'utf8');
+export function hookPointsFor(versions: readonly CallbackVersion[]): Array<{ name: string; priority: number }> {
+  return [{ name: ON_DEFINE_DOMAIN, priority: 0 }, ...(versions.includes('v1alpha3') ? [{ name: SHUTDOWN, priority: 0 }] : [])];
 }
 
 export async function startSidecar(options: SidecarOptions = {}): Promise<Sidecar> {
@@ -112,7 +105,7 @@ export async function startSidecar(options: SidecarOptions = {}): Promise<Sideca
   const server = new grpc.Server();
   server.addService(services.info.service, {
     Info: (_call: Call, callback: Callback) =>
-      callback(null, { name: HOOK_NAME, hookPoints: [{ name: ON_DEFINE_DOMAIN, priority: 0 }], versions: [...versions] }),
+      callback(null, { name: HOOK_NAME, hookPoints: hookPointsFor(versions), versions: [...versions] }),
   });
   const perVersion: Record<CallbackVersion, grpc.UntypedServiceImplementation> = {
     v1alpha1: { OnDefineDomain: handleDefine },
@@ -121,31 +114,15 @@ export async function startSidecar(options: SidecarOptions = {}): Promise<Sideca
   };
   for (const v of CALLBACK_VERSIONS) server.addService(services.callbacks[v].service, perVersion[v]);
 
-  await mkdir(hooksDir, { recursive: true });
-  // A leftover socket of a crashed run with the same name would make bind fail.
-  await rm(socketPath, { force: true });
-  await new Promise<void>((resolve, reject) =>
-    server.bindAsync(`unix://${socketPath}`, grpc.ServerCredentials.createInsecure(), (err) => (err ? reject(err) : resolve())),
-  );
-  logger.info({ socket: socketPath, versions }, 'hook sidecar listening');
+  await listenUnix(server, socketPath);
+  logger.info({ socket: socketPath, versions, hookPoints: hookPointsFor(versions).map((h) => h.name) }, 'hook sidecar listening');
 
   let closing: Promise<void> | undefined;
   return {
     socketPath,
     close: () => {
       closing ??= (async () => {
-        await new Promise<void>((resolve) => {
-          // Running calls get a few seconds; virt-launcher's own timeouts are shorter anyway.
-          const force = setTimeout(() => {
-            server.forceShutdown();
-            resolve();
-          }, 5000);
-          server.tryShutdown(() => {
-            clearTimeout(force);
-            resolve();
-          });
-        });
-        await rm(socketPath, { force: true });
+        await closeUnix(server, socketPath);
         logger.info({ socket: socketPath }, 'hook sidecar stopped');
       })();
       return closing;

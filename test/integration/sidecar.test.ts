@@ -10,7 +10,10 @@ import path from 'node:path';
 import { parse as parseYaml } from 'yaml';
 import { afterEach, describe, expect, it } from 'vitest';
 import { REPO_ROOT, cliArgv } from '../helpers/cli.js';
-import { hookClient } from '../unit/sidecar/hook-client.js';
+import { VirtLauncherHooks, hookClient } from '../unit/sidecar/hook-client.js';
+import { sidecarArgs } from '../../webhooks/mutate.js';
+import { convertDomain } from '../../src/converter/index.js';
+import { parseVmi } from '../../src/api/vmi.js';
 
 const FIXTURES = path.join(REPO_ROOT, 'test/fixtures/converter');
 
@@ -26,6 +29,13 @@ async function waitForSocket(dir: string, child: ChildProcess): Promise<string> 
 
 function exited(child: ChildProcess): Promise<number | null> {
   return child.exitCode !== null ? Promise.resolve(child.exitCode) : new Promise((resolve) => child.once('exit', (code) => resolve(code)));
+}
+
+/** The exit code, or 'still running' after `ms`: a bound so that a sidecar that never exits fails the test instead of hanging it. */
+function exitedWithin(child: ChildProcess, ms: number): Promise<number | null | 'still running'> {
+  let timer: NodeJS.Timeout | undefined;
+  const bound = new Promise<'still running'>((resolve) => (timer = setTimeout(() => resolve('still running'), ms)));
+  return Promise.race([exited(child), bound]).finally(() => clearTimeout(timer));
 }
 
 describe('kubevirt-spdk sidecar (process)', () => {
@@ -88,6 +98,70 @@ describe('kubevirt-spdk sidecar (process)', () => {
     }
     expect(await exited(proc)).toBe(0);
     expect(await readdir(dir)).toEqual([]);
+  });
+
+  const DOMAIN = (): Buffer => readFileSync(path.join(FIXTURES, 'kubevirt-q35.xml'));
+  const VMI_DOC = (): unknown => parseYaml(readFileSync(path.join(FIXTURES, 'vmi-fedora.yaml'), 'utf8'));
+
+  it('started with the args the webhook injects, it negotiates v1alpha3 with a KubeVirt >= v1.2 launcher and exits 0 after Info -> OnDefineDomain -> Shutdown', async () => {
+    dir = await mkdtemp(path.join(os.tmpdir(), 'hk-'));
+    const { command, args } = cliArgv(...sidecarArgs('all'), '--socket-dir', dir);
+    const proc = spawn(command, args, { stdio: ['ignore', 'ignore', 'pipe'], cwd: REPO_ROOT });
+    child = proc;
+    let stderr = '';
+    proc.stderr?.on('data', (d: Buffer) => (stderr += d.toString()));
+    const launcher = new VirtLauncherHooks();
+    try {
+      const reg = await launcher.collect(await waitForSocket(dir, proc));
+      expect(reg.version).toBe('v1alpha3');
+      expect([...launcher.perHookPoint.keys()].sort()).toEqual(['OnDefineDomain', 'Shutdown']);
+      const vmiJSON = Buffer.from(JSON.stringify(VMI_DOC()));
+      const out = await launcher.onDefineDomain(DOMAIN(), vmiJSON);
+      // The very rewrite of the pure converter, nothing added on the way.
+      expect(out.toString('utf8')).toBe(convertDomain(DOMAIN().toString('utf8'), parseVmi(VMI_DOC())));
+      // QEMU has exited: virt-launcher asks its sidecars to stop.
+      expect(await launcher.shutdown()).toBe(1);
+    } finally {
+      launcher.close();
+    }
+    expect(await exitedWithin(proc, 20_000)).toBe(0);
+    expect(await readdir(dir)).toEqual([]);
+    const lines = stderr.trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
+    expect(lines).toContainEqual(expect.objectContaining({ msg: 'Shutdown requested by virt-launcher' }));
+  });
+
+  it('with a launcher older than KubeVirt v1.2 (v1alpha1/v1alpha2 only) it negotiates v1alpha2, is never asked to shut down, and stops on SIGTERM', async () => {
+    dir = await mkdtemp(path.join(os.tmpdir(), 'hk-'));
+    const { command, args } = cliArgv(...sidecarArgs('all'), '--socket-dir', dir);
+    const proc = spawn(command, args, { stdio: 'ignore', cwd: REPO_ROOT });
+    child = proc;
+    const launcher = new VirtLauncherHooks(['v1alpha2', 'v1alpha1']);
+    try {
+      expect((await launcher.collect(await waitForSocket(dir, proc))).version).toBe('v1alpha2');
+      const out = await launcher.onDefineDomain(DOMAIN(), Buffer.from(JSON.stringify(VMI_DOC())));
+      expect(out.toString('utf8')).toContain('<alias name="ua-spdk-rootdisk"/>');
+      expect(await launcher.shutdown()).toBe(0);
+    } finally {
+      launcher.close();
+    }
+    expect(proc.exitCode).toBeNull();
+    proc.kill('SIGTERM');
+    expect(await exitedWithin(proc, 20_000)).toBe(0);
+  });
+
+  it('pinned to v1alpha2 (what older webhooks injected) it lists no Shutdown hook point, so a current launcher never stops it', async () => {
+    dir = await mkdtemp(path.join(os.tmpdir(), 'hk-'));
+    const { command, args } = cliArgv('--version', 'v1alpha2', '--socket-dir', dir);
+    const proc = spawn(command, args, { stdio: 'ignore', cwd: REPO_ROOT });
+    child = proc;
+    const launcher = new VirtLauncherHooks();
+    try {
+      expect((await launcher.collect(await waitForSocket(dir, proc))).version).toBe('v1alpha2');
+      expect([...launcher.perHookPoint.keys()]).toEqual(['OnDefineDomain']);
+      expect(await launcher.shutdown()).toBe(0);
+    } finally {
+      launcher.close();
+    }
   });
 
   it('refuses an unknown --version', async () => {

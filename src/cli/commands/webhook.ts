@@ -8,10 +8,21 @@ import { createLogger } from '../../log.js';
 import { stopSignal } from '../signals.js';
 import { InformerImageCatalog, StaticImageCatalog, type ImageCatalog } from '../../../webhooks/catalog.js';
 import { WebhookServer, DEFAULT_MAX_BODY_BYTES } from '../../../webhooks/server.js';
+import { HOOK_SIDECAR_MODES, type HookSidecarMode } from '../../../webhooks/mutate.js';
 
 const USAGE = `usage: kubevirt-spdk webhook --tls-cert FILE --tls-key FILE --sidecar-image IMAGE
        [--images FILE] [--host 0.0.0.0] [--port 8443] [--max-body-bytes ${DEFAULT_MAX_BODY_BYTES}]
+       [--hook-sidecar ${HOOK_SIDECAR_MODES.join('|')}]
+
+  --hook-sidecar  all (default): inject the hook sidecar listing every Callbacks version
+                  (KubeVirt picks v1alpha3 with Shutdown from v1.2.0, v1alpha2 before);
+                  v1alphaN: pin one version; none: inject no hook sidecar (KubeVirt >= v1.9
+                  with the Plugin CR of manifests/kubevirt/plugin.yaml)
 `;
+
+function isHookSidecarMode(v: string): v is HookSidecarMode {
+  return (HOOK_SIDECAR_MODES as readonly string[]).includes(v);
+}
 
 export async function run(argv: string[]): Promise<number> {
   const { values } = parseArgs({
@@ -24,6 +35,7 @@ export async function run(argv: string[]): Promise<number> {
       host: { type: 'string', default: '0.0.0.0' },
       port: { type: 'string', default: '8443' },
       'max-body-bytes': { type: 'string', default: String(DEFAULT_MAX_BODY_BYTES) },
+      'hook-sidecar': { type: 'string', default: 'all' },
       help: { type: 'boolean', short: 'h' },
     },
     strict: true,
@@ -39,6 +51,7 @@ export async function run(argv: string[]): Promise<number> {
     ...missing.map((k) => `--${k}: is required`),
     ...(Number.isInteger(port) && port >= 0 && port < 65536 ? [] : [`--port: ${values.port} is not a TCP port`]),
     ...(Number.isInteger(maxBody) && maxBody > 0 ? [] : [`--max-body-bytes: ${values['max-body-bytes']} must be a positive integer`]),
+    ...(isHookSidecarMode(values['hook-sidecar']) ? [] : [`--hook-sidecar: "${values['hook-sidecar']}" must be one of ${HOOK_SIDECAR_MODES.join(', ')}`]),
   ];
   if (problems.length) {
     process.stderr.write(`kubevirt-spdk webhook: ${problems.join('; ')}\n${USAGE}`);
@@ -61,7 +74,7 @@ export async function run(argv: string[]): Promise<number> {
     host: values.host,
     port,
     catalog,
-    config: { sidecarImage: values['sidecar-image'] as string },
+    config: { sidecarImage: values['sidecar-image'] as string, hookSidecar: values['hook-sidecar'] as HookSidecarMode },
     logger,
     maxBodyBytes: maxBody,
   });

@@ -51,10 +51,13 @@ describe('hook sidecar over a unix socket', () => {
     }
   });
 
-  it('Info advertises OnDefineDomain and the Callbacks versions v1alpha1..3', async () => {
+  it('Info advertises OnDefineDomain, Shutdown and the Callbacks versions v1alpha1..3', async () => {
     expect(await client.info()).toEqual({
       name: 'kubevirt-spdk',
-      hookPoints: [{ name: 'OnDefineDomain', priority: 0 }],
+      hookPoints: [
+        { name: 'OnDefineDomain', priority: 0 },
+        { name: 'Shutdown', priority: 0 },
+      ],
       versions: ['v1alpha1', 'v1alpha2', 'v1alpha3'],
     });
   });
@@ -125,7 +128,8 @@ describe('hook sidecar over a unix socket', () => {
     try {
       const s = await startSidecar({ hooksDir: d, socketName: 'x.sock', versions: ['v1alpha2'] });
       const c = hookClient(s.socketPath);
-      expect((await c.info()) as { versions: string[] }).toMatchObject({ versions: ['v1alpha2'] });
+      // v1alpha2 has no Shutdown: listing the hook point there would be a promise we cannot keep.
+      expect(await c.info()).toEqual({ name: 'kubevirt-spdk', hookPoints: [{ name: 'OnDefineDomain', priority: 0 }], versions: ['v1alpha2'] });
       c.close();
       await s.close();
       expect(await readdir(d)).toEqual([]);

@@ -41,7 +41,8 @@ describe('mutate: accepted objects', () => {
     const ops = patchOf(res);
     expect(ops.map((o) => o.path)).toContain('/metadata/annotations/hooks.kubevirt.io~1hookSidecars');
     const out = applyTo(obj, res) as ReturnType<typeof vmi> & { spec: { domain: { resources: Record<string, Record<string, string>> } } };
-    expect(JSON.parse(out.metadata.annotations[HOOK_SIDECARS_ANNOTATION] ?? '')).toEqual([{ args: ['--version', 'v1alpha2'], image: SIDECAR }]);
+    // No pinned version: the sidecar lists v1alpha1..3 and virt-launcher picks the newest it speaks.
+    expect(JSON.parse(out.metadata.annotations[HOOK_SIDECARS_ANNOTATION] ?? '')).toEqual([{ args: ['sidecar'], image: SIDECAR }]);
     expect(out.spec.domain.resources.requests?.[VHOST_SLOT_RESOURCE]).toBe('1');
     expect(out.spec.domain.resources.limits?.[VHOST_SLOT_RESOURCE]).toBe('1');
   });
@@ -58,7 +59,7 @@ describe('mutate: accepted objects', () => {
     const theirs = [{ image: 'example/smbios-hook:1.0', args: ['--version', 'v1alpha2'] }];
     const obj = vmi({ [VOLUMES_ANNOTATION]: VOLS, [HOOK_SIDECARS_ANNOTATION]: JSON.stringify(theirs) });
     const out = applyTo(obj, mutate(request(obj), catalog, cfg));
-    expect(JSON.parse(out.metadata.annotations[HOOK_SIDECARS_ANNOTATION] ?? '')).toEqual([...theirs, { args: ['--version', 'v1alpha2'], image: SIDECAR }]);
+    expect(JSON.parse(out.metadata.annotations[HOOK_SIDECARS_ANNOTATION] ?? '')).toEqual([...theirs, { args: ['sidecar'], image: SIDECAR }]);
     expect(mutate(request(out), catalog, cfg).patch).toBeUndefined();
   });
 
@@ -66,8 +67,27 @@ describe('mutate: accepted objects', () => {
     const obj = vmi({ [VOLUMES_ANNOTATION]: VOLS, [HOOK_SIDECARS_ANNOTATION]: JSON.stringify([{ image: 'registry.example/kubevirt-spdk:v0.0.9', imagePullPolicy: 'IfNotPresent' }]) });
     const out = applyTo(obj, mutate(request(obj), catalog, cfg));
     expect(JSON.parse(out.metadata.annotations[HOOK_SIDECARS_ANNOTATION] ?? '')).toEqual([
-      { image: SIDECAR, imagePullPolicy: 'IfNotPresent', args: ['--version', 'v1alpha2'] },
+      { image: SIDECAR, imagePullPolicy: 'IfNotPresent', args: ['sidecar'] },
     ]);
+  });
+
+  it('rewrites the args of our sidecar injected by an older release (pinned to v1alpha2, which has no Shutdown)', () => {
+    const obj = vmi({ [VOLUMES_ANNOTATION]: VOLS, [HOOK_SIDECARS_ANNOTATION]: JSON.stringify([{ args: ['--version', 'v1alpha2'], image: SIDECAR }]) });
+    const out = applyTo(obj, mutate(request(obj), catalog, cfg));
+    expect(JSON.parse(out.metadata.annotations[HOOK_SIDECARS_ANNOTATION] ?? '')).toEqual([{ args: ['sidecar'], image: SIDECAR }]);
+  });
+
+  it('--hook-sidecar v1alpha3 pins the version; none injects no hook sidecar (the Plugin CR path) but still the slot', () => {
+    const pinned = applyTo(vmi(), mutate(request(vmi()), catalog, { ...cfg, hookSidecar: 'v1alpha3' }));
+    expect(JSON.parse(pinned.metadata.annotations[HOOK_SIDECARS_ANNOTATION] ?? '')).toEqual([{ args: ['sidecar', '--version', 'v1alpha3'], image: SIDECAR }]);
+    const res = mutate(request(vmi()), catalog, { ...cfg, hookSidecar: 'none' });
+    expect(res.allowed).toBe(true);
+    expect(patchOf(res).map((o) => o.path)).not.toContain('/metadata/annotations/hooks.kubevirt.io~1hookSidecars');
+    const plain = applyTo(vmi(), res) as ReturnType<typeof vmi> & { metadata: { labels: Record<string, string> }; spec: { domain: { resources: Record<string, Record<string, string>> } } };
+    expect(plain.metadata.annotations[HOOK_SIDECARS_ANNOTATION]).toBeUndefined();
+    // The label is what the Plugin path's admission policy selects launcher pods by.
+    expect(plain.metadata.labels['kubevirt-spdk.io/disks']).toBe('true');
+    expect(plain.spec.domain.resources.requests?.[VHOST_SLOT_RESOURCE]).toBe('1');
   });
 
   it('patches the template of a VirtualMachine', () => {
