@@ -114,6 +114,11 @@ const FLAG_DOCS: Record<string, Record<string, string>> = {
     version: 'Advertise only this Callbacks version (`v1alpha1`, `v1alpha2`, `v1alpha3`); default all, and virt-launcher picks the newest it speaks (`v1alpha3`, with Shutdown, from KubeVirt v1.2.0).',
     help: 'Print usage.',
   },
+  plugin: {
+    socket: 'Unix socket the Plugin CR names in `spec.domainHooks[].sidecar.socketPath` (KubeVirt requires it under `/var/run/kubevirt-plugin/<plugin>/`, ending in `.sock`).',
+    'vhost-socket-dir': 'vhost socket directory inside the pod, written into the domain XML. Default `/var/run/kubevirt-spdk`.',
+    help: 'Print usage.',
+  },
   doctor: {
     backend: 'Which backend to check: `spdk` or `qsd`.',
     'spdk-socket': 'spdk_tgt JSON-RPC socket to probe.',

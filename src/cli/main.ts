@@ -10,7 +10,8 @@ type Command = { describe: string; load: () => Promise<{ run(argv: string[]): Pr
 const COMMANDS: Record<string, Command> = {
   agent: { describe: 'node agent (cluster mode, or --standalone driven by files)', load: () => import('./commands/agent.js') },
   convert: { describe: 'print a libvirt domain XML rewritten with the VMI\'s SPDK disks', load: () => import('./commands/convert.js') },
-  sidecar: { describe: 'KubeVirt hook sidecar (gRPC Info + Callbacks)', load: () => import('./commands/sidecar.js') },
+  sidecar: { describe: 'KubeVirt hook sidecar (gRPC Info + Callbacks v1alpha1..3)', load: () => import('./commands/sidecar.js') },
+  plugin: { describe: 'KubeVirt >= v1.9 plugin domain hook (VEP 190 MutateDomain)', load: () => import('./commands/plugin.js') },
   webhook: { describe: 'mutating admission webhook (HTTPS)', load: () => import('./commands/webhook.js') },
   'device-plugin': { describe: 'kubelet device plugin for vhost slots', load: () => import('./commands/device-plugin.js') },
   status: { describe: 'what this node serves: images, disks, controllers, sessions', load: () => import('./commands/status.js') },
