@@ -1,7 +1,7 @@
 import { z } from 'zod';
 import { parseDocument } from 'yaml';
 import { SLOT_ANNOTATION, SLOT_RE, VOLUMES_ANNOTATION, parseVolumesAnnotation, type SpdkVolume } from './volumes.js';
-import { yamlProblems } from './yaml.js';
+import { FILE_YAML_LIMITS, checkYamlLimits, yamlProblems } from './yaml.js';
 import { ValidationError, apiErrorMap, formatZodError } from './errors.js';
 
 /**
@@ -51,6 +51,7 @@ export function parseVmi(doc: unknown, where = 'vmi'): Vmi {
 
 export function parseVmiYaml(text: string, where = 'vmi'): Vmi {
   let doc: unknown;
+  checkYamlLimits(text, where, FILE_YAML_LIMITS);
   try {
     const parsed = parseDocument(text, { uniqueKeys: true });
     const problems = yamlProblems(parsed, where);

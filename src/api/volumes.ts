@@ -1,8 +1,7 @@
 import { z } from 'zod';
-import { parseDocument } from 'yaml';
 import { parseDuration, parseQuantity } from './quantity.js';
 import { ValidationError, apiErrorMap, formatZodError } from './errors.js';
-import { STRICT_YAML_OPTIONS, readPlainYaml, yamlProblems } from './yaml.js';
+import { readUserYaml } from './yaml.js';
 
 /** The VMI annotation that declares SPDK disks, shaped like KubeVirt volumes. */
 export const VOLUMES_ANNOTATION = 'kubevirt-spdk.io/volumes';
@@ -134,18 +133,6 @@ export function diskSource(d: SpdkVhostBlkDisk): DiskSource {
 const parsedVolumes = new Map<string, SpdkVolume[]>();
 const PARSED_VOLUMES_MAX = 256;
 
-function readStrictYaml(text: string, prefix: string): unknown {
-  try {
-    const parsed = parseDocument(text, STRICT_YAML_OPTIONS);
-    const problems = yamlProblems(parsed, prefix);
-    if (problems.length) throw new ValidationError(problems);
-    return parsed.toJS({ maxAliasCount: 0 });
-  } catch (e) {
-    if (e instanceof ValidationError) throw e;
-    throw new ValidationError([`${prefix}: not valid YAML: ${(e as Error).message.split('\n')[0]?.replace(/:$/, '')}`]);
-  }
-}
-
 /**
  * Parses the annotation text (YAML or JSON). Throws ValidationError whose messages name the
  * field (`volumes[0].spdkVhostBlkDisk.capacity`) and the rule.
@@ -161,8 +148,7 @@ export function parseVolumesAnnotation(text: string, prefix = 'volumes'): SpdkVo
 }
 
 function parseVolumesUncached(text: string, prefix: string): SpdkVolume[] {
-  const plain = readPlainYaml(text);
-  const doc = plain && plain.value !== undefined ? plain.value : readStrictYaml(text, prefix);
+  const doc = readUserYaml(text, prefix);
   const res = SpdkVolumesSchema.safeParse(doc, { errorMap: apiErrorMap });
   if (!res.success) throw new ValidationError(formatZodError(prefix, res.error));
   return res.data;
