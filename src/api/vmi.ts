@@ -64,6 +64,14 @@ export function parseVmiYaml(text: string, where = 'vmi'): Vmi {
   return parseVmi(doc, where);
 }
 
+/**
+ * Our disks carry the libvirt alias `ua-spdk-<name>` (KubeVirt keeps `ua-` aliases). A VMI disk
+ * or volume named `spdk-<name>` gets the same alias from KubeVirt: such a pair is refused.
+ */
+export const SPDK_ALIAS_NAME_PREFIX = 'spdk-';
+/** KubeVirt's switch for memfd-backed guest memory with hugepages (`"false"` turns it off). */
+export const MEMFD_ANNOTATION = 'kubevirt.io/memfd';
+
 /** The annotation as a field path, the prefix of every message about the volumes of a VMI. */
 export const VOLUMES_FIELD = `metadata.annotations["${VOLUMES_ANNOTATION}"]`;
 
@@ -87,9 +95,12 @@ export function spdkVolumesOf(vmi: Vmi): SpdkVolume[] {
   const prefix = VOLUMES_FIELD;
   const vols = parseVolumesAnnotation(text, prefix);
   const own = new Set([...vmi.spec.domain.devices.disks.map((d) => d.name), ...vmi.spec.volumes.map((v) => v.name)]);
-  const problems = vols.flatMap((v, i) =>
-    own.has(v.name) ? [`${prefix}[${i}].name: "${v.name}" clashes with a disk or volume of the VMI itself`] : [],
-  );
+  const problems = vols.flatMap((v, i) => {
+    if (own.has(v.name)) return [`${prefix}[${i}].name: "${v.name}" clashes with a disk or volume of the VMI itself`];
+    const alias = `${SPDK_ALIAS_NAME_PREFIX}${v.name}`;
+    if (own.has(alias)) return [`${prefix}[${i}].name: "${v.name}" clashes with the VMI's own disk or volume "${alias}" (both would get the libvirt alias "ua-${alias}")`];
+    return [];
+  });
   if (problems.length) throw new ValidationError(problems);
   return vols;
 }
