@@ -128,6 +128,8 @@ export function readPlainYaml(text: string, maxDepth = ANNOTATION_YAML_LIMITS.ma
  * anything else is checked for size and depth before the `yaml` library composes it.
  */
 export function readUserYaml(text: string, prefix: string, limits: YamlLimits = ANNOTATION_YAML_LIMITS): unknown {
+  // Callers hold parsed JSON: the type says string, the wire may not.
+  if (typeof text !== 'string') throw new ValidationError([`${prefix || '(root)'}: must be a string`]);
   if (text.length > limits.maxBytes) checkYamlLimits(text, prefix, limits);
   const plain = readPlainYaml(text, limits.maxDepth);
   if (plain && plain.value !== undefined) return plain.value;

@@ -243,7 +243,7 @@ export function convertDomain(domainXml: string, vmi: Vmi, options: ConvertOptio
     const kids = [
       makeElement(doc, 'driver', { name: 'qemu', type: 'raw', queues: String(Math.min(d.queues ?? defaultQueues, MAX_QUEUES)) }),
       makeElement(doc, 'source', { type: 'unix', path: `${socketDir === '/' ? '' : socketDir}/${vol.name}` }, [
-        makeElement(doc, 'reconnect', { enabled: 'yes', timeout: String(d.reconnectTimeout) }),
+        makeElement(doc, 'reconnect', { enabled: 'yes', timeout: String(d.reconnectInterval) }),
       ]),
       makeElement(doc, 'target', { dev: names[i] ?? '', bus: 'virtio' }),
     ];

@@ -47,7 +47,7 @@ function vmiWith(volumes: Array<{ name: string } & VolumeSpec> | undefined, cpu:
 
 const ROOT_AND_DATA = [
   { name: 'rootdisk', image: 'fedora-40', capacity: '20Gi', bootOrder: 1 },
-  { name: 'data', blank: {}, capacity: '1Gi', queues: 4, reconnectTimeout: '1m' },
+  { name: 'data', blank: {}, capacity: '1Gi', queues: 4, reconnectInterval: '1m' },
 ];
 
 /** An attribute of the first child element named `child` of a parsed node. */
@@ -84,7 +84,7 @@ function volumes(n: number): Array<{ name: string } & VolumeSpec> {
     const name = `disk${i + 1}`;
     if (i % 3 === 0) return { name, image: 'fedora-40', capacity: '20Gi', ...(i === 0 ? { bootOrder: 1 } : {}) };
     if (i % 3 === 1) return { name, blank: {}, capacity: `${i}Gi`, queues: i };
-    return { name, bdev: `nvme0n1p${i}`, readonly: true, reconnectTimeout: `${i}s` };
+    return { name, bdev: `nvme0n1p${i}`, readonly: true, reconnectInterval: `${i}s` };
   });
 }
 
@@ -117,7 +117,7 @@ describe('convertDomain: golden files', () => {
         ['ua-spdk-rootdisk', 'vdzzz'],
         ['ua-spdk-data', 'vdzzy'],
       ]);
-      expect(ours[0]?.xml).toContain('<source type="unix" path="/var/run/kubevirt-spdk/rootdisk"><reconnect enabled="yes" timeout="10"/></source>');
+      expect(ours[0]?.xml).toContain('<source type="unix" path="/var/run/kubevirt-spdk/rootdisk"><reconnect enabled="yes" timeout="1"/></source>');
       expect(ours[0]?.xml).toContain('<boot order="1"/>');
       expect(ours[0]?.xml).toContain('<driver name="qemu" type="raw" queues="2"/>');
       expect(ours[1]?.xml).toContain('<reconnect enabled="yes" timeout="60"/>');
@@ -188,7 +188,7 @@ describe('convertDomain: idempotence (OnDefineDomain twice at boot on q35)', () 
           name: `v${i}`,
           ...(v.kind === 'image' ? { image: 'img', capacity: '1Gi' } : v.kind === 'blank' ? { blank: {}, capacity: '1Gi' } : { bdev: 'b0' }),
           ...(v.queues === undefined ? {} : { queues: v.queues }),
-          reconnectTimeout: `${v.reconnect}s`,
+          reconnectInterval: `${v.reconnect}s`,
         }));
         const vmi = vmiWith(specs, { cores });
         const once = convertDomain(domain, vmi);
