@@ -146,6 +146,16 @@ describe('size and depth limits come before any YAML parser (F3)', () => {
     expect(parseVolumesAnnotation('%YAML 1.2\n---\n- {name: a, spdkVhostBlkDisk: {blank: {}, capacity: 1Gi}}\n')).toHaveLength(1);
   });
 
+  it('the agent and the converter meet the same rule (the one parse of the annotation)', async () => {
+    const { desiredVmiOf } = await import('../../../src/agent/desired.js');
+    const { convertDomain } = await import('../../../src/converter/index.js');
+    const { parseVmi } = await import('../../../src/api/vmi.js');
+    const vmi = parseVmi({ metadata: { name: 'deep', annotations: { 'kubevirt-spdk.io/volumes': '[ '.repeat(2000), 'kubevirt-spdk.io/slot': 'slot-01' } } });
+    const want = /^metadata\.annotations\["kubevirt-spdk\.io\/volumes"\]: YAML nests deeper than 16 levels/;
+    expect(desiredVmiOf(vmi, new Map(), 'test').problems[0]).toMatch(want);
+    expect(problemsOf(() => convertDomain('<domain type="kvm"><name>x</name></domain>', vmi))[0]).toMatch(want);
+  });
+
   it('a VMI file and a CachedImage file: the same check, with file limits', () => {
     const text = `metadata:\n  name: ${'['.repeat(20_000)}\n`;
     expect(problemsOf(() => parseVmiYaml(text))[0]).toMatch(/^vmi: YAML nests deeper than 64 levels \(line 2\)/);
