@@ -13,16 +13,6 @@ export function diskTargetName(prefix: string, index: number): string {
   return `${prefix}${suffix}`;
 }
 
-/** The first `count` names with `prefix` that are not in `taken`, lowest first. */
-export function freeTargetNames(prefix: string, taken: ReadonlySet<string>, count: number): string[] {
-  const out: string[] = [];
-  for (let i = 0; out.length < count; i++) {
-    const name = diskTargetName(prefix, i);
-    if (!taken.has(name)) out.push(name);
-  }
-  return out;
-}
-
 /**
  * KubeVirt names a disk that is not in its own map (a hot-plugged one) with the lowest free
  * index below 26^3 (virt-launcher's converter, MakeDeviceName), counting only the VMI's own

@@ -9,7 +9,7 @@ import type { Element } from '@oozcitak/dom/lib/dom/interfaces.js';
 import { ValidationError } from '../../../src/api/errors.js';
 import { parseVmi, type Vmi } from '../../../src/api/vmi.js';
 import { ConvertError, convertDomain } from '../../../src/converter/index.js';
-import { KUBEVIRT_DEVICE_INDEX_LIMIT, diskTargetName, freeTargetNames, ourTargetNames } from '../../../src/converter/devnames.js';
+import { KUBEVIRT_DEVICE_INDEX_LIMIT, diskTargetName, ourTargetNames } from '../../../src/converter/devnames.js';
 import { expectValidDomain, haveVirtXmlValidate } from './virt-xml-validate.js';
 
 const FIXTURES = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../fixtures/converter');
@@ -469,8 +469,9 @@ describe('disk target names', () => {
       'vda', 'vdb', 'vdz', 'vdaa', 'vdab', 'vdaz', 'vdba', 'vdzz', 'vdaaa',
     ]);
   });
-  it('skip taken names past vdz', () => {
-    const taken = new Set(Array.from({ length: 25 }, (_, i) => diskTargetName('vd', i)));
-    expect(freeTargetNames('vd', taken, 3)).toEqual(['vdz', 'vdaa', 'vdab']);
+  it('ours count down from vdzzz (the last three-letter name), skipping taken ones', () => {
+    expect(diskTargetName('vd', 18277)).toBe('vdzzz');
+    expect(ourTargetNames('vd', new Set(['vdzzy', 'vdzza']), 27).slice(-3)).toEqual(['vdzyz', 'vdzyy', 'vdzyx']);
+    expect(ourTargetNames('vd', new Set(), 1)).toEqual(['vdzzz']);
   });
 });
