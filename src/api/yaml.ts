@@ -111,7 +111,8 @@ export function yamlProblems(doc: Document, prefix: string): string[] {
  * words the error.
  */
 export function readPlainYaml(text: string, maxDepth = ANNOTATION_YAML_LIMITS.maxDepth): { value: unknown } | undefined {
-  if (/[!&*%]|<</.test(text)) return undefined;
+  // js-yaml reads a negative zero as 0, the strict parser as -0: such text takes the strict path.
+  if (/[!&*%]|<<|-\.?0(?![0-9]*[1-9])/.test(text)) return undefined;
   try {
     // js-yaml counts its own depth and throws past maxDepth: deep text goes to the checked path.
     // js-yaml 4.1.1+ reads maxDepth; its type definitions predate the option.
