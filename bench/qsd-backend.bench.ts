@@ -86,7 +86,7 @@ export async function section(): Promise<BenchSection> {
             [`recreate ${N} controllers`, fmt(recovery.value)],
             ['total', fmt(recovery.ms)],
           ],
-          notes: ['Must stay well inside the disks\' reconnect timeout (default 10 s).'],
+          notes: ['The guest waits for this plus up to one reconnectInterval (default 1 s): QEMU retries the socket once per interval.'],
         },
       ],
     };

@@ -29,7 +29,7 @@ function reviewBody(variant = 0): string {
   const volumes = `- name: rootdisk
   spdkVhostBlkDisk: {image: fedora-40, capacity: ${20 + variant}Gi, bootOrder: 1, queues: 4}
 - name: data
-  spdkVhostBlkDisk: {blank: {}, capacity: 100Gi, reconnectTimeout: 30s}
+  spdkVhostBlkDisk: {blank: {}, capacity: 100Gi, reconnectInterval: 30s}
 `;
   const object = {
     apiVersion: 'kubevirt.io/v1',

@@ -35,7 +35,8 @@ const FIELD_DOCS: Record<string, string> = {
   'volumes[].spdkVhostBlkDisk.capacity': 'Kubernetes quantity (`20Gi`, `512M`; a bare number is bytes). Thin: space is used only when the guest writes. Must be >= the image size (checked by the webhook against the CachedImage). Required for `image` and `blank`.',
   'volumes[].spdkVhostBlkDisk.bootOrder': 'libvirt `<boot order>`; unique among the VMI\'s SPDK disks.',
   'volumes[].spdkVhostBlkDisk.queues': 'Number of virtqueues. Default: the VMI\'s vCPU count (capped at the maximum).',
-  'volumes[].spdkVhostBlkDisk.reconnectTimeout': 'Go duration in whole seconds (`10s`, `1m`): libvirt `<reconnect enabled=\'yes\' timeout=\'N\'/>`, how long QEMU retries the socket after spdk_tgt went away (live recovery).',
+  'volumes[].spdkVhostBlkDisk.reconnectInterval': 'Go duration in whole seconds, default `1s`: libvirt `<reconnect enabled=\'yes\' timeout=\'N\'/>` (QEMU `reconnect=N`), the interval between QEMU\'s attempts to reach the socket again after spdk_tgt went away. Not a deadline: QEMU retries forever, and the guest\'s I/O waits up to this long after the backend is back, so keep it small.',
+  'volumes[].spdkVhostBlkDisk.reconnectTimeout': 'Deprecated name of `reconnectInterval` (same meaning: an interval, never a timeout). Still read; the webhook answers with a warning. Giving both is an error.',
   'volumes[].spdkVhostBlkDisk.readonly': 'Serve the disk read-only (enforced by the vhost controller, not only by the guest).',
 
   spec: 'What the image is and where it comes from.',

@@ -6,6 +6,7 @@ import jsonpatch, { type Operation } from 'fast-json-patch';
 import { ValidationError } from '../src/api/errors.js';
 import { formatBytes } from '../src/api/quantity.js';
 import { VHOST_SLOT_RESOURCE, VOLUMES_ANNOTATION, type SpdkVolume } from '../src/api/volumes.js';
+import { ANNOTATION_YAML_LIMITS } from '../src/api/yaml.js';
 import { parseVmi, spdkVolumesOf } from '../src/api/vmi.js';
 import { CALLBACK_VERSIONS } from '../src/sidecar/versions.js';
 import type { AdmissionRequest, AdmissionResponse } from './admission-review.js';
@@ -33,7 +34,7 @@ export function sidecarArgs(mode: Exclude<HookSidecarMode, 'none'>): string[] {
   return mode === 'all' ? ['sidecar'] : ['sidecar', '--version', mode];
 }
 
-export const MAX_VOLUMES_ANNOTATION_BYTES = 32 * 1024;
+export const MAX_VOLUMES_ANNOTATION_BYTES = ANNOTATION_YAML_LIMITS.maxBytes;
 
 export interface MutationConfig {
   /** Image of the kubevirt-spdk hook sidecar, e.g. registry/kubevirt-spdk:v0.1.0. */
@@ -180,19 +181,27 @@ export function mutate(req: AdmissionRequest, catalog: ImageCatalog, cfg: Mutati
   const metaPath = [...target.path, 'metadata'];
   const annotations = getAt(req.object, [...metaPath, 'annotations']);
   const volumesText = (annotations as Record<string, unknown> | undefined)?.[VOLUMES_ANNOTATION];
-  if (volumesText === undefined) return allow(uid);
-  if (typeof volumesText !== 'string') return deny(uid, [`${target.where}metadata.annotations["${VOLUMES_ANNOTATION}"]: must be a string`]);
+  const field = `${target.where}metadata.annotations["${VOLUMES_ANNOTATION}"]`;
 
-  if (req.kind.kind === 'VirtualMachineInstance' && req.operation === 'UPDATE') {
-    // A VMI's spec is immutable once created, and the agent updates its status annotation:
-    // updates pass, and a changed volume list is only pointed out.
-    const before = getAt(req.oldObject, ['metadata', 'annotations', VOLUMES_ANNOTATION]);
-    const warn = before !== volumesText ? [`${VOLUMES_ANNOTATION}: changes to a running VMI take effect only in a new VMI`] : [];
-    return allow(uid, [], warn);
+  if (req.operation === 'UPDATE') {
+    // VMIs have no status subresource: every status write and finalizer change of KubeVirt is
+    // an UPDATE. Those leave our annotation as it was and pass without any work (the webhook
+    // configuration does not even send them where the API server evaluates matchConditions).
+    const before = getAt(req.oldObject, [...metaPath, 'annotations', VOLUMES_ANNOTATION]);
+    if (before === volumesText) return allow(uid);
+    if (req.kind.kind === 'VirtualMachineInstance') {
+      // A running VMI's disks are provisioned, attached to QEMU and named in its domain: a new
+      // list cannot take effect, and the agent must never act on one that was not admitted.
+      return deny(uid, [`${field}: cannot be changed on an existing VMI (its disks are already provisioned); create a new VMI, or change the VirtualMachine's template and restart it`]);
+    }
+    // A VirtualMachine's template: the new list is validated as on CREATE (below).
   }
+  if (volumesText === undefined) return allow(uid);
+  if (typeof volumesText !== 'string') return deny(uid, [`${field}: must be a string`]);
+
   if (volumesText.length > MAX_VOLUMES_ANNOTATION_BYTES) {
     // 26 volumes fit in a few KiB; refusing early keeps a huge YAML off the event loop.
-    return deny(uid, [`${target.where}metadata.annotations["${VOLUMES_ANNOTATION}"]: must be at most ${MAX_VOLUMES_ANNOTATION_BYTES} characters, found ${volumesText.length}`]);
+    return deny(uid, [`${field}: must be at most ${MAX_VOLUMES_ANNOTATION_BYTES} characters, found ${volumesText.length}`]);
   }
   if (!catalog.synced()) return deny(uid, ['the CachedImage catalog is not loaded yet; retry'], 503);
 
@@ -211,6 +220,11 @@ export function mutate(req: AdmissionRequest, catalog: ImageCatalog, cfg: Mutati
   }
 
   const problems = [...checkVolumes(vols, spec, target.where, catalog), ...checkDomain(spec, target.where)];
+  const warnings = vols.flatMap((v, i) =>
+    v.spdkVhostBlkDisk.reconnectTimeout === undefined
+      ? []
+      : [`${target.where}volumes[${i}].spdkVhostBlkDisk.reconnectTimeout: deprecated, use reconnectInterval: it is the interval between QEMU's reconnect attempts (libvirt <reconnect timeout>), not a deadline; QEMU retries forever and the guest may wait up to this long after the backend is back (recommended: 1s)`],
+  );
   const sidecarField = `${target.where}metadata.annotations["${HOOK_SIDECARS_ANNOTATION}"]`;
   const existing = (annotations as Record<string, unknown>)[HOOK_SIDECARS_ANNOTATION];
   let sidecars: SidecarList = [];
@@ -247,5 +261,5 @@ export function mutate(req: AdmissionRequest, catalog: ImageCatalog, cfg: Mutati
     if (!(e instanceof PatchPathError)) throw e;
     return deny(uid, [`${e.message} (cannot add the vhost slot)`]);
   }
-  return allow(uid, ops);
+  return allow(uid, ops, warnings);
 }

@@ -4,6 +4,7 @@ import { parse as parseYaml } from 'yaml';
 import { parseCachedImages } from '../api/cachedimage.js';
 import { ValidationError } from '../api/errors.js';
 import { parseVmi, parseVmiYaml, type Vmi } from '../api/vmi.js';
+import { FILE_YAML_LIMITS, checkYamlLimits } from '../api/yaml.js';
 import type { ImageSpec } from '../backend/types.js';
 import { buildDesired, imageSpecOf, type DesiredState, type VmiInput } from './desired.js';
 
@@ -63,6 +64,8 @@ export class StandaloneSource {
 function identityOnly(text: string): Vmi | undefined {
   try {
     // Best effort on a file already refused: its YAML warnings are in the refusal, not printed again.
+    // The limits first: a file refused for its depth must not reach the composer here either.
+    checkYamlLimits(text, 'vmi', FILE_YAML_LIMITS);
     const doc = parseYaml(text, { logLevel: 'error' }) as { metadata?: { name?: unknown; namespace?: unknown; uid?: unknown } } | null;
     const m = doc?.metadata;
     if (!m || typeof m.name !== 'string') return undefined;

@@ -3,7 +3,7 @@ import { parseAllDocuments } from 'yaml';
 import { parseQuantity } from './quantity.js';
 import { DNS1123_LABEL } from './volumes.js';
 import { ValidationError, apiErrorMap, formatZodError } from './errors.js';
-import { STRICT_YAML_OPTIONS, yamlProblems } from './yaml.js';
+import { FILE_YAML_LIMITS, STRICT_YAML_OPTIONS, checkYamlLimits, yamlProblems } from './yaml.js';
 
 export const API_GROUP = 'kubevirt-spdk.io';
 export const API_VERSION = 'v1alpha1';
@@ -50,6 +50,7 @@ export type ImageSource = z.output<typeof ImageSourceSchema>;
 export function parseCachedImages(text: string, file = 'images'): CachedImage[] {
   const out: CachedImage[] = [];
   const problems: string[] = [];
+  checkYamlLimits(text, file, FILE_YAML_LIMITS);
   const docs = parseAllDocuments(text, STRICT_YAML_OPTIONS);
   // A stream with no document carries its own errors and warnings (e.g. a bad directive).
   if ('errors' in docs) {

@@ -1,7 +1,7 @@
 import { z } from 'zod';
 import { parseDocument } from 'yaml';
 import { SLOT_ANNOTATION, SLOT_RE, VOLUMES_ANNOTATION, parseVolumesAnnotation, type SpdkVolume } from './volumes.js';
-import { yamlProblems } from './yaml.js';
+import { FILE_YAML_LIMITS, checkYamlLimits, yamlProblems } from './yaml.js';
 import { ValidationError, apiErrorMap, formatZodError } from './errors.js';
 
 /**
@@ -51,6 +51,7 @@ export function parseVmi(doc: unknown, where = 'vmi'): Vmi {
 
 export function parseVmiYaml(text: string, where = 'vmi'): Vmi {
   let doc: unknown;
+  checkYamlLimits(text, where, FILE_YAML_LIMITS);
   try {
     const parsed = parseDocument(text, { uniqueKeys: true });
     const problems = yamlProblems(parsed, where);
@@ -62,6 +63,14 @@ export function parseVmiYaml(text: string, where = 'vmi'): Vmi {
   }
   return parseVmi(doc, where);
 }
+
+/**
+ * Our disks carry the libvirt alias `ua-spdk-<name>` (KubeVirt keeps `ua-` aliases). A VMI disk
+ * or volume named `spdk-<name>` gets the same alias from KubeVirt: such a pair is refused.
+ */
+export const SPDK_ALIAS_NAME_PREFIX = 'spdk-';
+/** KubeVirt's switch for memfd-backed guest memory with hugepages (`"false"` turns it off). */
+export const MEMFD_ANNOTATION = 'kubevirt.io/memfd';
 
 /** The annotation as a field path, the prefix of every message about the volumes of a VMI. */
 export const VOLUMES_FIELD = `metadata.annotations["${VOLUMES_ANNOTATION}"]`;
@@ -86,9 +95,12 @@ export function spdkVolumesOf(vmi: Vmi): SpdkVolume[] {
   const prefix = VOLUMES_FIELD;
   const vols = parseVolumesAnnotation(text, prefix);
   const own = new Set([...vmi.spec.domain.devices.disks.map((d) => d.name), ...vmi.spec.volumes.map((v) => v.name)]);
-  const problems = vols.flatMap((v, i) =>
-    own.has(v.name) ? [`${prefix}[${i}].name: "${v.name}" clashes with a disk or volume of the VMI itself`] : [],
-  );
+  const problems = vols.flatMap((v, i) => {
+    if (own.has(v.name)) return [`${prefix}[${i}].name: "${v.name}" clashes with a disk or volume of the VMI itself`];
+    const alias = `${SPDK_ALIAS_NAME_PREFIX}${v.name}`;
+    if (own.has(alias)) return [`${prefix}[${i}].name: "${v.name}" clashes with the VMI's own disk or volume "${alias}" (both would get the libvirt alias "ua-${alias}")`];
+    return [];
+  });
   if (problems.length) throw new ValidationError(problems);
   return vols;
 }

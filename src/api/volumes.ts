@@ -1,8 +1,7 @@
 import { z } from 'zod';
-import { parseDocument } from 'yaml';
 import { parseDuration, parseQuantity } from './quantity.js';
 import { ValidationError, apiErrorMap, formatZodError } from './errors.js';
-import { STRICT_YAML_OPTIONS, readPlainYaml, yamlProblems } from './yaml.js';
+import { readUserYaml } from './yaml.js';
 
 /** The VMI annotation that declares SPDK disks, shaped like KubeVirt volumes. */
 export const VOLUMES_ANNOTATION = 'kubevirt-spdk.io/volumes';
@@ -16,7 +15,12 @@ export const VHOST_SLOT_RESOURCE = 'kubevirt-spdk.io/vhost-slot';
 export const DNS1123_LABEL = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
 export const SLOT_RE = /^slot-[0-9]{2,3}$/;
 export const MAX_QUEUES = 256;
-export const DEFAULT_RECONNECT_TIMEOUT_S = 10;
+/**
+ * libvirt's `<reconnect timeout='N'/>` (QEMU `reconnect=N`) is the interval between QEMU's
+ * attempts to reach the socket again, not a deadline: QEMU retries forever, and the guest waits
+ * up to N seconds after the backend is back. Small is right.
+ */
+export const DEFAULT_RECONNECT_INTERVAL_S = 1;
 
 export const DiskName = z
   .string()
@@ -71,11 +75,16 @@ export const SpdkVhostBlkDiskSchema = z
     capacity: Quantity.optional(),
     bootOrder: z.number().int('must be an integer').min(1, 'must be >= 1').optional(),
     queues: z.number().int('must be an integer').min(1, 'must be >= 1').max(MAX_QUEUES, `must be <= ${MAX_QUEUES}`).optional(),
-    reconnectTimeout: ReconnectTimeout.default(`${DEFAULT_RECONNECT_TIMEOUT_S}s`),
+    reconnectInterval: ReconnectTimeout.optional(),
+    /** Deprecated name of reconnectInterval (it never was a timeout); still read, the webhook warns. */
+    reconnectTimeout: ReconnectTimeout.optional(),
     readonly: z.boolean().default(false),
   })
   .strict()
   .superRefine((d, ctx) => {
+    if (d.reconnectInterval !== undefined && d.reconnectTimeout !== undefined) {
+      ctx.addIssue({ code: z.ZodIssueCode.custom, path: ['reconnectTimeout'], message: 'is the deprecated name of reconnectInterval: give only reconnectInterval' });
+    }
     const sources = (['image', 'blank', 'bdev'] as const).filter((k) => d[k] !== undefined);
     if (sources.length !== 1) {
       ctx.addIssue({
@@ -86,7 +95,8 @@ export const SpdkVhostBlkDiskSchema = z
     if ((d.image !== undefined || d.blank !== undefined) && d.capacity === undefined) {
       ctx.addIssue({ code: z.ZodIssueCode.custom, path: ['capacity'], message: 'is required for image and blank disks' });
     }
-  });
+  })
+  .transform((d) => ({ ...d, reconnectInterval: d.reconnectInterval ?? d.reconnectTimeout ?? DEFAULT_RECONNECT_INTERVAL_S }));
 
 export const SpdkVolumeSchema = z.object({ name: DiskName, spdkVhostBlkDisk: SpdkVhostBlkDiskSchema }).strict();
 
@@ -134,18 +144,6 @@ export function diskSource(d: SpdkVhostBlkDisk): DiskSource {
 const parsedVolumes = new Map<string, SpdkVolume[]>();
 const PARSED_VOLUMES_MAX = 256;
 
-function readStrictYaml(text: string, prefix: string): unknown {
-  try {
-    const parsed = parseDocument(text, STRICT_YAML_OPTIONS);
-    const problems = yamlProblems(parsed, prefix);
-    if (problems.length) throw new ValidationError(problems);
-    return parsed.toJS({ maxAliasCount: 0 });
-  } catch (e) {
-    if (e instanceof ValidationError) throw e;
-    throw new ValidationError([`${prefix}: not valid YAML: ${(e as Error).message.split('\n')[0]?.replace(/:$/, '')}`]);
-  }
-}
-
 /**
  * Parses the annotation text (YAML or JSON). Throws ValidationError whose messages name the
  * field (`volumes[0].spdkVhostBlkDisk.capacity`) and the rule.
@@ -161,8 +159,7 @@ export function parseVolumesAnnotation(text: string, prefix = 'volumes'): SpdkVo
 }
 
 function parseVolumesUncached(text: string, prefix: string): SpdkVolume[] {
-  const plain = readPlainYaml(text);
-  const doc = plain && plain.value !== undefined ? plain.value : readStrictYaml(text, prefix);
+  const doc = readUserYaml(text, prefix);
   const res = SpdkVolumesSchema.safeParse(doc, { errorMap: apiErrorMap });
   if (!res.success) throw new ValidationError(formatZodError(prefix, res.error));
   return res.data;

@@ -5,7 +5,11 @@
  * Contract (see DESIGN.md, "Converter"):
  * - idempotent: KubeVirt calls OnDefineDomain twice at boot on q35 and may hand our disk back
  *   stripped of fields its Go structs do not know (the `<source>` of a vhostuser disk). Our
- *   disks are recognised by their `ua-spdk-` alias and rebuilt, never duplicated.
+ *   disks are recognised by what KubeVirt never produces for a disk of its own: type
+ *   `vhostuser` (KubeVirt has no such disk) with a `ua-spdk-` alias; they are rebuilt, never
+ *   duplicated. A user's own disk named `spdk-*` is left alone.
+ * - our target names count down from `vdzzz`, out of reach of KubeVirt's hot-plug naming.
+ * - `kubevirt.io/memfd: "false"` is respected: memory is made shared, the source KubeVirt chose stays.
  * - everything else keeps its meaning: elements, attributes, their order, comments,
  *   namespaces (`xmlns:qemu`, `<qemu:commandline>`). Only ignorable whitespace between
  *   elements is re-indented.
@@ -15,10 +19,10 @@
 import path from 'node:path';
 import type { XMLBuilder } from 'xmlbuilder2/lib/interfaces.js';
 import type { Document, Element, Node } from '@oozcitak/dom/lib/dom/interfaces.js';
-import { VOLUMES_FIELD, spdkVolumesOf, vcpuCount, type Vmi } from '../api/vmi.js';
+import { MEMFD_ANNOTATION, SPDK_ALIAS_NAME_PREFIX, VOLUMES_FIELD, spdkVolumesOf, vcpuCount, type Vmi } from '../api/vmi.js';
 import { MAX_QUEUES, type SpdkVolume } from '../api/volumes.js';
 import { ConvertError } from './errors.js';
-import { freeTargetNames } from './devnames.js';
+import { ourTargetNames } from './devnames.js';
 import { parseXmlStrict } from './xmlparse.js';
 
 export { ConvertError } from './errors.js';
@@ -30,7 +34,7 @@ export interface ConvertOptions {
 
 export const DEFAULT_SOCKET_DIR = '/var/run/kubevirt-spdk';
 /** libvirt keeps user aliases that start with `ua-`; ours add `spdk-` to be recognisable. */
-export const ALIAS_PREFIX = 'ua-spdk-';
+export const ALIAS_PREFIX = `ua-${SPDK_ALIAS_NAME_PREFIX}`;
 /** sun_path is 108 bytes including the terminating NUL. */
 export const MAX_SOCKET_PATH_BYTES = 107;
 
@@ -77,7 +81,21 @@ function aliasOf(device: Element): string | undefined {
 }
 
 function isOurDisk(device: Element): boolean {
-  return device.localName === 'disk' && (aliasOf(device)?.startsWith(ALIAS_PREFIX) ?? false);
+  return device.localName === 'disk' && device.getAttribute('type') === 'vhostuser' && (aliasOf(device)?.startsWith(ALIAS_PREFIX) ?? false);
+}
+
+/** A device of the domain that already holds the alias one of our disks needs: refused, never replaced. */
+function checkAliases(devices: Element, volumes: SpdkVolume[]): void {
+  const byAlias = new Map<string, Element>();
+  for (const d of children(devices)) {
+    const alias = aliasOf(d);
+    if (alias !== undefined && !isOurDisk(d)) byAlias.set(alias, d);
+  }
+  const problems = volumes.flatMap((v, i) => {
+    const owner = byAlias.get(`${ALIAS_PREFIX}${v.name}`);
+    return owner ? [`${VOLUMES_FIELD}[${i}].name: "${v.name}" needs the alias "${ALIAS_PREFIX}${v.name}", already used by ${describeDevice(owner)} in the domain`] : [];
+  });
+  if (problems.length) throw new ConvertError(problems);
 }
 
 /** `<disk dev="vda" alias="ua-containerdisk">`: how an error names a device of the domain. */
@@ -131,8 +149,12 @@ function checkBootOrders(domain: Element, devices: Element, volumes: SpdkVolume[
   if (problems.length) throw new ConvertError(problems);
 }
 
-/** vhost-user needs guest memory that the backend can map: memfd, shared. Returns `<memoryBacking>`. */
-function ensureSharedMemory(doc: Document, domain: Element): Element {
+/**
+ * vhost-user needs guest memory that the backend can map: fd-backed and shared. memfd unless
+ * the VMI turned memfd off (then libvirt backs shared memory with a file: hugetlbfs for
+ * hugepages, its memory directory otherwise). Returns `<memoryBacking>`.
+ */
+function ensureSharedMemory(doc: Document, domain: Element, memfd: boolean): Element {
   let backing = child(domain, 'memoryBacking');
   if (!backing) {
     backing = makeElement(doc, 'memoryBacking', {});
@@ -141,7 +163,10 @@ function ensureSharedMemory(doc: Document, domain: Element): Element {
   }
   const source = child(backing, 'source');
   // A file-backed source shared with the backend works for vhost-user too: keep KubeVirt's choice.
-  if (!source) insertOrdered(backing, makeElement(doc, 'source', { type: 'memfd' }));
+  if (!memfd) {
+    // Anonymous memory has no fd to share; without a source libvirt picks a file.
+    if (source?.getAttribute('type') === 'anonymous') backing.removeChild(source);
+  } else if (!source) insertOrdered(backing, makeElement(doc, 'source', { type: 'memfd' }));
   else if (source.getAttribute('type') !== 'file') source.setAttribute('type', 'memfd');
   const access = child(backing, 'access');
   if (!access) insertOrdered(backing, makeElement(doc, 'access', { mode: 'shared' }));
@@ -199,12 +224,13 @@ export function convertDomain(domainXml: string, vmi: Vmi, options: ConvertOptio
 
   // Ours from an earlier call (possibly stripped by KubeVirt) are rebuilt from the VMI.
   for (const d of children(devices, 'disk').filter(isOurDisk)) devices.removeChild(d);
+  checkAliases(devices, volumes);
   checkBootOrders(domain, devices, volumes);
   checkNumaAccess(domain);
 
   const others = children(devices, 'disk');
   const taken = new Set(others.map((d) => child(d, 'target')?.getAttribute('dev')).filter((d): d is string => !!d));
-  const names = freeTargetNames('vd', taken, volumes.length);
+  const names = ourTargetNames('vd', taken, volumes.length);
   const defaultQueues = Math.min(vcpuCount(vmi), MAX_QUEUES);
 
   // After the domain's last disk (or first in <devices>): a position that does not depend on
@@ -217,7 +243,7 @@ export function convertDomain(domainXml: string, vmi: Vmi, options: ConvertOptio
     const kids = [
       makeElement(doc, 'driver', { name: 'qemu', type: 'raw', queues: String(Math.min(d.queues ?? defaultQueues, MAX_QUEUES)) }),
       makeElement(doc, 'source', { type: 'unix', path: `${socketDir === '/' ? '' : socketDir}/${vol.name}` }, [
-        makeElement(doc, 'reconnect', { enabled: 'yes', timeout: String(d.reconnectTimeout) }),
+        makeElement(doc, 'reconnect', { enabled: 'yes', timeout: String(d.reconnectInterval) }),
       ]),
       makeElement(doc, 'target', { dev: names[i] ?? '', bus: 'virtio' }),
     ];
@@ -228,6 +254,6 @@ export function convertDomain(domainXml: string, vmi: Vmi, options: ConvertOptio
     before = disk.nextSibling;
   });
 
-  const backing = ensureSharedMemory(doc, domain);
+  const backing = ensureSharedMemory(doc, domain, vmi.metadata.annotations[MEMFD_ANNOTATION] !== 'false');
   return serialize(builder, [domain, devices, backing]);
 }

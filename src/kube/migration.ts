@@ -2,11 +2,11 @@ import { readFile, readdir, rm } from 'node:fs/promises';
 import path from 'node:path';
 import * as k8s from '@kubernetes/client-node';
 import type { KubernetesObject } from '@kubernetes/client-node';
-import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
 import { VmiRefSchema, type VmiRef, type VmiStatus } from '../api/status.js';
-import { parseVmi, spdkVolumesOf, vcpuCount, vmiUid } from '../api/vmi.js';
-import { VOLUMES_ANNOTATION } from '../api/volumes.js';
+import { VOLUMES_FIELD, parseVmi, spdkVolumesOf, vcpuCount, vmiUid } from '../api/vmi.js';
+import { VOLUMES_ANNOTATION, parseVolumesAnnotation } from '../api/volumes.js';
+import { readUserYaml } from '../api/yaml.js';
 import { writeFileAtomic } from '../agent/fsutil.js';
 import { diskId } from '../agent/naming.js';
 import { RemoteDiskRefSchema, type ListenAddress, type RemoteDiskRef } from '../backend/remote.js';
@@ -198,7 +198,9 @@ export function servedFromAttached(raw: KubernetesObject, j: MigrationJournal): 
   if (text === undefined) return undefined;
   let vols: unknown;
   try {
-    vols = parseYaml(text);
+    // The agent acts only on an annotation that passes the same rules as at admission.
+    parseVolumesAnnotation(text, VOLUMES_FIELD);
+    vols = readUserYaml(text, VOLUMES_FIELD);
   } catch {
     return undefined;
   }

@@ -27,7 +27,7 @@ const volume = fc.record({
   spdkVhostBlkDisk: fc.oneof(
     fc.record({ blank: fc.constant({}), capacity: fc.constantFrom('1Gi', '20Gi') }),
     fc.record({ bdev: fc.constantFrom('Nvme0n1', 'rbd0'), readonly: fc.boolean() }),
-    fc.record({ blank: fc.constant({}), capacity: fc.constant('2Gi'), bootOrder: fc.integer({ min: 1, max: 9 }), queues: fc.integer({ min: 1, max: 8 }), reconnectTimeout: fc.constantFrom('1s', '10s') }),
+    fc.record({ blank: fc.constant({}), capacity: fc.constant('2Gi'), bootOrder: fc.integer({ min: 1, max: 9 }), queues: fc.integer({ min: 1, max: 8 }), reconnectInterval: fc.constantFrom('1s', '10s') }),
   ),
 });
 // Boot orders must be unique (the schema says so): renumber the ones drawn.

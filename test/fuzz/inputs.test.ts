@@ -55,6 +55,10 @@ const annotationText = fc.oneof(
     '- &v {name: root, spdkVhostBlkDisk: {blank: {}, capacity: 1Gi}}\n- *v',
     '- name: root\n  name: evil\n  spdkVhostBlkDisk: {blank: {}, capacity: 1Gi}',
     `${'['.repeat(5000)}${']'.repeat(5000)}`,
+    // Unclosed nesting aborted the process in the `yaml` composer (F3): refused by depth first.
+    '[ '.repeat(2000),
+    '{a: '.repeat(8000),
+    `!x ${'['.repeat(20_000)}`,
     `${'- '.repeat(3000)}x`,
     '!!js/function "function(){}"',
     '- !!binary aGVsbG8=',

@@ -45,6 +45,8 @@ export interface KsEvent {
   word: string;
   rest: string;
   line: string;
+  /** When the host read the line (ms since the epoch); set by GuestConsole. */
+  at?: number;
 }
 
 const KS_LINE = /^KS: (\S+)(?: (.*))?$/;
@@ -128,7 +130,7 @@ export class GuestConsole {
     this.partial = lines.pop() ?? '';
     for (const line of lines) {
       const ev = parseKsLine(line);
-      if (ev) this.events.push(ev);
+      if (ev) this.events.push({ ...ev, at: Date.now() });
     }
     this.settle();
   }

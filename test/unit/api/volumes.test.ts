@@ -25,20 +25,20 @@ describe('kubevirt-spdk.io/volumes: what parses', () => {
     capacity: 20Gi
     bootOrder: 1
     queues: 4
-    reconnectTimeout: 10s
+    reconnectInterval: 10s
     readonly: false
 - name: scratch
   spdkVhostBlkDisk: {blank: {}, capacity: 1Gi}
 - name: shared
-  spdkVhostBlkDisk: {bdev: "nvme0n1:p1/x_y.z-0", readonly: true, reconnectTimeout: 1m30s}
+  spdkVhostBlkDisk: {bdev: "nvme0n1:p1/x_y.z-0", readonly: true, reconnectInterval: 1m30s}
 `);
     expect(vols).toEqual([
       {
         name: 'rootdisk',
-        spdkVhostBlkDisk: { image: 'fedora-40', capacity: { text: '20Gi', bytes: 20 * 2 ** 30 }, bootOrder: 1, queues: 4, reconnectTimeout: 10, readonly: false },
+        spdkVhostBlkDisk: { image: 'fedora-40', capacity: { text: '20Gi', bytes: 20 * 2 ** 30 }, bootOrder: 1, queues: 4, reconnectInterval: 10, readonly: false },
       },
-      { name: 'scratch', spdkVhostBlkDisk: { blank: {}, capacity: { text: '1Gi', bytes: 2 ** 30 }, reconnectTimeout: 10, readonly: false } },
-      { name: 'shared', spdkVhostBlkDisk: { bdev: 'nvme0n1:p1/x_y.z-0', reconnectTimeout: 90, readonly: true } },
+      { name: 'scratch', spdkVhostBlkDisk: { blank: {}, capacity: { text: '1Gi', bytes: 2 ** 30 }, reconnectInterval: 1, readonly: false } },
+      { name: 'shared', spdkVhostBlkDisk: { bdev: 'nvme0n1:p1/x_y.z-0', reconnectInterval: 90, readonly: true } },
     ]);
     expect(vols.map((v) => diskSource(v.spdkVhostBlkDisk))).toEqual([
       { kind: 'image', image: 'fedora-40' },
@@ -68,9 +68,15 @@ describe('kubevirt-spdk.io/volumes: what parses', () => {
     ['1m30s', 90],
     ['2h', 7200],
     ['1500ms', undefined],
-  ])('reconnectTimeout %s is %s seconds', (text, seconds) => {
-    if (seconds === undefined) expect(problems(disk(`bdev: b, reconnectTimeout: ${text}`))).toHaveLength(1);
-    else expect(parseVolumesAnnotation(disk(`bdev: b, reconnectTimeout: ${text}`))[0]?.spdkVhostBlkDisk.reconnectTimeout).toBe(seconds);
+  ])('reconnectInterval %s is %s seconds', (text, seconds) => {
+    if (seconds === undefined) expect(problems(disk(`bdev: b, reconnectInterval: ${text}`))).toHaveLength(1);
+    else expect(parseVolumesAnnotation(disk(`bdev: b, reconnectInterval: ${text}`))[0]?.spdkVhostBlkDisk.reconnectInterval).toBe(seconds);
+  });
+
+  it('reads the deprecated name reconnectTimeout as the interval it always was (default 1 s)', () => {
+    expect(parseVolumesAnnotation(disk('bdev: b, reconnectTimeout: 10s'))[0]?.spdkVhostBlkDisk).toMatchObject({ reconnectInterval: 10, reconnectTimeout: 10 });
+    expect(parseVolumesAnnotation(disk('bdev: b'))[0]?.spdkVhostBlkDisk.reconnectInterval).toBe(1);
+    expect(problems(disk('bdev: b, reconnectTimeout: 10s, reconnectInterval: 1s'))).toEqual([`${D}.reconnectTimeout: is the deprecated name of reconnectInterval: give only reconnectInterval`]);
   });
 
   it('accepts 26 volumes and queues at both bounds', () => {
@@ -133,13 +139,13 @@ describe('kubevirt-spdk.io/volumes: every rule has a message naming the field', 
     ['capacity 0Gi', disk('image: x, capacity: 0Gi'), [`${D}.capacity: 0Gi must be greater than 0`]],
     ['a negative capacity', disk('image: x, capacity: -1Gi'), [`${D}.capacity: -1Gi is not a Kubernetes quantity (e.g. 20Gi)`]],
     ['a list as capacity', disk('image: x, capacity: [1]'), [`${D}.capacity: must be a Kubernetes quantity such as 20Gi, not a list`]],
-    // reconnectTimeout
-    ['reconnectTimeout 0s', disk('bdev: b, reconnectTimeout: 0s'), [`${D}.reconnectTimeout: 0s must be greater than 0`]],
-    ['reconnectTimeout 0', disk('bdev: b, reconnectTimeout: "0"'), [`${D}.reconnectTimeout: 0 must be greater than 0`]],
-    ['reconnectTimeout without unit', disk('bdev: b, reconnectTimeout: 10'), [`${D}.reconnectTimeout: must be a duration with a unit such as 10s`]],
-    ['reconnectTimeout in words', disk('bdev: b, reconnectTimeout: ten'), [`${D}.reconnectTimeout: ten is not a duration (e.g. 10s)`]],
-    ['a negative reconnectTimeout', disk('bdev: b, reconnectTimeout: -1s'), [`${D}.reconnectTimeout: -1s is not a duration (e.g. 10s)`]],
-    ['a fractional reconnectTimeout', disk('bdev: b, reconnectTimeout: 1.5s'), [`${D}.reconnectTimeout: 1.5s must be a whole number of seconds (libvirt reconnect timeout)`]],
+    // reconnectInterval
+    ['reconnectInterval 0s', disk('bdev: b, reconnectInterval: 0s'), [`${D}.reconnectInterval: 0s must be greater than 0`]],
+    ['reconnectInterval 0', disk('bdev: b, reconnectInterval: "0"'), [`${D}.reconnectInterval: 0 must be greater than 0`]],
+    ['reconnectInterval without unit', disk('bdev: b, reconnectInterval: 10'), [`${D}.reconnectInterval: must be a duration with a unit such as 10s`]],
+    ['reconnectInterval in words', disk('bdev: b, reconnectInterval: ten'), [`${D}.reconnectInterval: ten is not a duration (e.g. 10s)`]],
+    ['a negative reconnectInterval', disk('bdev: b, reconnectInterval: -1s'), [`${D}.reconnectInterval: -1s is not a duration (e.g. 10s)`]],
+    ['a fractional reconnectInterval', disk('bdev: b, reconnectInterval: 1.5s'), [`${D}.reconnectInterval: 1.5s must be a whole number of seconds (libvirt reconnect timeout)`]],
     // queues
     ['queues 0', disk('bdev: b, queues: 0'), [`${D}.queues: must be >= 1`]],
     ['queues 257', disk('bdev: b, queues: 257'), [`${D}.queues: must be <= 256`]],
@@ -151,7 +157,7 @@ describe('kubevirt-spdk.io/volumes: every rule has a message naming the field', 
     ['a duplicate bootOrder', `${disk('bdev: b, bootOrder: 1')}\n${disk('bdev: d, bootOrder: 1', 'c')}`, ['volumes[1].spdkVhostBlkDisk.bootOrder: 1 is already used by volumes[0]']],
     ['readonly "yes"', disk('bdev: b, readonly: "yes"'), [`${D}.readonly: must be true or false, not string`]],
     // several problems at once are all reported
-    ['two bad fields', disk('bdev: b, queues: 0, reconnectTimeout: 0s'), [`${D}.queues: must be >= 1`, `${D}.reconnectTimeout: 0s must be greater than 0`]],
+    ['two bad fields', disk('bdev: b, queues: 0, reconnectInterval: 0s'), [`${D}.queues: must be >= 1`, `${D}.reconnectInterval: 0s must be greater than 0`]],
     [
       'problems in two volumes',
       `${disk('bdev: b, queues: 0')}\n${disk('blank: {}', 'c')}`,

@@ -113,3 +113,52 @@ describe('the plain-YAML fast path', () => {
     });
   });
 });
+
+describe('size and depth limits come before any YAML parser (F3)', () => {
+  // ~2,000 nested "[" in 4 KB aborted the process (V8 allocation failure in the composer).
+  const deep = [
+    ['the reported input', '[ '.repeat(2000)],
+    ['2,000 brackets', '['.repeat(2000)],
+    ['30,000 brackets', '['.repeat(30_000)],
+    ['compact block sequences', '- '.repeat(16_000)],
+    ['flow mappings', '{a: '.repeat(8000)],
+    ['a tag forces the strict path', `!x ${'['.repeat(20_000)}`],
+    ['quotes cannot hide the nesting', '[ "]" '.repeat(5000)],
+    ['indentation', Array.from({ length: 180 }, (_, i) => `${' '.repeat(i)}k:`).join('\n')],
+  ] as const;
+  for (const [what, text] of deep) {
+    it(`the annotation: ${what}`, () => {
+      const problems = problemsOf(() => parseVolumesAnnotation(text));
+      expect(problems).toHaveLength(1);
+      expect(problems[0]).toMatch(/^volumes: YAML nests deeper than 16 levels \(line \d+\)/);
+    });
+  }
+
+  it('the annotation: over 32 KiB is refused before parsing', () => {
+    expect(problemsOf(() => parseVolumesAnnotation(`# ${'x'.repeat(40_000)}\n`))).toEqual(['volumes: must be at most 32768 characters, found 40003']);
+  });
+
+  it('a real annotation is far from the limits', () => {
+    const vol = (i: number) => `- name: d${i}\n  spdkVhostBlkDisk:\n    blank: {}\n    capacity: 1Gi\n`;
+    expect(parseVolumesAnnotation(Array.from({ length: 26 }, (_, i) => vol(i)).join(''))).toHaveLength(26);
+    // JSON, and the strict path (an anchor-free document with a comment and a quoted key).
+    expect(parseVolumesAnnotation('[{"name":"a","spdkVhostBlkDisk":{"blank":{},"capacity":"1Gi"}}]')).toHaveLength(1);
+    expect(parseVolumesAnnotation('%YAML 1.2\n---\n- {name: a, spdkVhostBlkDisk: {blank: {}, capacity: 1Gi}}\n')).toHaveLength(1);
+  });
+
+  it('the agent and the converter meet the same rule (the one parse of the annotation)', async () => {
+    const { desiredVmiOf } = await import('../../../src/agent/desired.js');
+    const { convertDomain } = await import('../../../src/converter/index.js');
+    const { parseVmi } = await import('../../../src/api/vmi.js');
+    const vmi = parseVmi({ metadata: { name: 'deep', annotations: { 'kubevirt-spdk.io/volumes': '[ '.repeat(2000), 'kubevirt-spdk.io/slot': 'slot-01' } } });
+    const want = /^metadata\.annotations\["kubevirt-spdk\.io\/volumes"\]: YAML nests deeper than 16 levels/;
+    expect(desiredVmiOf(vmi, new Map(), 'test').problems[0]).toMatch(want);
+    expect(problemsOf(() => convertDomain('<domain type="kvm"><name>x</name></domain>', vmi))[0]).toMatch(want);
+  });
+
+  it('a VMI file and a CachedImage file: the same check, with file limits', () => {
+    const text = `metadata:\n  name: ${'['.repeat(20_000)}\n`;
+    expect(problemsOf(() => parseVmiYaml(text))[0]).toMatch(/^vmi: YAML nests deeper than 64 levels \(line 2\)/);
+    expect(problemsOf(() => parseCachedImages(text))[0]).toMatch(/^images: YAML nests deeper than 64 levels \(line 2\)/);
+  });
+});

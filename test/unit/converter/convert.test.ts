@@ -9,7 +9,7 @@ import type { Element } from '@oozcitak/dom/lib/dom/interfaces.js';
 import { ValidationError } from '../../../src/api/errors.js';
 import { parseVmi, type Vmi } from '../../../src/api/vmi.js';
 import { ConvertError, convertDomain } from '../../../src/converter/index.js';
-import { diskTargetName, freeTargetNames } from '../../../src/converter/devnames.js';
+import { KUBEVIRT_DEVICE_INDEX_LIMIT, diskTargetName, ourTargetNames } from '../../../src/converter/devnames.js';
 import { expectValidDomain, haveVirtXmlValidate } from './virt-xml-validate.js';
 
 const FIXTURES = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../fixtures/converter');
@@ -47,7 +47,7 @@ function vmiWith(volumes: Array<{ name: string } & VolumeSpec> | undefined, cpu:
 
 const ROOT_AND_DATA = [
   { name: 'rootdisk', image: 'fedora-40', capacity: '20Gi', bootOrder: 1 },
-  { name: 'data', blank: {}, capacity: '1Gi', queues: 4, reconnectTimeout: '1m' },
+  { name: 'data', blank: {}, capacity: '1Gi', queues: 4, reconnectInterval: '1m' },
 ];
 
 /** An attribute of the first child element named `child` of a parsed node. */
@@ -84,7 +84,7 @@ function volumes(n: number): Array<{ name: string } & VolumeSpec> {
     const name = `disk${i + 1}`;
     if (i % 3 === 0) return { name, image: 'fedora-40', capacity: '20Gi', ...(i === 0 ? { bootOrder: 1 } : {}) };
     if (i % 3 === 1) return { name, blank: {}, capacity: `${i}Gi`, queues: i };
-    return { name, bdev: `nvme0n1p${i}`, readonly: true, reconnectTimeout: `${i}s` };
+    return { name, bdev: `nvme0n1p${i}`, readonly: true, reconnectInterval: `${i}s` };
   });
 }
 
@@ -93,10 +93,10 @@ describe('convertDomain: golden files', () => {
     describe(`${n} disk(s) on a minimal q35 domain`, () => {
       const out = convertDomain(MINIMAL, vmiWith(volumes(n), { cores: 2, sockets: 2 }));
       it('matches the golden file', () => expectGolden(`minimal-${n}-disks.xml`, out));
-      it('adds exactly one vhostuser disk per volume, on vda.., with the default queues = vCPUs', () => {
+      it('adds exactly one vhostuser disk per volume, on vdzzz downwards, with the default queues = vCPUs', () => {
         const { ours } = inspect(out);
         expect(ours.map((d) => d.alias)).toEqual(volumes(n).map((v) => `ua-spdk-${v.name}`));
-        expect(ours.map((d) => d.dev)).toEqual(Array.from({ length: n }, (_, i) => diskTargetName('vd', i)));
+        expect(ours.map((d) => d.dev)).toEqual(Array.from({ length: n }, (_, i) => diskTargetName('vd', 18277 - i)));
         expect(ours[0]?.xml).toContain('queues="4"');
       });
       it('is idempotent', () => expect(convertDomain(out, vmiWith(volumes(n), { cores: 2, sockets: 2 }))).toBe(out));
@@ -109,15 +109,15 @@ describe('convertDomain: golden files', () => {
     const out = convertDomain(Q35, vmi);
     it('matches the golden file', () => expectGolden('kubevirt-q35.xml', out));
     it.skipIf(!haveVirtXmlValidate)('passes virt-xml-validate (needs libvirt-clients + xmllint)', () => expectValidDomain(out));
-    it('names our disks after KubeVirt\'s vda (containerdisk) and vdb (cloudinitdisk)', () => {
+    it('names our disks from the top (vdzzz, vdzzy), out of reach of KubeVirt\'s vda, vdb and its hot-plugs', () => {
       const { disks, ours } = inspect(out);
       expect(disks.map((d) => [d.alias, d.dev])).toEqual([
         ['ua-containerdisk', 'vda'],
         ['ua-cloudinitdisk', 'vdb'],
-        ['ua-spdk-rootdisk', 'vdc'],
-        ['ua-spdk-data', 'vdd'],
+        ['ua-spdk-rootdisk', 'vdzzz'],
+        ['ua-spdk-data', 'vdzzy'],
       ]);
-      expect(ours[0]?.xml).toContain('<source type="unix" path="/var/run/kubevirt-spdk/rootdisk"><reconnect enabled="yes" timeout="10"/></source>');
+      expect(ours[0]?.xml).toContain('<source type="unix" path="/var/run/kubevirt-spdk/rootdisk"><reconnect enabled="yes" timeout="1"/></source>');
       expect(ours[0]?.xml).toContain('<boot order="1"/>');
       expect(ours[0]?.xml).toContain('<driver name="qemu" type="raw" queues="2"/>');
       expect(ours[1]?.xml).toContain('<reconnect enabled="yes" timeout="60"/>');
@@ -188,7 +188,7 @@ describe('convertDomain: idempotence (OnDefineDomain twice at boot on q35)', () 
           name: `v${i}`,
           ...(v.kind === 'image' ? { image: 'img', capacity: '1Gi' } : v.kind === 'blank' ? { blank: {}, capacity: '1Gi' } : { bdev: 'b0' }),
           ...(v.queues === undefined ? {} : { queues: v.queues }),
-          reconnectTimeout: `${v.reconnect}s`,
+          reconnectInterval: `${v.reconnect}s`,
         }));
         const vmi = vmiWith(specs, { cores });
         const once = convertDomain(domain, vmi);
@@ -241,13 +241,107 @@ describe('convertDomain: boot order', () => {
 });
 
 describe('convertDomain: details', () => {
-  it('picks target names that do not collide, filling gaps and ignoring other buses\' prefixes', () => {
+  it('picks target names that do not collide, skipping taken ones and ignoring other buses\' prefixes', () => {
     const domain = MINIMAL.replace(
       '<serial type="pty"/>',
-      ['vda', 'vdc', 'sda'].map((dev) => `<disk type="file" device="disk"><source file="/img/${dev}"/><target dev="${dev}" bus="${dev === 'sda' ? 'sata' : 'virtio'}"/></disk>`).join('') + '<serial type="pty"/>',
+      ['vda', 'vdzzy', 'sdzzz'].map((dev) => `<disk type="file" device="disk"><source file="/img/${dev}"/><target dev="${dev}" bus="${dev.startsWith('sd') ? 'sata' : 'virtio'}"/></disk>`).join('') + '<serial type="pty"/>',
     );
     const out = convertDomain(domain, vmiWith(volumes(3)));
-    expect(inspect(out).ours.map((d) => d.dev)).toEqual(['vdb', 'vdd', 'vde']);
+    expect(inspect(out).ours.map((d) => d.dev)).toEqual(['vdzzz', 'vdzzx', 'vdzzw']);
+  });
+
+  /**
+   * KubeVirt's rule (virt-launcher converter, MakeDeviceName): a disk keeps the target in the
+   * VMI's volume status; a new one (hot-plug) takes the lowest index i < 26^3 whose name no
+   * VMI disk holds. It never sees our disks, so only names outside its range are safe.
+   */
+  function kubevirtHotplugNames(vmiTargets: string[], hotplugs: number): string[] {
+    const used = new Set(vmiTargets);
+    const out: string[] = [];
+    for (let h = 0; h < hotplugs; h++) {
+      for (let i = 0; i < 26 * 26 * 26; i++) {
+        const name = diskTargetName('vd', i);
+        if (!used.has(name)) {
+          used.add(name);
+          out.push(name);
+          break;
+        }
+      }
+    }
+    return out;
+  }
+
+  it('no hot-plugged KubeVirt disk can get one of our target names (KubeVirt\'s naming rule)', () => {
+    fc.assert(
+      fc.property(fc.integer({ min: 0, max: 40 }), fc.integer({ min: 1, max: 26 }), fc.integer({ min: 0, max: 60 }), (own, n, hotplugs) => {
+        const ownTargets = Array.from({ length: own }, (_, i) => diskTargetName('vd', i));
+        const domain = MINIMAL.replace(
+          '<serial type="pty"/>',
+          ownTargets.map((dev, i) => `<disk type="file" device="disk"><source file="/img/${i}"/><target dev="${dev}" bus="virtio"/><alias name="ua-own${i}"/></disk>`).join('') + '<serial type="pty"/>',
+        );
+        const ours = inspect(convertDomain(domain, vmiWith(volumes(n)))).ours.map((d) => d.dev);
+        const hot = kubevirtHotplugNames(ownTargets, hotplugs);
+        expect(hot.filter((h) => ours.includes(h))).toEqual([]);
+      }),
+      { numRuns: 60 },
+    );
+    // Whatever KubeVirt allocates stays below index 26^3; ours all lie above it.
+    const indexOf = (name: string): number => [...name.slice(2)].reduce((n, c) => n * 26 + (c.charCodeAt(0) - 96), 0) - 1;
+    expect(indexOf('vda')).toBe(0);
+    expect(indexOf(diskTargetName('vd', KUBEVIRT_DEVICE_INDEX_LIMIT - 1))).toBe(KUBEVIRT_DEVICE_INDEX_LIMIT - 1);
+    expect(ourTargetNames('vd', new Set(), 26).map(indexOf).filter((i) => i < KUBEVIRT_DEVICE_INDEX_LIMIT)).toEqual([]);
+  });
+
+  it('keeps a user\'s own disk named spdk-* (only vhostuser disks with our alias are ours)', () => {
+    const own = '<disk type="file" device="disk"><driver name="qemu" type="raw"/><source file="/var/run/kubevirt-private/vmi-disks/spdk-scratch/disk.img"/><target dev="vdb" bus="virtio"/><alias name="ua-spdk-scratch"/></disk>';
+    const domain = MINIMAL.replace('<serial type="pty"/>', `${own}<serial type="pty"/>`);
+    const out = convertDomain(domain, vmiWith([{ name: 'rootdisk', blank: {}, capacity: '1Gi' }]));
+    expect(inspect(out).disks.map((d) => [d.alias, d.dev])).toEqual([
+      ['ua-spdk-scratch', 'vdb'],
+      ['ua-spdk-rootdisk', 'vdzzz'],
+    ]);
+    expect(convertDomain(out, vmiWith([{ name: 'rootdisk', blank: {}, capacity: '1Gi' }]))).toBe(out);
+  });
+
+  it('refuses a volume whose alias a device of the domain already holds', () => {
+    const own = '<disk type="file" device="disk"><source file="/img/x"/><target dev="vdb" bus="virtio"/><alias name="ua-spdk-scratch"/></disk>';
+    const domain = MINIMAL.replace('<serial type="pty"/>', `${own}<serial type="pty"/>`);
+    expect(() => convertDomain(domain, vmiWith([{ name: 'scratch', blank: {}, capacity: '1Gi' }]))).toThrow(
+      'metadata.annotations["kubevirt-spdk.io/volumes"][0].name: "scratch" needs the alias "ua-spdk-scratch", already used by <disk dev="vdb" alias="ua-spdk-scratch"> in the domain',
+    );
+  });
+
+  it('refuses a volume named like a VMI disk that KubeVirt will alias the same (spdk-<name>)', () => {
+    const vmi = parseVmi({
+      metadata: { name: 'v', annotations: { 'kubevirt-spdk.io/volumes': '[{"name":"scratch","spdkVhostBlkDisk":{"blank":{},"capacity":"1Gi"}}]' } },
+      spec: { domain: { devices: { disks: [{ name: 'spdk-scratch' }] } }, volumes: [{ name: 'spdk-scratch' }] },
+    });
+    expect(() => convertDomain(MINIMAL, vmi)).toThrow(
+      'metadata.annotations["kubevirt-spdk.io/volumes"][0].name: "scratch" clashes with the VMI\'s own disk or volume "spdk-scratch" (both would get the libvirt alias "ua-spdk-scratch")',
+    );
+  });
+
+  describe('kubevirt.io/memfd: "false" (hugepages without memfd)', () => {
+    const noMemfd = (vmi: Vmi): Vmi => ({ ...vmi, metadata: { ...vmi.metadata, annotations: { ...vmi.metadata.annotations, 'kubevirt.io/memfd': 'false' } } });
+    // What KubeVirt emits for hugepages when memfd is off: hugepages, no source.
+    const domain = MINIMAL.replace('<vcpu', '<memoryBacking><hugepages><page size="2048" unit="KiB"/></hugepages></memoryBacking><vcpu');
+    it('keeps KubeVirt\'s hugepages without memfd and makes the memory shared', () => {
+      const out = convertDomain(domain, noMemfd(vmiWith([{ name: 'rootdisk', blank: {}, capacity: '1Gi' }])));
+      expect(inspect(out).backingChildren).toEqual(['<hugepages><page size="2048" unit="KiB"/></hugepages>', '<access mode="shared"/>']);
+      expect(convertDomain(out, noMemfd(vmiWith([{ name: 'rootdisk', blank: {}, capacity: '1Gi' }])))).toBe(out);
+    });
+    it.skipIf(!haveVirtXmlValidate)('passes virt-xml-validate', () => {
+      expectValidDomain(convertDomain(domain, noMemfd(vmiWith([{ name: 'rootdisk', blank: {}, capacity: '1Gi' }]))));
+    });
+    it('without the annotation, memfd as before', () => {
+      const out = convertDomain(domain, vmiWith([{ name: 'rootdisk', blank: {}, capacity: '1Gi' }]));
+      expect(inspect(out).backingChildren).toEqual(['<hugepages><page size="2048" unit="KiB"/></hugepages>', '<source type="memfd"/>', '<access mode="shared"/>']);
+    });
+    it('anonymous memory has no fd to share: its source goes, libvirt picks a file', () => {
+      const anon = MINIMAL.replace('<vcpu', '<memoryBacking><source type="anonymous"/><access mode="private"/></memoryBacking><vcpu');
+      const out = convertDomain(anon, noMemfd(vmiWith([{ name: 'rootdisk', blank: {}, capacity: '1Gi' }])));
+      expect(inspect(out).backingChildren).toEqual(['<access mode="shared"/>']);
+    });
   });
 
   it('default queues are the VMI\'s vCPUs (cores x sockets x threads), capped at 256', () => {
@@ -375,8 +469,9 @@ describe('disk target names', () => {
       'vda', 'vdb', 'vdz', 'vdaa', 'vdab', 'vdaz', 'vdba', 'vdzz', 'vdaaa',
     ]);
   });
-  it('skip taken names past vdz', () => {
-    const taken = new Set(Array.from({ length: 25 }, (_, i) => diskTargetName('vd', i)));
-    expect(freeTargetNames('vd', taken, 3)).toEqual(['vdz', 'vdaa', 'vdab']);
+  it('ours count down from vdzzz (the last three-letter name), skipping taken ones', () => {
+    expect(diskTargetName('vd', 18277)).toBe('vdzzz');
+    expect(ourTargetNames('vd', new Set(['vdzzy', 'vdzza']), 27).slice(-3)).toEqual(['vdzyz', 'vdzyy', 'vdzyx']);
+    expect(ourTargetNames('vd', new Set(), 1)).toEqual(['vdzzz']);
   });
 });

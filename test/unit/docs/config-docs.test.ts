@@ -24,7 +24,7 @@ describe('docs/configuration.md', () => {
   it('documents the fields a user writes, with their rules', async () => {
     const doc = await renderConfigurationDoc();
     expect(doc).toMatch(/\| `volumes\[\]\.spdkVhostBlkDisk\.queues` \| number \| optional \| integer; >= 1; <= 256 \|/);
-    expect(doc).toMatch(/\| `volumes\[\]\.spdkVhostBlkDisk\.reconnectTimeout` \| string \| default `"10s"` \|/);
+    expect(doc).toMatch(/\| `volumes\[\]\.spdkVhostBlkDisk\.reconnectInterval` \| string \| optional \| .*default `1s`.*the interval between QEMU's attempts/);
     expect(doc).toMatch(/\| `spec\.format` \| enum \| default `"raw"` \| one of `raw`, `qcow2` \|/);
     expect(doc).toContain('1 to 26 volumes');
   });

@@ -116,13 +116,68 @@ describe('mutate: objects left alone', () => {
   it('passes an object without the annotation with no patch', () => {
     expect(mutate(request(vmi({})), catalog, cfg)).toEqual({ uid: 'u-1', allowed: true });
   });
-  it('passes other kinds, deletes, and updates of a running VMI (its spec is immutable)', () => {
+  it('passes other kinds and deletes', () => {
     expect(mutate(request(vmi(), 'Pod'), catalog, cfg)).toEqual({ uid: 'u-1', allowed: true });
     expect(mutate({ ...request(vmi()), operation: 'DELETE', object: null }, catalog, cfg)).toEqual({ uid: 'u-1', allowed: true });
-    const upd = mutate({ ...request(vmi(), 'VirtualMachineInstance', 'UPDATE'), oldObject: vmi({ [VOLUMES_ANNOTATION]: '[]' }) }, catalog, cfg);
-    expect(upd.allowed).toBe(true);
-    expect(upd.patch).toBeUndefined();
-    expect(upd.warnings?.[0]).toMatch(/take effect only in a new VMI/);
+  });
+});
+
+describe('mutate: UPDATE of a VMI (KubeVirt writes status and finalizers this way)', () => {
+  const update = (object: unknown, oldObject: unknown, kind = 'VirtualMachineInstance'): AdmissionRequest => ({ ...request(object, kind, 'UPDATE'), oldObject: oldObject as Record<string, unknown> });
+  const FIELD = `metadata.annotations["${VOLUMES_ANNOTATION}"]`;
+
+  it("admits KubeVirt's own writes (status, finalizers) at once, without reading the annotation", () => {
+    // Even text that would be refused on CREATE: it is the text that was admitted then, unchanged.
+    const text = '['.repeat(5000);
+    const old = vmi({ [VOLUMES_ANNOTATION]: text });
+    const withStatus = { ...vmi({ [VOLUMES_ANNOTATION]: text }), status: { phase: 'Running' } };
+    expect(mutate(update(withStatus, old), catalog, cfg)).toEqual({ uid: 'u-1', allowed: true });
+    const noFinalizers = { ...vmi({ [VOLUMES_ANNOTATION]: VOLS }), metadata: { ...vmi().metadata, finalizers: [] } };
+    expect(mutate(update(noFinalizers, vmi()), catalog, cfg)).toEqual({ uid: 'u-1', allowed: true });
+  });
+
+  it('refuses a change of the volume list on an existing VMI, whatever the new text (F9)', () => {
+    for (const next of ['- {name: ../../etc, spdkVhostBlkDisk: {blank: {}, capacity: 1Gi}}', '- {name: x, spdkVhostBlkDisk: {bdev: /etc/shadow}}', VOLS.replace('20Gi', '30Gi')]) {
+      const res = mutate(update(vmi({ [VOLUMES_ANNOTATION]: next }), vmi()), catalog, cfg);
+      expect(res.allowed).toBe(false);
+      expect(res.status?.message).toBe(`${FIELD}: cannot be changed on an existing VMI (its disks are already provisioned); create a new VMI, or change the VirtualMachine's template and restart it`);
+    }
+  });
+
+  it('refuses adding the annotation to, or removing it from, an existing VMI', () => {
+    expect(mutate(update(vmi(), vmi({})), catalog, cfg).allowed).toBe(false);
+    expect(mutate(update(vmi({}), vmi()), catalog, cfg).allowed).toBe(false);
+    expect(mutate(update(vmi({}), vmi({})), catalog, cfg)).toEqual({ uid: 'u-1', allowed: true });
+  });
+
+  it("validates a VirtualMachine template's new list fully, size cap included", () => {
+    const vm = (text: string) => ({ apiVersion: 'kubevirt.io/v1', kind: 'VirtualMachine', metadata: { name: 'vm1', finalizers: ['kubevirt.io/virtualMachineControllerFinalize'] }, spec: { template: { metadata: { annotations: { [VOLUMES_ANNOTATION]: text } }, spec: { domain: { devices: {} } } } } });
+    const bad = mutate(update(vm('- {name: ../../etc, spdkVhostBlkDisk: {blank: {}, capacity: 1Gi}}'), vm(VOLS), 'VirtualMachine'), catalog, cfg);
+    expect(bad.allowed).toBe(false);
+    expect(bad.status?.message).toMatch(/^volumes\[0\]\.name: must be a DNS-1123 label/);
+    const big = mutate(update(vm(`# ${'x'.repeat(40_000)}`), vm(VOLS), 'VirtualMachine'), catalog, cfg);
+    expect(big.status?.message).toMatch(/must be at most 32768 characters, found 40002$/);
+    // Unchanged (the controller's own metadata writes): no work.
+    expect(mutate(update(vm('[[['), vm('[[['), 'VirtualMachine'), catalog, cfg)).toEqual({ uid: 'u-1', allowed: true });
+  });
+});
+
+describe('mutate: reconnectTimeout is a deprecated name', () => {
+  it('is still read, with a warning that says what it really is', () => {
+    const res = mutate(request(vmi({ [VOLUMES_ANNOTATION]: '- {name: d, spdkVhostBlkDisk: {blank: {}, capacity: 1Gi, reconnectTimeout: 10s}}' })), catalog, cfg);
+    expect(res.allowed).toBe(true);
+    expect(res.warnings).toEqual([
+      "volumes[0].spdkVhostBlkDisk.reconnectTimeout: deprecated, use reconnectInterval: it is the interval between QEMU's reconnect attempts (libvirt <reconnect timeout>), not a deadline; QEMU retries forever and the guest may wait up to this long after the backend is back (recommended: 1s)",
+    ]);
+    expect(mutate(request(vmi({ [VOLUMES_ANNOTATION]: '- {name: d, spdkVhostBlkDisk: {blank: {}, capacity: 1Gi, reconnectInterval: 2s}}' })), catalog, cfg).warnings).toBeUndefined();
+  });
+  it('with reconnectInterval as well, is an error', () => {
+    const res = mutate(request(vmi({ [VOLUMES_ANNOTATION]: '- {name: d, spdkVhostBlkDisk: {blank: {}, capacity: 1Gi, reconnectInterval: 1s, reconnectTimeout: 10s}}' })), catalog, cfg);
+    expect(res.status?.message).toBe('volumes[0].spdkVhostBlkDisk.reconnectTimeout: is the deprecated name of reconnectInterval: give only reconnectInterval');
+  });
+  it("refuses a volume that KubeVirt would alias like the VMI's own spdk-<name> disk", () => {
+    const res = mutate(request(vmi({ [VOLUMES_ANNOTATION]: '- {name: scratch, spdkVhostBlkDisk: {blank: {}, capacity: 1Gi}}' }, { domain: { devices: { disks: [{ name: 'spdk-scratch' }] } }, volumes: [{ name: 'spdk-scratch' }] })), catalog, cfg);
+    expect(res.status?.message).toBe('volumes[0].name: "scratch" clashes with the VMI\'s own disk or volume "spdk-scratch" (both would get the libvirt alias "ua-spdk-scratch")');
   });
 });
 
