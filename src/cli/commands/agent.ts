@@ -19,6 +19,7 @@ const USAGE = `usage: kubevirt-spdk agent --standalone --vmis DIR --images FILE 
          [--spdk-socket PATH] [--lvstore-bdev NAME | --lvstore-size 64Gi]
          [--socket-owner 107:107] [--socket-mode 0660] [--orphan-grace 5m] [--resync 30s]
          [--cache-max-size SIZE] [--cache-max-count N] [--node NAME]
+         [--bdev-dir DIR] (qsd: \`bdev: x\` volumes serve DIR/x; none without it)
          [--metrics-port PORT] (serves /metrics, /healthz, /readyz; 0 = any free port)
        kubevirt-spdk agent [--node NAME (default $NODE_NAME)] --backend spdk|qsd
          --vhost-dir DIR --state-dir DIR [--kubeconfig FILE] [--metrics-port 9470]
@@ -53,6 +54,8 @@ interface AgentArgs {
   metricsPort?: number;
   kubeconfig?: string;
   podResourcesSocket: string;
+  /** qsd: the directory `bdev:` volumes are resolved in. */
+  bdevDir?: string;
 }
 
 /** Parses and validates flags; every problem names the flag and the rule. */
@@ -82,6 +85,7 @@ export function parseAgentArgs(argv: string[], env: NodeJS.ProcessEnv = process.
       'metrics-port': { type: 'string' },
       kubeconfig: { type: 'string' },
       'pod-resources-socket': { type: 'string', default: DEFAULT_POD_RESOURCES_SOCKET },
+      'bdev-dir': { type: 'string' },
     },
     strict: true,
   });
@@ -142,7 +146,9 @@ export function parseAgentArgs(argv: string[], env: NodeJS.ProcessEnv = process.
     ...(metricsPort !== undefined ? { metricsPort } : standalone ? {} : { metricsPort: DEFAULT_METRICS_PORT }),
     ...(values.kubeconfig ? { kubeconfig: values.kubeconfig } : {}),
     podResourcesSocket: values['pod-resources-socket'],
+    ...(values['bdev-dir'] ? { bdevDir: path.resolve(values['bdev-dir']) } : {}),
   };
+  if (values['bdev-dir'] !== undefined && backend !== 'qsd') problems.push('--bdev-dir: only applies with --backend qsd (spdk bdevs are named in spdk_tgt)');
   if (problems.length) throw new ValidationError(problems);
   return args;
 }
@@ -168,7 +174,7 @@ async function makeBackend(a: AgentArgs, logger: Logger): Promise<StorageBackend
     });
   }
   const { QsdBackend } = await import('../../backend/qsd/index.js');
-  return new QsdBackend({ stateDir: path.join(stateDir, 'qsd'), vhostDir, managed: true, logger });
+  return new QsdBackend({ stateDir: path.join(stateDir, 'qsd'), vhostDir, managed: true, logger, ...(a.bdevDir ? { bdevDir: a.bdevDir } : {}) });
 }
 
 function summary(r: ReconcileReport): string {
