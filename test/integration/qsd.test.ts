@@ -100,7 +100,7 @@ describe.skipIf(!haveQemu)('qsd backend against a real qemu-storage-daemon', () 
   it('serves an image disk on <vhostDir>/<slot>/<disk> and reports it in observe()', async () => {
     const img = await backend.ensureImage(image);
     expect(img).toMatchObject({ name: 'tiny', phase: 'ready', sizeBytes: IMAGE_SIZE, cloneCount: 0 });
-    expect((await fs.stat(img.ref)).mode & 0o777).toBe(0o444);
+    expect((await fs.stat(img.ref)).mode & 0o777).toBe(0o400); // F11: not world-readable
 
     const disk = await backend.ensureDisk({ id: 'vm1-root', source: { kind: 'image', image: 'tiny' }, capacityBytes: 8 * MiB });
     expect(disk).toMatchObject({ id: 'vm1-root', image: 'tiny', sizeBytes: 8 * MiB, owned: true });

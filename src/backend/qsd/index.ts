@@ -36,7 +36,7 @@ import type { ExportOptions, ListenAddress, RemoteDiskRef } from '../remote.js';
  * qemu-storage-daemon, controlled over QMP.
  *
  * On disk (`stateDir`), which survives a daemon restart:
- *   images/<name>.raw    golden images, mode 0444 (never written)
+ *   images/<name>.raw    golden images, mode 0400 (never written; only the daemon reads them)
  *   disks/<id>.qcow2     owned disks: overlays backed by a golden image, or blank qcow2
  *   disks/<id>.link      symlink to `<bdevDir>/<name>`, served as is (a `bdev` volume, not owned)
  * In the daemon, which does not survive a restart: one block node and one export per
@@ -283,14 +283,14 @@ export class QsdBackend extends EventEmitter implements StorageBackend {
       const existing = await fs.stat(golden).catch(() => undefined);
       if (existing) {
         // Only a complete, verified import is ever renamed to this name.
-        await fs.chmod(golden, 0o444);
+        await fs.chmod(golden, 0o400);
         return this.imageInfo(spec.name, existing.size);
       }
       const log = this.log.child({ image: spec.name });
       const got = await fetchImage(spec, golden, {
         ...this.opts.fetch,
         signal,
-        mode: 0o444,
+        mode: 0o400,
         qemuImgBinary: this.qemuImg,
         logger: log,
       });
