@@ -4,7 +4,6 @@ import { BackendError, type ObservedState, type StorageBackend } from '../backen
 import { SpdkError } from '../spdk/errors.js';
 import { silentLogger, type Logger } from '../log.js';
 import { secondsSince, type Metrics } from '../metrics/metrics.js';
-import { capacityProblem } from './desired.js';
 import type { ImageCache } from './image-cache.js';
 import type { Journal } from './journal.js';
 import type { Action, DiskTarget } from './reconcile.js';
@@ -70,6 +69,8 @@ export interface ExecResult {
   calls: number;
   controllersCreated: number;
   refusals: SafetyRefusal[];
+  /** Chains that only wait for an image import running in the background. */
+  waiting: number;
 }
 
 export interface ExecutorDeps {
@@ -85,6 +86,8 @@ export interface ExecutorDeps {
   concurrency: number;
   now?: () => number;
   metrics?: Metrics;
+  /** An image import started by a chain ended (ready or failed): time for another round. */
+  onImportSettled?: (image: string) => void;
 }
 
 /** Runs `fn` over `items` with at most `limit` in flight. */
@@ -116,6 +119,10 @@ export function describeError(e: unknown): string {
 export class Executor {
   /** bdev -> controller being created for it in this process (one controller per bdev). */
   private readonly serving = new Map<string, string>();
+  /** Image imports running beside the rounds (never inside one: a slow download must not hold up other disks). */
+  private readonly imports = new Map<string, Promise<void>>();
+  /** The failure of the last background import of an image, handed to the next chain that needs it. */
+  private readonly importFailures = new Map<string, unknown>();
 
   constructor(private readonly deps: ExecutorDeps) {}
 
@@ -147,7 +154,7 @@ export class Executor {
   }
 
   async execute(plan: readonly Action[]): Promise<ExecResult> {
-    const result: ExecResult = { outcomes: new Map(), calls: 0, controllersCreated: 0, refusals: [] };
+    const result: ExecResult = { outcomes: new Map(), calls: 0, controllersCreated: 0, refusals: [], waiting: 0 };
     const refused = (e: unknown): boolean => {
       if (e instanceof SafetyRefusal) {
         result.refusals.push(e);
@@ -216,6 +223,31 @@ export class Executor {
     return result;
   }
 
+  /** Settles when the imports running now have ended (undefined when none runs). */
+  importsSettled(): Promise<void> | undefined {
+    if (this.imports.size === 0) return undefined;
+    return Promise.all(this.imports.values()).then(() => undefined);
+  }
+
+  private startImport(spec: Extract<Action, { kind: 'ensureImage' }>['image'], log: Logger): void {
+    const job = this.retry(`ensureImage ${spec.name}`, () => this.deps.images.ensure(spec), log)
+      .then(
+        (img) => {
+          // A ready image's size is checked against each disk's capacity by the next plan.
+          if (img.phase === 'failed') this.importFailures.set(spec.name, new BackendError(`image ${spec.name} failed to import: ${img.message ?? 'unknown cause'}`, 'internal'));
+        },
+        (e: unknown) => {
+          this.importFailures.set(spec.name, e);
+        },
+      )
+      .finally(() => {
+        this.imports.delete(spec.name);
+        this.deps.onImportSettled?.(spec.name);
+      })
+      .catch(() => undefined);
+    this.imports.set(spec.name, job);
+  }
+
   private async runChain(target: DiskTarget, steps: Action[], result: ExecResult, refused: (e: unknown) => boolean): Promise<DiskOutcome> {
     const log = this.log.child({ vmi: target.vmi, disk: target.disk, slot: target.slot });
     let diskRef: string | undefined;
@@ -228,14 +260,20 @@ export class Executor {
       for (const a of steps) {
         switch (a.kind) {
           case 'ensureImage': {
+            // The import runs beside the rounds; this disk waits in Importing, the others go on.
             phase = 'Importing';
-            result.calls++;
-            const img = await this.retry(`ensureImage ${a.image.name}`, () => this.deps.images.ensure(a.image), log);
-            if (img.phase === 'failed') throw new BackendError(`image ${a.image.name} failed to import: ${img.message ?? 'unknown cause'}`, 'internal');
-            phase = 'Provisioning';
-            const tooSmall = capacityProblem({ source: { kind: 'image', image: a.image.name }, capacityBytes: steps.find((s) => s.kind === 'ensureDisk')?.spec.capacityBytes }, img.sizeBytes);
-            if (tooSmall) throw new BackendError(`capacity: ${tooSmall}`, 'invalid');
-            break;
+            const name = a.image.name;
+            if (this.importFailures.has(name)) {
+              const failure = this.importFailures.get(name);
+              this.importFailures.delete(name);
+              throw failure;
+            }
+            if (!this.imports.has(name)) {
+              result.calls++;
+              this.startImport(a.image, log);
+            }
+            result.waiting++;
+            return { phase: 'Importing', permanent: false };
           }
           case 'ensureDisk': {
             result.calls++;

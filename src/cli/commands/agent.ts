@@ -8,6 +8,7 @@ import type { StorageBackend } from '../../backend/types.js';
 import { createLogger, type Logger } from '../../log.js';
 import { NodeAgent, type ReconcileReport } from '../../agent/agent.js';
 import { StandaloneSource } from '../../agent/standalone.js';
+import { StateDirLockedError, lockStateDir, type StateDirLock } from '../../agent/state-lock.js';
 import { startStatusServer } from '../../metrics/server.js';
 import { stopSignal } from '../signals.js';
 import { DEFAULT_POD_RESOURCES_SOCKET } from '../../kube/kubelet-paths.js';
@@ -205,6 +206,20 @@ export async function run(argv: string[]): Promise<number> {
   const logger = a.node ? createLogger('agent').child({ node: a.node }) : createLogger('agent');
   await mkdir(a.stateDir, { recursive: true });
   await mkdir(a.vhostDir, { recursive: true });
+  // Before anything touches the state: a second agent here would delete the first one's disks.
+  let lock: StateDirLock;
+  try {
+    lock = await lockStateDir(a.stateDir);
+  } catch (e) {
+    if (!(e instanceof StateDirLockedError)) throw e;
+    logger.error({ event: 'state-dir-locked', stateDir: e.stateDir }, e.message);
+    process.stderr.write(`kubevirt-spdk agent: ${e.message}\n`);
+    return 1;
+  }
+  lock.onLost((reason) => {
+    logger.fatal({ event: 'state-dir-lock-lost', reason }, 'lost the state dir lock; exiting');
+    process.exit(1);
+  });
   const backend = await makeBackend(a, logger);
   const agentOptions = {
     backend,
@@ -216,15 +231,19 @@ export async function run(argv: string[]): Promise<number> {
   };
   if (!a.standalone) {
     const { runClusterAgent } = await import('../../kube/run.js');
-    return runClusterAgent({
-      node: a.node ?? '',
-      ...(a.kubeconfig ? { kubeconfig: a.kubeconfig } : {}),
-      ...(a.nodeAddress ? { nodeAddress: a.nodeAddress } : {}),
-      podResourcesSocket: a.podResourcesSocket,
-      metricsPort: a.metricsPort ?? DEFAULT_METRICS_PORT,
-      agent: agentOptions,
-      logger,
-    });
+    try {
+      return await runClusterAgent({
+        node: a.node ?? '',
+        ...(a.kubeconfig ? { kubeconfig: a.kubeconfig } : {}),
+        ...(a.nodeAddress ? { nodeAddress: a.nodeAddress } : {}),
+        podResourcesSocket: a.podResourcesSocket,
+        metricsPort: a.metricsPort ?? DEFAULT_METRICS_PORT,
+        agent: agentOptions,
+        logger,
+      });
+    } finally {
+      await lock.release();
+    }
   }
   const agent = new NodeAgent({
     backend,
@@ -250,16 +269,17 @@ export async function run(argv: string[]): Promise<number> {
     try {
       await load();
       const deadline = Date.now() + a.timeoutMs;
-      let r = await agent.reconcile('once');
+      let r = await agent.converge('once');
       while (!(r.converged && r.settled) && Date.now() < deadline) {
         await new Promise((res) => setTimeout(res, 200));
-        r = await agent.reconcile('once');
+        r = await agent.converge('once');
       }
       const ok = allReady(r);
       process.stderr.write(`kubevirt-spdk agent: ${ok ? 'all disks Ready' : 'not every disk is Ready'}\n${summary(r)}\n`);
       return ok ? 0 : 1;
     } finally {
       await backend.close();
+      await lock.release();
     }
   }
 
@@ -299,5 +319,6 @@ export async function run(argv: string[]): Promise<number> {
   await agent.stop();
   await statusServer?.close();
   await backend.close();
+  await lock.release();
   return 0;
 }

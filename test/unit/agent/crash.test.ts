@@ -45,7 +45,7 @@ async function expectConverged(h: Harness, desired: DesiredState): Promise<void>
   h.backend.hook = undefined;
   const agent = await h.newAgent();
   agent.setDesired(desired);
-  const r = await agent.reconcile('restart');
+  const r = await agent.converge('restart');
   expect(r.converged).toBe(true);
   const disks = desired.vmis.flatMap((v) => v.disks);
   expect(r.vmis.flatMap((v) => v.disks.map((d) => d.phase)).every((p) => p === 'Ready')).toBe(true);
@@ -96,7 +96,7 @@ describe('crash at every step, then restart', () => {
     for (; k < 200; k++) {
       h = await harness();
       h.agent.setDesired(D1());
-      await h.agent.reconcile('setup');
+      await h.agent.converge('setup');
       const arm = armCrash(h, k);
       const agent = await h.newAgent({ journal: { beforeWrite: arm.journalHook } });
       agent.setDesired(D2());
