@@ -1,6 +1,5 @@
-import { chmod, chown, mkdir } from 'node:fs/promises';
-import path from 'node:path';
 import { BackendError, type ObservedState, type StorageBackend } from '../backend/types.js';
+import { ensureSlotDir, fixSocketOwnership } from '../backend/vhost-fs.js';
 import { SpdkError } from '../spdk/errors.js';
 import { silentLogger, type Logger } from '../log.js';
 import { secondsSince, type Metrics } from '../metrics/metrics.js';
@@ -71,6 +70,8 @@ export interface ExecResult {
   refusals: SafetyRefusal[];
   /** Chains that only wait for an image import running in the background. */
   waiting: number;
+  /** Chains that reported the failure of a background import. */
+  importFailures: number;
 }
 
 export interface ExecutorDeps {
@@ -121,6 +122,10 @@ export class Executor {
   private readonly serving = new Map<string, string>();
   /** Image imports running beside the rounds (never inside one: a slow download must not hold up other disks). */
   private readonly imports = new Map<string, Promise<void>>();
+  /** Why the last import of an image failed (until one succeeds), for the status of disks that wait again. */
+  private readonly lastImportError = new Map<string, string>();
+  /** Disks (keys) that waited for an import: their clone is a cache miss. */
+  private readonly waitedForImport = new Set<string>();
   /** The failure of the last background import of an image, handed to the next chain that needs it. */
   private readonly importFailures = new Map<string, unknown>();
 
@@ -154,7 +159,7 @@ export class Executor {
   }
 
   async execute(plan: readonly Action[]): Promise<ExecResult> {
-    const result: ExecResult = { outcomes: new Map(), calls: 0, controllersCreated: 0, refusals: [], waiting: 0 };
+    const result: ExecResult = { outcomes: new Map(), calls: 0, controllersCreated: 0, refusals: [], waiting: 0, importFailures: 0 };
     const refused = (e: unknown): boolean => {
       if (e instanceof SafetyRefusal) {
         result.refusals.push(e);
@@ -223,6 +228,9 @@ export class Executor {
     return result;
   }
 
+  /** Imports ended so far (a round that saw one end has a newer picture to plan from). */
+  importsEnded = 0;
+
   /** Settles when the imports running now have ended (undefined when none runs). */
   importsSettled(): Promise<void> | undefined {
     if (this.imports.size === 0) return undefined;
@@ -234,14 +242,20 @@ export class Executor {
       .then(
         (img) => {
           // A ready image's size is checked against each disk's capacity by the next plan.
-          if (img.phase === 'failed') this.importFailures.set(spec.name, new BackendError(`image ${spec.name} failed to import: ${img.message ?? 'unknown cause'}`, 'internal'));
+          if (img.phase === 'failed') {
+            const e = new BackendError(`image ${spec.name} failed to import: ${img.message ?? 'unknown cause'}`, 'internal');
+            this.importFailures.set(spec.name, e);
+            this.lastImportError.set(spec.name, describeError(e));
+          } else this.lastImportError.delete(spec.name);
         },
         (e: unknown) => {
           this.importFailures.set(spec.name, e);
+          this.lastImportError.set(spec.name, describeError(e));
         },
       )
       .finally(() => {
         this.imports.delete(spec.name);
+        this.importsEnded++;
         this.deps.onImportSettled?.(spec.name);
       })
       .catch(() => undefined);
@@ -266,6 +280,7 @@ export class Executor {
             if (this.importFailures.has(name)) {
               const failure = this.importFailures.get(name);
               this.importFailures.delete(name);
+              result.importFailures++;
               throw failure;
             }
             if (!this.imports.has(name)) {
@@ -273,7 +288,9 @@ export class Executor {
               this.startImport(a.image, log);
             }
             result.waiting++;
-            return { phase: 'Importing', permanent: false };
+            this.waitedForImport.add(target.key);
+            const last = this.lastImportError.get(name);
+            return { phase: 'Importing', permanent: false, ...(last ? { message: `retrying; the last attempt failed: ${last}` } : {}) };
           }
           case 'ensureDisk': {
             result.calls++;
@@ -295,7 +312,7 @@ export class Executor {
             if (spec.source.kind === 'image') {
               await this.deps.images.touch(spec.source.image);
               // A miss is a clone that had to wait for its image to be imported first.
-              if (steps.some((s) => s.kind === 'ensureImage')) m?.imageCacheMisses.inc();
+              if (this.waitedForImport.delete(target.key)) m?.imageCacheMisses.inc();
               else m?.imageCacheHits.inc();
             }
             log.info({ event: 'disk-ready', id: spec.id, ref: disk.ref }, 'disk provisioned');
@@ -310,7 +327,7 @@ export class Executor {
             try {
               const why = whyNotCreateController(await this.safety(), a.spec.name, ref);
               if (why) throw new SafetyRefusal('ensureController', a.spec.name, why);
-              await mkdir(path.join(this.deps.backend.vhostDir, target.slot), { recursive: true, mode: 0o755 });
+              await ensureSlotDir(this.deps.backend.vhostDir, target.slot);
               result.calls++;
               const spec = { ...a.spec, diskRef: ref };
               const c = await this.journaled('ensureController', a.spec.name, () => this.deps.backend.ensureController(spec), log, (s) => {
@@ -327,8 +344,7 @@ export class Executor {
           case 'fixSocket': {
             const p = a.path ?? socketPath;
             if (p === undefined) throw new BackendError(`controller ${a.controller} has no socket path`, 'internal');
-            await chown(p, a.policy.uid, a.policy.gid);
-            await chmod(p, a.policy.mode);
+            await fixSocketOwnership(p, a.policy);
             break;
           }
           default:

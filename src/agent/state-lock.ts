@@ -64,6 +64,9 @@ export async function lockStateDir(stateDir: string, flockBinary = 'flock'): Pro
       if (released) return;
       released = true;
       const exit = child.exitCode === null && child.signalCode === null ? once(child, 'exit') : Promise.resolve();
+      // Waited for with the loop held open: an unref'd child alone would let the process end first.
+      child.ref();
+      (child.stdin as Socket | null)?.ref();
       child.stdin?.end();
       await exit;
     },

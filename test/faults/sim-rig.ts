@@ -160,7 +160,7 @@ export class SimRig {
     agent.setDesired(desired);
     let last: ReconcileReport | undefined;
     for (let i = 0; i < rounds; i++) {
-      last = await agent.reconcile('fault-test');
+      last = await agent.converge('fault-test');
       // A disk Failed by a transient fault is retried by the next round: wait for Ready.
       const ready = last.vmis.every((v) => v.problems.length > 0 || v.disks.every((d) => d.phase === 'Ready'));
       if (last.converged && last.settled && last.backendOk && ready) return last;

@@ -268,7 +268,7 @@ describe('lvstore full during clone, resize and inflate', () => {
       const desired = desiredOf([vmiA()], imgs);
       r.desired = desired;
       r.agent.setDesired(desired);
-      const rep = await r.agent.reconcile('full');
+      const rep = await r.agent.converge('full');
       const phases = rep.vmis.flatMap((v) => v.disks);
       expect(phases.some((d) => d.phase !== 'Ready')).toBe(true);
       expect(phases.filter((d) => d.phase !== 'Ready').every((d) => (d.message ?? '').length > 0 || d.phase === 'Importing' || d.phase === 'Provisioning')).toBe(true);
@@ -338,7 +338,7 @@ describe('image download cut off, corrupted, slower than the timeout', () => {
       const desired = desiredOf([vmi('a', 'slot-01', [{ name: 'root', image: 'fedora', capacity: '8Mi' }])], [img]);
       r.desired = desired;
       r.agent.setDesired(desired);
-      const rep = await r.agent.reconcile('bad-download');
+      const rep = await r.agent.converge('bad-download');
       tally.faults++;
       const disk = rep.vmis[0]?.disks[0];
       expect(disk?.phase).not.toBe('Ready');

@@ -92,7 +92,7 @@ describe('/metrics', () => {
     const scrape = await serve(metrics);
 
     h.agent.setDesired(desiredOf([vmi('a', 'slot-01', [{ name: 'root', image: 'fedora' }])], [image('fedora')]));
-    await h.agent.reconcile('test');
+    await h.agent.converge('test');
     let text = await scrape();
     expect(sample(text, 'kubevirt_spdk_disk_provision_duration_seconds_count', { source: 'image' })).toBe(1);
     expect(sample(text, 'kubevirt_spdk_disks', { phase: 'Ready' })).toBe(1);
@@ -104,7 +104,7 @@ describe('/metrics', () => {
 
     // A second VMI from the same image: a hit, no new import.
     h.agent.setDesired(desiredOf([vmi('a', 'slot-01', [{ name: 'root', image: 'fedora' }]), vmi('b', 'slot-02', [{ name: 'root', image: 'fedora' }])], [image('fedora')]));
-    await h.agent.reconcile('test');
+    await h.agent.converge('test');
     text = await scrape();
     expect(sample(text, 'kubevirt_spdk_disks', { phase: 'Ready' })).toBe(2);
     expect(sample(text, 'kubevirt_spdk_image_cache_hits_total')).toBe(1);
@@ -124,7 +124,7 @@ describe('/metrics', () => {
     });
     const scrape = await serve(metrics);
     h.agent.setDesired(desiredOf([vmi('a', 'slot-01', [{ name: 'root', image: 'fedora' }]), vmi('b', 'slot-02', [{ name: 'root', image: 'fedora' }])], [image('fedora')]));
-    await h.agent.reconcile('test');
+    await h.agent.converge('test');
     expect(sample(await scrape(), 'kubevirt_spdk_recoveries_total', { converged: 'true' })).toBeUndefined();
     h.agent.start();
     const recovered = new Promise((resolve) => h.agent.once('recovery', resolve));

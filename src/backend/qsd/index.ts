@@ -17,6 +17,7 @@ import {
   type ObservedState,
   type StorageBackend,
 } from '../types.js';
+import { ensureSlotDir } from '../vhost-fs.js';
 import { QsdProcess } from './daemon.js';
 import {
   MAX_SOCKET_PATH_BYTES,
@@ -641,7 +642,7 @@ export class QsdBackend extends EventEmitter implements StorageBackend {
   private async addVhostExport(spec: ControllerSpec, nodeName: string, socketPath: string, log: Logger): Promise<ObservedController> {
     const what = `controller ${spec.name}`;
     const id = exportIdFor(spec.name);
-    await fs.mkdir(path.dirname(socketPath), { recursive: true });
+    await ensureSlotDir(this.vhostDir, path.basename(path.dirname(socketPath)));
     await fs.rm(socketPath, { force: true }); // a socket file left by a daemon that died
     await this.exec(
       'block-export-add',

@@ -55,7 +55,7 @@ async function expectConverged(h: Harness, desired: DesiredState): Promise<void>
   for (const img of h.backend.images.values()) {
     expect(img.cloneCount).toBe([...h.backend.disks.values()].filter((d) => d.image === img.name).length);
   }
-  const sockets = (await readdir(h.backend.vhostDir, { recursive: true, withFileTypes: true })).filter((e) => e.isFile()).map((e) => path.relative(h.backend.vhostDir, path.join(e.parentPath, e.name)));
+  const sockets = (await readdir(h.backend.vhostDir, { recursive: true, withFileTypes: true })).filter((e) => e.isSocket()).map((e) => path.relative(h.backend.vhostDir, path.join(e.parentPath, e.name)));
   expect(sockets.sort()).toEqual(disks.map((d) => d.controller).sort());
   // The journal knows exactly what it owns, and nothing is left pending.
   const j = (agent as unknown as { journal: { state: { pending: object; owned: object } } }).journal.state;

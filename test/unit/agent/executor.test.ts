@@ -134,6 +134,38 @@ describe('executor errors', () => {
     expect((await h.agent.converge('again')).vmis[0]?.disks[0]?.phase).toBe('Ready');
   });
 
+  it('F5: a link planted at a socket path is refused; the file it names keeps its owner and mode', async () => {
+    h = await harness({ socket: { uid: 107, gid: 107, mode: 0o666 } });
+    const { lstat, rm, symlink, writeFile } = await import('node:fs/promises');
+    const victim = path.join(h.backend.vhostDir, '..', 'victim');
+    await writeFile(victim, 'secret', { mode: 0o600 });
+    const before = await lstat(victim);
+    h.backend.hook = async (method, arg, when) => {
+      if (method === 'ensureController' && when === 'after') {
+        await rm(path.join(h!.backend.vhostDir, arg));
+        await symlink(victim, path.join(h!.backend.vhostDir, arg));
+      }
+    };
+    h.agent.setDesired(desiredOf([A], [image('fedora')]));
+    const r = await h.agent.converge('test');
+    expect(r.vmis[0]?.disks[0]?.phase).toBe('Failed');
+    expect(r.vmis[0]?.disks[0]?.message).toMatch(/is not a socket \(a symbolic link\); refusing to change its owner or mode/);
+    const after = await lstat(victim);
+    expect([after.uid, after.gid, after.mode & 0o777]).toEqual([before.uid, before.gid, 0o600]);
+  });
+
+  it('F17: a slot directory that is a link to another slot is refused, nothing is served through it', async () => {
+    h = await harness();
+    const { mkdir, symlink } = await import('node:fs/promises');
+    await mkdir(path.join(h.backend.vhostDir, 'slot-09'), { recursive: true });
+    await symlink(path.join(h.backend.vhostDir, 'slot-09'), path.join(h.backend.vhostDir, 'slot-01'));
+    h.agent.setDesired(desiredOf([A], [image('fedora')]));
+    const r = await h.agent.converge('test');
+    expect(r.vmis[0]?.disks[0]?.phase).toBe('Failed');
+    expect(r.vmis[0]?.disks[0]?.message).toMatch(/slot-01 is a symbolic link; refusing to serve a socket through it/);
+    expect(h.backend.controllers.size).toBe(0);
+  });
+
   it('a failing socket fix takes the new controller down again (nothing half-made)', async () => {
     h = await harness({ socket: { uid: 107, gid: 107, mode: 0o660 } });
     h.backend.hook = async (method, arg, when) => {
@@ -145,7 +177,7 @@ describe('executor errors', () => {
     h.agent.setDesired(desiredOf([A], [image('fedora')]));
     const r = await h.agent.converge('test');
     expect(r.vmis[0]?.disks[0]?.phase).toBe('Failed');
-    expect(r.vmis[0]?.disks[0]?.message).toMatch(/ENOENT/);
+    expect(r.vmis[0]?.disks[0]?.message).toMatch(/socket .* does not exist: the backend did not create it/);
     expect(h.backend.controllers.size).toBe(0);
   });
 });
