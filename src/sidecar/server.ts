@@ -11,6 +11,7 @@ import { z } from 'zod';
 import { ValidationError } from '../api/errors.js';
 import { hasSpdkVolumes, parseVmi, spdkVolumesOf } from '../api/vmi.js';
 import { convertDomain } from '../converter/index.js';
+import { decodeUtf8Strict } from '../converter/utf8.js';
 import { silentLogger, type Logger } from '../log.js';
 import { CALLBACK_VERSIONS, hookServices, type CallbackVersion } from './protos.js';
 
@@ -57,8 +58,9 @@ function grpcError(code: grpc.status, details: string): grpc.ServiceError {
 export function onDefineDomain(params: OnDefineDomainParams, vhostSocketDir: string | undefined, logger: Logger): Buffer {
   let doc: unknown;
   try {
-    doc = JSON.parse(params.vmi.toString('utf8'));
+    doc = JSON.parse(decodeUtf8Strict(params.vmi, 'vmi'));
   } catch (e) {
+    if (e instanceof ValidationError) throw e;
     throw new ValidationError([`vmi: not valid JSON: ${(e as Error).message}`]);
   }
   const vmi = parseVmi(doc);
@@ -67,7 +69,7 @@ export function onDefineDomain(params: OnDefineDomainParams, vhostSocketDir: str
     log.debug('no kubevirt-spdk.io/volumes annotation: domain unchanged');
     return params.domainXML;
   }
-  const out = convertDomain(params.domainXML.toString('utf8'), vmi, vhostSocketDir === undefined ? {} : { socketDir: vhostSocketDir });
+  const out = convertDomain(decodeUtf8Strict(params.domainXML, 'domain XML'), vmi, vhostSocketDir === undefined ? {} : { socketDir: vhostSocketDir });
   log.info({ disks: spdkVolumesOf(vmi).map((v) => v.name) }, 'domain rewritten with vhost-user disks');
   return Buffer.from(out, 'utf8');
 }
