@@ -154,6 +154,8 @@ const FLAG_DOCS: Record<string, Record<string, string>> = {
     host: 'Listen address.',
     port: 'HTTPS port.',
     'max-body-bytes': 'Largest AdmissionReview body accepted.',
+    'metrics-port': 'Plain-HTTP port of `/metrics`, `/healthz` and `/readyz` (0 = any free port). Never served on `--port`, which the admission Service exposes to the whole cluster.',
+    'metrics-host': 'Address the metrics listener binds.',
     help: 'Print usage.',
   },
 };

@@ -63,8 +63,9 @@ export async function ensureSlotDir(vhostDir: string, slot: string): Promise<str
 
 /**
  * Gives a vhost socket to QEMU's user. Only a socket is touched: lstat first (a link or a
- * regular file planted at the path is refused), lchown (never follows), and chmod only after
- * a second lstat shows the same socket (chmod has no no-follow form on Linux).
+ * regular file planted at the path is refused); the mode is set while the socket is still
+ * ours (so no CAP_FOWNER is needed), a second lstat must show the same socket, and lchown
+ * (which never follows a link) hands it over last.
  */
 export async function fixSocketOwnership(socketPath: string, o: SocketOwnership): Promise<void> {
   const before = await fs.lstat(socketPath).catch(async (err: unknown) => {
@@ -80,10 +81,14 @@ export async function fixSocketOwnership(socketPath: string, o: SocketOwnership)
   if (!before.isSocket()) {
     throw new BackendError(`socket ${socketPath} is not a socket (${before.isSymbolicLink() ? 'a symbolic link' : 'another kind of file'}); refusing to change its owner or mode`, 'invalid');
   }
-  await fs.lchown(socketPath, o.uid, o.gid);
+  const uid = process.getuid?.();
+  const gid = process.getgid?.();
+  // Taken back first when it was given away already (a mode that drifted), so chmod needs no CAP_FOWNER.
+  if (uid !== undefined && gid !== undefined && before.uid !== uid && (before.mode & 0o7777) !== o.mode) await fs.lchown(socketPath, uid, gid);
+  if ((before.mode & 0o7777) !== o.mode) await fs.chmod(socketPath, o.mode);
   const after = await fs.lstat(socketPath);
   if (!after.isSocket() || after.ino !== before.ino || after.dev !== before.dev) {
-    throw new BackendError(`socket ${socketPath} was replaced while its owner was being fixed; refusing to chmod it`, 'invalid');
+    throw new BackendError(`socket ${socketPath} was replaced while its mode was being fixed; refusing to chown it`, 'invalid');
   }
-  await fs.chmod(socketPath, o.mode);
+  await fs.lchown(socketPath, o.uid, o.gid);
 }

@@ -11,6 +11,7 @@ import { WebhookServer, DEFAULT_MAX_BODY_BYTES } from '../../../webhooks/server.
 
 const USAGE = `usage: kubevirt-spdk webhook --tls-cert FILE --tls-key FILE --sidecar-image IMAGE
        [--images FILE] [--host 0.0.0.0] [--port 8443] [--max-body-bytes ${DEFAULT_MAX_BODY_BYTES}]
+       [--metrics-host 0.0.0.0] [--metrics-port 9472] (plain HTTP /metrics, /healthz, /readyz; never on --port)
 `;
 
 export async function run(argv: string[]): Promise<number> {
@@ -23,6 +24,8 @@ export async function run(argv: string[]): Promise<number> {
       images: { type: 'string' },
       host: { type: 'string', default: '0.0.0.0' },
       port: { type: 'string', default: '8443' },
+      'metrics-port': { type: 'string', default: '9472' },
+      'metrics-host': { type: 'string', default: '0.0.0.0' },
       'max-body-bytes': { type: 'string', default: String(DEFAULT_MAX_BODY_BYTES) },
       help: { type: 'boolean', short: 'h' },
     },
@@ -34,10 +37,12 @@ export async function run(argv: string[]): Promise<number> {
   }
   const missing = (['tls-cert', 'tls-key', 'sidecar-image'] as const).filter((k) => !values[k]);
   const port = Number(values.port);
+  const metricsPort = Number(values['metrics-port']);
   const maxBody = Number(values['max-body-bytes']);
   const problems = [
     ...missing.map((k) => `--${k}: is required`),
     ...(Number.isInteger(port) && port >= 0 && port < 65536 ? [] : [`--port: ${values.port} is not a TCP port`]),
+    ...(Number.isInteger(metricsPort) && metricsPort >= 0 && metricsPort < 65536 ? [] : [`--metrics-port: ${values['metrics-port']} is not a TCP port`]),
     ...(Number.isInteger(maxBody) && maxBody > 0 ? [] : [`--max-body-bytes: ${values['max-body-bytes']} must be a positive integer`]),
   ];
   if (problems.length) {
@@ -60,6 +65,8 @@ export async function run(argv: string[]): Promise<number> {
     keyFile: values['tls-key'] as string,
     host: values.host,
     port,
+    metricsPort,
+    metricsHost: values['metrics-host'],
     catalog,
     config: { sidecarImage: values['sidecar-image'] as string },
     logger,
