@@ -17,6 +17,8 @@ export const LIMITS = {
    * beside its data): 1% + 16Mi. A transfer past that stops.
    */
   imageSlack: (declaredBytes: number): number => Math.ceil(declaredBytes / 100) + 16 * MiB,
+  /** Any duration flag: Node timers hold at most 2^31-1 ms (~24.8 days); more would fire at once. */
+  maxDurationMs: 2 ** 31 - 1,
   /** An image with no declared size: the transfer stops at this many bytes. */
   maxUndeclaredImageBytes: 1 * TiB,
 } as const;

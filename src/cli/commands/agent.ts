@@ -3,6 +3,7 @@ import { mkdir } from 'node:fs/promises';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { ValidationError } from '../../api/errors.js';
+import { LIMITS } from '../../api/limits.js';
 import { parseDuration, parseQuantity } from '../../api/quantity.js';
 import type { StorageBackend } from '../../backend/types.js';
 import { createLogger, type Logger } from '../../log.js';
@@ -105,6 +106,7 @@ export function parseAgentArgs(argv: string[], env: NodeJS.ProcessEnv = process.
   const duration = (name: string, v: string): number => {
     const ms = parseDuration(v);
     if (ms === undefined || ms < 0) problems.push(`--${name}: ${v} is not a duration (e.g. 30s, 5m)`);
+    else if (ms > LIMITS.maxDurationMs) problems.push(`--${name}: ${v} is longer than the limit of ${LIMITS.maxDurationMs} ms (about 24 days)`);
     return ms ?? 0;
   };
   const backend = values.backend;
