@@ -44,7 +44,7 @@ describe('agent flags: bounds (F12) and the bdev directory (F1)', () => {
       '--orphan-grace: 25d is not a duration (e.g. 30s, 5m)',
       '--resync: 999999h is longer than the limit of 2147483647 ms (about 24 days)',
     ]);
-    expect(problems([...base, '--node', 'n', '--orphan-grace', '596h'])).toEqual(['--orphan-grace: 596h is longer than the limit of 2147483647 ms (about 24 days)']);
+    expect(problems([...base, '--node', 'n', '--orphan-grace', '597h'])).toEqual(['--orphan-grace: 597h is longer than the limit of 2147483647 ms (about 24 days)']);
   });
 
   it('--bdev-dir applies to qsd only', () => {
