@@ -175,7 +175,7 @@ export class NodeAgent extends EventEmitter {
     this.timer = undefined;
     this.opts.backend.off('connected', this.onConnected);
     this.opts.backend.off('disconnected', this.onDisconnected);
-    await Promise.allSettled([this.running, this.queued]);
+    await Promise.allSettled([this.running, this.queued, this.executor?.stop()]);
   }
 
   /**

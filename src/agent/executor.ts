@@ -217,7 +217,7 @@ export class Executor {
       if (a.kind !== 'evictImage') continue;
       const log = this.log.child({ image: a.name });
       try {
-        const why = whyNotEvictImage(await this.safety(), a.name, this.deps.images.importing(a.name));
+        const why = whyNotEvictImage(await this.safety(), a.name, this.deps.images.importing(a.name) || this.imports.has(a.name));
         if (why) throw new SafetyRefusal('evictImage', a.name, why);
         result.calls++;
         await this.retry(`evictImage ${a.name}`, () => this.deps.images.evict(a.name), log);
@@ -228,6 +228,9 @@ export class Executor {
     return result;
   }
 
+  /** Aborts the background imports when the agent stops (a crawling download must not hold the process). */
+  private readonly lifetime = new AbortController();
+
   /** Imports ended so far (a round that saw one end has a newer picture to plan from). */
   importsEnded = 0;
 
@@ -237,8 +240,14 @@ export class Executor {
     return Promise.all(this.imports.values()).then(() => undefined);
   }
 
+  /** Stops the background imports and waits until they have ended. */
+  async stop(): Promise<void> {
+    this.lifetime.abort();
+    await this.importsSettled();
+  }
+
   private startImport(spec: Extract<Action, { kind: 'ensureImage' }>['image'], log: Logger): void {
-    const job = this.retry(`ensureImage ${spec.name}`, () => this.deps.images.ensure(spec), log)
+    const job = this.retry(`ensureImage ${spec.name}`, () => this.deps.images.ensure(spec, this.lifetime.signal), log)
       .then(
         (img) => {
           // A ready image's size is checked against each disk's capacity by the next plan.

@@ -110,7 +110,7 @@ async function killEveryStep(
     const desired = run(r, imgs);
     r.desired = desired;
     r.agent.setDesired(desired);
-    await r.agent.reconcile('under-fault').catch(() => undefined);
+    await r.agent.converge('under-fault').catch(() => undefined);
     await r.settled();
     r.hook = undefined;
     await expectInvariants(r, desired, goldens, what);
@@ -203,7 +203,7 @@ describe('agent killed at every step, restarted (real backend)', () => {
       r.agent.setDesired(desired);
       let finished = false;
       void r.agent
-        .reconcile('doomed')
+        .converge('doomed')
         .catch(() => undefined)
         .finally(() => (finished = true));
       // Bounded, but generous: on a loaded 2-core machine the rounds before call k can be slow.

@@ -328,6 +328,8 @@ export class SpdkBackend extends EventEmitter implements StorageBackend {
     let shared = this.imports.get(spec.name);
     if (!shared) {
       shared = this.importImage(spec).finally(() => this.imports.delete(spec.name));
+      // Every caller may detach (below): the import's failure must never be an unhandled rejection.
+      shared.catch(() => undefined);
       this.imports.set(spec.name, shared);
     }
     // The import is shared: one caller giving up detaches that caller, it does not cancel

@@ -280,6 +280,8 @@ export async function run(argv: string[]): Promise<number> {
       process.stderr.write(`kubevirt-spdk agent: ${ok ? 'all disks Ready' : 'not every disk is Ready'}\n${summary(r)}\n`);
       return ok ? 0 : 1;
     } finally {
+      // Background imports (a download past the deadline) are aborted, not waited out.
+      await agent.stop();
       await backend.close();
       await lock.release();
     }

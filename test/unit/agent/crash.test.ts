@@ -28,7 +28,7 @@ function armCrash(h: Harness, k: number): { crashed: () => boolean; journalHook:
 }
 
 async function runUntilCrashOrDone(agent: NodeAgent, crashed: () => boolean): Promise<'done' | 'crashed'> {
-  const done = agent.reconcile('test').then(() => 'done' as const);
+  const done = agent.converge('test').then(() => 'done' as const);
   const poll = new Promise<'crashed'>((resolve) => {
     const t = setInterval(() => {
       if (crashed()) {
