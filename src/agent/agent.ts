@@ -82,8 +82,6 @@ export class NodeAgent extends EventEmitter {
   private queuedReasons = new Set<string>();
   private timer: NodeJS.Timeout | undefined;
   private stopped = false;
-  /** Reports of rounds in which a disk learnt that its image import failed. */
-  private readonly roundsWithImportFailure = new WeakSet<ReconcileReport>();
   private connectedAt: number | undefined;
   private readonly written = new Map<string, string>();
   private readonly config: ReconcileConfig;
@@ -204,23 +202,13 @@ export class NodeAgent extends EventEmitter {
    * itself never waits for one.
    */
   async converge(reason: string): Promise<ReconcileReport> {
-    // A round that reports a failed import ends it too (any round: an import's end triggers one).
-    let failed: ReconcileReport | undefined;
-    const onRound = (r: ReconcileReport): void => {
-      if (this.roundsWithImportFailure.has(r)) failed ??= r;
-    };
-    this.on('reconciled', onRound);
-    try {
-      for (;;) {
-        const ended = this.executor.importsEnded;
-        const report = await this.reconcile(reason);
-        if (failed) return failed;
-        const imports = this.executor.importsSettled();
-        if (imports) await imports;
-        else if (this.executor.importsEnded === ended) return report;
-      }
-    } finally {
-      this.off('reconciled', onRound);
+    // A failed import is not retried before its backoff, so this ends with the failure reported.
+    for (;;) {
+      const ended = this.executor.importsEnded;
+      const report = await this.reconcile(reason);
+      const imports = this.executor.importsSettled();
+      if (imports) await imports;
+      else if (this.executor.importsEnded === ended) return report;
     }
   }
 
@@ -259,7 +247,6 @@ export class NodeAgent extends EventEmitter {
     let controllersCreated = 0;
     let observed: ObservedState | undefined;
     let backendError: string | undefined;
-    let importFailures = 0;
     try {
       while (passes < maxPasses) {
         passes++;
@@ -279,7 +266,6 @@ export class NodeAgent extends EventEmitter {
         }
         const exec = await this.executor.execute(plan);
         outcomes = exec.outcomes;
-        importFailures += exec.importFailures;
         controllersCreated += exec.controllersCreated;
         for (const [key, o] of exec.outcomes) if (o.permanent && o.message) this.failed.set(key, o.message);
         // Nothing could be done (all refused, unreachable, or waiting for an import): wait for the next trigger.
@@ -291,7 +277,6 @@ export class NodeAgent extends EventEmitter {
     }
     if (backendError === undefined) await this.journal.settleReplayed();
     const report = this.report(reason, desired, plan, outcomes, { passes, converged, controllersCreated, t0, backendError });
-    if (importFailures > 0) this.roundsWithImportFailure.add(report);
     await this.writeStatus(report, plan, observed);
     if (reason.includes('backend-connected') && this.connectedAt !== undefined) {
       const durationMs = this.now() - this.connectedAt;

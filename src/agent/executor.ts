@@ -6,7 +6,7 @@ import { secondsSince, type Metrics } from '../metrics/metrics.js';
 import type { ImageCache } from './image-cache.js';
 import type { Journal } from './journal.js';
 import type { Action, DiskTarget } from './reconcile.js';
-import { isTransient, withRetry, type RetryOptions } from './retry.js';
+import { backoffMs, isTransient, withRetry, type RetryOptions } from './retry.js';
 import { whyNotCreateController, whyNotDeleteController, whyNotDeleteDisk, whyNotEvictImage, type DesiredIndex, type SafetyContext } from './safety.js';
 
 /** An operation a safety rule forbids right now (checked against a fresh observation). */
@@ -70,8 +70,6 @@ export interface ExecResult {
   refusals: SafetyRefusal[];
   /** Chains that only wait for an image import running in the background. */
   waiting: number;
-  /** Chains that reported the failure of a background import. */
-  importFailures: number;
 }
 
 export interface ExecutorDeps {
@@ -90,6 +88,8 @@ export interface ExecutorDeps {
   /** An image import started by a chain ended (ready or failed): time for another round. */
   onImportSettled?: (image: string) => void;
 }
+
+const IMPORT_BACKOFF = { initialMs: 250, maxMs: 30_000 };
 
 /** Runs `fn` over `items` with at most `limit` in flight. */
 async function pool<T>(items: readonly T[], limit: number, fn: (item: T) => Promise<void>): Promise<void> {
@@ -126,8 +126,11 @@ export class Executor {
   private readonly lastImportError = new Map<string, string>();
   /** Disks (keys) that waited for an import: their clone is a cache miss. */
   private readonly waitedForImport = new Set<string>();
-  /** The failure of the last background import of an image, handed to the next chain that needs it. */
-  private readonly importFailures = new Map<string, unknown>();
+  /**
+   * The failure of the last background import of an image: every disk of that image reports
+   * it until its backoff has passed (250 ms, doubling to 30 s), then the next round retries.
+   */
+  private readonly importFailures = new Map<string, { error: unknown; at: number; failures: number }>();
 
   constructor(private readonly deps: ExecutorDeps) {}
 
@@ -159,7 +162,7 @@ export class Executor {
   }
 
   async execute(plan: readonly Action[]): Promise<ExecResult> {
-    const result: ExecResult = { outcomes: new Map(), calls: 0, controllersCreated: 0, refusals: [], waiting: 0, importFailures: 0 };
+    const result: ExecResult = { outcomes: new Map(), calls: 0, controllersCreated: 0, refusals: [], waiting: 0 };
     const refused = (e: unknown): boolean => {
       if (e instanceof SafetyRefusal) {
         result.refusals.push(e);
@@ -240,6 +243,12 @@ export class Executor {
     return Promise.all(this.imports.values()).then(() => undefined);
   }
 
+  private recordImportFailure(name: string, error: unknown): void {
+    const failures = (this.importFailures.get(name)?.failures ?? 0) + 1;
+    this.importFailures.set(name, { error, at: Date.now(), failures });
+    this.lastImportError.set(name, describeError(error));
+  }
+
   /** Stops the background imports and waits until they have ended. */
   async stop(): Promise<void> {
     this.lifetime.abort();
@@ -251,16 +260,13 @@ export class Executor {
       .then(
         (img) => {
           // A ready image's size is checked against each disk's capacity by the next plan.
-          if (img.phase === 'failed') {
-            const e = new BackendError(`image ${spec.name} failed to import: ${img.message ?? 'unknown cause'}`, 'internal');
-            this.importFailures.set(spec.name, e);
-            this.lastImportError.set(spec.name, describeError(e));
-          } else this.lastImportError.delete(spec.name);
+          if (img.phase === 'failed') this.recordImportFailure(spec.name, new BackendError(`image ${spec.name} failed to import: ${img.message ?? 'unknown cause'}`, 'internal'));
+          else {
+            this.lastImportError.delete(spec.name);
+            this.importFailures.delete(spec.name);
+          }
         },
-        (e: unknown) => {
-          this.importFailures.set(spec.name, e);
-          this.lastImportError.set(spec.name, describeError(e));
-        },
+        (e: unknown) => this.recordImportFailure(spec.name, e),
       )
       .finally(() => {
         this.imports.delete(spec.name);
@@ -286,12 +292,9 @@ export class Executor {
             // The import runs beside the rounds; this disk waits in Importing, the others go on.
             phase = 'Importing';
             const name = a.image.name;
-            if (this.importFailures.has(name)) {
-              const failure = this.importFailures.get(name);
-              this.importFailures.delete(name);
-              result.importFailures++;
-              throw failure;
-            }
+            const failure = this.importFailures.get(name);
+            // Real time on purpose: a backoff is about the world outside, not the agent's clock.
+            if (failure && Date.now() - failure.at < backoffMs(failure.failures, IMPORT_BACKOFF)) throw failure.error;
             if (!this.imports.has(name)) {
               result.calls++;
               this.startImport(a.image, log);

@@ -114,6 +114,8 @@ export class SimRig {
    * same state dir (the old ones are abandoned, as a dead process's memory is).
    */
   async replaceProcess(): Promise<void> {
+    // The "killed" agent's background imports die with its process (its round stays frozen).
+    void this.agent.stop().catch(() => undefined);
     this.hook = undefined;
     const old = this.client;
     void old.close().catch(() => undefined);
@@ -220,7 +222,8 @@ export class SimRig {
     for (const b of this.backends) void b.close().catch(() => undefined);
     await this.client?.close().catch(() => undefined);
     await this.sim?.stop().catch(() => undefined);
-    await rm(this.dir, { recursive: true, force: true });
+    // An abandoned agent may still finish a journal write while the tree goes.
+    await rm(this.dir, { recursive: true, force: true, maxRetries: 10, retryDelay: 20 });
   }
 }
 
