@@ -10,11 +10,13 @@ import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import tls from 'node:tls';
 import { silentLogger, type Logger } from '../src/log.js';
+import { startStatusServer, type StatusServer } from '../src/metrics/server.js';
 import { defaultMetrics, secondsSince, type Metrics } from '../src/metrics/metrics.js';
 import { formatZodError } from '../src/api/errors.js';
 import { AdmissionReviewRequestSchema, reviewResponse } from './admission-review.js';
 import type { ImageCatalog } from './catalog.js';
 import { mutate, type MutationConfig } from './mutate.js';
+import { TLS_POLICY } from './tls.js';
 
 export const MUTATE_PATH = '/mutate';
 export const DEFAULT_MAX_BODY_BYTES = 1024 * 1024;
@@ -31,8 +33,14 @@ export interface WebhookServerOptions {
   maxBodyBytes?: number;
   /** How long close() lets in-flight requests finish before cutting connections. */
   shutdownGraceMs?: number;
-  /** Served on GET /metrics of this HTTPS server; the process-wide metrics by default. */
+  /** The process-wide metrics by default. */
   metrics?: Metrics;
+  /**
+   * Where /metrics is served: its own plain-HTTP listener, never the admission port (which
+   * the Service exposes to the whole cluster). Undefined: no metrics listener. 0: a free port.
+   */
+  metricsPort?: number;
+  metricsHost?: string;
 }
 
 class HttpError extends Error {
@@ -88,6 +96,7 @@ export class WebhookServer {
   private closing = false;
   /** Last cert+key text applied, to skip reloads that change nothing. */
   private tlsFingerprint = '';
+  private metricsServer: StatusServer | undefined;
 
   private constructor(
     private readonly opts: WebhookServerOptions,
@@ -98,7 +107,7 @@ export class WebhookServer {
     this.maxBody = opts.maxBodyBytes ?? DEFAULT_MAX_BODY_BYTES;
     this.metrics = opts.metrics ?? defaultMetrics();
     this.tlsFingerprint = cert + key;
-    this.server = https.createServer({ cert, key, keepAlive: true }, (req, res) => this.handle(req, res));
+    this.server = https.createServer({ cert, key, keepAlive: true, ...TLS_POLICY }, (req, res) => this.handle(req, res));
     // The API server reuses connections; don't let them linger past its own timeouts forever.
     this.server.keepAliveTimeout = 30_000;
   }
@@ -114,12 +123,20 @@ export class WebhookServer {
       });
     });
     ws.watchTls();
-    ws.logger.info({ port: ws.port, certFile: opts.certFile }, 'webhook listening');
+    if (opts.metricsPort !== undefined) {
+      ws.metricsServer = await startStatusServer({ port: opts.metricsPort, host: opts.metricsHost ?? '0.0.0.0', registry: ws.metrics.registry, ready: () => ws.ready() });
+    }
+    ws.logger.info({ port: ws.port, metricsPort: ws.metricsServer?.port, certFile: opts.certFile }, 'webhook listening');
     return ws;
   }
 
   get port(): number {
     return (this.server.address() as AddressInfo).port;
+  }
+
+  /** The metrics listener's port, when there is one. */
+  get metricsPort(): number | undefined {
+    return this.metricsServer?.port;
   }
 
   ready(): boolean {
@@ -134,8 +151,8 @@ export class WebhookServer {
     try {
       const [cert, key] = await Promise.all([readFile(this.opts.certFile, 'utf8'), readFile(this.opts.keyFile, 'utf8')]);
       if (cert + key === this.tlsFingerprint) return false;
-      tls.createSecureContext({ cert, key }); // throws on a mismatched or partial pair
-      this.server.setSecureContext({ cert, key });
+      tls.createSecureContext({ cert, key, ...TLS_POLICY }); // throws on a mismatched or partial pair
+      this.server.setSecureContext({ cert, key, ...TLS_POLICY });
       this.tlsFingerprint = cert + key;
       this.logger.info({ certFile: this.opts.certFile }, 'TLS certificate reloaded');
       return true;
@@ -170,17 +187,6 @@ export class WebhookServer {
     const url = (req.url ?? '/').split('?')[0];
     if (url === '/healthz') return sendText(res, 200, 'ok');
     if (url === '/readyz') return this.ready() ? sendText(res, 200, 'ok') : sendText(res, 503, 'not ready');
-    if (url === '/metrics' && req.method === 'GET') {
-      const registry = this.metrics.registry;
-      registry.metrics().then(
-        (text) => {
-          res.writeHead(200, { 'content-type': registry.contentType });
-          res.end(text);
-        },
-        (err: unknown) => sendText(res, 500, `metrics failed: ${(err as Error).message}`),
-      );
-      return;
-    }
     if (url !== MUTATE_PATH) return sendText(res, 404, 'not found');
     if (req.method !== 'POST') return sendText(res, 405, 'POST only');
     readBody(req, this.maxBody).then(
@@ -234,6 +240,7 @@ export class WebhookServer {
     const cut = setTimeout(() => this.server.closeAllConnections(), this.opts.shutdownGraceMs ?? 5000);
     await closed;
     clearTimeout(cut);
+    await this.metricsServer?.close();
     this.logger.info('webhook stopped');
   }
 }

@@ -81,6 +81,7 @@ export class NodeAgent extends EventEmitter {
   private queued: Promise<ReconcileReport> | undefined;
   private queuedReasons = new Set<string>();
   private timer: NodeJS.Timeout | undefined;
+  private stopped = false;
   private connectedAt: number | undefined;
   private readonly written = new Map<string, string>();
   private readonly config: ReconcileConfig;
@@ -127,6 +128,11 @@ export class NodeAgent extends EventEmitter {
       concurrency: this.opts.concurrency ?? 128,
       now: () => this.now(),
       metrics: this.metrics,
+      onImportSettled: (image) => {
+        this.emit('import-settled', image);
+        if (this.stopped) return;
+        void this.reconcile(`image-settled:${image}`).catch((e: unknown) => this.log.error({ event: 'reconcile-failed', error: describeError(e) }, 'reconcile failed'));
+      },
     });
   }
 
@@ -162,11 +168,12 @@ export class NodeAgent extends EventEmitter {
   }
 
   async stop(): Promise<void> {
+    this.stopped = true;
     if (this.timer) clearInterval(this.timer);
     this.timer = undefined;
     this.opts.backend.off('connected', this.onConnected);
     this.opts.backend.off('disconnected', this.onDisconnected);
-    await Promise.allSettled([this.running, this.queued]);
+    await Promise.allSettled([this.running, this.queued, this.executor?.stop()]);
   }
 
   /**
@@ -188,6 +195,21 @@ export class NodeAgent extends EventEmitter {
         return this.begin(reasons);
       });
     return this.queued;
+  }
+
+  /**
+   * Rounds until no disk waits for an image import of this agent (`--once`, tests): a round
+   * itself never waits for one.
+   */
+  async converge(reason: string): Promise<ReconcileReport> {
+    // A failed import is not retried before its backoff, so this ends with the failure reported.
+    for (;;) {
+      const ended = this.executor.importsEnded;
+      const report = await this.reconcile(reason);
+      const imports = this.executor.importsSettled();
+      if (imports) await imports;
+      else if (this.executor.importsEnded === ended) return report;
+    }
   }
 
   private begin(reason: string): Promise<ReconcileReport> {
@@ -246,8 +268,8 @@ export class NodeAgent extends EventEmitter {
         outcomes = exec.outcomes;
         controllersCreated += exec.controllersCreated;
         for (const [key, o] of exec.outcomes) if (o.permanent && o.message) this.failed.set(key, o.message);
-        // Nothing could be done (all refused or unreachable): wait for the next trigger.
-        if (exec.calls === 0 && exec.refusals.length > 0) break;
+        // Nothing could be done (all refused, unreachable, or waiting for an import): wait for the next trigger.
+        if (exec.calls === 0 && (exec.refusals.length > 0 || exec.waiting > 0)) break;
       }
     } catch (e) {
       backendError = describeError(e);

@@ -1,14 +1,12 @@
-import { chmod, chown, mkdir } from 'node:fs/promises';
-import path from 'node:path';
 import { BackendError, type ObservedState, type StorageBackend } from '../backend/types.js';
+import { ensureSlotDir, fixSocketOwnership } from '../backend/vhost-fs.js';
 import { SpdkError } from '../spdk/errors.js';
 import { silentLogger, type Logger } from '../log.js';
 import { secondsSince, type Metrics } from '../metrics/metrics.js';
-import { capacityProblem } from './desired.js';
 import type { ImageCache } from './image-cache.js';
 import type { Journal } from './journal.js';
 import type { Action, DiskTarget } from './reconcile.js';
-import { isTransient, withRetry, type RetryOptions } from './retry.js';
+import { backoffMs, isTransient, withRetry, type RetryOptions } from './retry.js';
 import { whyNotCreateController, whyNotDeleteController, whyNotDeleteDisk, whyNotEvictImage, type DesiredIndex, type SafetyContext } from './safety.js';
 
 /** An operation a safety rule forbids right now (checked against a fresh observation). */
@@ -70,6 +68,8 @@ export interface ExecResult {
   calls: number;
   controllersCreated: number;
   refusals: SafetyRefusal[];
+  /** Chains that only wait for an image import running in the background. */
+  waiting: number;
 }
 
 export interface ExecutorDeps {
@@ -85,7 +85,11 @@ export interface ExecutorDeps {
   concurrency: number;
   now?: () => number;
   metrics?: Metrics;
+  /** An image import started by a chain ended (ready or failed): time for another round. */
+  onImportSettled?: (image: string) => void;
 }
+
+const IMPORT_BACKOFF = { initialMs: 250, maxMs: 30_000 };
 
 /** Runs `fn` over `items` with at most `limit` in flight. */
 async function pool<T>(items: readonly T[], limit: number, fn: (item: T) => Promise<void>): Promise<void> {
@@ -116,6 +120,17 @@ export function describeError(e: unknown): string {
 export class Executor {
   /** bdev -> controller being created for it in this process (one controller per bdev). */
   private readonly serving = new Map<string, string>();
+  /** Image imports running beside the rounds (never inside one: a slow download must not hold up other disks). */
+  private readonly imports = new Map<string, Promise<void>>();
+  /** Why the last import of an image failed (until one succeeds), for the status of disks that wait again. */
+  private readonly lastImportError = new Map<string, string>();
+  /** Disks (keys) that waited for an import: their clone is a cache miss. */
+  private readonly waitedForImport = new Set<string>();
+  /**
+   * The failure of the last background import of an image: every disk of that image reports
+   * it until its backoff has passed (250 ms, doubling to 30 s), then the next round retries.
+   */
+  private readonly importFailures = new Map<string, { error: unknown; at: number; failures: number }>();
 
   constructor(private readonly deps: ExecutorDeps) {}
 
@@ -147,7 +162,7 @@ export class Executor {
   }
 
   async execute(plan: readonly Action[]): Promise<ExecResult> {
-    const result: ExecResult = { outcomes: new Map(), calls: 0, controllersCreated: 0, refusals: [] };
+    const result: ExecResult = { outcomes: new Map(), calls: 0, controllersCreated: 0, refusals: [], waiting: 0 };
     const refused = (e: unknown): boolean => {
       if (e instanceof SafetyRefusal) {
         result.refusals.push(e);
@@ -205,7 +220,7 @@ export class Executor {
       if (a.kind !== 'evictImage') continue;
       const log = this.log.child({ image: a.name });
       try {
-        const why = whyNotEvictImage(await this.safety(), a.name, this.deps.images.importing(a.name));
+        const why = whyNotEvictImage(await this.safety(), a.name, this.deps.images.importing(a.name) || this.imports.has(a.name));
         if (why) throw new SafetyRefusal('evictImage', a.name, why);
         result.calls++;
         await this.retry(`evictImage ${a.name}`, () => this.deps.images.evict(a.name), log);
@@ -214,6 +229,52 @@ export class Executor {
       }
     }
     return result;
+  }
+
+  /** Aborts the background imports when the agent stops (a crawling download must not hold the process). */
+  private readonly lifetime = new AbortController();
+
+  /** Imports ended so far (a round that saw one end has a newer picture to plan from). */
+  importsEnded = 0;
+
+  /** Settles when the imports running now have ended (undefined when none runs). */
+  importsSettled(): Promise<void> | undefined {
+    if (this.imports.size === 0) return undefined;
+    return Promise.all(this.imports.values()).then(() => undefined);
+  }
+
+  private recordImportFailure(name: string, error: unknown): void {
+    const failures = (this.importFailures.get(name)?.failures ?? 0) + 1;
+    this.importFailures.set(name, { error, at: Date.now(), failures });
+    this.lastImportError.set(name, describeError(error));
+  }
+
+  /** Stops the background imports and waits until they have ended. */
+  async stop(): Promise<void> {
+    this.lifetime.abort();
+    await this.importsSettled();
+  }
+
+  private startImport(spec: Extract<Action, { kind: 'ensureImage' }>['image'], log: Logger): void {
+    const job = this.retry(`ensureImage ${spec.name}`, () => this.deps.images.ensure(spec, this.lifetime.signal), log)
+      .then(
+        (img) => {
+          // A ready image's size is checked against each disk's capacity by the next plan.
+          if (img.phase === 'failed') this.recordImportFailure(spec.name, new BackendError(`image ${spec.name} failed to import: ${img.message ?? 'unknown cause'}`, 'internal'));
+          else {
+            this.lastImportError.delete(spec.name);
+            this.importFailures.delete(spec.name);
+          }
+        },
+        (e: unknown) => this.recordImportFailure(spec.name, e),
+      )
+      .finally(() => {
+        this.imports.delete(spec.name);
+        this.importsEnded++;
+        this.deps.onImportSettled?.(spec.name);
+      })
+      .catch(() => undefined);
+    this.imports.set(spec.name, job);
   }
 
   private async runChain(target: DiskTarget, steps: Action[], result: ExecResult, refused: (e: unknown) => boolean): Promise<DiskOutcome> {
@@ -228,14 +289,20 @@ export class Executor {
       for (const a of steps) {
         switch (a.kind) {
           case 'ensureImage': {
+            // The import runs beside the rounds; this disk waits in Importing, the others go on.
             phase = 'Importing';
-            result.calls++;
-            const img = await this.retry(`ensureImage ${a.image.name}`, () => this.deps.images.ensure(a.image), log);
-            if (img.phase === 'failed') throw new BackendError(`image ${a.image.name} failed to import: ${img.message ?? 'unknown cause'}`, 'internal');
-            phase = 'Provisioning';
-            const tooSmall = capacityProblem({ source: { kind: 'image', image: a.image.name }, capacityBytes: steps.find((s) => s.kind === 'ensureDisk')?.spec.capacityBytes }, img.sizeBytes);
-            if (tooSmall) throw new BackendError(`capacity: ${tooSmall}`, 'invalid');
-            break;
+            const name = a.image.name;
+            const failure = this.importFailures.get(name);
+            // Real time on purpose: a backoff is about the world outside, not the agent's clock.
+            if (failure && Date.now() - failure.at < backoffMs(failure.failures, IMPORT_BACKOFF)) throw failure.error;
+            if (!this.imports.has(name)) {
+              result.calls++;
+              this.startImport(a.image, log);
+            }
+            result.waiting++;
+            this.waitedForImport.add(target.key);
+            const last = this.lastImportError.get(name);
+            return { phase: 'Importing', permanent: false, ...(last ? { message: `retrying; the last attempt failed: ${last}` } : {}) };
           }
           case 'ensureDisk': {
             result.calls++;
@@ -257,7 +324,7 @@ export class Executor {
             if (spec.source.kind === 'image') {
               await this.deps.images.touch(spec.source.image);
               // A miss is a clone that had to wait for its image to be imported first.
-              if (steps.some((s) => s.kind === 'ensureImage')) m?.imageCacheMisses.inc();
+              if (this.waitedForImport.delete(target.key)) m?.imageCacheMisses.inc();
               else m?.imageCacheHits.inc();
             }
             log.info({ event: 'disk-ready', id: spec.id, ref: disk.ref }, 'disk provisioned');
@@ -272,7 +339,7 @@ export class Executor {
             try {
               const why = whyNotCreateController(await this.safety(), a.spec.name, ref);
               if (why) throw new SafetyRefusal('ensureController', a.spec.name, why);
-              await mkdir(path.join(this.deps.backend.vhostDir, target.slot), { recursive: true, mode: 0o755 });
+              await ensureSlotDir(this.deps.backend.vhostDir, target.slot);
               result.calls++;
               const spec = { ...a.spec, diskRef: ref };
               const c = await this.journaled('ensureController', a.spec.name, () => this.deps.backend.ensureController(spec), log, (s) => {
@@ -289,8 +356,7 @@ export class Executor {
           case 'fixSocket': {
             const p = a.path ?? socketPath;
             if (p === undefined) throw new BackendError(`controller ${a.controller} has no socket path`, 'internal');
-            await chown(p, a.policy.uid, a.policy.gid);
-            await chmod(p, a.policy.mode);
+            await fixSocketOwnership(p, a.policy);
             break;
           }
           default:

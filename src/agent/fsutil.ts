@@ -13,14 +13,15 @@ export async function writeFileAtomic(file: string, data: string, opts: { mode?:
   const tmp = path.join(dir, `.${path.basename(file)}.${process.pid}.${tmpCounter++}.tmp`);
   const fh = await open(tmp, 'w', opts.mode ?? 0o644);
   try {
-    await fh.writeFile(data);
-    await fh.sync();
-  } finally {
-    await fh.close();
-  }
-  try {
+    try {
+      await fh.writeFile(data);
+      await fh.sync();
+    } finally {
+      await fh.close();
+    }
     await rename(tmp, file);
   } catch (e) {
+    // A full disk (ENOSPC) or any other failure leaves no temp file behind, one per attempt.
     await unlink(tmp).catch(() => undefined);
     throw e;
   }

@@ -1,4 +1,4 @@
-import { readFile, rename } from 'node:fs/promises';
+import { lstat, readFile, rename } from 'node:fs/promises';
 import path from 'node:path';
 import { z } from 'zod';
 import { VmiRefSchema } from '../api/status.js';
@@ -91,9 +91,16 @@ export class Journal {
     let state = emptyJournalState();
     let text: string | undefined;
     try {
+      // Anything but a regular file (a directory, a device, a link) is refused by name, not with a stack trace.
+      const st = await lstat(file);
+      if (!st.isFile()) {
+        const what = st.isDirectory() ? 'a directory' : st.isSymbolicLink() ? 'a symbolic link' : 'not a regular file';
+        throw new JournalError(`journal ${file} is ${what}; move it out of the state dir and start again`, file);
+      }
       text = await readFile(file, 'utf8');
     } catch (e) {
-      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw new JournalError(`cannot read journal: ${(e as Error).message}`, file, { cause: e });
+      if (e instanceof JournalError) throw e;
+      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw new JournalError(`cannot read journal ${file}: ${(e as Error).message}`, file, { cause: e });
     }
     if (text !== undefined) {
       let parsed: z.SafeParseReturnType<unknown, JournalState>;

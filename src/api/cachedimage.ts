@@ -1,6 +1,7 @@
 import { z } from 'zod';
 import { parseAllDocuments } from 'yaml';
-import { parseQuantity } from './quantity.js';
+import { LIMITS } from './limits.js';
+import { formatBytes, parseQuantity } from './quantity.js';
 import { DNS1123_LABEL } from './volumes.js';
 import { ValidationError, apiErrorMap, formatZodError } from './errors.js';
 import { FILE_YAML_LIMITS, STRICT_YAML_OPTIONS, checkYamlLimits, yamlProblems } from './yaml.js';
@@ -27,6 +28,10 @@ export const CachedImageSpecSchema = z
         const bytes = parseQuantity(String(v));
         if (bytes === undefined || bytes <= 0) {
           ctx.addIssue({ code: z.ZodIssueCode.custom, message: `${v} is not a positive Kubernetes quantity` });
+          return z.NEVER;
+        }
+        if (bytes > LIMITS.maxDiskBytes) {
+          ctx.addIssue({ code: z.ZodIssueCode.custom, message: `${v} is larger than the limit of ${formatBytes(LIMITS.maxDiskBytes)}` });
           return z.NEVER;
         }
         return bytes;

@@ -1,5 +1,6 @@
 import { z } from 'zod';
-import { parseDuration, parseQuantity } from './quantity.js';
+import { LIMITS } from './limits.js';
+import { formatBytes, parseDuration, parseQuantity } from './quantity.js';
 import { ValidationError, apiErrorMap, formatZodError } from './errors.js';
 import { readUserYaml } from './yaml.js';
 
@@ -22,6 +23,23 @@ export const MAX_QUEUES = 256;
  */
 export const DEFAULT_RECONNECT_INTERVAL_S = 1;
 
+/**
+ * What a `bdev:` volume may name: an SPDK bdev name, or an lvol alias `<lvstore>/<lvol>`.
+ * Never a path: no leading `/`, no component starting with `.` (so no `..`), one `/` at most.
+ * Each backend resolves the name in its own namespace (SPDK's bdevs; qsd: a file in the
+ * directory the node's admin configured) and checks it again there.
+ */
+export const BDEV_NAME_RE = /^[A-Za-z0-9_][A-Za-z0-9_.:-]*(\/[A-Za-z0-9_][A-Za-z0-9_.:-]*)?$/;
+export const BDEV_NAME_MAX = 255;
+/** The `bdev:` rule as one message, for the schema and the backends' re-checks. */
+export function bdevNameProblem(name: string): string | undefined {
+  if (name.length === 0 || name.length > BDEV_NAME_MAX) return `must be 1 to ${BDEV_NAME_MAX} characters`;
+  if (!BDEV_NAME_RE.test(name)) {
+    return 'must be a bdev name ([A-Za-z0-9_.:-], optionally "<lvstore>/<lvol>"), never a path: no leading "/", no "." or ".." component';
+  }
+  return undefined;
+}
+
 export const DiskName = z
   .string()
   .max(63, 'must be at most 63 characters (DNS-1123 label)')
@@ -42,6 +60,10 @@ const Quantity = z.unknown().transform((v, ctx) => {
     ctx.addIssue({ code: z.ZodIssueCode.custom, message: `${text} must be greater than 0` });
     return z.NEVER;
   }
+  if (bytes > LIMITS.maxDiskBytes) {
+    ctx.addIssue({ code: z.ZodIssueCode.custom, message: `${text} is larger than the limit of ${formatBytes(LIMITS.maxDiskBytes)}` });
+    return z.NEVER;
+  }
   return { text, bytes };
 });
 
@@ -59,6 +81,10 @@ const ReconnectTimeout = z.unknown().transform((text, ctx) => {
     ctx.addIssue({ code: z.ZodIssueCode.custom, message: `${text} must be greater than 0` });
     return z.NEVER;
   }
+  if (ms / 1000 > LIMITS.maxReconnectTimeoutSeconds) {
+    ctx.addIssue({ code: z.ZodIssueCode.custom, message: `${text} is longer than the limit of ${LIMITS.maxReconnectTimeoutSeconds}s` });
+    return z.NEVER;
+  }
   if (ms % 1000 !== 0) {
     // libvirt's <reconnect timeout> is a whole number of seconds.
     ctx.addIssue({ code: z.ZodIssueCode.custom, message: `${text} must be a whole number of seconds (libvirt reconnect timeout)` });
@@ -71,7 +97,13 @@ export const SpdkVhostBlkDiskSchema = z
   .object({
     image: z.string().max(63).regex(DNS1123_LABEL, 'must name a CachedImage (DNS-1123 label)').optional(),
     blank: z.object({}).strict().optional(),
-    bdev: z.string().max(255).regex(/^[A-Za-z0-9_.:/-]+$/, 'must be an SPDK bdev name ([A-Za-z0-9_.:/-])').optional(),
+    bdev: z
+      .string()
+      .superRefine((v, ctx) => {
+        const problem = bdevNameProblem(v);
+        if (problem) ctx.addIssue({ code: z.ZodIssueCode.custom, message: problem });
+      })
+      .optional(),
     capacity: Quantity.optional(),
     bootOrder: z.number().int('must be an integer').min(1, 'must be >= 1').optional(),
     queues: z.number().int('must be an integer').min(1, 'must be >= 1').max(MAX_QUEUES, `must be <= ${MAX_QUEUES}`).optional(),

@@ -1,18 +1,22 @@
 import { createHash } from 'node:crypto';
 import { spawn } from 'node:child_process';
-import { createReadStream, createWriteStream } from 'node:fs';
+import { constants as fsc, createWriteStream } from 'node:fs';
 import fs from 'node:fs/promises';
 import http from 'node:http';
 import https from 'node:https';
 import { once } from 'node:events';
 import { Transform, type Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
+import { maxSourceBytes } from '../api/limits.js';
 import { silentLogger, type Logger } from '../log.js';
+import { QEMU_IMG_ADDRESS_SPACE, inspectImage, limitedArgv } from './image-inspect.js';
 import { BackendError, type ImageSpec } from './types.js';
 
 /**
  * Brings a golden image onto the node: download (http/https) or copy (hostPath), verify
- * sha256, convert qcow2 to raw, then rename into place. Everything is written under
+ * sha256, inspect it (image-inspect.ts: format as declared, no backing or data file, size
+ * within the declaration), convert qcow2 to raw under resource limits, then rename into place.
+ * Every transfer stops at the declared size plus a small slack (limits.ts). Everything is written under
  * `<dest>.part*` names first, so a file at `destPath` is always a complete, verified image:
  * a crash or an error leaves at most `.part` files, which the next run removes.
  */
@@ -25,7 +29,7 @@ export interface FetchOptions {
   idleTimeoutMs?: number;
   /** Redirects followed before giving up. Default 5. */
   maxRedirects?: number;
-  /** File mode of the final image (e.g. 0o444 for golden images). Default 0o644. */
+  /** File mode of the final image. Default 0o600: only the agent and its backend read goldens. */
   mode?: number;
   qemuImgBinary?: string;
   logger?: Logger;
@@ -67,6 +71,7 @@ export async function fetchImage(spec: ImageSpec, destPath: string, opts: FetchO
   try {
     let sha256: string;
     let expected: string | undefined;
+    const maxBytes = maxSourceBytes(spec.sizeBytes);
     if ('http' in spec.source) {
       expected = spec.source.http.sha256;
       log.info({ event: 'image.download.start', url: spec.source.http.url }, 'downloading image');
@@ -74,17 +79,24 @@ export async function fetchImage(spec: ImageSpec, destPath: string, opts: FetchO
         signal,
         idleTimeoutMs: opts.idleTimeoutMs ?? DEFAULT_IDLE_TIMEOUT_MS,
         maxRedirects: opts.maxRedirects ?? DEFAULT_MAX_REDIRECTS,
+        maxBytes,
         log,
       });
     } else {
       expected = spec.source.hostPath.sha256;
-      sha256 = await copyHashed(spec.source.hostPath.path, fetchedTo, signal);
+      sha256 = await copyHashed(spec.source.hostPath.path, fetchedTo, signal, maxBytes);
     }
     if (expected !== undefined && expected !== sha256) {
       throw new BackendError(`image ${spec.name}: sha256 mismatch: expected ${expected}, got ${sha256}`, 'checksum');
     }
+    const qemuImg = opts.qemuImgBinary ?? 'qemu-img';
+    const facts = await inspectImage(fetchedTo, spec.format, spec.sizeBytes, { qemuImg, run, signal }).catch((err: unknown) => {
+      if (err instanceof BackendError && err.kind === 'invalid') throw new BackendError(`image ${spec.name}: ${err.message}`, 'invalid', { cause: err });
+      throw err;
+    });
     if (spec.format === 'qcow2') {
-      await qemuImgConvert(opts.qemuImgBinary ?? 'qemu-img', fetchedTo, converted, signal);
+      const cpuSeconds = Math.max(1, (timeoutMs - (Date.now() - started)) / 1000);
+      await qemuImgConvert(qemuImg, fetchedTo, converted, signal, { cpuSeconds, fileSizeBytes: facts.virtualSize });
       await fs.rm(fetchedTo, { force: true });
     }
     const { size } = await fs.stat(converted);
@@ -95,7 +107,7 @@ export async function fetchImage(spec: ImageSpec, destPath: string, opts: FetchO
         'invalid',
       );
     }
-    await fs.chmod(converted, opts.mode ?? 0o644);
+    await fs.chmod(converted, opts.mode ?? 0o600);
     await fsyncFile(converted);
     await fs.rename(converted, destPath);
     log.info({ event: 'image.fetch.done', sizeBytes: size, sha256, ms: Date.now() - started }, 'image ready');
@@ -127,18 +139,32 @@ function toBackendError(
   return new BackendError(`image ${name}: ${msg}`, 'internal', { cause: err });
 }
 
-/** Passes bytes through while hashing them; counts them for size checks. */
+/** Passes bytes through while hashing them; stops a source that sends more than `maxBytes`. */
 class HashingTap extends Transform {
   readonly hash = createHash('sha256');
   bytes = 0;
-  constructor(private readonly onData?: () => void) {
+  constructor(
+    private readonly maxBytes: number,
+    private readonly onData?: () => void,
+  ) {
     super();
   }
   override _transform(chunk: Buffer, _enc: BufferEncoding, cb: (err?: Error | null, data?: Buffer) => void): void {
-    this.hash.update(chunk);
     this.bytes += chunk.length;
+    if (this.bytes > this.maxBytes) {
+      cb(new SourceTooLarge(this.maxBytes));
+      return;
+    }
+    this.hash.update(chunk);
     this.onData?.();
     cb(null, chunk);
+  }
+}
+
+/** A source past its declared size (plus slack): an endless body or /dev/zero stops here. */
+class SourceTooLarge extends BackendError {
+  constructor(maxBytes: number) {
+    super(`source is larger than its declared size allows: stopped after ${maxBytes} bytes`, 'invalid');
   }
 }
 
@@ -156,14 +182,30 @@ async function pipeToFile(src: Readable, tap: HashingTap, dest: string, signal: 
   }
 }
 
-async function copyHashed(src: string, dest: string, signal: AbortSignal): Promise<string> {
-  const tap = new HashingTap();
-  await pipeToFile(createReadStream(src), tap, dest, signal);
-  return tap.hash.digest('hex');
+/**
+ * hostPath: the path itself must be a regular file, not a link (O_NOFOLLOW) nor a device
+ * (/dev/zero would never end); it is read from the descriptor that was checked.
+ */
+async function copyHashed(src: string, dest: string, signal: AbortSignal, maxBytes: number): Promise<string> {
+  const fh = await fs.open(src, fsc.O_RDONLY | fsc.O_NOFOLLOW | fsc.O_NONBLOCK).catch((err: NodeJS.ErrnoException) => {
+    if (err.code === 'ELOOP') throw new BackendError(`hostPath ${src} is a symbolic link; name the file itself`, 'invalid', { cause: err });
+    throw err;
+  });
+  try {
+    const st = await fh.stat();
+    if (!st.isFile()) throw new BackendError(`hostPath ${src} is not a regular file`, 'invalid');
+    if (st.size > maxBytes) throw new BackendError(`hostPath ${src} is ${st.size} bytes, larger than its declared size allows (${maxBytes} bytes)`, 'invalid');
+    const tap = new HashingTap(maxBytes);
+    await pipeToFile(fh.createReadStream({ autoClose: false }), tap, dest, signal);
+    return tap.hash.digest('hex');
+  } finally {
+    await fh.close();
+  }
 }
 
 interface DownloadOpts {
   signal: AbortSignal;
+  maxBytes: number;
   idleTimeoutMs: number;
   maxRedirects: number;
   log: Logger;
@@ -207,6 +249,10 @@ function request(url: URL, signal: AbortSignal): Promise<http.IncomingMessage> {
 
 async function receive(res: http.IncomingMessage, href: string, dest: string, o: DownloadOpts): Promise<string> {
   const expectedLength = res.headers['content-length'] !== undefined ? Number(res.headers['content-length']) : undefined;
+  if (expectedLength !== undefined && expectedLength > o.maxBytes) {
+    res.destroy();
+    throw new BackendError(`download ${href}: Content-Length ${expectedLength} is larger than the declared size allows (${o.maxBytes} bytes)`, 'invalid');
+  }
   // The idle timer covers a stalled transfer: a server that sends headers and then nothing.
   let idle: NodeJS.Timeout | undefined;
   let stalled = false;
@@ -217,12 +263,13 @@ async function receive(res: http.IncomingMessage, href: string, dest: string, o:
       res.destroy(new Error(`no data for ${o.idleTimeoutMs} ms`));
     }, o.idleTimeoutMs);
   };
-  const tap = new HashingTap(arm);
+  const tap = new HashingTap(o.maxBytes, arm);
   arm();
   try {
     await pipeToFile(res, tap, dest, o.signal);
   } catch (err) {
     if (o.signal.aborted) throw err;
+    if (err instanceof SourceTooLarge) throw new BackendError(`download ${href}: ${err.message}`, 'invalid', { cause: err });
     const msg = stalled ? `transfer stalled (no data for ${o.idleTimeoutMs} ms)` : `transfer failed: ${(err as Error).message}`;
     throw new BackendError(`download ${href}: ${msg} after ${tap.bytes} bytes`, 'download', { cause: err });
   } finally {
@@ -238,9 +285,19 @@ async function receive(res: http.IncomingMessage, href: string, dest: string, o:
   return tap.hash.digest('hex');
 }
 
-async function qemuImgConvert(binary: string, src: string, dest: string, signal: AbortSignal): Promise<void> {
-  const argv = ['convert', '-f', 'qcow2', '-O', 'raw', src, dest];
-  const { code, stderr } = await run(binary, argv, signal).catch((err: unknown) => {
+/**
+ * The image was inspected (no backing or data file); the conversion still runs with an
+ * explicit input format, bounded address space, CPU time and output size, and the deadline.
+ */
+async function qemuImgConvert(
+  binary: string,
+  src: string,
+  dest: string,
+  signal: AbortSignal,
+  l: { cpuSeconds: number; fileSizeBytes: number },
+): Promise<void> {
+  const cmd = limitedArgv(binary, ['convert', '-f', 'qcow2', '-O', 'raw', src, dest], { addressSpaceBytes: QEMU_IMG_ADDRESS_SPACE, ...l });
+  const { code, stderr } = await run(cmd.binary, cmd.argv, signal).catch((err: unknown) => {
     if (signal.aborted) throw err;
     throw new BackendError(`cannot run ${binary}: ${(err as Error).message}`, 'internal', { cause: err });
   });

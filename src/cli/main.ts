@@ -75,6 +75,11 @@ async function main(argv: string[]): Promise<number> {
       process.stderr.write(`kubevirt-spdk ${name}: invalid input:\n${e.problems.map((p) => `  ${p}`).join('\n')}\n`);
       return 2;
     }
+    // Known failures of the node's own state (an unusable journal) are reported, not dumped.
+    if (e instanceof Error && e.name === 'JournalError') {
+      process.stderr.write(`kubevirt-spdk ${name}: ${e.message}\n`);
+      return 1;
+    }
     // node:util parseArgs refusing a flag (unknown option, missing value, positional) is bad usage, not a crash.
     if ((e as NodeJS.ErrnoException).code?.startsWith('ERR_PARSE_ARGS_')) {
       process.stderr.write(`kubevirt-spdk ${name}: ${(e as Error).message} (see kubevirt-spdk ${name} --help)\n`);

@@ -5,6 +5,7 @@
 import { ValidationError } from '../api/errors.js';
 import { hasSpdkVolumes, parseVmi, spdkVolumesOf } from '../api/vmi.js';
 import { convertDomain } from '../converter/index.js';
+import { decodeUtf8Strict } from '../converter/utf8.js';
 import type { Logger } from '../log.js';
 
 export interface RewriteInput {
@@ -18,8 +19,9 @@ export interface RewriteInput {
 export function rewriteDomain(input: RewriteInput, vhostSocketDir: string | undefined, logger: Logger): Buffer {
   let doc: unknown;
   try {
-    doc = JSON.parse(input.vmi.toString('utf8'));
+    doc = JSON.parse(decodeUtf8Strict(input.vmi, 'vmi'));
   } catch (e) {
+    if (e instanceof ValidationError) throw e;
     throw new ValidationError([`vmi: not valid JSON: ${(e as Error).message}`]);
   }
   const vmi = parseVmi(doc);
@@ -28,7 +30,7 @@ export function rewriteDomain(input: RewriteInput, vhostSocketDir: string | unde
     log.debug('no kubevirt-spdk.io/volumes annotation: domain unchanged');
     return input.domainXML;
   }
-  const out = convertDomain(input.domainXML.toString('utf8'), vmi, vhostSocketDir === undefined ? {} : { socketDir: vhostSocketDir });
+  const out = convertDomain(decodeUtf8Strict(input.domainXML, 'domain XML'), vmi, vhostSocketDir === undefined ? {} : { socketDir: vhostSocketDir });
   log.info({ disks: spdkVolumesOf(vmi).map((v) => v.name) }, 'domain rewritten with vhost-user disks');
   return Buffer.from(out, 'utf8');
 }

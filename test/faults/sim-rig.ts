@@ -114,6 +114,8 @@ export class SimRig {
    * same state dir (the old ones are abandoned, as a dead process's memory is).
    */
   async replaceProcess(): Promise<void> {
+    // The "killed" agent's background imports die with its process (its round stays frozen).
+    void this.agent.stop().catch(() => undefined);
     this.hook = undefined;
     const old = this.client;
     void old.close().catch(() => undefined);
@@ -160,7 +162,7 @@ export class SimRig {
     agent.setDesired(desired);
     let last: ReconcileReport | undefined;
     for (let i = 0; i < rounds; i++) {
-      last = await agent.reconcile('fault-test');
+      last = await agent.converge('fault-test');
       // A disk Failed by a transient fault is retried by the next round: wait for Ready.
       const ready = last.vmis.every((v) => v.problems.length > 0 || v.disks.every((d) => d.phase === 'Ready'));
       if (last.converged && last.settled && last.backendOk && ready) return last;
@@ -220,7 +222,8 @@ export class SimRig {
     for (const b of this.backends) void b.close().catch(() => undefined);
     await this.client?.close().catch(() => undefined);
     await this.sim?.stop().catch(() => undefined);
-    await rm(this.dir, { recursive: true, force: true });
+    // An abandoned agent may still finish a journal write while the tree goes.
+    await rm(this.dir, { recursive: true, force: true, maxRetries: 10, retryDelay: 20 });
   }
 }
 

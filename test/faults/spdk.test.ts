@@ -110,7 +110,7 @@ async function killEveryStep(
     const desired = run(r, imgs);
     r.desired = desired;
     r.agent.setDesired(desired);
-    await r.agent.reconcile('under-fault').catch(() => undefined);
+    await r.agent.converge('under-fault').catch(() => undefined);
     await r.settled();
     r.hook = undefined;
     await expectInvariants(r, desired, goldens, what);
@@ -203,7 +203,7 @@ describe('agent killed at every step, restarted (real backend)', () => {
       r.agent.setDesired(desired);
       let finished = false;
       void r.agent
-        .reconcile('doomed')
+        .converge('doomed')
         .catch(() => undefined)
         .finally(() => (finished = true));
       // Bounded, but generous: on a loaded 2-core machine the rounds before call k can be slow.
@@ -268,7 +268,7 @@ describe('lvstore full during clone, resize and inflate', () => {
       const desired = desiredOf([vmiA()], imgs);
       r.desired = desired;
       r.agent.setDesired(desired);
-      const rep = await r.agent.reconcile('full');
+      const rep = await r.agent.converge('full');
       const phases = rep.vmis.flatMap((v) => v.disks);
       expect(phases.some((d) => d.phase !== 'Ready')).toBe(true);
       expect(phases.filter((d) => d.phase !== 'Ready').every((d) => (d.message ?? '').length > 0 || d.phase === 'Importing' || d.phase === 'Provisioning')).toBe(true);
@@ -338,7 +338,7 @@ describe('image download cut off, corrupted, slower than the timeout', () => {
       const desired = desiredOf([vmi('a', 'slot-01', [{ name: 'root', image: 'fedora', capacity: '8Mi' }])], [img]);
       r.desired = desired;
       r.agent.setDesired(desired);
-      const rep = await r.agent.reconcile('bad-download');
+      const rep = await r.agent.converge('bad-download');
       tally.faults++;
       const disk = rep.vmis[0]?.disks[0];
       expect(disk?.phase).not.toBe('Ready');

@@ -1,6 +1,19 @@
 import { EventEmitter } from 'node:events';
-import { mkdir, rm, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, rm } from 'node:fs/promises';
+import net from 'node:net';
 import path from 'node:path';
+
+/** Binds a unix socket at `p` and keeps it (unref'd: it never holds a test process open). */
+function listenUnix(p: string): Promise<void> {
+  const server = net.createServer((c) => c.destroy());
+  return new Promise((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(p, () => {
+      server.unref();
+      resolve();
+    });
+  });
+}
 import {
   BackendError,
   type BackendHealth,
@@ -202,8 +215,10 @@ export class FakeBackend extends EventEmitter implements StorageBackend {
       if (!known) throw new BackendError(`bdev ${spec.diskRef} does not exist`, 'notFound');
       const socketPath = path.join(this.vhostDir, spec.name);
       await mkdir(path.dirname(socketPath), { recursive: true });
-      // Created with the "wrong" mode, like spdk_tgt running as root does.
-      await writeFile(socketPath, '', { mode: 0o600 });
+      // A real unix socket (the agent touches nothing else), with the "wrong" mode, like spdk_tgt running as root makes it.
+      await rm(socketPath, { force: true });
+      await listenUnix(socketPath);
+      await chmod(socketPath, 0o600);
       const c: ObservedController = { name: spec.name, diskRef: spec.diskRef, readonly: spec.readonly, socketPath, sessions: 0 };
       this.controllers.set(spec.name, c);
       return { ...c };

@@ -92,7 +92,7 @@ describe('/metrics', () => {
     const scrape = await serve(metrics);
 
     h.agent.setDesired(desiredOf([vmi('a', 'slot-01', [{ name: 'root', image: 'fedora' }])], [image('fedora')]));
-    await h.agent.reconcile('test');
+    await h.agent.converge('test');
     let text = await scrape();
     expect(sample(text, 'kubevirt_spdk_disk_provision_duration_seconds_count', { source: 'image' })).toBe(1);
     expect(sample(text, 'kubevirt_spdk_disks', { phase: 'Ready' })).toBe(1);
@@ -104,7 +104,7 @@ describe('/metrics', () => {
 
     // A second VMI from the same image: a hit, no new import.
     h.agent.setDesired(desiredOf([vmi('a', 'slot-01', [{ name: 'root', image: 'fedora' }]), vmi('b', 'slot-02', [{ name: 'root', image: 'fedora' }])], [image('fedora')]));
-    await h.agent.reconcile('test');
+    await h.agent.converge('test');
     text = await scrape();
     expect(sample(text, 'kubevirt_spdk_disks', { phase: 'Ready' })).toBe(2);
     expect(sample(text, 'kubevirt_spdk_image_cache_hits_total')).toBe(1);
@@ -124,7 +124,7 @@ describe('/metrics', () => {
     });
     const scrape = await serve(metrics);
     h.agent.setDesired(desiredOf([vmi('a', 'slot-01', [{ name: 'root', image: 'fedora' }]), vmi('b', 'slot-02', [{ name: 'root', image: 'fedora' }])], [image('fedora')]));
-    await h.agent.reconcile('test');
+    await h.agent.converge('test');
     expect(sample(await scrape(), 'kubevirt_spdk_recoveries_total', { converged: 'true' })).toBeUndefined();
     h.agent.start();
     const recovered = new Promise((resolve) => h.agent.once('recovery', resolve));
@@ -147,9 +147,9 @@ describe('/metrics', () => {
     expect(sample(text, 'kubevirt_spdk_migrations_total', { outcome: 'aborted' })).toBe(1);
   });
 
-  it('the webhook serves /metrics on its HTTPS port and counts a rejection', async () => {
+  it('the webhook serves /metrics on its own port, not on the admission port, and counts a rejection', async () => {
     const metrics = createMetrics(new Registry());
-    const { server, ca, close } = await startTestWebhook({ shutdownGraceMs: 500, metrics });
+    const { server, ca, close } = await startTestWebhook({ shutdownGraceMs: 500, metrics, metricsPort: 0, metricsHost: '127.0.0.1' });
     cleanups.push(close);
     const admit = async (volumes: string): Promise<string> => {
       const vmi = { apiVersion: 'kubevirt.io/v1', kind: 'VirtualMachineInstance', metadata: { name: 'vm', annotations: { [VOLUMES_ANNOTATION]: volumes } }, spec: { domain: { devices: {} } } };
@@ -158,7 +158,9 @@ describe('/metrics', () => {
     await admit('- {name: rootdisk, spdkVhostBlkDisk: {image: fedora-40, capacity: 20Gi}}');
     const denied = await admit('- {name: rootdisk, spdkVhostBlkDisk: {image: fedora-40, capacity: 1Gi}}');
     expect(denied).toContain('"allowed":false');
-    const r = await fetchText(`https://127.0.0.1:${server.port}/metrics`, ca);
+    // The admission port is reachable by anything in the cluster: no metrics there.
+    expect((await fetchText(`https://127.0.0.1:${server.port}/metrics`, ca)).status).toBe(404);
+    const r = await fetchText(`http://127.0.0.1:${server.metricsPort}/metrics`);
     expect(r.status).toBe(200);
     const rejected = Object.fromEntries(
       r.body

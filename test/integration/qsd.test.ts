@@ -30,6 +30,7 @@ async function makeBackend(): Promise<QsdBackend> {
     vhostDir: path.join(dir, 'v'),
     managed: true,
     restartDelayMs: 50,
+    bdevDir: path.join(dir, 'bdevs'),
   });
   await b.start();
   return b;
@@ -99,7 +100,7 @@ describe.skipIf(!haveQemu)('qsd backend against a real qemu-storage-daemon', () 
   it('serves an image disk on <vhostDir>/<slot>/<disk> and reports it in observe()', async () => {
     const img = await backend.ensureImage(image);
     expect(img).toMatchObject({ name: 'tiny', phase: 'ready', sizeBytes: IMAGE_SIZE, cloneCount: 0 });
-    expect((await fs.stat(img.ref)).mode & 0o777).toBe(0o444);
+    expect((await fs.stat(img.ref)).mode & 0o777).toBe(0o400); // F11: not world-readable
 
     const disk = await backend.ensureDisk({ id: 'vm1-root', source: { kind: 'image', image: 'tiny' }, capacityBytes: 8 * MiB });
     expect(disk).toMatchObject({ id: 'vm1-root', image: 'tiny', sizeBytes: 8 * MiB, owned: true });
@@ -247,9 +248,10 @@ describe.skipIf(!haveQemu)('qsd backend against a real qemu-storage-daemon', () 
     const blank = await backend.ensureDisk({ id: 'b1', source: { kind: 'blank' }, capacityBytes: 2 * MiB });
     expect(blank).toMatchObject({ sizeBytes: 2 * MiB, owned: true });
     expect(blank.image).toBeUndefined();
-    const ext = path.join(dir, 'ext.raw');
+    await fs.mkdir(path.join(dir, 'bdevs'));
+    const ext = path.join(dir, 'bdevs', 'ext.raw');
     await fs.writeFile(ext, Buffer.alloc(MiB, 0x11));
-    const bdev = await backend.ensureDisk({ id: 'e1', source: { kind: 'bdev', bdev: ext } });
+    const bdev = await backend.ensureDisk({ id: 'e1', source: { kind: 'bdev', bdev: 'ext.raw' } });
     expect(bdev).toMatchObject({ ref: ext, sizeBytes: MiB, owned: false });
     const ctrl = await backend.ensureController({ name: 'slot-05/ext', diskRef: ext, readonly: false });
     expect(await connectable(ctrl.socketPath)).toBe(true);
@@ -257,6 +259,40 @@ describe.skipIf(!haveQemu)('qsd backend against a real qemu-storage-daemon', () 
     await backend.deleteDisk('e1');
     expect((await fs.readFile(ext)).equals(Buffer.alloc(MiB, 0x11))).toBe(true);
     expect((await backend.observe()).disks.map((d) => d.id)).toEqual(['b1']);
+  });
+
+  it('F1: a bdev is a name in the bdev directory, never a host path; controllers open only our files', async () => {
+    const secret = path.join(dir, 'secret');
+    await fs.writeFile(secret, 'TOP SECRET');
+    await fs.mkdir(path.join(dir, 'bdevs'));
+    // A link planted by the admin is theirs to make; the name still cannot leave the directory.
+    await fs.writeFile(path.join(dir, 'bdevs', 'ok.raw'), Buffer.alloc(MiB));
+    for (const bdev of [secret, '/etc/hostname', '../secret', 'a/../../secret', '..', '.', 'lvs/ok.raw']) {
+      const err = await errorOf(backend.ensureDisk({ id: 'x1', source: { kind: 'bdev', bdev } }));
+      expect(err.kind, bdev).toBe('invalid');
+      expect(err.message).toContain(`bdev "${bdev}"`);
+    }
+    expect((await errorOf(backend.ensureDisk({ id: 'x1', source: { kind: 'bdev', bdev: 'missing' } }))).kind).toBe('notFound');
+    // A name that resolves into the agent's own state (a golden) is refused too.
+    await backend.ensureImage(image);
+    await fs.symlink(path.join(dir, 's', 'images', 'tiny.raw'), path.join(dir, 'bdevs', 'golden'));
+    expect((await errorOf(backend.ensureDisk({ id: 'x1', source: { kind: 'bdev', bdev: 'golden' } }))).message).toContain("agent's own state");
+    // The controller re-checks what it opens read-write, whoever called it.
+    for (const diskRef of [secret, path.join(dir, 's', 'images', 'tiny.raw')]) {
+      const err = await errorOf(backend.ensureController({ name: 'slot-06/evil', diskRef, readonly: false }));
+      expect(err.kind).toBe('invalid');
+      expect(err.message).toContain('refusing to open it');
+    }
+    expect(await fs.readFile(secret, 'utf8')).toBe('TOP SECRET');
+    expect((await backend.observe()).controllers).toEqual([]);
+    // Without a bdev directory, no bdev volume at all.
+    const bare = new QsdBackend({ stateDir: path.join(dir, 's2'), vhostDir: path.join(dir, 'v2'), managed: true });
+    await bare.start();
+    try {
+      expect((await errorOf(bare.ensureDisk({ id: 'y', source: { kind: 'bdev', bdev: 'ok.raw' } }))).message).toContain('no --bdev-dir');
+    } finally {
+      await bare.close();
+    }
   });
 
   it('unmanaged: reconnects to a daemon someone else restarts', async () => {

@@ -70,7 +70,7 @@ describe('kubevirt-spdk webhook (CLI)', () => {
   it('serves /readyz and exits 0 on SIGTERM', async () => {
     const { command, args } = cliArgv(
       'webhook', '--tls-cert', path.join(dir, 'tls.crt'), '--tls-key', path.join(dir, 'tls.key'),
-      '--images', path.join(dir, 'images.yaml'), '--sidecar-image', 'example.org/kubevirt-spdk:t', '--host', '127.0.0.1', '--port', '0',
+      '--images', path.join(dir, 'images.yaml'), '--sidecar-image', 'example.org/kubevirt-spdk:t', '--host', '127.0.0.1', '--port', '0', '--metrics-host', '127.0.0.1', '--metrics-port', '0',
     );
     const proc = spawn(command, args, { stdio: ['ignore', 'ignore', 'pipe'] });
     child = proc;

@@ -2,6 +2,7 @@ import { EventEmitter } from 'node:events';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { z } from 'zod';
+import { bdevNameProblem } from '../../api/volumes.js';
 import { silentLogger, type Logger } from '../../log.js';
 import { fetchImage, removePartFiles, run, type FetchOptions } from '../image-source.js';
 import {
@@ -16,6 +17,7 @@ import {
   type ObservedState,
   type StorageBackend,
 } from '../types.js';
+import { ensureSlotDir } from '../vhost-fs.js';
 import { QsdProcess } from './daemon.js';
 import {
   MAX_SOCKET_PATH_BYTES,
@@ -35,9 +37,9 @@ import type { ExportOptions, ListenAddress, RemoteDiskRef } from '../remote.js';
  * qemu-storage-daemon, controlled over QMP.
  *
  * On disk (`stateDir`), which survives a daemon restart:
- *   images/<name>.raw    golden images, mode 0444 (never written)
+ *   images/<name>.raw    golden images, mode 0400 (never written; only the daemon reads them)
  *   disks/<id>.qcow2     owned disks: overlays backed by a golden image, or blank qcow2
- *   disks/<id>.link      symlink to an existing file served as is (a `bdev` volume, not owned)
+ *   disks/<id>.link      symlink to `<bdevDir>/<name>`, served as is (a `bdev` volume, not owned)
  * In the daemon, which does not survive a restart: one block node and one export per
  * controller. ObservedDisk.ref is the disk's file path; a controller opens that path.
  */
@@ -56,6 +58,12 @@ export interface QsdBackendOptions {
   restartDelayMs?: number;
   /** Passed to fetchImage (timeouts, redirects). */
   fetch?: Pick<FetchOptions, 'timeoutMs' | 'idleTimeoutMs' | 'maxRedirects'>;
+  /**
+   * The only place `bdev:` volumes come from: `bdev: x` serves `<bdevDir>/x` (a file or block
+   * device, or a link to one, put there by the node's admin). Without it no `bdev:` volume is
+   * served: a tenant never names a host path.
+   */
+  bdevDir?: string;
 }
 
 const BlockExportInfoSchema = z.array(
@@ -104,6 +112,7 @@ export class QsdBackend extends EventEmitter implements StorageBackend {
   private readonly stateDir: string;
   private readonly imagesDir: string;
   private readonly disksDir: string;
+  private readonly bdevDir: string | undefined;
   private readonly qmpSocket: string;
   private readonly qemuImg: string;
   private readonly log: Logger;
@@ -127,6 +136,7 @@ export class QsdBackend extends EventEmitter implements StorageBackend {
     this.vhostDir = path.resolve(opts.vhostDir);
     this.imagesDir = path.join(this.stateDir, 'images');
     this.disksDir = path.join(this.stateDir, 'disks');
+    this.bdevDir = opts.bdevDir === undefined ? undefined : path.resolve(opts.bdevDir);
     this.qmpSocket = path.resolve(opts.qmpSocket ?? path.join(this.stateDir, 'qmp.sock'));
     this.qemuImg = opts.qemuImgBinary ?? 'qemu-img';
     this.log = (opts.logger ?? silentLogger).child({ backend: 'qsd' });
@@ -274,14 +284,14 @@ export class QsdBackend extends EventEmitter implements StorageBackend {
       const existing = await fs.stat(golden).catch(() => undefined);
       if (existing) {
         // Only a complete, verified import is ever renamed to this name.
-        await fs.chmod(golden, 0o444);
+        await fs.chmod(golden, 0o400);
         return this.imageInfo(spec.name, existing.size);
       }
       const log = this.log.child({ image: spec.name });
       const got = await fetchImage(spec, golden, {
         ...this.opts.fetch,
         signal,
-        mode: 0o444,
+        mode: 0o400,
         qemuImgBinary: this.qemuImg,
         logger: log,
       });
@@ -449,11 +459,39 @@ export class QsdBackend extends EventEmitter implements StorageBackend {
     return this.diskInfo(spec.id, overlay);
   }
 
-  private async ensureBdevDisk(id: string, target: string): Promise<ObservedDisk> {
+  /**
+   * `bdev: <name>` is `<bdevDir>/<name>`: one path component, checked against the schema's
+   * rule again (the agent may be fed by files, not only by the webhook), never a file of ours.
+   */
+  private async resolveBdev(what: string, name: string): Promise<string> {
+    const problem = bdevNameProblem(name) ?? (name.includes('/') ? 'must be one file name in the bdev directory (no "/")' : undefined);
+    if (problem) throw new BackendError(`${what}: bdev "${name}" ${problem}`, 'invalid');
+    if (this.bdevDir === undefined) {
+      throw new BackendError(`${what}: bdev "${name}": this node serves no bdev volumes (the agent has no --bdev-dir)`, 'invalid');
+    }
+    const target = path.join(this.bdevDir, name);
+    const real = await fs.realpath(target).catch(() => undefined);
+    if (real === undefined) throw new BackendError(`${what}: bdev "${name}" does not exist in ${this.bdevDir}`, 'notFound');
+    const st = await fs.stat(real);
+    if (!st.isFile() && !st.isBlockDevice()) {
+      throw new BackendError(`${what}: bdev "${name}" is not a file or block device`, 'invalid');
+    }
+    if (real === this.stateDir || real.startsWith(`${this.stateDir}${path.sep}`)) {
+      throw new BackendError(`${what}: bdev "${name}" resolves into the agent's own state (a golden image or a disk)`, 'invalid');
+    }
+    return target;
+  }
+
+  /** A file a controller may open: one of our overlays, or an entry of the bdev directory. */
+  private servableFile(diskRef: string): boolean {
+    if (path.dirname(diskRef) === this.disksDir && diskRef.endsWith('.qcow2')) return true;
+    return this.bdevDir !== undefined && path.dirname(diskRef) === this.bdevDir && bdevNameProblem(path.basename(diskRef)) === undefined;
+  }
+
+  private async ensureBdevDisk(id: string, name: string): Promise<ObservedDisk> {
     const what = `disk ${id}`;
-    if (!path.isAbsolute(target)) throw new BackendError(`${what}: bdev ${target} must be an absolute file path`, 'invalid');
-    const st = await fs.stat(target).catch(() => undefined);
-    if (!st) throw new BackendError(`${what}: bdev ${target} does not exist`, 'notFound');
+    const target = await this.resolveBdev(what, name);
+    const st = await fs.stat(target);
     const link = this.linkPath(id);
     const current = await fs.readlink(link).catch(() => undefined);
     if (current !== undefined && current !== target) {
@@ -566,6 +604,10 @@ export class QsdBackend extends EventEmitter implements StorageBackend {
       if (shared.ro && !spec.readonly) throw new BackendError(`${what}: ${spec.diskRef} is open read-only elsewhere`, 'busy');
       return this.addVhostExport(spec, shared['node-name'], socketPath, log);
     }
+    // Re-checked here, where the file is opened read-write as root: whatever reached us.
+    if (!this.servableFile(spec.diskRef)) {
+      throw new BackendError(`${what}: ${spec.diskRef} is neither a disk of this backend nor in the bdev directory; refusing to open it`, 'invalid');
+    }
     const st = await fs.stat(spec.diskRef).catch(() => undefined);
     if (!st) throw new BackendError(`${what}: disk ${spec.diskRef} does not exist`, 'notFound');
     // Only our own overlays are qcow2; anything else is served as raw bytes, so that a guest
@@ -600,7 +642,7 @@ export class QsdBackend extends EventEmitter implements StorageBackend {
   private async addVhostExport(spec: ControllerSpec, nodeName: string, socketPath: string, log: Logger): Promise<ObservedController> {
     const what = `controller ${spec.name}`;
     const id = exportIdFor(spec.name);
-    await fs.mkdir(path.dirname(socketPath), { recursive: true });
+    await ensureSlotDir(this.vhostDir, path.basename(path.dirname(socketPath)));
     await fs.rm(socketPath, { force: true }); // a socket file left by a daemon that died
     await this.exec(
       'block-export-add',

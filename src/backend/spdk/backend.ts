@@ -8,6 +8,7 @@ import { SpdkApi } from '../../spdk/api.js';
 import { SpdkRpcClient } from '../../spdk/client.js';
 import { SpdkError } from '../../spdk/errors.js';
 import type { Bdev, Lvol, Lvstore, VhostController } from '../../spdk/schemas.js';
+import { ensureSlotDir } from '../vhost-fs.js';
 import { fetchImage as defaultFetchImage, type FetchOptions } from '../image-source.js';
 import {
   BackendError,
@@ -327,6 +328,8 @@ export class SpdkBackend extends EventEmitter implements StorageBackend {
     let shared = this.imports.get(spec.name);
     if (!shared) {
       shared = this.importImage(spec).finally(() => this.imports.delete(spec.name));
+      // Every caller may detach (below): the import's failure must never be an unhandled rejection.
+      shared.catch(() => undefined);
       this.imports.set(spec.name, shared);
     }
     // The import is shared: one caller giving up detaches that caller, it does not cancel
@@ -597,7 +600,7 @@ export class SpdkBackend extends EventEmitter implements StorageBackend {
     const { slot } = checkControllerName(spec.name);
     return this.controllerLocks.run(spec.name, async () => {
       await this.ready();
-      await fs.mkdir(path.join(this.vhostDir, slot), { recursive: true });
+      await ensureSlotDir(this.vhostDir, slot);
       const [controllers, bdev] = await Promise.all([this.listControllers(), this.getBdev(spec.diskRef)]);
       if (!bdev) throw new BackendError(`controller ${spec.name}: bdev ${spec.diskRef} does not exist`, 'notFound');
       const existing = controllers.find((c) => c.ctrlr === spec.name);

@@ -3,11 +3,13 @@ import { mkdir } from 'node:fs/promises';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { ValidationError } from '../../api/errors.js';
+import { LIMITS } from '../../api/limits.js';
 import { parseDuration, parseQuantity } from '../../api/quantity.js';
 import type { StorageBackend } from '../../backend/types.js';
 import { createLogger, type Logger } from '../../log.js';
 import { NodeAgent, type ReconcileReport } from '../../agent/agent.js';
 import { StandaloneSource } from '../../agent/standalone.js';
+import { StateDirLockedError, lockStateDir, type StateDirLock } from '../../agent/state-lock.js';
 import { startStatusServer } from '../../metrics/server.js';
 import { stopSignal } from '../signals.js';
 import { DEFAULT_POD_RESOURCES_SOCKET } from '../../kube/kubelet-paths.js';
@@ -19,6 +21,7 @@ const USAGE = `usage: kubevirt-spdk agent --standalone --vmis DIR --images FILE 
          [--spdk-socket PATH] [--lvstore-bdev NAME | --lvstore-size 64Gi]
          [--socket-owner 107:107] [--socket-mode 0660] [--orphan-grace 5m] [--resync 30s]
          [--cache-max-size SIZE] [--cache-max-count N] [--node NAME]
+         [--bdev-dir DIR] (qsd: \`bdev: x\` volumes serve DIR/x; none without it)
          [--metrics-port PORT] (serves /metrics, /healthz, /readyz; 0 = any free port)
        kubevirt-spdk agent [--node NAME (default $NODE_NAME)] --backend spdk|qsd
          --vhost-dir DIR --state-dir DIR [--kubeconfig FILE] [--metrics-port 9470]
@@ -53,6 +56,8 @@ interface AgentArgs {
   metricsPort?: number;
   kubeconfig?: string;
   podResourcesSocket: string;
+  /** qsd: the directory `bdev:` volumes are resolved in. */
+  bdevDir?: string;
 }
 
 /** Parses and validates flags; every problem names the flag and the rule. */
@@ -82,6 +87,7 @@ export function parseAgentArgs(argv: string[], env: NodeJS.ProcessEnv = process.
       'metrics-port': { type: 'string' },
       kubeconfig: { type: 'string' },
       'pod-resources-socket': { type: 'string', default: DEFAULT_POD_RESOURCES_SOCKET },
+      'bdev-dir': { type: 'string' },
     },
     strict: true,
   });
@@ -100,6 +106,7 @@ export function parseAgentArgs(argv: string[], env: NodeJS.ProcessEnv = process.
   const duration = (name: string, v: string): number => {
     const ms = parseDuration(v);
     if (ms === undefined || ms < 0) problems.push(`--${name}: ${v} is not a duration (e.g. 30s, 5m)`);
+    else if (ms > LIMITS.maxDurationMs) problems.push(`--${name}: ${v} is longer than the limit of ${LIMITS.maxDurationMs} ms (about 24 days)`);
     return ms ?? 0;
   };
   const backend = values.backend;
@@ -142,7 +149,9 @@ export function parseAgentArgs(argv: string[], env: NodeJS.ProcessEnv = process.
     ...(metricsPort !== undefined ? { metricsPort } : standalone ? {} : { metricsPort: DEFAULT_METRICS_PORT }),
     ...(values.kubeconfig ? { kubeconfig: values.kubeconfig } : {}),
     podResourcesSocket: values['pod-resources-socket'],
+    ...(values['bdev-dir'] ? { bdevDir: path.resolve(values['bdev-dir']) } : {}),
   };
+  if (values['bdev-dir'] !== undefined && backend !== 'qsd') problems.push('--bdev-dir: only applies with --backend qsd (spdk bdevs are named in spdk_tgt)');
   if (problems.length) throw new ValidationError(problems);
   return args;
 }
@@ -168,7 +177,7 @@ async function makeBackend(a: AgentArgs, logger: Logger): Promise<StorageBackend
     });
   }
   const { QsdBackend } = await import('../../backend/qsd/index.js');
-  return new QsdBackend({ stateDir: path.join(stateDir, 'qsd'), vhostDir, managed: true, logger });
+  return new QsdBackend({ stateDir: path.join(stateDir, 'qsd'), vhostDir, managed: true, logger, ...(a.bdevDir ? { bdevDir: a.bdevDir } : {}) });
 }
 
 function summary(r: ReconcileReport): string {
@@ -199,6 +208,20 @@ export async function run(argv: string[]): Promise<number> {
   const logger = a.node ? createLogger('agent').child({ node: a.node }) : createLogger('agent');
   await mkdir(a.stateDir, { recursive: true });
   await mkdir(a.vhostDir, { recursive: true });
+  // Before anything touches the state: a second agent here would delete the first one's disks.
+  let lock: StateDirLock;
+  try {
+    lock = await lockStateDir(a.stateDir);
+  } catch (e) {
+    if (!(e instanceof StateDirLockedError)) throw e;
+    logger.error({ event: 'state-dir-locked', stateDir: e.stateDir }, e.message);
+    process.stderr.write(`kubevirt-spdk agent: ${e.message}\n`);
+    return 1;
+  }
+  lock.onLost((reason) => {
+    logger.fatal({ event: 'state-dir-lock-lost', reason }, 'lost the state dir lock; exiting');
+    process.exit(1);
+  });
   const backend = await makeBackend(a, logger);
   const agentOptions = {
     backend,
@@ -210,15 +233,19 @@ export async function run(argv: string[]): Promise<number> {
   };
   if (!a.standalone) {
     const { runClusterAgent } = await import('../../kube/run.js');
-    return runClusterAgent({
-      node: a.node ?? '',
-      ...(a.kubeconfig ? { kubeconfig: a.kubeconfig } : {}),
-      ...(a.nodeAddress ? { nodeAddress: a.nodeAddress } : {}),
-      podResourcesSocket: a.podResourcesSocket,
-      metricsPort: a.metricsPort ?? DEFAULT_METRICS_PORT,
-      agent: agentOptions,
-      logger,
-    });
+    try {
+      return await runClusterAgent({
+        node: a.node ?? '',
+        ...(a.kubeconfig ? { kubeconfig: a.kubeconfig } : {}),
+        ...(a.nodeAddress ? { nodeAddress: a.nodeAddress } : {}),
+        podResourcesSocket: a.podResourcesSocket,
+        metricsPort: a.metricsPort ?? DEFAULT_METRICS_PORT,
+        agent: agentOptions,
+        logger,
+      });
+    } finally {
+      await lock.release();
+    }
   }
   const agent = new NodeAgent({
     backend,
@@ -244,16 +271,19 @@ export async function run(argv: string[]): Promise<number> {
     try {
       await load();
       const deadline = Date.now() + a.timeoutMs;
-      let r = await agent.reconcile('once');
+      let r = await agent.converge('once');
       while (!(r.converged && r.settled) && Date.now() < deadline) {
         await new Promise((res) => setTimeout(res, 200));
-        r = await agent.reconcile('once');
+        r = await agent.converge('once');
       }
       const ok = allReady(r);
       process.stderr.write(`kubevirt-spdk agent: ${ok ? 'all disks Ready' : 'not every disk is Ready'}\n${summary(r)}\n`);
       return ok ? 0 : 1;
     } finally {
+      // Background imports (a download past the deadline) are aborted, not waited out.
+      await agent.stop();
       await backend.close();
+      await lock.release();
     }
   }
 
@@ -293,5 +323,6 @@ export async function run(argv: string[]): Promise<number> {
   await agent.stop();
   await statusServer?.close();
   await backend.close();
+  await lock.release();
   return 0;
 }

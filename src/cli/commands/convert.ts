@@ -7,6 +7,7 @@ import { parseArgs } from 'node:util';
 import { ValidationError } from '../../api/errors.js';
 import { parseVmiYaml } from '../../api/vmi.js';
 import { DEFAULT_SOCKET_DIR, convertDomain } from '../../converter/index.js';
+import { decodeUtf8Strict } from '../../converter/utf8.js';
 
 const USAGE = `usage: kubevirt-spdk convert --vmi VMI.yaml --domain IN.xml [--socket-dir DIR]
 
@@ -20,10 +21,11 @@ async function readInput(file: string, flag: string): Promise<string> {
     if (file === '-') {
       const chunks: Buffer[] = [];
       for await (const c of process.stdin) chunks.push(c as Buffer);
-      return Buffer.concat(chunks).toString('utf8');
+      return decodeUtf8Strict(Buffer.concat(chunks), flag);
     }
-    return await readFile(file, 'utf8');
+    return decodeUtf8Strict(await readFile(file), flag);
   } catch (e) {
+    if (e instanceof ValidationError) throw e;
     throw new ValidationError([`${flag}: cannot read ${file}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`]);
   }
 }

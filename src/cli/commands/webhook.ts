@@ -18,6 +18,7 @@ const USAGE = `usage: kubevirt-spdk webhook --tls-cert FILE --tls-key FILE --sid
                   (KubeVirt picks v1alpha3 with Shutdown from v1.2.0, v1alpha2 before);
                   v1alphaN: pin one version; none: inject no hook sidecar (KubeVirt >= v1.9
                   with the Plugin CR of manifests/kubevirt/plugin.yaml)
+       [--metrics-host 0.0.0.0] [--metrics-port 9472] (plain HTTP /metrics, /healthz, /readyz; never on --port)
 `;
 
 function isHookSidecarMode(v: string): v is HookSidecarMode {
@@ -34,6 +35,8 @@ export async function run(argv: string[]): Promise<number> {
       images: { type: 'string' },
       host: { type: 'string', default: '0.0.0.0' },
       port: { type: 'string', default: '8443' },
+      'metrics-port': { type: 'string', default: '9472' },
+      'metrics-host': { type: 'string', default: '0.0.0.0' },
       'max-body-bytes': { type: 'string', default: String(DEFAULT_MAX_BODY_BYTES) },
       'hook-sidecar': { type: 'string', default: 'all' },
       help: { type: 'boolean', short: 'h' },
@@ -46,10 +49,12 @@ export async function run(argv: string[]): Promise<number> {
   }
   const missing = (['tls-cert', 'tls-key', 'sidecar-image'] as const).filter((k) => !values[k]);
   const port = Number(values.port);
+  const metricsPort = Number(values['metrics-port']);
   const maxBody = Number(values['max-body-bytes']);
   const problems = [
     ...missing.map((k) => `--${k}: is required`),
     ...(Number.isInteger(port) && port >= 0 && port < 65536 ? [] : [`--port: ${values.port} is not a TCP port`]),
+    ...(Number.isInteger(metricsPort) && metricsPort >= 0 && metricsPort < 65536 ? [] : [`--metrics-port: ${values['metrics-port']} is not a TCP port`]),
     ...(Number.isInteger(maxBody) && maxBody > 0 ? [] : [`--max-body-bytes: ${values['max-body-bytes']} must be a positive integer`]),
     ...(isHookSidecarMode(values['hook-sidecar']) ? [] : [`--hook-sidecar: "${values['hook-sidecar']}" must be one of ${HOOK_SIDECAR_MODES.join(', ')}`]),
   ];
@@ -73,6 +78,8 @@ export async function run(argv: string[]): Promise<number> {
     keyFile: values['tls-key'] as string,
     host: values.host,
     port,
+    metricsPort,
+    metricsHost: values['metrics-host'],
     catalog,
     config: { sidecarImage: values['sidecar-image'] as string, hookSidecar: values['hook-sidecar'] as HookSidecarMode },
     logger,

@@ -21,7 +21,7 @@ describe('NodeAgent against the fake backend', () => {
         [image('fedora')],
       ),
     );
-    const r = await h.agent.reconcile('test');
+    const r = await h.agent.converge('test');
     expect(r.converged).toBe(true);
     expect(r.vmis[0]?.disks.map((d) => [d.name, d.phase])).toEqual([
       ['root', 'Ready'],
@@ -41,9 +41,9 @@ describe('NodeAgent against the fake backend', () => {
     h = await harness();
     h.backend.bdevs.add('nvme0n1');
     h.agent.setDesired(desiredOf([vmi('a', 'slot-01', [{ name: 'root', image: 'fedora' }, { name: 'shared', bdev: 'nvme0n1' }])], [image('fedora')]));
-    await h.agent.reconcile('test');
+    await h.agent.converge('test');
     h.agent.setDesired(desiredOf([], [image('fedora')]));
-    const r = await h.agent.reconcile('test');
+    const r = await h.agent.converge('test');
     expect(r.converged).toBe(true);
     expect(h.backend.controllers.size).toBe(0);
     expect(h.backend.disks.size).toBe(0);
@@ -57,7 +57,7 @@ describe('NodeAgent against the fake backend', () => {
     h = await harness();
     const vmis = Array.from({ length: 20 }, (_, i) => vmi(`v${i}`, `slot-${String(i).padStart(2, '0')}`, [{ name: 'root', image: 'fedora' }]));
     h.agent.setDesired(desiredOf(vmis, [image('fedora')]));
-    await h.agent.reconcile('test');
+    await h.agent.converge('test');
     h.agent.start();
     const recovered = new Promise<{ controllers: number; durationMs: number }>((resolve) => h?.agent.once('recovery', resolve));
     const before = [...h.backend.controllers.values()].map((c) => `${c.name}=${c.diskRef}`).sort();

@@ -28,7 +28,7 @@ function armCrash(h: Harness, k: number): { crashed: () => boolean; journalHook:
 }
 
 async function runUntilCrashOrDone(agent: NodeAgent, crashed: () => boolean): Promise<'done' | 'crashed'> {
-  const done = agent.reconcile('test').then(() => 'done' as const);
+  const done = agent.converge('test').then(() => 'done' as const);
   const poll = new Promise<'crashed'>((resolve) => {
     const t = setInterval(() => {
       if (crashed()) {
@@ -45,7 +45,7 @@ async function expectConverged(h: Harness, desired: DesiredState): Promise<void>
   h.backend.hook = undefined;
   const agent = await h.newAgent();
   agent.setDesired(desired);
-  const r = await agent.reconcile('restart');
+  const r = await agent.converge('restart');
   expect(r.converged).toBe(true);
   const disks = desired.vmis.flatMap((v) => v.disks);
   expect(r.vmis.flatMap((v) => v.disks.map((d) => d.phase)).every((p) => p === 'Ready')).toBe(true);
@@ -55,7 +55,7 @@ async function expectConverged(h: Harness, desired: DesiredState): Promise<void>
   for (const img of h.backend.images.values()) {
     expect(img.cloneCount).toBe([...h.backend.disks.values()].filter((d) => d.image === img.name).length);
   }
-  const sockets = (await readdir(h.backend.vhostDir, { recursive: true, withFileTypes: true })).filter((e) => e.isFile()).map((e) => path.relative(h.backend.vhostDir, path.join(e.parentPath, e.name)));
+  const sockets = (await readdir(h.backend.vhostDir, { recursive: true, withFileTypes: true })).filter((e) => e.isSocket()).map((e) => path.relative(h.backend.vhostDir, path.join(e.parentPath, e.name)));
   expect(sockets.sort()).toEqual(disks.map((d) => d.controller).sort());
   // The journal knows exactly what it owns, and nothing is left pending.
   const j = (agent as unknown as { journal: { state: { pending: object; owned: object } } }).journal.state;
@@ -96,7 +96,7 @@ describe('crash at every step, then restart', () => {
     for (; k < 200; k++) {
       h = await harness();
       h.agent.setDesired(D1());
-      await h.agent.reconcile('setup');
+      await h.agent.converge('setup');
       const arm = armCrash(h, k);
       const agent = await h.newAgent({ journal: { beforeWrite: arm.journalHook } });
       agent.setDesired(D2());

@@ -42,7 +42,7 @@ describe('executor re-checks safety right before each call', () => {
   it('does not delete a controller a guest attached to after the plan was made', async () => {
     h = await harness();
     h.agent.setDesired(desiredOf([A], [image('fedora')]));
-    await h.agent.reconcile('setup');
+    await h.agent.converge('setup');
     const gone = desiredOf([], [image('fedora')]);
     const { exec, plan } = await executorFor(h, () => gone);
     const p = await plan(gone);
@@ -57,7 +57,7 @@ describe('executor re-checks safety right before each call', () => {
   it('does not delete a disk whose VMI came back after the plan was made', async () => {
     h = await harness();
     h.agent.setDesired(desiredOf([A], [image('fedora')]));
-    await h.agent.reconcile('setup');
+    await h.agent.converge('setup');
     const gone = desiredOf([], [image('fedora')]);
     let now = gone;
     const { exec, plan } = await executorFor(h, () => now);
@@ -84,9 +84,9 @@ describe('executor re-checks safety right before each call', () => {
   it('does not evict an image that got a clone after the plan was made', async () => {
     h = await harness();
     h.agent.setDesired(desiredOf([A], [image('fedora')]));
-    await h.agent.reconcile('setup');
+    await h.agent.converge('setup');
     h.agent.setDesired(desiredOf([], []));
-    await h.agent.reconcile('remove');
+    await h.agent.converge('remove');
     await h.backend.ensureImage(image('fedora'));
     const none = desiredOf([], []);
     const { exec, plan } = await executorFor(h, () => none);
@@ -105,7 +105,7 @@ describe('executor errors', () => {
     h.backend.fail('ensureDisk', () => new SpdkError('bdev_lvol_clone', -16, 'Device or resource busy', 'busy'), { times: 2 });
     h.backend.fail('ensureController', () => new BackendError('socket closed', 'transport'), { times: 1 });
     h.agent.setDesired(desiredOf([A], [image('fedora')]));
-    const r = await h.agent.reconcile('test');
+    const r = await h.agent.converge('test');
     expect(r.vmis[0]?.disks[0]?.phase).toBe('Ready');
     expect(h.backend.calls.filter((c) => c.startsWith('ensureDisk'))).toHaveLength(3);
   });
@@ -114,7 +114,7 @@ describe('executor errors', () => {
     h = await harness();
     h.backend.fail('ensureDisk', () => new BackendError('lvstore lvs has 1 GiB free, 2 GiB asked', 'noSpace'), { match: (id) => id === idA });
     h.agent.setDesired(desiredOf([A, vmi('b', 'slot-02', [{ name: 'root', image: 'fedora' }])], [image('fedora')]));
-    const r = await h.agent.reconcile('test');
+    const r = await h.agent.converge('test');
     expect(r.vmis.map((v) => `${v.vmi.name}:${v.disks[0]?.phase}:${v.disks[0]?.message ?? ''}`)).toEqual([
       'a:Failed:noSpace: lvstore lvs has 1 GiB free, 2 GiB asked',
       'b:Ready:',
@@ -127,11 +127,43 @@ describe('executor errors', () => {
     h = await harness();
     h.backend.fail('ensureController', () => new BackendError('connection refused', 'transport'));
     h.agent.setDesired(desiredOf([A], [image('fedora')]));
-    const r = await h.agent.reconcile('test');
+    const r = await h.agent.converge('test');
     expect(r.vmis[0]?.disks[0]?.phase).toBe('Pending');
     expect(r.vmis[0]?.disks[0]?.message).toMatch(/will retry: transport: connection refused/);
     h.backend.clearFaults();
-    expect((await h.agent.reconcile('again')).vmis[0]?.disks[0]?.phase).toBe('Ready');
+    expect((await h.agent.converge('again')).vmis[0]?.disks[0]?.phase).toBe('Ready');
+  });
+
+  it('F5: a link planted at a socket path is refused; the file it names keeps its owner and mode', async () => {
+    h = await harness({ socket: { uid: 107, gid: 107, mode: 0o666 } });
+    const { lstat, rm, symlink, writeFile } = await import('node:fs/promises');
+    const victim = path.join(h.backend.vhostDir, '..', 'victim');
+    await writeFile(victim, 'secret', { mode: 0o600 });
+    const before = await lstat(victim);
+    h.backend.hook = async (method, arg, when) => {
+      if (method === 'ensureController' && when === 'after') {
+        await rm(path.join(h!.backend.vhostDir, arg));
+        await symlink(victim, path.join(h!.backend.vhostDir, arg));
+      }
+    };
+    h.agent.setDesired(desiredOf([A], [image('fedora')]));
+    const r = await h.agent.converge('test');
+    expect(r.vmis[0]?.disks[0]?.phase).toBe('Failed');
+    expect(r.vmis[0]?.disks[0]?.message).toMatch(/is not a socket \(a symbolic link\); refusing to change its owner or mode/);
+    const after = await lstat(victim);
+    expect([after.uid, after.gid, after.mode & 0o777]).toEqual([before.uid, before.gid, 0o600]);
+  });
+
+  it('F17: a slot directory that is a link to another slot is refused, nothing is served through it', async () => {
+    h = await harness();
+    const { mkdir, symlink } = await import('node:fs/promises');
+    await mkdir(path.join(h.backend.vhostDir, 'slot-09'), { recursive: true });
+    await symlink(path.join(h.backend.vhostDir, 'slot-09'), path.join(h.backend.vhostDir, 'slot-01'));
+    h.agent.setDesired(desiredOf([A], [image('fedora')]));
+    const r = await h.agent.converge('test');
+    expect(r.vmis[0]?.disks[0]?.phase).toBe('Failed');
+    expect(r.vmis[0]?.disks[0]?.message).toMatch(/slot-01 is a symbolic link; refusing to serve a socket through it/);
+    expect(h.backend.controllers.size).toBe(0);
   });
 
   it('a failing socket fix takes the new controller down again (nothing half-made)', async () => {
@@ -143,9 +175,9 @@ describe('executor errors', () => {
       }
     };
     h.agent.setDesired(desiredOf([A], [image('fedora')]));
-    const r = await h.agent.reconcile('test');
+    const r = await h.agent.converge('test');
     expect(r.vmis[0]?.disks[0]?.phase).toBe('Failed');
-    expect(r.vmis[0]?.disks[0]?.message).toMatch(/ENOENT/);
+    expect(r.vmis[0]?.disks[0]?.message).toMatch(/socket .* does not exist: the backend did not create it/);
     expect(h.backend.controllers.size).toBe(0);
   });
 });

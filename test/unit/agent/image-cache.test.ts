@@ -81,7 +81,7 @@ describe('ImageCache in the agent', () => {
       h.backend.latencyMs = 2;
       const vmis = Array.from({ length: 10 }, (_, i) => vmi(`v${i}`, `slot-${String(i).padStart(2, '0')}`, [{ name: 'root', image: 'fedora' }]));
       h.agent.setDesired(desiredOf(vmis, [image('fedora')]));
-      const r = await h.agent.reconcile('test');
+      const r = await h.agent.converge('test');
       expect(r.vmis.every((v) => v.disks[0]?.phase === 'Ready')).toBe(true);
       expect(h.backend.importCount.get('fedora')).toBe(1);
       expect(h.backend.calls.filter((c) => c === 'ensureImage fedora')).toHaveLength(1);
@@ -98,12 +98,12 @@ describe('ImageCache in the agent', () => {
       const catalog = [image('old'), image('new')];
       const agent = await h.newAgent({ now: () => t });
       agent.setDesired(desiredOf([vmi('a', 'slot-01', [{ name: 'root', image: 'old' }])], catalog));
-      await agent.reconcile('test');
+      await agent.converge('test');
       t += 1000;
       agent.setDesired(desiredOf([vmi('b', 'slot-02', [{ name: 'root', image: 'new' }])], catalog));
-      await agent.reconcile('test');
+      await agent.converge('test');
       agent.setDesired(desiredOf([], catalog));
-      await agent.reconcile('test');
+      await agent.converge('test');
       expect([...h.backend.images.keys()].sort()).toEqual(['new', 'old']);
       // A restarted agent with a limit of one image must evict "old" (used first); by name
       // alone it would pick "new", so this needs the persisted last-use times.
@@ -126,7 +126,7 @@ describe('ImageCache in the agent', () => {
           [image('fedora'), image('debian')],
         ),
       );
-      const r = await h.agent.reconcile('test');
+      const r = await h.agent.converge('test');
       const phases = r.vmis.flatMap((v) => v.disks.map((d) => `${v.vmi.name}/${d.name}=${d.phase}`));
       expect(phases).toEqual(['a/root=Failed', 'a/data=Ready', 'b/root=Ready']);
       expect(r.vmis[0]?.disks[0]?.message).toBe('checksum: sha256 mismatch for fedora');

@@ -15,6 +15,7 @@ function problems(text: string): string[] {
 
 const disk = (fields: string, name = 'a'): string => `- {name: ${name}, spdkVhostBlkDisk: {${fields}}}`;
 const D = 'volumes[0].spdkVhostBlkDisk';
+const BDEV_RULE = 'must be a bdev name ([A-Za-z0-9_.:-], optionally "<lvstore>/<lvol>"), never a path: no leading "/", no "." or ".." component';
 
 describe('kubevirt-spdk.io/volumes: what parses', () => {
   it('reads the example of the design, with defaults filled in', () => {
@@ -66,7 +67,7 @@ describe('kubevirt-spdk.io/volumes: what parses', () => {
     ['10s', 10],
     ['1m', 60],
     ['1m30s', 90],
-    ['2h', 7200],
+    ['1h', 3600],
     ['1500ms', undefined],
   ])('reconnectInterval %s is %s seconds', (text, seconds) => {
     if (seconds === undefined) expect(problems(disk(`bdev: b, reconnectInterval: ${text}`))).toHaveLength(1);
@@ -129,8 +130,19 @@ describe('kubevirt-spdk.io/volumes: every rule has a message naming the field', 
     ['an image name that is not a label', disk('image: Fedora, capacity: 1Gi'), [`${D}.image: must name a CachedImage (DNS-1123 label)`]],
     ['a blank with fields', disk('blank: {size: 1}, capacity: 1Gi'), [`${D}.blank: unknown field(s) "size"`]],
     ['a null blank', disk('blank: null, capacity: 1Gi'), [`${D}.blank: must be a mapping, not null`]],
-    ['a bdev with a space', disk('bdev: "b c"'), [`${D}.bdev: must be an SPDK bdev name ([A-Za-z0-9_.:/-])`]],
-    ['an empty bdev', disk('bdev: ""'), [`${D}.bdev: must be an SPDK bdev name ([A-Za-z0-9_.:/-])`]],
+    ['a bdev with a space', disk('bdev: "b c"'), [`${D}.bdev: ${BDEV_RULE}`]],
+    ['an empty bdev', disk('bdev: ""'), [`${D}.bdev: must be 1 to 255 characters`]],
+    ['a 256-character bdev', disk(`bdev: ${'b'.repeat(256)}`), [`${D}.bdev: must be 1 to 255 characters`]],
+    // F1: a bdev is a name, never a host path (qemu-storage-daemon would open it read-write as root)
+    ...['/etc/shadow', '/dev/sda', '../../etc/shadow', 'a/../b', 'lvs/../../x', './x', '.x', 'a//b', 'a/b/c', 'x/', 'lvs/.x'].map(
+      (b): [string, string, string[]] => [`a path-like bdev ${b}`, disk(`bdev: ${JSON.stringify(b)}`), [`${D}.bdev: ${BDEV_RULE}`]],
+    ),
+    // F12: sizes and durations are bounded (8Ei became a 9.2e18-byte lvol)
+    ['capacity 8Ei', disk('blank: {}, capacity: 8Ei'), [`${D}.capacity: 8Ei is larger than the limit of 64Ti`]],
+    ['capacity 65Ti', disk('blank: {}, capacity: 65Ti'), [`${D}.capacity: 65Ti is larger than the limit of 64Ti`]],
+    ['capacity 1e30', disk('blank: {}, capacity: "1e30"'), [`${D}.capacity: 1e30 is larger than the limit of 64Ti`]],
+    ['reconnectTimeout 2h', disk('bdev: b, reconnectTimeout: 2h'), [`${D}.reconnectTimeout: 2h is longer than the limit of 3600s`]],
+    ['reconnectTimeout 99999999999999h', disk('bdev: b, reconnectTimeout: 99999999999999h'), [`${D}.reconnectTimeout: 99999999999999h is longer than the limit of 3600s`]],
     // capacity
     ['an image without capacity', disk('image: x'), [`${D}.capacity: is required for image and blank disks`]],
     ['a blank without capacity', disk('blank: {}'), [`${D}.capacity: is required for image and blank disks`]],

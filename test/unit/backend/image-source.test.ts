@@ -56,6 +56,18 @@ beforeAll(async () => {
         sent += 16;
       }, 20);
       res.on('close', () => clearInterval(t));
+    } else if (url === '/endless') {
+      // No Content-Length, never ends: an endless body must not fill the node's disk.
+      res.writeHead(200);
+      const chunk = Buffer.alloc(64 * 1024, 0x5a);
+      const pump = (): void => {
+        while (!res.destroyed && res.write(chunk));
+        if (!res.destroyed) res.once('drain', pump);
+      };
+      pump();
+    } else if (url === '/huge-length') {
+      res.writeHead(200, { 'content-length': String(2 ** 50) });
+      res.write(PAYLOAD);
     } else if (url === '/image.qcow2') {
       fs.readFile(qcow2Path).then((b) => {
         res.writeHead(200, { 'content-length': b.length });
@@ -221,7 +233,7 @@ describe('fetchImage with qcow2 and hostPath sources', () => {
     await fs.writeFile(rawSrc, PAYLOAD);
     const dest = path.join(dir, 'out.raw');
     const spec: ImageSpec = { name: 'x', source: { hostPath: { path: rawSrc } }, format: 'qcow2' };
-    await expectFailure(fetchImage(spec, dest), 'invalid', /qemu-img convert/);
+    await expectFailure(fetchImage(spec, dest), 'invalid', /image x: is not a qcow2 image \(no QFI magic\) but declared format qcow2/);
     expect(await leftovers()).toEqual([]);
   });
 
@@ -240,5 +252,93 @@ describe('fetchImage with qcow2 and hostPath sources', () => {
     const spec: ImageSpec = { name: 'x', source: { hostPath: { path: path.join(dir, 'nope') } }, format: 'raw' };
     await expectFailure(fetchImage(spec, path.join(dir, 'out.raw')), 'notFound', /source not found/);
     expect(await leftovers()).toEqual([]);
+  });
+});
+
+describe('F7: every transfer is bounded by the declared size', () => {
+  it('an endless HTTP body stops at the declared size plus slack, with a clear error and nothing left', async () => {
+    const dest = path.join(dir, 'out.raw');
+    const spec = { ...httpSpec('/endless'), sizeBytes: 1024 * 1024 };
+    await expectFailure(fetchImage(spec, dest), 'invalid', /larger than its declared size allows: stopped after \d+ bytes/);
+    expect(await leftovers()).toEqual([]);
+  });
+
+  it('a Content-Length beyond the declared size is refused before reading', async () => {
+    const dest = path.join(dir, 'out.raw');
+    const spec = { ...httpSpec('/huge-length'), sizeBytes: 1024 * 1024 };
+    await expectFailure(fetchImage(spec, dest), 'invalid', /Content-Length 1125899906842624 is larger than the declared size allows/);
+    expect(await leftovers()).toEqual([]);
+  });
+
+  it('hostPath: /dev/zero, a symbolic link and a file beyond the declared size are refused', async () => {
+    const dest = path.join(dir, 'out.raw');
+    const zero: ImageSpec = { name: 'x', source: { hostPath: { path: '/dev/zero' } }, format: 'raw', sizeBytes: 1024 * 1024 };
+    await expectFailure(fetchImage(zero, dest), 'invalid', /hostPath \/dev\/zero is not a regular file/);
+    const src = path.join(dir, 'src.raw');
+    await fs.writeFile(src, PAYLOAD);
+    await fs.symlink(src, path.join(dir, 'link.raw'));
+    const link: ImageSpec = { name: 'x', source: { hostPath: { path: path.join(dir, 'link.raw') } }, format: 'raw' };
+    await expectFailure(fetchImage(link, dest), 'invalid', /is a symbolic link/);
+    const big = path.join(dir, 'big.raw');
+    await fs.writeFile(big, '');
+    await fs.truncate(big, 64 * 1024 * 1024); // sparse: costs nothing
+    const tooBig: ImageSpec = { name: 'x', source: { hostPath: { path: big } }, format: 'raw', sizeBytes: 1024 * 1024 };
+    await expectFailure(fetchImage(tooBig, dest), 'invalid', /larger than its declared size allows/);
+    expect(await leftovers()).toEqual([]);
+  });
+});
+
+describe.skipIf(!hasQemuImg)('F2: images are inspected before conversion (crafted with qemu-img)', () => {
+  const MiB = 1024 * 1024;
+  const secretText = 'HOST-SECRET-0123456789\n';
+
+  async function secretFile(): Promise<string> {
+    const f = path.join(dir, 'host-secret');
+    await fs.writeFile(f, secretText.repeat(1000));
+    return f;
+  }
+  const fromHost = (p: string, format: 'raw' | 'qcow2', sizeBytes?: number): ImageSpec => ({
+    name: 'evil',
+    source: { hostPath: { path: p } },
+    format,
+    ...(sizeBytes !== undefined ? { sizeBytes } : {}),
+  });
+  async function noSecretAnywhere(): Promise<void> {
+    expect(await leftovers()).toEqual([]);
+  }
+
+  it('a qcow2 naming a backing file (a host file) is refused; no host byte reaches the golden', async () => {
+    const secret = await secretFile();
+    execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', secret, '-F', 'raw', qcow2Path, String(MiB)]);
+    await expectFailure(fetchImage(fromHost(qcow2Path, 'qcow2', MiB), path.join(dir, 'out.raw')), 'invalid', /image evil: names a backing file/);
+    await noSecretAnywhere();
+  });
+
+  it('a qcow2 with an external data file is refused', async () => {
+    const data = path.join(dir, 'data.bin');
+    execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', '-o', `data_file=${data},data_file_raw=on`, qcow2Path, String(MiB)]);
+    await fs.writeFile(data, secretText.repeat(1000)); // the "host file" it names
+    await expectFailure(fetchImage(fromHost(qcow2Path, 'qcow2', MiB), path.join(dir, 'out.raw')), 'invalid', /image evil: uses an external data file/);
+    await noSecretAnywhere();
+  });
+
+  it('a qcow2 declared raw, and a virtual size beyond the declared size, are refused', async () => {
+    execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', qcow2Path, String(1024 * MiB)]);
+    await expectFailure(fetchImage(fromHost(qcow2Path, 'raw'), path.join(dir, 'out.raw')), 'invalid', /is a qcow2 image but declared format raw/);
+    await expectFailure(
+      fetchImage(fromHost(qcow2Path, 'qcow2', MiB), path.join(dir, 'out.raw')),
+      'invalid',
+      /has a virtual size of 1073741824 bytes, larger than the declared size 1048576 bytes/,
+    );
+    await noSecretAnywhere();
+  });
+
+  it('a clean qcow2 still converts', async () => {
+    const rawSrc = path.join(dir, 'src.raw');
+    await fs.writeFile(rawSrc, PAYLOAD);
+    execFileSync('qemu-img', ['convert', '-q', '-f', 'raw', '-O', 'qcow2', rawSrc, qcow2Path]);
+    const got = await fetchImage(fromHost(qcow2Path, 'qcow2', PAYLOAD.length), path.join(dir, 'out.raw'));
+    expect(got.sizeBytes).toBe(PAYLOAD.length);
+    expect((await fs.stat(got.path)).mode & 0o777).toBe(0o600);
   });
 });

@@ -37,3 +37,18 @@ describe('agent flags in cluster mode (no --standalone)', () => {
     expect(a.metricsPort).toBeUndefined();
   });
 });
+
+describe('agent flags: bounds (F12) and the bdev directory (F1)', () => {
+  it('a duration beyond what a timer can hold is refused, naming the flag (it would fire at once)', () => {
+    expect(problems([...base, '--node', 'n', '--resync', '999999h', '--orphan-grace', '25d']).sort()).toEqual([
+      '--orphan-grace: 25d is not a duration (e.g. 30s, 5m)',
+      '--resync: 999999h is longer than the limit of 2147483647 ms (about 24 days)',
+    ]);
+    expect(problems([...base, '--node', 'n', '--orphan-grace', '597h'])).toEqual(['--orphan-grace: 597h is longer than the limit of 2147483647 ms (about 24 days)']);
+  });
+
+  it('--bdev-dir applies to qsd only', () => {
+    expect(problems([...base, '--node', 'n', '--bdev-dir', '/srv/bdevs'])).toEqual(['--bdev-dir: only applies with --backend qsd (spdk bdevs are named in spdk_tgt)']);
+    expect(parseAgentArgs(['--backend', 'qsd', '--vhost-dir', 'vh', '--state-dir', 'st', '--node', 'n', '--bdev-dir', '/srv/bdevs']).bdevDir).toBe('/srv/bdevs');
+  });
+});

@@ -207,6 +207,9 @@ describe('mutate: rejected objects name the field and the rule', () => {
       vmi({ [VOLUMES_ANNOTATION]: VOLS }, { domain: { resources: { limits: { [VHOST_SLOT_RESOURCE]: '2' } } } }),
       'spec.domain.resources.limits["kubevirt-spdk.io/vhost-slot"]: must be "1" (one vhost slot per VMI), found "2"',
     ],
+    ['a host path as bdev (F1)', vmi({ [VOLUMES_ANNOTATION]: `- {name: a, spdkVhostBlkDisk: {bdev: /etc/shadow}}` }), 'volumes[0].spdkVhostBlkDisk.bdev: must be a bdev name'],
+    ['a traversing bdev (F1)', vmi({ [VOLUMES_ANNOTATION]: `- {name: a, spdkVhostBlkDisk: {bdev: "lvs/../../x"}}` }), 'never a path'],
+    ['an 8Ei capacity (F12)', vmi({ [VOLUMES_ANNOTATION]: `- {name: a, spdkVhostBlkDisk: {blank: {}, capacity: 8Ei}}` }), 'volumes[0].spdkVhostBlkDisk.capacity: 8Ei is larger than the limit of 64Ti'],
     ['huge annotation', vmi({ [VOLUMES_ANNOTATION]: `# ${'x'.repeat(40_000)}\n${VOLS}` }), 'metadata.annotations["kubevirt-spdk.io/volumes"]: must be at most 32768 characters'],
     ['broken hookSidecars', vmi({ [VOLUMES_ANNOTATION]: VOLS, [HOOK_SIDECARS_ANNOTATION]: '{"image":' }), 'metadata.annotations["hooks.kubevirt.io/hookSidecars"]: must be a JSON list of hook sidecars'],
   ];

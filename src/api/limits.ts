@@ -1,0 +1,30 @@
+/**
+ * Every bound on tenant-controlled numbers, in one table: the schemas refuse values beyond
+ * them (naming the field), the agent and the backends rely on them (a size fits a safe
+ * integer, a duration fits a timer).
+ */
+
+const TiB = 2 ** 40;
+const MiB = 2 ** 20;
+
+export const LIMITS = {
+  /** A disk's `capacity` and a CachedImage's `size`: 64Ti (a safe integer, any real lvstore). */
+  maxDiskBytes: 64 * TiB,
+  /** `reconnectTimeout`: libvirt takes whole seconds; an hour is far past any useful retry. */
+  maxReconnectTimeoutSeconds: 3600,
+  /**
+   * Bytes an image source may have beyond its declared `size` (a qcow2 file carries metadata
+   * beside its data): 1% + 16Mi. A transfer past that stops.
+   */
+  imageSlack: (declaredBytes: number): number => Math.ceil(declaredBytes / 100) + 16 * MiB,
+  /** Any duration flag: Node timers hold at most 2^31-1 ms (~24.8 days); more would fire at once. */
+  maxDurationMs: 2 ** 31 - 1,
+  /** An image with no declared size: the transfer stops at this many bytes. */
+  maxUndeclaredImageBytes: 1 * TiB,
+} as const;
+
+/** The most bytes an import may read from an image's source. */
+export function maxSourceBytes(declaredBytes: number | undefined): number {
+  if (declaredBytes === undefined) return LIMITS.maxUndeclaredImageBytes;
+  return declaredBytes + LIMITS.imageSlack(declaredBytes);
+}
