@@ -8,9 +8,16 @@ export interface RemoteNamespace {
   numBlocks: number;
 }
 
+/** What a connect learns about a subsystem: its namespaces and its controller identity. */
+export interface RemoteSubsystem {
+  namespaces: RemoteNamespace[];
+  serialNumber: string;
+  modelNumber: string;
+}
+
 export interface NvmfTarget {
-  /** Namespaces of `nqn` if it is listening on `address` and admits `hostnqn`; undefined otherwise. */
-  connect(nqn: string, address: ListenAddress, hostnqn: string): RemoteNamespace[] | undefined;
+  /** The subsystem `nqn` if it is listening on `address` and admits `hostnqn`; undefined otherwise. */
+  connect(nqn: string, address: ListenAddress, hostnqn: string): RemoteSubsystem | undefined;
 }
 
 /**

@@ -55,7 +55,7 @@ export interface Lvstore extends LvstoreMeta {
   persistKey?: string;
 }
 
-export type ClaimType = 'exclusive_write' | 'read_many_write_none';
+export type ClaimType = 'exclusive_write' | 'read_many_write_one' | 'read_many_write_none';
 
 interface BdevCommon {
   name: string;
@@ -120,6 +120,8 @@ export interface NvmfNamespace {
   nsid: number;
   bdevName: string;
   uuid: string;
+  /** 32 upper-case hex digits; what an initiator names the namespace's bdev by. */
+  nguid: string;
 }
 
 export interface NvmfSubsystem {
@@ -138,4 +140,8 @@ export interface NvmeController {
   trid: ListenAddress & { subnqn: string };
   hostnqn: string;
   bdevs: string[];
+  serialNumber: string;
+  modelNumber: string;
+  /** `deleting` after a detach that is still waiting for a user of its bdevs. */
+  state: 'enabled' | 'deleting';
 }

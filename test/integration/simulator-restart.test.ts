@@ -77,9 +77,9 @@ describe('spdk-sim restart', () => {
   it('after SIGKILL, re-creating the aio bdev brings the lvstore and all lvols back, no controllers', async () => {
     const first = await startSim();
     const c = first.client;
-    await c.ok('bdev_aio_create', { name: 'pool', filename: path.join(dir, 'pool.img') });
+    await c.ok('bdev_aio_create', { name: 'pool', filename: path.join(dir, 'pool.img'), block_size: 512 });
     const lvsUuid = await c.ok<string>('bdev_lvol_create_lvstore', { bdev_name: 'pool', lvs_name: 'lvs', cluster_sz: MiB });
-    await c.ok('bdev_aio_create', { name: 'image', filename: path.join(dir, 'image.raw') });
+    await c.ok('bdev_aio_create', { name: 'image', filename: path.join(dir, 'image.raw'), block_size: 512 });
     await c.ok('bdev_lvol_create', { lvs_name: 'lvs', lvol_name: 'golden', size_in_mib: 8 });
     await c.ok('bdev_lvol_snapshot', { lvol_name: 'lvs/golden', snapshot_name: 'golden-snap' });
     await c.ok('bdev_lvol_clone', { snapshot_name: 'lvs/golden-snap', clone_name: 'vm1' });
@@ -103,7 +103,7 @@ describe('spdk-sim restart', () => {
     expect(await c2.ok('vhost_get_controllers')).toEqual([]);
     expect((await c2.call('bdev_get_bdevs', { name: 'scratch' })).error?.code).toBe(-19);
 
-    await c2.ok('bdev_aio_create', { name: 'pool', filename: path.join(dir, 'pool.img') });
+    await c2.ok('bdev_aio_create', { name: 'pool', filename: path.join(dir, 'pool.img'), block_size: 512 });
     const after = await c2.ok<LvolInfo[]>('bdev_lvol_get_lvols');
     // The image bdev is not there yet, so its clone is degraded; everything else is as before.
     expect(after).toEqual(before.map((l) => (l.alias === 'lvs/hydrating' ? { ...l, is_degraded: true } : l)));
@@ -114,7 +114,7 @@ describe('spdk-sim restart', () => {
     expect((await c2.call('bdev_lvol_resize', { name: 'lvs/ro', size_in_mib: 4 })).error).toEqual({ code: -32602, message: 'Operation not permitted' });
 
     // v24.01 gives the re-created image a new UUID: the clone stays degraded.
-    await c2.ok('bdev_aio_create', { name: 'image', filename: path.join(dir, 'image.raw') });
+    await c2.ok('bdev_aio_create', { name: 'image', filename: path.join(dir, 'image.raw'), block_size: 512 });
     const hydrating = (await c2.ok<LvolInfo[]>('bdev_lvol_get_lvols')).find((l) => l.alias === 'lvs/hydrating');
     expect(hydrating?.is_degraded).toBe(true);
 
