@@ -60,8 +60,9 @@ export class BdevModel extends BdevRegistry {
       throw rawErrno('EINVAL');
     }
     if (blockSize < 512 || (blockSize & (blockSize - 1)) !== 0) throw rawErrno('EINVAL');
-    const numBlocks = Math.floor(size / blockSize);
-    if (numBlocks === 0) throw rawErrno('EINVAL');
+    // The file must hold whole blocks; an empty file is accepted as a 0-block bdev (recorded).
+    if (size % blockSize !== 0) throw rawErrno('EINVAL');
+    const numBlocks = size / blockSize;
     const b: AioBdev = {
       kind: 'aio',
       name: p.name,
@@ -115,7 +116,8 @@ export class BdevModel extends BdevRegistry {
       const nvme = b.kind === 'nvme';
       out.preferred_write_alignment = nvme ? 1 : 0;
       out.preferred_write_granularity = nvme ? 1 : 0;
-      out.optimal_write_size = nvme ? 32 : 0;
+      // The target's 128 KiB max I/O size in blocks.
+      out.optimal_write_size = nvme ? 131072 / blockSize : 0;
       out.preferred_unmap_alignment = nvme ? 1 : 0;
       out.preferred_unmap_granularity = nvme ? 1 : 0;
     }
@@ -146,7 +148,7 @@ export class BdevModel extends BdevRegistry {
           nvme: [
             {
               trid,
-              ctrlr_data: { cntlid: 1, vendor_id: '0x8086', model_number: c?.modelNumber ?? 'SPDK bdev Controller', serial_number: c?.serialNumber ?? '00000000000000000000', firmware_revision: this.profile.version, subnqn: c?.trid.subnqn ?? '', oacs: { security: 0, format: 0, firmware: 0, ns_manage: 0 }, multi_ctrlr: true, ana_reporting: false },
+              ctrlr_data: { cntlid: c?.cntlid ?? 1, vendor_id: '0x8086', model_number: c?.modelNumber ?? 'SPDK bdev Controller', serial_number: c?.serialNumber ?? '00000000000000000000', firmware_revision: this.profile.version, subnqn: c?.trid.subnqn ?? '', oacs: { security: 0, format: 0, firmware: 0, ns_manage: 0 }, multi_ctrlr: true, ana_reporting: false },
               vs: { nvme_version: this.profile.nvmeVersion },
               ns_data: { id: b.nsid, can_share: true },
             },
@@ -198,7 +200,31 @@ export class BdevModel extends BdevRegistry {
     const accel = { dma_device_id: 'SPDK_ACCEL_DMA_DEVICE', dma_device_type: 2 };
     if (!this.profile.newBdevFields) return onMalloc ? [accel] : [];
     if (onMalloc) return [system, accel];
-    return b.kind === 'nvme' ? [system] : [];
+    if (b.kind === 'nvme') return [system];
+    // An lvol reading through an external snapshot has that bdev's domains too (recorded: an
+    // esnap clone of an NVMe-oF bdev lists `system`).
+    if (b.kind === 'lvol') {
+      const found = this.lvsOfLvolBdev(b);
+      const esnap = found ? this.esnapUuidOf(found.lvs, found.lvol) : undefined;
+      const src = esnap ? this.esnapSource(esnap) : undefined;
+      if (src && src.kind !== 'lvol') return this.memoryDomains(src);
+    }
+    return [];
+  }
+
+  /** Whether a bdev takes unmap (what an NVMe-oF initiator learns about its namespace). */
+  supportsUnmap(b: Bdev): boolean {
+    switch (b.kind) {
+      case 'malloc':
+      case 'ocf':
+        return true;
+      case 'aio':
+        return b.fallocate;
+      case 'lvol':
+        return !this.lvolReadOnly(b);
+      case 'nvme':
+        return b.unmap;
+    }
   }
 
   /** Whether the lvol behind an lvol bdev is read-only (snapshots and set_read_only). */
@@ -241,7 +267,7 @@ export class BdevModel extends BdevRegistry {
         Object.assign(t, { write: !ro, unmap: !ro, write_zeroes: !ro, flush: false, seek: true });
         break;
       case 'nvme':
-        Object.assign(t, { write_zeroes: true, unmap: !this.profile.newBdevFields, compare: true, compare_and_write: true, abort: true, nvme_admin: true, nvme_io: true, copy: true });
+        Object.assign(t, { write_zeroes: true, unmap: b.unmap, compare: true, compare_and_write: true, abort: true, nvme_admin: true, nvme_io: true, copy: true });
         break;
       case 'ocf':
         Object.assign(t, { unmap: true, write_zeroes: true });

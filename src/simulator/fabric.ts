@@ -6,6 +6,7 @@ export interface RemoteNamespace {
   uuid: string;
   blockSize: number;
   numBlocks: number;
+  unmap: boolean;
 }
 
 /** What a connect learns about a subsystem: its namespaces and its controller identity. */
@@ -13,6 +14,8 @@ export interface RemoteSubsystem {
   namespaces: RemoteNamespace[];
   serialNumber: string;
   modelNumber: string;
+  /** The controller id the target gives this connection (one more per connect). */
+  cntlid: number;
 }
 
 export interface NvmfTarget {

@@ -73,7 +73,7 @@ export class SpdkSimulator {
       fileSize: (filename) => {
         try {
           const st = fs.statSync(filename);
-          if (st.isDirectory()) throw rawErrno('EINVAL');
+          if (st.isDirectory()) throw rawErrno('EISDIR');
           return st.size;
         } catch (e) {
           if ((e as NodeJS.ErrnoException).code === 'ENOENT') throw rawErrno('ENOENT');
@@ -123,6 +123,19 @@ export class SpdkSimulator {
     await this.vhost.closeAll();
     this.fabric.unlistenAll(this.model);
     this.logger.info({ event: 'stopped' }, 'spdk simulator stopped');
+  }
+
+  /**
+   * As SIGKILL: the RPC socket and NVMe-oF listeners go away, nothing is cleaned up. Vhost
+   * controller sockets stay bound (a killed spdk_tgt leaves its socket files behind; a new
+   * target replaces them); `stop()` releases them later. Lvstores persisted in `stateDir`
+   * come back when their aio bdev is created again.
+   */
+  async kill(): Promise<void> {
+    for (const wake of this.waiters) wake();
+    await this.server.stop();
+    this.fabric.unlistenAll(this.model);
+    this.logger.info({ event: 'killed' }, 'spdk simulator killed');
   }
 
   /** Make the next `times` (default 1) calls of `method` fail as `action` says. */

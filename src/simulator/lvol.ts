@@ -254,8 +254,13 @@ export class LvolModel extends BdevModel {
     const target = Math.max(lvol.allocated, this.chainAllocated(lvs, lvol));
     if (target - lvol.allocated > this.freeClusters(lvs)) throw invalidParams('ENOSPC');
     lvol.allocated = target;
-    if (parent.kind === 'esnap') this.noteLeakedChannels(lvs, lvol);
-    if (parent.kind === 'esnap') lvol.parent = null;
+    // Decoupling from an external snapshot copies every cluster, as inflate does: the lvol
+    // ends thick (v25.09 recording, section c).
+    if (parent.kind === 'esnap') {
+      this.noteLeakedChannels(lvs, lvol);
+      lvol.thin = false;
+      lvol.parent = null;
+    }
     else lvol.parent = lvs.lvols.find((l) => l.uuid === parent.uuid)?.parent ?? null;
     this.persist(lvs);
     this.syncLvolBdevs();
@@ -365,9 +370,14 @@ export class LvolModel extends BdevModel {
   /** v24.01 reads an external snapshot with smaller blocks than the lvstore's as an I/O error. */
   private checkEsnapBlocks(lvs: Lvstore, lvol: Lvol): void {
     if (this.profile.inflateSmallerEsnapBlocks) return;
-    const esnap = this.esnapOf(lvs, lvol);
+    const esnap = this.esnapUuidOf(lvs, lvol);
     const src = esnap ? this.esnapSource(esnap) : undefined;
-    if (src && this.bdevSize(src).blockSize < lvs.blockSize) throw invalidParams('EIO');
+    if (src && this.bdevSize(src).blockSize < lvs.blockSize) {
+      // The failed copy keeps the cluster it had allocated until the next load (recorded:
+      // free_clusters one lower until a restart).
+      lvs.leakedClusters = (lvs.leakedClusters ?? 0) + 1;
+      throw invalidParams('EIO');
+    }
   }
 
   /**
@@ -376,7 +386,7 @@ export class LvolModel extends BdevModel {
    * open on the lvol or on any clone below it (v25.09 recording: detach then answers -110).
    */
   private noteLeakedChannels(lvs: Lvstore, lvol: Lvol): void {
-    const esnap = this.esnapOf(lvs, lvol);
+    const esnap = this.esnapUuidOf(lvs, lvol);
     const src = esnap ? this.esnapSource(esnap) : undefined;
     if (!src) return;
     const below = new Set([lvol.uuid]);
@@ -398,16 +408,6 @@ export class LvolModel extends BdevModel {
     }
   }
 
-  /** The external snapshot UUID at the end of an lvol's chain, if any. */
-  protected esnapOf(lvs: Lvstore, lvol: Lvol): string | undefined {
-    let parent = lvol.parent;
-    for (let depth = 0; parent && depth <= lvs.lvols.length; depth++) {
-      if (parent.kind === 'esnap') return parent.bdevUuid;
-      const uuid = parent.uuid;
-      parent = lvs.lvols.find((l) => l.uuid === uuid)?.parent ?? null;
-    }
-    return undefined;
-  }
 
   /** The lvol an lvol RPC names, healthy or degraded (set_parent finds degraded ones, then refuses). */
   private anyLvol(name: string): { lvs: Lvstore; lvol: Lvol; degraded: boolean } | undefined {

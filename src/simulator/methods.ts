@@ -141,12 +141,15 @@ export const METHODS: Record<string, MethodDef> = {
   bdev_nvme_get_controllers: opt(schemas.optionalName, (ctx, p) => ctx.model.nvmeGetControllers(p)),
 };
 
+const NO_PARAMS_WITHOUT_METHOD = new Set(['bdev_wait_for_examine']);
+
 const DECODE_FAILED = new RpcError(JSONRPC_INTERNAL_ERROR, 'spdk_json_decode_object failed');
 
 /** Decode `params` as SPDK would for `def`; throws the RpcError SPDK sends on failure. */
 export function decodeParams(method: string, def: MethodDef, params: unknown): unknown {
   if (def.params === 'none') {
-    if (params !== undefined) throw new RpcError(-32602, `${method} method requires no parameters`);
+    // Each method words it its own way (recorded: spdk_get_version vs bdev_wait_for_examine).
+    if (params !== undefined) throw new RpcError(-32602, NO_PARAMS_WITHOUT_METHOD.has(method) ? `${method} requires no parameters` : `${method} method requires no parameters`);
     return undefined;
   }
   if (params === undefined) {

@@ -94,12 +94,18 @@ export class NvmfModel extends OcfModel implements NvmfTarget {
     const address: ListenAddress = { trtype: a.trtype.toUpperCase(), adrfam: (a.adrfam ?? 'IPv4').replace(/^ipv/i, 'IPv'), traddr: a.traddr, trsvcid: a.trsvcid ?? '' };
     if (!this.transports.has(address.trtype)) throw new RpcError(JSONRPC_INVALID_PARAMS, 'Invalid parameters');
     const key = NvmfFabric.key(address);
-    if (s.listeners.some((l) => NvmfFabric.key(l) === key)) throw new RpcError(JSONRPC_INVALID_PARAMS, 'Invalid parameters');
+    if (s.listeners.some((l) => NvmfFabric.key(l) === key)) {
+      // v24.01 accepts the same listener again; later releases refuse it (both recorded).
+      if (this.profile.listenTransportKey) return true;
+      throw new RpcError(JSONRPC_INVALID_PARAMS, 'Invalid parameters');
+    }
     if (!this.env.fabric.listen(address, this)) {
       this.env.log('listen address in use by another target', { traddr: address.traddr, trsvcid: address.trsvcid });
       throw new RpcError(JSONRPC_INVALID_PARAMS, 'Invalid parameters');
     }
-    s.listeners.push(address);
+    // v25.09 lists the newest listener first (recorded).
+    if (this.profile.newBdevFields) s.listeners.unshift(address);
+    else s.listeners.push(address);
     return true;
   }
 
@@ -197,36 +203,46 @@ export class NvmfModel extends OcfModel implements NvmfTarget {
     if (!s.allowAnyHost && !s.hosts.includes(hostnqn)) return undefined;
     const namespaces = s.namespaces.flatMap((ns) => {
       const b = this.bdevs.get(ns.bdevName);
-      return b ? [{ nsid: ns.nsid, uuid: nguidToUuid(ns.nguid), ...this.bdevSize(b) }] : [];
+      return b ? [{ nsid: ns.nsid, uuid: nguidToUuid(ns.nguid), ...this.bdevSize(b), unmap: this.supportsUnmap(b) }] : [];
     });
-    return { namespaces, serialNumber: s.serialNumber, modelNumber: s.modelNumber };
+    const cntlid = s.nextCntlid ?? 1;
+    s.nextCntlid = cntlid + 1;
+    return { namespaces, serialNumber: s.serialNumber, modelNumber: s.modelNumber, cntlid };
   }
 
   // ---------------------------------------------------------------- NVMe initiator
 
   nvmeAttach(p: P.NvmeAttach): Json {
     const existing = this.nvmeControllers.get(p.name);
-    if (existing) throw new RpcError(-114, `A controller named ${p.name} already exists with the specified network path\n`);
+    // v24.01 ends the message with a newline; v25.09 does not (recorded).
+    if (existing) throw new RpcError(-114, `A controller named ${p.name} already exists with the specified network path${this.profile.listenTransportKey ? '\n' : ''}`);
     const trtype = p.trtype.toUpperCase();
     const address: ListenAddress = { trtype, adrfam: (p.adrfam ?? 'IPv4').replace(/^ipv/i, 'IPv'), traddr: p.traddr, trsvcid: p.trsvcid ?? '4420' };
-    const hostnqn = p.hostnqn ?? `nqn.2014-08.org.nvmexpress:uuid:${this.env.randomUuid()}`;
+    // One default host NQN per target process, as SPDK generates it once.
+    this.defaultHostNqn ??= `nqn.2014-08.org.nvmexpress:uuid:${this.env.randomUuid()}`;
+    const hostnqn = p.hostnqn ?? this.defaultHostNqn;
     const subnqn = p.subnqn ?? DISCOVERY_NQN;
+    // The same path under a second name: -17, before any connect (v25.09 recording, section d).
+    if ([...this.nvmeControllers.values()].some((c) => NvmfFabric.key(c.trid) === NvmfFabric.key(address) && c.trid.subnqn === subnqn)) throw rawErrno('EEXIST');
     // Real v24.01: a port nobody listens on answers -19 "No such device"; a listening target
     // that refuses the connect (unknown NQN, host not allowed) -32602 "Invalid parameters".
     const target = trtype === 'PCIE' ? undefined : this.env.fabric.lookup(address);
     const remote = target?.connect(subnqn, address, hostnqn);
     if (!remote) {
       this.env.log('failed to connect to NVMe controller', { name: p.name, traddr: p.traddr, trsvcid: address.trsvcid, subnqn });
-      throw target ? new RpcError(JSONRPC_INVALID_PARAMS, 'Invalid parameters') : rawErrno('ENODEV');
+      // A closed port: -19 on v24.01, -5 on v25.09 (both recorded).
+      if (!target) throw this.profile.newBdevFields ? rawErrno('EIO') : rawErrno('ENODEV');
+      throw new RpcError(JSONRPC_INVALID_PARAMS, 'Invalid parameters');
     }
     const namespaces = remote.namespaces;
-    // The same path under a second name: -17 (v25.09 recording, section d).
-    if ([...this.nvmeControllers.values()].some((c) => NvmfFabric.key(c.trid) === NvmfFabric.key(address) && c.trid.subnqn === subnqn)) throw rawErrno('EEXIST');
-    const names = namespaces.map((ns) => `${p.name}n${ns.nsid}`);
-    if (names.some((n) => this.resolveBdev(n))) throw rawErrno('EEXIST');
-    this.nvmeControllers.set(p.name, { name: p.name, trid: { ...address, subnqn }, hostnqn, bdevs: names, serialNumber: remote.serialNumber, modelNumber: remote.modelNumber, state: 'enabled' });
-    namespaces.forEach((ns, i) => {
-      this.register({ kind: 'nvme', name: names[i] ?? '', uuid: ns.uuid, blockSize: ns.blockSize, numBlocks: ns.numBlocks, controller: p.name, nsid: ns.nsid });
+    if (namespaces.some((ns) => this.resolveBdev(`${p.name}n${ns.nsid}`))) throw rawErrno('EEXIST');
+    // A namespace whose UUID a bdev here already has silently fails to register (recorded when
+    // a target attaches its own listener): the answer lists only the others.
+    const fresh = namespaces.filter((ns) => !this.bdevByUuid(ns.uuid));
+    const names = fresh.map((ns) => `${p.name}n${ns.nsid}`);
+    this.nvmeControllers.set(p.name, { name: p.name, trid: { ...address, subnqn }, hostnqn, bdevs: names, serialNumber: remote.serialNumber, modelNumber: remote.modelNumber, cntlid: remote.cntlid, state: 'enabled' });
+    fresh.forEach((ns, i) => {
+      this.register({ kind: 'nvme', name: names[i] ?? '', uuid: ns.uuid, blockSize: ns.blockSize, numBlocks: ns.numBlocks, controller: p.name, nsid: ns.nsid, unmap: ns.unmap });
     });
     return names;
   }
@@ -262,6 +278,7 @@ export class NvmfModel extends OcfModel implements NvmfTarget {
   }
 
   protected readonly pendingDetach = new Map<string, () => boolean>();
+  private defaultHostNqn: string | undefined;
 
   nvmeGetControllers(p: P.OptionalName | undefined): Json {
     this.reapControllers();
@@ -273,7 +290,7 @@ export class NvmfModel extends OcfModel implements NvmfTarget {
     }
     return list.map((c) => ({
       name: c.name,
-      ctrlrs: [{ state: c.state, trid: { ...c.trid }, cntlid: 1, host: { nqn: c.hostnqn, addr: '', svcid: '' } }],
+      ctrlrs: [{ state: c.state, trid: { ...c.trid }, cntlid: c.cntlid, host: { nqn: c.hostnqn, addr: '', svcid: '' } }],
     }));
   }
 }

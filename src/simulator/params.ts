@@ -172,7 +172,7 @@ export const schemas = {
     .strict(),
   // framework_wait_init takes no parameters but accepts an (empty) object, as real v24.01 does.
   empty: z.object({}).strict(),
-  rpcGetMethods: z.object({ current: u32.optional(), include_aliases: bool.optional() }).strict(),
+  rpcGetMethods: z.object({ current: bool.optional(), include_aliases: bool.optional() }).strict(),
 };
 
 export type NameOnly = z.infer<typeof schemas.nameOnly>;

@@ -257,6 +257,17 @@ export class BdevRegistry {
     return false;
   }
 
+  /** The external snapshot UUID at the end of an lvol's chain, if any. */
+  protected esnapUuidOf(lvs: Lvstore, lvol: Lvol): string | undefined {
+    let parent = lvol.parent;
+    for (let depth = 0; parent && depth <= lvs.lvols.length; depth++) {
+      if (parent.kind === 'esnap') return parent.bdevUuid;
+      const uuid = parent.uuid;
+      parent = lvs.lvols.find((l) => l.uuid === uuid)?.parent ?? null;
+    }
+    return undefined;
+  }
+
   /** Whether any lvol names `uuid` as its external snapshot. */
   protected esnapUsers(uuid: string): boolean {
     for (const lvs of this.lvstores.values()) if (lvs.lvols.some((l) => l.parent?.kind === 'esnap' && l.parent.bdevUuid === uuid)) return true;
@@ -264,7 +275,7 @@ export class BdevRegistry {
   }
 
   protected freeClusters(lvs: Lvstore): number {
-    return lvs.totalClusters - lvs.lvols.reduce((sum, l) => sum + l.allocated, 0);
+    return lvs.totalClusters - (lvs.leakedClusters ?? 0) - lvs.lvols.reduce((sum, l) => sum + l.allocated, 0);
   }
 
   protected clustersFor(lvs: Lvstore, bytes: number): number {
@@ -339,6 +350,9 @@ export class BdevRegistry {
       return;
     }
     const lvs: Lvstore = { ...structuredClone(meta), baseBdev: b.name, persistKey: b.filename };
+    // After a load, a snapshot is a read-only lvol that has clones: one whose clones are all
+    // gone no longer lists as a snapshot (recorded on v24.01 after a restart).
+    for (const l of lvs.lvols) l.snapshot = false;
     this.lvstores.set(lvs.uuid, lvs);
     this.syncLvolBdevs();
     this.env.log('lvstore loaded', { lvs: lvs.name, base_bdev: b.name, lvols: lvs.lvols.length });

@@ -53,6 +53,8 @@ export interface Lvstore extends LvstoreMeta {
   baseBdev: string;
   /** Aio file path when the base bdev is persistent; undefined for malloc bases. */
   persistKey?: string;
+  /** Clusters a failed operation left allocated until the lvstore is loaded again. */
+  leakedClusters?: number;
 }
 
 export type ClaimType = 'exclusive_write' | 'read_many_write_one' | 'read_many_write_none';
@@ -77,6 +79,8 @@ export interface NvmeBdev extends BdevCommon {
   kind: 'nvme';
   controller: string;
   nsid: number;
+  /** Whether the remote namespace takes unmap (a snapshot's does not). */
+  unmap: boolean;
 }
 export interface OcfBdev extends BdevCommon {
   kind: 'ocf';
@@ -96,7 +100,10 @@ export interface VhostController {
   cpumask: string;
   readonly: boolean;
   packedRing: boolean;
+  /** The path the socket is bound at. */
   socket: string;
+  /** The path vhost_get_controllers shows when `socket` had to be cut to sun_path. */
+  displaySocket?: string;
 }
 
 export interface OcfVbdev {
@@ -133,6 +140,8 @@ export interface NvmfSubsystem {
   maxNamespaces: number;
   listeners: ListenAddress[];
   namespaces: NvmfNamespace[];
+  /** The controller id the next connect gets (min_cntlid first). */
+  nextCntlid?: number;
 }
 
 export interface NvmeController {
@@ -142,6 +151,7 @@ export interface NvmeController {
   bdevs: string[];
   serialNumber: string;
   modelNumber: string;
+  cntlid: number;
   /** `deleting` after a detach that is still waiting for a user of its bdevs. */
   state: 'enabled' | 'deleting';
 }

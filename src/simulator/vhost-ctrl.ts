@@ -1,4 +1,3 @@
-import path from 'node:path';
 import { internalError, invalidParams } from './errors.js';
 import { LvolModel } from './lvol.js';
 import type * as P from './params.js';
@@ -28,11 +27,14 @@ export class VhostModel extends LvolModel {
       mask = parsed;
     }
     if (this.controllers.has(p.ctrlr)) throw invalidParams('EEXIST');
-    const socket = path.join(this.env.vhostDir, p.ctrlr);
-    if (Buffer.byteLength(socket) > SUN_PATH_MAX || p.ctrlr.length === 0) {
-      this.env.log('socket path for controller is too long', { ctrlr: p.ctrlr, socket });
-      throw invalidParams('EINVAL');
-    }
+    // Joined as text, not normalised: `../escape` shows as `<dir>/../escape` (recorded).
+    const full = `${this.env.vhostDir.replace(/\/+$/, '')}/${p.ctrlr}`;
+    if (p.ctrlr.length === 0) throw invalidParams('EINVAL');
+    // A path beyond sun_path is accepted and bound cut to 107 bytes, while
+    // vhost_get_controllers shows it whole (recorded on v24.01 and v25.09).
+    const bytes = Buffer.from(full);
+    const socket = bytes.length > SUN_PATH_MAX ? bytes.subarray(0, SUN_PATH_MAX).toString() : full;
+    if (socket !== full) this.env.log('socket path for controller is too long: truncated', { ctrlr: p.ctrlr, socket });
     return {
       name: p.ctrlr,
       bdev: b.name,
@@ -40,6 +42,7 @@ export class VhostModel extends LvolModel {
       readonly: p.readonly ?? false,
       packedRing: p.packed_ring ?? false,
       socket,
+      ...(socket !== full ? { displaySocket: full } : {}),
     };
   }
 
@@ -57,6 +60,8 @@ export class VhostModel extends LvolModel {
 
   getVhostControllers(p: P.VhostGet | undefined, sessionsOf: (c: VhostController) => SessionInfo[]): Json {
     let list = [...this.controllers.values()];
+    // v25.09 keeps controllers in a tree by name; v24.01 in creation order (both recorded).
+    if (this.profile.newBdevFields) list.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
     if (p?.name !== undefined) {
       const c = this.controllers.get(p.name);
       if (!c) throw internalError('ENODEV');
@@ -67,7 +72,7 @@ export class VhostModel extends LvolModel {
       cpumask: c.cpumask,
       delay_base_us: 0,
       iops_threshold: 60000,
-      socket: c.socket,
+      socket: c.displaySocket ?? c.socket,
       sessions: sessionsOf(c) as unknown as Json,
       backend_specific: { block: { readonly: c.readonly, bdev: c.bdev, transport: 'vhost_user_blk' } },
     }));
