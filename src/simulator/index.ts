@@ -122,6 +122,7 @@ export class SpdkSimulator {
     await this.server.stop();
     await this.vhost.closeAll();
     this.fabric.unlistenAll(this.model);
+    this.fabric.unwatch(this.model);
     this.logger.info({ event: 'stopped' }, 'spdk simulator stopped');
   }
 
@@ -135,6 +136,7 @@ export class SpdkSimulator {
     for (const wake of this.waiters) wake();
     await this.server.stop();
     this.fabric.unlistenAll(this.model);
+    this.fabric.unwatch(this.model);
     this.logger.info({ event: 'killed' }, 'spdk simulator killed');
   }
 

@@ -1,7 +1,7 @@
 import { RpcError, rawErrno, invalidParams, internalError, JSONRPC_INVALID_PARAMS } from './errors.js';
 import { BdevModel } from './bdev.js';
 import type * as P from './params.js';
-import { BS_PAGE_SIZE, DEFAULT_CLUSTER_SIZE, MiB, NAME_MAX, metadataClusters, type Json } from './registry.js';
+import { BS_PAGE_SIZE, DEFAULT_CLUSTER_SIZE, MiB, NAME_MAX, Pending, metadataClusters, type Json } from './registry.js';
 import type { Lvol, Lvstore } from './state.js';
 
 /** Lvstores and lvols: blobstore metadata, snapshots, clones, external snapshots, hydration. */
@@ -95,6 +95,10 @@ export class LvolModel extends BdevModel {
   protected addLvol(lvs: Lvstore, lvol: Lvol): string {
     this.creating.add(lvol.uuid);
     this.newLocks.push(lvol.uuid);
+    const used = new Set([...lvs.lvols.map((l) => l.blobId), ...[...this.freeing.values()].filter((f) => f.lvs === lvs).map((f) => f.id)]);
+    let id = 0;
+    while (used.has(id)) id++;
+    lvol.blobId = id;
     lvs.lvols.push(lvol);
     this.syncLvolBdevs();
     this.persist(lvs);
@@ -141,6 +145,7 @@ export class LvolModel extends BdevModel {
       snapshot: true,
       readOnly: true,
     };
+    this.opPolls = 2;
     lvol.parent = { kind: 'snapshot', uuid: snap.uuid };
     lvol.allocated = 0;
     lvol.thin = true;
@@ -230,19 +235,52 @@ export class LvolModel extends BdevModel {
    * image ends fully allocated). A snapshot can be inflated: it stays a read-only snapshot with
    * its clones and loses its parent (real v24.01 and v25.09 answer true).
    */
-  lvolInflate(p: P.NameOnly): Json {
+  lvolInflate(p: P.NameOnly): Json | Pending {
     const { lvs, lvol } = this.lvolByBdevName(p.name);
     this.lockBlob(lvol.uuid, invalidParams);
     const need = lvol.clusters - lvol.allocated;
     if (need > this.freeClusters(lvs)) throw invalidParams('ENOSPC');
     this.checkEsnapBlocks(lvs, lvol);
+    const source = this.sourceState(lvs, lvol);
+    // Reads through a lost NVMe-oF source fail; one that is reconnecting stalls the copy until
+    // it is back (v25.09 recording, section g).
+    if (source === 'failed') throw invalidParams('EIO');
+    if (source === 'reconnecting') {
+      return new Pending(
+        () => this.sourceState(lvs, lvol) !== 'reconnecting',
+        undefined,
+        () => {
+          if (this.sourceState(lvs, lvol) === 'failed') throw invalidParams('EIO');
+          this.finishInflate(lvs, lvol);
+          return true;
+        },
+      );
+    }
+    this.finishInflate(lvs, lvol);
+    return true;
+  }
+
+  /**
+   * Whether an lvol's external snapshot can be read: an NVMe-oF bdev whose namespace the
+   * target dropped, or whose controller failed, cannot; one reconnecting will be.
+   */
+  protected sourceState(lvs: Lvstore, lvol: Lvol): 'ok' | 'failed' | 'reconnecting' {
+    const esnap = this.esnapUuidOf(lvs, lvol);
+    const src = esnap ? this.esnapSource(esnap) : undefined;
+    if (!src || src.kind !== 'nvme') return 'ok';
+    if (src.gone) return 'failed';
+    const state = this.nvmeControllers.get(src.controller)?.state;
+    if (state === 'failed') return 'failed';
+    return state === 'reconnect_is_delayed' ? 'reconnecting' : 'ok';
+  }
+
+  private finishInflate(lvs: Lvstore, lvol: Lvol): void {
     this.noteLeakedChannels(lvs, lvol);
     lvol.allocated = lvol.clusters;
     lvol.thin = false;
     lvol.parent = null;
     this.persist(lvs);
     this.syncLvolBdevs();
-    return true;
   }
 
   lvolDecoupleParent(p: P.NameOnly): Json {
@@ -251,6 +289,7 @@ export class LvolModel extends BdevModel {
     if (!parent) throw invalidParams('EINVAL');
     this.lockBlob(lvol.uuid, invalidParams);
     this.checkEsnapBlocks(lvs, lvol);
+    if (this.sourceState(lvs, lvol) !== 'ok') throw invalidParams('EIO');
     const target = Math.max(lvol.allocated, this.chainAllocated(lvs, lvol));
     if (target - lvol.allocated > this.freeClusters(lvs)) throw invalidParams('ENOSPC');
     lvol.allocated = target;
@@ -304,6 +343,7 @@ export class LvolModel extends BdevModel {
     // blobstore merges the snapshot into its clone.
     if (clones.length > 1) throw internalError('EPERM');
     this.lockBlob(lvol.uuid, internalError);
+    if (lvol.blobId !== undefined) this.freeing.set(lvol.uuid, { lvs, id: lvol.blobId });
     const only = clones[0];
     if (only) {
       only.allocated = Math.max(only.allocated, Math.min(only.clusters, lvol.allocated));
@@ -319,7 +359,7 @@ export class LvolModel extends BdevModel {
   getLvols(p: P.GetLvols | undefined): Json {
     const stores = p === undefined ? [...this.lvstores.values()] : [this.lvsByUuidXorName(p.lvs_uuid, p.lvs_name)];
     return stores.flatMap((lvs) =>
-      lvs.lvols.map((lvol) => ({
+      lvs.lvols.filter((lvol) => !this.creating.has(lvol.uuid)).map((lvol) => ({
         alias: `${lvs.name}/${lvol.name}`,
         uuid: lvol.uuid,
         name: lvol.name,
@@ -362,10 +402,31 @@ export class LvolModel extends BdevModel {
   completeOperation(uuids: string[]): void {
     for (const u of uuids) {
       this.inFlight.delete(u);
-      this.creating.delete(u);
+      this.freeing.delete(u);
+      // A new lvol joins its lvstore's list when its creation completes (listing order).
+      if (this.creating.delete(u)) {
+        for (const lvs of this.lvstores.values()) {
+          const i = lvs.lvols.findIndex((l) => l.uuid === u);
+          if (i >= 0) lvs.lvols.push(...lvs.lvols.splice(i, 1));
+        }
+      }
     }
     this.syncLvolBdevs();
   }
+
+  /**
+   * How many polls the operation just run takes: a snapshot (it freezes I/O on its origin,
+   * then syncs two blobs) completes after a clone sent with it (recorded answer order).
+   */
+  takePolls(): number {
+    const n = this.opPolls;
+    this.opPolls = 1;
+    return n;
+  }
+
+  private opPolls = 1;
+  /** Blob ids of lvols being deleted: taken until the delete completes (recorded listing order after a load). */
+  private readonly freeing = new Map<string, { lvs: Lvstore; id: number }>();
 
   /** v24.01 reads an external snapshot with smaller blocks than the lvstore's as an I/O error. */
   private checkEsnapBlocks(lvs: Lvstore, lvol: Lvol): void {

@@ -138,6 +138,7 @@ export const METHODS: Record<string, MethodDef> = {
 
   bdev_nvme_attach_controller: req(schemas.nvmeAttach, (ctx, p) => ctx.model.nvmeAttach(p)),
   bdev_nvme_detach_controller: req(schemas.nvmeDetach, (ctx, p) => ctx.model.nvmeDetach(p)),
+  bdev_nvme_reset_controller: req(schemas.nameOnly, (ctx, p) => ctx.model.nvmeReset(p)),
   bdev_nvme_get_controllers: opt(schemas.optionalName, (ctx, p) => ctx.model.nvmeGetControllers(p)),
 };
 

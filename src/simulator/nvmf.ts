@@ -1,9 +1,9 @@
 import { RpcError, rawErrno, JSONRPC_INVALID_PARAMS, JSONRPC_INTERNAL_ERROR } from './errors.js';
-import { NvmfFabric, type NvmfTarget, type RemoteSubsystem } from './fabric.js';
+import { NvmfFabric, type NvmfInitiator, type NvmfTarget, type RemoteSubsystem } from './fabric.js';
 import { OcfModel } from './ocf.js';
 import type * as P from './params.js';
 import { DISCOVERY_NQN, Pending, type Json } from './registry.js';
-import type { ListenAddress, NvmfSubsystem } from './state.js';
+import type { ListenAddress, NvmeController, NvmfSubsystem } from './state.js';
 
 const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
@@ -14,7 +14,7 @@ export function nguidToUuid(nguid: string): string {
 }
 
 /** NVMe-oF target (subsystems, listeners, namespaces) and NVMe initiator (attach/detach). */
-export class NvmfModel extends OcfModel implements NvmfTarget {
+export class NvmfModel extends OcfModel implements NvmfTarget, NvmfInitiator {
   // ---------------------------------------------------------------- NVMe-oF target
 
   nvmfCreateTransport(p: P.NvmfCreateTransport): Json {
@@ -99,13 +99,15 @@ export class NvmfModel extends OcfModel implements NvmfTarget {
       if (this.profile.listenTransportKey) return true;
       throw new RpcError(JSONRPC_INVALID_PARAMS, 'Invalid parameters');
     }
+    // v25.09 lists the newest listener first (recorded). Listed before the fabric learns of
+    // it, so that hosts reconnecting on that news find the subsystem listening.
+    if (this.profile.newBdevFields) s.listeners.unshift(address);
+    else s.listeners.push(address);
     if (!this.env.fabric.listen(address, this)) {
+      s.listeners = s.listeners.filter((l) => l !== address);
       this.env.log('listen address in use by another target', { traddr: address.traddr, trsvcid: address.trsvcid });
       throw new RpcError(JSONRPC_INVALID_PARAMS, 'Invalid parameters');
     }
-    // v25.09 lists the newest listener first (recorded).
-    if (this.profile.newBdevFields) s.listeners.unshift(address);
-    else s.listeners.push(address);
     return true;
   }
 
@@ -147,7 +149,9 @@ export class NvmfModel extends OcfModel implements NvmfTarget {
   nvmfRemoveNamespace(p: P.NvmfRemoveNs): Json {
     const s = this.subsystem(p.nqn);
     if (!s.namespaces.some((n) => n.nsid === p.nsid)) throw new RpcError(JSONRPC_INVALID_PARAMS, 'Invalid parameters');
+    const dropped = s.namespaces.filter((n) => n.nsid === p.nsid);
     s.namespaces = s.namespaces.filter((n) => n.nsid !== p.nsid);
+    for (const ns of dropped) this.env.fabric.namespaceGone(s.listeners, s.nqn, ns.nguid);
     return true;
   }
 
@@ -240,7 +244,8 @@ export class NvmfModel extends OcfModel implements NvmfTarget {
     // a target attaches its own listener): the answer lists only the others.
     const fresh = namespaces.filter((ns) => !this.bdevByUuid(ns.uuid));
     const names = fresh.map((ns) => `${p.name}n${ns.nsid}`);
-    this.nvmeControllers.set(p.name, { name: p.name, trid: { ...address, subnqn }, hostnqn, bdevs: names, serialNumber: remote.serialNumber, modelNumber: remote.modelNumber, cntlid: remote.cntlid, state: 'enabled' });
+    this.nvmeControllers.set(p.name, { name: p.name, trid: { ...address, subnqn }, hostnqn, bdevs: names, serialNumber: remote.serialNumber, modelNumber: remote.modelNumber, cntlid: remote.cntlid, state: 'enabled', lossTimeoutSec: p.ctrlr_loss_timeout_sec ?? 0 });
+    this.env.fabric.watch(address, this);
     fresh.forEach((ns, i) => {
       this.register({ kind: 'nvme', name: names[i] ?? '', uuid: ns.uuid, blockSize: ns.blockSize, numBlocks: ns.numBlocks, controller: p.name, nsid: ns.nsid, unmap: ns.unmap });
     });
@@ -265,6 +270,57 @@ export class NvmfModel extends OcfModel implements NvmfTarget {
     c.state = 'deleting';
     this.pendingDetach.set(p.name, held);
     return new Pending(() => !held(), rawErrno('ETIMEDOUT'), () => true, this.env.detachTimeoutMs ?? 10_000);
+  }
+
+  private controllersAt(address: ListenAddress): NvmeController[] {
+    const key = NvmfFabric.key(address);
+    return [...this.nvmeControllers.values()].filter((c) => NvmfFabric.key(c.trid) === key);
+  }
+
+  /**
+   * NvmfInitiator: the target went away (killed, or its listener removed). With the default
+   * ctrlr_loss_timeout_sec of 0 the controller fails at once; with a timeout it keeps
+   * reconnecting. Its bdevs stay (v25.09 recording, section g).
+   */
+  targetGone(address: ListenAddress): void {
+    for (const c of this.controllersAt(address)) if (c.state === 'enabled') c.state = c.lossTimeoutSec !== 0 ? 'reconnect_is_delayed' : 'failed';
+  }
+
+  /** NvmfInitiator: a target listens there again; reconnecting controllers connect. */
+  targetBack(address: ListenAddress): void {
+    for (const c of this.controllersAt(address)) if (c.state === 'reconnect_is_delayed') this.reconnect(c);
+  }
+
+  /** NvmfInitiator: the target dropped a namespace: its bdev here goes (reads through it fail). */
+  namespaceGone(address: ListenAddress, nqn: string, nguid: string): void {
+    const uuid = nguidToUuid(nguid);
+    for (const c of this.controllersAt(address)) {
+      if (c.trid.subnqn !== nqn) continue;
+      for (const name of c.bdevs) {
+        const b = this.bdevs.get(name);
+        if (b?.kind === 'nvme' && b.uuid === uuid) {
+          b.gone = true;
+          this.unregister(name);
+        }
+      }
+    }
+  }
+
+  private reconnect(c: NvmeController): boolean {
+    const remote = this.env.fabric.lookup(c.trid)?.connect(c.trid.subnqn, c.trid, c.hostnqn);
+    if (!remote) return false;
+    c.state = 'enabled';
+    c.cntlid = remote.cntlid;
+    return true;
+  }
+
+  /** bdev_nvme_reset_controller: a failed controller connects again if its target is back. */
+  nvmeReset(p: P.NameOnly): Json {
+    const c = this.nvmeControllers.get(p.name);
+    if (!c || c.state === 'deleting') throw rawErrno('ENODEV');
+    // Not recorded: a reset whose target is still away is reported as an I/O error here.
+    if (!this.reconnect(c)) throw new RpcError(JSONRPC_INTERNAL_ERROR, 'Input/output error');
+    return true;
   }
 
   /** Controllers in `deleting` whose last user let go disappear. */

@@ -300,7 +300,12 @@ export class BdevRegistry {
     // through it, and the unregister completes when the last of them lets go.
     if (this.claimOf(b) === 'read_many_write_none') this.unregistering.set(name, b);
     for (const c of this.controllers.values()) if (c.bdev === name) c.bdev = null;
-    for (const s of this.subsystems.values()) s.namespaces = s.namespaces.filter((ns) => ns.bdevName !== name);
+    for (const s of this.subsystems.values()) {
+      const dropped = s.namespaces.filter((ns) => ns.bdevName === name);
+      s.namespaces = s.namespaces.filter((ns) => ns.bdevName !== name);
+      // Hosts connected to the subsystem learn it (namespace attribute AEN) and drop their bdev.
+      for (const ns of dropped) this.env.fabric.namespaceGone(s.listeners, s.nqn, ns.nguid);
+    }
     for (const v of this.ocf.values()) {
       if (v.cacheBdev === name || v.coreBdev === name) {
         if (v.cacheBdev === name) v.cacheAttached = false;
@@ -353,6 +358,7 @@ export class BdevRegistry {
     // After a load, a snapshot is a read-only lvol that has clones: one whose clones are all
     // gone no longer lists as a snapshot (recorded on v24.01 after a restart).
     for (const l of lvs.lvols) l.snapshot = false;
+    lvs.lvols.sort((a, b) => (a.blobId ?? 0) - (b.blobId ?? 0));
     this.lvstores.set(lvs.uuid, lvs);
     this.syncLvolBdevs();
     this.env.log('lvstore loaded', { lvs: lvs.name, base_bdev: b.name, lvols: lvs.lvols.length });

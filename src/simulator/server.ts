@@ -107,6 +107,10 @@ export class RpcServer {
 
   private readonly tickWaiters: Array<() => void> = [];
 
+  private async polls(n: number): Promise<void> {
+    for (let i = 0; i < n; i++) await this.nextPoll();
+  }
+
   /** The next poller tick (SPDK completes metadata operations on a later poll). */
   nextPoll(): Promise<void> {
     if (this.pollIntervalMs > 0 && this.timer) return new Promise((resolve) => this.tickWaiters.push(resolve));
@@ -143,9 +147,10 @@ export class RpcServer {
         run = def.params === 'none' ? def.run(this.ctx) : def.run(this.ctx, params as never);
       } finally {
         const taken = model.takeLocks();
+        const polls = model.takePolls();
         if (taken.length > 0) {
           if (run === undefined) model.completeOperation(taken);
-          else completion = this.nextPoll().then(() => model.completeOperation(taken));
+          else completion = this.polls(polls).then(() => model.completeOperation(taken));
         }
       }
       let result = await run;

@@ -26,6 +26,8 @@ export const LvolSchema = z.object({
   /** Created by bdev_lvol_snapshot. */
   snapshot: z.boolean(),
   readOnly: z.boolean(),
+  /** Blob id: the lowest free one at creation; a load lists lvols in this order. */
+  blobId: z.number().int().nonnegative().optional(),
 });
 export type Lvol = z.infer<typeof LvolSchema>;
 export type LvolParent = z.infer<typeof LvolParentSchema>;
@@ -81,6 +83,8 @@ export interface NvmeBdev extends BdevCommon {
   nsid: number;
   /** Whether the remote namespace takes unmap (a snapshot's does not). */
   unmap: boolean;
+  /** The target dropped the namespace: reads fail. */
+  gone?: boolean;
 }
 export interface OcfBdev extends BdevCommon {
   kind: 'ocf';
@@ -153,5 +157,7 @@ export interface NvmeController {
   modelNumber: string;
   cntlid: number;
   /** `deleting` after a detach that is still waiting for a user of its bdevs. */
-  state: 'enabled' | 'deleting';
+  state: 'enabled' | 'deleting' | 'failed' | 'reconnect_is_delayed';
+  /** ctrlr_loss_timeout_sec: 0 fails at the first loss, otherwise it keeps reconnecting. */
+  lossTimeoutSec: number;
 }
