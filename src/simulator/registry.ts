@@ -226,9 +226,16 @@ export class BdevRegistry {
     return false;
   }
 
+  /**
+   * A snapshot is an lvol with clones; one made in this session stays one after its last
+   * clone goes, one loaded from disk does not (recorded on v24.01 after a restart).
+   */
   protected isSnapshot(lvs: Lvstore, lvol: Lvol): boolean {
-    return lvol.snapshot || this.clonesOf(lvs, lvol.uuid).length > 0;
+    return (lvol.snapshot && !this.reloaded.has(lvol.uuid)) || this.clonesOf(lvs, lvol.uuid).length > 0;
   }
+
+  /** Lvols loaded from a blobstore on disk (examine) rather than made in this session. */
+  protected readonly reloaded = new Set<string>();
 
   /** Who holds a claim on a bdev (SPDK's bdev claims); undefined when unclaimed. */
   claimOf(b: Bdev): ClaimType | undefined {
@@ -357,7 +364,7 @@ export class BdevRegistry {
     const lvs: Lvstore = { ...structuredClone(meta), baseBdev: b.name, persistKey: b.filename };
     // After a load, a snapshot is a read-only lvol that has clones: one whose clones are all
     // gone no longer lists as a snapshot (recorded on v24.01 after a restart).
-    for (const l of lvs.lvols) l.snapshot = false;
+    for (const l of lvs.lvols) this.reloaded.add(l.uuid);
     lvs.lvols.sort((a, b) => (a.blobId ?? 0) - (b.blobId ?? 0));
     this.lvstores.set(lvs.uuid, lvs);
     this.syncLvolBdevs();
