@@ -17,13 +17,14 @@ const MiB = 1024 * 1024;
 let dir: string;
 const children: ChildProcess[] = [];
 
-async function startSim(): Promise<{ proc: ChildProcess; client: RawRpcClient }> {
+async function startSim(...extra: string[]): Promise<{ proc: ChildProcess; client: RawRpcClient }> {
   const { command, args } = cliArgv(
     'spdk-sim',
     '--socket', path.join(dir, 'r.sock'),
     '--vhost-dir', path.join(dir, 'v'),
     '--state-dir', path.join(dir, 'state'),
     '--cpumask', '0x3',
+    ...extra,
   );
   const proc = spawn(command, args, { stdio: ['ignore', 'ignore', 'pipe'] });
   children.push(proc);
@@ -137,5 +138,30 @@ describe('spdk-sim arguments', () => {
     expect((await exited(proc)).code).toBe(2);
     expect(err).toContain('--socket: required');
     expect(err).toContain('--poll-interval-ms: must be a whole number');
+  }, 30_000);
+
+  it('refuses a release it does not imitate', async () => {
+    const { command, args } = cliArgv('spdk-sim', '--socket', path.join(dir, 'x.sock'), '--vhost-dir', dir, '--version', '23.09');
+    const proc = spawn(command, args, { stdio: ['ignore', 'ignore', 'pipe'] });
+    children.push(proc);
+    let err = '';
+    proc.stderr?.on('data', (d: Buffer) => (err += d.toString()));
+    expect((await exited(proc)).code).toBe(2);
+    expect(err).toContain('--version: must be one of 24.01, 25.09, got "23.09"');
+  }, 30_000);
+
+  it('--version 25.09 answers as v25.09: its version, no OCF, set_parent present', async () => {
+    const { proc, client } = await startSim('--version', '25.09');
+    try {
+      expect(await client.ok('spdk_get_version')).toEqual({ version: 'SPDK v25.09', fields: { major: 25, minor: 9, patch: 0, suffix: '' } });
+      const methods = await client.ok<string[]>('rpc_get_methods');
+      expect(methods).toContain('bdev_lvol_set_parent');
+      expect(methods.filter((m) => m.startsWith('bdev_ocf_'))).toEqual([]);
+      expect(await client.call('bdev_ocf_get_bdevs')).toMatchObject({ error: { code: -32601, message: 'Method not found' } });
+    } finally {
+      client.close();
+      proc.kill('SIGTERM');
+      await exited(proc);
+    }
   }, 30_000);
 });
