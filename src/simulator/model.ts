@@ -9,7 +9,7 @@ export { metadataClusters, parseCpumask, Pending, type Json, type ModelEnv, type
  * result or throws an RpcError with the code and message SPDK uses for that condition (see
  * errors.ts for the two styles). One file per subsystem, each extending the one before:
  * registry.ts (shared state, look-ups, claims, hot-plug) -> bdev.ts (malloc, aio, rendering)
- * -> lvol.ts -> vhost-ctrl.ts -> ocf.ts -> nvmf.ts (target and initiator) -> here.
+ * -> lvstore.ts -> lvol.ts -> vhost-ctrl.ts -> ocf.ts -> nvmf.ts (target and initiator) -> here.
  */
 export class SpdkModel extends NvmfModel {
   /** Read-only copy of the whole model, for tests. */
