@@ -33,6 +33,8 @@ export interface SpdkSimulatorOptions {
   version?: SpdkVersion;
   /** How long bdev_nvme_detach_controller waits for its bdevs' users before -110; SPDK: 10 s. */
   detachTimeoutMs?: number;
+  /** What to do where real spdk_tgt crashes; default: `kill()` (as SIGKILL would leave it). */
+  onCrash?: () => void | Promise<void>;
 }
 
 /**
@@ -98,6 +100,10 @@ export class SpdkSimulator {
       log: (event, fields) => log.info({ event, ...fields }, event),
       profile: versionProfile(opts.version ?? '24.01'),
       openSessions: (c) => this.vhost.sessions(c.socket).length,
+      crash: (reason) => {
+        log.error({ event: 'crashed', reason }, 'spdk_tgt would crash here: the simulator dies as it would');
+        void (opts.onCrash ?? (() => this.kill()))();
+      },
       ...(opts.detachTimeoutMs !== undefined ? { detachTimeoutMs: opts.detachTimeoutMs } : {}),
     });
     this.vhost = new VhostSockets(this.logger);

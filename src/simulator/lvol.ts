@@ -131,6 +131,7 @@ export class LvolModel extends LvstoreModel {
     const { lvs, lvol } = this.lvolByBdevName(p.name);
     if (lvol.readOnly) throw invalidParams('EPERM');
     this.lockBlob(lvol.uuid, invalidParams);
+    this.resizing.add(lvol.uuid);
     const clusters = this.clustersFor(lvs, p.size_in_mib * MiB);
     if (!lvol.thin && clusters > lvol.allocated) {
       if (clusters - lvol.allocated > this.freeClusters(lvs)) throw invalidParams('ENOSPC');
@@ -263,8 +264,14 @@ export class LvolModel extends LvstoreModel {
     throw rawErrno('ENODEV');
   }
 
-  lvolDelete(p: P.LvolDelete): Json {
+  lvolDelete(p: P.LvolDelete): Json | Pending {
     const { lvs, lvol } = this.lvolForDelete(p.name);
+    if (this.resizing.has(lvol.uuid)) {
+      // Real v24.01 and v25.09 both died on a delete sent while a resize of the same lvol was
+      // in flight (probed with our builds): the delete never answers, the target is gone.
+      this.env.crash?.(`bdev_lvol_delete of ${p.name} while its resize is in flight`);
+      return new Pending(() => false, undefined, () => true);
+    }
     const clones = this.clonesOf(lvs, lvol.uuid);
     // vbdev_lvol_destroy refuses a snapshot with more than one clone; with exactly one, the
     // blobstore merges the snapshot into its clone.

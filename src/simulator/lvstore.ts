@@ -109,6 +109,7 @@ export class LvstoreModel extends BdevModel {
     for (const u of uuids) {
       this.inFlight.delete(u);
       this.freeing.delete(u);
+      this.resizing.delete(u);
       // A new lvol joins its lvstore's list when its creation completes (listing order).
       if (this.creating.delete(u)) {
         for (const lvs of this.lvstores.values()) {
@@ -131,6 +132,8 @@ export class LvstoreModel extends BdevModel {
   }
 
   protected opPolls = 1;
+  /** Lvols with a resize in flight. */
+  protected readonly resizing = new Set<string>();
   /** Blob ids of lvols being deleted: taken until the delete completes (recorded listing order after a load). */
   protected readonly freeing = new Map<string, { lvs: Lvstore; id: number }>();
 }

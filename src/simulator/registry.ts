@@ -39,6 +39,8 @@ export interface ModelEnv {
   openSessions?(c: VhostController): number;
   /** How long bdev_nvme_detach_controller waits for its bdevs' users before -110; SPDK: 10 s. */
   detachTimeoutMs?: number;
+  /** The real target dies here (a sequence seen to crash spdk_tgt). */
+  crash?(reason: string): void;
 }
 
 /**

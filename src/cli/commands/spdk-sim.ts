@@ -56,6 +56,10 @@ export async function run(argv: string[]): Promise<number> {
       ...(values.cpumask ? { cpumask: values.cpumask } : {}),
       pollIntervalMs: poll,
       version,
+      // Where real spdk_tgt crashes, the process dies as abruptly.
+      onCrash: () => {
+        process.kill(process.pid, 'SIGABRT');
+      },
       logger,
     });
     await sim.start();

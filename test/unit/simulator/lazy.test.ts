@@ -211,3 +211,19 @@ describe('metadata operations in flight (real v24.01 and v25.09: pipelined clone
     for (const i of [2, 3, 4, 5]) await c.ok('bdev_lvol_clone', { snapshot_name: 'lvs/snap', clone_name: `c${i}` });
   });
 });
+
+describe('a sequence that crashes spdk_tgt (probed on our v24.01 and v25.09 builds)', () => {
+  it('a delete sent with a resize of the same lvol in one write: neither answers and the target is gone', async () => {
+    const fabric = new NvmfFabric();
+    const c = await target('X', fabric);
+    await c.ok('bdev_malloc_create', { name: 'm', num_blocks: (64 * MiB) / 4096, block_size: 4096 });
+    await c.ok('bdev_lvol_create_lvstore', { bdev_name: 'm', lvs_name: 'lvs', cluster_sz: MiB });
+    await c.ok('bdev_lvol_create', { lvs_name: 'lvs', lvol_name: 'a', size_in_mib: 8, thin_provision: true });
+    c.write(
+      JSON.stringify({ jsonrpc: '2.0', method: 'bdev_lvol_resize', id: 1, params: { name: 'lvs/a', size_in_mib: 16 } }) +
+        JSON.stringify({ jsonrpc: '2.0', method: 'bdev_lvol_delete', id: 2, params: { name: 'lvs/a' } }),
+    );
+    expect(await c.nextLine(1000)).toMatchObject({ kind: 'closed', partial: '' });
+    await expect(RawRpcClient.connect(path.join(dir, 'X.sock'))).rejects.toThrow();
+  });
+});
