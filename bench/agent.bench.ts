@@ -61,7 +61,7 @@ async function env(): Promise<Env> {
     client,
     vhostDir,
     stateDir: path.join(dir, 'spdk'),
-    lvstore: { baseBdev: { kind: 'aio', filename: path.join(dir, 'lvstore.img'), sizeMiB: 1024 * 1024 } },
+    lvstore: { baseBdev: { kind: 'aio', filename: path.join(dir, 'lvstore.img'), sizeMiB: 1024 * 1024, blockSize: 512 } },
     // The simulator stores no data: a sparse file of the image's size stands in for a download.
     fetchImage: async (spec, dest) => {
       const fh = await open(dest, 'w');

@@ -82,7 +82,7 @@ export async function section(): Promise<BenchSection> {
   const client = new SpdkRpcClient({ socketPath: path.join(dir, 'rpc.sock'), timeoutMs: 60_000, metrics: createMetrics(new Registry()) });
   const spdk = new SpdkBackend({
     client,
-    lvstore: { name: 'kvs', baseBdev: { kind: 'aio', filename: path.join(dir, 'lvs.img'), sizeMiB: 4096 } },
+    lvstore: { name: 'kvs', baseBdev: { kind: 'aio', filename: path.join(dir, 'lvs.img'), sizeMiB: 4096, blockSize: 512 } },
     vhostDir,
     stateDir: path.join(dir, 'spdk'),
   });

@@ -31,7 +31,7 @@ async function provision(disks: number, concurrent: boolean): Promise<Run> {
   const client = new SpdkRpcClient({ socketPath, timeoutMs: 30_000 });
   const backend = new SpdkBackend({
     client,
-    lvstore: { name: 'kvs', baseBdev: { kind: 'aio', filename: path.join(dir, 'lvs.img'), sizeMiB: 1024 } },
+    lvstore: { name: 'kvs', baseBdev: { kind: 'aio', filename: path.join(dir, 'lvs.img'), sizeMiB: 1024, blockSize: 512 } },
     vhostDir,
     stateDir: path.join(dir, 'state'),
   });

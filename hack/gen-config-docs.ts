@@ -145,6 +145,7 @@ const FLAG_DOCS: Record<string, Record<string, string>> = {
     'state-dir': 'With it, lvstores on aio files survive a kill and restart.',
     cpumask: 'Reported core mask.',
     'poll-interval-ms': 'Simulated poller interval (whole milliseconds).',
+    version: 'SPDK release to answer as (methods, fields, messages): `24.01` or `25.09`.',
     help: 'Print usage.',
   },
   status: {

@@ -17,6 +17,7 @@ export const ERRNO = {
   ENXIO: [6, 'No such device or address'],
   ENOMEM: [12, 'Cannot allocate memory'],
   EBUSY: [16, 'Device or resource busy'],
+  EISDIR: [21, 'Is a directory'],
   EEXIST: [17, 'File exists'],
   ENODEV: [19, 'No such device'],
   EINVAL: [22, 'Invalid argument'],

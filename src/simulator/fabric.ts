@@ -6,11 +6,28 @@ export interface RemoteNamespace {
   uuid: string;
   blockSize: number;
   numBlocks: number;
+  unmap: boolean;
+}
+
+/** What a connect learns about a subsystem: its namespaces and its controller identity. */
+export interface RemoteSubsystem {
+  namespaces: RemoteNamespace[];
+  serialNumber: string;
+  modelNumber: string;
+  /** The controller id the target gives this connection (one more per connect). */
+  cntlid: number;
+}
+
+/** An NVMe-oF host: told when the target behind an address goes, comes back, or drops a namespace. */
+export interface NvmfInitiator {
+  targetGone(address: ListenAddress): void;
+  targetBack(address: ListenAddress): void;
+  namespaceGone(address: ListenAddress, nqn: string, uuid: string): void;
 }
 
 export interface NvmfTarget {
-  /** Namespaces of `nqn` if it is listening on `address` and admits `hostnqn`; undefined otherwise. */
-  connect(nqn: string, address: ListenAddress, hostnqn: string): RemoteNamespace[] | undefined;
+  /** The subsystem `nqn` if it is listening on `address` and admits `hostnqn`; undefined otherwise. */
+  connect(nqn: string, address: ListenAddress, hostnqn: string): RemoteSubsystem | undefined;
 }
 
 /**
@@ -22,6 +39,30 @@ export interface NvmfTarget {
  */
 export class NvmfFabric {
   private readonly listeners = new Map<string, NvmfTarget>();
+  private readonly watchers = new Map<string, Set<NvmfInitiator>>();
+  private readonly addresses = new Map<string, ListenAddress>();
+
+  /** `initiator` holds a controller connected to `address`. */
+  watch(address: ListenAddress, initiator: NvmfInitiator): void {
+    const key = NvmfFabric.key(address);
+    const set = this.watchers.get(key) ?? new Set<NvmfInitiator>();
+    set.add(initiator);
+    this.watchers.set(key, set);
+  }
+
+  unwatch(initiator: NvmfInitiator): void {
+    for (const set of this.watchers.values()) set.delete(initiator);
+  }
+
+  /** A target dropped a namespace of `nqn` that its listeners at `addresses` exported. */
+  namespaceGone(addresses: ListenAddress[], nqn: string, uuid: string): void {
+    for (const a of addresses) for (const w of [...(this.watchers.get(NvmfFabric.key(a)) ?? [])]) w.namespaceGone(a, nqn, uuid);
+  }
+
+  private notify(key: string, what: 'targetGone' | 'targetBack'): void {
+    const address = this.addresses.get(key);
+    if (address) for (const w of [...(this.watchers.get(key) ?? [])]) w[what](address);
+  }
 
   static key(a: Pick<ListenAddress, 'trtype' | 'traddr' | 'trsvcid'>): string {
     return `${a.trtype.toUpperCase()}|${a.traddr}|${a.trsvcid}`;
@@ -32,16 +73,26 @@ export class NvmfFabric {
     const owner = this.listeners.get(key);
     if (owner && owner !== target) return false;
     this.listeners.set(key, target);
+    this.addresses.set(key, { ...address });
+    if (!owner) this.notify(key, 'targetBack');
     return true;
   }
 
   unlisten(address: ListenAddress, target: NvmfTarget): void {
     const key = NvmfFabric.key(address);
-    if (this.listeners.get(key) === target) this.listeners.delete(key);
+    if (this.listeners.get(key) === target) {
+      this.listeners.delete(key);
+      this.notify(key, 'targetGone');
+    }
   }
 
   unlistenAll(target: NvmfTarget): void {
-    for (const [key, t] of this.listeners) if (t === target) this.listeners.delete(key);
+    for (const [key, t] of this.listeners) {
+      if (t === target) {
+        this.listeners.delete(key);
+        this.notify(key, 'targetGone');
+      }
+    }
   }
 
   lookup(address: Pick<ListenAddress, 'trtype' | 'traddr' | 'trsvcid'>): NvmfTarget | undefined {

@@ -8,10 +8,12 @@ import { SpdkModel, parseCpumask, type ModelSnapshot } from './model.js';
 import { LvstoreStore } from './persist.js';
 import { Faults, RpcServer, type FaultSpec } from './server.js';
 import { VhostSockets } from './vhost.js';
+import { versionProfile, type SpdkVersion } from './version.js';
 
 export type { FaultAction, FaultSpec } from './server.js';
 export type { ModelSnapshot } from './model.js';
 export { NvmfFabric, defaultFabric } from './fabric.js';
+export { SPDK_VERSIONS, parseSpdkVersion, type SpdkVersion } from './version.js';
 
 export interface SpdkSimulatorOptions {
   /** JSON-RPC unix socket (spdk_tgt -r). */
@@ -27,15 +29,21 @@ export interface SpdkSimulatorOptions {
   logger?: Logger;
   /** Simulated NVMe-oF network shared with other simulators; default: one per process. */
   fabric?: NvmfFabric;
+  /** The SPDK release to answer as (methods, fields, messages); default 24.01. */
+  version?: SpdkVersion;
+  /** How long bdev_nvme_detach_controller waits for its bdevs' users before -110; SPDK: 10 s. */
+  detachTimeoutMs?: number;
+  /** What to do where real spdk_tgt crashes; default: `kill()` (as SIGKILL would leave it). */
+  onCrash?: () => void | Promise<void>;
 }
 
 /**
- * A faithful in-memory model of spdk_tgt v24.01's JSON-RPC, served on a real unix socket,
+ * A faithful in-memory model of spdk_tgt v24.01's (or v25.09's) JSON-RPC, served on a real unix socket,
  * with real vhost controller sockets. See model.ts for the behaviour and server.ts for the
  * wire protocol. Modelling choices where the recording is silent:
  * - NVMe-oF moves no data: attach looks the listener up in an in-process `NvmfFabric` and
- *   creates `<name>n<nsid>` with the remote namespace's size and UUID; across processes the
- *   attach fails with -5 as an unreachable target would.
+ *   creates `<name>n<nsid>` with the remote namespace's size and NGUID as UUID; across
+ *   processes the attach fails with -19 as a port nobody listens on does.
  * - A vhost session is an accepted connection; there is no vhost-user protocol, so sessions
  *   report `started: false`. Deleting a controller closes its sessions.
  * - A snapshot with more than one clone cannot be deleted (-32603 EPERM, as recorded); with
@@ -67,11 +75,20 @@ export class SpdkSimulator {
       fileSize: (filename) => {
         try {
           const st = fs.statSync(filename);
-          if (st.isDirectory()) throw rawErrno('EINVAL');
+          if (st.isDirectory()) throw rawErrno('EISDIR');
           return st.size;
         } catch (e) {
           if ((e as NodeJS.ErrnoException).code === 'ENOENT') throw rawErrno('ENOENT');
           throw e;
+        }
+      },
+      // Regular files have no detectable block size (SPDK asks the BLKSSZGET ioctl); a block
+      // device is taken as 512-byte sectors, which Node cannot ask the kernel for.
+      fileBlockSize: (filename) => {
+        try {
+          return fs.statSync(filename).isBlockDevice() ? 512 : undefined;
+        } catch {
+          return undefined;
         }
       },
       loadLvstore: (f) => store.load(f),
@@ -81,6 +98,13 @@ export class SpdkSimulator {
       vhostDir: opts.vhostDir,
       fabric: this.fabric,
       log: (event, fields) => log.info({ event, ...fields }, event),
+      profile: versionProfile(opts.version ?? '24.01'),
+      openSessions: (c) => this.vhost.sessions(c.socket).length,
+      crash: (reason) => {
+        log.error({ event: 'crashed', reason }, 'spdk_tgt would crash here: the simulator dies as it would');
+        void (opts.onCrash ?? (() => this.kill()))();
+      },
+      ...(opts.detachTimeoutMs !== undefined ? { detachTimeoutMs: opts.detachTimeoutMs } : {}),
     });
     this.vhost = new VhostSockets(this.logger);
     const ctx: MethodContext = {
@@ -104,7 +128,22 @@ export class SpdkSimulator {
     await this.server.stop();
     await this.vhost.closeAll();
     this.fabric.unlistenAll(this.model);
+    this.fabric.unwatch(this.model);
     this.logger.info({ event: 'stopped' }, 'spdk simulator stopped');
+  }
+
+  /**
+   * As SIGKILL: the RPC socket and NVMe-oF listeners go away, nothing is cleaned up. Vhost
+   * controller sockets stay bound (a killed spdk_tgt leaves its socket files behind; a new
+   * target replaces them); `stop()` releases them later. Lvstores persisted in `stateDir`
+   * come back when their aio bdev is created again.
+   */
+  async kill(): Promise<void> {
+    for (const wake of this.waiters) wake();
+    await this.server.stop();
+    this.fabric.unlistenAll(this.model);
+    this.fabric.unwatch(this.model);
+    this.logger.info({ event: 'killed' }, 'spdk simulator killed');
   }
 
   /** Make the next `times` (default 1) calls of `method` fail as `action` says. */

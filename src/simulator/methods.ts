@@ -1,9 +1,10 @@
 import type { ZodType, ZodTypeDef } from 'zod';
 import { RpcError, JSONRPC_INTERNAL_ERROR, invalidParams, rawErrno } from './errors.js';
-import type { Json, SessionInfo, SpdkModel } from './model.js';
+import type { Json, Pending, SessionInfo, SpdkModel } from './model.js';
 import { schemas } from './params.js';
 import type * as P from './params.js';
 import type { VhostController } from './state.js';
+import type { VersionProfile } from './version.js';
 
 /** The I/O a method may need besides the model. */
 export interface MethodContext {
@@ -15,23 +16,44 @@ export interface MethodContext {
   waitFor(check: () => boolean, timeoutMs: number): Promise<boolean>;
 }
 
+type Result = Json | Pending | Promise<Json | Pending>;
+/** Which releases have a method (default: all the simulator imitates). */
+type Availability = (p: VersionProfile) => boolean;
+
 /**
  * How SPDK treats `params`: `none` methods reject any params object with -32602 "<method>
  * method requires no parameters"; `required` methods fail to decode a missing one; `optional`
  * methods accept its absence.
  */
-export type MethodDef =
-  | { params: 'none'; run(ctx: MethodContext): Json | Promise<Json> }
-  | { params: 'required' | 'optional'; schema: ZodType<unknown, ZodTypeDef, unknown>; run(ctx: MethodContext, p: never): Json | Promise<Json> };
+export type MethodDef = (
+  | { params: 'none'; run(ctx: MethodContext): Result }
+  | { params: 'required' | 'optional'; schema: ZodType<unknown, ZodTypeDef, unknown>; run(ctx: MethodContext, p: never): Result }
+) & { available?: Availability };
 
-function req<T>(schema: ZodType<T, ZodTypeDef, unknown>, run: (ctx: MethodContext, p: T) => Json | Promise<Json>): MethodDef {
-  return { params: 'required', schema, run: run as (ctx: MethodContext, p: never) => Json };
+function req<T>(schema: ZodType<T, ZodTypeDef, unknown>, run: (ctx: MethodContext, p: T) => Result, available?: Availability): MethodDef {
+  return { params: 'required', schema, run: run as (ctx: MethodContext, p: never) => Result, ...(available ? { available } : {}) };
 }
-function opt<T>(schema: ZodType<T, ZodTypeDef, unknown>, run: (ctx: MethodContext, p: T | undefined) => Json | Promise<Json>): MethodDef {
-  return { params: 'optional', schema, run: run as (ctx: MethodContext, p: never) => Json };
+function opt<T>(schema: ZodType<T, ZodTypeDef, unknown>, run: (ctx: MethodContext, p: T | undefined) => Result, available?: Availability): MethodDef {
+  return { params: 'optional', schema, run: run as (ctx: MethodContext, p: never) => Result, ...(available ? { available } : {}) };
 }
-function none(run: (ctx: MethodContext) => Json | Promise<Json>): MethodDef {
+function none(run: (ctx: MethodContext) => Result): MethodDef {
   return { params: 'none', run };
+}
+
+const ocf: Availability = (p) => p.ocf;
+const reparent: Availability = (p) => p.lvolReparent;
+
+/** The methods `profile` has, in registration order (what rpc_get_methods lists). */
+export function methodsOf(profile: VersionProfile): string[] {
+  return Object.entries(METHODS)
+    .filter(([, d]) => d.available?.(profile) ?? true)
+    .map(([name]) => name);
+}
+
+/** The definition of `method` if the release answering has it. */
+export function methodFor(method: string, profile: VersionProfile): MethodDef | undefined {
+  const def = Object.hasOwn(METHODS, method) ? METHODS[method] : undefined;
+  return def && (def.available?.(profile) ?? true) ? def : undefined;
 }
 
 async function getBdevs(ctx: MethodContext, p: P.GetBdevs | undefined): Promise<Json> {
@@ -63,8 +85,11 @@ async function deleteVhost(ctx: MethodContext, p: P.VhostDelete): Promise<Json> 
 
 export const METHODS: Record<string, MethodDef> = {
   spdk_get_version: none((ctx) => ctx.model.version()),
-  framework_wait_init: none(() => true),
-  rpc_get_methods: opt(schemas.rpcGetMethods, () => Object.keys(METHODS)),
+  // Real v24.01 accepts `params: {}` here (it answers true), unlike spdk_get_version.
+  framework_wait_init: opt(schemas.empty, () => true),
+  rpc_get_methods: opt(schemas.rpcGetMethods, (ctx) => methodsOf(ctx.model.profile)),
+  // Examine is synchronous in the model: by the time this runs, every lvstore has loaded.
+  bdev_wait_for_examine: none(() => true),
 
   bdev_get_bdevs: opt(schemas.getBdevs, getBdevs),
   bdev_malloc_create: req(schemas.mallocCreate, (ctx, p) => ctx.model.mallocCreate(p)),
@@ -87,14 +112,16 @@ export const METHODS: Record<string, MethodDef> = {
   bdev_lvol_rename: req(schemas.renameLvol, (ctx, p) => ctx.model.lvolRename(p)),
   bdev_lvol_delete: req(schemas.lvolDelete, (ctx, p) => ctx.model.lvolDelete(p)),
   bdev_lvol_get_lvols: opt(schemas.getLvols, (ctx, p) => ctx.model.getLvols(p)),
+  bdev_lvol_set_parent: req(schemas.lvolSetParent, (ctx, p) => ctx.model.lvolSetParent(p), reparent),
+  bdev_lvol_set_parent_bdev: req(schemas.lvolSetParent, (ctx, p) => ctx.model.lvolSetParentBdev(p), reparent),
 
   vhost_create_blk_controller: req(schemas.vhostCreateBlk, createVhostBlk),
   vhost_delete_controller: req(schemas.vhostDelete, deleteVhost),
   vhost_get_controllers: opt(schemas.vhostGet, (ctx, p) => ctx.model.getVhostControllers(p, (c) => ctx.sessionsOf(c))),
 
-  bdev_ocf_create: req(schemas.ocfCreate, (ctx, p) => ctx.model.ocfCreate(p)),
-  bdev_ocf_delete: req(schemas.nameOnly, (ctx, p) => ctx.model.ocfDelete(p)),
-  bdev_ocf_get_bdevs: opt(schemas.optionalName, (ctx, p) => ctx.model.ocfGet(p)),
+  bdev_ocf_create: req(schemas.ocfCreate, (ctx, p) => ctx.model.ocfCreate(p), ocf),
+  bdev_ocf_delete: req(schemas.nameOnly, (ctx, p) => ctx.model.ocfDelete(p), ocf),
+  bdev_ocf_get_bdevs: opt(schemas.optionalName, (ctx, p) => ctx.model.ocfGet(p), ocf),
 
   nvmf_create_transport: req(schemas.nvmfCreateTransport, (ctx, p) => ctx.model.nvmfCreateTransport(p)),
   nvmf_get_transports: opt(schemas.nvmfGetTransports, (ctx, p) => ctx.model.nvmfGetTransports(p)),
@@ -111,15 +138,19 @@ export const METHODS: Record<string, MethodDef> = {
 
   bdev_nvme_attach_controller: req(schemas.nvmeAttach, (ctx, p) => ctx.model.nvmeAttach(p)),
   bdev_nvme_detach_controller: req(schemas.nvmeDetach, (ctx, p) => ctx.model.nvmeDetach(p)),
+  bdev_nvme_reset_controller: req(schemas.nameOnly, (ctx, p) => ctx.model.nvmeReset(p)),
   bdev_nvme_get_controllers: opt(schemas.optionalName, (ctx, p) => ctx.model.nvmeGetControllers(p)),
 };
+
+const NO_PARAMS_WITHOUT_METHOD = new Set(['bdev_wait_for_examine']);
 
 const DECODE_FAILED = new RpcError(JSONRPC_INTERNAL_ERROR, 'spdk_json_decode_object failed');
 
 /** Decode `params` as SPDK would for `def`; throws the RpcError SPDK sends on failure. */
 export function decodeParams(method: string, def: MethodDef, params: unknown): unknown {
   if (def.params === 'none') {
-    if (params !== undefined) throw new RpcError(-32602, `${method} method requires no parameters`);
+    // Each method words it its own way (recorded: spdk_get_version vs bdev_wait_for_examine).
+    if (params !== undefined) throw new RpcError(-32602, NO_PARAMS_WITHOUT_METHOD.has(method) ? `${method} requires no parameters` : `${method} method requires no parameters`);
     return undefined;
   }
   if (params === undefined) {

@@ -31,7 +31,8 @@ export const schemas = {
     })
     .strict(),
   aioCreate: z
-    .object({ name: str, filename: str, block_size: u32.optional(), readonly: bool.optional(), fallocate: bool.optional() })
+    // `uuid` from v24.09 on; the model refuses it when answering as v24.01.
+    .object({ name: str, filename: str, block_size: u32.optional(), readonly: bool.optional(), fallocate: bool.optional(), uuid: z.string().uuid().optional() })
     .strict(),
   lvsCreate: z
     .object({
@@ -60,6 +61,7 @@ export const schemas = {
   lvolResize: z.object({ name: str, size_in_mib: u64 }).strict(),
   renameLvol: z.object({ old_name: str, new_name: str }).strict(),
   lvolDelete: z.object({ name: str }).strict(),
+  lvolSetParent: z.object({ lvol_name: str, parent_name: str }).strict(),
   getLvols: z.object({ lvs_uuid: str.optional(), lvs_name: str.optional() }).strict(),
   // vhost_create_blk_controller decodes its common fields relaxed and the transport's
   // (readonly, packed_ring, ...) separately, so other fields pass.
@@ -168,7 +170,9 @@ export const schemas = {
       hostsvcid: str.optional(),
     })
     .strict(),
-  rpcGetMethods: z.object({ current: u32.optional(), include_aliases: bool.optional() }).strict(),
+  // framework_wait_init takes no parameters but accepts an (empty) object, as real v24.01 does.
+  empty: z.object({}).strict(),
+  rpcGetMethods: z.object({ current: bool.optional(), include_aliases: bool.optional() }).strict(),
 };
 
 export type NameOnly = z.infer<typeof schemas.nameOnly>;
@@ -186,6 +190,8 @@ export type LvolCloneBdev = z.infer<typeof schemas.lvolCloneBdev>;
 export type LvolResize = z.infer<typeof schemas.lvolResize>;
 export type RenameLvol = z.infer<typeof schemas.renameLvol>;
 export type LvolDelete = z.infer<typeof schemas.lvolDelete>;
+export type LvolSetParent = z.infer<typeof schemas.lvolSetParent>;
+export type LvolSetParentBdev = LvolSetParent;
 export type GetLvols = z.infer<typeof schemas.getLvols>;
 export type VhostCreateBlk = z.infer<typeof schemas.vhostCreateBlk>;
 export type VhostDelete = z.infer<typeof schemas.vhostDelete>;

@@ -3,8 +3,11 @@ import net from 'node:net';
 import type { Logger } from '../log.js';
 import { RpcError, JSONRPC_INTERNAL_ERROR, JSONRPC_INVALID_REQUEST, JSONRPC_METHOD_NOT_FOUND } from './errors.js';
 import { JsonStreamScanner } from '../spdk/framing.js';
-import { METHODS, decodeParams, type MethodContext } from './methods.js';
-import type { Json } from './model.js';
+import { decodeParams, methodFor, type MethodContext } from './methods.js';
+import { Pending, type Json } from './model.js';
+
+/** setTimeout's longest delay: a Pending without a timeout waits this long (and for stop()). */
+const FOREVER_MS = 2 ** 31 - 1;
 
 export type FaultAction = 'busy' | 'hang' | 'malformed' | 'close' | { code: number; message: string };
 export interface FaultSpec {
@@ -95,14 +98,29 @@ export class RpcServer {
     this.server = server;
     if (this.pollIntervalMs > 0) {
       this.timer = setInterval(() => {
+        const ticks = this.tickWaiters.splice(0);
+        for (const wake of ticks) wake();
         for (const c of this.conns) c.drain();
       }, this.pollIntervalMs);
     }
   }
 
+  private readonly tickWaiters: Array<() => void> = [];
+
+  private async polls(n: number): Promise<void> {
+    for (let i = 0; i < n; i++) await this.nextPoll();
+  }
+
+  /** The next poller tick (SPDK completes metadata operations on a later poll). */
+  nextPoll(): Promise<void> {
+    if (this.pollIntervalMs > 0 && this.timer) return new Promise((resolve) => this.tickWaiters.push(resolve));
+    return new Promise((resolve) => setImmediate(resolve));
+  }
+
   async stop(): Promise<void> {
     if (this.timer) clearInterval(this.timer);
     this.timer = undefined;
+    for (const wake of this.tickWaiters.splice(0)) wake();
     for (const c of this.conns) c.destroy();
     this.conns.clear();
     const server = this.server;
@@ -111,12 +129,42 @@ export class RpcServer {
     fs.rmSync(this.socketPath, { force: true });
   }
 
+  /**
+   * Runs one request. Metadata operations (lvol create/snapshot/clone/inflate/resize/delete)
+   * apply at once but complete, and answer, on a later poll: until then their blobs are locked
+   * (a second operation on one gets EBUSY) and new lvols have no bdev. A `Pending` answer
+   * waits for its condition.
+   */
   async execute(req: Request): Promise<{ result: Json } | { error: RpcError }> {
-    const def = METHODS[req.method];
+    const model = this.ctx.model;
+    const def = methodFor(req.method, model.profile);
     if (!def) return { error: new RpcError(JSONRPC_METHOD_NOT_FOUND, 'Method not found') };
     try {
       const params = decodeParams(req.method, def, req.params);
-      const result = def.params === 'none' ? await def.run(this.ctx) : await def.run(this.ctx, params as never);
+      let run;
+      let completion: Promise<void> | undefined;
+      try {
+        run = def.params === 'none' ? def.run(this.ctx) : def.run(this.ctx, params as never);
+      } finally {
+        const taken = model.takeLocks();
+        const polls = model.takePolls();
+        if (taken.length > 0) {
+          if (run === undefined) model.completeOperation(taken);
+          else completion = this.polls(polls).then(() => model.completeOperation(taken));
+        }
+      }
+      let result = await run;
+      // The answer of a metadata operation goes out with its completion, not before.
+      if (completion) await completion;
+      if (result instanceof Pending) {
+        const pending = result;
+        const done = await this.ctx.waitFor(pending.done, pending.timeoutMs ?? FOREVER_MS);
+        if (!done) {
+          if (pending.onTimeout) throw pending.onTimeout;
+          return { error: new RpcError(JSONRPC_INTERNAL_ERROR, 'target stopped') };
+        }
+        result = pending.result();
+      }
       return { result };
     } catch (e) {
       if (e instanceof RpcError) return { error: e };
@@ -145,7 +193,8 @@ class Connection {
   private readonly scanner = new JsonStreamScanner();
   /** Complete values not handled yet, grouped by the read they arrived in. */
   private reads: Array<{ values: unknown[]; broken: boolean }> = [];
-  private chain: Promise<void> = Promise.resolve();
+  /** Requests started and not answered yet: SPDK answers each when it completes, in any order. */
+  private readonly inflight = new Set<Promise<void>>();
   private closed = false;
 
   constructor(
@@ -185,16 +234,22 @@ class Connection {
       }
       if (read.broken) {
         this.logger.warn({ event: 'rpc_parse_error' }, 'JSON parse error: closing the connection');
-        this.enqueue(() => this.destroy());
+        // Close once what was started before the bad bytes has answered.
+        void Promise.allSettled([...this.inflight]).then(() => this.destroy());
         return;
       }
     }
   }
 
+  /** Starts a request now (requests start in arrival order; they may complete out of order). */
   private enqueue(task: () => Promise<void> | void): void {
-    this.chain = this.chain.then(task).catch((e: unknown) => {
-      this.logger.error({ event: 'rpc_connection_failed', err: String(e) }, 'connection task failed');
-    });
+    const p = Promise.resolve()
+      .then(task)
+      .catch((e: unknown) => {
+        this.logger.error({ event: 'rpc_connection_failed', err: String(e) }, 'connection task failed');
+      })
+      .finally(() => this.inflight.delete(p));
+    this.inflight.add(p);
   }
 
   private async run(req: Request): Promise<void> {

@@ -26,6 +26,8 @@ export const LvolSchema = z.object({
   /** Created by bdev_lvol_snapshot. */
   snapshot: z.boolean(),
   readOnly: z.boolean(),
+  /** Blob id: the lowest free one at creation; a load lists lvols in this order. */
+  blobId: z.number().int().nonnegative().optional(),
 });
 export type Lvol = z.infer<typeof LvolSchema>;
 export type LvolParent = z.infer<typeof LvolParentSchema>;
@@ -53,9 +55,11 @@ export interface Lvstore extends LvstoreMeta {
   baseBdev: string;
   /** Aio file path when the base bdev is persistent; undefined for malloc bases. */
   persistKey?: string;
+  /** Clusters a failed operation left allocated until the lvstore is loaded again. */
+  leakedClusters?: number;
 }
 
-export type ClaimType = 'exclusive_write' | 'read_many_write_none';
+export type ClaimType = 'exclusive_write' | 'read_many_write_one' | 'read_many_write_none';
 
 interface BdevCommon {
   name: string;
@@ -77,6 +81,10 @@ export interface NvmeBdev extends BdevCommon {
   kind: 'nvme';
   controller: string;
   nsid: number;
+  /** Whether the remote namespace takes unmap (a snapshot's does not). */
+  unmap: boolean;
+  /** The target dropped the namespace: reads fail. */
+  gone?: boolean;
 }
 export interface OcfBdev extends BdevCommon {
   kind: 'ocf';
@@ -96,7 +104,10 @@ export interface VhostController {
   cpumask: string;
   readonly: boolean;
   packedRing: boolean;
+  /** The path the socket is bound at. */
   socket: string;
+  /** The path vhost_get_controllers shows when `socket` had to be cut to sun_path. */
+  displaySocket?: string;
 }
 
 export interface OcfVbdev {
@@ -120,6 +131,8 @@ export interface NvmfNamespace {
   nsid: number;
   bdevName: string;
   uuid: string;
+  /** 32 upper-case hex digits; what an initiator names the namespace's bdev by. */
+  nguid: string;
 }
 
 export interface NvmfSubsystem {
@@ -131,6 +144,8 @@ export interface NvmfSubsystem {
   maxNamespaces: number;
   listeners: ListenAddress[];
   namespaces: NvmfNamespace[];
+  /** The controller id the next connect gets (min_cntlid first). */
+  nextCntlid?: number;
 }
 
 export interface NvmeController {
@@ -138,4 +153,11 @@ export interface NvmeController {
   trid: ListenAddress & { subnqn: string };
   hostnqn: string;
   bdevs: string[];
+  serialNumber: string;
+  modelNumber: string;
+  cntlid: number;
+  /** `deleting` after a detach that is still waiting for a user of its bdevs. */
+  state: 'enabled' | 'deleting' | 'failed' | 'reconnect_is_delayed';
+  /** ctrlr_loss_timeout_sec: 0 fails at the first loss, otherwise it keeps reconnecting. */
+  lossTimeoutSec: number;
 }

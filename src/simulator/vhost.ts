@@ -25,6 +25,11 @@ export class VhostSockets {
   /** Binds `socketPath`, replacing a stale socket file as SPDK does; -32602 EIO otherwise. */
   async bind(ctrlr: string, socketPath: string): Promise<void> {
     const log = this.logger.child({ ctrlr, socket: socketPath });
+    // Another controller's live socket (two names equal in their first 107 bytes): EIO.
+    if (this.listeners.has(socketPath)) {
+      log.error({ event: 'vhost_socket_failed' }, 'socket path in use by another controller');
+      throw invalidParams('EIO');
+    }
     let stat: fs.Stats | undefined;
     try {
       stat = fs.statSync(socketPath);

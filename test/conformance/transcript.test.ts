@@ -1,125 +1,112 @@
 import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { SpdkSimulator } from '../../src/simulator/index.js';
+import { afterAll, describe, expect, it } from 'vitest';
+import { SpdkSimulator, type SpdkVersion } from '../../src/simulator/index.js';
 import { RawRpcClient } from '../unit/simulator/rpc-client.js';
-import { TRANSCRIPT_PATH } from '../helpers/fake-spdk.js';
+import { REPO_ROOT } from '../helpers/cli.js';
+import { ReplayConnection, UuidMap, diff, loadRecording, requestId } from './replay.js';
 
 /**
- * Replays every exchange of the SPDK v24.01 recording against the simulator over a real unix
- * socket, in order, on one connection, byte for byte (request_raw included). Expected values
- * come from the recording only. UUIDs are compared as a consistent mapping: a UUID that
- * appears twice in the recording must map to the same simulator UUID both times.
+ * Replays the single-connection recordings of real targets against the simulator answering
+ * as the same release, over a real unix socket, in order, byte for byte (request_raw
+ * included). Expected values come from the recordings only; answers are matched by id (SPDK
+ * answers each request when it completes) and compared with `diff` (UUIDs as a consistent
+ * mapping, everything else exact). Each mismatch is reported with its exchange's note.
  */
-// The ground truth: a recording of a real v24.01 target, kept in the repository.
-const RECORDING = TRANSCRIPT_PATH;
-// Paths the recording was made with, mapped to files of this run.
-const RECORDED_IMAGE = '/images/golden.raw';
-const RECORDED_VHOST_DIR = '/var/lib/kubevirt-spdk/vhost';
-// Recorded outcomes need the image larger than the 31 free clusters of lvs0 (inflate fails
-// with ENOSPC) and the cache device too small for OCF.
-const IMAGE_BYTES = 64 * 1024 * 1024;
-// The recording waited 10 s for an answer; nothing arrives later in the simulator either.
+const FIXTURES = path.join(REPO_ROOT, 'test', 'fixtures', 'spdk');
+const MiB = 1024 * 1024;
+// The recordings waited 10 s (5 s for the probe) for an answer; nothing arrives later here either.
 const NO_ANSWER_WAIT_MS = 300;
 
-interface Exchange {
-  note: string;
-  request?: unknown;
-  request_raw?: string;
-  response?: unknown;
-  outcome?: string;
-  raw_ends_with_newline?: boolean;
+interface Recording {
+  file: string;
+  version: SpdkVersion;
+  /** Recorded path -> the file (size in bytes) or directory (size undefined) it stands for. */
+  paths: Record<string, { name: string; bytes?: number }>;
+  minExchanges: number;
 }
 
-const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+const RECORDINGS: Recording[] = [
+  {
+    // Needs the image larger than lvs0's 31 free clusters (inflate: ENOSPC) and OCF's cache too small.
+    file: 'v24.01-rpc-transcript.jsonl',
+    version: '24.01',
+    paths: { '/images/golden.raw': { name: 'golden.raw', bytes: 64 * MiB }, '/var/lib/kubevirt-spdk/vhost': { name: 'vhost' } },
+    minExchanges: 50,
+  },
+  {
+    file: 'v25.09-rpc-transcript.jsonl',
+    version: '25.09',
+    paths: { '/images/golden.raw': { name: 'golden.raw', bytes: 64 * MiB }, '/var/lib/kubevirt-spdk/vhost': { name: 'vhost' } },
+    minExchanges: 50,
+  },
+  {
+    // Recorded with our own v24.01 build where the first recording is silent (README.md).
+    file: 'v24.01-probe-transcript.jsonl',
+    version: '24.01',
+    paths: {
+      '/rec/img.raw': { name: 'img.raw', bytes: 64 * MiB },
+      '/rec/lvs.raw': { name: 'lvs.raw', bytes: 1024 * MiB },
+      '/rec/odd.raw': { name: 'odd.raw', bytes: 30 * MiB },
+      '/rec/vhost': { name: 'vhost' },
+    },
+    minExchanges: 55,
+  },
+];
 
-/** Differences between expected and actual JSON, UUIDs matched through `uuids`. */
-function diff(expected: unknown, actual: unknown, uuids: Map<string, string>, at = '$'): string[] {
-  if (typeof expected === 'string' && UUID_RE.test(expected)) {
-    if (typeof actual !== 'string' || !UUID_RE.test(actual)) return [`${at}: expected a UUID, got ${JSON.stringify(actual)}`];
-    const mapped = uuids.get(expected);
-    if (mapped === undefined) {
-      if ([...uuids.values()].includes(actual)) return [`${at}: UUID ${actual} already stands for another recorded UUID`];
-      uuids.set(expected, actual);
-      return [];
-    }
-    return mapped === actual ? [] : [`${at}: expected the UUID seen before as ${mapped}, got ${actual}`];
-  }
-  if (Array.isArray(expected)) {
-    if (!Array.isArray(actual)) return [`${at}: expected an array, got ${JSON.stringify(actual)}`];
-    if (actual.length !== expected.length) return [`${at}: expected ${expected.length} items, got ${actual.length}: ${JSON.stringify(actual)}`];
-    return expected.flatMap((e, i) => diff(e, actual[i], uuids, `${at}[${i}]`));
-  }
-  if (expected !== null && typeof expected === 'object') {
-    if (actual === null || typeof actual !== 'object' || Array.isArray(actual)) return [`${at}: expected an object, got ${JSON.stringify(actual)}`];
-    const e = expected as Record<string, unknown>;
-    const a = actual as Record<string, unknown>;
-    const keys = new Set([...Object.keys(e), ...Object.keys(a)]);
-    return [...keys].flatMap((k) => {
-      if (!(k in a)) return [`${at}.${k}: missing`];
-      if (!(k in e)) return [`${at}.${k}: not in the recording (${JSON.stringify(a[k])})`];
-      return diff(e[k], a[k], uuids, `${at}.${k}`);
-    });
-  }
-  return Object.is(expected, actual) ? [] : [`${at}: expected ${JSON.stringify(expected)}, got ${JSON.stringify(actual)}`];
-}
+const dirs: string[] = [];
+afterAll(async () => {
+  for (const d of dirs) await fs.rm(d, { recursive: true, force: true });
+});
 
-describe('SPDK v24.01 recording replayed against the simulator', () => {
-  let dir: string;
-  let sim: SpdkSimulator;
-  let exchanges: Exchange[];
-  const mapPaths = (text: string): string => text.split(RECORDED_IMAGE).join(path.join(dir, 'golden.raw')).split(RECORDED_VHOST_DIR).join(path.join(dir, 'vhost'));
-
-  beforeAll(async () => {
-    dir = await fs.mkdtemp(path.join(os.tmpdir(), 'cf-'));
-    await fs.mkdir(path.join(dir, 'vhost'));
-    const fh = await fs.open(path.join(dir, 'golden.raw'), 'w');
-    await fh.truncate(IMAGE_BYTES);
-    await fh.close();
-    const text = await fs.readFile(RECORDING, 'utf8');
-    exchanges = text
-      .split('\n')
-      .filter((l) => l.trim() !== '')
-      .map((l) => JSON.parse(mapPaths(l)) as Exchange);
-    sim = new SpdkSimulator({ socketPath: path.join(dir, 'rpc.sock'), vhostDir: path.join(dir, 'vhost'), cpumask: '0x1' });
-    await sim.start();
-  });
-
-  afterAll(async () => {
-    await sim?.stop();
-    if (dir) await fs.rm(dir, { recursive: true, force: true });
-  });
-
+describe.each(RECORDINGS)('recording $file replayed against spdk-sim --version $version', (rec) => {
   it('answers every exchange as recorded, in order, on one connection', async () => {
-    expect(exchanges.length).toBeGreaterThanOrEqual(50);
-    const client = await RawRpcClient.connect(path.join(dir, 'rpc.sock'));
-    const uuids = new Map<string, string>();
+    const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'cf-'));
+    dirs.push(dir);
+    for (const { name, bytes } of Object.values(rec.paths)) {
+      if (bytes === undefined) await fs.mkdir(path.join(dir, name));
+      else {
+        const fh = await fs.open(path.join(dir, name), 'w');
+        await fh.truncate(bytes);
+        await fh.close();
+      }
+    }
+    const mapPaths = (line: string): string =>
+      Object.entries(rec.paths).reduce((text, [from, { name }]) => text.split(from).join(path.join(dir, name)), line);
+    const exchanges = await loadRecording(path.join(FIXTURES, rec.file), mapPaths);
+    expect(exchanges.length).toBeGreaterThanOrEqual(rec.minExchanges);
+    const vhost = Object.values(rec.paths).find((p) => p.bytes === undefined)?.name ?? 'vhost';
+    const sim = new SpdkSimulator({ socketPath: path.join(dir, 'rpc.sock'), vhostDir: path.join(dir, vhost), cpumask: '0x1', version: rec.version });
+    await sim.start();
+    const conn = new ReplayConnection(await RawRpcClient.connect(path.join(dir, 'rpc.sock')));
+    const uuids = new UuidMap();
     const problems: string[] = [];
     try {
       for (const [i, ex] of exchanges.entries()) {
-        const label = `#${i + 1} ${ex.note}`;
-        if (ex.request_raw !== undefined) client.write(ex.request_raw);
-        else if (ex.request !== undefined) client.write(JSON.stringify(ex.request));
+        const label = `#${i + 1} ${ex.note ?? ''}`;
+        conn.send(ex);
         if (ex.response !== undefined) {
-          const got = await client.nextLine(5000);
-          if (got.kind !== 'line') {
+          const got = await conn.answer(ex.response.id, 5000);
+          if (got.kind !== 'answer') {
             problems.push(`${label}: expected a "\\n"-terminated response, got ${got.kind}${got.kind === 'closed' ? ` (partial ${JSON.stringify(got.partial)})` : ''}`);
             break;
           }
-          problems.push(...diff(ex.response, JSON.parse(got.text), uuids).map((p) => `${label}: ${p}`));
+          problems.push(...diff(ex.response, got.body, uuids).map((p) => `${label}: ${p}`));
         } else if (ex.outcome === 'no response: timed out') {
-          const got = await client.nextLine(NO_ANSWER_WAIT_MS);
-          if (got.kind !== 'timeout') problems.push(`${label}: expected no answer, got ${JSON.stringify(got)}`);
+          const id = requestId(ex);
+          const got = id === undefined ? await conn.anyAnswer(NO_ANSWER_WAIT_MS) : await conn.answer(id, NO_ANSWER_WAIT_MS);
+          if (got.kind !== 'none') problems.push(`${label}: expected no answer, got ${JSON.stringify(got)}`);
         } else if (ex.outcome === 'no response: closed') {
-          const got = await client.nextLine(5000);
+          const got = await conn.anyAnswer(5000);
           if (got.kind !== 'closed' || got.partial !== '') problems.push(`${label}: expected the connection closed unanswered, got ${JSON.stringify(got)}`);
         } else {
           problems.push(`${label}: the recording has neither a response nor a known outcome`);
         }
       }
     } finally {
-      client.close();
+      conn.client.close();
+      await sim.stop();
     }
     expect(problems).toEqual([]);
   });

@@ -131,7 +131,7 @@ export class SimRig {
     const opts = this.opts;
     return new SpdkBackend({
       client: this.client,
-      lvstore: { name: 'kvs', baseBdev: { kind: 'aio', filename: this.paths.lvs(), sizeMiB: opts.lvsMiB ?? 128 } },
+      lvstore: { name: 'kvs', baseBdev: { kind: 'aio', filename: this.paths.lvs(), sizeMiB: opts.lvsMiB ?? 128, blockSize: 512 } },
       vhostDir: this.paths.vhost(),
       stateDir: this.paths.backendState(),
       inflateTimeoutMs: 2_000,

@@ -52,7 +52,7 @@ export async function startClusterRig(opts: ClusterRigOptions): Promise<ClusterR
     socketPath: path.join(dir, 'spdk.sock'),
     vhostDir: vhost,
     stateDir: path.join(dir, 'st', 'spdk'),
-    lvstore: { baseBdev: { kind: 'aio', filename: path.join(dir, 'lvs.img'), sizeMiB: opts.lvstoreMiB } },
+    lvstore: { baseBdev: { kind: 'aio', filename: path.join(dir, 'lvs.img'), sizeMiB: opts.lvstoreMiB, blockSize: 512 } },
   });
   const api = await FakeApiServer.start();
   opts.instrument?.(backend, api);

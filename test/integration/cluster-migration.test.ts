@@ -61,7 +61,7 @@ async function startNode(dir: string, name: string, fabric: NvmfFabric, api: Fak
     socketPath: simOpts.socketPath,
     vhostDir: vhost,
     stateDir: path.join(d, 'st', 'spdk'),
-    lvstore: { baseBdev: { kind: 'aio', filename: path.join(d, 'lvs.img'), sizeMiB: 128 } },
+    lvstore: { baseBdev: { kind: 'aio', filename: path.join(d, 'lvs.img'), sizeMiB: 128, blockSize: 512 } },
   });
   const { server: kubelet, socket: prSock, slots } = await startFakePodResources(d);
   const kc = api.kubeConfig('agent');

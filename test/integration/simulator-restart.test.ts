@@ -17,13 +17,14 @@ const MiB = 1024 * 1024;
 let dir: string;
 const children: ChildProcess[] = [];
 
-async function startSim(): Promise<{ proc: ChildProcess; client: RawRpcClient }> {
+async function startSim(...extra: string[]): Promise<{ proc: ChildProcess; client: RawRpcClient }> {
   const { command, args } = cliArgv(
     'spdk-sim',
     '--socket', path.join(dir, 'r.sock'),
     '--vhost-dir', path.join(dir, 'v'),
     '--state-dir', path.join(dir, 'state'),
     '--cpumask', '0x3',
+    ...extra,
   );
   const proc = spawn(command, args, { stdio: ['ignore', 'ignore', 'pipe'] });
   children.push(proc);
@@ -77,9 +78,9 @@ describe('spdk-sim restart', () => {
   it('after SIGKILL, re-creating the aio bdev brings the lvstore and all lvols back, no controllers', async () => {
     const first = await startSim();
     const c = first.client;
-    await c.ok('bdev_aio_create', { name: 'pool', filename: path.join(dir, 'pool.img') });
+    await c.ok('bdev_aio_create', { name: 'pool', filename: path.join(dir, 'pool.img'), block_size: 512 });
     const lvsUuid = await c.ok<string>('bdev_lvol_create_lvstore', { bdev_name: 'pool', lvs_name: 'lvs', cluster_sz: MiB });
-    await c.ok('bdev_aio_create', { name: 'image', filename: path.join(dir, 'image.raw') });
+    await c.ok('bdev_aio_create', { name: 'image', filename: path.join(dir, 'image.raw'), block_size: 512 });
     await c.ok('bdev_lvol_create', { lvs_name: 'lvs', lvol_name: 'golden', size_in_mib: 8 });
     await c.ok('bdev_lvol_snapshot', { lvol_name: 'lvs/golden', snapshot_name: 'golden-snap' });
     await c.ok('bdev_lvol_clone', { snapshot_name: 'lvs/golden-snap', clone_name: 'vm1' });
@@ -103,7 +104,7 @@ describe('spdk-sim restart', () => {
     expect(await c2.ok('vhost_get_controllers')).toEqual([]);
     expect((await c2.call('bdev_get_bdevs', { name: 'scratch' })).error?.code).toBe(-19);
 
-    await c2.ok('bdev_aio_create', { name: 'pool', filename: path.join(dir, 'pool.img') });
+    await c2.ok('bdev_aio_create', { name: 'pool', filename: path.join(dir, 'pool.img'), block_size: 512 });
     const after = await c2.ok<LvolInfo[]>('bdev_lvol_get_lvols');
     // The image bdev is not there yet, so its clone is degraded; everything else is as before.
     expect(after).toEqual(before.map((l) => (l.alias === 'lvs/hydrating' ? { ...l, is_degraded: true } : l)));
@@ -114,7 +115,7 @@ describe('spdk-sim restart', () => {
     expect((await c2.call('bdev_lvol_resize', { name: 'lvs/ro', size_in_mib: 4 })).error).toEqual({ code: -32602, message: 'Operation not permitted' });
 
     // v24.01 gives the re-created image a new UUID: the clone stays degraded.
-    await c2.ok('bdev_aio_create', { name: 'image', filename: path.join(dir, 'image.raw') });
+    await c2.ok('bdev_aio_create', { name: 'image', filename: path.join(dir, 'image.raw'), block_size: 512 });
     const hydrating = (await c2.ok<LvolInfo[]>('bdev_lvol_get_lvols')).find((l) => l.alias === 'lvs/hydrating');
     expect(hydrating?.is_degraded).toBe(true);
 
@@ -137,5 +138,30 @@ describe('spdk-sim arguments', () => {
     expect((await exited(proc)).code).toBe(2);
     expect(err).toContain('--socket: required');
     expect(err).toContain('--poll-interval-ms: must be a whole number');
+  }, 30_000);
+
+  it('refuses a release it does not imitate', async () => {
+    const { command, args } = cliArgv('spdk-sim', '--socket', path.join(dir, 'x.sock'), '--vhost-dir', dir, '--version', '23.09');
+    const proc = spawn(command, args, { stdio: ['ignore', 'ignore', 'pipe'] });
+    children.push(proc);
+    let err = '';
+    proc.stderr?.on('data', (d: Buffer) => (err += d.toString()));
+    expect((await exited(proc)).code).toBe(2);
+    expect(err).toContain('--version: must be one of 24.01, 25.09, got "23.09"');
+  }, 30_000);
+
+  it('--version 25.09 answers as v25.09: its version, no OCF, set_parent present', async () => {
+    const { proc, client } = await startSim('--version', '25.09');
+    try {
+      expect(await client.ok('spdk_get_version')).toEqual({ version: 'SPDK v25.09', fields: { major: 25, minor: 9, patch: 0, suffix: '' } });
+      const methods = await client.ok<string[]>('rpc_get_methods');
+      expect(methods).toContain('bdev_lvol_set_parent');
+      expect(methods.filter((m) => m.startsWith('bdev_ocf_'))).toEqual([]);
+      expect(await client.call('bdev_ocf_get_bdevs')).toMatchObject({ error: { code: -32601, message: 'Method not found' } });
+    } finally {
+      client.close();
+      proc.kill('SIGTERM');
+      await exited(proc);
+    }
   }, 30_000);
 });

@@ -1,12 +1,12 @@
 import { parseArgs } from 'node:util';
 import { createLogger } from '../../log.js';
-import { SpdkSimulator } from '../../simulator/index.js';
+import { SPDK_VERSIONS, SpdkSimulator, parseSpdkVersion } from '../../simulator/index.js';
 import { stopSignal } from '../signals.js';
 
-const USAGE = `usage: kubevirt-spdk spdk-sim --socket PATH --vhost-dir DIR [--state-dir DIR] [--cpumask 0x1] [--poll-interval-ms N]
+const USAGE = `usage: kubevirt-spdk spdk-sim --socket PATH --vhost-dir DIR [--state-dir DIR] [--cpumask 0x1] [--poll-interval-ms N] [--version ${SPDK_VERSIONS.join('|')}]
 
-A simulated spdk_tgt v24.01: JSON-RPC on --socket, vhost controller sockets in --vhost-dir.
-With --state-dir, lvstores on aio files survive a kill and restart.
+A simulated spdk_tgt (v24.01 by default, or --version): JSON-RPC on --socket, vhost controller
+sockets in --vhost-dir. With --state-dir, lvstores on aio files survive a kill and restart.
 `;
 
 /** Runs until SIGTERM or SIGINT, then stops cleanly (controller sockets removed). */
@@ -21,6 +21,7 @@ export async function run(argv: string[]): Promise<number> {
         'state-dir': { type: 'string' },
         cpumask: { type: 'string', default: '0x1' },
         'poll-interval-ms': { type: 'string', default: '0' },
+        version: { type: 'string', default: '24.01' },
         help: { type: 'boolean', short: 'h' },
       },
       strict: true,
@@ -39,7 +40,9 @@ export async function run(argv: string[]): Promise<number> {
   if (!values['vhost-dir']) problems.push('--vhost-dir: required (directory for controller sockets)');
   const poll = Number(values['poll-interval-ms']);
   if (!/^\d+$/.test(values['poll-interval-ms'] ?? '')) problems.push(`--poll-interval-ms: must be a whole number of milliseconds, got "${values['poll-interval-ms']}"`);
-  if (problems.length > 0 || !values.socket || !values['vhost-dir']) {
+  const version = parseSpdkVersion(values.version ?? '');
+  if (!version) problems.push(`--version: must be one of ${SPDK_VERSIONS.join(', ')}, got "${values.version}"`);
+  if (problems.length > 0 || !values.socket || !values['vhost-dir'] || !version) {
     process.stderr.write(`kubevirt-spdk spdk-sim: invalid arguments:\n${problems.map((p) => `  ${p}`).join('\n')}\n\n${USAGE}`);
     return 2;
   }
@@ -52,6 +55,11 @@ export async function run(argv: string[]): Promise<number> {
       ...(values['state-dir'] ? { stateDir: values['state-dir'] } : {}),
       ...(values.cpumask ? { cpumask: values.cpumask } : {}),
       pollIntervalMs: poll,
+      version,
+      // Where real spdk_tgt crashes, the process dies as abruptly.
+      onCrash: () => {
+        process.kill(process.pid, 'SIGABRT');
+      },
       logger,
     });
     await sim.start();

@@ -4,10 +4,12 @@ import { NvmfFabric } from '../../../src/simulator/fabric.js';
 import { METHODS, decodeParams } from '../../../src/simulator/methods.js';
 import { SpdkModel, metadataClusters, parseCpumask, type Json, type ModelEnv } from '../../../src/simulator/model.js';
 import type { LvstoreMeta } from '../../../src/simulator/state.js';
+import { versionProfile, type SpdkVersion } from '../../../src/simulator/version.js';
+import { Pending } from '../../../src/simulator/registry.js';
 
 const MiB = 1024 * 1024;
 
-function newModel(files: Record<string, number> = {}, disk = new Map<string, LvstoreMeta>()): { model: SpdkModel; disk: Map<string, LvstoreMeta> } {
+function newModel(files: Record<string, number> = {}, disk = new Map<string, LvstoreMeta>(), version: SpdkVersion = '24.01'): { model: SpdkModel; disk: Map<string, LvstoreMeta> } {
   let n = 0;
   const env: ModelEnv = {
     randomUuid: () => `00000000-0000-4000-8000-${(n++).toString(16).padStart(12, '0')}`,
@@ -23,8 +25,31 @@ function newModel(files: Record<string, number> = {}, disk = new Map<string, Lvs
     vhostDir: '/vhost',
     fabric: new NvmfFabric(),
     log: () => undefined,
+    profile: versionProfile(version),
   };
-  return { model: new SpdkModel(env), disk };
+  return { model: completing(new SpdkModel(env)), disk };
+}
+
+/**
+ * The model as a client that waits for each answer sees it: the server completes a metadata
+ * operation (unlocking its blobs, registering new lvols' bdevs) on a later poll; here each
+ * call completes before the next starts.
+ */
+function completing(m: SpdkModel): SpdkModel {
+  return new Proxy(m, {
+    get(target, prop) {
+      const v: unknown = Reflect.get(target, prop, target);
+      if (typeof v !== 'function' || prop === 'takeLocks' || prop === 'completeOperation') return v;
+      return (...args: unknown[]) => {
+        try {
+          return (v as (...a: unknown[]) => unknown).apply(target, args);
+        } finally {
+          const taken = target.takeLocks();
+          if (taken.length > 0) target.completeOperation(taken);
+        }
+      };
+    },
+  });
 }
 
 /** The RpcError a call throws, as {code, message}. */
@@ -39,8 +64,8 @@ function failure(fn: () => unknown): { code: number; message: string } {
 }
 
 /** Malloc0 (32 MiB) with lvs0 of 1 MiB clusters: 31 data clusters, as in the recording. */
-function withLvs(): SpdkModel {
-  const { model } = newModel();
+function withLvs(version: SpdkVersion = '24.01'): SpdkModel {
+  const { model } = newModel({}, undefined, version);
   model.mallocCreate({ name: 'Malloc0', num_blocks: 8192, block_size: 4096 });
   model.lvsCreate({ bdev_name: 'Malloc0', lvs_name: 'lvs0', cluster_sz: MiB });
   return model;
@@ -88,7 +113,8 @@ describe('lvstore capacity', () => {
 
 describe('snapshots and clones', () => {
   it('a snapshot takes over the clusters; the origin becomes a thin clone', () => {
-    const m = withLvs();
+    // v25.09: v24.01 does not render num_allocated_clusters (real v24.01 answer).
+    const m = withLvs('25.09');
     m.lvolCreate({ lvs_name: 'lvs0', lvol_name: 'base', size_in_mib: 10 });
     m.lvolSnapshot({ lvol_name: 'lvs0/base', snapshot_name: 'snap' });
     expect(lvs0(m)?.free_clusters).toBe(21);
@@ -143,7 +169,9 @@ describe('inflate, decouple, resize, read-only', () => {
     m.lvolInflate({ name: 'lvs0/c' });
     expect(lvol(m, 'lvs0/c')).toMatchObject({ allocated: 10, thin: false, parent: null });
     expect(lvs0(m)?.free_clusters).toBe(31 - 4 - 10);
-    expect(failure(() => m.lvolInflate({ name: 'lvs0/snap' }))).toEqual({ code: -32602, message: 'Operation not permitted' });
+    // A snapshot can be inflated: real v24.01 answers true; it stays a read-only snapshot.
+    expect(m.lvolInflate({ name: 'lvs0/snap' })).toBe(true);
+    expect(lvol(m, 'lvs0/snap')).toMatchObject({ readOnly: true, snapshot: true, parent: null });
   });
 
   it('inflate beyond the free clusters is ENOSPC and changes nothing', () => {
@@ -182,7 +210,7 @@ describe('external-snapshot clones', () => {
     const { model: m } = newModel({ '/img/a.raw': 8 * MiB });
     m.mallocCreate({ name: 'Malloc0', num_blocks: 8192, block_size: 4096 });
     m.lvsCreate({ bdev_name: 'Malloc0', lvs_name: 'lvs0', cluster_sz: MiB });
-    m.aioCreate({ name: 'img', filename: '/img/a.raw' });
+    m.aioCreate({ name: 'img', filename: '/img/a.raw', block_size: 512 });
     const uuid = m.lvolCloneBdev({ bdev: 'img', lvs_name: 'lvs0', clone_name: 'e' }) as string;
     expect(bdev(m, 'img')).toMatchObject({ claimed: true, claim_type: 'read_many_write_none' });
     expect(bdev(m, uuid).num_blocks).toBe((8 * MiB) / 4096);
@@ -190,14 +218,22 @@ describe('external-snapshot clones', () => {
     // A writer cannot open the claimed image; a second read-only clone can share it.
     expect(failure(() => m.lvsCreate({ bdev_name: 'img', lvs_name: 'x' }))).toEqual({ code: -1, message: 'Operation not permitted' });
     m.lvolCloneBdev({ bdev: 'img', lvs_name: 'lvs0', clone_name: 'e2' });
-    m.aioDelete({ name: 'img' });
+    // Deleting the image while clones read it: gone by name, the clones keep reading through
+    // the open descriptor, and the delete answers only when they let go (v25.09 recording, a).
+    const pending = m.aioDelete({ name: 'img' });
+    expect(pending).toBeInstanceOf(Pending);
+    expect(failure(() => m.getBdevs('img'))).toEqual({ code: -19, message: 'No such device' });
+    expect(lvol(m, 'lvs0/e')?.degraded).toBe(false);
+    // The model forgets the image (a restart): the clones load degraded, with no bdev.
+    m.unregistering.clear();
+    m.lvolResize({ name: 'lvs0/e', size_in_mib: 8 }); // any change re-syncs the lvol bdevs
     expect((m.getLvols(undefined) as Array<{ name: string; is_degraded: boolean }>).map((l) => [l.name, l.is_degraded])).toEqual([
       ['e', true],
       ['e2', true],
     ]);
     expect(failure(() => m.getBdevs('lvs0/e'))).toEqual({ code: -19, message: 'No such device' });
     m.lvolDelete({ name: 'lvs0/e2' }); // degraded lvols are found by lvs/name
-    m.aioCreate({ name: 'img', filename: '/img/a.raw' }); // new UUID: stays degraded
+    m.aioCreate({ name: 'img', filename: '/img/a.raw', block_size: 512 }); // new UUID: stays degraded
     expect(lvol(m, 'lvs0/e')?.degraded).toBe(true);
   });
 
@@ -205,7 +241,8 @@ describe('external-snapshot clones', () => {
     const { model: m } = newModel({ '/img/a.raw': 8 * MiB });
     m.mallocCreate({ name: 'Malloc0', num_blocks: 8192, block_size: 4096 });
     m.lvsCreate({ bdev_name: 'Malloc0', lvs_name: 'lvs0', cluster_sz: MiB });
-    m.aioCreate({ name: 'img', filename: '/img/a.raw' });
+    // 4 KiB blocks like the lvstore's: v24.01 cannot inflate smaller ones (see below).
+    m.aioCreate({ name: 'img', filename: '/img/a.raw', block_size: 4096 });
     m.lvolCloneBdev({ bdev: 'img', lvs_name: 'lvs0', clone_name: 'e' });
     m.lvolInflate({ name: 'lvs0/e' });
     expect(bdev(m, 'img').claimed).toBe(false);
@@ -273,7 +310,7 @@ describe('OCF', () => {
     const { model: m } = newModel({ '/img/a.raw': 64 * MiB });
     m.mallocCreate({ name: 'Malloc0', num_blocks: 8192, block_size: 4096 });
     m.lvsCreate({ bdev_name: 'Malloc0', lvs_name: 'lvs0', cluster_sz: MiB });
-    m.aioCreate({ name: 'golden', filename: '/img/a.raw' });
+    m.aioCreate({ name: 'golden', filename: '/img/a.raw', block_size: 512 });
     m.lvolCloneBdev({ bdev: 'golden', lvs_name: 'lvs0', clone_name: 'e' });
     m.mallocCreate({ name: 'Cache', num_blocks: 4096, block_size: 4096 });
     expect(failure(() => m.ocfCreate({ name: 'oc', mode: 'wt', cache_bdev_name: 'Cache', core_bdev_name: 'golden' }))).toEqual({
@@ -313,6 +350,6 @@ describe('params decoding', () => {
     expect(decode('bdev_lvol_delete', [])).toEqual(failed);
   });
   it('rejects params on methods that take none', () => {
-    expect(decode('framework_wait_init', {})).toEqual({ code: -32602, message: 'framework_wait_init method requires no parameters' });
+    expect(decode('spdk_get_version', {})).toEqual({ code: -32602, message: 'spdk_get_version method requires no parameters' });
   });
 });
