@@ -8,6 +8,7 @@ import { capacityProblem } from './desired.js';
 import type { ImageCache } from './image-cache.js';
 import type { Journal } from './journal.js';
 import type { Action, DiskTarget } from './reconcile.js';
+import { socketPathProblem } from './naming.js';
 import { isTransient, withRetry, type RetryOptions } from './retry.js';
 import { whyNotCreateController, whyNotDeleteController, whyNotDeleteDisk, whyNotEvictImage, type DesiredIndex, type SafetyContext } from './safety.js';
 
@@ -99,6 +100,14 @@ async function pool<T>(items: readonly T[], limit: number, fn: (item: T) => Prom
   await Promise.all(workers);
 }
 
+/** busy or transport, for the retry metric. */
+function retryKind(e: unknown): string {
+  for (let x: unknown = e, depth = 0; x !== undefined && depth < 5; x = (x as { cause?: unknown }).cause, depth++) {
+    if (x instanceof BackendError || x instanceof SpdkError) return x.kind;
+  }
+  return 'other';
+}
+
 export function describeError(e: unknown): string {
   if (e instanceof BackendError) return `${e.kind}: ${e.message}`;
   if (e instanceof SpdkError) return `${e.kind}: ${e.message}`;
@@ -129,7 +138,10 @@ export class Executor {
   }
 
   private retry<T>(what: string, fn: () => Promise<T>, log: Logger): Promise<T> {
-    return withRetry(fn, this.deps.retry, (err, attempt, delayMs) => log.warn({ event: 'retry', what, attempt, delayMs, error: describeError(err) }, 'transient backend error; retrying'));
+    return withRetry(fn, this.deps.retry, (err, attempt, delayMs) => {
+      this.deps.metrics?.backendRetries.inc({ kind: retryKind(err) });
+      log.warn({ event: 'retry', what, attempt, delayMs, error: describeError(err) }, 'transient backend error; retrying');
+    });
   }
 
   /** Journals intent, calls, journals done (also on failure: the call is over). */
@@ -225,6 +237,10 @@ export class Executor {
     const t0 = process.hrtime.bigint();
     const m = this.deps.metrics;
     try {
+      // Nothing is created for a disk whose socket could never be bound (no lvol left behind).
+      const ctl = steps.find((s) => s.kind === 'ensureController');
+      const tooLong = ctl?.kind === 'ensureController' ? socketPathProblem(this.deps.backend.vhostDir, ctl.spec.name) : undefined;
+      if (tooLong) throw new BackendError(`controller ${ctl?.kind === 'ensureController' ? ctl.spec.name : ''}: ${tooLong}`, 'invalid');
       for (const a of steps) {
         switch (a.kind) {
           case 'ensureImage': {
