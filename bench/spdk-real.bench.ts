@@ -28,7 +28,7 @@ const VMIS = 50;
 const DISKS_PER_VMI = 2;
 const DISKS = VMIS * DISKS_PER_VMI;
 const IMAGE_MIB = 64;
-const ROUNDS = 3;
+const ROUNDS = 5;
 
 function desired(n: number, image: ImageSpec): DesiredState {
   const vmis = Array.from({ length: n }, (_, i) =>
@@ -70,6 +70,7 @@ interface TargetResult {
   recoveryAgentMs: number;
   recoverySocketMs: number;
   recovered: number;
+  agentRpcs?: string;
 }
 
 /** One RPC on a connection of its own, as the anchors' clients do. */
@@ -134,7 +135,15 @@ async function benchTarget(bin: string): Promise<TargetResult> {
       return ms;
     };
     const byAgent = async (last: boolean): Promise<number> => {
+      metrics.spdkRpcDuration.reset();
       const { ms } = await timeIt(() => converge(agent, desired(VMIS, image), 'Ready'));
+      const calls = (await metrics.spdkRpcDuration.get()).values.filter((v) => v.metricName?.endsWith('_count') || v.metricName?.endsWith('_sum'));
+      const per = new Map<string, string>();
+      for (const v of calls) {
+        const m = String(v.labels.method);
+        per.set(m, `${per.get(m) ?? ''}${v.metricName?.endsWith('_count') ? `n=${v.value}` : ` sum=${v.value.toFixed(2)}s`} `);
+      }
+      result.agentRpcs = [...per].map(([m, t]) => `${m} ${t.trim()}`).join('; ');
       if (!last) await converge(agent, desired(0, image), 'none');
       return ms;
     };
@@ -182,7 +191,7 @@ export async function section(): Promise<BenchSection> {
     columns,
     rows: [],
     notes: [
-      `Agent: ${VMIS} VMIs x ${DISKS_PER_VMI} disks cloned from one cached ${IMAGE_MIB} MiB image, until every disk is Ready (clone, controller, socket owner/mode, journal). Median of ${ROUNDS} interleaved rounds.`,
+      `Agent: ${VMIS} VMIs x ${DISKS_PER_VMI} disks cloned from one cached ${IMAGE_MIB} MiB image, until every disk is Ready (clone, controller, socket owner/mode, journal). Times: medians of ${ROUNDS} interleaved rounds; ratios: median of the per-round ratios.`,
       'Floor: the same clones one at a time (SPDK answers busy to overlapping metadata operations on one snapshot), then the controllers pipelined, one connection. Anchors: per disk clone then controller, sequential, a new connection per call.',
       'Targets: agent <= 1.1x floor; anchors/agent >= 1.5; < 5 busy retries per 100 disks; recovery < 1000 ms after the RPC socket answers.',
       'Recovery: spdk_tgt killed with SIGKILL and started again on the same sockets while the agent runs; time from the first answer of the new socket to the agent\'s `recovery` event (controllers re-created, sockets fixed).',
@@ -197,13 +206,18 @@ export async function section(): Promise<BenchSection> {
     const a = median(r.agentMs);
     const f = median(r.floorMs);
     const n = median(r.anchorsMs);
+    // Ratios per round (each round runs the three ways back to back), then their median: the
+    // machine's load moves between rounds far more than within one.
+    const agentToFloor = median(r.agentMs.map((x, i) => x / (r.floorMs[i] ?? NaN)));
+    const anchorsToAgent = median(r.anchorsMs.map((x, i) => x / (r.agentMs[i] ?? NaN)));
+    table.notes?.push(`${r.version}: RPCs of the agent's last round (count, summed latency): ${r.agentRpcs ?? '-'}`);
     table.rows.push([
       `${r.version} (${t.label})`,
       fmt(a, 0),
       fmt(f, 0),
       fmt(n, 0),
-      fmt(a / f, 2),
-      fmt(n / a, 2),
+      fmt(agentToFloor, 2),
+      fmt(anchorsToAgent, 2),
       `${fmt((r.busyRetries * 100) / (DISKS * ROUNDS), 1)} (busy replies ${r.busyErrors})`,
       `${fmt(r.recoverySocketMs, 0)} (agent: ${fmt(r.recoveryAgentMs, 0)})`,
       r.recovered,

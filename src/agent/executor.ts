@@ -241,6 +241,8 @@ export class Executor {
       const ctl = steps.find((s) => s.kind === 'ensureController');
       const tooLong = ctl?.kind === 'ensureController' ? socketPathProblem(this.deps.backend.vhostDir, ctl.spec.name) : undefined;
       if (tooLong) throw new BackendError(`controller ${ctl?.kind === 'ensureController' ? ctl.spec.name : ''}: ${tooLong}`, 'invalid');
+      const made = steps.find((s) => s.kind === 'ensureDisk');
+      const madeHere = made?.kind === 'ensureDisk' && made.spec.source.kind !== 'bdev';
       for (const a of steps) {
         switch (a.kind) {
           case 'ensureImage': {
@@ -286,8 +288,14 @@ export class Executor {
             if (holder !== undefined && holder !== a.spec.name) throw new SafetyRefusal('ensureController', a.spec.name, `bdev ${ref} is being served by controller ${holder} (one controller per bdev)`);
             this.serving.set(ref, a.spec.name);
             try {
-              const why = whyNotCreateController(await this.safety(), a.spec.name, ref);
-              if (why) throw new SafetyRefusal('ensureController', a.spec.name, why);
+              // A disk this chain had to make (it was not there when the plan was observed) can
+              // be served by no controller but one this process makes, which `serving` guards:
+              // the re-check's fresh listing is skipped for it, so provisioning many disks does
+              // not list the whole node once per disk while the clones run.
+              if (!madeHere) {
+                const why = whyNotCreateController(await this.safety(), a.spec.name, ref);
+                if (why) throw new SafetyRefusal('ensureController', a.spec.name, why);
+              }
               await mkdir(path.join(this.deps.backend.vhostDir, target.slot), { recursive: true, mode: 0o755 });
               result.calls++;
               const spec = { ...a.spec, diskRef: ref };
@@ -314,7 +322,6 @@ export class Executor {
         }
       }
       // Only chains that made a disk count as provisioning (not controller re-creations).
-      const made = steps.find((s) => s.kind === 'ensureDisk');
       if (made?.kind === 'ensureDisk') m?.provisionDuration.observe({ source: made.spec.source.kind }, secondsSince(t0));
       return { phase, permanent: false };
     } catch (e) {
