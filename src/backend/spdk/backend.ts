@@ -264,6 +264,10 @@ export class SpdkBackend extends EventEmitter implements StorageBackend {
   private async ensureLvstore(): Promise<void> {
     this.capabilities = await this.readCapabilities();
     const found = await this.getLvstore();
+    const spec = this.cfg.lvstore.baseBdev;
+    // The record is checked even when the lvstore is loaded: a configuration that could not
+    // re-create its base after the next restart is refused now, not then.
+    if (spec.kind === 'aio') await this.aioBaseRecord(spec, found?.block_size);
     if (found) {
       this.useLvstore(found);
       return;
@@ -341,9 +345,15 @@ export class SpdkBackend extends EventEmitter implements StorageBackend {
     return record.name;
   }
 
-  private async aioBaseRecord(spec: Extract<BaseBdevSpec, { kind: 'aio' }>): Promise<BaseRecord> {
+  /** `loadedBlockSize`: the block size of the lvstore already loaded (an agent before records). */
+  private async aioBaseRecord(spec: Extract<BaseBdevSpec, { kind: 'aio' }>, loadedBlockSize?: number): Promise<BaseRecord> {
     const file = path.join(this.cfg.stateDir, BASE_RECORD_FILE);
-    const wanted: BaseRecord = { kind: 'aio', name: spec.name ?? `${this.lvs}-base`, filename: spec.filename, blockSize: spec.blockSize ?? DEFAULT_AIO_BLOCK_SIZE };
+    const wanted: BaseRecord = {
+      kind: 'aio',
+      name: spec.name ?? `${this.lvs}-base`,
+      filename: spec.filename,
+      blockSize: loadedBlockSize ?? spec.blockSize ?? DEFAULT_AIO_BLOCK_SIZE,
+    };
     let text: string | undefined;
     try {
       text = await fs.readFile(file, 'utf8');
@@ -370,7 +380,10 @@ export class SpdkBackend extends EventEmitter implements StorageBackend {
       }
       return rec;
     }
-    await ensureBackingFile(spec.filename, spec.sizeMiB);
+    if (spec.blockSize !== undefined && spec.blockSize !== wanted.blockSize) {
+      throw new BackendError(`lvstore ${this.lvs} is loaded with block size ${wanted.blockSize}; the configured ${spec.blockSize} differs`, 'invalid');
+    }
+    if (loadedBlockSize === undefined) await ensureBackingFile(spec.filename, spec.sizeMiB);
     await fs.mkdir(path.dirname(file), { recursive: true });
     await writeFileAtomic(file, `${JSON.stringify(wanted)}\n`);
     return wanted;

@@ -29,7 +29,7 @@ async function newSimulator(p: Rig['paths']): Promise<SpdkSimulator> {
   return sim;
 }
 
-async function makeRig(opts: { lvsMiB?: number; fetch?: SpdkBackendOptions['fetchImage'] } = {}): Promise<Rig> {
+async function makeRig(opts: { lvsMiB?: number; fetch?: SpdkBackendOptions['fetchImage']; blockSize?: 512 | 4096 } = {}): Promise<Rig> {
   const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'sb-'));
   const paths = {
     socket: path.join(dir, 'rpc.sock'),
@@ -43,7 +43,7 @@ async function makeRig(opts: { lvsMiB?: number; fetch?: SpdkBackendOptions['fetc
   const client = new SpdkRpcClient({ socketPath: paths.socket, timeoutMs: 5_000, reconnect: { initialDelayMs: 10, maxDelayMs: 50 } });
   const backend = new SpdkBackend({
     client,
-    lvstore: { name: 'kvs', baseBdev: { kind: 'aio', filename: paths.lvsFile, sizeMiB: opts.lvsMiB ?? 256 } },
+    lvstore: { name: 'kvs', baseBdev: { kind: 'aio', filename: paths.lvsFile, sizeMiB: opts.lvsMiB ?? 256, ...(opts.blockSize ? { blockSize: opts.blockSize } : {}) } },
     vhostDir: paths.vhost,
     stateDir: paths.state,
     ...(opts.fetch ? { fetchImage: opts.fetch } : {}),
@@ -344,6 +344,43 @@ describe('SpdkBackend controllers and recovery', () => {
     const c = await r.backend.ensureController({ name: 'slot-07/rootdisk', diskRef: 'kvs/vm1-root', readonly: false });
     expect((await fs.stat(c.socketPath)).isSocket()).toBe(true);
     expect((await r.backend.observe()).controllers.map((x) => [x.name, x.diskRef])).toEqual([['slot-07/rootdisk', 'kvs/vm1-root']]);
+  });
+
+  it('refuses bdev: naming our own lvols, the lvstore base or an import source (a tenant would get our golden read-write)', async () => {
+    const r = await rigWithDisk();
+    const golden = (await new SpdkApi(r.client).bdevGetBdevs({ name: 'kvs/img-fedora' }))[0];
+    for (const bdev of ['kvs/img-fedora', golden?.uuid ?? 'missing-uuid', 'kvs/vm1-root', 'kvs-base']) {
+      const err = await r.backend.ensureDisk({ id: 'tenant-x', source: { kind: 'bdev', bdev } }).catch((e: unknown) => e);
+      expect(err, bdev).toBeInstanceOf(BackendError);
+      expect(err).toMatchObject({ kind: 'invalid', message: expect.stringMatching(/which this node's agent manages/) });
+    }
+    expect(lvolNamed(r, 'tenant-x')).toBeUndefined();
+  });
+
+  it('records the aio base it made (block size, name) and refuses a start that would re-create it differently', async () => {
+    const r = await makeRig({ blockSize: 4096 });
+    const record = JSON.parse(await fs.readFile(path.join(r.paths.state, 'lvstore-base.json'), 'utf8')) as unknown;
+    expect(record).toEqual({ kind: 'aio', name: 'kvs-base', filename: r.paths.lvsFile, blockSize: 4096 });
+    const other = new SpdkBackend({
+      client: new SpdkRpcClient({ socketPath: r.paths.socket, timeoutMs: 5_000 }),
+      lvstore: { name: 'kvs2', baseBdev: { kind: 'aio', filename: r.paths.lvsFile, sizeMiB: 256, blockSize: 512 } },
+      vhostDir: r.paths.vhost,
+      stateDir: r.paths.state,
+    });
+    await expect(other.start()).rejects.toMatchObject({ kind: 'invalid', message: expect.stringMatching(/created with block size 4096/) });
+  });
+
+  it('imports an image through an aio bdev of the lvstore\'s block size (4096 lvstore)', async () => {
+    const r = await makeRig({ blockSize: 4096 });
+    const sent: Array<Record<string, unknown> | undefined> = [];
+    const call = r.client.call.bind(r.client);
+    vi.spyOn(r.client, 'call').mockImplementation((method, params, opts) => {
+      if (method === 'bdev_aio_create') sent.push(params);
+      return call(method, params, opts);
+    });
+    const img = await r.backend.ensureImage(await makeImage(r.dir, 'fedora'));
+    expect(img.phase).toBe('ready');
+    expect(sent).toEqual([expect.objectContaining({ name: 'img-fedora-src', block_size: 4096 })]);
   });
 
   it('reports health from spdk_get_version', async () => {
