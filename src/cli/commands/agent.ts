@@ -163,7 +163,9 @@ async function makeBackend(a: AgentArgs, logger: Logger): Promise<StorageBackend
   if (a.backend === 'spdk') {
     const { SpdkRpcClient } = await import('../../spdk/client.js');
     const { SpdkBackend } = await import('../../backend/spdk/index.js');
-    const client = new SpdkRpcClient({ socketPath: a.spdkSocket, logger });
+    // Redial often (a unix connect is cheap): after an spdk_tgt restart every ms before the
+    // agent notices is guest I/O paused; the client's default backoff grows to 5 s.
+    const client = new SpdkRpcClient({ socketPath: a.spdkSocket, logger, reconnect: { initialDelayMs: 20, maxDelayMs: 250 } });
     return new SpdkBackend({
       client,
       logger,
