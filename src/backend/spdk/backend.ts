@@ -23,6 +23,7 @@ import {
   type StorageBackend,
 } from '../types.js';
 import { KeyedMutex, SingleFlight } from './concurrency.js';
+import { CloneLanes } from './lanes.js';
 import { toBackendError } from './errors.js';
 import * as remote from './export.js';
 import type { ExportOptions, RemoteDiskRef } from '../remote.js';
@@ -31,7 +32,10 @@ import {
   checkDiskId,
   checkImageName,
   classifyLvol,
+  fanoutName,
+  fanoutTmpName,
   goldenName,
+  imageOfSnapshot,
   imageOfSourceBdev,
   importingName,
   lvolAlias,
@@ -95,6 +99,8 @@ export const SpdkBackendConfigSchema = z
     /** Downloaded images live in `<stateDir>/images/` until they are in the lvstore. */
     stateDir: z.string().min(1),
     cpumask: z.string().optional(),
+    /** Snapshots an image's disks are cloned from in parallel under load (golden + fan-outs). */
+    cloneLanes: z.number().int().min(1).max(16).default(4),
     /** Deadline of bdev_lvol_inflate, which copies the whole image. */
     inflateTimeoutMs: z.number().int().positive().default(60 * 60_000),
   })
@@ -144,6 +150,8 @@ export class SpdkBackend extends EventEmitter implements StorageBackend {
    * busy" to a clone of a snapshot while another clone (or delete of a clone) of it runs.
    */
   private readonly snapshotLocks = new KeyedMutex();
+  /** Clone lanes per image (see lanes.ts); found again from the listing after a reconnect. */
+  private readonly cloneLanes = new Map<string, CloneLanes>();
   private readonly controllerLocks = new KeyedMutex();
   private readonly imports = new Map<string, Promise<ObservedImage>>();
   private readonly progress = new Map<string, ImportProgress>();
@@ -159,6 +167,7 @@ export class SpdkBackend extends EventEmitter implements StorageBackend {
   private readonly onConnected = (): void => {
     // A new connection may be a new spdk_tgt: check the lvstore again before the next use.
     this.lvstoreReady = undefined;
+    this.cloneLanes.clear();
     this.emit('connected');
   };
   private readonly onDisconnected = (info?: unknown): void => {
@@ -603,8 +612,23 @@ export class SpdkBackend extends EventEmitter implements StorageBackend {
     const alias = lvolAlias(this.lvs, goldenName(name));
     const bdev = await this.getBdev(alias);
     if (!bdev) throw new BackendError(`image ${name}: golden lvol ${alias} vanished`, 'notFound');
-    const clones = diskClonesOf(bdev);
+    const clones = await this.imageDiskClones(name, bdev);
     return { name, phase: 'ready', sizeBytes: bdevSizeBytes(bdev), ref: alias, cloneCount: clones.length };
+  }
+
+  /** The image's fan-outs (and left-over fan-out clones), from the listing. */
+  private async fanoutsOf(image: string): Promise<Array<{ name: string; tmp: boolean }>> {
+    return (await this.listLvols()).flatMap((l) => {
+      const r = classifyLvol(l.name);
+      return r.role === 'fanout' && r.image === image ? [{ name: l.name, tmp: r.tmp }] : [];
+    });
+  }
+
+  /** VM disks cloned from the golden or any of its fan-outs. */
+  private async imageDiskClones(image: string, golden: Bdev): Promise<string[]> {
+    const fanouts = (await this.fanoutsOf(image)).filter((f) => !f.tmp);
+    const bdevs = await Promise.all(fanouts.map((f) => this.getBdev(lvolAlias(this.lvs, f.name))));
+    return [golden, ...bdevs].flatMap((b) => (b ? diskClonesOf(b) : []));
   }
 
   async deleteImage(name: string): Promise<void> {
@@ -615,13 +639,17 @@ export class SpdkBackend extends EventEmitter implements StorageBackend {
     const golden = lvolAlias(this.lvs, goldenName(name));
     const bdev = await this.getBdev(golden);
     if (bdev) {
-      const clones = diskClonesOf(bdev);
+      const clones = await this.imageDiskClones(name, bdev);
       if (clones.length > 0) {
         throw new BackendError(`image ${name}: ${clones.length} disk(s) are clones of it (${clones.join(', ')})`, 'busy');
       }
     }
-    // The importing lvol first: deleting a snapshot with one clone would merge, not delete.
+    this.cloneLanes.delete(name);
+    // Children first: deleting a snapshot with one clone would merge, not delete.
     await this.deleteLvolQuietly(lvolAlias(this.lvs, importingName(name)), log);
+    const fanouts = await this.fanoutsOf(name);
+    for (const f of fanouts.filter((x) => x.tmp)) await this.deleteLvol(lvolAlias(this.lvs, f.name));
+    for (const f of fanouts.filter((x) => !x.tmp)) await this.deleteLvol(lvolAlias(this.lvs, f.name));
     if (bdev) await this.deleteLvol(golden);
     await this.dropSource(name, log, true);
     this.progress.delete(name);
@@ -648,7 +676,7 @@ export class SpdkBackend extends EventEmitter implements StorageBackend {
       }
       const lvols = await this.listLvols();
       if (lvols.some((l) => l.name === spec.id)) return this.completeExistingDisk(spec);
-      return src.kind === 'image' ? this.cloneDisk(spec, src.image) : this.createBlankDisk(spec);
+      return src.kind === 'image' ? this.cloneDisk(spec, src.image, lvols) : this.createBlankDisk(spec);
     });
   }
 
@@ -664,7 +692,40 @@ export class SpdkBackend extends EventEmitter implements StorageBackend {
     return undefined;
   }
 
-  private async cloneDisk(spec: DiskSpec, image: string): Promise<ObservedDisk> {
+  /** The image's clone lanes: its golden and the fan-outs the listing shows. */
+  private lanesOf(image: string, lvols: readonly Lvol[]): CloneLanes {
+    let lanes = this.cloneLanes.get(image);
+    if (lanes) return lanes;
+    const fanouts = lvols.flatMap((l) => {
+      const r = classifyLvol(l.name);
+      return r.role === 'fanout' && r.image === image ? [{ index: r.index, tmp: r.tmp, name: l.name }] : [];
+    });
+    let next = Math.max(0, ...fanouts.map((f) => f.index)) + 1;
+    const ready = fanouts.filter((f) => !f.tmp).sort((a, b) => a.index - b.index);
+    const snapshots = [lvolAlias(this.lvs, goldenName(image)), ...ready.map((f) => lvolAlias(this.lvs, f.name))];
+    lanes = new CloneLanes(snapshots, this.cfg.cloneLanes, () => this.makeFanout(image, next++), this.log.child({ image }));
+    this.cloneLanes.set(image, lanes);
+    return lanes;
+  }
+
+  /**
+   * A fan-out: clone the golden, snapshot that clone (the snapshot appears in one step, with
+   * no data of its own, between the golden and the clone), delete the clone.
+   */
+  private async makeFanout(image: string, n: number): Promise<string> {
+    const golden = lvolAlias(this.lvs, goldenName(image));
+    const tmp = lvolAlias(this.lvs, fanoutTmpName(image, n));
+    const fan = lvolAlias(this.lvs, fanoutName(image, n));
+    await this.snapshotLocks.run(golden, async () => {
+      await this.api.bdevLvolClone({ snapshot_name: golden, clone_name: fanoutTmpName(image, n) });
+      await this.api.bdevLvolSnapshot({ lvol_name: tmp, snapshot_name: fanoutName(image, n) });
+    });
+    await this.snapshotLocks.run(fan, () => this.deleteLvol(tmp));
+    this.log.info({ event: 'clone.fanout.created', image, fanout: fan }, 'clone lane added');
+    return fan;
+  }
+
+  private async cloneDisk(spec: DiskSpec, image: string, lvols: readonly Lvol[]): Promise<ObservedDisk> {
     const log = this.log.child({ disk: spec.id, image });
     const alias = lvolAlias(this.lvs, spec.id);
     const goldenAlias = lvolAlias(this.lvs, goldenName(image));
@@ -674,7 +735,9 @@ export class SpdkBackend extends EventEmitter implements StorageBackend {
     const plan = planCloneSize(spec.capacityBytes, goldenBytes, this.imageSizes.get(image) ?? goldenBytes - this.clusterBytes + 1);
     if (!plan.ok) throw new BackendError(`disk ${spec.id}: ${plan.reason}`, 'invalid');
     try {
-      await this.snapshotLocks.run(goldenAlias, () => this.api.bdevLvolClone({ snapshot_name: goldenAlias, clone_name: spec.id }));
+      await this.lanesOf(image, lvols).submit((snapshot) =>
+        this.snapshotLocks.run(snapshot, () => this.api.bdevLvolClone({ snapshot_name: snapshot, clone_name: spec.id })),
+      );
     } catch (e) {
       if (e instanceof SpdkError && e.kind === 'exists') return this.completeExistingDisk(spec);
       throw toBackendError(e, `disk ${spec.id}: cloning ${goldenAlias}`);
@@ -720,12 +783,12 @@ export class SpdkBackend extends EventEmitter implements StorageBackend {
       bdev = (await this.api.bdevGetBdevs({ name: alias }))[0] ?? bdev;
     }
     const info = lvolInfoOf(bdev);
-    const parent = info?.base_snapshot !== undefined ? classifyLvol(info.base_snapshot) : undefined;
+    const image = info?.base_snapshot !== undefined ? imageOfSnapshot(info.base_snapshot) : undefined;
     return {
       id: spec.id,
       ref: alias,
       sizeBytes: bdevSizeBytes(bdev),
-      ...(parent?.role === 'golden' ? { image: parent.image } : {}),
+      ...(image !== undefined ? { image } : {}),
       dependents: info?.clones?.length ?? 0,
       owned: true,
     };

@@ -274,11 +274,21 @@ describe('SpdkBackend disks', () => {
     expect(new Set(disks.map((d) => d.ref)).size).toBe(n);
     const methods = call.mock.calls.map((c) => c[0]);
     const count = (m: string): number => methods.filter((x) => x === m).length;
-    expect(count('bdev_lvol_clone')).toBe(n);
+    // Disk clones, one each; under load the golden also gets fan-outs to clone from in parallel.
+    const clones = call.mock.calls.filter((c) => c[0] === 'bdev_lvol_clone').map((c) => String((c[1] as { clone_name: string }).clone_name));
+    expect(clones.filter((x) => !x.startsWith('img-'))).toHaveLength(n);
+    expect(clones.filter((x) => x.startsWith('img-fedora.f')).length).toBeLessThanOrEqual(3);
     expect(count('bdev_lvol_resize')).toBe(n);
     expect(count('bdev_lvol_get_lvols')).toBeLessThan(n / 4);
     expect(count('bdev_get_bdevs')).toBeLessThan(n / 4);
-    expect((await r.backend.observe()).images[0]?.cloneCount).toBe(n);
+    const observed = await r.backend.observe();
+    expect(observed.images[0]?.cloneCount).toBe(n);
+    expect(observed.disks.map((d) => d.image)).toEqual(Array.from({ length: n }, () => 'fedora'));
+    // Deleting the image later takes its fan-outs with it.
+    await Promise.all(disks.map((d) => r.backend.deleteDisk(d.id)));
+    await r.backend.deleteImage('fedora');
+    expect((await r.backend.observe()).images).toEqual([]);
+    expect(lvolNamed(r, 'img-fedora.f1')).toBeUndefined();
   });
 });
 
