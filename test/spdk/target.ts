@@ -42,7 +42,7 @@ export function realSpdkOrSkip(suite: string): TargetBinary[] {
 
 let shmSeq = 0;
 
-function memoryArgs(): string[] {
+export function memoryArgs(): string[] {
   const custom = process.env.SPDK_TGT_ARGS;
   if (custom !== undefined) return custom.split(/\s+/).filter(Boolean);
   let freeMiB = 0;
@@ -120,4 +120,30 @@ export class RealTarget {
 /** A temp directory short enough for the vhost sockets below it (sun_path is 108 bytes). */
 export async function shortTempDir(prefix: string): Promise<string> {
   return fs.mkdtemp(path.join('/tmp', prefix));
+}
+
+/**
+ * Reads `bytes` bytes of an NVMe-oF/TCP export into `outFile` with `spdk_dd` (next to the
+ * spdk_tgt binary): an initiator of our own, so tests compare what a disk really holds.
+ */
+export async function readExport(tgtBin: string, ref: { host: string; port: number; subnqn: string }, bytes: number, outFile: string): Promise<void> {
+  const dd = path.join(path.dirname(tgtBin), 'spdk_dd');
+  const config = `${outFile}.json`;
+  const attach = { name: 'R', trtype: 'tcp', adrfam: 'ipv4', traddr: ref.host, trsvcid: String(ref.port), subnqn: ref.subnqn };
+  await fs.writeFile(config, JSON.stringify({ subsystems: [{ subsystem: 'bdev', config: [{ method: 'bdev_nvme_attach_controller', params: attach }] }] }));
+  const count = Math.ceil(bytes / 4096);
+  const mem = ['-s', '256', ...(memoryArgs().includes('--no-huge') ? ['--no-huge'] : [])];
+  const fixed = [...mem, '--ib', 'Rn1', '--of', outFile, '--bs', '4096', '--count', String(count), '--json', config];
+  const out: string[] = [];
+  const code = await new Promise<number | null>((resolve) => {
+    const p = spawn(dd, fixed, { stdio: ['ignore', 'pipe', 'pipe'] });
+    p.stdout?.on('data', (b: Buffer) => out.push(b.toString()));
+    p.stderr?.on('data', (b: Buffer) => out.push(b.toString()));
+    const timer = setTimeout(() => p.kill('SIGKILL'), 60_000);
+    p.once('exit', (c) => {
+      clearTimeout(timer);
+      resolve(c);
+    });
+  });
+  if (code !== 0) throw new Error(`spdk_dd exited ${code}:\n${out.join('').slice(-2000)}`);
 }
