@@ -11,7 +11,7 @@ import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { SpdkRpcClient } from '../../src/spdk/client.js';
 import { exited, killAll, startCli, until, vmiYaml } from '../helpers/process.js';
-import { RealTarget, realSpdkOrSkip, shortTempDir } from './target.js';
+import { cases, RealTarget, realSpdkOrSkip, shortTempDir } from './target.js';
 
 const targets = realSpdkOrSkip('test/spdk/agent.test.ts');
 const isRoot = process.getuid?.() === 0;
@@ -112,7 +112,7 @@ type Lvol = { name: string; is_degraded?: boolean };
 type Ctrl = { ctrlr: string };
 type Lvs = { name: string; block_size: number };
 
-describe.skipIf(targets.length === 0).each(targets)('agent on a real spdk_tgt ($label)', ({ bin }) => {
+describe.skipIf(targets.length === 0).each(cases(targets))('agent on a real spdk_tgt ($label)', ({ bin }) => {
   it('starts with the default configuration (aio lvstore file, block size recorded) and serves sockets for QEMU', async () => {
     const r = await rig(bin);
     const sockets = await vmis(r, 2, '- name: root\n  spdkVhostBlkDisk: {image: base, capacity: 64Mi}');

@@ -11,7 +11,7 @@ import { SpdkBackend, stableUuid } from '../../src/backend/spdk/backend.js';
 import type { ImageSpec } from '../../src/backend/types.js';
 import { createMetrics } from '../../src/metrics/metrics.js';
 import { SpdkRpcClient } from '../../src/spdk/client.js';
-import { RealTarget, readExport, realSpdkOrSkip, shortTempDir } from './target.js';
+import { cases, RealTarget, readExport, realSpdkOrSkip, shortTempDir } from './target.js';
 
 const targets = realSpdkOrSkip('test/spdk/backend.test.ts');
 const MiB = 2 ** 20;
@@ -50,7 +50,7 @@ async function imageFile(dir: string, bytes: number): Promise<ImageSpec> {
 
 type Lvol = { name: string; is_degraded?: boolean };
 
-describe.skipIf(targets.length === 0).each(targets)('spdk backend on a real spdk_tgt ($label)', ({ bin }) => {
+describe.skipIf(targets.length === 0).each(cases(targets))('spdk backend on a real spdk_tgt ($label)', ({ bin }) => {
   it('provisions 100 disks from one golden concurrently with no "busy" from SPDK (clones of a snapshot are queued)', async () => {
     const { dir, backend, metrics } = await setup(bin);
     await backend.ensureImage(await imageFile(dir, 8 * MiB));
@@ -103,7 +103,7 @@ describe.skipIf(targets.length === 0).each(targets)('spdk backend on a real spdk
   });
 });
 
-describe.skipIf(targets.length === 0).each(targets)('data through the disks on a real spdk_tgt ($label)', ({ bin }) => {
+describe.skipIf(targets.length === 0).each(cases(targets))('data through the disks on a real spdk_tgt ($label)', ({ bin }) => {
   for (const blockSize of [512, 4096] as const) {
     it(`disks cloned in parallel lanes (golden and fan-outs) read the image's bytes; lvstore of ${blockSize}-byte blocks`, async () => {
       const dir = await shortTempDir('kd-');

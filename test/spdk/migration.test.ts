@@ -12,7 +12,7 @@ import { exportNqn } from '../../src/backend/remote.js';
 import { SpdkBackend } from '../../src/backend/spdk/backend.js';
 import { BackendError } from '../../src/backend/types.js';
 import { SpdkRpcClient } from '../../src/spdk/client.js';
-import { RealTarget, realSpdkOrSkip, shortTempDir } from './target.js';
+import { cases, RealTarget, realSpdkOrSkip, shortTempDir } from './target.js';
 
 const targets = realSpdkOrSkip('test/spdk/migration.test.ts');
 const MiB = 2 ** 20;
@@ -52,7 +52,7 @@ async function node(bin: string, name: string): Promise<{ tgt: RealTarget; backe
   return { tgt, backend, client };
 }
 
-describe.skipIf(targets.length === 0).each(targets)('migration export/attach between two real spdk_tgt ($label)', ({ bin }) => {
+describe.skipIf(targets.length === 0).each(cases(targets))('migration export/attach between two real spdk_tgt ($label)', ({ bin }) => {
   it('moves a node-local disk to a target controller and back out, idempotently', async () => {
     const source = await node(bin, 'a');
     const target = await node(bin, 'b');

@@ -13,7 +13,7 @@ import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { JsonStreamScanner } from '../../src/spdk/framing.js';
 import { REPO_ROOT } from '../helpers/cli.js';
-import { RealTarget, realSpdkOrSkip, shortTempDir } from './target.js';
+import { cases, RealTarget, realSpdkOrSkip, shortTempDir } from './target.js';
 
 const targets = realSpdkOrSkip('test/spdk/replay.test.ts');
 
@@ -89,7 +89,7 @@ afterEach(async () => {
   cleanup = undefined;
 });
 
-describe.skipIf(targets.length === 0).each(targets)('recorded RPC sequence against a real spdk_tgt ($label)', ({ bin }) => {
+describe.skipIf(targets.length === 0).each(cases(targets))('recorded RPC sequence against a real spdk_tgt ($label)', ({ bin }) => {
   it('answers as recorded for its release', async () => {
     const dir = await shortTempDir('kr-');
     const tgt = new RealTarget(bin, path.join(dir, 'rpc.sock'), path.join(dir, 'vh'));

@@ -40,6 +40,11 @@ export function realSpdkOrSkip(suite: string): TargetBinary[] {
   return targets;
 }
 
+/** describe.each over the targets, or one skipped suite (vitest refuses a file with none). */
+export function cases(targets: TargetBinary[]): TargetBinary[] {
+  return targets.length ? targets : [{ label: 'SPDK_TGT unset', bin: '' }];
+}
+
 let shmSeq = 0;
 
 export function memoryArgs(): string[] {

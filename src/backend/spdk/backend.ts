@@ -152,6 +152,8 @@ export class SpdkBackend extends EventEmitter implements StorageBackend {
   private readonly snapshotLocks = new KeyedMutex();
   /** Clone lanes per image (see lanes.ts); found again from the listing after a reconnect. */
   private readonly cloneLanes = new Map<string, CloneLanes>();
+  /** Fan-out clones (`.tmp`) being made now, and left-over ones being deleted now. */
+  private readonly fanoutTmps = new Set<string>();
   private readonly controllerLocks = new KeyedMutex();
   private readonly imports = new Map<string, Promise<ObservedImage>>();
   private readonly progress = new Map<string, ImportProgress>();
@@ -279,6 +281,8 @@ export class SpdkBackend extends EventEmitter implements StorageBackend {
     if (spec.kind === 'aio') await this.aioBaseRecord(spec, found?.block_size);
     if (found) {
       this.useLvstore(found);
+      // spdk_tgt may have loaded the lvstore itself (its own config attaches an NVMe base).
+      await this.recoverEsnapSources();
       return;
     }
     // After a restart: the base first (exactly as it was made), then the lvstore loads by
@@ -559,6 +563,18 @@ export class SpdkBackend extends EventEmitter implements StorageBackend {
    */
   private tidyFinishedImports(lvols: ReadonlyArray<{ name: string }>, bdevs: ReadonlyArray<{ name: string }>): void {
     const names = new Set(lvols.map((l) => l.name));
+    // A crash while a fan-out was made leaves its clone: an empty child of the golden (or of
+    // the new fan-out). Deleted under its parent's lock, in the background.
+    for (const l of lvols) {
+      const r = classifyLvol(l.name);
+      if (r.role !== 'fanout' || !r.tmp || this.fanoutTmps.has(l.name)) continue;
+      this.fanoutTmps.add(l.name);
+      const parent = names.has(fanoutName(r.image, r.index)) ? fanoutName(r.image, r.index) : goldenName(r.image);
+      void this.snapshotLocks
+        .run(lvolAlias(this.lvs, parent), () => this.deleteLvol(lvolAlias(this.lvs, l.name)))
+        .catch((e: unknown) => this.log.warn({ event: 'clone.fanout.tidy_failed', lvol: l.name, error: String(e) }, 'could not delete a left-over fan-out clone'))
+        .finally(() => this.fanoutTmps.delete(l.name));
+    }
     const bdevNames = new Set(bdevs.map((b) => b.name));
     for (const l of lvols) {
       const role = classifyLvol(l.name);
@@ -716,11 +732,16 @@ export class SpdkBackend extends EventEmitter implements StorageBackend {
     const golden = lvolAlias(this.lvs, goldenName(image));
     const tmp = lvolAlias(this.lvs, fanoutTmpName(image, n));
     const fan = lvolAlias(this.lvs, fanoutName(image, n));
-    await this.snapshotLocks.run(golden, async () => {
-      await this.api.bdevLvolClone({ snapshot_name: golden, clone_name: fanoutTmpName(image, n) });
-      await this.api.bdevLvolSnapshot({ lvol_name: tmp, snapshot_name: fanoutName(image, n) });
-    });
-    await this.snapshotLocks.run(fan, () => this.deleteLvol(tmp));
+    this.fanoutTmps.add(fanoutTmpName(image, n));
+    try {
+      await this.snapshotLocks.run(golden, async () => {
+        await this.api.bdevLvolClone({ snapshot_name: golden, clone_name: fanoutTmpName(image, n) });
+        await this.api.bdevLvolSnapshot({ lvol_name: tmp, snapshot_name: fanoutName(image, n) });
+      });
+      await this.snapshotLocks.run(fan, () => this.deleteLvol(tmp));
+    } finally {
+      this.fanoutTmps.delete(fanoutTmpName(image, n));
+    }
     this.log.info({ event: 'clone.fanout.created', image, fanout: fan }, 'clone lane added');
     return fan;
   }
