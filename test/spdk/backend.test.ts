@@ -56,7 +56,8 @@ describe.skipIf(targets.length === 0).each(cases(targets))('spdk backend on a re
     await backend.ensureImage(await imageFile(dir, 8 * MiB));
     await Promise.all(
       Array.from({ length: 100 }, async (_, i) => {
-        const d = await backend.ensureDisk({ id: `vm${i}-root`, source: { kind: 'image', image: 'base' }, capacityBytes: 8 * MiB });
+        // Larger than the image: every clone is resized too (a metadata operation on the clone).
+        const d = await backend.ensureDisk({ id: `vm${i}-root`, source: { kind: 'image', image: 'base' }, capacityBytes: 64 * MiB });
         await mkdir(path.join(backend.vhostDir, `s${i}`), { recursive: true });
         await backend.ensureController({ name: `s${i}/root`, diskRef: d.ref, readonly: false });
       }),
