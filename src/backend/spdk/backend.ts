@@ -755,13 +755,20 @@ export class SpdkBackend extends EventEmitter implements StorageBackend {
     const goldenBytes = bdevSizeBytes(golden);
     const plan = planCloneSize(spec.capacityBytes, goldenBytes, this.imageSizes.get(image) ?? goldenBytes - this.clusterBytes + 1);
     if (!plan.ok) throw new BackendError(`disk ${spec.id}: ${plan.reason}`, 'invalid');
+    let from = goldenAlias;
     try {
-      await this.lanesOf(image, lvols).submit((snapshot) =>
-        this.snapshotLocks.run(snapshot, () => this.api.bdevLvolClone({ snapshot_name: snapshot, clone_name: spec.id })),
-      );
+      await this.lanesOf(image, lvols).submit((snapshot) => {
+        from = snapshot;
+        return this.snapshotLocks.run(snapshot, () => this.api.bdevLvolClone({ snapshot_name: snapshot, clone_name: spec.id }));
+      });
     } catch (e) {
       if (e instanceof SpdkError && e.kind === 'exists') return this.completeExistingDisk(spec);
-      throw toBackendError(e, `disk ${spec.id}: cloning ${goldenAlias}`);
+      if (e instanceof SpdkError && e.kind === 'notFound' && from !== goldenAlias) {
+        // A fan-out that went away (deleted behind our back): find the lanes again, retry.
+        this.cloneLanes.delete(image);
+        throw new BackendError(`disk ${spec.id}: clone lane ${from} is gone; retrying from the listing`, 'busy', { cause: e });
+      }
+      throw toBackendError(e, `disk ${spec.id}: cloning ${from}`);
     }
     if (plan.resize) {
       try {

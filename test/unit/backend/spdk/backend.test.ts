@@ -393,6 +393,24 @@ describe('SpdkBackend controllers and recovery', () => {
     expect(sent).toEqual([expect.objectContaining({ name: 'img-fedora-src', block_size: 4096 })]);
   });
 
+  it('a clone lane deleted behind its back is dropped: the clone fails as busy (retried) and then works', async () => {
+    const r = await makeRig();
+    await r.backend.ensureImage(await makeImage(r.dir, 'fedora'));
+    const burst = (tag: string) =>
+      Promise.allSettled(Array.from({ length: 12 }, (_, i) => r.backend.ensureDisk({ id: `${tag}${i}`, source: { kind: 'image', image: 'fedora' } })));
+    expect((await burst('a')).every((x) => x.status === 'fulfilled')).toBe(true);
+    expect(lvolNamed(r, 'img-fedora.f1')).toBeDefined();
+    for (let i = 0; i < 12; i++) await r.backend.deleteDisk(`a${i}`);
+    await new SpdkApi(r.client).bdevLvolDelete({ name: 'kvs/img-fedora.f1' });
+    const second = await burst('b');
+    const failed = second.flatMap((x) => (x.status === 'rejected' ? [x.reason as BackendError] : []));
+    expect(failed.length).toBeGreaterThan(0);
+    expect(failed.every((e) => e.kind === 'busy' && /clone lane kvs\/img-fedora\.f1 is gone/.test(e.message))).toBe(true);
+    const again = await Promise.all(Array.from({ length: 12 }, (_, i) => r.backend.ensureDisk({ id: `b${i}`, source: { kind: 'image', image: 'fedora' } })));
+    expect(again).toHaveLength(12);
+    expect((await r.backend.observe()).images[0]?.cloneCount).toBe(12);
+  });
+
   it('reports health from spdk_get_version', async () => {
     const r = await makeRig();
     expect(await r.backend.health()).toMatchObject({ ok: true, kind: 'spdk', version: expect.stringMatching(/SPDK/) });
