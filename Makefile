@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 NPM_STAMP := node_modules/.package-lock.json
 
-.PHONY: deps npm-deps sys-deps test typecheck lint unit demo bench build clean faults fuzz
+.PHONY: deps npm-deps sys-deps test typecheck lint unit demo bench build clean faults fuzz test-spdk
 
 deps: sys-deps npm-deps
 
@@ -51,6 +51,12 @@ FUZZ_RUNS ?= 20000
 FUZZ_VALIDATE ?= 20
 fuzz: npm-deps
 	FUZZ_RUNS=$(FUZZ_RUNS) FUZZ_VALIDATE=$(FUZZ_VALIDATE) npx vitest run --testTimeout=0 test/fuzz
+
+# Opt-in: the agent, recovery, migration and the recordings against real spdk_tgt binaries
+# (SPDK_TGT, and SPDK_TGT_OLD for a second version). `make test` never needs SPDK.
+test-spdk: npm-deps
+	@if [ -z "$$SPDK_TGT" ]; then echo 'test-spdk: set SPDK_TGT=/path/to/spdk_tgt (and SPDK_TGT_OLD=... for a second version)'; exit 2; fi
+	npx vitest run --testTimeout=180000 test/spdk
 
 clean:
 	rm -rf dist .cache

@@ -85,6 +85,7 @@ const FLAG_DOCS: Record<string, Record<string, string>> = {
     'bdev-dir': 'qsd only: the directory `bdev: <name>` volumes are served from (`<dir>/<name>`, a file or block device, or the admin\'s link to one). Without it the qsd backend serves no `bdev:` volume.',
     'lvstore-bdev': 'Base bdev of the lvstore (an NVMe namespace bdev in production). Without it the agent creates a sparse aio file `<state-dir>/lvstore.img` of `--lvstore-size`.',
     'lvstore-size': 'Size of the development aio lvstore file; at least 64Mi.',
+    'lvstore-block-size': 'Block size (512 or 4096) of the development aio lvstore file, fixed when the file is made and recorded in the state dir (a restart re-creates it exactly). Default: as recorded, else 512 (the guest sees it as its logical block size; distro images expect 512).',
     'socket-owner': '`UID:GID` given to every vhost socket: QEMU in virt-launcher runs as 107:107.',
     'socket-mode': 'Octal mode of every vhost socket.',
     'orphan-grace': 'How long an object that no VMI claims is kept before it is collected.',

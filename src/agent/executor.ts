@@ -6,6 +6,7 @@ import { secondsSince, type Metrics } from '../metrics/metrics.js';
 import type { ImageCache } from './image-cache.js';
 import type { Journal } from './journal.js';
 import type { Action, DiskTarget } from './reconcile.js';
+import { socketPathProblem } from './naming.js';
 import { backoffMs, isTransient, withRetry, type RetryOptions } from './retry.js';
 import { whyNotCreateController, whyNotDeleteController, whyNotDeleteDisk, whyNotEvictImage, type DesiredIndex, type SafetyContext } from './safety.js';
 
@@ -103,6 +104,14 @@ async function pool<T>(items: readonly T[], limit: number, fn: (item: T) => Prom
   await Promise.all(workers);
 }
 
+/** busy or transport, for the retry metric. */
+function retryKind(e: unknown): string {
+  for (let x: unknown = e, depth = 0; x !== undefined && depth < 5; x = (x as { cause?: unknown }).cause, depth++) {
+    if (x instanceof BackendError || x instanceof SpdkError) return x.kind;
+  }
+  return 'other';
+}
+
 export function describeError(e: unknown): string {
   if (e instanceof BackendError) return `${e.kind}: ${e.message}`;
   if (e instanceof SpdkError) return `${e.kind}: ${e.message}`;
@@ -144,7 +153,10 @@ export class Executor {
   }
 
   private retry<T>(what: string, fn: () => Promise<T>, log: Logger): Promise<T> {
-    return withRetry(fn, this.deps.retry, (err, attempt, delayMs) => log.warn({ event: 'retry', what, attempt, delayMs, error: describeError(err) }, 'transient backend error; retrying'));
+    return withRetry(fn, this.deps.retry, (err, attempt, delayMs) => {
+      this.deps.metrics?.backendRetries.inc({ kind: retryKind(err) });
+      log.warn({ event: 'retry', what, attempt, delayMs, error: describeError(err) }, 'transient backend error; retrying');
+    });
   }
 
   /** Journals intent, calls, journals done (also on failure: the call is over). */
@@ -286,6 +298,12 @@ export class Executor {
     const t0 = process.hrtime.bigint();
     const m = this.deps.metrics;
     try {
+      // Nothing is created for a disk whose socket could never be bound (no lvol left behind).
+      const ctl = steps.find((s) => s.kind === 'ensureController');
+      const tooLong = ctl?.kind === 'ensureController' ? socketPathProblem(this.deps.backend.vhostDir, ctl.spec.name) : undefined;
+      if (tooLong) throw new BackendError(`controller ${ctl?.kind === 'ensureController' ? ctl.spec.name : ''}: ${tooLong}`, 'invalid');
+      const made = steps.find((s) => s.kind === 'ensureDisk');
+      const madeHere = made?.kind === 'ensureDisk' && made.spec.source.kind !== 'bdev';
       for (const a of steps) {
         switch (a.kind) {
           case 'ensureImage': {
@@ -337,8 +355,14 @@ export class Executor {
             if (holder !== undefined && holder !== a.spec.name) throw new SafetyRefusal('ensureController', a.spec.name, `bdev ${ref} is being served by controller ${holder} (one controller per bdev)`);
             this.serving.set(ref, a.spec.name);
             try {
-              const why = whyNotCreateController(await this.safety(), a.spec.name, ref);
-              if (why) throw new SafetyRefusal('ensureController', a.spec.name, why);
+              // A disk this chain had to make (it was not there when the plan was observed) can
+              // be served by no controller but one this process makes, which `serving` guards:
+              // the re-check's fresh listing is skipped for it, so provisioning many disks does
+              // not list the whole node once per disk while the clones run.
+              if (!madeHere) {
+                const why = whyNotCreateController(await this.safety(), a.spec.name, ref);
+                if (why) throw new SafetyRefusal('ensureController', a.spec.name, why);
+              }
               await ensureSlotDir(this.deps.backend.vhostDir, target.slot);
               result.calls++;
               const spec = { ...a.spec, diskRef: ref };
@@ -364,7 +388,6 @@ export class Executor {
         }
       }
       // Only chains that made a disk count as provisioning (not controller re-creations).
-      const made = steps.find((s) => s.kind === 'ensureDisk');
       if (made?.kind === 'ensureDisk') m?.provisionDuration.observe({ source: made.spec.source.kind }, secondsSince(t0));
       return { phase, permanent: false };
     } catch (e) {

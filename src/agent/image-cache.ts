@@ -127,7 +127,13 @@ export class ImageCache {
 
   async evict(name: string): Promise<void> {
     const op = await this.journal.intent('evictImage', name);
-    await this.backend.deleteImage(name);
+    try {
+      await this.backend.deleteImage(name);
+    } catch (e) {
+      // The call is over: a failed eviction must not stay "pending" (replayed at every start).
+      await this.journal.done(op);
+      throw e;
+    }
     await this.journal.done(op, (s) => {
       delete s.imageLastUse[name];
     });

@@ -53,6 +53,12 @@ export function createMetrics(registry: Registry = new Registry()) {
     recoveries: new Counter({ name: n('recoveries_total'), help: 'Live recoveries after a backend restart, by whether they converged.', labelNames: ['converged'] as const, registers }),
     recoveryDuration: new Histogram({ name: n('recovery_duration_seconds'), help: 'From backend reconnect to controllers re-created.', buckets: LATENCY_BUCKETS, registers }),
     recoveredControllers: new Counter({ name: n('recovered_controllers_total'), help: 'Controllers re-created by live recoveries.', registers }),
+    backendRetries: new Counter({
+      name: n('backend_retries_total'),
+      help: 'Backend calls retried by the agent, by error kind (busy should stay rare: metadata operations on one snapshot are queued).',
+      labelNames: ['kind'] as const,
+      registers,
+    }),
     migrations: new Counter({ name: n('migrations_total'), help: 'Live migrations of SPDK disks, by outcome.', labelNames: ['outcome'] as const, registers }),
     // --- SPDK JSON-RPC client
     spdkRpcDuration: new Histogram({ name: n('spdk_rpc_duration_seconds'), help: 'SPDK JSON-RPC call duration, by method.', labelNames: ['method'] as const, buckets: RPC_BUCKETS, registers }),

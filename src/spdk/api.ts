@@ -52,6 +52,10 @@ export class SpdkApi {
     return this.invoke('framework_wait_init', undefined, opts);
   }
 
+  /** Resolves once every bdev's examine (e.g. an lvstore loading from its base) is done. */
+  bdevWaitForExamine(opts?: CallOptions) {
+    return this.invoke('bdev_wait_for_examine', undefined, opts);
+  }
   bdevGetBdevs(p?: SpdkParams<'bdev_get_bdevs'>, opts?: CallOptions) {
     return this.invoke('bdev_get_bdevs', p, opts);
   }

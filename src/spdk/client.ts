@@ -65,6 +65,15 @@ function normalizeParams(params: Record<string, unknown> | undefined): Record<st
   return Object.keys(out).length === 0 ? undefined : out;
 }
 
+const msSince = (t0: bigint): number => Number(process.hrtime.bigint() - t0) / 1e6;
+
+/** Replies can be large (every bdev of a node): a debug line keeps the first 8 KiB. */
+const MAX_LOGGED_RESULT = 8 * 1024;
+function excerpt(result: unknown): unknown {
+  const text = JSON.stringify(result) ?? 'null';
+  return text.length <= MAX_LOGGED_RESULT ? result : { truncated: true, bytes: text.length, head: text.slice(0, MAX_LOGGED_RESULT) };
+}
+
 function isObject(v: unknown): v is Record<string, unknown> {
   return typeof v === 'object' && v !== null && !Array.isArray(v);
 }
@@ -192,10 +201,19 @@ export class SpdkRpcClient extends EventEmitter {
 
   async call(method: string, params?: Record<string, unknown>, opts: CallOptions = {}): Promise<unknown> {
     const t0 = process.hrtime.bigint();
+    // At debug level every call and its reply is one log line, so a failure on a real target
+    // can be read from the agent's log instead of being reconstructed from outside.
+    const trace = this.log.isLevelEnabled('debug');
     try {
-      return await this.callOnce(method, params, opts);
+      const result = await this.callOnce(method, params, opts);
+      if (trace) this.log.debug({ event: 'rpc', method, params: normalizeParams(params), ms: msSince(t0), result: excerpt(result) }, 'SPDK RPC');
+      return result;
     } catch (e) {
       this.metrics.spdkRpcErrors.inc({ method, kind: e instanceof SpdkError ? e.kind : 'internal' });
+      if (trace) {
+        const error = e instanceof SpdkError ? { code: e.code, message: e.rpcMessage, kind: e.kind } : { message: String(e) };
+        this.log.debug({ event: 'rpc', method, params: normalizeParams(params), ms: msSince(t0), error }, 'SPDK RPC failed');
+      }
       throw e;
     } finally {
       this.metrics.spdkRpcDuration.observe({ method }, secondsSince(t0));

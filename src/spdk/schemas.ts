@@ -83,8 +83,11 @@ export const BdevAioCreateParams = z
   .object({
     name,
     filename: z.string().min(1),
+    /** Real SPDK cannot detect a regular file's block size (-22): give it. */
     block_size: u32.optional(),
     readonly: z.boolean().optional(),
+    /** SPDK >= v24.09: a stable UUID (an esnap clone names its source by UUID). */
+    uuid: uuid.optional(),
   })
   .strict();
 export type BdevAioCreateParams = z.input<typeof BdevAioCreateParams>;
@@ -389,6 +392,7 @@ export const SPDK_METHODS = {
   spdk_get_version: { params: NoParams, result: SpdkVersion },
   rpc_get_methods: { params: RpcGetMethodsParams.optional(), result: z.array(z.string()) },
   framework_wait_init: { params: NoParams, result: True },
+  bdev_wait_for_examine: { params: NoParams, result: True },
   bdev_get_bdevs: { params: BdevGetBdevsParams.optional(), result: BdevList },
   bdev_malloc_create: { params: BdevMallocCreateParams, result: CreatedName },
   bdev_malloc_delete: { params: BdevNameParams, result: True },

@@ -281,10 +281,15 @@ export async function checkInvariants(rig: SimRig, agent: NodeAgent, desired: De
     [...perBdev].filter(([, cs]) => cs.length > 1).map(([b, cs]) => `bdev ${b} has controllers ${cs.join(',')}`),
   );
   const imageNames = new Set(desired.images.map((i) => goldenImageName(i.name)));
+  // Fan-outs: read-only snapshots of a golden that disks are cloned from in parallel.
+  const goldenOf = (name: string): string | undefined => {
+    const m = /^(img-[^.]+)\.f\d+$/.exec(name);
+    return m?.[1] !== undefined && imageNames.has(m[1]) ? m[1] : undefined;
+  };
   const ids = new Set(disks.map((d) => d.id));
   check(
     'no-leaked-lvol',
-    snap.lvols.filter((l) => !ids.has(l.name) && !imageNames.has(l.name)).map((l) => `lvol ${l.alias} belongs to nothing desired`),
+    snap.lvols.filter((l) => !ids.has(l.name) && !imageNames.has(l.name) && goldenOf(l.name) === undefined).map((l) => `lvol ${l.alias} belongs to nothing desired`),
   );
   check(
     'golden-unchanged',
@@ -297,7 +302,11 @@ export async function checkInvariants(rig: SimRig, agent: NodeAgent, desired: De
         const seen = goldens.get(l.name);
         if (seen !== undefined && seen !== fp) p.push(`golden ${l.name} changed: ${seen} -> ${fp}`);
         goldens.set(l.name, fp);
-        const clones = snap.lvols.filter((c) => c.parent?.kind === 'snapshot' && c.parent.uuid === l.uuid).map((c) => c.name).sort();
+        const lanes = new Set([l.uuid, ...snap.lvols.filter((f) => goldenOf(f.name) === l.name).map((f) => f.uuid)]);
+        const clones = snap.lvols
+          .filter((c) => c.parent?.kind === 'snapshot' && lanes.has(c.parent.uuid) && goldenOf(c.name) === undefined)
+          .map((c) => c.name)
+          .sort();
         const expected = disks.filter((d) => d.source.kind === 'image' && goldenImageName(d.source.image) === l.name).map((d) => d.id).sort();
         if (JSON.stringify(clones) !== JSON.stringify(expected)) p.push(`golden ${l.name} has clones ${clones.join(',')}, expected ${expected.join(',')}`);
         return p;

@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import fs from 'node:fs/promises';
 import path from 'node:path';
@@ -23,6 +24,7 @@ import {
   type StorageBackend,
 } from '../types.js';
 import { KeyedMutex, SingleFlight } from './concurrency.js';
+import { CloneLanes } from './lanes.js';
 import { toBackendError } from './errors.js';
 import * as remote from './export.js';
 import type { ExportOptions, RemoteDiskRef } from '../remote.js';
@@ -31,7 +33,11 @@ import {
   checkDiskId,
   checkImageName,
   classifyLvol,
+  fanoutName,
+  fanoutTmpName,
   goldenName,
+  imageOfSnapshot,
+  imageOfSourceBdev,
   importingName,
   lvolAlias,
   sourceBdevName,
@@ -40,6 +46,28 @@ import { buildObservedState, ceilMiB, diskRefOf, lvolBytes, planCloneSize, type 
 import { bdevSizeBytes, lvolInfoOf } from './schemas.js';
 
 const MiB = 1024 * 1024;
+/**
+ * Block size of a development aio lvstore base when none is given. 512, not 4096: an lvol's
+ * block size is its lvstore's, and that is the logical block size the guest sees; distro disk
+ * images carry partition tables in 512-byte LBAs, which a guest on 4096-byte blocks misreads.
+ * A 4Kn device as base (`existing`) works too: images are then imported at 4096.
+ */
+export const DEFAULT_AIO_BLOCK_SIZE = 512;
+/** Where the backend records how it made the lvstore's base, so a restart re-creates it exactly. */
+export const BASE_RECORD_FILE = 'lvstore-base.json';
+
+const BaseRecordSchema = z.object({ kind: z.literal('aio'), name: z.string().min(1), filename: z.string().min(1), blockSize: z.number().int().positive() }).strict();
+type BaseRecord = z.output<typeof BaseRecordSchema>;
+
+/** What this spdk_tgt can do, read once per connection. */
+export interface SpdkCapabilities {
+  version: string;
+  major: number;
+  minor: number;
+  methods: ReadonlySet<string>;
+  /** `bdev_aio_create` takes `uuid` (v24.09+): an import's source keeps its UUID across restarts. */
+  aioUuid: boolean;
+}
 
 const BaseBdevSchema = z.discriminatedUnion('kind', [
   z
@@ -48,7 +76,8 @@ const BaseBdevSchema = z.discriminatedUnion('kind', [
       filename: z.string().min(1),
       /** Size of the file when it has to be created; an existing file is used as it is. */
       sizeMiB: z.number().int().positive().optional(),
-      blockSize: z.number().int().positive().optional(),
+      /** 512 or 4096; DEFAULT_AIO_BLOCK_SIZE when unset (real SPDK cannot detect it for a file). */
+      blockSize: z.union([z.literal(512), z.literal(4096)]).optional(),
       name: z.string().min(1).optional(),
     })
     .strict(),
@@ -71,6 +100,8 @@ export const SpdkBackendConfigSchema = z
     /** Downloaded images live in `<stateDir>/images/` until they are in the lvstore. */
     stateDir: z.string().min(1),
     cpumask: z.string().optional(),
+    /** Snapshots an image's disks are cloned from in parallel under load (golden + fan-outs). */
+    cloneLanes: z.number().int().min(1).max(16).default(4),
     /** Deadline of bdev_lvol_inflate, which copies the whole image. */
     inflateTimeoutMs: z.number().int().positive().default(60 * 60_000),
   })
@@ -115,16 +146,31 @@ export class SpdkBackend extends EventEmitter implements StorageBackend {
   private readonly lifetime = new AbortController();
   private readonly reads = new SingleFlight();
   private readonly diskLocks = new KeyedMutex();
+  /**
+   * Metadata operations on one snapshot, one at a time: real SPDK answers "Device or resource
+   * busy" to a clone of a snapshot while another clone (or delete of a clone) of it runs.
+   */
+  private readonly snapshotLocks = new KeyedMutex();
+  /** Clone lanes per image (see lanes.ts); found again from the listing after a reconnect. */
+  private readonly cloneLanes = new Map<string, CloneLanes>();
+  /** Fan-out clones (`.tmp`) being made now, and left-over ones being deleted now. */
+  private readonly fanoutTmps = new Set<string>();
   private readonly controllerLocks = new KeyedMutex();
   private readonly imports = new Map<string, Promise<ObservedImage>>();
   private readonly progress = new Map<string, ImportProgress>();
   /** Exact sizes of images imported by this process (the golden is rounded up to clusters). */
   private readonly imageSizes = new Map<string, number>();
   private clusterBytes = 4 * MiB;
+  /** The lvstore's block size: an image's aio bdev must use it (4096 lvstore + 512 image fails inflate). */
+  private lvsBlockSize = DEFAULT_AIO_BLOCK_SIZE;
+  private lvsUuid: string | undefined;
+  private baseName: string | undefined;
+  private capabilities: SpdkCapabilities | undefined;
   private lvstoreReady: Promise<void> | undefined;
   private readonly onConnected = (): void => {
     // A new connection may be a new spdk_tgt: check the lvstore again before the next use.
     this.lvstoreReady = undefined;
+    this.cloneLanes.clear();
     this.emit('connected');
   };
   private readonly onDisconnected = (info?: unknown): void => {
@@ -161,12 +207,24 @@ export class SpdkBackend extends EventEmitter implements StorageBackend {
         break;
       } catch (e) {
         const err = toBackendError(e, 'start');
-        if (err.kind !== 'transport' || this.lifetime.signal.aborted) throw err;
+        if (err.kind !== 'transport' || this.lifetime.signal.aborted) {
+          // Nothing may keep the process alive after a failed start (an open RPC socket would).
+          await this.close().catch(() => undefined);
+          throw err;
+        }
         this.log.warn({ event: 'backend.start-retry', attempt, error: err.message }, 'SPDK went away while starting: waiting for it');
         await new Promise((r) => setTimeout(r, Math.min(2_000, 50 * 2 ** Math.min(attempt, 6))));
       }
     }
-    this.log.info({ event: 'backend.started', clusterBytes: this.clusterBytes }, 'spdk backend ready');
+    this.log.info(
+      { event: 'backend.started', clusterBytes: this.clusterBytes, blockSize: this.lvsBlockSize, spdk: this.capabilities?.version },
+      'spdk backend ready',
+    );
+  }
+
+  /** What the connected spdk_tgt supports (known after start()). */
+  get caps(): SpdkCapabilities | undefined {
+    return this.capabilities;
   }
 
   /** Stops running imports and closes the RPC client. */
@@ -216,18 +274,28 @@ export class SpdkBackend extends EventEmitter implements StorageBackend {
   }
 
   private async ensureLvstore(): Promise<void> {
+    this.capabilities = await this.readCapabilities();
     const found = await this.getLvstore();
+    const spec = this.cfg.lvstore.baseBdev;
+    // The record is checked even when the lvstore is loaded: a configuration that could not
+    // re-create its base after the next restart is refused now, not then.
+    if (spec.kind === 'aio') await this.aioBaseRecord(spec, found?.block_size);
     if (found) {
-      this.clusterBytes = found.cluster_size;
+      this.useLvstore(found);
+      // spdk_tgt may have loaded the lvstore itself (its own config attaches an NVMe base).
+      await this.recoverEsnapSources();
       return;
     }
+    // After a restart: the base first (exactly as it was made), then the lvstore loads by
+    // itself during examine, then every external-snapshot source, so that no esnap clone
+    // stays degraded; controllers come after (the reconciler's next step).
     const base = await this.ensureBaseBdev();
     await this.waitForExamine();
-    // An lvstore already on the base bdev loads by itself once the bdev exists again.
     const reloaded = await this.getLvstore();
     if (reloaded) {
-      this.clusterBytes = reloaded.cluster_size;
+      this.useLvstore(reloaded);
       this.log.info({ event: 'lvstore.reloaded', baseBdev: base }, 'lvstore loaded from its base bdev');
+      await this.recoverEsnapSources();
       return;
     }
     const bdev = await this.getBdev(base);
@@ -243,10 +311,32 @@ export class SpdkBackend extends EventEmitter implements StorageBackend {
     });
     const created = await this.getLvstore();
     if (!created) throw new BackendError(`lvstore ${this.lvs} not listed after creating it`, 'internal');
-    this.clusterBytes = created.cluster_size;
-    this.log.info({ event: 'lvstore.created', baseBdev: base, clusterBytes: created.cluster_size }, 'lvstore created');
+    this.useLvstore(created);
+    this.log.info({ event: 'lvstore.created', baseBdev: base, clusterBytes: created.cluster_size, blockSize: created.block_size }, 'lvstore created');
   }
 
+  private useLvstore(l: Lvstore): void {
+    this.clusterBytes = l.cluster_size;
+    this.lvsBlockSize = l.block_size;
+    this.lvsUuid = l.uuid;
+    this.baseName = l.base_bdev;
+  }
+
+  /** spdk_get_version + rpc_get_methods: the path taken depends on the version (v24.01 vs v24.09+). */
+  private async readCapabilities(): Promise<SpdkCapabilities> {
+    const [v, methods] = await Promise.all([this.api.spdkGetVersion(), this.api.rpcGetMethods()]);
+    const { major, minor } = v.fields;
+    const caps: SpdkCapabilities = { version: v.version, major, minor, methods: new Set(methods), aioUuid: major > 24 || (major === 24 && minor >= 9) };
+    if (this.capabilities?.version !== caps.version) {
+      this.log.info({ event: 'spdk.version', version: caps.version, aioUuid: caps.aioUuid, methods: caps.methods.size }, 'connected to spdk_tgt');
+    }
+    return caps;
+  }
+
+  /**
+   * The aio base as it was first made: block size and name come from the record written when
+   * the file was created (a different block size would not load the lvstore, or load it wrong).
+   */
   private async ensureBaseBdev(): Promise<string> {
     const spec = this.cfg.lvstore.baseBdev;
     if (spec.kind === 'existing') {
@@ -255,29 +345,100 @@ export class SpdkBackend extends EventEmitter implements StorageBackend {
       }
       return spec.name;
     }
-    const name = spec.name ?? `${this.lvs}-base`;
-    if (await this.getBdev(name)) return name;
     if (spec.kind === 'malloc') {
+      const name = spec.name ?? `${this.lvs}-base`;
+      if (await this.getBdev(name)) return name;
       await this.api.bdevMallocCreate({ name, num_blocks: (spec.sizeMiB * MiB) / 4096, block_size: 4096 });
-    } else {
-      await ensureBackingFile(spec.filename, spec.sizeMiB);
-      await this.api.bdevAioCreate({
-        name,
-        filename: spec.filename,
-        ...(spec.blockSize !== undefined ? { block_size: spec.blockSize } : {}),
-      });
+      this.log.info({ event: 'lvstore.base.created', baseBdev: name, kind: spec.kind }, 'base bdev created');
+      return name;
     }
-    this.log.info({ event: 'lvstore.base.created', baseBdev: name, kind: spec.kind }, 'base bdev created');
-    return name;
+    const record = await this.aioBaseRecord(spec);
+    if (await this.getBdev(record.name)) return record.name;
+    await this.api.bdevAioCreate({ name: record.name, filename: record.filename, block_size: record.blockSize });
+    this.log.info({ event: 'lvstore.base.created', baseBdev: record.name, kind: 'aio', blockSize: record.blockSize }, 'base bdev created');
+    return record.name;
+  }
+
+  /** `loadedBlockSize`: the block size of the lvstore already loaded (an agent before records). */
+  private async aioBaseRecord(spec: Extract<BaseBdevSpec, { kind: 'aio' }>, loadedBlockSize?: number): Promise<BaseRecord> {
+    const file = path.join(this.cfg.stateDir, BASE_RECORD_FILE);
+    const wanted: BaseRecord = {
+      kind: 'aio',
+      name: spec.name ?? `${this.lvs}-base`,
+      filename: spec.filename,
+      blockSize: loadedBlockSize ?? spec.blockSize ?? DEFAULT_AIO_BLOCK_SIZE,
+    };
+    let text: string | undefined;
+    try {
+      text = await fs.readFile(file, 'utf8');
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+    }
+    if (text !== undefined) {
+      let parsed: ReturnType<typeof BaseRecordSchema.safeParse>;
+      try {
+        parsed = BaseRecordSchema.safeParse(JSON.parse(text));
+      } catch (e) {
+        throw new BackendError(`${file}: not JSON (${(e as Error).message}); it records how the lvstore base was made`, 'invalid');
+      }
+      if (!parsed.success) throw new BackendError(formatZodError(file, parsed.error).join('; '), 'invalid');
+      const rec = parsed.data;
+      if (rec.filename !== wanted.filename) {
+        throw new BackendError(`lvstore base: ${file} records file ${rec.filename}, configured ${wanted.filename}`, 'invalid');
+      }
+      if (spec.blockSize !== undefined && spec.blockSize !== rec.blockSize) {
+        throw new BackendError(
+          `lvstore base ${rec.filename} was created with block size ${rec.blockSize}; the configured ${spec.blockSize} cannot load it (remove the file to start over)`,
+          'invalid',
+        );
+      }
+      return rec;
+    }
+    if (spec.blockSize !== undefined && spec.blockSize !== wanted.blockSize) {
+      throw new BackendError(`lvstore ${this.lvs} is loaded with block size ${wanted.blockSize}; the configured ${spec.blockSize} differs`, 'invalid');
+    }
+    if (loadedBlockSize === undefined) await ensureBackingFile(spec.filename, spec.sizeMiB);
+    await fs.mkdir(path.dirname(file), { recursive: true });
+    await writeFileAtomic(file, `${JSON.stringify(wanted)}\n`);
+    return wanted;
   }
 
   /** bdev_wait_for_examine: lvstores load during examine; older targets lack the method. */
   private async waitForExamine(): Promise<void> {
+    if (this.capabilities && !this.capabilities.methods.has('bdev_wait_for_examine')) return;
     try {
-      await this.client.call('bdev_wait_for_examine');
+      await this.api.bdevWaitForExamine();
     } catch (e) {
       if (!(e instanceof SpdkError && e.kind === 'methodNotFound')) throw e;
     }
+  }
+
+  /**
+   * After a restart, esnap clones whose source bdev is gone load degraded (no bdev) until a
+   * bdev with the source's UUID exists again. Our only esnap sources are import sources: on
+   * v24.09+ they carry a UUID derived from the image, so they can be made again here.
+   */
+  private async recoverEsnapSources(): Promise<void> {
+    const degraded = (await this.api.bdevLvolGetLvols({ lvs_name: this.lvs })).filter((l) => l.is_degraded);
+    for (const l of degraded) {
+      const role = classifyLvol(l.name);
+      const file = role.role === 'importing' ? this.imageFile(role.image) : undefined;
+      if (role.role !== 'importing' || file === undefined || !this.capabilities?.aioUuid || !(await exists(file))) {
+        this.log.warn({ event: 'esnap.degraded', lvol: l.alias }, 'lvol is degraded (its external snapshot is gone); an import is redone, anything else needs its source back');
+        continue;
+      }
+      await this.createImportSource(role.image, file);
+      this.log.info({ event: 'esnap.source.recovered', lvol: l.alias, image: role.image }, 'external snapshot source re-created');
+    }
+  }
+
+  private async createImportSource(image: string, file: string): Promise<void> {
+    await this.api.bdevAioCreate({
+      name: sourceBdevName(image),
+      filename: file,
+      block_size: this.lvsBlockSize,
+      ...(this.capabilities?.aioUuid ? { uuid: stableUuid(`${this.lvs}/${image}`) } : {}),
+    });
   }
 
   private async getLvstore(): Promise<Lvstore | undefined> {
@@ -372,7 +533,7 @@ export class SpdkBackend extends EventEmitter implements StorageBackend {
       const padded = Math.ceil(sizeBytes / this.clusterBytes) * this.clusterBytes;
       if (padded !== sizeBytes) await fs.truncate(file, padded);
 
-      await this.api.bdevAioCreate({ name: sourceBdevName(name), filename: file, block_size: 512 });
+      await this.createImportSource(name, file);
       await this.api.bdevLvolCloneBdev({ bdev: sourceBdevName(name), lvs_name: this.lvs, clone_name: importingName(name) });
       signal.throwIfAborted();
       this.progress.set(name, { phase: 'hydrating', sizeBytes });
@@ -405,6 +566,18 @@ export class SpdkBackend extends EventEmitter implements StorageBackend {
    */
   private tidyFinishedImports(lvols: ReadonlyArray<{ name: string }>, bdevs: ReadonlyArray<{ name: string }>): void {
     const names = new Set(lvols.map((l) => l.name));
+    // A crash while a fan-out was made leaves its clone: an empty child of the golden (or of
+    // the new fan-out). Deleted under its parent's lock, in the background.
+    for (const l of lvols) {
+      const r = classifyLvol(l.name);
+      if (r.role !== 'fanout' || !r.tmp || this.fanoutTmps.has(l.name)) continue;
+      this.fanoutTmps.add(l.name);
+      const parent = names.has(fanoutName(r.image, r.index)) ? fanoutName(r.image, r.index) : goldenName(r.image);
+      void this.snapshotLocks
+        .run(lvolAlias(this.lvs, parent), () => this.deleteLvol(lvolAlias(this.lvs, l.name)))
+        .catch((e: unknown) => this.log.warn({ event: 'clone.fanout.tidy_failed', lvol: l.name, error: String(e) }, 'could not delete a left-over fan-out clone'))
+        .finally(() => this.fanoutTmps.delete(l.name));
+    }
     const bdevNames = new Set(bdevs.map((b) => b.name));
     for (const l of lvols) {
       const role = classifyLvol(l.name);
@@ -458,8 +631,23 @@ export class SpdkBackend extends EventEmitter implements StorageBackend {
     const alias = lvolAlias(this.lvs, goldenName(name));
     const bdev = await this.getBdev(alias);
     if (!bdev) throw new BackendError(`image ${name}: golden lvol ${alias} vanished`, 'notFound');
-    const clones = diskClonesOf(bdev);
+    const clones = await this.imageDiskClones(name, bdev);
     return { name, phase: 'ready', sizeBytes: bdevSizeBytes(bdev), ref: alias, cloneCount: clones.length };
+  }
+
+  /** The image's fan-outs (and left-over fan-out clones), from the listing. */
+  private async fanoutsOf(image: string): Promise<Array<{ name: string; tmp: boolean }>> {
+    return (await this.listLvols()).flatMap((l) => {
+      const r = classifyLvol(l.name);
+      return r.role === 'fanout' && r.image === image ? [{ name: l.name, tmp: r.tmp }] : [];
+    });
+  }
+
+  /** VM disks cloned from the golden or any of its fan-outs. */
+  private async imageDiskClones(image: string, golden: Bdev): Promise<string[]> {
+    const fanouts = (await this.fanoutsOf(image)).filter((f) => !f.tmp);
+    const bdevs = await Promise.all(fanouts.map((f) => this.getBdev(lvolAlias(this.lvs, f.name))));
+    return [golden, ...bdevs].flatMap((b) => (b ? diskClonesOf(b) : []));
   }
 
   async deleteImage(name: string): Promise<void> {
@@ -470,13 +658,17 @@ export class SpdkBackend extends EventEmitter implements StorageBackend {
     const golden = lvolAlias(this.lvs, goldenName(name));
     const bdev = await this.getBdev(golden);
     if (bdev) {
-      const clones = diskClonesOf(bdev);
+      const clones = await this.imageDiskClones(name, bdev);
       if (clones.length > 0) {
         throw new BackendError(`image ${name}: ${clones.length} disk(s) are clones of it (${clones.join(', ')})`, 'busy');
       }
     }
-    // The importing lvol first: deleting a snapshot with one clone would merge, not delete.
+    this.cloneLanes.delete(name);
+    // Children first: deleting a snapshot with one clone would merge, not delete.
     await this.deleteLvolQuietly(lvolAlias(this.lvs, importingName(name)), log);
+    const fanouts = await this.fanoutsOf(name);
+    for (const f of fanouts.filter((x) => x.tmp)) await this.deleteLvol(lvolAlias(this.lvs, f.name));
+    for (const f of fanouts.filter((x) => !x.tmp)) await this.deleteLvol(lvolAlias(this.lvs, f.name));
     if (bdev) await this.deleteLvol(golden);
     await this.dropSource(name, log, true);
     this.progress.delete(name);
@@ -494,15 +686,70 @@ export class SpdkBackend extends EventEmitter implements StorageBackend {
       if (src.kind === 'bdev') {
         const bdev = await this.getBdev(src.bdev);
         if (!bdev) throw new BackendError(`disk ${spec.id}: bdev ${src.bdev} does not exist`, 'notFound');
+        const ours = this.ownBdevRole(bdev);
+        if (ours) {
+          // A tenant naming our golden would get a read-write controller on every VM's base.
+          throw new BackendError(`disk ${spec.id}: bdev: ${src.bdev} is ${ours}, which this node's agent manages; name a bdev that is not ours`, 'invalid');
+        }
         return { id: spec.id, ref: bdev.name, sizeBytes: bdevSizeBytes(bdev), dependents: 0, owned: false };
       }
       const lvols = await this.listLvols();
       if (lvols.some((l) => l.name === spec.id)) return this.completeExistingDisk(spec);
-      return src.kind === 'image' ? this.cloneDisk(spec, src.image) : this.createBlankDisk(spec);
+      return src.kind === 'image' ? this.cloneDisk(spec, src.image, lvols) : this.createBlankDisk(spec);
     });
   }
 
-  private async cloneDisk(spec: DiskSpec, image: string): Promise<ObservedDisk> {
+  /** What a bdev is when this backend made it (lvol of our lvstore, its base, an import source). */
+  private ownBdevRole(bdev: Bdev): string | undefined {
+    const names = [bdev.name, ...bdev.aliases];
+    const info = lvolInfoOf(bdev);
+    if ((info?.lvol_store_uuid !== undefined && info.lvol_store_uuid === this.lvsUuid) || names.some((n) => n.startsWith(`${this.lvs}/`))) {
+      return `an lvol of lvstore ${this.lvs} (a cached image or a VM disk)`;
+    }
+    if (this.baseName !== undefined && names.includes(this.baseName)) return `the base bdev of lvstore ${this.lvs}`;
+    if (names.some((n) => imageOfSourceBdev(n) !== undefined)) return 'the source bdev of an image import';
+    return undefined;
+  }
+
+  /** The image's clone lanes: its golden and the fan-outs the listing shows. */
+  private lanesOf(image: string, lvols: readonly Lvol[]): CloneLanes {
+    let lanes = this.cloneLanes.get(image);
+    if (lanes) return lanes;
+    const fanouts = lvols.flatMap((l) => {
+      const r = classifyLvol(l.name);
+      return r.role === 'fanout' && r.image === image ? [{ index: r.index, tmp: r.tmp, name: l.name }] : [];
+    });
+    let next = Math.max(0, ...fanouts.map((f) => f.index)) + 1;
+    const ready = fanouts.filter((f) => !f.tmp).sort((a, b) => a.index - b.index);
+    const snapshots = [lvolAlias(this.lvs, goldenName(image)), ...ready.map((f) => lvolAlias(this.lvs, f.name))];
+    lanes = new CloneLanes(snapshots, this.cfg.cloneLanes, () => this.makeFanout(image, next++), this.log.child({ image }));
+    this.cloneLanes.set(image, lanes);
+    return lanes;
+  }
+
+  /**
+   * A fan-out: clone the golden, snapshot that clone (the snapshot appears in one step, with
+   * no data of its own, between the golden and the clone), delete the clone.
+   */
+  private async makeFanout(image: string, n: number): Promise<string> {
+    const golden = lvolAlias(this.lvs, goldenName(image));
+    const tmp = lvolAlias(this.lvs, fanoutTmpName(image, n));
+    const fan = lvolAlias(this.lvs, fanoutName(image, n));
+    this.fanoutTmps.add(fanoutTmpName(image, n));
+    try {
+      await this.snapshotLocks.run(golden, async () => {
+        await this.api.bdevLvolClone({ snapshot_name: golden, clone_name: fanoutTmpName(image, n) });
+        await this.api.bdevLvolSnapshot({ lvol_name: tmp, snapshot_name: fanoutName(image, n) });
+      });
+      await this.snapshotLocks.run(fan, () => this.deleteLvol(tmp));
+    } finally {
+      this.fanoutTmps.delete(fanoutTmpName(image, n));
+    }
+    this.log.info({ event: 'clone.fanout.created', image, fanout: fan }, 'clone lane added');
+    return fan;
+  }
+
+  private async cloneDisk(spec: DiskSpec, image: string, lvols: readonly Lvol[]): Promise<ObservedDisk> {
     const log = this.log.child({ disk: spec.id, image });
     const alias = lvolAlias(this.lvs, spec.id);
     const goldenAlias = lvolAlias(this.lvs, goldenName(image));
@@ -511,11 +758,20 @@ export class SpdkBackend extends EventEmitter implements StorageBackend {
     const goldenBytes = bdevSizeBytes(golden);
     const plan = planCloneSize(spec.capacityBytes, goldenBytes, this.imageSizes.get(image) ?? goldenBytes - this.clusterBytes + 1);
     if (!plan.ok) throw new BackendError(`disk ${spec.id}: ${plan.reason}`, 'invalid');
+    let from = goldenAlias;
     try {
-      await this.api.bdevLvolClone({ snapshot_name: goldenAlias, clone_name: spec.id });
+      await this.lanesOf(image, lvols).submit((snapshot) => {
+        from = snapshot;
+        return this.snapshotLocks.run(snapshot, () => this.api.bdevLvolClone({ snapshot_name: snapshot, clone_name: spec.id }));
+      });
     } catch (e) {
       if (e instanceof SpdkError && e.kind === 'exists') return this.completeExistingDisk(spec);
-      throw toBackendError(e, `disk ${spec.id}: cloning ${goldenAlias}`);
+      if (e instanceof SpdkError && e.kind === 'notFound' && from !== goldenAlias) {
+        // A fan-out that went away (deleted behind our back): find the lanes again, retry.
+        this.cloneLanes.delete(image);
+        throw new BackendError(`disk ${spec.id}: clone lane ${from} is gone; retrying from the listing`, 'busy', { cause: e });
+      }
+      throw toBackendError(e, `disk ${spec.id}: cloning ${from}`);
     }
     if (plan.resize) {
       try {
@@ -558,12 +814,12 @@ export class SpdkBackend extends EventEmitter implements StorageBackend {
       bdev = (await this.api.bdevGetBdevs({ name: alias }))[0] ?? bdev;
     }
     const info = lvolInfoOf(bdev);
-    const parent = info?.base_snapshot !== undefined ? classifyLvol(info.base_snapshot) : undefined;
+    const image = info?.base_snapshot !== undefined ? imageOfSnapshot(info.base_snapshot) : undefined;
     return {
       id: spec.id,
       ref: alias,
       sizeBytes: bdevSizeBytes(bdev),
-      ...(parent?.role === 'golden' ? { image: parent.image } : {}),
+      ...(image !== undefined ? { image } : {}),
       dependents: info?.clones?.length ?? 0,
       owned: true,
     };
@@ -573,7 +829,11 @@ export class SpdkBackend extends EventEmitter implements StorageBackend {
     checkDiskId(id);
     return this.diskLocks.run(id, async () => {
       await this.ready();
-      await this.deleteLvol(lvolAlias(this.lvs, id));
+      const alias = lvolAlias(this.lvs, id);
+      // Deleting a clone changes its snapshot's metadata: queue it with the snapshot's clones.
+      const parent = lvolInfoOf((await this.getBdev(alias)) ?? EMPTY_BDEV)?.base_snapshot;
+      if (parent !== undefined) await this.snapshotLocks.run(lvolAlias(this.lvs, parent), () => this.deleteLvol(alias));
+      else await this.deleteLvol(alias);
       this.log.info({ event: 'disk.deleted', disk: id }, 'disk deleted');
     });
   }
@@ -598,6 +858,10 @@ export class SpdkBackend extends EventEmitter implements StorageBackend {
 
   ensureController(spec: ControllerSpec): Promise<ObservedController> {
     const { slot } = checkControllerName(spec.name);
+    const socketPath = path.join(this.vhostDir, spec.name);
+    if (Buffer.byteLength(socketPath) > MAX_SOCKET_PATH_BYTES) {
+      return Promise.reject(new BackendError(`controller ${spec.name}: socket path ${socketPath} is longer than ${MAX_SOCKET_PATH_BYTES} bytes (sun_path)`, 'invalid'));
+    }
     return this.controllerLocks.run(spec.name, async () => {
       await this.ready();
       await ensureSlotDir(this.vhostDir, slot);
@@ -687,6 +951,8 @@ export class SpdkBackend extends EventEmitter implements StorageBackend {
   }
 }
 
+const EMPTY_BDEV: Bdev = { name: '', aliases: [], product_name: '', block_size: 1, num_blocks: 0, claimed: false, driver_specific: {} };
+
 /** A backend with its own RPC client (reconnecting) on spdk_tgt's socket. */
 export function createSpdkBackend(
   opts: Omit<SpdkBackendOptions, 'client' | 'api'> & { socketPath: string; rpcTimeoutMs?: number },
@@ -731,6 +997,39 @@ async function ensureBackingFile(filename: string, sizeMiB: number | undefined):
     await fh.close();
   }
 }
+
+/** A UUID that is always the same for `key` (an import source must keep its UUID across restarts). */
+export function stableUuid(key: string): string {
+  const h = createHash('sha256').update(`kubevirt-spdk:${key}`).digest('hex');
+  // RFC 4122 layout: version 5 nibble, variant 10xx.
+  const variant = ((parseInt(h[16] ?? '0', 16) & 0x3) | 0x8).toString(16);
+  return `${h.slice(0, 8)}-${h.slice(8, 12)}-5${h.slice(13, 16)}-${variant}${h.slice(17, 20)}-${h.slice(20, 32)}`;
+}
+
+async function exists(file: string): Promise<boolean> {
+  try {
+    await fs.stat(file);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Write to a temp file, fsync, rename: a crash leaves the old or the new record, never half. */
+async function writeFileAtomic(file: string, data: string): Promise<void> {
+  const tmp = `${file}.tmp-${process.pid}`;
+  const fh = await fs.open(tmp, 'w', 0o644);
+  try {
+    await fh.writeFile(data);
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+  await fs.rename(tmp, file);
+}
+
+/** sun_path is 108 bytes including the terminating NUL. */
+export const MAX_SOCKET_PATH_BYTES = 107;
 
 function detachOnAbort<T>(p: Promise<T>, signal: AbortSignal): Promise<T> {
   if (signal.aborted) return Promise.reject(new BackendError('aborted by caller', 'transport', { cause: signal.reason }));

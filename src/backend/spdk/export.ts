@@ -45,6 +45,7 @@ async function ensureTcpTransport(api: SpdkApi): Promise<void> {
   try {
     await api.nvmfCreateTransport({ trtype: 'TCP' });
   } catch (e) {
+    // Real v24.01 answers a second create -32603 "Transport type 'TCP' already exists".
     if (e instanceof SpdkError && /already exists/i.test(e.message)) return;
     throw toBackendError(e, 'nvmf_create_transport TCP');
   }
@@ -129,8 +130,10 @@ export async function attachRemoteDisk(ctx: ExportContext, ref: RemoteDiskRef, l
       // -114 (EALREADY): a concurrent attach of the same controller; its bdev is what we want.
       if (!(e instanceof SpdkError && (e.code === -114 || e.kind === 'exists'))) {
         const err = toBackendError(e, `disk ${localId}: attaching ${ref.subnqn} at ${ref.host}:${ref.port}`);
-        // An export that cannot be reached is not the target's bug: say so.
-        throw new BackendError(err.message, err.kind === 'internal' ? 'transport' : err.kind, { cause: e });
+        // An export that cannot be reached is not the target's bug: say so. Real SPDK answers
+        // -19 "No such device" when nobody listens at the address: unreachable, not gone for good.
+        const unreachable = err.kind === 'internal' || err.kind === 'notFound';
+        throw new BackendError(unreachable ? `${err.message} (export unreachable)` : err.message, unreachable ? 'transport' : err.kind, { cause: e });
       }
     }
     bdev = await getBdev(ctx.api, remoteBdevName(localId));

@@ -11,6 +11,12 @@ import { BackendError } from '../types.js';
  * - `img-<image>-importing`  an import in progress (esnap clone of the aio bdev, being
  *                            inflated). Never cloned from; a left-over one is deleted and the
  *                            import redone.
+ * - `img-<image>.f<N>`       a fan-out of the golden: a read-only snapshot with no data of
+ *                            its own whose parent is the golden. Clones of one snapshot must
+ *                            run one at a time (real SPDK answers busy otherwise), so disks
+ *                            are cloned from the golden and its fan-outs in parallel lanes.
+ *                            `img-<image>.f<N>.tmp` is the clone a fan-out is made from.
+ *                            (Image names are DNS labels: they never contain a `.`.)
  * - anything else            a disk (`DiskSpec.id`).
  * Outside the lvstore: `img-<image>-src`, the aio bdev over the downloaded file.
  */
@@ -32,14 +38,29 @@ export const goldenName = (image: string): string => `${IMAGE_PREFIX}${image}`;
 export const importingName = (image: string): string => `${IMAGE_PREFIX}${image}${IMPORTING_SUFFIX}`;
 export const sourceBdevName = (image: string): string => `${IMAGE_PREFIX}${image}${SOURCE_SUFFIX}`;
 export const lvolAlias = (lvs: string, lvol: string): string => `${lvs}/${lvol}`;
+export const fanoutName = (image: string, n: number): string => `${IMAGE_PREFIX}${image}.f${n}`;
+export const fanoutTmpName = (image: string, n: number): string => `${fanoutName(image, n)}.tmp`;
+const FANOUT_RE = /^(.+)\.f(\d+)(\.tmp)?$/;
 
-export type LvolRole = { role: 'golden'; image: string } | { role: 'importing'; image: string } | { role: 'disk'; id: string };
+export type LvolRole =
+  | { role: 'golden'; image: string }
+  | { role: 'importing'; image: string }
+  | { role: 'fanout'; image: string; index: number; tmp: boolean }
+  | { role: 'disk'; id: string };
+
+/** The image whose cached copy an lvol is part of (golden or fan-out), if any. */
+export function imageOfSnapshot(name: string): string | undefined {
+  const r = classifyLvol(name);
+  return r.role === 'golden' || (r.role === 'fanout' && !r.tmp) ? r.image : undefined;
+}
 
 /** What an lvol of our lvstore is, from its name alone. */
 export function classifyLvol(name: string): LvolRole {
   if (!name.startsWith(IMAGE_PREFIX)) return { role: 'disk', id: name };
   const rest = name.slice(IMAGE_PREFIX.length);
   if (rest.endsWith(IMPORTING_SUFFIX)) return { role: 'importing', image: rest.slice(0, -IMPORTING_SUFFIX.length) };
+  const fan = FANOUT_RE.exec(rest);
+  if (fan?.[1] !== undefined && fan[2] !== undefined) return { role: 'fanout', image: fan[1], index: Number(fan[2]), tmp: fan[3] !== undefined };
   return { role: 'golden', image: rest };
 }
 

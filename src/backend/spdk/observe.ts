@@ -1,6 +1,6 @@
 import path from 'node:path';
 import type { ImagePhase, ObservedController, ObservedDisk, ObservedImage, ObservedState } from '../types.js';
-import { classifyLvol, goldenName, lvolAlias, parseControllerName } from './naming.js';
+import { classifyLvol, goldenName, imageOfSnapshot, lvolAlias, parseControllerName } from './naming.js';
 import type { Bdev, Lvol, VhostController } from '../../spdk/schemas.js';
 import { bdevSizeBytes, lvolInfoOf } from './schemas.js';
 
@@ -73,17 +73,22 @@ export function buildObservedState(input: ObserveInput): ObservedState {
   for (const l of ours) {
     const role = classifyLvol(l.name);
     if (role.role === 'golden') {
-      images.set(role.image, { name: role.image, phase: 'ready', sizeBytes: sizeOf(l), ref: l.alias, cloneCount: diskChildCount.get(l.name) ?? 0 });
+      // Disks cloned from the golden's fan-outs count as its clones.
+      let clones = 0;
+      for (const [parent, n] of diskChildCount) if (imageOfSnapshot(parent) === role.image) clones += n;
+      images.set(role.image, { name: role.image, phase: 'ready', sizeBytes: sizeOf(l), ref: l.alias, cloneCount: clones });
+    } else if (role.role === 'fanout') {
+      continue;
     } else if (role.role === 'importing') {
       stale.add(role.image);
     } else {
       const parent = parentOf.get(l.name);
-      const parentRole = parent !== undefined ? classifyLvol(parent) : undefined;
+      const image = parent !== undefined ? imageOfSnapshot(parent) : undefined;
       disks.push({
         id: role.id,
         ref: l.alias,
         sizeBytes: sizeOf(l),
-        ...(parentRole?.role === 'golden' ? { image: parentRole.image } : {}),
+        ...(image !== undefined ? { image } : {}),
         dependents: childCount.get(l.name) ?? 0,
         owned: true,
       });

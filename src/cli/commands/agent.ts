@@ -5,7 +5,7 @@ import { parseArgs } from 'node:util';
 import { ValidationError } from '../../api/errors.js';
 import { LIMITS } from '../../api/limits.js';
 import { parseDuration, parseQuantity } from '../../api/quantity.js';
-import type { StorageBackend } from '../../backend/types.js';
+import { BackendError, type StorageBackend } from '../../backend/types.js';
 import { createLogger, type Logger } from '../../log.js';
 import { NodeAgent, type ReconcileReport } from '../../agent/agent.js';
 import { StandaloneSource } from '../../agent/standalone.js';
@@ -18,7 +18,7 @@ const DEFAULT_METRICS_PORT = 9470;
 
 const USAGE = `usage: kubevirt-spdk agent --standalone --vmis DIR --images FILE --backend spdk|qsd
          --vhost-dir DIR --state-dir DIR [--once] [--timeout 120s]
-         [--spdk-socket PATH] [--lvstore-bdev NAME | --lvstore-size 64Gi]
+         [--spdk-socket PATH] [--lvstore-bdev NAME | --lvstore-size 64Gi [--lvstore-block-size 512|4096]]
          [--socket-owner 107:107] [--socket-mode 0660] [--orphan-grace 5m] [--resync 30s]
          [--cache-max-size SIZE] [--cache-max-count N] [--node NAME]
          [--bdev-dir DIR] (qsd: \`bdev: x\` volumes serve DIR/x; none without it)
@@ -44,6 +44,8 @@ interface AgentArgs {
   spdkSocket: string;
   lvstoreBdev?: string;
   lvstoreBytes: number;
+  /** Block size of the development aio base; unset: as recorded, else 512. */
+  lvstoreBlockSize?: 512 | 4096;
   owner: { uid: number; gid: number };
   mode: number;
   orphanGraceMs: number;
@@ -76,6 +78,7 @@ export function parseAgentArgs(argv: string[], env: NodeJS.ProcessEnv = process.
       'spdk-socket': { type: 'string', default: '/var/tmp/spdk.sock' },
       'lvstore-bdev': { type: 'string' },
       'lvstore-size': { type: 'string', default: '64Gi' },
+      'lvstore-block-size': { type: 'string' },
       'socket-owner': { type: 'string', default: '107:107' },
       'socket-mode': { type: 'string', default: '0660' },
       'orphan-grace': { type: 'string', default: '5m' },
@@ -117,6 +120,12 @@ export function parseAgentArgs(argv: string[], env: NodeJS.ProcessEnv = process.
   if (Number.isNaN(mode)) problems.push(`--socket-mode: "${values['socket-mode']}" must be an octal mode like 0660`);
   const lvstoreBytes = parseQuantity(values['lvstore-size']);
   if (lvstoreBytes === undefined || lvstoreBytes < 64 * MiB) problems.push(`--lvstore-size: "${values['lvstore-size']}" must be a quantity of at least 64Mi`);
+  const blockSizeText = values['lvstore-block-size'];
+  const lvstoreBlockSize = blockSizeText === undefined ? undefined : Number(blockSizeText);
+  if (blockSizeText !== undefined) {
+    if (lvstoreBlockSize !== 512 && lvstoreBlockSize !== 4096) problems.push(`--lvstore-block-size: "${blockSizeText}" must be 512 or 4096`);
+    if (values['lvstore-bdev']) problems.push('--lvstore-block-size: only applies to the aio file made without --lvstore-bdev (a device has its own block size)');
+  }
   const cacheMaxBytes = values['cache-max-size'] === undefined ? undefined : parseQuantity(values['cache-max-size']);
   if (values['cache-max-size'] !== undefined && cacheMaxBytes === undefined) problems.push(`--cache-max-size: "${values['cache-max-size']}" is not a quantity`);
   const cacheMaxCount = values['cache-max-count'] === undefined ? undefined : Number(values['cache-max-count']);
@@ -137,6 +146,7 @@ export function parseAgentArgs(argv: string[], env: NodeJS.ProcessEnv = process.
     spdkSocket: values['spdk-socket'],
     ...(values['lvstore-bdev'] ? { lvstoreBdev: values['lvstore-bdev'] } : {}),
     lvstoreBytes: lvstoreBytes ?? 0,
+    ...(lvstoreBlockSize === 512 || lvstoreBlockSize === 4096 ? { lvstoreBlockSize } : {}),
     owner: { uid: Number(owner?.[1] ?? 0), gid: Number(owner?.[2] ?? 0) },
     mode,
     orphanGraceMs: duration('orphan-grace', values['orphan-grace']),
@@ -162,7 +172,9 @@ async function makeBackend(a: AgentArgs, logger: Logger): Promise<StorageBackend
   if (a.backend === 'spdk') {
     const { SpdkRpcClient } = await import('../../spdk/client.js');
     const { SpdkBackend } = await import('../../backend/spdk/index.js');
-    const client = new SpdkRpcClient({ socketPath: a.spdkSocket, logger });
+    // Redial often (a unix connect is cheap): after an spdk_tgt restart every ms before the
+    // agent notices is guest I/O paused; the client's default backoff grows to 5 s.
+    const client = new SpdkRpcClient({ socketPath: a.spdkSocket, logger, reconnect: { initialDelayMs: 20, maxDelayMs: 250 } });
     return new SpdkBackend({
       client,
       logger,
@@ -172,7 +184,13 @@ async function makeBackend(a: AgentArgs, logger: Logger): Promise<StorageBackend
         baseBdev: a.lvstoreBdev
           ? { kind: 'existing', name: a.lvstoreBdev }
           : // A sparse file in the state dir: fine for development and tests.
-            { kind: 'aio', filename: path.join(stateDir, 'lvstore.img'), sizeMiB: Math.ceil(a.lvstoreBytes / MiB) },
+            // Its block size is recorded when the file is made, so a restart re-creates it exactly.
+            {
+              kind: 'aio',
+              filename: path.join(stateDir, 'lvstore.img'),
+              sizeMiB: Math.ceil(a.lvstoreBytes / MiB),
+              ...(a.lvstoreBlockSize !== undefined ? { blockSize: a.lvstoreBlockSize } : {}),
+            },
       },
     });
   }
@@ -223,6 +241,38 @@ export async function run(argv: string[]): Promise<number> {
     process.exit(1);
   });
   const backend = await makeBackend(a, logger);
+  // From here on the backend is closed on every path: an open RPC socket would keep the
+  // process alive after a failure (it used to hang forever instead of exiting).
+  try {
+    return await runWithBackend(a, logger, backend);
+  } finally {
+    await backend.close().catch((e: unknown) => logger.warn({ event: 'backend-close-failed', error: (e as Error).message }, 'closing the backend failed'));
+    await lock.release();
+  }
+}
+
+/** Starts the backend, bounded by `deadlineMs` when given, and by a stop signal. */
+async function startBackend(backend: StorageBackend, deadlineMs: number | undefined, stop: Promise<NodeJS.Signals>): Promise<string | undefined> {
+  let timer: NodeJS.Timeout | undefined;
+  const started = backend.start().then(
+    () => undefined,
+    (e: unknown) => describeStartError(e),
+  );
+  const timedOut = deadlineMs === undefined ? new Promise<never>(() => undefined) : new Promise<string>((r) => (timer = setTimeout(() => r(`not ready within ${deadlineMs} ms (is spdk_tgt running?)`), deadlineMs)));
+  const stopped = stop.then((sig) => `stopped by ${sig} before it was ready`);
+  try {
+    return await Promise.race([started, timedOut, stopped]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+function describeStartError(e: unknown): string {
+  if (e instanceof BackendError) return `${e.kind}: ${e.message}`;
+  return e instanceof Error ? e.message : String(e);
+}
+
+async function runWithBackend(a: AgentArgs, logger: Logger, backend: StorageBackend): Promise<number> {
   const agentOptions = {
     backend,
     stateDir: path.resolve(a.stateDir),
@@ -233,8 +283,7 @@ export async function run(argv: string[]): Promise<number> {
   };
   if (!a.standalone) {
     const { runClusterAgent } = await import('../../kube/run.js');
-    try {
-      return await runClusterAgent({
+    return await runClusterAgent({
         node: a.node ?? '',
         ...(a.kubeconfig ? { kubeconfig: a.kubeconfig } : {}),
         ...(a.nodeAddress ? { nodeAddress: a.nodeAddress } : {}),
@@ -243,9 +292,6 @@ export async function run(argv: string[]): Promise<number> {
         agent: agentOptions,
         logger,
       });
-    } finally {
-      await lock.release();
-    }
   }
   const agent = new NodeAgent({
     backend,
@@ -265,7 +311,14 @@ export async function run(argv: string[]): Promise<number> {
     for (const v of desired.vmis) for (const p of v.problems) logger.error({ event: 'bad-input', vmi: v.ref, file: v.origin, problem: p }, 'VMI rejected');
     agent.setDesired(desired);
   };
-  await backend.start();
+  // --once keeps Node's default signal handling (a signal ends it); the daemon stops cleanly.
+  const stop = a.once ? new Promise<NodeJS.Signals>(() => undefined) : stopSignal();
+  const startFailure = await startBackend(backend, a.once ? a.timeoutMs : undefined, stop);
+  if (startFailure !== undefined) {
+    logger.error({ event: 'backend-start-failed', backend: backend.kind, error: startFailure }, 'storage backend failed to start');
+    process.stderr.write(`kubevirt-spdk agent: the ${backend.kind} backend failed to start: ${startFailure}\n`);
+    return 1;
+  }
 
   if (a.once) {
     try {
@@ -282,8 +335,6 @@ export async function run(argv: string[]): Promise<number> {
     } finally {
       // Background imports (a download past the deadline) are aborted, not waited out.
       await agent.stop();
-      await backend.close();
-      await lock.release();
     }
   }
 
@@ -317,12 +368,10 @@ export async function run(argv: string[]): Promise<number> {
   ];
   await load();
   await agent.reconcile('start');
-  logger.info({ event: 'stopping', signal: await stopSignal() }, 'stopping');
+  logger.info({ event: 'stopping', signal: await stop }, 'stopping');
   clearTimeout(debounce);
   for (const w of watchers) w.close();
   await agent.stop();
   await statusServer?.close();
-  await backend.close();
-  await lock.release();
   return 0;
 }

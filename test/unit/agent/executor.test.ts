@@ -180,4 +180,16 @@ describe('executor errors', () => {
     expect(r.vmis[0]?.disks[0]?.message).toMatch(/socket .* does not exist: the backend did not create it/);
     expect(h.backend.controllers.size).toBe(0);
   });
+
+  it('a socket path over sun_path\'s 107 bytes fails the disk before anything is created (no lvol left behind)', async () => {
+    h = await harness();
+    const longDir = path.join(h.dir, 'v'.repeat(100));
+    Object.defineProperty(h.backend, 'vhostDir', { value: longDir });
+    h.agent.setDesired(desiredOf([A], [image('fedora')]));
+    const r = await h.agent.reconcile('test');
+    expect(r.vmis[0]?.disks[0]?.phase).toBe('Failed');
+    expect(r.vmis[0]?.disks[0]?.message).toMatch(/over the 107 a unix socket allows \(sun_path\)/);
+    expect(h.backend.disks.size).toBe(0);
+    expect(h.backend.controllers.size).toBe(0);
+  });
 });

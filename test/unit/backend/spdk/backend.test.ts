@@ -29,7 +29,7 @@ async function newSimulator(p: Rig['paths']): Promise<SpdkSimulator> {
   return sim;
 }
 
-async function makeRig(opts: { lvsMiB?: number; fetch?: SpdkBackendOptions['fetchImage'] } = {}): Promise<Rig> {
+async function makeRig(opts: { lvsMiB?: number; fetch?: SpdkBackendOptions['fetchImage']; blockSize?: 512 | 4096 } = {}): Promise<Rig> {
   const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'sb-'));
   const paths = {
     socket: path.join(dir, 'rpc.sock'),
@@ -43,7 +43,7 @@ async function makeRig(opts: { lvsMiB?: number; fetch?: SpdkBackendOptions['fetc
   const client = new SpdkRpcClient({ socketPath: paths.socket, timeoutMs: 5_000, reconnect: { initialDelayMs: 10, maxDelayMs: 50 } });
   const backend = new SpdkBackend({
     client,
-    lvstore: { name: 'kvs', baseBdev: { kind: 'aio', filename: paths.lvsFile, sizeMiB: opts.lvsMiB ?? 256 } },
+    lvstore: { name: 'kvs', baseBdev: { kind: 'aio', filename: paths.lvsFile, sizeMiB: opts.lvsMiB ?? 256, ...(opts.blockSize ? { blockSize: opts.blockSize } : {}) } },
     vhostDir: paths.vhost,
     stateDir: paths.state,
     ...(opts.fetch ? { fetchImage: opts.fetch } : {}),
@@ -279,11 +279,21 @@ describe('SpdkBackend disks', () => {
     expect(new Set(disks.map((d) => d.ref)).size).toBe(n);
     const methods = call.mock.calls.map((c) => c[0]);
     const count = (m: string): number => methods.filter((x) => x === m).length;
-    expect(count('bdev_lvol_clone')).toBe(n);
+    // Disk clones, one each; under load the golden also gets fan-outs to clone from in parallel.
+    const clones = call.mock.calls.filter((c) => c[0] === 'bdev_lvol_clone').map((c) => String((c[1] as { clone_name: string }).clone_name));
+    expect(clones.filter((x) => !x.startsWith('img-'))).toHaveLength(n);
+    expect(clones.filter((x) => x.startsWith('img-fedora.f')).length).toBeLessThanOrEqual(3);
     expect(count('bdev_lvol_resize')).toBe(n);
     expect(count('bdev_lvol_get_lvols')).toBeLessThan(n / 4);
     expect(count('bdev_get_bdevs')).toBeLessThan(n / 4);
-    expect((await r.backend.observe()).images[0]?.cloneCount).toBe(n);
+    const observed = await r.backend.observe();
+    expect(observed.images[0]?.cloneCount).toBe(n);
+    expect(observed.disks.map((d) => d.image)).toEqual(Array.from({ length: n }, () => 'fedora'));
+    // Deleting the image later takes its fan-outs with it.
+    await Promise.all(disks.map((d) => r.backend.deleteDisk(d.id)));
+    await r.backend.deleteImage('fedora');
+    expect((await r.backend.observe()).images).toEqual([]);
+    expect(lvolNamed(r, 'img-fedora.f1')).toBeUndefined();
   });
 });
 
@@ -349,6 +359,61 @@ describe('SpdkBackend controllers and recovery', () => {
     const c = await r.backend.ensureController({ name: 'slot-07/rootdisk', diskRef: 'kvs/vm1-root', readonly: false });
     expect((await fs.stat(c.socketPath)).isSocket()).toBe(true);
     expect((await r.backend.observe()).controllers.map((x) => [x.name, x.diskRef])).toEqual([['slot-07/rootdisk', 'kvs/vm1-root']]);
+  });
+
+  it('refuses bdev: naming our own lvols, the lvstore base or an import source (a tenant would get our golden read-write)', async () => {
+    const r = await rigWithDisk();
+    const golden = (await new SpdkApi(r.client).bdevGetBdevs({ name: 'kvs/img-fedora' }))[0];
+    for (const bdev of ['kvs/img-fedora', golden?.uuid ?? 'missing-uuid', 'kvs/vm1-root', 'kvs-base']) {
+      const err = await r.backend.ensureDisk({ id: 'tenant-x', source: { kind: 'bdev', bdev } }).catch((e: unknown) => e);
+      expect(err, bdev).toBeInstanceOf(BackendError);
+      expect(err).toMatchObject({ kind: 'invalid', message: expect.stringMatching(/which this node's agent manages/) });
+    }
+    expect(lvolNamed(r, 'tenant-x')).toBeUndefined();
+  });
+
+  it('records the aio base it made (block size, name) and refuses a start that would re-create it differently', async () => {
+    const r = await makeRig({ blockSize: 4096 });
+    const record = JSON.parse(await fs.readFile(path.join(r.paths.state, 'lvstore-base.json'), 'utf8')) as unknown;
+    expect(record).toEqual({ kind: 'aio', name: 'kvs-base', filename: r.paths.lvsFile, blockSize: 4096 });
+    const other = new SpdkBackend({
+      client: new SpdkRpcClient({ socketPath: r.paths.socket, timeoutMs: 5_000 }),
+      lvstore: { name: 'kvs2', baseBdev: { kind: 'aio', filename: r.paths.lvsFile, sizeMiB: 256, blockSize: 512 } },
+      vhostDir: r.paths.vhost,
+      stateDir: r.paths.state,
+    });
+    await expect(other.start()).rejects.toMatchObject({ kind: 'invalid', message: expect.stringMatching(/created with block size 4096/) });
+  });
+
+  it('imports an image through an aio bdev of the lvstore\'s block size (4096 lvstore)', async () => {
+    const r = await makeRig({ blockSize: 4096 });
+    const sent: Array<Record<string, unknown> | undefined> = [];
+    const call = r.client.call.bind(r.client);
+    vi.spyOn(r.client, 'call').mockImplementation((method, params, opts) => {
+      if (method === 'bdev_aio_create') sent.push(params);
+      return call(method, params, opts);
+    });
+    const img = await r.backend.ensureImage(await makeImage(r.dir, 'fedora'));
+    expect(img.phase).toBe('ready');
+    expect(sent).toEqual([expect.objectContaining({ name: 'img-fedora-src', block_size: 4096 })]);
+  });
+
+  it('a clone lane deleted behind its back is dropped: the clone fails as busy (retried) and then works', async () => {
+    const r = await makeRig();
+    await r.backend.ensureImage(await makeImage(r.dir, 'fedora'));
+    const burst = (tag: string) =>
+      Promise.allSettled(Array.from({ length: 12 }, (_, i) => r.backend.ensureDisk({ id: `${tag}${i}`, source: { kind: 'image', image: 'fedora' } })));
+    expect((await burst('a')).every((x) => x.status === 'fulfilled')).toBe(true);
+    expect(lvolNamed(r, 'img-fedora.f1')).toBeDefined();
+    for (let i = 0; i < 12; i++) await r.backend.deleteDisk(`a${i}`);
+    await new SpdkApi(r.client).bdevLvolDelete({ name: 'kvs/img-fedora.f1' });
+    const second = await burst('b');
+    const failed = second.flatMap((x) => (x.status === 'rejected' ? [x.reason as BackendError] : []));
+    expect(failed.length).toBeGreaterThan(0);
+    expect(failed.every((e) => e.kind === 'busy' && /clone lane kvs\/img-fedora\.f1 is gone/.test(e.message))).toBe(true);
+    const again = await Promise.all(Array.from({ length: 12 }, (_, i) => r.backend.ensureDisk({ id: `b${i}`, source: { kind: 'image', image: 'fedora' } })));
+    expect(again).toHaveLength(12);
+    expect((await r.backend.observe()).images[0]?.cloneCount).toBe(12);
   });
 
   it('reports health from spdk_get_version', async () => {

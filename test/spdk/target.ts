@@ -1,0 +1,154 @@
+/**
+ * A real spdk_tgt for the opt-in suite (`SPDK_TGT=/path/to/spdk_tgt make test-spdk`): started
+ * on a temporary RPC socket and vhost dir, killed afterwards. Without SPDK_TGT the suites that
+ * use it are skipped with a printed reason; `make test` never needs SPDK.
+ *
+ * Memory: `-s 512` from hugepages when enough are free (mount hugetlbfs and reserve pages,
+ * e.g. `echo 1024 > /proc/sys/vm/nr_hugepages`), else `--no-huge` (enough for the control
+ * path these tests drive; a guest's data path wants hugepages). SPDK_TGT_ARGS replaces the
+ * memory arguments.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, readFileSync } from 'node:fs';
+import fs from 'node:fs/promises';
+import path from 'node:path';
+import { SpdkRpcClient } from '../../src/spdk/client.js';
+
+export interface TargetBinary {
+  /** `SPDK_TGT` or `SPDK_TGT_OLD`. */
+  label: string;
+  bin: string;
+}
+
+/** The real targets named by the environment: SPDK_TGT and, for a second version, SPDK_TGT_OLD. */
+export function spdkTargets(): TargetBinary[] {
+  const out: TargetBinary[] = [];
+  for (const label of ['SPDK_TGT', 'SPDK_TGT_OLD']) {
+    const bin = process.env[label];
+    if (bin) {
+      if (!existsSync(bin)) throw new Error(`${label}=${bin}: no such file`);
+      out.push({ label, bin });
+    }
+  }
+  return out;
+}
+
+/** Prints why a real-SPDK suite does not run (once per file) and says whether it should. */
+export function realSpdkOrSkip(suite: string): TargetBinary[] {
+  const targets = spdkTargets();
+  if (targets.length === 0) process.stdout.write(`[${suite}] skipped: SPDK_TGT is not set (SPDK_TGT=/path/to/spdk_tgt make test-spdk runs it)\n`);
+  return targets;
+}
+
+/** describe.each over the targets, or one skipped suite (vitest refuses a file with none). */
+export function cases(targets: TargetBinary[]): TargetBinary[] {
+  return targets.length ? targets : [{ label: 'SPDK_TGT unset', bin: '' }];
+}
+
+let shmSeq = 0;
+
+export function memoryArgs(): string[] {
+  const custom = process.env.SPDK_TGT_ARGS;
+  if (custom !== undefined) return custom.split(/\s+/).filter(Boolean);
+  let freeMiB = 0;
+  try {
+    const info = readFileSync('/proc/meminfo', 'utf8');
+    const free = Number(/HugePages_Free:\s+(\d+)/.exec(info)?.[1] ?? 0);
+    const size = Number(/Hugepagesize:\s+(\d+) kB/.exec(info)?.[1] ?? 0);
+    freeMiB = (free * size) / 1024;
+  } catch {
+    // No /proc: no hugepages.
+  }
+  // Another target may be starting at the same time: keep a margin.
+  return freeMiB >= 768 ? ['-s', '512'] : ['-s', '512', '--no-huge'];
+}
+
+export class RealTarget {
+  proc: ChildProcess | undefined;
+  readonly log: string[] = [];
+  version = '';
+
+  constructor(
+    readonly bin: string,
+    readonly socketPath: string,
+    readonly vhostDir: string,
+    private readonly args: string[] = memoryArgs(),
+  ) {}
+
+  /** Starts spdk_tgt and resolves once its subsystems are initialised. */
+  async start(): Promise<void> {
+    await fs.mkdir(this.vhostDir, { recursive: true });
+    await fs.rm(this.socketPath, { force: true });
+    // A shm id of our own, and no core lock: several targets share the test machine's core 0.
+    const shm = String(1000 + ((process.pid * 7 + shmSeq++) % 30000));
+    const proc = spawn(this.bin, ['-m', '0x1', ...this.args, '-i', shm, '-r', this.socketPath, '-S', this.vhostDir, '--disable-cpumask-locks'], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    this.proc = proc;
+    const collect = (b: Buffer): void => {
+      this.log.push(b.toString());
+      if (this.log.length > 2000) this.log.splice(0, 1000);
+    };
+    proc.stdout?.on('data', collect);
+    proc.stderr?.on('data', collect);
+    const client = new SpdkRpcClient({ socketPath: this.socketPath, timeoutMs: 60_000, reconnect: { initialDelayMs: 20, maxDelayMs: 200 } });
+    try {
+      const exited = new Promise<never>((_, reject) =>
+        proc.once('exit', (code, sig) => reject(new Error(`spdk_tgt exited (${code ?? sig}) while starting:\n${this.log.join('').slice(-3000)}`))),
+      );
+      await Promise.race([client.call('framework_wait_init'), exited]);
+      const v = (await client.call('spdk_get_version')) as { version: string };
+      this.version = v.version;
+    } finally {
+      await client.close();
+    }
+  }
+
+  /** Kills it (SIGKILL by default) and waits until it is gone. */
+  async kill(signal: NodeJS.Signals = 'SIGKILL'): Promise<void> {
+    const p = this.proc;
+    if (!p || p.exitCode !== null || p.signalCode !== null) return;
+    const gone = new Promise<void>((r) => p.once('exit', () => r()));
+    p.kill(signal);
+    const timer = setTimeout(() => p.kill('SIGKILL'), 15_000);
+    await gone;
+    clearTimeout(timer);
+  }
+
+  /** Kill and start again on the same sockets, as a crash and a restart by systemd would. */
+  async restart(signal: NodeJS.Signals = 'SIGKILL'): Promise<void> {
+    await this.kill(signal);
+    await this.start();
+  }
+}
+
+/** A temp directory short enough for the vhost sockets below it (sun_path is 108 bytes). */
+export async function shortTempDir(prefix: string): Promise<string> {
+  return fs.mkdtemp(path.join('/tmp', prefix));
+}
+
+/**
+ * Reads `bytes` bytes of an NVMe-oF/TCP export into `outFile` with `spdk_dd` (next to the
+ * spdk_tgt binary): an initiator of our own, so tests compare what a disk really holds.
+ */
+export async function readExport(tgtBin: string, ref: { host: string; port: number; subnqn: string }, bytes: number, outFile: string): Promise<void> {
+  const dd = path.join(path.dirname(tgtBin), 'spdk_dd');
+  const config = `${outFile}.json`;
+  const attach = { name: 'R', trtype: 'tcp', adrfam: 'ipv4', traddr: ref.host, trsvcid: String(ref.port), subnqn: ref.subnqn };
+  await fs.writeFile(config, JSON.stringify({ subsystems: [{ subsystem: 'bdev', config: [{ method: 'bdev_nvme_attach_controller', params: attach }] }] }));
+  const count = Math.ceil(bytes / 4096);
+  const mem = ['-s', '256', ...(memoryArgs().includes('--no-huge') ? ['--no-huge'] : [])];
+  const fixed = [...mem, '--ib', 'Rn1', '--of', outFile, '--bs', '4096', '--count', String(count), '--json', config];
+  const out: string[] = [];
+  const code = await new Promise<number | null>((resolve) => {
+    const p = spawn(dd, fixed, { stdio: ['ignore', 'pipe', 'pipe'] });
+    p.stdout?.on('data', (b: Buffer) => out.push(b.toString()));
+    p.stderr?.on('data', (b: Buffer) => out.push(b.toString()));
+    const timer = setTimeout(() => p.kill('SIGKILL'), 60_000);
+    p.once('exit', (c) => {
+      clearTimeout(timer);
+      resolve(c);
+    });
+  });
+  if (code !== 0) throw new Error(`spdk_dd exited ${code}:\n${out.join('').slice(-2000)}`);
+}
