@@ -145,6 +145,10 @@ export class FakeBackend extends EventEmitter implements StorageBackend {
       try {
         const img: ObservedImage = { name: spec.name, phase: 'ready', sizeBytes: spec.sizeBytes ?? this.imageSizeBytes, ref: `lvs/img-${spec.name}`, cloneCount: 0 };
         await new Promise((r) => setTimeout(r, 5));
+        // Idempotent like a real import: an import that finished meanwhile (a background import
+        // of an agent the test "crashed") is kept with its clones, not replaced.
+        const done = this.images.get(spec.name);
+        if (done && done.phase === 'ready') return { ...done };
         this.images.set(spec.name, img);
         return { ...img };
       } finally {

@@ -5,6 +5,7 @@
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { promisify } from 'node:util';
 import fs from 'node:fs/promises';
+import net from 'node:net';
 import path from 'node:path';
 
 const exec = promisify(execFile);
@@ -93,8 +94,19 @@ function stopChild(child: ChildProcess): Promise<void> {
  * the daemons installed but not running: we start them in the foreground as our children so
  * that we know exactly which processes to stop.
  */
+function socketAnswers(p: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const c = net.connect(p);
+    c.once('connect', () => {
+      c.destroy();
+      resolve(true);
+    });
+    c.once('error', () => resolve(false));
+  });
+}
+
 export async function ensureLibvirt(): Promise<LibvirtDaemons> {
-  if (await libvirtAnswers()) return { startedHere: false, stop: async () => {} };
+  if ((await libvirtAnswers()) && (await socketAnswers('/run/libvirt/virtlogd-sock'))) return { startedHere: false, stop: async () => {} };
   const started: ChildProcess[] = [];
   const startDaemon = (cmd: string) => {
     const child = spawn(cmd, [], { stdio: 'ignore' });
@@ -103,10 +115,8 @@ export async function ensureLibvirt(): Promise<LibvirtDaemons> {
     });
     started.push(child);
   };
-  const virtlogdUp = await fs.access('/run/libvirt/virtlogd-sock').then(
-    () => true,
-    () => false,
-  );
+  // A socket file left by a virtlogd that died answers nothing: connect, do not just look.
+  const virtlogdUp = await socketAnswers('/run/libvirt/virtlogd-sock');
   if (!virtlogdUp) startDaemon('virtlogd');
   startDaemon('libvirtd');
   try {
