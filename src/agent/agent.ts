@@ -7,7 +7,7 @@ import { silentLogger, type Logger } from '../log.js';
 import { DISK_PHASES, defaultMetrics, type Metrics } from '../metrics/metrics.js';
 import { emptyDesired, type DesiredState } from './desired.js';
 import { Executor, FreshObserver, describeError, type DiskOutcome } from './executor.js';
-import { writeFileAtomic } from './fsutil.js';
+import { writeFileAtomic } from '../fsutil.js';
 import { ImageCache, type CacheLimits } from './image-cache.js';
 import { Journal, type JournalOptions } from './journal.js';
 import type { NodeStatus } from './node-status.js';

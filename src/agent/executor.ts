@@ -1,5 +1,5 @@
 import { BackendError, type ObservedState, type StorageBackend } from '../backend/types.js';
-import { ensureSlotDir, fixSocketOwnership } from '../backend/vhost-fs.js';
+import { fixSocketOwnership } from '../backend/vhost-fs.js';
 import { SpdkError } from '../spdk/errors.js';
 import { silentLogger, type Logger } from '../log.js';
 import { secondsSince, type Metrics } from '../metrics/metrics.js';
@@ -131,8 +131,6 @@ export class Executor {
   private readonly serving = new Map<string, string>();
   /** Image imports running beside the rounds (never inside one: a slow download must not hold up other disks). */
   private readonly imports = new Map<string, Promise<void>>();
-  /** Why the last import of an image failed (until one succeeds), for the status of disks that wait again. */
-  private readonly lastImportError = new Map<string, string>();
   /** Disks (keys) that waited for an import: their clone is a cache miss. */
   private readonly waitedForImport = new Set<string>();
   /**
@@ -258,7 +256,6 @@ export class Executor {
   private recordImportFailure(name: string, error: unknown): void {
     const failures = (this.importFailures.get(name)?.failures ?? 0) + 1;
     this.importFailures.set(name, { error, at: Date.now(), failures });
-    this.lastImportError.set(name, describeError(error));
   }
 
   /** Stops the background imports and waits until they have ended. */
@@ -274,7 +271,6 @@ export class Executor {
           // A ready image's size is checked against each disk's capacity by the next plan.
           if (img.phase === 'failed') this.recordImportFailure(spec.name, new BackendError(`image ${spec.name} failed to import: ${img.message ?? 'unknown cause'}`, 'internal'));
           else {
-            this.lastImportError.delete(spec.name);
             this.importFailures.delete(spec.name);
           }
         },
@@ -319,8 +315,7 @@ export class Executor {
             }
             result.waiting++;
             this.waitedForImport.add(target.key);
-            const last = this.lastImportError.get(name);
-            return { phase: 'Importing', permanent: false, ...(last ? { message: `retrying; the last attempt failed: ${last}` } : {}) };
+            return { phase: 'Importing', permanent: false, ...(failure ? { message: `retrying; the last attempt failed: ${describeError(failure.error)}` } : {}) };
           }
           case 'ensureDisk': {
             result.calls++;
@@ -363,7 +358,6 @@ export class Executor {
                 const why = whyNotCreateController(await this.safety(), a.spec.name, ref);
                 if (why) throw new SafetyRefusal('ensureController', a.spec.name, why);
               }
-              await ensureSlotDir(this.deps.backend.vhostDir, target.slot);
               result.calls++;
               const spec = { ...a.spec, diskRef: ref };
               const c = await this.journaled('ensureController', a.spec.name, () => this.deps.backend.ensureController(spec), log, (s) => {

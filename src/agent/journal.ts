@@ -3,7 +3,7 @@ import path from 'node:path';
 import { z } from 'zod';
 import { VmiRefSchema } from '../api/status.js';
 import { silentLogger, type Logger } from '../log.js';
-import { writeFileAtomic } from './fsutil.js';
+import { writeFileAtomic } from '../fsutil.js';
 
 /**
  * The agent's memory across restarts, in `<stateDir>/journal.json`. Every backend call that

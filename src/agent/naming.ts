@@ -1,4 +1,5 @@
 import { createHash } from 'node:crypto';
+import { MAX_SOCKET_PATH_BYTES, socketPathTooLong } from '../api/limits.js';
 import { SLOT_RE } from '../api/volumes.js';
 
 /**
@@ -41,14 +42,10 @@ export function isOurControllerName(name: string): boolean {
   return parseControllerName(name) !== undefined;
 }
 
-/** sun_path is 108 bytes including the terminating NUL. */
-export const MAX_SOCKET_PATH_BYTES = 107;
-
 /** Why a controller's socket cannot be bound (checked before anything is created for its disk). */
 export function socketPathProblem(vhostDir: string, controller: string): string | undefined {
   const p = `${vhostDir.replace(/\/+$/, '')}/${controller}`;
-  const bytes = Buffer.byteLength(p);
-  return bytes > MAX_SOCKET_PATH_BYTES ? `socket path ${p} is ${bytes} bytes, over the ${MAX_SOCKET_PATH_BYTES} a unix socket allows (sun_path); use a shorter vhost dir, slot or disk name` : undefined;
+  return socketPathTooLong(p) ? `socket path ${p} is ${Buffer.byteLength(p)} bytes, over the ${MAX_SOCKET_PATH_BYTES} a unix socket allows (sun_path); use a shorter vhost dir, slot or disk name` : undefined;
 }
 
 /** The golden lvol (or file) of a CachedImage. */

@@ -10,7 +10,7 @@ const MiB = 2 ** 20;
 export const LIMITS = {
   /** A disk's `capacity` and a CachedImage's `size`: 64Ti (a safe integer, any real lvstore). */
   maxDiskBytes: 64 * TiB,
-  /** `reconnectTimeout`: libvirt takes whole seconds; an hour is far past any useful retry. */
+  /** `reconnectInterval` (and its old name): libvirt takes whole seconds; an hour is far past any useful retry. */
   maxReconnectTimeoutSeconds: 3600,
   /**
    * Bytes an image source may have beyond its declared `size` (a qcow2 file carries metadata
@@ -22,6 +22,13 @@ export const LIMITS = {
   /** An image with no declared size: the transfer stops at this many bytes. */
   maxUndeclaredImageBytes: 1 * TiB,
 } as const;
+
+/** sun_path holds 108 bytes with the terminating NUL: the longest path a unix socket can bind. */
+export const MAX_SOCKET_PATH_BYTES = 107;
+
+export function socketPathTooLong(socketPath: string): boolean {
+  return Buffer.byteLength(socketPath) > MAX_SOCKET_PATH_BYTES;
+}
 
 /** The most bytes an import may read from an image's source. */
 export function maxSourceBytes(declaredBytes: number | undefined): number {

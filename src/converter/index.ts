@@ -19,6 +19,7 @@
 import path from 'node:path';
 import type { XMLBuilder } from 'xmlbuilder2/lib/interfaces.js';
 import type { Document, Element, Node } from '@oozcitak/dom/lib/dom/interfaces.js';
+import { MAX_SOCKET_PATH_BYTES, socketPathTooLong } from '../api/limits.js';
 import { MEMFD_ANNOTATION, SPDK_ALIAS_NAME_PREFIX, VOLUMES_FIELD, spdkVolumesOf, vcpuCount, type Vmi } from '../api/vmi.js';
 import { MAX_QUEUES, type SpdkVolume } from '../api/volumes.js';
 import { ConvertError } from './errors.js';
@@ -35,8 +36,6 @@ export interface ConvertOptions {
 export const DEFAULT_SOCKET_DIR = '/var/run/kubevirt-spdk';
 /** libvirt keeps user aliases that start with `ua-`; ours add `spdk-` to be recognisable. */
 export const ALIAS_PREFIX = `ua-${SPDK_ALIAS_NAME_PREFIX}`;
-/** sun_path is 108 bytes including the terminating NUL. */
-export const MAX_SOCKET_PATH_BYTES = 107;
 
 const ELEMENT_NODE = 1;
 const TEXT_NODE = 3;
@@ -211,7 +210,7 @@ export function convertDomain(domainXml: string, vmi: Vmi, options: ConvertOptio
   const socketDir = socketDirOf(options);
   const tooLong = volumes
     .map((v, i) => ({ i, sock: `${socketDir === '/' ? '' : socketDir}/${v.name}` }))
-    .filter((s) => Buffer.byteLength(s.sock) > MAX_SOCKET_PATH_BYTES)
+    .filter((s) => socketPathTooLong(s.sock))
     .map((s) => `${VOLUMES_FIELD}[${s.i}].name: socket path ${s.sock} is longer than ${MAX_SOCKET_PATH_BYTES} bytes (unix socket limit)`);
   if (tooLong.length) throw new ConvertError(tooLong);
 

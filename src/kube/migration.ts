@@ -7,7 +7,7 @@ import { VmiRefSchema, type VmiRef, type VmiStatus } from '../api/status.js';
 import { VOLUMES_FIELD, parseVmi, spdkVolumesOf, vcpuCount, vmiUid } from '../api/vmi.js';
 import { VOLUMES_ANNOTATION, parseVolumesAnnotation } from '../api/volumes.js';
 import { readUserYaml } from '../api/yaml.js';
-import { writeFileAtomic } from '../agent/fsutil.js';
+import { writeFileAtomic } from '../fsutil.js';
 import { diskId } from '../agent/naming.js';
 import { RemoteDiskRefSchema, type ListenAddress, type RemoteDiskRef } from '../backend/remote.js';
 import type { StorageBackend } from '../backend/types.js';

@@ -9,9 +9,10 @@
  */
 import * as grpc from '@grpc/grpc-js';
 import { z } from 'zod';
+import { MAX_SOCKET_PATH_BYTES, socketPathTooLong } from '../api/limits.js';
 import { ValidationError } from '../api/errors.js';
 import { silentLogger, type Logger } from '../log.js';
-import { closeUnix, listenUnix } from '../sidecar/listen.js';
+import { answerRewrite, closeUnix, listenUnix, type Callback } from '../sidecar/listen.js';
 import { rewriteDomain } from '../sidecar/rewrite.js';
 import { domainHookService } from './protos.js';
 
@@ -24,7 +25,6 @@ export const DOMAIN_TYPE_LIBVIRT = 'libvirt';
 /** Upstream's InvocationContext values (kubevirt.io/api/plugin/v1alpha1). */
 export const INVOCATION_CONTEXTS = ['Boot', 'MigrationSource', 'MigrationTarget'] as const;
 /** sun_path holds 108 bytes with the terminating NUL. */
-const MAX_SOCKET_PATH_BYTES = 107;
 
 const Bytes = z.instanceof(Buffer);
 export const MutateDomainRequestSchema = z.object({
@@ -56,7 +56,7 @@ export function mutateDomain(req: MutateDomainRequest, vhostSocketDir: string | 
 export function checkSocketPath(socketPath: string): string[] {
   const problems: string[] = [];
   if (!socketPath.endsWith('.sock')) problems.push(`socket: ${JSON.stringify(socketPath)} must end with .sock`);
-  if (Buffer.byteLength(socketPath) > MAX_SOCKET_PATH_BYTES) problems.push(`socket: ${JSON.stringify(socketPath)} is longer than ${MAX_SOCKET_PATH_BYTES} bytes (unix socket limit)`);
+  if (socketPathTooLong(socketPath)) problems.push(`socket: ${JSON.stringify(socketPath)} is longer than ${MAX_SOCKET_PATH_BYTES} bytes (unix socket limit)`);
   return problems;
 }
 
@@ -82,35 +82,17 @@ export interface PluginServer {
   close(): Promise<void>;
 }
 
-type Callback = (err: grpc.ServiceError | null, value?: unknown) => void;
-
-function grpcError(code: grpc.status, details: string): grpc.ServiceError {
-  return Object.assign(new Error(details), { code, details, metadata: new grpc.Metadata() });
-}
-
 export async function startPluginServer(options: PluginServerOptions): Promise<PluginServer> {
   const logger = options.logger ?? silentLogger;
   const { socketPath } = options;
   const server = new grpc.Server();
   server.addService(domainHookService().service, {
-    MutateDomain: (call: { request: unknown }, callback: Callback) => {
-      const started = process.hrtime.bigint();
-      try {
+    MutateDomain: (call: { request: unknown }, callback: Callback) =>
+      answerRewrite('MutateDomain', logger, callback, () => {
         const parsed = MutateDomainRequestSchema.safeParse(call.request);
         if (!parsed.success) throw new ValidationError(['MutateDomainRequest: domain and vmi must be bytes, domain_type a string']);
-        const domain = mutateDomain(parsed.data, options.vhostSocketDir, logger);
-        logger.debug({ ms: Number(process.hrtime.bigint() - started) / 1e6 }, 'MutateDomain answered');
-        callback(null, { domain });
-      } catch (e) {
-        if (e instanceof ValidationError) {
-          logger.warn({ problems: e.problems }, 'MutateDomain refused');
-          callback(grpcError(grpc.status.INVALID_ARGUMENT, e.message));
-        } else {
-          logger.error({ err: e }, 'MutateDomain failed');
-          callback(grpcError(grpc.status.INTERNAL, `kubevirt-spdk: ${(e as Error).message}`));
-        }
-      }
-    },
+        return { domain: mutateDomain(parsed.data, options.vhostSocketDir, logger) };
+      }),
   });
   await listenUnix(server, socketPath);
   logger.info({ socket: socketPath, plugin: PLUGIN_NAME }, 'plugin domain hook listening');

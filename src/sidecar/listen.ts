@@ -6,6 +6,8 @@
 import { mkdir, rm } from 'node:fs/promises';
 import path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
+import { ValidationError } from '../api/errors.js';
+import type { Logger } from '../log.js';
 
 /** Running calls get this long on close; virt-launcher's own deadlines are shorter anyway. */
 const CLOSE_GRACE_MS = 5000;
@@ -32,4 +34,31 @@ export async function closeUnix(server: grpc.Server, socketPath: string): Promis
     });
   });
   await rm(socketPath, { force: true });
+}
+
+export type Callback = (err: grpc.ServiceError | null, value?: unknown) => void;
+
+export function grpcError(code: grpc.status, details: string): grpc.ServiceError {
+  return Object.assign(new Error(details), { code, details, metadata: new grpc.Metadata() });
+}
+
+/**
+ * Answers a domain-rewrite call of either protocol: the reply `answer` builds, or
+ * INVALID_ARGUMENT for input we refuse (ValidationError) and INTERNAL for anything else.
+ */
+export function answerRewrite(method: string, logger: Logger, callback: Callback, answer: () => unknown): void {
+  const started = process.hrtime.bigint();
+  try {
+    const reply = answer();
+    logger.debug({ ms: Number(process.hrtime.bigint() - started) / 1e6 }, `${method} answered`);
+    callback(null, reply);
+  } catch (e) {
+    if (e instanceof ValidationError) {
+      logger.warn({ problems: e.problems }, `${method} refused`);
+      callback(grpcError(grpc.status.INVALID_ARGUMENT, e.message));
+    } else {
+      logger.error({ err: e }, `${method} failed`);
+      callback(grpcError(grpc.status.INTERNAL, `kubevirt-spdk: ${(e as Error).message}`));
+    }
+  }
 }

@@ -12,7 +12,7 @@ import * as grpc from '@grpc/grpc-js';
 import { z } from 'zod';
 import { ValidationError } from '../api/errors.js';
 import { silentLogger, type Logger } from '../log.js';
-import { closeUnix, listenUnix } from './listen.js';
+import { answerRewrite, closeUnix, grpcError, listenUnix, type Callback } from './listen.js';
 import { CALLBACK_VERSIONS, hookServices, type CallbackVersion } from './protos.js';
 import { rewriteDomain } from './rewrite.js';
 
@@ -47,12 +47,7 @@ export interface Sidecar {
   close(): Promise<void>;
 }
 
-type Callback = (err: grpc.ServiceError | null, value?: unknown) => void;
 type Call = { request: unknown };
-
-function grpcError(code: grpc.status, details: string): grpc.ServiceError {
-  return Object.assign(new Error(details), { code, details, metadata: new grpc.Metadata() });
-}
 
 /** OnDefineDomain's core, without gRPC: the rewrite shared with the plugin protocol. */
 export const onDefineDomain: (params: OnDefineDomainParams, vhostSocketDir: string | undefined, logger: Logger) => Buffer = rewriteDomain;
@@ -72,24 +67,12 @@ export async function startSidecar(options: SidecarOptions = {}): Promise<Sideca
   const versions = options.versions ?? CALLBACK_VERSIONS;
   const services = hookServices();
 
-  const handleDefine = (call: Call, callback: Callback): void => {
-    const started = process.hrtime.bigint();
-    try {
+  const handleDefine = (call: Call, callback: Callback): void =>
+    answerRewrite('OnDefineDomain', logger, callback, () => {
       const parsed = OnDefineDomainParamsSchema.safeParse(call.request);
       if (!parsed.success) throw new ValidationError(['OnDefineDomainParams: domainXML and vmi must be bytes']);
-      const domainXML = onDefineDomain(parsed.data, options.vhostSocketDir, logger);
-      logger.debug({ ms: Number(process.hrtime.bigint() - started) / 1e6 }, 'OnDefineDomain answered');
-      callback(null, { domainXML });
-    } catch (e) {
-      if (e instanceof ValidationError) {
-        logger.warn({ problems: e.problems }, 'OnDefineDomain refused');
-        callback(grpcError(grpc.status.INVALID_ARGUMENT, e.message));
-      } else {
-        logger.error({ err: e }, 'OnDefineDomain failed');
-        callback(grpcError(grpc.status.INTERNAL, `kubevirt-spdk: ${(e as Error).message}`));
-      }
-    }
-  };
+      return { domainXML: onDefineDomain(parsed.data, options.vhostSocketDir, logger) };
+    });
   // We do not subscribe to PreCloudInitIso; should it be called anyway, cloud-init passes through.
   const handlePreCloudInitIso = (call: Call, callback: Callback): void => {
     const parsed = PreCloudInitIsoParamsSchema.safeParse(call.request);

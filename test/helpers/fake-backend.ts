@@ -1,7 +1,8 @@
 import { EventEmitter } from 'node:events';
-import { chmod, mkdir, rm } from 'node:fs/promises';
+import { chmod, rm } from 'node:fs/promises';
 import net from 'node:net';
 import path from 'node:path';
+import { ensureSlotDir } from '../../src/backend/vhost-fs.js';
 
 /** Binds a unix socket at `p` and keeps it (unref'd: it never holds a test process open). */
 function listenUnix(p: string): Promise<void> {
@@ -218,7 +219,8 @@ export class FakeBackend extends EventEmitter implements StorageBackend {
       const known = [...this.disks.values()].some((d) => d.ref === spec.diskRef) || this.bdevs.has(spec.diskRef);
       if (!known) throw new BackendError(`bdev ${spec.diskRef} does not exist`, 'notFound');
       const socketPath = path.join(this.vhostDir, spec.name);
-      await mkdir(path.dirname(socketPath), { recursive: true });
+      // The slot directory's rules, as both real backends apply them.
+      await ensureSlotDir(this.vhostDir, path.dirname(spec.name));
       // A real unix socket (the agent touches nothing else), with the "wrong" mode, like spdk_tgt running as root makes it.
       await rm(socketPath, { force: true });
       await listenUnix(socketPath);

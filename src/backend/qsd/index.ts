@@ -2,6 +2,7 @@ import { EventEmitter } from 'node:events';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { z } from 'zod';
+import { MAX_SOCKET_PATH_BYTES, socketPathTooLong } from '../../api/limits.js';
 import { bdevNameProblem } from '../../api/volumes.js';
 import { silentLogger, type Logger } from '../../log.js';
 import { fetchImage, removePartFiles, run, type FetchOptions } from '../image-source.js';
@@ -20,7 +21,6 @@ import {
 import { ensureSlotDir } from '../vhost-fs.js';
 import { QsdProcess } from './daemon.js';
 import {
-  MAX_SOCKET_PATH_BYTES,
   checkFileName,
   controllerNameOf,
   exportIdFor,
@@ -579,7 +579,7 @@ export class QsdBackend extends EventEmitter implements StorageBackend {
     const what = `controller ${spec.name}`;
     const log = this.log.child({ slot, disk, controller: spec.name });
     const socketPath = path.join(this.vhostDir, slot, disk);
-    if (Buffer.byteLength(socketPath) > MAX_SOCKET_PATH_BYTES) {
+    if (socketPathTooLong(socketPath)) {
       throw new BackendError(`${what}: socket path ${socketPath} is longer than ${MAX_SOCKET_PATH_BYTES} bytes`, 'invalid');
     }
     if (spec.queues !== undefined && (!Number.isInteger(spec.queues) || spec.queues < 1 || spec.queues > 256)) {

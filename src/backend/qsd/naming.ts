@@ -14,9 +14,6 @@ export const EXPORT_ID_PREFIX = 'vhost.';
 const COMPONENT = /^[a-z0-9]([a-z0-9._-]*[a-z0-9])?$/;
 /** Image names and disk ids become file names. */
 const FILE_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]*$/;
-/** sun_path is 108 bytes including the terminating NUL. */
-export const MAX_SOCKET_PATH_BYTES = 107;
-
 export function parseControllerName(name: string): { slot: string; disk: string } {
   const parts = name.split('/');
   const [slot, disk] = parts;

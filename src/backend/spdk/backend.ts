@@ -3,12 +3,14 @@ import { EventEmitter } from 'node:events';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { z } from 'zod';
+import { MAX_SOCKET_PATH_BYTES, socketPathTooLong } from '../../api/limits.js';
 import { formatZodError } from '../../api/errors.js';
 import { silentLogger, type Logger } from '../../log.js';
 import { SpdkApi } from '../../spdk/api.js';
 import { SpdkRpcClient } from '../../spdk/client.js';
 import { SpdkError } from '../../spdk/errors.js';
 import type { Bdev, Lvol, Lvstore, VhostController } from '../../spdk/schemas.js';
+import { writeFileAtomic } from '../../fsutil.js';
 import { ensureSlotDir } from '../vhost-fs.js';
 import { fetchImage as defaultFetchImage, type FetchOptions } from '../image-source.js';
 import {
@@ -398,7 +400,6 @@ export class SpdkBackend extends EventEmitter implements StorageBackend {
       throw new BackendError(`lvstore ${this.lvs} is loaded with block size ${wanted.blockSize}; the configured ${spec.blockSize} differs`, 'invalid');
     }
     if (loadedBlockSize === undefined) await ensureBackingFile(spec.filename, spec.sizeMiB);
-    await fs.mkdir(path.dirname(file), { recursive: true });
     await writeFileAtomic(file, `${JSON.stringify(wanted)}\n`);
     return wanted;
   }
@@ -636,11 +637,8 @@ export class SpdkBackend extends EventEmitter implements StorageBackend {
   }
 
   /** The image's fan-outs (and left-over fan-out clones), from the listing. */
-  private async fanoutsOf(image: string): Promise<Array<{ name: string; tmp: boolean }>> {
-    return (await this.listLvols()).flatMap((l) => {
-      const r = classifyLvol(l.name);
-      return r.role === 'fanout' && r.image === image ? [{ name: l.name, tmp: r.tmp }] : [];
-    });
+  private async fanoutsOf(image: string): Promise<FanoutLvol[]> {
+    return fanoutsIn(await this.listLvols(), image);
   }
 
   /** VM disks cloned from the golden or any of its fan-outs. */
@@ -715,10 +713,7 @@ export class SpdkBackend extends EventEmitter implements StorageBackend {
   private lanesOf(image: string, lvols: readonly Lvol[]): CloneLanes {
     let lanes = this.cloneLanes.get(image);
     if (lanes) return lanes;
-    const fanouts = lvols.flatMap((l) => {
-      const r = classifyLvol(l.name);
-      return r.role === 'fanout' && r.image === image ? [{ index: r.index, tmp: r.tmp, name: l.name }] : [];
-    });
+    const fanouts = fanoutsIn(lvols, image);
     let next = Math.max(0, ...fanouts.map((f) => f.index)) + 1;
     const ready = fanouts.filter((f) => !f.tmp).sort((a, b) => a.index - b.index);
     const snapshots = [lvolAlias(this.lvs, goldenName(image)), ...ready.map((f) => lvolAlias(this.lvs, f.name))];
@@ -831,7 +826,8 @@ export class SpdkBackend extends EventEmitter implements StorageBackend {
       await this.ready();
       const alias = lvolAlias(this.lvs, id);
       // Deleting a clone changes its snapshot's metadata: queue it with the snapshot's clones.
-      const parent = lvolInfoOf((await this.getBdev(alias)) ?? EMPTY_BDEV)?.base_snapshot;
+      const bdev = await this.getBdev(alias);
+      const parent = bdev ? lvolInfoOf(bdev)?.base_snapshot : undefined;
       if (parent !== undefined) await this.snapshotLocks.run(lvolAlias(this.lvs, parent), () => this.deleteLvol(alias));
       else await this.deleteLvol(alias);
       this.log.info({ event: 'disk.deleted', disk: id }, 'disk deleted');
@@ -859,7 +855,7 @@ export class SpdkBackend extends EventEmitter implements StorageBackend {
   ensureController(spec: ControllerSpec): Promise<ObservedController> {
     const { slot } = checkControllerName(spec.name);
     const socketPath = path.join(this.vhostDir, spec.name);
-    if (Buffer.byteLength(socketPath) > MAX_SOCKET_PATH_BYTES) {
+    if (socketPathTooLong(socketPath)) {
       return Promise.reject(new BackendError(`controller ${spec.name}: socket path ${socketPath} is longer than ${MAX_SOCKET_PATH_BYTES} bytes (sun_path)`, 'invalid'));
     }
     return this.controllerLocks.run(spec.name, async () => {
@@ -951,8 +947,6 @@ export class SpdkBackend extends EventEmitter implements StorageBackend {
   }
 }
 
-const EMPTY_BDEV: Bdev = { name: '', aliases: [], product_name: '', block_size: 1, num_blocks: 0, claimed: false, driver_specific: {} };
-
 /** A backend with its own RPC client (reconnecting) on spdk_tgt's socket. */
 export function createSpdkBackend(
   opts: Omit<SpdkBackendOptions, 'client' | 'api'> & { socketPath: string; rpcTimeoutMs?: number },
@@ -998,6 +992,19 @@ async function ensureBackingFile(filename: string, sizeMiB: number | undefined):
   }
 }
 
+interface FanoutLvol {
+  name: string;
+  index: number;
+  tmp: boolean;
+}
+
+function fanoutsIn(lvols: ReadonlyArray<{ name: string }>, image: string): FanoutLvol[] {
+  return lvols.flatMap((l) => {
+    const r = classifyLvol(l.name);
+    return r.role === 'fanout' && r.image === image ? [{ name: l.name, index: r.index, tmp: r.tmp }] : [];
+  });
+}
+
 /** A UUID that is always the same for `key` (an import source must keep its UUID across restarts). */
 export function stableUuid(key: string): string {
   const h = createHash('sha256').update(`kubevirt-spdk:${key}`).digest('hex');
@@ -1015,21 +1022,6 @@ async function exists(file: string): Promise<boolean> {
   }
 }
 
-/** Write to a temp file, fsync, rename: a crash leaves the old or the new record, never half. */
-async function writeFileAtomic(file: string, data: string): Promise<void> {
-  const tmp = `${file}.tmp-${process.pid}`;
-  const fh = await fs.open(tmp, 'w', 0o644);
-  try {
-    await fh.writeFile(data);
-    await fh.sync();
-  } finally {
-    await fh.close();
-  }
-  await fs.rename(tmp, file);
-}
-
-/** sun_path is 108 bytes including the terminating NUL. */
-export const MAX_SOCKET_PATH_BYTES = 107;
 
 function detachOnAbort<T>(p: Promise<T>, signal: AbortSignal): Promise<T> {
   if (signal.aborted) return Promise.reject(new BackendError('aborted by caller', 'transport', { cause: signal.reason }));

@@ -5,7 +5,8 @@ import { parseArgs } from 'node:util';
 import { ValidationError } from '../../api/errors.js';
 import { LIMITS } from '../../api/limits.js';
 import { parseDuration, parseQuantity } from '../../api/quantity.js';
-import { BackendError, type StorageBackend } from '../../backend/types.js';
+import type { StorageBackend } from '../../backend/types.js';
+import { describeError } from '../../agent/executor.js';
 import { createLogger, type Logger } from '../../log.js';
 import { NodeAgent, type ReconcileReport } from '../../agent/agent.js';
 import { StandaloneSource } from '../../agent/standalone.js';
@@ -256,7 +257,7 @@ async function startBackend(backend: StorageBackend, deadlineMs: number | undefi
   let timer: NodeJS.Timeout | undefined;
   const started = backend.start().then(
     () => undefined,
-    (e: unknown) => describeStartError(e),
+    (e: unknown) => describeError(e),
   );
   const timedOut = deadlineMs === undefined ? new Promise<never>(() => undefined) : new Promise<string>((r) => (timer = setTimeout(() => r(`not ready within ${deadlineMs} ms (is spdk_tgt running?)`), deadlineMs)));
   const stopped = stop.then((sig) => `stopped by ${sig} before it was ready`);
@@ -265,11 +266,6 @@ async function startBackend(backend: StorageBackend, deadlineMs: number | undefi
   } finally {
     clearTimeout(timer);
   }
-}
-
-function describeStartError(e: unknown): string {
-  if (e instanceof BackendError) return `${e.kind}: ${e.message}`;
-  return e instanceof Error ? e.message : String(e);
 }
 
 async function runWithBackend(a: AgentArgs, logger: Logger, backend: StorageBackend): Promise<number> {

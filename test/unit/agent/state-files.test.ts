@@ -3,7 +3,7 @@ import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { writeFileAtomic } from '../../../src/agent/fsutil.js';
+import { writeFileAtomic } from '../../../src/fsutil.js';
 import { Journal, JournalError } from '../../../src/agent/journal.js';
 import { ensureSlotDir } from '../../../src/backend/vhost-fs.js';
 
