@@ -8,6 +8,7 @@ import path from 'node:path';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { NodeStatusSchema, type NodeStatus } from '../../src/agent/node-status.js';
 import { SpdkRpcClient } from '../../src/spdk/client.js';
+import { killAgentQsd, SOCKET_OWNER_ARG, startSpdkSim, standaloneAgentArgs } from '../helpers/agent.js';
 import { connectable, exited, hasCommand, killAll, startCli, until, vmiYaml, type CliProcess } from '../helpers/process.js';
 import { Tally, rng, runSeed, scale } from './seed.js';
 
@@ -26,8 +27,6 @@ const MAX_DELAY_MS = Number(process.env.FAULT_MAX_DELAY_MS ?? '20') * 10;
 const tally = new Tally();
 console.log(`[faults] process suite seed=${SEED} (replay with FAULT_SEED=${SEED}) scale=${SCALE}`);
 
-const isRoot = process.getuid?.() === 0;
-const OWNER = isRoot ? { uid: 107, gid: 107 } : { uid: process.getuid?.() ?? 0, gid: process.getgid?.() ?? 0 };
 const SOCKETS = ['slot-01/root', 'slot-01/data', 'slot-02/root'];
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
@@ -36,15 +35,7 @@ const procs: ChildProcess[] = [];
 
 afterEach(async () => {
   await killAll(procs);
-  // The qsd daemon outlives a killed agent by design (VMs keep their disks): stop it here.
-  const pid = Number((await readFile(path.join(dir, 'st', 'qsd', 'qsd.pid'), 'utf8').catch(() => '')).trim());
-  if (Number.isInteger(pid) && pid > 1) {
-    try {
-      process.kill(pid, 'SIGKILL');
-    } catch {
-      // already gone
-    }
-  }
+  await killAgentQsd(path.join(dir, 'st'));
   await rm(dir, { recursive: true, force: true });
 });
 afterAll(() => {
@@ -63,19 +54,9 @@ async function node(prefix: string): Promise<void> {
   await writeFile(path.join(dir, 'vmis', 'b.yaml'), vmiYaml('b', 'slot-02', '- name: root\n  spdkVhostBlkDisk: {image: base, capacity: 64Mi}'));
 }
 
-const agentArgs = (backend: 'spdk' | 'qsd'): string[] => [
-  'agent', '--standalone', '--backend', backend,
-  '--vmis', path.join(dir, 'vmis'), '--images', path.join(dir, 'images.yaml'),
-  '--vhost-dir', path.join(dir, 'vh'), '--state-dir', path.join(dir, 'st'),
-  '--socket-owner', `${OWNER.uid}:${OWNER.gid}`, '--orphan-grace', '0s', '--resync', '1s',
-  ...(backend === 'spdk' ? ['--spdk-socket', path.join(dir, 'spdk.sock'), '--lvstore-size', '1Gi'] : []),
-];
-
-async function startSim(): Promise<ChildProcess> {
-  const sim = startCli(['spdk-sim', '--socket', path.join(dir, 'spdk.sock'), '--vhost-dir', path.join(dir, 'vh'), '--state-dir', path.join(dir, 'sim')], procs);
-  await until('simulator socket', async () => ((await connectable(path.join(dir, 'spdk.sock'))) ? true : undefined));
-  return sim;
-}
+const agentArgs = (backend: 'spdk' | 'qsd'): string[] =>
+  standaloneAgentArgs(backend, { dir }, '--socket-owner', SOCKET_OWNER_ARG, '--orphan-grace', '0s', '--resync', '1s', ...(backend === 'spdk' ? ['--lvstore-size', '1Gi'] : []));
+const startSim = (): Promise<ChildProcess> => startSpdkSim(dir, procs);
 
 async function status(): Promise<NodeStatus> {
   return NodeStatusSchema.parse(JSON.parse(await readFile(path.join(dir, 'st', 'status.json'), 'utf8')));

@@ -21,6 +21,13 @@ export function startCli(args: string[], procs: ChildProcess[]): CliProcess {
 export const exited = (p: ChildProcess): Promise<number | null> =>
   p.exitCode !== null || p.signalCode !== null ? Promise.resolve(p.exitCode) : new Promise((resolve) => p.once('exit', (code) => resolve(code)));
 
+/** The exit code, or 'still running' after `ms`: a bound so that a process that never exits fails the test instead of hanging it. */
+export function exitedWithin(p: ChildProcess, ms: number): Promise<number | null | 'still running'> {
+  let timer: NodeJS.Timeout | undefined;
+  const bound = new Promise<'still running'>((resolve) => (timer = setTimeout(() => resolve('still running'), ms)));
+  return Promise.race([exited(p), bound]).finally(() => clearTimeout(timer));
+}
+
 /** SIGKILLs what is still running (afterEach). */
 export async function killAll(procs: ChildProcess[]): Promise<void> {
   for (const p of procs.splice(0)) {

@@ -5,6 +5,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { NodeStatusSchema } from '../../src/agent/node-status.js';
+import { killAgentQsd, SOCKET_OWNER as OWNER, SOCKET_OWNER_ARG, standaloneAgentArgs } from '../helpers/agent.js';
 import { connectable, exited, hasCommand, killAll, startCli, until, vmiYaml } from '../helpers/process.js';
 
 /**
@@ -14,18 +15,11 @@ import { connectable, exited, hasCommand, killAll, startCli, until, vmiYaml } fr
  */
 // Needs Debian's qemu-system-common and qemu-utils (make deps installs them).
 const missing = !hasCommand('qemu-storage-daemon') || !hasCommand('qemu-img');
-const isRoot = process.getuid?.() === 0;
-const OWNER = isRoot ? { uid: 107, gid: 107 } : { uid: process.getuid?.() ?? 0, gid: process.getgid?.() ?? 0 };
 
 let dir: string;
 const procs: ChildProcess[] = [];
 
-const agentArgs = (): string[] => [
-  'agent', '--standalone', '--backend', 'qsd',
-  '--vmis', path.join(dir, 'vmis'), '--images', path.join(dir, 'images.yaml'),
-  '--vhost-dir', path.join(dir, 'vh'), '--state-dir', path.join(dir, 'st'),
-  '--socket-owner', `${OWNER.uid}:${OWNER.gid}`, '--orphan-grace', '0s', '--resync', '2s',
-];
+const agentArgs = (): string[] => standaloneAgentArgs('qsd', { dir }, '--socket-owner', SOCKET_OWNER_ARG, '--orphan-grace', '0s', '--resync', '2s');
 const slotReady = async (s: string): Promise<true | undefined> =>
   (JSON.parse(await readFile(path.join(dir, 'st', 'slots', `${s}.json`), 'utf8')) as { ready: boolean }).ready || undefined;
 
@@ -45,15 +39,7 @@ beforeEach(async () => {
 
 afterEach(async () => {
   await killAll(procs);
-  // The daemon outlives a killed agent by design (VMs keep their disks): stop it here.
-  const pid = await readFile(path.join(dir, 'st', 'qsd', 'qsd.pid'), 'utf8').catch(() => '');
-  if (pid.trim()) {
-    try {
-      process.kill(Number(pid.trim()), 'SIGKILL');
-    } catch {
-      // already gone
-    }
-  }
+  await killAgentQsd(path.join(dir, 'st'));
   await rm(dir, { recursive: true, force: true });
 });
 

@@ -7,6 +7,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { NodeStatusSchema } from '../../src/agent/node-status.js';
+import { killAgentQsd, SOCKET_OWNER_ARG, standaloneAgentArgs } from '../helpers/agent.js';
 import { connectable, exited, hasCommand, killAll, startCli, until, vmiYaml } from '../helpers/process.js';
 
 /**
@@ -15,20 +16,14 @@ import { connectable, exited, hasCommand, killAll, startCli, until, vmiYaml } fr
  * same state dir must not start (F6), while a SIGKILLed one leaves no stuck lock.
  */
 const missing = !hasCommand('qemu-storage-daemon') || !hasCommand('qemu-img') || !hasCommand('flock');
-const isRoot = process.getuid?.() === 0;
-const OWNER = isRoot ? { uid: 107, gid: 107 } : { uid: process.getuid?.() ?? 0, gid: process.getgid?.() ?? 0 };
 
 let dir: string;
 const procs: ChildProcess[] = [];
 let server: http.Server | undefined;
 const sockets = new Set<Socket>();
 
-const agentArgs = (stateDir = 'st', vmis = 'vmis'): string[] => [
-  'agent', '--standalone', '--backend', 'qsd',
-  '--vmis', path.join(dir, vmis), '--images', path.join(dir, 'images.yaml'),
-  '--vhost-dir', path.join(dir, 'vh'), '--state-dir', path.join(dir, stateDir),
-  '--socket-owner', `${OWNER.uid}:${OWNER.gid}`, '--orphan-grace', '0s', '--resync', '1s',
-];
+const agentArgs = (stateDir = 'st', vmis = 'vmis'): string[] =>
+  standaloneAgentArgs('qsd', { dir, stateDir: path.join(dir, stateDir), vmis: path.join(dir, vmis) }, '--socket-owner', SOCKET_OWNER_ARG, '--orphan-grace', '0s', '--resync', '1s');
 const slotFile = async (s: string): Promise<{ ready: boolean; disks: Array<{ name: string; phase: string }> }> =>
   JSON.parse(await readFile(path.join(dir, 'st', 'slots', `${s}.json`), 'utf8')) as { ready: boolean; disks: Array<{ name: string; phase: string }> };
 const nodeStatus = async (): Promise<{ updatedAt: string }> => NodeStatusSchema.parse(JSON.parse(await readFile(path.join(dir, 'st', 'status.json'), 'utf8')));
@@ -51,14 +46,7 @@ afterEach(async () => {
   sockets.clear();
   await new Promise((r) => (server ? server.close(r) : r(undefined)));
   server = undefined;
-  const pid = await readFile(path.join(dir, 'st', 'qsd', 'qsd.pid'), 'utf8').catch(() => '');
-  if (pid.trim()) {
-    try {
-      process.kill(Number(pid.trim()), 'SIGKILL');
-    } catch {
-      // already gone
-    }
-  }
+  await killAgentQsd(path.join(dir, 'st'));
   await rm(dir, { recursive: true, force: true });
 });
 

@@ -4,48 +4,18 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { NodeStatusSchema } from '../../src/agent/node-status.js';
+import { SOCKET_OWNER as OWNER, SOCKET_OWNER_ARG, startSpdkSim, standaloneAgentArgs } from '../helpers/agent.js';
 import { connectable, exited, killAll, startCli, until, vmiYaml, type CliProcess } from '../helpers/process.js';
 
 /** The standalone agent as a real process against the SPDK simulator (a real process too). */
-
-const isRoot = process.getuid?.() === 0;
-// Root can hand sockets to QEMU's uid; otherwise the test can only chown to itself.
-const OWNER = isRoot ? { uid: 107, gid: 107 } : { uid: process.getuid?.() ?? 0, gid: process.getgid?.() ?? 0 };
 
 let dir: string;
 const procs: ChildProcess[] = [];
 const start = (args: string[]): CliProcess => startCli(args, procs);
 
-const simArgs = (): string[] => ['spdk-sim', '--socket', path.join(dir, 'spdk.sock'), '--vhost-dir', path.join(dir, 'vh'), '--state-dir', path.join(dir, 'sim')];
-const agentArgs = (...more: string[]): string[] => [
-  'agent',
-  '--standalone',
-  '--backend',
-  'spdk',
-  '--vmis',
-  path.join(dir, 'vmis'),
-  '--images',
-  path.join(dir, 'images.yaml'),
-  '--spdk-socket',
-  path.join(dir, 'spdk.sock'),
-  '--vhost-dir',
-  path.join(dir, 'vh'),
-  '--state-dir',
-  path.join(dir, 'st'),
-  '--lvstore-size',
-  '8Gi',
-  '--socket-owner',
-  `${OWNER.uid}:${OWNER.gid}`,
-  '--orphan-grace',
-  '0s',
-  ...more,
-];
-
-async function startSim(): Promise<ChildProcess> {
-  const sim = start(simArgs());
-  await until('simulator socket', async () => ((await connectable(path.join(dir, 'spdk.sock'))) ? true : undefined));
-  return sim;
-}
+const agentArgs = (...more: string[]): string[] =>
+  standaloneAgentArgs('spdk', { dir }, '--lvstore-size', '8Gi', '--socket-owner', SOCKET_OWNER_ARG, '--orphan-grace', '0s', ...more);
+const startSim = (): Promise<ChildProcess> => startSpdkSim(dir, procs);
 
 beforeEach(async () => {
   dir = await mkdtemp(path.join(os.tmpdir(), 'ai-'));

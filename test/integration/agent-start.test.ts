@@ -7,7 +7,8 @@ import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { connectable, exited, killAll, startCli, until } from '../helpers/process.js';
+import { startSpdkSim, standaloneAgentArgs } from '../helpers/agent.js';
+import { exited, killAll, startCli, type CliProcess } from '../helpers/process.js';
 
 let dir: string;
 const procs: ChildProcess[] = [];
@@ -22,30 +23,8 @@ afterEach(async () => {
   await rm(dir, { recursive: true, force: true });
 });
 
-const agent = (...more: string[]): string[] => [
-  'agent',
-  '--standalone',
-  '--backend',
-  'spdk',
-  '--vmis',
-  path.join(dir, 'vmis'),
-  '--images',
-  path.join(dir, 'images.yaml'),
-  '--spdk-socket',
-  path.join(dir, 'spdk.sock'),
-  '--vhost-dir',
-  path.join(dir, 'vh'),
-  '--state-dir',
-  path.join(dir, 'st'),
-  '--lvstore-size',
-  '1Gi',
-  ...more,
-];
-
-async function startSim(): Promise<void> {
-  startCli(['spdk-sim', '--socket', path.join(dir, 'spdk.sock'), '--vhost-dir', path.join(dir, 'vh'), '--state-dir', path.join(dir, 'sim')], procs);
-  await until('simulator socket', async () => ((await connectable(path.join(dir, 'spdk.sock'))) ? true : undefined));
-}
+const agent = (...more: string[]): string[] => standaloneAgentArgs('spdk', { dir }, '--lvstore-size', '1Gi', ...more);
+const startSim = (): Promise<CliProcess> => startSpdkSim(dir, procs);
 
 describe('agent whose backend fails to start', () => {
   it('exits 1 naming the missing lvstore base (daemon mode, no hang)', async () => {

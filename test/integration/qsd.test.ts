@@ -8,6 +8,7 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { QsdBackend } from '../../src/backend/qsd/index.js';
 import { nodeNamesFor } from '../../src/backend/qsd/naming.js';
 import { BackendError, type ImageSpec } from '../../src/backend/types.js';
+import { rejectionOf } from '../helpers/validation.js';
 
 // Needs the real daemon and qemu-img/qemu-io (Debian qemu-system-common, qemu-utils).
 const haveQemu = ['qemu-storage-daemon', 'qemu-img', 'qemu-io'].every(
@@ -87,14 +88,7 @@ async function stopNbd(b: QsdBackend): Promise<void> {
   await b.qmpExecute('nbd-server-stop');
 }
 
-async function errorOf(p: Promise<unknown>): Promise<BackendError> {
-  const err = await p.then(
-    () => undefined,
-    (e: unknown) => e,
-  );
-  expect(err).toBeInstanceOf(BackendError);
-  return err as BackendError;
-}
+const errorOf = (p: Promise<unknown>): Promise<BackendError> => rejectionOf(p, BackendError);
 
 describe.skipIf(!haveQemu)('qsd backend against a real qemu-storage-daemon', () => {
   it('serves an image disk on <vhostDir>/<slot>/<disk> and reports it in observe()', async () => {

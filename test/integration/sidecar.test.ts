@@ -2,14 +2,15 @@
  * The `kubevirt-spdk sidecar` process as virt-launcher meets it: a socket appears in the hooks
  * directory, Info and OnDefineDomain answer over it, SIGTERM stops it and removes the socket.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { mkdtemp, readdir, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { parse as parseYaml } from 'yaml';
 import { afterEach, describe, expect, it } from 'vitest';
-import { REPO_ROOT, cliArgv } from '../helpers/cli.js';
+import { REPO_ROOT } from '../helpers/cli.js';
+import { exited, exitedWithin, killAll, startCli } from '../helpers/process.js';
 import { VirtLauncherHooks, hookClient } from '../unit/sidecar/hook-client.js';
 import { sidecarArgs } from '../../webhooks/mutate.js';
 import { convertDomain } from '../../src/converter/index.js';
@@ -27,38 +28,19 @@ async function waitForSocket(dir: string, child: ChildProcess): Promise<string> 
   throw new Error('sidecar socket did not appear within 15 s');
 }
 
-function exited(child: ChildProcess): Promise<number | null> {
-  return child.exitCode !== null ? Promise.resolve(child.exitCode) : new Promise((resolve) => child.once('exit', (code) => resolve(code)));
-}
-
-/** The exit code, or 'still running' after `ms`: a bound so that a sidecar that never exits fails the test instead of hanging it. */
-function exitedWithin(child: ChildProcess, ms: number): Promise<number | null | 'still running'> {
-  let timer: NodeJS.Timeout | undefined;
-  const bound = new Promise<'still running'>((resolve) => (timer = setTimeout(() => resolve('still running'), ms)));
-  return Promise.race([exited(child), bound]).finally(() => clearTimeout(timer));
-}
-
 describe('kubevirt-spdk sidecar (process)', () => {
   let dir: string | undefined;
-  let child: ChildProcess | undefined;
+  const procs: ChildProcess[] = [];
 
   afterEach(async () => {
-    if (child && child.exitCode === null) {
-      child.kill('SIGKILL');
-      await exited(child);
-    }
+    await killAll(procs);
     if (dir) await rm(dir, { recursive: true, force: true });
-    child = undefined;
     dir = undefined;
   });
 
   it('serves Info and OnDefineDomain on its socket and stops cleanly on SIGTERM', async () => {
     dir = await mkdtemp(path.join(os.tmpdir(), 'hk-'));
-    const { command, args } = cliArgv('sidecar', '--socket-dir', dir, '--vhost-socket-dir', '/run/spdk');
-    const proc = spawn(command, args, { stdio: ['ignore', 'ignore', 'pipe'], cwd: REPO_ROOT });
-    child = proc;
-    let stderr = '';
-    proc.stderr?.on('data', (d: Buffer) => (stderr += d.toString()));
+    const proc = startCli(['sidecar', '--socket-dir', dir, '--vhost-socket-dir', '/run/spdk'], procs);
 
     const socketPath = await waitForSocket(dir, proc);
     const client = hookClient(socketPath);
@@ -80,15 +62,13 @@ describe('kubevirt-spdk sidecar (process)', () => {
     expect(await exited(proc)).toBe(0);
     expect(await readdir(dir)).toEqual([]);
     // Structured logs: one JSON object per line, the rewrite logged with the VMI bound.
-    const lines = stderr.trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
+    const lines = proc.out.join('').trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
     expect(lines).toContainEqual(expect.objectContaining({ component: 'sidecar', vmi: 'default/vmi-fedora', disks: ['rootdisk', 'data'] }));
   });
 
   it('exits after virt-launcher\'s v1alpha3 Shutdown call', async () => {
     dir = await mkdtemp(path.join(os.tmpdir(), 'hk-'));
-    const { command, args } = cliArgv('sidecar', '--socket-dir', dir, '--version', 'v1alpha3');
-    const proc = spawn(command, args, { stdio: 'ignore', cwd: REPO_ROOT });
-    child = proc;
+    const proc = startCli(['sidecar', '--socket-dir', dir, '--version', 'v1alpha3'], procs);
     const client = hookClient(await waitForSocket(dir, proc));
     try {
       expect(await client.info()).toMatchObject({ versions: ['v1alpha3'] });
@@ -105,11 +85,7 @@ describe('kubevirt-spdk sidecar (process)', () => {
 
   it('started with the args the webhook injects, it negotiates v1alpha3 with a KubeVirt >= v1.2 launcher and exits 0 after Info -> OnDefineDomain -> Shutdown', async () => {
     dir = await mkdtemp(path.join(os.tmpdir(), 'hk-'));
-    const { command, args } = cliArgv(...sidecarArgs('all'), '--socket-dir', dir);
-    const proc = spawn(command, args, { stdio: ['ignore', 'ignore', 'pipe'], cwd: REPO_ROOT });
-    child = proc;
-    let stderr = '';
-    proc.stderr?.on('data', (d: Buffer) => (stderr += d.toString()));
+    const proc = startCli([...sidecarArgs('all'), '--socket-dir', dir], procs);
     const launcher = new VirtLauncherHooks();
     try {
       const reg = await launcher.collect(await waitForSocket(dir, proc));
@@ -127,15 +103,13 @@ describe('kubevirt-spdk sidecar (process)', () => {
       launcher.close();
     }
     expect(await readdir(dir)).toEqual([]);
-    const lines = stderr.trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
+    const lines = proc.out.join('').trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
     expect(lines).toContainEqual(expect.objectContaining({ msg: 'Shutdown requested by virt-launcher' }));
   });
 
   it('with a launcher older than KubeVirt v1.2 (v1alpha1/v1alpha2 only) it negotiates v1alpha2, is never asked to shut down, and stops on SIGTERM', async () => {
     dir = await mkdtemp(path.join(os.tmpdir(), 'hk-'));
-    const { command, args } = cliArgv(...sidecarArgs('all'), '--socket-dir', dir);
-    const proc = spawn(command, args, { stdio: 'ignore', cwd: REPO_ROOT });
-    child = proc;
+    const proc = startCli([...sidecarArgs('all'), '--socket-dir', dir], procs);
     const launcher = new VirtLauncherHooks(['v1alpha2', 'v1alpha1']);
     try {
       expect((await launcher.collect(await waitForSocket(dir, proc))).version).toBe('v1alpha2');
@@ -152,9 +126,7 @@ describe('kubevirt-spdk sidecar (process)', () => {
 
   it('pinned to v1alpha2 (what older webhooks injected) it lists no Shutdown hook point, so a current launcher never stops it', async () => {
     dir = await mkdtemp(path.join(os.tmpdir(), 'hk-'));
-    const { command, args } = cliArgv('--version', 'v1alpha2', '--socket-dir', dir);
-    const proc = spawn(command, args, { stdio: 'ignore', cwd: REPO_ROOT });
-    child = proc;
+    const proc = startCli(['--version', 'v1alpha2', '--socket-dir', dir], procs);
     const launcher = new VirtLauncherHooks();
     try {
       expect((await launcher.collect(await waitForSocket(dir, proc))).version).toBe('v1alpha2');
@@ -166,12 +138,8 @@ describe('kubevirt-spdk sidecar (process)', () => {
   });
 
   it('refuses an unknown --version', async () => {
-    const { command, args } = cliArgv('sidecar', '--version', 'v2');
-    const proc = spawn(command, args, { stdio: ['ignore', 'ignore', 'pipe'], cwd: REPO_ROOT });
-    child = proc;
-    let stderr = '';
-    proc.stderr?.on('data', (d: Buffer) => (stderr += d.toString()));
+    const proc = startCli(['sidecar', '--version', 'v2'], procs);
     expect(await exited(proc)).toBe(2);
-    expect(stderr).toContain('--version: "v2" must be one of v1alpha1, v1alpha2, v1alpha3');
+    expect(proc.out.join('')).toContain('--version: "v2" must be one of v1alpha1, v1alpha2, v1alpha3');
   });
 });

@@ -5,6 +5,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { cliArgv } from '../helpers/cli.js';
+import { startCli } from '../helpers/process.js';
 import { RawRpcClient } from '../unit/simulator/rpc-client.js';
 
 /**
@@ -130,23 +131,17 @@ describe('spdk-sim restart', () => {
 
 describe('spdk-sim arguments', () => {
   it('names the missing or bad option and exits 2', async () => {
-    const { command, args } = cliArgv('spdk-sim', '--vhost-dir', dir, '--poll-interval-ms', 'soon');
-    const proc = spawn(command, args, { stdio: ['ignore', 'ignore', 'pipe'] });
-    children.push(proc);
-    let err = '';
-    proc.stderr?.on('data', (d: Buffer) => (err += d.toString()));
+    const proc = startCli(['spdk-sim', '--vhost-dir', dir, '--poll-interval-ms', 'soon'], children);
     expect((await exited(proc)).code).toBe(2);
+    const err = proc.out.join('');
     expect(err).toContain('--socket: required');
     expect(err).toContain('--poll-interval-ms: must be a whole number');
   }, 30_000);
 
   it('refuses a release it does not imitate', async () => {
-    const { command, args } = cliArgv('spdk-sim', '--socket', path.join(dir, 'x.sock'), '--vhost-dir', dir, '--version', '23.09');
-    const proc = spawn(command, args, { stdio: ['ignore', 'ignore', 'pipe'] });
-    children.push(proc);
-    let err = '';
-    proc.stderr?.on('data', (d: Buffer) => (err += d.toString()));
+    const proc = startCli(['spdk-sim', '--socket', path.join(dir, 'x.sock'), '--vhost-dir', dir, '--version', '23.09'], children);
     expect((await exited(proc)).code).toBe(2);
+    const err = proc.out.join('');
     expect(err).toContain('--version: must be one of 24.01, 25.09, got "23.09"');
   }, 30_000);
 

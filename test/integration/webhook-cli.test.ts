@@ -23,11 +23,11 @@ afterAll(async () => {
   await rm(dir, { recursive: true, force: true });
 });
 
-/** Starts the webhook CLI on a free loopback port; resolves with the process, its port and its log lines. */
-async function startWebhookProcess(): Promise<{ proc: ChildProcess; port: number; logs: string[] }> {
+/** Starts the webhook CLI (with `more` options) on a free loopback port; resolves with the process, its port and its log lines. */
+async function startWebhookProcess(...more: string[]): Promise<{ proc: ChildProcess; port: number; logs: string[] }> {
   const { command, args } = cliArgv(
     'webhook', '--tls-cert', path.join(dir, 'tls.crt'), '--tls-key', path.join(dir, 'tls.key'),
-    '--images', path.join(dir, 'images.yaml'), '--sidecar-image', 'example.org/kubevirt-spdk:t', '--host', '127.0.0.1', '--port', '0',
+    '--images', path.join(dir, 'images.yaml'), '--sidecar-image', 'example.org/kubevirt-spdk:t', '--host', '127.0.0.1', '--port', '0', ...more,
   );
   const proc = spawn(command, args, { stdio: ['ignore', 'ignore', 'pipe'] });
   child = proc;
@@ -68,21 +68,7 @@ describe('kubevirt-spdk webhook (CLI)', () => {
   }, 60_000);
 
   it('serves /readyz and exits 0 on SIGTERM', async () => {
-    const { command, args } = cliArgv(
-      'webhook', '--tls-cert', path.join(dir, 'tls.crt'), '--tls-key', path.join(dir, 'tls.key'),
-      '--images', path.join(dir, 'images.yaml'), '--sidecar-image', 'example.org/kubevirt-spdk:t', '--host', '127.0.0.1', '--port', '0', '--metrics-host', '127.0.0.1', '--metrics-port', '0',
-    );
-    const proc = spawn(command, args, { stdio: ['ignore', 'ignore', 'pipe'] });
-    child = proc;
-    const logs: string[] = [];
-    const port = await new Promise<number>((resolve, reject) => {
-      createInterface({ input: proc.stderr as NodeJS.ReadableStream }).on('line', (l) => {
-        logs.push(l);
-        const m = /"port":(\d+)/.exec(l);
-        if (m) resolve(Number(m[1]));
-      });
-      proc.once('exit', (code) => reject(new Error(`exited with ${code}: ${logs.join('\n')}`)));
-    });
+    const { proc, port, logs } = await startWebhookProcess('--metrics-host', '127.0.0.1', '--metrics-port', '0');
     const ca = await readFile(path.join(dir, 'tls.crt'), 'utf8');
     const status = await new Promise<number>((resolve, reject) =>
       https.get({ host: '127.0.0.1', port, path: '/readyz', ca, agent: false }, (res) => {

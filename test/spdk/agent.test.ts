@@ -10,12 +10,11 @@ import { mkdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { SpdkRpcClient } from '../../src/spdk/client.js';
+import { SOCKET_OWNER as OWNER, SOCKET_OWNER_ARG, standaloneAgentArgs } from '../helpers/agent.js';
 import { exited, killAll, startCli, until, vmiYaml } from '../helpers/process.js';
 import { cases, RealTarget, realSpdkOrSkip, shortTempDir } from './target.js';
 
 const targets = realSpdkOrSkip('test/spdk/agent.test.ts');
-const isRoot = process.getuid?.() === 0;
-const OWNER = isRoot ? { uid: 107, gid: 107 } : { uid: process.getuid?.() ?? 0, gid: process.getgid?.() ?? 0 };
 const MiB = 2 ** 20;
 
 let dir: string | undefined;
@@ -66,29 +65,8 @@ async function rig(bin: string, opts: { longVhostDir?: boolean } = {}): Promise<
         await c.close();
       }
     },
-    agentArgs: (...more: string[]) => [
-      'agent',
-      '--standalone',
-      '--backend',
-      'spdk',
-      '--vmis',
-      path.join(d, 'vmis'),
-      '--images',
-      path.join(d, 'images.yaml'),
-      '--spdk-socket',
-      t.socketPath,
-      '--vhost-dir',
-      vhostDir,
-      '--state-dir',
-      path.join(d, 'st'),
-      '--lvstore-size',
-      '1Gi',
-      '--socket-owner',
-      `${OWNER.uid}:${OWNER.gid}`,
-      '--orphan-grace',
-      '0s',
-      ...more,
-    ],
+    agentArgs: (...more: string[]) =>
+      standaloneAgentArgs('spdk', { dir: d, spdkSocket: t.socketPath, vhostDir }, '--lvstore-size', '1Gi', '--socket-owner', SOCKET_OWNER_ARG, '--orphan-grace', '0s', ...more),
   };
 }
 

@@ -4,14 +4,13 @@
  * spdk_tgt restart (its external-snapshot clone must not stay degraded). Opt-in: SPDK_TGT.
  */
 import { createHash } from 'node:crypto';
-import { copyFile, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { copyFile, mkdir, readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { SpdkBackend, stableUuid } from '../../src/backend/spdk/backend.js';
+import { stableUuid } from '../../src/backend/spdk/backend.js';
 import type { ImageSpec } from '../../src/backend/types.js';
 import { createMetrics } from '../../src/metrics/metrics.js';
-import { SpdkRpcClient } from '../../src/spdk/client.js';
-import { cases, RealTarget, readExport, realSpdkOrSkip, shortTempDir } from './target.js';
+import { backendOnRealTarget, cases, readExport, realSpdkOrSkip, type BackendNode } from './target.js';
 
 const targets = realSpdkOrSkip('test/spdk/backend.test.ts');
 const MiB = 2 ** 20;
@@ -21,23 +20,9 @@ afterEach(async () => {
   for (const c of cleanups.splice(0).reverse()) await c().catch(() => undefined);
 });
 
-async function setup(bin: string): Promise<{ dir: string; tgt: RealTarget; backend: SpdkBackend; client: SpdkRpcClient; metrics: ReturnType<typeof createMetrics> }> {
-  const dir = await shortTempDir('kb-');
-  cleanups.push(() => rm(dir, { recursive: true, force: true }));
-  const tgt = new RealTarget(bin, path.join(dir, 'rpc.sock'), path.join(dir, 'vh'));
-  await tgt.start();
-  cleanups.push(() => tgt.kill('SIGKILL'));
+async function setup(bin: string): Promise<BackendNode & { metrics: ReturnType<typeof createMetrics> }> {
   const metrics = createMetrics();
-  const client = new SpdkRpcClient({ socketPath: tgt.socketPath, reconnect: { initialDelayMs: 20, maxDelayMs: 200 }, metrics });
-  const backend = new SpdkBackend({
-    client,
-    vhostDir: tgt.vhostDir,
-    stateDir: path.join(dir, 'spdk'),
-    lvstore: { baseBdev: { kind: 'aio', filename: path.join(dir, 'lvs.img'), sizeMiB: 2048 } },
-  });
-  cleanups.push(() => backend.close());
-  await backend.start();
-  return { dir, tgt, backend, client, metrics };
+  return { ...(await backendOnRealTarget(bin, { prefix: 'kb-', sizeMiB: 2048, metrics }, cleanups)), metrics };
 }
 
 async function imageFile(dir: string, bytes: number): Promise<ImageSpec> {
@@ -107,20 +92,7 @@ describe.skipIf(targets.length === 0).each(cases(targets))('spdk backend on a re
 describe.skipIf(targets.length === 0).each(cases(targets))('data through the disks on a real spdk_tgt ($label)', ({ bin }) => {
   for (const blockSize of [512, 4096] as const) {
     it(`disks cloned in parallel lanes (golden and fan-outs) read the image's bytes; lvstore of ${blockSize}-byte blocks`, async () => {
-      const dir = await shortTempDir('kd-');
-      cleanups.push(() => rm(dir, { recursive: true, force: true }));
-      const tgt = new RealTarget(bin, path.join(dir, 'rpc.sock'), path.join(dir, 'vh'));
-      await tgt.start();
-      cleanups.push(() => tgt.kill('SIGKILL'));
-      const client = new SpdkRpcClient({ socketPath: tgt.socketPath, reconnect: { initialDelayMs: 20, maxDelayMs: 200 } });
-      const backend = new SpdkBackend({
-        client,
-        vhostDir: tgt.vhostDir,
-        stateDir: path.join(dir, 'spdk'),
-        lvstore: { baseBdev: { kind: 'aio', filename: path.join(dir, 'lvs.img'), sizeMiB: 1024, blockSize } },
-      });
-      cleanups.push(() => backend.close());
-      await backend.start();
+      const { dir, backend, client } = await backendOnRealTarget(bin, { prefix: 'kd-', sizeMiB: 1024, blockSize }, cleanups);
       // Not a multiple of a cluster nor of 4096: the tail is zero-padded in the lvstore.
       const image = Buffer.alloc(6 * MiB + 512, 0);
       for (let i = 0; i < image.length; i += 512) image.write(`sector ${i / 512}`, i);

@@ -10,6 +10,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { mkdir, rm, writeFile } from 'node:fs/promises';
 import net from 'node:net';
 import path from 'node:path';
+import { standaloneAgentArgs } from '../helpers/agent.js';
 import { ensureGuestBuilt, guestCmdline, GuestConsole } from '../helpers/guest.js';
 import { exited, hasCommand, killAll, startCli, until, vmiYaml } from '../helpers/process.js';
 import { RealTarget, shortTempDir } from './target.js';
@@ -51,11 +52,7 @@ export async function guestAcrossRestart(bin: string): Promise<GuestRestartResul
     await writeFile(path.join(dir, 'images.yaml'), '');
     await writeFile(path.join(dir, 'vmis', 'g.yaml'), vmiYaml('g', 'slot-00', '- name: data\n  spdkVhostBlkDisk: {blank: {}, capacity: 64Mi}'));
     const agent = startCli(
-      [
-        'agent', '--standalone', '--backend', 'spdk', '--vmis', path.join(dir, 'vmis'), '--images', path.join(dir, 'images.yaml'),
-        '--spdk-socket', tgt.socketPath, '--vhost-dir', tgt.vhostDir, '--state-dir', path.join(dir, 'st'), '--lvstore-size', '1Gi',
-        '--socket-owner', '0:0', '--resync', '60s',
-      ],
+      standaloneAgentArgs('spdk', { dir, spdkSocket: tgt.socketPath, vhostDir: tgt.vhostDir }, '--lvstore-size', '1Gi', '--socket-owner', '0:0', '--resync', '60s'),
       procs,
     );
     const sock = path.join(tgt.vhostDir, 'slot-00', 'data');

@@ -4,15 +4,12 @@
  * controller at the same `<slot>/<disk>` name; every call is idempotent; cleanup leaves nothing.
  * Opt-in: SPDK_TGT.
  */
-import { rm } from 'node:fs/promises';
 import net from 'node:net';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { exportNqn } from '../../src/backend/remote.js';
-import { SpdkBackend } from '../../src/backend/spdk/backend.js';
 import { BackendError } from '../../src/backend/types.js';
-import { SpdkRpcClient } from '../../src/spdk/client.js';
-import { cases, RealTarget, realSpdkOrSkip, shortTempDir } from './target.js';
+import { backendOnRealTarget, cases, realSpdkOrSkip, type BackendNode } from './target.js';
 
 const targets = realSpdkOrSkip('test/spdk/migration.test.ts');
 const MiB = 2 ** 20;
@@ -34,22 +31,8 @@ async function freePort(): Promise<number> {
   });
 }
 
-async function node(bin: string, name: string): Promise<{ tgt: RealTarget; backend: SpdkBackend; client: SpdkRpcClient }> {
-  const dir = await shortTempDir(`km${name}-`);
-  cleanups.push(() => rm(dir, { recursive: true, force: true }));
-  const tgt = new RealTarget(bin, path.join(dir, 'rpc.sock'), path.join(dir, 'vh'));
-  await tgt.start();
-  cleanups.push(() => tgt.kill('SIGKILL'));
-  const client = new SpdkRpcClient({ socketPath: tgt.socketPath, reconnect: { initialDelayMs: 20, maxDelayMs: 200 } });
-  const backend = new SpdkBackend({
-    client,
-    vhostDir: tgt.vhostDir,
-    stateDir: path.join(dir, 'spdk'),
-    lvstore: { baseBdev: { kind: 'aio', filename: path.join(dir, 'lvs.img'), sizeMiB: 512 } },
-  });
-  cleanups.push(() => backend.close());
-  await backend.start();
-  return { tgt, backend, client };
+async function node(bin: string, name: string): Promise<BackendNode> {
+  return backendOnRealTarget(bin, { prefix: `km${name}-`, sizeMiB: 512 }, cleanups);
 }
 
 describe.skipIf(targets.length === 0).each(cases(targets))('migration export/attach between two real spdk_tgt ($label)', ({ bin }) => {

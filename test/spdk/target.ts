@@ -12,6 +12,8 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import fs from 'node:fs/promises';
 import path from 'node:path';
+import { SpdkBackend } from '../../src/backend/spdk/backend.js';
+import type { Metrics } from '../../src/metrics/metrics.js';
 import { SpdkRpcClient } from '../../src/spdk/client.js';
 
 export interface TargetBinary {
@@ -125,6 +127,40 @@ export class RealTarget {
 /** A temp directory short enough for the vhost sockets below it (sun_path is 108 bytes). */
 export async function shortTempDir(prefix: string): Promise<string> {
   return fs.mkdtemp(path.join('/tmp', prefix));
+}
+
+export interface BackendNode {
+  dir: string;
+  tgt: RealTarget;
+  client: SpdkRpcClient;
+  backend: SpdkBackend;
+}
+
+/**
+ * A real spdk_tgt in a fresh short temp dir (`prefix`) and an SpdkBackend started on it, its
+ * lvstore on an aio file of `sizeMiB`. Cleanups (dir, target, backend) go onto `cleanups`,
+ * for an afterEach to run in reverse order.
+ */
+export async function backendOnRealTarget(
+  bin: string,
+  opts: { prefix: string; sizeMiB: number; blockSize?: 512 | 4096; metrics?: Metrics },
+  cleanups: Array<() => Promise<void>>,
+): Promise<BackendNode> {
+  const dir = await shortTempDir(opts.prefix);
+  cleanups.push(() => fs.rm(dir, { recursive: true, force: true }));
+  const tgt = new RealTarget(bin, path.join(dir, 'rpc.sock'), path.join(dir, 'vh'));
+  await tgt.start();
+  cleanups.push(() => tgt.kill('SIGKILL'));
+  const client = new SpdkRpcClient({ socketPath: tgt.socketPath, reconnect: { initialDelayMs: 20, maxDelayMs: 200 }, ...(opts.metrics ? { metrics: opts.metrics } : {}) });
+  const backend = new SpdkBackend({
+    client,
+    vhostDir: tgt.vhostDir,
+    stateDir: path.join(dir, 'spdk'),
+    lvstore: { baseBdev: { kind: 'aio', filename: path.join(dir, 'lvs.img'), sizeMiB: opts.sizeMiB, ...(opts.blockSize ? { blockSize: opts.blockSize } : {}) } },
+  });
+  cleanups.push(() => backend.close());
+  await backend.start();
+  return { dir, tgt, client, backend };
 }
 
 /**

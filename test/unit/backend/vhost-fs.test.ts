@@ -5,6 +5,7 @@ import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { BackendError } from '../../../src/backend/types.js';
 import { ensureSlotDir, fixSocketOwnership } from '../../../src/backend/vhost-fs.js';
+import { rejectionOf } from '../../helpers/validation.js';
 
 let dir: string;
 const servers: net.Server[] = [];
@@ -16,14 +17,7 @@ afterEach(async () => {
   await fs.rm(dir, { recursive: true, force: true });
 });
 
-async function errorOf(p: Promise<unknown>): Promise<BackendError> {
-  const e = await p.then(
-    () => undefined,
-    (err: unknown) => err,
-  );
-  expect(e).toBeInstanceOf(BackendError);
-  return e as BackendError;
-}
+const errorOf = (p: Promise<unknown>): Promise<BackendError> => rejectionOf(p, BackendError);
 
 async function socketAt(p: string): Promise<void> {
   const s = net.createServer();

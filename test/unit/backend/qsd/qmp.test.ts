@@ -4,6 +4,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { QmpClient, QmpError, type QmpEvent } from '../../../../src/backend/qsd/qmp.js';
+import { rejectionOf } from '../../../helpers/validation.js';
 
 const GREETING = { QMP: { version: { qemu: { major: 7, minor: 2, micro: 22 }, package: 'test' }, capabilities: ['oob'] } };
 
@@ -76,14 +77,7 @@ async function start(handler: ConstructorParameters<typeof FakeQmp>[1], opts?: {
   return fake.socketPath;
 }
 
-async function rejection(p: Promise<unknown>): Promise<QmpError> {
-  const err = await p.then(
-    () => undefined,
-    (e: unknown) => e,
-  );
-  expect(err).toBeInstanceOf(QmpError);
-  return err as QmpError;
-}
+const rejection = (p: Promise<unknown>): Promise<QmpError> => rejectionOf(p, QmpError);
 
 describe('QmpClient', () => {
   it('reads the greeting and negotiates capabilities before anything else', async () => {
