@@ -3,18 +3,22 @@
  * XML rewritten with the VMI's SPDK disks, exactly what the hook sidecar would return.
  */
 import { readFile } from 'node:fs/promises';
-import { parseArgs } from 'node:util';
+import { z } from 'zod';
 import { ValidationError } from '../../api/errors.js';
 import { parseVmiYaml } from '../../api/vmi.js';
 import { DEFAULT_SOCKET_DIR, convertDomain } from '../../converter/index.js';
 import { decodeUtf8Strict } from '../../converter/utf8.js';
+import { defineCommand, text, type Command } from '../config.js';
 
-const USAGE = `usage: kubevirt-spdk convert --vmi VMI.yaml --domain IN.xml [--socket-dir DIR]
-
-  --vmi FILE         the VirtualMachineInstance (YAML or JSON) with kubevirt-spdk.io/volumes
-  --domain FILE      libvirt domain XML as virt-launcher defines it ("-" reads stdin)
-  --socket-dir DIR   vhost socket directory inside the pod (default ${DEFAULT_SOCKET_DIR})
-`;
+const ConvertConfigSchema = z
+  .object({
+    vmi: text('FILE').optional().describe('The VirtualMachineInstance (YAML or JSON) carrying `kubevirt-spdk.io/volumes`. Required.'),
+    domain: text('FILE').optional().describe('libvirt domain XML as virt-launcher defines it (`-` reads stdin). Required.'),
+    socketDir: text('DIR').default(DEFAULT_SOCKET_DIR).describe('vhost socket directory inside the pod, written into the domain XML.'),
+  })
+  .superRefine((c, ctx) => {
+    if (c.vmi === undefined || c.domain === undefined) ctx.addIssue({ code: z.ZodIssueCode.custom, path: [], message: '--vmi and --domain are required' });
+  });
 
 async function readInput(file: string, flag: string): Promise<string> {
   try {
@@ -30,34 +34,13 @@ async function readInput(file: string, flag: string): Promise<string> {
   }
 }
 
-export async function run(argv: string[]): Promise<number> {
-  let values: { vmi?: string; domain?: string; 'socket-dir'?: string; help?: boolean };
-  try {
-    ({ values } = parseArgs({
-      args: argv,
-      options: {
-        vmi: { type: 'string' },
-        domain: { type: 'string' },
-        'socket-dir': { type: 'string' },
-        help: { type: 'boolean', short: 'h' },
-      },
-      strict: true,
-    }));
-  } catch (e) {
-    process.stderr.write(`kubevirt-spdk convert: ${(e as Error).message}\n\n${USAGE}`);
-    return 2;
-  }
-  if (values.help) {
-    process.stdout.write(USAGE);
+export const command: Command<typeof ConvertConfigSchema> = {
+  ...defineCommand({ name: 'convert', schema: ConvertConfigSchema, synopsis: ['--vmi VMI.yaml --domain IN.xml [--socket-dir DIR]'] }),
+  async run(c) {
+    const vmiFile = c.vmi ?? '';
+    const vmi = parseVmiYaml(await readInput(vmiFile, '--vmi'), vmiFile);
+    const domainXml = await readInput(c.domain ?? '', '--domain');
+    process.stdout.write(convertDomain(domainXml, vmi, { socketDir: c.socketDir }));
     return 0;
-  }
-  if (!values.vmi || !values.domain) {
-    process.stderr.write(`kubevirt-spdk convert: --vmi and --domain are required\n\n${USAGE}`);
-    return 2;
-  }
-  const vmi = parseVmiYaml(await readInput(values.vmi, '--vmi'), values.vmi);
-  const domainXml = await readInput(values.domain, '--domain');
-  const socketDir = values['socket-dir'];
-  process.stdout.write(convertDomain(domainXml, vmi, socketDir === undefined ? {} : { socketDir }));
-  return 0;
-}
+  },
+};

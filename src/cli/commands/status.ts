@@ -1,11 +1,15 @@
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
-import { parseArgs } from 'node:util';
+import { z } from 'zod';
 import { formatBytes } from '../../api/quantity.js';
 import { NodeStatusSchema, type NodeStatus } from '../../agent/node-status.js';
 import { formatZodError, ValidationError } from '../../api/errors.js';
+import { defineCommand, text, type Command } from '../config.js';
 
-const USAGE = 'usage: kubevirt-spdk status [--state-dir DIR] [--json]\n';
+const StatusConfigSchema = z.object({
+  stateDir: text('DIR').default('/var/lib/kubevirt-spdk/state').describe("The agent's state directory (reads `status.json`)."),
+  json: z.boolean().default(false).describe('Print the status as JSON.'),
+});
 
 /** The status file is stale when the agent missed this many resyncs. */
 const STALE_PERIODS = 3;
@@ -47,22 +51,13 @@ export function render(s: NodeStatus, now: number): string {
   return `${out.join('\n')}\n`;
 }
 
-export async function run(argv: string[]): Promise<number> {
-  const { values } = parseArgs({
-    args: argv,
-    options: { 'state-dir': { type: 'string', default: '/var/lib/kubevirt-spdk/state' }, json: { type: 'boolean', default: false }, help: { type: 'boolean', short: 'h', default: false } },
-    strict: true,
-  });
-  if (values.help) {
-    process.stdout.write(USAGE);
-    return 0;
-  }
-  const file = path.join(values['state-dir'], 'status.json');
+async function run(c: z.output<typeof StatusConfigSchema>): Promise<number> {
+  const file = path.join(c.stateDir, 'status.json');
   let text: string;
   try {
     text = await readFile(file, 'utf8');
   } catch (e) {
-    process.stderr.write(`kubevirt-spdk status: cannot read ${file}: ${(e as Error).message} (has the agent run with --state-dir ${values['state-dir']}?)\n`);
+    process.stderr.write(`kubevirt-spdk status: cannot read ${file}: ${(e as Error).message} (has the agent run with --state-dir ${c.stateDir}?)\n`);
     return 1;
   }
   let doc: unknown;
@@ -75,7 +70,9 @@ export async function run(argv: string[]): Promise<number> {
   if (!parsed.success) throw new ValidationError(formatZodError(file, parsed.error));
   const now = Date.now();
   const stale = staleness(parsed.data, now);
-  if (values.json) process.stdout.write(`${JSON.stringify({ ...parsed.data, ...(stale ? { stale } : {}) }, null, 2)}\n`);
+  if (c.json) process.stdout.write(`${JSON.stringify({ ...parsed.data, ...(stale ? { stale } : {}) }, null, 2)}\n`);
   else process.stdout.write(render(parsed.data, now));
   return stale ? 3 : 0;
 }
+
+export const command: Command<typeof StatusConfigSchema> = { ...defineCommand({ name: 'status', schema: StatusConfigSchema }), run };

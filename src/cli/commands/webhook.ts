@@ -1,92 +1,65 @@
 /**
- * `kubevirt-spdk webhook --tls-cert FILE --tls-key FILE --sidecar-image IMAGE [--images FILE]`
- * Without --images the CachedImage catalog comes from the cluster (in-cluster config or
- * KUBECONFIG).
+ * `kubevirt-spdk webhook`: the mutating admission webhook. Without --images the CachedImage
+ * catalog comes from the cluster (in-cluster config or KUBECONFIG).
  */
-import { parseArgs } from 'node:util';
+import { z } from 'zod';
 import { createLogger } from '../../log.js';
 import { stopSignal } from '../signals.js';
 import { InformerImageCatalog, StaticImageCatalog, type ImageCatalog } from '../../../webhooks/catalog.js';
 import { WebhookServer, DEFAULT_MAX_BODY_BYTES } from '../../../webhooks/server.js';
-import { HOOK_SIDECAR_MODES, type HookSidecarMode } from '../../../webhooks/mutate.js';
+import { HOOK_SIDECAR_MODES } from '../../../webhooks/mutate.js';
+import { defineCommand, int, oneOf, port, text, type Command } from '../config.js';
 
-const USAGE = `usage: kubevirt-spdk webhook --tls-cert FILE --tls-key FILE --sidecar-image IMAGE
-       [--images FILE] [--host 0.0.0.0] [--port 8443] [--max-body-bytes ${DEFAULT_MAX_BODY_BYTES}]
-       [--hook-sidecar ${HOOK_SIDECAR_MODES.join('|')}]
+const WebhookConfigSchema = z.object({
+  tlsCert: text('FILE').describe('Serving certificate (PEM).'),
+  tlsKey: text('FILE').describe('Serving key (PEM).'),
+  sidecarImage: text('IMAGE').describe('Image of the hook sidecar injected into virt-launcher pods.'),
+  images: text('FILE').optional().describe('File of `CachedImage` documents. Without it the catalog comes from the cluster (in-cluster config or KUBECONFIG).'),
+  host: text('ADDRESS').default('0.0.0.0').describe('Listen address.'),
+  port: port().default('8443').describe('HTTPS port.'),
+  metricsPort: port()
+    .default('9472')
+    .describe('Plain-HTTP port of `/metrics`, `/healthz` and `/readyz` (0 = any free port). Never served on `--port`, which the admission Service exposes to the whole cluster.'),
+  metricsHost: text('ADDRESS').default('0.0.0.0').describe('Address the metrics listener binds.'),
+  maxBodyBytes: int({ min: 1, value: 'BYTES', message: (t) => `${t} must be a positive integer` })
+    .default(String(DEFAULT_MAX_BODY_BYTES))
+    .describe('Largest AdmissionReview body accepted.'),
+  hookSidecar: oneOf(HOOK_SIDECAR_MODES)
+    .default('all')
+    .describe(
+      'Hook sidecar injected into SPDK VMIs: `all` (lists every Callbacks version; KubeVirt picks `v1alpha3` with Shutdown from v1.2.0, `v1alpha2` before), `v1alpha1`/`v1alpha2`/`v1alpha3` (pinned), or `none` (KubeVirt >= v1.9 with the Plugin CR, see docs/kubevirt-versions.md).',
+    ),
+});
 
-  --hook-sidecar  all (default): inject the hook sidecar listing every Callbacks version
-                  (KubeVirt picks v1alpha3 with Shutdown from v1.2.0, v1alpha2 before);
-                  v1alphaN: pin one version; none: inject no hook sidecar (KubeVirt >= v1.9
-                  with the Plugin CR of manifests/kubevirt/plugin.yaml)
-       [--metrics-host 0.0.0.0] [--metrics-port 9472] (plain HTTP /metrics, /healthz, /readyz; never on --port)
-`;
-
-function isHookSidecarMode(v: string): v is HookSidecarMode {
-  return (HOOK_SIDECAR_MODES as readonly string[]).includes(v);
-}
-
-export async function run(argv: string[]): Promise<number> {
-  const { values } = parseArgs({
-    args: argv,
-    options: {
-      'tls-cert': { type: 'string' },
-      'tls-key': { type: 'string' },
-      'sidecar-image': { type: 'string' },
-      images: { type: 'string' },
-      host: { type: 'string', default: '0.0.0.0' },
-      port: { type: 'string', default: '8443' },
-      'metrics-port': { type: 'string', default: '9472' },
-      'metrics-host': { type: 'string', default: '0.0.0.0' },
-      'max-body-bytes': { type: 'string', default: String(DEFAULT_MAX_BODY_BYTES) },
-      'hook-sidecar': { type: 'string', default: 'all' },
-      help: { type: 'boolean', short: 'h' },
-    },
-    strict: true,
-  });
-  if (values.help) {
-    process.stdout.write(USAGE);
+export const command: Command<typeof WebhookConfigSchema> = {
+  ...defineCommand({ name: 'webhook', schema: WebhookConfigSchema }),
+  async run(c) {
+    const logger = createLogger('webhook');
+    let catalog: ImageCatalog;
+    let stopCatalog = async (): Promise<void> => undefined;
+    if (c.images) catalog = await StaticImageCatalog.fromFile(c.images);
+    else {
+      const informer = await InformerImageCatalog.forCluster(logger);
+      // Serve /healthz at once; /readyz reports ready once the first list arrived.
+      void informer.start();
+      catalog = informer;
+      stopCatalog = () => informer.stop();
+    }
+    const server = await WebhookServer.start({
+      certFile: c.tlsCert,
+      keyFile: c.tlsKey,
+      host: c.host,
+      port: c.port,
+      metricsPort: c.metricsPort,
+      metricsHost: c.metricsHost,
+      catalog,
+      config: { sidecarImage: c.sidecarImage, hookSidecar: c.hookSidecar },
+      logger,
+      maxBodyBytes: c.maxBodyBytes,
+    });
+    logger.info({ signal: await stopSignal() }, 'shutting down');
+    await server.close();
+    await stopCatalog();
     return 0;
-  }
-  const missing = (['tls-cert', 'tls-key', 'sidecar-image'] as const).filter((k) => !values[k]);
-  const port = Number(values.port);
-  const metricsPort = Number(values['metrics-port']);
-  const maxBody = Number(values['max-body-bytes']);
-  const problems = [
-    ...missing.map((k) => `--${k}: is required`),
-    ...(Number.isInteger(port) && port >= 0 && port < 65536 ? [] : [`--port: ${values.port} is not a TCP port`]),
-    ...(Number.isInteger(metricsPort) && metricsPort >= 0 && metricsPort < 65536 ? [] : [`--metrics-port: ${values['metrics-port']} is not a TCP port`]),
-    ...(Number.isInteger(maxBody) && maxBody > 0 ? [] : [`--max-body-bytes: ${values['max-body-bytes']} must be a positive integer`]),
-    ...(isHookSidecarMode(values['hook-sidecar']) ? [] : [`--hook-sidecar: "${values['hook-sidecar']}" must be one of ${HOOK_SIDECAR_MODES.join(', ')}`]),
-  ];
-  if (problems.length) {
-    process.stderr.write(`kubevirt-spdk webhook: ${problems.join('; ')}\n${USAGE}`);
-    return 2;
-  }
-  const logger = createLogger('webhook');
-  let catalog: ImageCatalog;
-  let stopCatalog = async (): Promise<void> => undefined;
-  if (values.images) catalog = await StaticImageCatalog.fromFile(values.images);
-  else {
-    const informer = await InformerImageCatalog.forCluster(logger);
-    // Serve /healthz at once; /readyz reports ready once the first list arrived.
-    void informer.start();
-    catalog = informer;
-    stopCatalog = () => informer.stop();
-  }
-  const server = await WebhookServer.start({
-    certFile: values['tls-cert'] as string,
-    keyFile: values['tls-key'] as string,
-    host: values.host,
-    port,
-    metricsPort,
-    metricsHost: values['metrics-host'],
-    catalog,
-    config: { sidecarImage: values['sidecar-image'] as string, hookSidecar: values['hook-sidecar'] as HookSidecarMode },
-    logger,
-    maxBodyBytes: maxBody,
-  });
-  logger.info({ signal: await stopSignal() }, 'shutting down');
-  await server.close();
-  await stopCatalog();
-  return 0;
-}
+  },
+};

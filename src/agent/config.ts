@@ -1,0 +1,117 @@
+/**
+ * The node agent's configuration, one schema for both modes (standalone: files; cluster: the
+ * API server): its flags, defaults, bounds and `--help` text, and the one place where the
+ * NodeAgent's options are made from it. `doctor` reads the agent's defaults from here.
+ */
+import path from 'node:path';
+import { z } from 'zod';
+import { defineCommand, duration, int, oneOf, port, quantity, text, typed } from '../cli/config.js';
+import { DEFAULT_POD_RESOURCES_SOCKET } from '../kube/kubelet-paths.js';
+import type { StorageBackend } from '../backend/types.js';
+import type { NodeAgentOptions } from './agent.js';
+
+/** Cluster mode always serves /readyz (the DaemonSet's probe): here unless --metrics-port says. */
+export const DEFAULT_METRICS_PORT = 9470;
+const MiB = 2 ** 20;
+
+/** `UID:GID` of every vhost socket. */
+export const socketOwner = (): z.ZodEffects<z.ZodString, { uid: number; gid: number }, string> =>
+  typed<{ uid: number; gid: number }>({ value: 'UID:GID' }, (t) => {
+    const m = /^(\d+):(\d+)$/.exec(t);
+    return m ? { ok: { uid: Number(m[1]), gid: Number(m[2]) } } : { error: `"${t}" must be UID:GID (numbers)` };
+  });
+
+const octalMode = typed<number>({ value: 'MODE' }, (t) => (/^0?[0-7]{3}$/.test(t) ? { ok: parseInt(t, 8) } : { error: `"${t}" must be an octal mode like 0660` }));
+const blockSize = typed<512 | 4096>({ value: '512|4096' }, (t) => (t === '512' || t === '4096' ? { ok: Number(t) as 512 | 4096 } : { error: `"${t}" must be 512 or 4096` }));
+
+export const AgentFlagsSchema = z.object({
+  standalone: z.boolean().default(false).describe('Run driven by files (`--vmis`, `--images`, a `kubevirt-spdk.io/slot` annotation per VMI). Without it the agent runs in cluster mode against the API server.'),
+  vmis: text('DIR').optional().describe('Standalone: directory of VMI YAML files: the desired state. Each VMI needs `kubevirt-spdk.io/volumes` and `kubevirt-spdk.io/slot`. Required with `--standalone`.'),
+  images: text('FILE').optional().describe('Standalone: file of `CachedImage` documents (YAML stream or a `List`). Required with `--standalone`.'),
+  backend: oneOf(['spdk', 'qsd']).default('spdk').describe('`spdk` (spdk_tgt over JSON-RPC) or `qsd` (qemu-storage-daemon, managed by the agent).'),
+  vhostDir: text('DIR').describe("Directory where controllers bind their sockets (`<vhost-dir>/<slot>/<disk>`); spdk_tgt's `-S`."),
+  stateDir: text('DIR').describe('Agent state: journal, `status.json`, per-slot readiness files `slots/<slot>.json`, the development lvstore file.'),
+  once: z.boolean().default(false).describe('Standalone: reconcile until converged, print a summary, exit 0 when every disk is Ready, 1 otherwise.'),
+  timeout: duration().default('120s').describe('With `--once`: how long to keep reconciling (and waiting for the backend) before giving up.'),
+  spdkSocket: text('PATH').default('/var/tmp/spdk.sock').describe('spdk_tgt JSON-RPC unix socket (`spdk` backend).'),
+  lvstoreBdev: text('NAME').optional().describe('Base bdev of the lvstore (an NVMe namespace bdev in production). Without it the agent creates a sparse aio file `<state-dir>/lvstore.img` of `--lvstore-size`.'),
+  lvstoreSize: quantity({ min: 64 * MiB, minText: '64Mi' }).default('64Gi').describe('Size of the development aio lvstore file.'),
+  lvstoreBlockSize: blockSize
+    .optional()
+    .describe(
+      'Block size (512 or 4096) of the development aio lvstore file, fixed when the file is made and recorded in the state dir (a restart re-creates it exactly). Default: as recorded, else 512 (the guest sees it as its logical block size; distro images expect 512).',
+    ),
+  socketOwner: socketOwner().default('107:107').describe('`UID:GID` given to every vhost socket: QEMU in virt-launcher runs as 107:107.'),
+  socketMode: octalMode.default('0660').describe('Octal mode of every vhost socket.'),
+  orphanGrace: duration().default('5m').describe('How long an object that no VMI claims is kept before it is collected.'),
+  resync: duration().default('30s').describe('Period of the full reconcile (list the backend, compare, repair).'),
+  cacheMaxSize: quantity().optional().describe('Image cache limit: total virtual size of golden images. No limit when absent.'),
+  cacheMaxCount: int().optional().describe('Image cache limit: number of golden images. No limit when absent.'),
+  node: text('NAME').optional().describe('Node name written into the status (`node`, and `dataNode` of Ready disks, which is `local` without it). Required in cluster mode.'),
+  nodeAddress: text('IP')
+    .optional()
+    .describe('Cluster mode: the address this node exports migrating disks on (NVMe-oF/TCP, port 4420). Without it, node-local disks cannot migrate away.'),
+  metricsPort: port()
+    .optional()
+    .describe(`Serve \`/metrics\` (Prometheus), \`/healthz\` and \`/readyz\` on this TCP port (0 = any free port). Cluster mode: default ${DEFAULT_METRICS_PORT}; standalone: no metrics server when absent.`),
+  kubeconfig: text('FILE').optional().describe('Cluster mode: kubeconfig file. In-cluster config when absent.'),
+  podResourcesSocket: text('PATH').default(DEFAULT_POD_RESOURCES_SOCKET).describe('Cluster mode: the kubelet PodResources API socket, used to map launcher pods to slots.'),
+  bdevDir: text('DIR')
+    .optional()
+    .describe("qsd only: the directory `bdev: <name>` volumes are served from (`<dir>/<name>`, a file or block device, or the admin's link to one). Without it the qsd backend serves no `bdev:` volume."),
+});
+
+/** The rules between flags; each message names the flag(s). */
+export const AgentConfigSchema = AgentFlagsSchema.superRefine((c, ctx) => {
+  const problem = (key: string | undefined, message: string): void => ctx.addIssue({ code: z.ZodIssueCode.custom, path: key ? [key] : [], message });
+  if (c.standalone) {
+    if (c.vmis === undefined) problem('vmis', 'is required');
+    if (c.images === undefined) problem('images', 'is required');
+    if (c.kubeconfig !== undefined) problem('kubeconfig', 'only applies in cluster mode (without --standalone)');
+  } else {
+    if (c.node === undefined) problem('node', 'is required in cluster mode (or set NODE_NAME)');
+    if (c.once) problem('once', 'only applies with --standalone');
+    if (c.vmis !== undefined || c.images !== undefined) problem(undefined, '--vmis, --images: only apply with --standalone (cluster mode watches the API server)');
+  }
+  if (c.lvstoreBlockSize !== undefined && c.lvstoreBdev !== undefined) problem('lvstoreBlockSize', 'only applies to the aio file made without --lvstore-bdev (a device has its own block size)');
+  if (c.bdevDir !== undefined && c.backend !== 'qsd') problem('bdevDir', 'only applies with --backend qsd (spdk bdevs are named in spdk_tgt)');
+}).transform((c) => ({
+  ...c,
+  ...(c.bdevDir !== undefined ? { bdevDir: path.resolve(c.bdevDir) } : {}),
+  ...(c.metricsPort === undefined && !c.standalone ? { metricsPort: DEFAULT_METRICS_PORT } : {}),
+}));
+export type AgentConfig = z.output<typeof AgentConfigSchema>;
+
+export const agentConfig = defineCommand({
+  name: 'agent',
+  schema: AgentConfigSchema,
+  // NODE_NAME and NODE_IP come from the DaemonSet's downward API; a standalone agent ignores NODE_NAME.
+  flags: { node: { env: 'NODE_NAME', envUnless: 'standalone' }, nodeAddress: { env: 'NODE_IP' } },
+  synopsis: [
+    '--standalone --vmis DIR --images FILE --vhost-dir DIR --state-dir DIR [--once] [flags]',
+    '--node NAME --vhost-dir DIR --state-dir DIR [flags]   (cluster mode: watches the node\'s VMIs, launcher pods and CachedImages)',
+  ],
+});
+
+/** The agent's defaults, for tools that look at what an agent would use (doctor). */
+export const AGENT_DEFAULTS = {
+  backend: AgentFlagsSchema.shape.backend.parse(undefined),
+  spdkSocket: AgentFlagsSchema.shape.spdkSocket.parse(undefined),
+  socketOwner: AgentFlagsSchema.shape.socketOwner.parse(undefined),
+} as const;
+
+/**
+ * The NodeAgent's options from the config: built here once, for both modes (cluster mode adds
+ * the node, the logger and its status hook itself).
+ */
+export function agentOptionsOf(c: AgentConfig, backend: StorageBackend): Omit<NodeAgentOptions, 'onVmiStatus' | 'node' | 'logger'> {
+  return {
+    backend,
+    stateDir: path.resolve(c.stateDir),
+    socket: { ...c.socketOwner, mode: c.socketMode },
+    orphanGraceMs: c.orphanGrace,
+    // --once reconciles on its own schedule; no background resync in between.
+    resyncMs: c.once ? 0 : c.resync,
+    cache: { ...(c.cacheMaxSize !== undefined ? { maxSizeBytes: c.cacheMaxSize } : {}), ...(c.cacheMaxCount !== undefined ? { maxCount: c.cacheMaxCount } : {}) },
+  };
+}
