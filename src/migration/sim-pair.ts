@@ -2,7 +2,7 @@ import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { SpdkBackend } from '../backend/spdk/backend.js';
-import { NvmfFabric, SpdkSimulator } from '../simulator/index.js';
+import { NvmfFabric, SpdkSimulator } from '../../testing/spdk-sim/index.js';
 import { SpdkRpcClient } from '../spdk/client.js';
 
 /**

@@ -91,7 +91,7 @@ describe('SpdkRpcClient across a simulator restart', () => {
 
 describe('SpdkApi result schemas against the in-process simulator', () => {
   it('accepts every wrapper result along the image-cache, vhost and NVMe-oF paths', async () => {
-    const { SpdkSimulator } = await import('../../src/simulator/index.js');
+    const { SpdkSimulator } = await import('../../testing/spdk-sim/index.js');
     const inproc = new SpdkSimulator({ socketPath, vhostDir });
     await inproc.start();
     try {

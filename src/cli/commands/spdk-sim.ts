@@ -1,6 +1,6 @@
 import { parseArgs } from 'node:util';
 import { createLogger } from '../../log.js';
-import { SPDK_VERSIONS, SpdkSimulator, parseSpdkVersion } from '../../simulator/index.js';
+import { SPDK_VERSIONS, SpdkSimulator, parseSpdkVersion } from '../../../testing/spdk-sim/index.js';
 import { stopSignal } from '../signals.js';
 
 const USAGE = `usage: kubevirt-spdk spdk-sim --socket PATH --vhost-dir DIR [--state-dir DIR] [--cpumask 0x1] [--poll-interval-ms N] [--version ${SPDK_VERSIONS.join('|')}]
