@@ -16,7 +16,6 @@ const COMMANDS: Record<string, Command> = {
   'device-plugin': { describe: 'kubelet device plugin for vhost slots', load: () => import('./commands/device-plugin.js') },
   status: { describe: 'what this node serves: images, disks, controllers, sessions', load: () => import('./commands/status.js') },
   doctor: { describe: 'check this node (SPDK, hugepages, vhost dir, lvstore, kubelet, KubeVirt) and say what is wrong', load: () => import('./commands/doctor.js') },
-  'spdk-sim': { describe: 'SPDK JSON-RPC simulator (test double for spdk_tgt)', load: () => import('./commands/spdk-sim.js') },
 };
 
 function usage(): string {

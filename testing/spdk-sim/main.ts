@@ -1,16 +1,25 @@
+/**
+ * The SPDK simulator as its own process, standing in for spdk_tgt in tests, the demo and
+ * benchmarks: `npx tsx testing/spdk-sim/main.ts --socket PATH --vhost-dir DIR` (or
+ * `npm run spdk-sim -- ...`). A test double, so it is not a command of the product binary.
+ */
 import { parseArgs } from 'node:util';
-import { createLogger } from '../../log.js';
-import { SPDK_VERSIONS, SpdkSimulator, parseSpdkVersion } from '../../simulator/index.js';
-import { stopSignal } from '../signals.js';
+import { levels } from 'pino';
+import { stopSignal } from '../../src/cli/signals.js';
+import { createLogger } from '../../src/log.js';
+import { SPDK_VERSIONS, SpdkSimulator, parseSpdkVersion } from './index.js';
 
-const USAGE = `usage: kubevirt-spdk spdk-sim --socket PATH --vhost-dir DIR [--state-dir DIR] [--cpumask 0x1] [--poll-interval-ms N] [--version ${SPDK_VERSIONS.join('|')}]
+const PROG = 'spdk-sim';
+const LOG_LEVELS = [...Object.keys(levels.values), 'silent'];
+
+const USAGE = `usage: npx tsx testing/spdk-sim/main.ts --socket PATH --vhost-dir DIR [--state-dir DIR] [--cpumask 0x1] [--poll-interval-ms N] [--version ${SPDK_VERSIONS.join('|')}] [--log-level LEVEL]
 
 A simulated spdk_tgt (v24.01 by default, or --version): JSON-RPC on --socket, vhost controller
 sockets in --vhost-dir. With --state-dir, lvstores on aio files survive a kill and restart.
 `;
 
 /** Runs until SIGTERM or SIGINT, then stops cleanly (controller sockets removed). */
-export async function run(argv: string[]): Promise<number> {
+async function run(argv: string[]): Promise<number> {
   let values;
   try {
     ({ values } = parseArgs({
@@ -22,13 +31,15 @@ export async function run(argv: string[]): Promise<number> {
         cpumask: { type: 'string', default: '0x1' },
         'poll-interval-ms': { type: 'string', default: '0' },
         version: { type: 'string', default: '24.01' },
+        // Taken by the product CLI for every command before; kept so that callers need not change.
+        'log-level': { type: 'string' },
         help: { type: 'boolean', short: 'h' },
       },
       strict: true,
       allowPositionals: false,
     }));
   } catch (e) {
-    process.stderr.write(`kubevirt-spdk spdk-sim: ${(e as Error).message}\n\n${USAGE}`);
+    process.stderr.write(`${PROG}: ${(e as Error).message}\n\n${USAGE}`);
     return 2;
   }
   if (values.help) {
@@ -42,11 +53,13 @@ export async function run(argv: string[]): Promise<number> {
   if (!/^\d+$/.test(values['poll-interval-ms'] ?? '')) problems.push(`--poll-interval-ms: must be a whole number of milliseconds, got "${values['poll-interval-ms']}"`);
   const version = parseSpdkVersion(values.version ?? '');
   if (!version) problems.push(`--version: must be one of ${SPDK_VERSIONS.join(', ')}, got "${values.version}"`);
+  const level = values['log-level'] ?? process.env.LOG_LEVEL;
+  if (level !== undefined && !LOG_LEVELS.includes(level)) problems.push(`--log-level: must be one of ${LOG_LEVELS.join(', ')}, got "${level}"`);
   if (problems.length > 0 || !values.socket || !values['vhost-dir'] || !version) {
-    process.stderr.write(`kubevirt-spdk spdk-sim: invalid arguments:\n${problems.map((p) => `  ${p}`).join('\n')}\n\n${USAGE}`);
+    process.stderr.write(`${PROG}: invalid arguments:\n${problems.map((p) => `  ${p}`).join('\n')}\n\n${USAGE}`);
     return 2;
   }
-  const logger = createLogger('spdk-sim');
+  const logger = createLogger('spdk-sim', level);
   let sim: SpdkSimulator;
   try {
     sim = new SpdkSimulator({
@@ -64,7 +77,7 @@ export async function run(argv: string[]): Promise<number> {
     });
     await sim.start();
   } catch (e) {
-    process.stderr.write(`kubevirt-spdk spdk-sim: ${(e as Error).message}\n`);
+    process.stderr.write(`${PROG}: ${(e as Error).message}\n`);
     return 1;
   }
   const signal = await stopSignal();
@@ -77,3 +90,13 @@ export async function run(argv: string[]): Promise<number> {
     return 1;
   }
 }
+
+run(process.argv.slice(2)).then(
+  (code) => {
+    process.exitCode = code;
+  },
+  (e: unknown) => {
+    process.stderr.write(`${PROG}: ${e instanceof Error ? (e.stack ?? e.message) : String(e)}\n`);
+    process.exitCode = 1;
+  },
+);
