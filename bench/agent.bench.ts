@@ -12,7 +12,7 @@ import { NodeAgent } from '../src/agent/agent.js';
 import { buildDesired, type DesiredState } from '../src/agent/desired.js';
 import { SpdkBackend } from '../src/backend/spdk/index.js';
 import type { ImageSpec } from '../src/backend/types.js';
-import { SpdkSimulator } from '../src/simulator/index.js';
+import { SpdkSimulator } from '../testing/spdk-sim/index.js';
 import { SpdkRpcClient } from '../src/spdk/client.js';
 import { fmt, timeIt, type BenchSection } from './harness.js';
 

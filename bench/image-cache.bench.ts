@@ -16,7 +16,7 @@ import { QsdBackend } from '../src/backend/qsd/index.js';
 import { SpdkBackend } from '../src/backend/spdk/index.js';
 import type { StorageBackend } from '../src/backend/types.js';
 import { createMetrics } from '../src/metrics/metrics.js';
-import { SpdkSimulator } from '../src/simulator/index.js';
+import { SpdkSimulator } from '../testing/spdk-sim/index.js';
 import { SpdkRpcClient } from '../src/spdk/client.js';
 import { fmt, lineChart, median, timeIt, type BenchSection, type Series } from './harness.js';
 

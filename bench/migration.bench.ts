@@ -9,7 +9,7 @@ import { fmt, percentile, timeIt, type BenchSection } from './harness.js';
 import { planMigration, type CoordinatorInput } from '../src/migration/coordinator.js';
 import { executeMigrationPlan } from '../src/migration/executor.js';
 import type { MigrationJournal, MigrationState } from '../src/migration/schemas.js';
-import { startSimPair } from '../src/migration/sim-pair.js';
+import { startSimPair } from '../testing/spdk-sim/pair.js';
 
 const ROUNDS = 15;
 

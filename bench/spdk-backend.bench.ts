@@ -10,7 +10,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { SpdkBackend } from '../src/backend/spdk/index.js';
 import { SpdkRpcClient } from '../src/spdk/client.js';
-import { SpdkSimulator } from '../src/simulator/index.js';
+import { SpdkSimulator } from '../testing/spdk-sim/index.js';
 import { fmt, timeIt, type BenchSection } from './harness.js';
 
 const MiB = 1024 * 1024;

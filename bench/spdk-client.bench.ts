@@ -8,7 +8,7 @@ import path from 'node:path';
 import { fmt, median, timeIt, type BenchSection } from './harness.js';
 import { SpdkApi } from '../src/spdk/api.js';
 import { SpdkRpcClient } from '../src/spdk/client.js';
-import { SpdkSimulator } from '../src/simulator/index.js';
+import { SpdkSimulator } from '../testing/spdk-sim/index.js';
 import { FakeSpdk } from '../test/helpers/fake-spdk.js';
 
 const N = 1000;

@@ -140,15 +140,6 @@ const FLAG_DOCS: Record<string, Record<string, string>> = {
     json: 'Print the findings as JSON.',
     help: 'Print usage.',
   },
-  'spdk-sim': {
-    socket: 'JSON-RPC unix socket to listen on.',
-    'vhost-dir': 'Directory for controller sockets (like spdk_tgt `-S`).',
-    'state-dir': 'With it, lvstores on aio files survive a kill and restart.',
-    cpumask: 'Reported core mask.',
-    'poll-interval-ms': 'Simulated poller interval (whole milliseconds).',
-    version: 'SPDK release to answer as (methods, fields, messages): `24.01` or `25.09`.',
-    help: 'Print usage.',
-  },
   status: {
     'state-dir': 'The agent\'s state directory (reads `status.json`).',
     json: 'Print the status as JSON.',

@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { DNS1123_LABEL, MAX_QUEUES, SLOT_RE } from '../contract/index.js';
 import { LIMITS } from './limits.js';
 import { formatBytes, parseDuration, parseQuantity } from './quantity.js';
 import { ValidationError, apiErrorMap, formatZodError } from './errors.js';
@@ -13,9 +14,8 @@ export const STATUS_ANNOTATION = 'kubevirt-spdk.io/status';
 /** The extended resource a VMI's launcher pod requests: one vhost slot (device plugin). */
 export const VHOST_SLOT_RESOURCE = 'kubevirt-spdk.io/vhost-slot';
 
-export const DNS1123_LABEL = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
-export const SLOT_RE = /^slot-[0-9]{2,3}$/;
-export const MAX_QUEUES = 256;
+// The layout's rules, re-exported for the schemas' users.
+export { DNS1123_LABEL, SLOT_RE, MAX_QUEUES };
 /**
  * libvirt's `<reconnect timeout='N'/>` (QEMU `reconnect=N`) is the interval between QEMU's
  * attempts to reach the socket again, not a deadline: QEMU retries forever, and the guest waits

@@ -31,5 +31,4 @@ export const COMMANDS: Readonly<Record<string, Entry>> = {
   'device-plugin': { summary: 'kubelet device plugin for vhost slots', load: async () => (await import('./commands/device-plugin.js')).command },
   status: { summary: 'what this node serves: images, disks, controllers, sessions', load: async () => (await import('./commands/status.js')).command },
   doctor: { summary: 'check this node (SPDK, hugepages, vhost dir, lvstore, kubelet, KubeVirt) and say what is wrong', load: async () => (await import('./commands/doctor.js')).command },
-  'spdk-sim': { summary: 'SPDK JSON-RPC simulator (test double for spdk_tgt)', load: async () => (await import('./commands/spdk-sim.js')).command },
 };

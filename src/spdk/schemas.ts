@@ -385,7 +385,7 @@ export type BdevNvmeDetachControllerParams = z.input<typeof BdevNvmeDetachContro
 
 /**
  * method -> schemas, for the client side. (The simulator decodes incoming params as SPDK
- * does, more leniently, in simulator/params.ts.) `params: NoParams` marks methods that must
+ * does, more leniently, in testing/spdk-sim/params.ts.) `params: NoParams` marks methods that must
  * be sent without `params`.
  */
 export const SPDK_METHODS = {

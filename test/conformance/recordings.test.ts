@@ -1,6 +1,6 @@
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import type { SpdkVersion } from '../../src/simulator/index.js';
+import type { SpdkVersion } from '../../testing/spdk-sim/index.js';
 import { REPO_ROOT } from '../helpers/cli.js';
 import { loadRecording } from './replay.js';
 import { RecordingRig } from './rig.js';

@@ -2,7 +2,7 @@ import fs from 'node:fs/promises';
 import { existsSync, lstatSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { NvmfFabric, SpdkSimulator, type SpdkVersion } from '../../src/simulator/index.js';
+import { NvmfFabric, SpdkSimulator, type SpdkVersion } from '../../testing/spdk-sim/index.js';
 import { RawRpcClient } from '../unit/simulator/rpc-client.js';
 import { ReplayConnection, UuidMap, diff, requestId, type Exchange } from './replay.js';
 
@@ -20,7 +20,7 @@ import { ReplayConnection, UuidMap, diff, requestId, type Exchange } from './rep
  *   byte comparisons made from it, timings, target log lines, checks derived from responses
  *   already compared.
  * The simulators are instances in this process rather than separate processes: the fabric
- * that lets B attach A's subsystem is an in-process object (src/simulator/fabric.ts).
+ * that lets B attach A's subsystem is an in-process object (testing/spdk-sim/fabric.ts).
  */
 export const SKIPPED: Record<string, string> = {
   spdk_dd: 'moves data through vhost-user or NVMe/TCP; the simulator keeps no data and speaks neither protocol',

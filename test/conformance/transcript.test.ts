@@ -2,7 +2,7 @@ import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { SpdkSimulator, type SpdkVersion } from '../../src/simulator/index.js';
+import { SpdkSimulator, type SpdkVersion } from '../../testing/spdk-sim/index.js';
 import { RawRpcClient } from '../unit/simulator/rpc-client.js';
 import { REPO_ROOT } from '../helpers/cli.js';
 import { ReplayConnection, UuidMap, diff, loadRecording, requestId } from './replay.js';

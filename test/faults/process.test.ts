@@ -14,7 +14,7 @@ import { Tally, rng, runSeed, scale } from './seed.js';
 
 /**
  * Fault injection with real processes: the agent (`kubevirt-spdk agent --standalone`) and its
- * storage server, either spdk_tgt (the simulator as its own process, `kubevirt-spdk spdk-sim`)
+ * storage server, either spdk_tgt (the simulator as its own process, testing/spdk-sim/main.ts)
  * or the managed qemu-storage-daemon, killed with SIGKILL at random points of provisioning and
  * recovery and brought back after a random delay. The node must then converge, judged only
  * from the outside: the server's RPC listings, the agent's state files, the sockets and, for

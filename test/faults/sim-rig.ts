@@ -14,7 +14,7 @@ import { Journal } from '../../src/agent/journal.js';
 import { goldenImageName } from '../../src/agent/naming.js';
 import { SpdkBackend } from '../../src/backend/spdk/index.js';
 import type { ImageSpec } from '../../src/backend/types.js';
-import { SpdkSimulator, type ModelSnapshot } from '../../src/simulator/index.js';
+import { SpdkSimulator, type ModelSnapshot } from '../../testing/spdk-sim/index.js';
 import { SpdkRpcClient } from '../../src/spdk/client.js';
 import { testSocket } from '../unit/agent/fixtures.js';
 

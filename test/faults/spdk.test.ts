@@ -5,7 +5,7 @@ import path from 'node:path';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import type { DesiredState } from '../../src/agent/desired.js';
 import type { ImageSpec } from '../../src/backend/types.js';
-import type { FaultAction } from '../../src/simulator/index.js';
+import type { FaultAction } from '../../testing/spdk-sim/index.js';
 import { desiredOf, vmi } from '../unit/agent/fixtures.js';
 import { Tally, rng, runSeed, scale, type Rng } from './seed.js';
 import { MiB, SimRig, checkInvariants, hostImage } from './sim-rig.js';

@@ -2,7 +2,7 @@
 import type { ChildProcess } from 'node:child_process';
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
-import { connectable, startCli, until, type CliProcess } from './process.js';
+import { connectable, startSimProcess, until, type CliProcess } from './process.js';
 
 /** Who the agent hands the vhost sockets to: QEMU's uid/gid 107 as root; otherwise the test can only chown to itself. */
 export const SOCKET_OWNER = process.getuid?.() === 0 ? { uid: 107, gid: 107 } : { uid: process.getuid?.() ?? 0, gid: process.getgid?.() ?? 0 };
@@ -31,9 +31,9 @@ export function standaloneAgentArgs(backend: 'spdk' | 'qsd', layout: AgentLayout
   ];
 }
 
-/** `spdk-sim` serving `dir`/spdk.sock and `dir`/vh (state in `dir`/sim); resolves once the socket accepts. */
+/** The simulator (testing/spdk-sim/main.ts) serving `dir`/spdk.sock and `dir`/vh (state in `dir`/sim); resolves once the socket accepts. */
 export async function startSpdkSim(dir: string, procs: ChildProcess[]): Promise<CliProcess> {
-  const sim = startCli(['spdk-sim', '--socket', path.join(dir, 'spdk.sock'), '--vhost-dir', path.join(dir, 'vh'), '--state-dir', path.join(dir, 'sim')], procs);
+  const sim = startSimProcess(['--socket', path.join(dir, 'spdk.sock'), '--vhost-dir', path.join(dir, 'vh'), '--state-dir', path.join(dir, 'sim')], procs);
   await until('simulator socket', async () => ((await connectable(path.join(dir, 'spdk.sock'))) ? true : undefined));
   return sim;
 }

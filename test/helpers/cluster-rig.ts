@@ -10,7 +10,7 @@ import { createSpdkBackend, type SpdkBackend } from '../../src/backend/spdk/inde
 import { ClusterAgent } from '../../src/kube/cluster.js';
 import { PodResourcesClient, type PodSlot } from '../../src/kube/podresources.js';
 import { silentLogger, type Logger } from '../../src/log.js';
-import { SpdkSimulator } from '../../src/simulator/index.js';
+import { SpdkSimulator } from '../../testing/spdk-sim/index.js';
 import { FakeApiServer, type Obj } from './fake-apiserver.js';
 import { startFakePodResources } from './fake-podresources.js';
 import { until } from './process.js';

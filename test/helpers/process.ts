@@ -3,13 +3,21 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { accessSync, constants } from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
-import { cliArgv } from './cli.js';
+import { cliArgv, simArgv } from './cli.js';
 
 export type CliProcess = ChildProcess & { out: string[] };
 
 /** Starts `kubevirt-spdk ...args` from source; its stdout+stderr collect in `out`. */
 export function startCli(args: string[], procs: ChildProcess[]): CliProcess {
-  const { command, args: argv } = cliArgv(...args);
+  return startArgv(cliArgv(...args), procs);
+}
+
+/** Starts the SPDK simulator (testing/spdk-sim/main.ts) with `args` from source; its stdout+stderr collect in `out`. */
+export function startSimProcess(args: string[], procs: ChildProcess[]): CliProcess {
+  return startArgv(simArgv(...args), procs);
+}
+
+function startArgv({ command, args: argv }: { command: string; args: string[] }, procs: ChildProcess[]): CliProcess {
   const p = spawn(command, argv, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, LOG_LEVEL: 'info' } }) as CliProcess;
   p.out = [];
   p.stdout?.on('data', (b: Buffer) => p.out.push(b.toString()));

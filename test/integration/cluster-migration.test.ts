@@ -12,7 +12,7 @@ import { EXPORTS_ANNOTATION, REASON_ABORTED, REASON_REFUSED, createMigratingClus
 import { PodResourcesClient, type PodSlot } from '../../src/kube/podresources.js';
 import { createLogger, silentLogger } from '../../src/log.js';
 import { createMetrics, type Metrics } from '../../src/metrics/metrics.js';
-import { NvmfFabric, SpdkSimulator } from '../../src/simulator/index.js';
+import { NvmfFabric, SpdkSimulator } from '../../testing/spdk-sim/index.js';
 import { PODS, VMIS, eventually as until, launcherPod, vmiObject } from '../helpers/cluster-rig.js';
 import { FakeApiServer, type Obj } from '../helpers/fake-apiserver.js';
 import { startFakePodResources } from '../helpers/fake-podresources.js';

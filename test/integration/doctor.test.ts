@@ -9,7 +9,7 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Finding } from '../../src/cli/commands/doctor.js';
-import { SpdkSimulator } from '../../src/simulator/index.js';
+import { SpdkSimulator } from '../../testing/spdk-sim/index.js';
 import { SpdkRpcClient } from '../../src/spdk/client.js';
 import { createMetrics } from '../../src/metrics/metrics.js';
 import { Registry } from 'prom-client';

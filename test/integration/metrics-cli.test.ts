@@ -7,7 +7,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { afterEach, describe, expect, it } from 'vitest';
-import { SpdkSimulator } from '../../src/simulator/index.js';
+import { SpdkSimulator } from '../../testing/spdk-sim/index.js';
 import { cliArgv } from '../helpers/cli.js';
 import { until } from '../helpers/process.js';
 

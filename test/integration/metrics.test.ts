@@ -13,7 +13,7 @@ import { ManualHealth } from '../../deviceplugin/health.js';
 import { DevicePluginServer } from '../../deviceplugin/server.js';
 import { createMetrics, recordMigration, type Metrics } from '../../src/metrics/metrics.js';
 import { startStatusServer, type StatusServer } from '../../src/metrics/server.js';
-import { SpdkSimulator } from '../../src/simulator/index.js';
+import { SpdkSimulator } from '../../testing/spdk-sim/index.js';
 import { SpdkRpcClient } from '../../src/spdk/client.js';
 import { VOLUMES_ANNOTATION } from '../../src/api/volumes.js';
 import { FakeKubelet } from '../helpers/fake-kubelet.js';

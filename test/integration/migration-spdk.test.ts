@@ -6,7 +6,7 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { BackendError } from '../../src/backend/types.js';
 import { exportNqn } from '../../src/backend/remote.js';
-import { startSimPair, type SimPair } from '../../src/migration/sim-pair.js';
+import { startSimPair, type SimPair } from '../../testing/spdk-sim/pair.js';
 
 let pair: SimPair | undefined;
 afterEach(async () => {

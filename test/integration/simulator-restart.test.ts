@@ -4,12 +4,12 @@ import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { cliArgv } from '../helpers/cli.js';
-import { startCli } from '../helpers/process.js';
+import { simArgv } from '../helpers/cli.js';
+import { startSimProcess } from '../helpers/process.js';
 import { RawRpcClient } from '../unit/simulator/rpc-client.js';
 
 /**
- * The simulator as a real process (the CLI), killed with SIGKILL and restarted: controllers
+ * The simulator as a real process (testing/spdk-sim/main.ts), killed with SIGKILL and restarted: controllers
  * and malloc bdevs are gone, the lvstore on the aio file comes back with every lvol when the
  * aio bdev is created again, and external-snapshot clones whose image got a new UUID are
  * degraded, as with spdk_tgt v24.01.
@@ -19,8 +19,7 @@ let dir: string;
 const children: ChildProcess[] = [];
 
 async function startSim(...extra: string[]): Promise<{ proc: ChildProcess; client: RawRpcClient }> {
-  const { command, args } = cliArgv(
-    'spdk-sim',
+  const { command, args } = simArgv(
     '--socket', path.join(dir, 'r.sock'),
     '--vhost-dir', path.join(dir, 'v'),
     '--state-dir', path.join(dir, 'state'),
@@ -131,7 +130,7 @@ describe('spdk-sim restart', () => {
 
 describe('spdk-sim arguments', () => {
   it('names the missing or bad option and exits 2', async () => {
-    const proc = startCli(['spdk-sim', '--vhost-dir', dir, '--poll-interval-ms', 'soon'], children);
+    const proc = startSimProcess(['--vhost-dir', dir, '--poll-interval-ms', 'soon'], children);
     expect((await exited(proc)).code).toBe(2);
     const err = proc.out.join('');
     expect(err).toContain('--socket: required');
@@ -139,7 +138,7 @@ describe('spdk-sim arguments', () => {
   }, 30_000);
 
   it('refuses a release it does not imitate', async () => {
-    const proc = startCli(['spdk-sim', '--socket', path.join(dir, 'x.sock'), '--vhost-dir', dir, '--version', '23.09'], children);
+    const proc = startSimProcess(['--socket', path.join(dir, 'x.sock'), '--vhost-dir', dir, '--version', '23.09'], children);
     expect((await exited(proc)).code).toBe(2);
     const err = proc.out.join('');
     expect(err).toContain('--version: must be one of 24.01, 25.09, got "23.09"');

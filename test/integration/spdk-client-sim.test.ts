@@ -1,5 +1,5 @@
 /**
- * The client against the simulator running as its own process (`kubevirt-spdk spdk-sim`),
+ * The client against the simulator running as its own process (testing/spdk-sim/main.ts),
  * killed and started again mid-stream, as when spdk_tgt is restarted under the agent.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
@@ -11,7 +11,7 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { SpdkApi } from '../../src/spdk/api.js';
 import { SpdkRpcClient } from '../../src/spdk/client.js';
 import { SpdkError } from '../../src/spdk/errors.js';
-import { cliArgv } from '../helpers/cli.js';
+import { simArgv } from '../helpers/cli.js';
 
 let dir: string;
 let socketPath: string;
@@ -21,7 +21,7 @@ let client: SpdkRpcClient;
 let api: SpdkApi;
 
 function startSim(): ChildProcess {
-  const { command, args } = cliArgv('spdk-sim', '--socket', socketPath, '--vhost-dir', vhostDir);
+  const { command, args } = simArgv('--socket', socketPath, '--vhost-dir', vhostDir);
   const child = spawn(command, args, { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, LOG_LEVEL: 'warn' } });
   child.stderr?.resume();
   return child;
@@ -91,7 +91,7 @@ describe('SpdkRpcClient across a simulator restart', () => {
 
 describe('SpdkApi result schemas against the in-process simulator', () => {
   it('accepts every wrapper result along the image-cache, vhost and NVMe-oF paths', async () => {
-    const { SpdkSimulator } = await import('../../src/simulator/index.js');
+    const { SpdkSimulator } = await import('../../testing/spdk-sim/index.js');
     const inproc = new SpdkSimulator({ socketPath, vhostDir });
     await inproc.start();
     try {

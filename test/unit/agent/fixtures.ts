@@ -88,5 +88,6 @@ export async function harness(extra: Partial<NodeAgentOptions> = {}): Promise<Ha
     return a;
   };
   const agent = await make();
-  return { dir, backend, agent, newAgent: make, cleanup: () => rm(dir, { recursive: true, force: true }) };
+  // maxRetries: a "crashed" agent is abandoned, not stopped, and may still be writing its state.
+  return { dir, backend, agent, newAgent: make, cleanup: () => rm(dir, { recursive: true, force: true, maxRetries: 5 }) };
 }

@@ -3,7 +3,7 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { NvmfFabric, SpdkSimulator } from '../../../src/simulator/index.js';
+import { NvmfFabric, SpdkSimulator } from '../../../testing/spdk-sim/index.js';
 import { RawRpcClient } from './rpc-client.js';
 
 /**

@@ -1,11 +1,11 @@
 import { describe, expect, it } from 'vitest';
-import { RpcError } from '../../../src/simulator/errors.js';
-import { NvmfFabric } from '../../../src/simulator/fabric.js';
-import { METHODS, decodeParams } from '../../../src/simulator/methods.js';
-import { SpdkModel, metadataClusters, parseCpumask, type Json, type ModelEnv } from '../../../src/simulator/model.js';
-import type { LvstoreMeta } from '../../../src/simulator/state.js';
-import { versionProfile, type SpdkVersion } from '../../../src/simulator/version.js';
-import { Pending } from '../../../src/simulator/registry.js';
+import { RpcError } from '../../../testing/spdk-sim/errors.js';
+import { NvmfFabric } from '../../../testing/spdk-sim/fabric.js';
+import { METHODS, decodeParams } from '../../../testing/spdk-sim/methods.js';
+import { SpdkModel, metadataClusters, parseCpumask, type Json, type ModelEnv } from '../../../testing/spdk-sim/model.js';
+import type { LvstoreMeta } from '../../../testing/spdk-sim/state.js';
+import { versionProfile, type SpdkVersion } from '../../../testing/spdk-sim/version.js';
+import { Pending } from '../../../testing/spdk-sim/registry.js';
 
 const MiB = 1024 * 1024;
 

@@ -8,7 +8,7 @@ import { fetchImage } from '../../../../src/backend/image-source.js';
 import { BackendError, type ImageSpec } from '../../../../src/backend/types.js';
 import { SpdkApi } from '../../../../src/spdk/api.js';
 import { SpdkRpcClient } from '../../../../src/spdk/client.js';
-import { SpdkSimulator } from '../../../../src/simulator/index.js';
+import { SpdkSimulator } from '../../../../testing/spdk-sim/index.js';
 import { until } from '../../../helpers/process.js';
 
 const MiB = 1024 * 1024;

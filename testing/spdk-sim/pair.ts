@@ -1,9 +1,9 @@
 import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { SpdkBackend } from '../backend/spdk/backend.js';
-import { NvmfFabric, SpdkSimulator } from '../simulator/index.js';
-import { SpdkRpcClient } from '../spdk/client.js';
+import { SpdkBackend } from '../../src/backend/spdk/backend.js';
+import { NvmfFabric, SpdkSimulator } from './index.js';
+import { SpdkRpcClient } from '../../src/spdk/client.js';
 
 /**
  * Two in-process SPDK simulators sharing one NVMe-oF fabric, each behind a real SpdkBackend:

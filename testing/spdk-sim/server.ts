@@ -1,8 +1,8 @@
 import fs from 'node:fs';
 import net from 'node:net';
-import type { Logger } from '../log.js';
+import type { Logger } from '../../src/log.js';
 import { RpcError, JSONRPC_INTERNAL_ERROR, JSONRPC_INVALID_REQUEST, JSONRPC_METHOD_NOT_FOUND } from './errors.js';
-import { JsonStreamScanner } from '../spdk/framing.js';
+import { JsonStreamScanner } from '../../src/spdk/framing.js';
 import { decodeParams, methodFor, type MethodContext } from './methods.js';
 import { Pending, type Json } from './model.js';
 

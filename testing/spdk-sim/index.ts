@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import fs from 'node:fs';
-import { silentLogger, type Logger } from '../log.js';
+import { silentLogger, type Logger } from '../../src/log.js';
 import { rawErrno } from './errors.js';
 import { defaultFabric, type NvmfFabric } from './fabric.js';
 import type { MethodContext } from './methods.js';

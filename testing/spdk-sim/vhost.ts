@@ -3,7 +3,7 @@ import net from 'node:net';
 import path from 'node:path';
 import { invalidParams } from './errors.js';
 import type { SessionInfo } from './model.js';
-import type { Logger } from '../log.js';
+import type { Logger } from '../../src/log.js';
 
 interface Listener {
   server: net.Server;

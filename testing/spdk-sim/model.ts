@@ -8,8 +8,9 @@ export { metadataClusters, parseCpumask, Pending, type Json, type ModelEnv, type
  * v25.09 answers (env.profile). Every method mirrors one RPC: it either returns the RPC's
  * result or throws an RpcError with the code and message SPDK uses for that condition (see
  * errors.ts for the two styles). One file per subsystem, each extending the one before:
- * registry.ts (shared state, look-ups, claims, hot-plug) -> bdev.ts (malloc, aio, rendering)
- * -> lvstore.ts -> lvol.ts -> vhost-ctrl.ts -> ocf.ts -> nvmf.ts (target and initiator) -> here.
+ * registry.ts (shared state, look-ups, claims, hot-plug) -> bdev-render.ts (bdev_get_bdevs
+ * of every kind) -> bdev.ts (malloc, aio) -> lvstore.ts -> lvol.ts -> vhost-ctrl.ts -> ocf.ts
+ * -> nvmf.ts (target and initiator) -> here.
  */
 export class SpdkModel extends NvmfModel {
   /** Read-only copy of the whole model, for tests. */

@@ -1,0 +1,43 @@
+import { formatBytes } from '../api/quantity.js';
+import type { SpdkVhostBlkDisk } from '../api/volumes.js';
+import type { RemoteDiskRef } from '../backend/remote.js';
+
+/**
+ * The disk intent, defined once: what one `spdkVhostBlkDisk` volume asks of a node, from which
+ * the webhook, the converter, the agent and migration all derive their part.
+ */
+
+/** virtio-blk's queue limit in QEMU and SPDK. */
+export const MAX_QUEUES = 256;
+
+/**
+ * Where a disk's data comes from. `image`, `blank` and `bdev` are what a user declares;
+ * `attached` is a disk another node exports (a migration target serves the source's disk
+ * until it owns a copy): never created or deleted here, only attached and detached.
+ */
+export type DiskSource =
+  | { kind: 'image'; image: string }
+  | { kind: 'blank' }
+  | { kind: 'bdev'; bdev: string }
+  | { kind: 'attached'; ref: RemoteDiskRef; node: string };
+
+/** The declared source of a volume (never `attached`: that one only the agent decides). */
+export function declaredSource(d: SpdkVhostBlkDisk): Extract<DiskSource, { kind: 'image' | 'blank' | 'bdev' }> {
+  if (d.image !== undefined) return { kind: 'image', image: d.image };
+  if (d.bdev !== undefined) return { kind: 'bdev', bdev: d.bdev };
+  return { kind: 'blank' };
+}
+
+/** Virtqueues of a disk: as declared, else one per vCPU, never beyond MAX_QUEUES. */
+export function queuesOf(declared: number | undefined, vcpus: number): number {
+  return Math.min(declared ?? vcpus, MAX_QUEUES);
+}
+
+/**
+ * The capacity rule: an image disk is at least as large as its image. "1Gi is smaller than
+ * image fedora-40 (4Gi)", or undefined when the capacity fits (or a size is not known yet).
+ */
+export function capacityProblem(capacityBytes: number | undefined, image: string, imageBytes: number | undefined): string | undefined {
+  if (imageBytes === undefined || capacityBytes === undefined || capacityBytes >= imageBytes) return undefined;
+  return `${formatBytes(capacityBytes)} is smaller than image ${image} (${formatBytes(imageBytes)})`;
+}
