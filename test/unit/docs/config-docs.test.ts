@@ -1,16 +1,10 @@
-import { mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises';
-import os from 'node:os';
+import { readFile, readdir } from 'node:fs/promises';
 import path from 'node:path';
-import { afterAll, describe, expect, it } from 'vitest';
-import { OUTPUT, REPO_ROOT, UNDOCUMENTED, allCommandFlags, commandFlags, renderConfigurationDoc } from '../../../hack/gen-config-docs.js';
-
-const tmpDirs: string[] = [];
-afterAll(async () => {
-  await Promise.all(tmpDirs.map((d) => rm(d, { recursive: true, force: true })));
-});
+import { describe, expect, it } from 'vitest';
+import { OUTPUT, REPO_ROOT, UNDOCUMENTED, allCommandFlags, renderConfigurationDoc } from '../../../src/cli/docs/render.js';
 
 describe('docs/configuration.md', () => {
-  it('is exactly what hack/gen-config-docs.ts generates (run `npx tsx hack/gen-config-docs.ts` after changing a schema or a flag)', async () => {
+  it('is exactly what the schemas render (run `npx tsx src/cli/docs/render.ts` after changing a schema or a flag)', async () => {
     const committed = await readFile(OUTPUT, 'utf8');
     expect(committed).toBe(await renderConfigurationDoc());
   });
@@ -30,44 +24,17 @@ describe('docs/configuration.md', () => {
   });
 });
 
-describe('flag extraction from command sources', () => {
-  it('reads names, types, short names and constant defaults of parseArgs options', async () => {
-    const dir = await mkdtemp(path.join(os.tmpdir(), 'cfgdoc-'));
-    tmpDirs.push(dir);
-    await writeFile(path.join(dir, 'consts.ts'), 'export const LIMIT_MS = 25_000;\nexport const DIR = "/var/x";\n');
-    const file = path.join(dir, 'fake.ts');
-    await writeFile(
-      file,
-      `import { parseArgs } from 'node:util';
-import { LIMIT_MS, DIR } from './consts.js';
-export function run(argv: string[]) {
-  return parseArgs({ args: argv, options: {
-    'plain-flag': { type: 'string' },
-    dir: { type: 'string', default: DIR },
-    wait: { type: 'string', default: \`\${LIMIT_MS / 1000}s\` },
-    bytes: { type: 'string', default: String(LIMIT_MS * 2) },
-    help: { type: 'boolean', short: 'h' },
-  }, strict: true });
-}
-`,
-    );
-    const rows = await commandFlags('fake', file);
-    expect(rows.map((r) => [r.flag, r.type, r.short, r.defaultValue])).toEqual([
-      ['plain-flag', 'string', undefined, undefined],
-      ['dir', 'string', undefined, '/var/x'],
-      ['wait', 'string', undefined, '25s'],
-      ['bytes', 'string', undefined, '50000'],
-      ['help', 'boolean', 'h', undefined],
-    ]);
-    expect(rows.every((r) => r.description === UNDOCUMENTED)).toBe(true);
-  });
-
-  it('refuses a command whose flags it cannot read', async () => {
-    const dir = await mkdtemp(path.join(os.tmpdir(), 'cfgdoc-'));
-    tmpDirs.push(dir);
-    const file = path.join(dir, 'opaque.ts');
-    await writeFile(file, 'export function run(argv: string[]) { return argv.length; }\n');
-    await expect(commandFlags('opaque', file)).rejects.toThrow(/no parseArgs/);
+describe('command flags in the docs', () => {
+  it('every flag of every command has a description, and its table row shows the flag, default and env', async () => {
+    const flags = await allCommandFlags();
+    expect([...flags.keys()].sort()).toEqual(['agent', 'convert', 'device-plugin', 'doctor', 'plugin', 'sidecar', 'status', 'webhook']);
+    const missing = [...flags].flatMap(([cmd, rows]) => rows.filter((r) => !r.description).map((r) => `${cmd} --${r.flag}`));
+    expect(missing).toEqual([]);
+    const doc = await renderConfigurationDoc();
+    expect(doc).toMatch(/\| `--resync` \| `DURATION` \(at most 24 days\) \| `30s` \| - \| Period of the full reconcile/);
+    expect(doc).toMatch(/\| `--node` \| `NAME` \| - \| `NODE_NAME` \(not with `--standalone`\) \|/);
+    expect(doc).toMatch(/\| `--tls-cert` \| `FILE` \| required \| - \|/);
+    expect(doc).toMatch(/\| `--log-level` \| `fatal\\\|error.*\| `info` \| `LOG_LEVEL` \|/);
   });
 });
 

@@ -131,7 +131,7 @@ describe('manifests', () => {
 
 describe('manifests and the CLI agree', () => {
   it('every flag a container passes is a flag of that kubevirt-spdk command', async () => {
-    const { allCommandFlags } = await import('../../../hack/gen-config-docs.js');
+    const { allCommandFlags } = await import('../../../src/cli/docs/render.js');
     const flags = await allCommandFlags();
     const objs = (await kustomizationObjects()).map((o) => o.obj);
     type Container = { name: string; image: string; args?: string[] };
