@@ -1,17 +1,15 @@
 /**
- * The node agent's configuration, one schema for both modes (standalone: files; cluster: the
- * API server): its flags, defaults, bounds and `--help` text, and the one place where the
- * NodeAgent's options are made from it. `doctor` reads the agent's defaults from here.
+ * The node agent's flags (both modes, and standalone's files) with their defaults, bounds and
+ * descriptions, and the one place where the NodeAgent's options are made from them. The
+ * `agent` command (src/cli/commands/agent.ts) adds cluster mode's flags and the rules between
+ * modes; `doctor` reads the agent's defaults from here.
  */
 import path from 'node:path';
 import { z } from 'zod';
-import { defineCommand, duration, int, oneOf, port, quantity, text, typed } from '../cli/config.js';
-import { DEFAULT_POD_RESOURCES_SOCKET } from '../kube/kubelet-paths.js';
+import { duration, int, oneOf, port, quantity, text, typed } from '../config.js';
 import type { StorageBackend } from '../backend/types.js';
 import type { NodeAgentOptions } from './agent.js';
 
-/** Cluster mode always serves /readyz (the DaemonSet's probe): here unless --metrics-port says. */
-export const DEFAULT_METRICS_PORT = 9470;
 const MiB = 2 ** 20;
 
 /** `UID:GID` of every vhost socket. */
@@ -48,50 +46,15 @@ export const AgentFlagsSchema = z.object({
   cacheMaxSize: quantity().optional().describe('Image cache limit: total virtual size of golden images. No limit when absent.'),
   cacheMaxCount: int().optional().describe('Image cache limit: number of golden images. No limit when absent.'),
   node: text('NAME').optional().describe('Node name written into the status (`node`, and `dataNode` of Ready disks, which is `local` without it). Required in cluster mode.'),
-  nodeAddress: text('IP')
-    .optional()
-    .describe('Cluster mode: the address this node exports migrating disks on (NVMe-oF/TCP, port 4420). Without it, node-local disks cannot migrate away.'),
   metricsPort: port()
     .optional()
-    .describe(`Serve \`/metrics\` (Prometheus), \`/healthz\` and \`/readyz\` on this TCP port (0 = any free port). Cluster mode: default ${DEFAULT_METRICS_PORT}; standalone: no metrics server when absent.`),
-  kubeconfig: text('FILE').optional().describe('Cluster mode: kubeconfig file. In-cluster config when absent.'),
-  podResourcesSocket: text('PATH').default(DEFAULT_POD_RESOURCES_SOCKET).describe('Cluster mode: the kubelet PodResources API socket, used to map launcher pods to slots.'),
+    .describe('Serve `/metrics` (Prometheus), `/healthz` and `/readyz` on this TCP port (0 = any free port). Standalone: no metrics server when absent.'),
   bdevDir: text('DIR')
     .optional()
     .describe("qsd only: the directory `bdev: <name>` volumes are served from (`<dir>/<name>`, a file or block device, or the admin's link to one). Without it the qsd backend serves no `bdev:` volume."),
 });
 
-/** The rules between flags; each message names the flag(s). */
-export const AgentConfigSchema = AgentFlagsSchema.superRefine((c, ctx) => {
-  const problem = (key: string | undefined, message: string): void => ctx.addIssue({ code: z.ZodIssueCode.custom, path: key ? [key] : [], message });
-  if (c.standalone) {
-    if (c.vmis === undefined) problem('vmis', 'is required');
-    if (c.images === undefined) problem('images', 'is required');
-    if (c.kubeconfig !== undefined) problem('kubeconfig', 'only applies in cluster mode (without --standalone)');
-  } else {
-    if (c.node === undefined) problem('node', 'is required in cluster mode (or set NODE_NAME)');
-    if (c.once) problem('once', 'only applies with --standalone');
-    if (c.vmis !== undefined || c.images !== undefined) problem(undefined, '--vmis, --images: only apply with --standalone (cluster mode watches the API server)');
-  }
-  if (c.lvstoreBlockSize !== undefined && c.lvstoreBdev !== undefined) problem('lvstoreBlockSize', 'only applies to the aio file made without --lvstore-bdev (a device has its own block size)');
-  if (c.bdevDir !== undefined && c.backend !== 'qsd') problem('bdevDir', 'only applies with --backend qsd (spdk bdevs are named in spdk_tgt)');
-}).transform((c) => ({
-  ...c,
-  ...(c.bdevDir !== undefined ? { bdevDir: path.resolve(c.bdevDir) } : {}),
-  ...(c.metricsPort === undefined && !c.standalone ? { metricsPort: DEFAULT_METRICS_PORT } : {}),
-}));
-export type AgentConfig = z.output<typeof AgentConfigSchema>;
-
-export const agentConfig = defineCommand({
-  name: 'agent',
-  schema: AgentConfigSchema,
-  // NODE_NAME and NODE_IP come from the DaemonSet's downward API; a standalone agent ignores NODE_NAME.
-  flags: { node: { env: 'NODE_NAME', envUnless: 'standalone' }, nodeAddress: { env: 'NODE_IP' } },
-  synopsis: [
-    '--standalone --vmis DIR --images FILE --vhost-dir DIR --state-dir DIR [--once] [flags]',
-    '--node NAME --vhost-dir DIR --state-dir DIR [flags]   (cluster mode: watches the node\'s VMIs, launcher pods and CachedImages)',
-  ],
-});
+export type AgentFlags = z.output<typeof AgentFlagsSchema>;
 
 /** The agent's defaults, for tools that look at what an agent would use (doctor). */
 export const AGENT_DEFAULTS = {
@@ -104,7 +67,7 @@ export const AGENT_DEFAULTS = {
  * The NodeAgent's options from the config: built here once, for both modes (cluster mode adds
  * the node, the logger and its status hook itself).
  */
-export function agentOptionsOf(c: AgentConfig, backend: StorageBackend): Omit<NodeAgentOptions, 'onVmiStatus' | 'node' | 'logger'> {
+export function agentOptionsOf(c: AgentFlags, backend: StorageBackend): Omit<NodeAgentOptions, 'onVmiStatus' | 'node' | 'logger'> {
   return {
     backend,
     stateDir: path.resolve(c.stateDir),

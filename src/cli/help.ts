@@ -2,7 +2,7 @@
  * `--help` text and the flag tables of docs/configuration.md, both from a command's config
  * schema (./config.ts), so usage, docs and parser cannot disagree.
  */
-import { flagsOf, type CommandConfig, type FlagField } from './config.js';
+import { flagsOf, type CommandConfig, type FlagField } from '../config.js';
 
 const WIDTH = 100;
 

@@ -5,7 +5,7 @@
  * and docs come, and `run(config)`, which resolves to the process exit code.
  */
 import { ValidationError } from '../api/errors.js';
-import { FlagError, parseFlags, parseValues, wantsHelp } from './config.js';
+import { FlagError, parseFlags, parseValues, wantsHelp } from '../config.js';
 import { helpText } from './help.js';
 import { COMMANDS, LOG_LEVELS, globalConfig } from './registry.js';
 

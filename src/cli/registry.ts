@@ -4,7 +4,7 @@
  * loads neither gRPC nor the Kubernetes client.
  */
 import { z } from 'zod';
-import { defineCommand, oneOf, type Command } from './config.js';
+import { defineCommand, oneOf, type Command } from '../config.js';
 
 export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
 

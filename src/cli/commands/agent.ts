@@ -1,19 +1,65 @@
 /**
- * `kubevirt-spdk agent`: the node agent's composition root. From the config (src/agent/config.ts)
- * it takes the state dir lock, makes the storage backend and the agent's options once, and runs
- * either mode: standalone (src/agent/standalone.ts) or cluster (src/kube/run.ts, loaded only then).
+ * `kubevirt-spdk agent`: the node agent's composition root. Its config is the agent's flags
+ * (src/agent/config.ts) plus cluster mode's; from it the root takes the state dir lock, makes
+ * the storage backend and the agent's options once, and runs either mode: standalone
+ * (src/agent/standalone.ts) or cluster (src/kube/run.ts, loaded only then).
  */
 import { mkdir } from 'node:fs/promises';
 import path from 'node:path';
-import { AgentConfigSchema, agentConfig, agentOptionsOf, type AgentConfig } from '../../agent/config.js';
+import { z } from 'zod';
+import { AgentFlagsSchema, agentOptionsOf } from '../../agent/config.js';
 import { runStandalone } from '../../agent/standalone.js';
 import { StateDirLockedError, lockStateDir, type StateDirLock } from '../../agent/state-lock.js';
 import type { StorageBackend } from '../../backend/types.js';
+import { DEFAULT_POD_RESOURCES_SOCKET } from '../../kube/kubelet-paths.js';
 import { createLogger, type Logger } from '../../log.js';
-import { parseFlags, type Command } from '../config.js';
+import { defineCommand, parseFlags, text, type Command } from '../../config.js';
 import { stopSignal } from '../signals.js';
 
 const MiB = 2 ** 20;
+/** Cluster mode always serves /readyz (the DaemonSet's probe): here unless --metrics-port says. */
+const DEFAULT_METRICS_PORT = 9470;
+
+const AgentConfigSchema = AgentFlagsSchema.extend({
+  metricsPort: AgentFlagsSchema.shape.metricsPort.describe(
+    `Serve \`/metrics\` (Prometheus), \`/healthz\` and \`/readyz\` on this TCP port (0 = any free port). Cluster mode: default ${DEFAULT_METRICS_PORT}; standalone: no metrics server when absent.`,
+  ),
+  nodeAddress: text('IP').optional().describe('Cluster mode: the address this node exports migrating disks on (NVMe-oF/TCP, port 4420). Without it, node-local disks cannot migrate away.'),
+  kubeconfig: text('FILE').optional().describe('Cluster mode: kubeconfig file. In-cluster config when absent.'),
+  podResourcesSocket: text('PATH').default(DEFAULT_POD_RESOURCES_SOCKET).describe('Cluster mode: the kubelet PodResources API socket, used to map launcher pods to slots.'),
+})
+  // The rules between flags; each message names the flag(s).
+  .superRefine((c, ctx) => {
+    const problem = (key: string | undefined, message: string): void => ctx.addIssue({ code: z.ZodIssueCode.custom, path: key ? [key] : [], message });
+    if (c.standalone) {
+      if (c.vmis === undefined) problem('vmis', 'is required');
+      if (c.images === undefined) problem('images', 'is required');
+      if (c.kubeconfig !== undefined) problem('kubeconfig', 'only applies in cluster mode (without --standalone)');
+    } else {
+      if (c.node === undefined) problem('node', 'is required in cluster mode (or set NODE_NAME)');
+      if (c.once) problem('once', 'only applies with --standalone');
+      if (c.vmis !== undefined || c.images !== undefined) problem(undefined, '--vmis, --images: only apply with --standalone (cluster mode watches the API server)');
+    }
+    if (c.lvstoreBlockSize !== undefined && c.lvstoreBdev !== undefined) problem('lvstoreBlockSize', 'only applies to the aio file made without --lvstore-bdev (a device has its own block size)');
+    if (c.bdevDir !== undefined && c.backend !== 'qsd') problem('bdevDir', 'only applies with --backend qsd (spdk bdevs are named in spdk_tgt)');
+  })
+  .transform((c) => ({
+    ...c,
+    ...(c.bdevDir !== undefined ? { bdevDir: path.resolve(c.bdevDir) } : {}),
+    ...(c.metricsPort === undefined && !c.standalone ? { metricsPort: DEFAULT_METRICS_PORT } : {}),
+  }));
+export type AgentConfig = z.output<typeof AgentConfigSchema>;
+
+const agentConfig = defineCommand({
+  name: 'agent',
+  schema: AgentConfigSchema,
+  // NODE_NAME and NODE_IP come from the DaemonSet's downward API; a standalone agent ignores NODE_NAME.
+  flags: { node: { env: 'NODE_NAME', envUnless: 'standalone' }, nodeAddress: { env: 'NODE_IP' } },
+  synopsis: [
+    '--standalone --vmis DIR --images FILE --vhost-dir DIR --state-dir DIR [--once] [flags]',
+    "--node NAME --vhost-dir DIR --state-dir DIR [flags]   (cluster mode: watches the node's VMIs, launcher pods and CachedImages)",
+  ],
+});
 
 /** argv (and NODE_NAME, NODE_IP) -> the agent's config; throws FlagError naming each bad flag. */
 export function parseAgentArgs(argv: string[], env: NodeJS.ProcessEnv = process.env): AgentConfig {

@@ -8,7 +8,7 @@ import { ValidationError } from '../../api/errors.js';
 import { parseVmiYaml } from '../../api/vmi.js';
 import { DEFAULT_SOCKET_DIR, convertDomain } from '../../converter/index.js';
 import { decodeUtf8Strict } from '../../converter/utf8.js';
-import { defineCommand, text, type Command } from '../config.js';
+import { defineCommand, text, type Command } from '../../config.js';
 
 const ConvertConfigSchema = z
   .object({

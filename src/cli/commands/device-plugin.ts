@@ -9,7 +9,7 @@ import { DevicePluginServer, DEFAULT_PLUGIN_DIR, DEFAULT_PRESTART_TIMEOUT_MS } f
 import { ManualHealth, SocketProbeHealth, type HealthSource } from '../../../deviceplugin/health.js';
 import { MAX_SLOTS } from '../../../deviceplugin/slots.js';
 import { startStatusServer } from '../../metrics/server.js';
-import { defineCommand, duration, int, port, text, type Command } from '../config.js';
+import { defineCommand, duration, int, port, text, type Command } from '../../config.js';
 
 /** kubelet gives PreStartContainer 30 s; the plugin must answer before that. */
 const KUBELET_PRESTART_MS = 30_000;

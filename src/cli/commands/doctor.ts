@@ -5,7 +5,7 @@
 import { z } from 'zod';
 import { AGENT_DEFAULTS, AgentFlagsSchema } from '../../agent/config.js';
 import { SpdkBackendConfigSchema } from '../../backend/spdk/backend.js';
-import { defineCommand, duration, int, text, type Command } from '../config.js';
+import { defineCommand, duration, int, text, type Command } from '../../config.js';
 import { diagnose, render } from '../doctor/checks.js';
 import { gatherFacts } from '../doctor/gather.js';
 

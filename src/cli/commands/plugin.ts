@@ -9,7 +9,7 @@ import { createLogger } from '../../log.js';
 import { stopSignal } from '../signals.js';
 import { DEFAULT_SOCKET_DIR } from '../../converter/index.js';
 import { DEFAULT_PLUGIN_SOCKET, checkSocketPath, startPluginServer } from '../../plugin/server.js';
-import { defineCommand, text, type Command } from '../config.js';
+import { defineCommand, text, type Command } from '../../config.js';
 
 const PluginConfigSchema = z
   .object({

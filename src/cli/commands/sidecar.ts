@@ -9,7 +9,7 @@ import { stopSignal } from '../signals.js';
 import { DEFAULT_SOCKET_DIR } from '../../converter/index.js';
 import { DEFAULT_HOOKS_DIR, startSidecar } from '../../sidecar/server.js';
 import { CALLBACK_VERSIONS } from '../../sidecar/versions.js';
-import { defineCommand, oneOf, text, type Command } from '../config.js';
+import { defineCommand, oneOf, text, type Command } from '../../config.js';
 
 const SidecarConfigSchema = z.object({
   socketDir: text('DIR').default(DEFAULT_HOOKS_DIR).describe('Hooks directory virt-launcher scans for hook sockets.'),

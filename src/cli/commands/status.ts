@@ -4,7 +4,7 @@ import { z } from 'zod';
 import { formatBytes } from '../../api/quantity.js';
 import { NodeStatusSchema, type NodeStatus } from '../../agent/node-status.js';
 import { formatZodError, ValidationError } from '../../api/errors.js';
-import { defineCommand, text, type Command } from '../config.js';
+import { defineCommand, text, type Command } from '../../config.js';
 
 const StatusConfigSchema = z.object({
   stateDir: text('DIR').default('/var/lib/kubevirt-spdk/state').describe("The agent's state directory (reads `status.json`)."),

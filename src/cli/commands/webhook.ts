@@ -8,7 +8,7 @@ import { stopSignal } from '../signals.js';
 import { InformerImageCatalog, StaticImageCatalog, type ImageCatalog } from '../../../webhooks/catalog.js';
 import { WebhookServer, DEFAULT_MAX_BODY_BYTES } from '../../../webhooks/server.js';
 import { HOOK_SIDECAR_MODES } from '../../../webhooks/mutate.js';
-import { defineCommand, int, oneOf, port, text, type Command } from '../config.js';
+import { defineCommand, int, oneOf, port, text, type Command } from '../../config.js';
 
 const WebhookConfigSchema = z.object({
   tlsCert: text('FILE').describe('Serving certificate (PEM).'),

@@ -11,7 +11,7 @@ import { fileURLToPath } from 'node:url';
 import { API_GROUP, API_VERSION, CachedImageSpecSchema } from '../../api/cachedimage.js';
 import { SlotStatusSchema, VmiStatusSchema } from '../../api/status.js';
 import { SLOT_ANNOTATION, SLOT_RE, STATUS_ANNOTATION, SpdkVolumeSchema, SpdkVolumesSchema, VHOST_SLOT_RESOURCE, VOLUMES_ANNOTATION } from '../../api/volumes.js';
-import { flagsOf, type FlagField } from '../config.js';
+import { flagsOf, type FlagField } from '../../config.js';
 import { flagTable } from '../help.js';
 import { COMMANDS, globalConfig } from '../registry.js';
 import { apiTables } from './api-tables.js';

@@ -1,7 +1,7 @@
 import { spawnSync } from 'node:child_process';
 import { describe, expect, it } from 'vitest';
 import { z } from 'zod';
-import { FlagError, defineCommand, duration, flagsOf, int, oneOf, parseFlags, port, quantity, text, wantsHelp } from '../../../src/cli/config.js';
+import { FlagError, defineCommand, duration, flagsOf, int, oneOf, parseFlags, port, quantity, text, wantsHelp } from '../../../src/config.js';
 import { helpText } from '../../../src/cli/help.js';
 import { COMMANDS } from '../../../src/cli/registry.js';
 import { cliArgv } from '../../helpers/cli.js';

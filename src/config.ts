@@ -1,8 +1,9 @@
 /**
- * Command-line configuration from zod schemas: each command (a composition root) declares one
- * schema whose fields carry `.describe()` text, defaults and bounds; the argv parser, `--help`
- * and docs/configuration.md are all derived from it (see ./help.ts), so a flag cannot be
- * parsed, documented and checked in three different places.
+ * Configuration from zod schemas: each command (a composition root, src/cli/commands/) declares
+ * one schema whose fields carry `.describe()` text, defaults and bounds; the argv parser (here),
+ * `--help` and docs/configuration.md (src/cli/help.ts, src/cli/docs/) are all derived from it,
+ * so a flag cannot be parsed, documented and checked in three different places. A leaf module:
+ * components (src/agent/config.ts) declare their part of a schema with it.
  *
  * A field `fooBar` is the flag `--foo-bar`. Flag values arrive as text, so every non-boolean
  * field is a string schema, usually one of the typed values below (duration, quantity, port, ...)
@@ -10,9 +11,9 @@
  */
 import { parseArgs } from 'node:util';
 import { z } from 'zod';
-import { ValidationError, apiErrorMap } from '../api/errors.js';
-import { LIMITS } from '../api/limits.js';
-import { parseDuration, parseQuantity } from '../api/quantity.js';
+import { ValidationError, apiErrorMap } from './api/errors.js';
+import { LIMITS } from './api/limits.js';
+import { parseDuration, parseQuantity } from './api/quantity.js';
 
 /** What a schema cannot say about a flag. */
 export interface FlagMeta {
