@@ -110,16 +110,18 @@ export function port(): z.ZodEffects<z.ZodString, number, string> {
 
 /**
  * A Go duration (`30s`, `5m`, `1h30m`) in milliseconds, at most LIMITS.maxDurationMs (a Node
- * timer holds no more). `above`/`below` bound it further (exclusive), worded by `rule`.
+ * timer holds no more). `above`/`below` bound it further (exclusive); `bounds` says so in words
+ * ("above 0 and below 30s"), for the error and the docs.
  */
-export function duration(o: { above?: number; below?: number; rule?: string } = {}): z.ZodEffects<z.ZodString, number, string> {
+export function duration(o: { above?: number; below?: number; bounds?: string } = {}): z.ZodEffects<z.ZodString, number, string> {
   const max = LIMITS.maxDurationMs;
-  const rule = o.rule ?? `at most ${Math.floor(max / 86_400_000)} days`;
-  return typed<number>({ value: 'DURATION', rule }, (t) => {
+  const days = Math.floor(max / 86_400_000);
+  return typed<number>({ value: 'DURATION', rule: o.bounds ?? `at most ${days} days` }, (t) => {
     const ms = parseDuration(t);
-    if (ms === undefined) return { error: o.rule ? `${t} ${o.rule}` : `${t} is not a duration (e.g. 30s, 5m)` };
-    if ((o.above !== undefined && ms <= o.above) || (o.below !== undefined && ms >= o.below)) return { error: `${t} ${rule}` };
-    if (ms > max) return { error: `${t} is longer than the limit of ${max} ms (about 24 days)` };
+    const outside = ms !== undefined && ((o.above !== undefined && ms <= o.above) || (o.below !== undefined && ms >= o.below));
+    if (o.bounds && (ms === undefined || outside)) return { error: `${t} must be a duration ${o.bounds}` };
+    if (ms === undefined) return { error: `${t} is not a duration (e.g. 30s, 5m)` };
+    if (ms > max) return { error: `${t} is longer than the limit of ${max} ms (about ${days} days)` };
     return { ok: ms };
   });
 }

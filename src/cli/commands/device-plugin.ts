@@ -20,7 +20,7 @@ const DevicePluginConfigSchema = z.object({
   slots: int({ min: 1, max: MAX_SLOTS }).default('32').describe('Number of vhost slots this node advertises (`kubevirt-spdk.io/vhost-slot` capacity).'),
   pluginDir: text('DIR').default(DEFAULT_PLUGIN_DIR).describe('kubelet device plugin directory (kubelet.sock lives there).'),
   healthSocket: text('PATH').optional().describe('spdk_tgt RPC socket to probe; slots turn Unhealthy when it does not answer. Without it slots are always Healthy.'),
-  prestartTimeout: duration({ above: 0, below: KUBELET_PRESTART_MS, rule: "must be a duration above 0 and below kubelet's 30s" })
+  prestartTimeout: duration({ above: 0, below: KUBELET_PRESTART_MS, bounds: "above 0 and below kubelet's 30s" })
     .default(`${DEFAULT_PRESTART_TIMEOUT_MS / 1000}s`)
     .describe('How long PreStartContainer waits for the slot to be ready.'),
   metricsPort: port().optional().describe('Serve `/metrics` (Prometheus), `/healthz` and `/readyz` over plain HTTP on this TCP port. No metrics server when absent.'),

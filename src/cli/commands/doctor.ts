@@ -29,7 +29,7 @@ const DoctorConfigSchema = z.object({
   kubeconfig: text('FILE').optional().describe('kubeconfig for the cluster checks; else `~/.kube/config`, or the in-cluster config in a pod.'),
   noKube: z.boolean().default(false).describe('Skip the cluster checks.'),
   namespace: text('NAME').default('kubevirt-spdk').describe('Namespace of the kubevirt-spdk deployment.'),
-  timeout: duration({ above: 0, rule: 'must be a duration above 0, like 3s or 500ms' }).default('3s').describe('Deadline of each probe.'),
+  timeout: duration({ above: 0, bounds: 'above 0' }).default('3s').describe('Deadline of each probe.'),
   json: z.boolean().default(false).describe('Print the findings as JSON.'),
 });
 

@@ -99,7 +99,7 @@ describe('every command of kubevirt-spdk', () => {
     expect(r.status).toBe(0);
     expect(r.stdout).toMatch(/^usage: kubevirt-spdk device-plugin --vhost-dir DIR --state-dir DIR \[flags\]/);
     const flat = r.stdout.replace(/\s+/g, ' ');
-    expect(flat).toContain("--prestart-timeout DURATION How long PreStartContainer waits for the slot to be ready. (default 25s; must be a duration above 0 and below kubelet's 30s)");
+    expect(flat).toContain("--prestart-timeout DURATION How long PreStartContainer waits for the slot to be ready. (default 25s; above 0 and below kubelet's 30s)");
     expect(flat).toContain('--slots N Number of vhost slots this node advertises (kubevirt-spdk.io/vhost-slot capacity). (default 32; 1..1000)');
   });
 });
