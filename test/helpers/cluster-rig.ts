@@ -1,12 +1,15 @@
 /**
  * One node in cluster mode for tests: the SPDK simulator, a real SpdkBackend, a fake API server
- * (with a CachedImage "base"), a fake kubelet PodResources server and the ClusterAgent.
+ * (with a CachedImage "base"), a fake kubelet PodResources server and the ClusterAgent; beside
+ * it, as in a cluster, the one writer of CachedImage readyNodes (leading, no election here).
  */
 import { mkdir, mkdtemp, rm, truncate, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import type * as grpc from '@grpc/grpc-js';
 import { createSpdkBackend, type SpdkBackend } from '../../src/backend/spdk/index.js';
+import { ReadyNodesController } from '../../src/controller/ready-nodes.js';
+import { KubeApi } from '../../src/kube/api.js';
 import { ClusterAgent } from '../../src/kube/cluster.js';
 import { PodResourcesClient, type PodSlot } from '../../src/kube/podresources.js';
 import { silentLogger, type Logger } from '../../src/log.js';
@@ -29,6 +32,8 @@ export interface ClusterRig {
   kubelet: grpc.Server;
   slots: PodSlot[];
   cluster: ClusterAgent;
+  /** The cluster-wide readyNodes writer, when the rig runs one. */
+  readyNodes: ReadyNodesController | undefined;
 }
 
 export interface ClusterRigOptions {
@@ -37,6 +42,8 @@ export interface ClusterRigOptions {
   logger?: Logger;
   /** Called before the agent exists, e.g. to record the backend's deletions. */
   instrument?: (backend: SpdkBackend, api: FakeApiServer) => void;
+  /** Run the readyNodes controller beside the agent (default true). */
+  readyNodes?: boolean;
 }
 
 export async function startClusterRig(opts: ClusterRigOptions): Promise<ClusterRig> {
@@ -68,12 +75,16 @@ export async function startClusterRig(opts: ClusterRigOptions): Promise<ClusterR
     retry: { initialMs: 50, maxMs: 200 },
     debounceMs: 10,
   });
+  const readyNodes = opts.readyNodes === false ? undefined : new ReadyNodesController({ api: new KubeApi(api.kubeConfig('controller')), logger: opts.logger ?? silentLogger, retry: { initialMs: 50, maxMs: 200 } });
+  await readyNodes?.start();
+  readyNodes?.lead();
   await backend.start();
-  return { dir, node: opts.node, sim, backend, api, kubelet, slots, cluster };
+  return { dir, node: opts.node, sim, backend, api, kubelet, slots, cluster, readyNodes };
 }
 
 export async function stopClusterRig(r: ClusterRig): Promise<void> {
   await r.cluster.stop();
+  await r.readyNodes?.stop();
   await r.backend.close();
   await r.sim.stop();
   r.kubelet.forceShutdown();
