@@ -165,6 +165,8 @@ const FLAG_DOCS: Record<string, Record<string, string>> = {
     'hook-sidecar': 'Hook sidecar injected into SPDK VMIs: `all` (lists every Callbacks version; KubeVirt picks `v1alpha3` with Shutdown from v1.2.0, `v1alpha2` before), `v1alpha1`/`v1alpha2`/`v1alpha3` (pinned), or `none` (KubeVirt >= v1.9 with the Plugin CR, see docs/kubevirt-versions.md).',
     'metrics-port': 'Plain-HTTP port of `/metrics`, `/healthz` and `/readyz` (0 = any free port). Never served on `--port`, which the admission Service exposes to the whole cluster.',
     'metrics-host': 'Address the metrics listener binds.',
+    'ready-nodes': 'Also run the one cluster-wide writer of `CachedImage.status.readyNodes` (counted from the NodeImageCaches); replicas elect a leader on the Lease `kubevirt-spdk-ready-nodes`, so one writes at a time.',
+    'lease-namespace': 'Namespace of that Lease (the webhook\'s own).',
     help: 'Print usage.',
   },
 };

@@ -3,6 +3,7 @@
  * Without --images the CachedImage catalog comes from the cluster (in-cluster config or
  * KUBECONFIG).
  */
+import os from 'node:os';
 import { parseArgs } from 'node:util';
 import { createLogger } from '../../log.js';
 import { stopSignal } from '../signals.js';
@@ -19,6 +20,10 @@ const USAGE = `usage: kubevirt-spdk webhook --tls-cert FILE --tls-key FILE --sid
                   v1alphaN: pin one version; none: inject no hook sidecar (KubeVirt >= v1.9
                   with the Plugin CR of manifests/kubevirt/plugin.yaml)
        [--metrics-host 0.0.0.0] [--metrics-port 9472] (plain HTTP /metrics, /healthz, /readyz; never on --port)
+       [--ready-nodes [--lease-namespace kubevirt-spdk]]
+
+  --ready-nodes   also keep CachedImage status.readyNodes (the one cluster-wide writer: replicas
+                  elect a leader on the Lease kubevirt-spdk-ready-nodes in --lease-namespace)
 `;
 
 function isHookSidecarMode(v: string): v is HookSidecarMode {
@@ -39,6 +44,8 @@ export async function run(argv: string[]): Promise<number> {
       'metrics-host': { type: 'string', default: '0.0.0.0' },
       'max-body-bytes': { type: 'string', default: String(DEFAULT_MAX_BODY_BYTES) },
       'hook-sidecar': { type: 'string', default: 'all' },
+      'ready-nodes': { type: 'boolean', default: false },
+      'lease-namespace': { type: 'string', default: 'kubevirt-spdk' },
       help: { type: 'boolean', short: 'h' },
     },
     strict: true,
@@ -85,7 +92,15 @@ export async function run(argv: string[]): Promise<number> {
     logger,
     maxBodyBytes: maxBody,
   });
+  let stopReadyNodes = async (): Promise<void> => undefined;
+  if (values['ready-nodes']) {
+    const [{ startReadyNodes }, { KubeApi, loadKubeConfig }] = await Promise.all([import('../../controller/ready-nodes.js'), import('../../kube/api.js')]);
+    // The pod's name is its hostname: one candidate per replica.
+    const readyNodes = await startReadyNodes({ api: new KubeApi(loadKubeConfig()), logger, namespace: values['lease-namespace'], identity: os.hostname() });
+    stopReadyNodes = () => readyNodes.stop();
+  }
   logger.info({ signal: await stopSignal() }, 'shutting down');
+  await stopReadyNodes();
   await server.close();
   await stopCatalog();
   return 0;
