@@ -10,7 +10,9 @@ import type * as grpc from '@grpc/grpc-js';
 import { createSpdkBackend, type SpdkBackend } from '../../src/backend/spdk/index.js';
 import { ReadyNodesController } from '../../src/controller/ready-nodes.js';
 import { KubeApi } from '../../src/kube/api.js';
+import { NodeAgent } from '../../src/agent/agent.js';
 import { ClusterAgent } from '../../src/kube/cluster.js';
+import { StatusPublisher } from '../../src/kube/status-publisher.js';
 import { PodResourcesClient, type PodSlot } from '../../src/kube/podresources.js';
 import { silentLogger, type Logger } from '../../src/log.js';
 import { SpdkSimulator } from '../../src/simulator/index.js';
@@ -65,17 +67,23 @@ export async function startClusterRig(opts: ClusterRigOptions): Promise<ClusterR
   opts.instrument?.(backend, api);
   api.put(CIMGS, { apiVersion: 'kubevirt-spdk.io/v1alpha1', kind: 'CachedImage', metadata: { name: 'base' }, spec: { source: { hostPath: { path: image } } } });
   const { server: kubelet, socket, slots } = await startFakePodResources(dir);
-  const cluster = new ClusterAgent({
+  // The parts are built here and injected, as a binary's composition root does.
+  const logger = opts.logger ?? silentLogger;
+  const retry = { initialMs: 50, maxMs: 200 };
+  const kube = new KubeApi(api.kubeConfig('agent'));
+  const status = new StatusPublisher({ node: opts.node, api: kube, logger, retry });
+  const agent = new NodeAgent({
+    backend,
+    stateDir: path.join(dir, 'st'),
+    socket: { ...OWNER, mode: 0o660 },
+    orphanGraceMs: 0,
+    resyncMs: 200,
     node: opts.node,
-    kubeConfig: api.kubeConfig('agent'),
-    podResources: new PodResourcesClient(socket),
-    agent: { backend, stateDir: path.join(dir, 'st'), socket: { ...OWNER, mode: 0o660 }, orphanGraceMs: 0, resyncMs: 200 },
-    logger: opts.logger ?? silentLogger,
-    podResourcesPollMs: 100,
-    retry: { initialMs: 50, maxMs: 200 },
-    debounceMs: 10,
+    logger,
+    onVmiStatus: status.onVmiStatus,
   });
-  const readyNodes = opts.readyNodes === false ? undefined : new ReadyNodesController({ api: new KubeApi(api.kubeConfig('controller')), logger: opts.logger ?? silentLogger, retry: { initialMs: 50, maxMs: 200 } });
+  const cluster = new ClusterAgent({ node: opts.node, api: kube, agent, status, podResources: new PodResourcesClient(socket), logger, podResourcesPollMs: 100, retry, debounceMs: 10 });
+  const readyNodes = opts.readyNodes === false ? undefined : new ReadyNodesController({ api: new KubeApi(api.kubeConfig('controller')), logger, retry });
   await readyNodes?.start();
   readyNodes?.lead();
   await backend.start();
