@@ -1,5 +1,5 @@
 import type { KubernetesObject } from '@kubernetes/client-node';
-import { KubeApi, paths } from '../kube/api.js';
+import { paths, type KubeApi } from '../kube/api.js';
 import { ResilientInformer } from '../kube/informer.js';
 import { readyNodeCounts, readyNodesUpdates } from '../kube/mapping.js';
 import { Outbox } from '../kube/outbox.js';
