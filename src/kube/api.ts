@@ -12,6 +12,8 @@ export const KUBEVIRT_VERSION = 'v1';
 export const VMI_PLURAL = 'virtualmachineinstances';
 export const CACHEDIMAGE_PLURAL = 'cachedimages';
 export const NODEIMAGECACHE_PLURAL = 'nodeimagecaches';
+export const VMIM_PLURAL = 'virtualmachineinstancemigrations';
+export const LEASE_GROUP = 'coordination.k8s.io';
 
 export const paths = {
   vmis: `/apis/${KUBEVIRT_GROUP}/${KUBEVIRT_VERSION}/${VMI_PLURAL}`,
@@ -21,6 +23,13 @@ export const paths = {
 };
 
 type List = k8s.KubernetesListObject<k8s.KubernetesObject>;
+
+/** The fields of a VirtualMachineInstanceMigration that the agent reads. */
+export interface VmiMigrationObject {
+  metadata?: { name?: string; uid?: string };
+  spec?: { vmiName?: string };
+  status?: { phase?: string };
+}
 
 /** JSON merge patch, not the client's default (strategic merge, which CRDs do not support). */
 const mergePatch = (): k8s.ConfigurationOptions => k8s.setHeaderOptions('Content-Type', k8s.PatchStrategy.MergePatch);
@@ -43,10 +52,12 @@ export function loadKubeConfig(file?: string): k8s.KubeConfig {
 export class KubeApi {
   private readonly custom: k8s.CustomObjectsApi;
   private readonly core: k8s.CoreV1Api;
+  private readonly coordination: k8s.CoordinationV1Api;
 
   constructor(readonly kubeConfig: k8s.KubeConfig) {
     this.custom = kubeConfig.makeApiClient(k8s.CustomObjectsApi);
     this.core = kubeConfig.makeApiClient(k8s.CoreV1Api);
+    this.coordination = kubeConfig.makeApiClient(k8s.CoordinationV1Api);
   }
 
   listVmis = (labelSelector: string) => (): Promise<List> =>
@@ -60,6 +71,31 @@ export class KubeApi {
 
   listNodeImageCaches = (): Promise<List> =>
     this.custom.listClusterCustomObject({ group: API_GROUP, version: API_VERSION, plural: NODEIMAGECACHE_PLURAL }) as Promise<List>;
+
+  /** One VMI, or undefined when it does not exist (any other failure throws). */
+  async getVmi(namespace: string, name: string): Promise<k8s.KubernetesObject | undefined> {
+    try {
+      return (await this.custom.getNamespacedCustomObject({ group: KUBEVIRT_GROUP, version: KUBEVIRT_VERSION, plural: VMI_PLURAL, namespace, name })) as k8s.KubernetesObject;
+    } catch (e) {
+      if (isNotFound(e)) return undefined;
+      throw e;
+    }
+  }
+
+  /** The VirtualMachineInstanceMigrations of a namespace. */
+  async listVmiMigrations(namespace: string): Promise<VmiMigrationObject[]> {
+    const list = (await this.custom.listNamespacedCustomObject({ group: KUBEVIRT_GROUP, version: KUBEVIRT_VERSION, plural: VMIM_PLURAL, namespace })) as { items?: VmiMigrationObject[] };
+    return list.items ?? [];
+  }
+
+  /** Deletes a VirtualMachineInstanceMigration (what `virtctl migrate-cancel` does); one already gone is not an error. */
+  async deleteVmiMigration(namespace: string, name: string): Promise<void> {
+    try {
+      await this.custom.deleteNamespacedCustomObject({ group: KUBEVIRT_GROUP, version: KUBEVIRT_VERSION, plural: VMIM_PLURAL, namespace, name });
+    } catch (e) {
+      if (!isNotFound(e)) throw e;
+    }
+  }
 
   async patchVmi(namespace: string, name: string, body: object): Promise<void> {
     await this.custom.patchNamespacedCustomObject(
@@ -104,5 +140,25 @@ export class KubeApi {
       { group: API_GROUP, version: API_VERSION, plural: CACHEDIMAGE_PLURAL, name, body: { status } },
       mergePatch(),
     );
+  }
+
+  /** A Lease, or undefined when it does not exist. */
+  async getLease(namespace: string, name: string): Promise<k8s.V1Lease | undefined> {
+    try {
+      return await this.coordination.readNamespacedLease({ name, namespace });
+    } catch (e) {
+      if (isNotFound(e)) return undefined;
+      throw e;
+    }
+  }
+
+  /** Creates a Lease; a 409 (someone else created it first) throws. */
+  async createLease(namespace: string, lease: k8s.V1Lease): Promise<k8s.V1Lease> {
+    return await this.coordination.createNamespacedLease({ namespace, body: lease });
+  }
+
+  /** Replaces a Lease; its metadata.resourceVersion makes this a compare-and-swap (409 when stale). */
+  async replaceLease(namespace: string, name: string, lease: k8s.V1Lease): Promise<k8s.V1Lease> {
+    return await this.coordination.replaceNamespacedLease({ name, namespace, body: lease });
   }
 }

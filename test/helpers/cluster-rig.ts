@@ -1,13 +1,18 @@
 /**
  * One node in cluster mode for tests: the SPDK simulator, a real SpdkBackend, a fake API server
- * (with a CachedImage "base"), a fake kubelet PodResources server and the ClusterAgent.
+ * (with a CachedImage "base"), a fake kubelet PodResources server and the ClusterAgent; beside
+ * it, as in a cluster, the one writer of CachedImage readyNodes (leading, no election here).
  */
 import { mkdir, mkdtemp, rm, truncate, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import type * as grpc from '@grpc/grpc-js';
 import { createSpdkBackend, type SpdkBackend } from '../../src/backend/spdk/index.js';
+import { ReadyNodesController } from '../../src/controller/ready-nodes.js';
+import { KubeApi } from '../../src/kube/api.js';
+import { NodeAgent } from '../../src/agent/agent.js';
 import { ClusterAgent } from '../../src/kube/cluster.js';
+import { StatusPublisher } from '../../src/kube/status-publisher.js';
 import { PodResourcesClient, type PodSlot } from '../../src/kube/podresources.js';
 import { silentLogger, type Logger } from '../../src/log.js';
 import { SpdkSimulator } from '../../testing/spdk-sim/index.js';
@@ -29,6 +34,8 @@ export interface ClusterRig {
   kubelet: grpc.Server;
   slots: PodSlot[];
   cluster: ClusterAgent;
+  /** The cluster-wide readyNodes writer, when the rig runs one. */
+  readyNodes: ReadyNodesController | undefined;
 }
 
 export interface ClusterRigOptions {
@@ -37,6 +44,8 @@ export interface ClusterRigOptions {
   logger?: Logger;
   /** Called before the agent exists, e.g. to record the backend's deletions. */
   instrument?: (backend: SpdkBackend, api: FakeApiServer) => void;
+  /** Run the readyNodes controller beside the agent (default true). */
+  readyNodes?: boolean;
 }
 
 export async function startClusterRig(opts: ClusterRigOptions): Promise<ClusterRig> {
@@ -58,22 +67,32 @@ export async function startClusterRig(opts: ClusterRigOptions): Promise<ClusterR
   opts.instrument?.(backend, api);
   api.put(CIMGS, { apiVersion: 'kubevirt-spdk.io/v1alpha1', kind: 'CachedImage', metadata: { name: 'base' }, spec: { source: { hostPath: { path: image } } } });
   const { server: kubelet, socket, slots } = await startFakePodResources(dir);
-  const cluster = new ClusterAgent({
+  // The parts are built here and injected, as a binary's composition root does.
+  const logger = opts.logger ?? silentLogger;
+  const retry = { initialMs: 50, maxMs: 200 };
+  const kube = new KubeApi(api.kubeConfig('agent'));
+  const status = new StatusPublisher({ node: opts.node, api: kube, logger, retry });
+  const agent = new NodeAgent({
+    backend,
+    stateDir: path.join(dir, 'st'),
+    socket: { ...OWNER, mode: 0o660 },
+    orphanGraceMs: 0,
+    resyncMs: 200,
     node: opts.node,
-    kubeConfig: api.kubeConfig('agent'),
-    podResources: new PodResourcesClient(socket),
-    agent: { backend, stateDir: path.join(dir, 'st'), socket: { ...OWNER, mode: 0o660 }, orphanGraceMs: 0, resyncMs: 200 },
-    logger: opts.logger ?? silentLogger,
-    podResourcesPollMs: 100,
-    retry: { initialMs: 50, maxMs: 200 },
-    debounceMs: 10,
+    logger,
+    onVmiStatus: status.onVmiStatus,
   });
+  const cluster = new ClusterAgent({ node: opts.node, api: kube, agent, status, podResources: new PodResourcesClient(socket), logger, podResourcesPollMs: 100, retry, debounceMs: 10 });
+  const readyNodes = opts.readyNodes === false ? undefined : new ReadyNodesController({ api: new KubeApi(api.kubeConfig('controller')), logger, retry });
+  await readyNodes?.start();
+  readyNodes?.lead();
   await backend.start();
-  return { dir, node: opts.node, sim, backend, api, kubelet, slots, cluster };
+  return { dir, node: opts.node, sim, backend, api, kubelet, slots, cluster, readyNodes };
 }
 
 export async function stopClusterRig(r: ClusterRig): Promise<void> {
   await r.cluster.stop();
+  await r.readyNodes?.stop();
   await r.backend.close();
   await r.sim.stop();
   r.kubelet.forceShutdown();

@@ -2,7 +2,9 @@
  * A small stand-in for the Kubernetes API server, on 127.0.0.1 over plain HTTP: list and
  * watch (chunked JSON lines, resourceVersion, label and field selectors), get, create, PUT,
  * PATCH (merge, JSON and strategic patches; content type and body recorded) and the status
- * subresource of CRDs. Test controls: expire watches with a 410 ERROR event, drop every
+ * subresource of CRDs; any resource path works the same (VMIs, pods, CachedImages,
+ * NodeImageCaches, coordination.k8s.io Leases, whose PUT is a compare-and-swap on
+ * resourceVersion). Test controls: expire watches with a 410 ERROR event, drop every
  * connection, and go away (stop listening) and come back on the same port.
  */
 import http from 'node:http';
@@ -325,6 +327,7 @@ export class FakeApiServer {
     }
     meta(next).uid = existing.metadata?.uid;
     meta(next).name = t.name;
+    if (t.namespace) meta(next).namespace = t.namespace;
     this.json(res, 200, this.put(t.resource, next));
   }
 

@@ -2,6 +2,7 @@
  * `kubevirt-spdk webhook`: the mutating admission webhook. Without --images the CachedImage
  * catalog comes from the cluster (in-cluster config or KUBECONFIG).
  */
+import os from 'node:os';
 import { z } from 'zod';
 import { createLogger } from '../../log.js';
 import { stopSignal } from '../signals.js';
@@ -29,6 +30,11 @@ const WebhookConfigSchema = z.object({
     .describe(
       'Hook sidecar injected into SPDK VMIs: `all` (lists every Callbacks version; KubeVirt picks `v1alpha3` with Shutdown from v1.2.0, `v1alpha2` before), `v1alpha1`/`v1alpha2`/`v1alpha3` (pinned), or `none` (KubeVirt >= v1.9 with the Plugin CR, see docs/kubevirt-versions.md).',
     ),
+  readyNodes: z
+    .boolean()
+    .default(false)
+    .describe('Also run the one cluster-wide writer of `CachedImage.status.readyNodes` (counted from the NodeImageCaches); replicas elect a leader on the Lease `kubevirt-spdk-ready-nodes`, so one writes at a time.'),
+  leaseNamespace: text('NAME').default('kubevirt-spdk').describe("Namespace of that Lease (the webhook's own)."),
 });
 
 export const command: Command<typeof WebhookConfigSchema> = {
@@ -57,7 +63,15 @@ export const command: Command<typeof WebhookConfigSchema> = {
       logger,
       maxBodyBytes: c.maxBodyBytes,
     });
+    let stopReadyNodes = async (): Promise<void> => undefined;
+    if (c.readyNodes) {
+      const [{ startReadyNodes }, { KubeApi, loadKubeConfig }] = await Promise.all([import('../../controller/ready-nodes.js'), import('../../kube/api.js')]);
+      // The pod's name is its hostname: one candidate per replica.
+      const readyNodes = await startReadyNodes({ api: new KubeApi(loadKubeConfig()), logger, namespace: c.leaseNamespace, identity: os.hostname() });
+      stopReadyNodes = () => readyNodes.stop();
+    }
     logger.info({ signal: await stopSignal() }, 'shutting down');
+    await stopReadyNodes();
     await server.close();
     await stopCatalog();
     return 0;

@@ -4,14 +4,15 @@ import { parseAllDocuments } from 'yaml';
 import { describe, expect, it } from 'vitest';
 import { REPO_ROOT } from '../../helpers/cli.js';
 import { API_GROUP } from '../../../src/api/cachedimage.js';
-import { CACHEDIMAGE_PLURAL, KUBEVIRT_GROUP, NODEIMAGECACHE_PLURAL, VMI_PLURAL } from '../../../src/kube/api.js';
+import { CACHEDIMAGE_PLURAL, KUBEVIRT_GROUP, LEASE_GROUP, NODEIMAGECACHE_PLURAL, VMI_PLURAL } from '../../../src/kube/api.js';
+import { READY_NODES_LEASE } from '../../../src/controller/ready-nodes.js';
 import { VMIM_PLURAL } from '../../../src/kube/migration.js';
 
 /**
- * Least privilege, derived from the code: every Kubernetes call the agent and the webhook
- * make (client methods on the CustomObjects/CoreV1 APIs, called directly or through KubeApi,
- * and the informers' watches) gives the verbs each needs; the ClusterRoles in manifests/rbac
- * must grant exactly those, nothing broader (and nothing missing).
+ * Least privilege, derived from the code: every Kubernetes call the agent, the webhook and the
+ * readyNodes controller make (client methods on the CustomObjects/CoreV1/CoordinationV1 APIs,
+ * called directly or through KubeApi, and the informers' watches) gives the verbs each needs;
+ * the roles in manifests/rbac must grant exactly those, nothing broader (and nothing missing).
  */
 
 const CONSTANTS: Record<string, string> = {
@@ -24,7 +25,7 @@ const CONSTANTS: Record<string, string> = {
 };
 
 /** Client method -> verb (and subresource). */
-const CLIENT_METHODS: Record<string, { verb: string; sub?: string; core?: string }> = {
+const CLIENT_METHODS: Record<string, { verb: string; sub?: string; core?: string; group?: string }> = {
   listClusterCustomObject: { verb: 'list' },
   listNamespacedCustomObject: { verb: 'list' },
   getClusterCustomObject: { verb: 'get' },
@@ -39,6 +40,9 @@ const CLIENT_METHODS: Record<string, { verb: string; sub?: string; core?: string
   deleteClusterCustomObject: { verb: 'delete' },
   listPodForAllNamespaces: { verb: 'list', core: 'pods' },
   createNamespacedEvent: { verb: 'create', core: 'events' },
+  readNamespacedLease: { verb: 'get', core: 'leases', group: LEASE_GROUP },
+  createNamespacedLease: { verb: 'create', core: 'leases', group: LEASE_GROUP },
+  replaceNamespacedLease: { verb: 'update', core: 'leases', group: LEASE_GROUP },
 };
 
 type Grant = string; // "<group>/<resource>:<verb>", core group ""
@@ -50,7 +54,7 @@ function callsIn(text: string): Grant[] {
     const method = CLIENT_METHODS[m[1] ?? ''];
     if (!method) continue;
     if (method.core) {
-      out.push(`/${method.core}:${method.verb}`);
+      out.push(`${method.group ?? ''}/${method.core}:${method.verb}`);
       continue;
     }
     const args = m[2] ?? '';
@@ -96,10 +100,17 @@ async function needed(files: string[]): Promise<Set<Grant>> {
   return out;
 }
 
-async function granted(file: string, role: string): Promise<Set<Grant>> {
-  const docs = parseAllDocuments(await readFile(path.join(REPO_ROOT, 'manifests/rbac', file), 'utf8')).map((d) => d.toJS() as { kind: string; metadata: { name: string }; rules?: Array<{ apiGroups: string[]; resources: string[]; verbs: string[]; resourceNames?: string[] }> });
-  const r = docs.find((d) => d.kind === 'ClusterRole' && d.metadata.name === role);
-  if (!r) throw new Error(`no ClusterRole ${role} in ${file}`);
+type Rule = { apiGroups: string[]; resources: string[]; verbs: string[]; resourceNames?: string[] };
+
+async function roleRules(file: string, role: string, kind: 'ClusterRole' | 'Role'): Promise<Rule[]> {
+  const docs = parseAllDocuments(await readFile(path.join(REPO_ROOT, 'manifests/rbac', file), 'utf8')).map((d) => d.toJS() as { kind: string; metadata: { name: string }; rules?: Rule[] });
+  const r = docs.find((d) => d.kind === kind && d.metadata.name === role);
+  if (!r) throw new Error(`no ${kind} ${role} in ${file}`);
+  return r.rules ?? [];
+}
+
+async function granted(file: string, role: string, kind: 'ClusterRole' | 'Role' = 'ClusterRole'): Promise<Set<Grant>> {
+  const r = { rules: await roleRules(file, role, kind) };
   const out = new Set<Grant>();
   for (const rule of r.rules ?? []) {
     for (const g of rule.apiGroups) for (const res of rule.resources) for (const v of rule.verbs) out.add(`${g}/${res}:${v}`);
@@ -122,6 +133,21 @@ describe('RBAC is exactly what the code calls', () => {
   it('the webhook', async () => {
     const need = await needed(['webhooks/catalog.ts']);
     expect(sorted(await granted('webhook.yaml', 'kubevirt-spdk-webhook'))).toEqual(sorted(need));
+  });
+
+  it('the readyNodes controller (run by the webhook replicas): cluster-wide reads and readyNodes, the Lease only in its namespace', async () => {
+    const need = await needed(['src/controller/ready-nodes.ts', 'src/controller/leader.ts']);
+    expect(need.has(`${API_GROUP}/${CACHEDIMAGE_PLURAL}/status:patch`)).toBe(true);
+    expect(need.has(`${LEASE_GROUP}/leases:update`)).toBe(true);
+    const cluster = await granted('ready-nodes.yaml', 'kubevirt-spdk-ready-nodes');
+    const namespaced = await granted('ready-nodes.yaml', 'kubevirt-spdk-ready-nodes', 'Role');
+    expect(sorted(new Set([...cluster, ...namespaced]))).toEqual(sorted(need));
+    expect(sorted(cluster).filter((g) => g.startsWith(`${LEASE_GROUP}/`))).toEqual([]);
+    expect(sorted(namespaced).every((g) => g.startsWith(`${LEASE_GROUP}/leases:`))).toBe(true);
+    // Reading and renewing are limited to the one Lease (create cannot be: the name does not exist yet).
+    for (const rule of await roleRules('ready-nodes.yaml', 'kubevirt-spdk-ready-nodes', 'Role')) {
+      if (rule.verbs.some((v) => v !== 'create')) expect(rule.resourceNames).toEqual([READY_NODES_LEASE]);
+    }
   });
 
   it('no wildcard, no secrets, no cluster-wide write of core objects but Events', async () => {

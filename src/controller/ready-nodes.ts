@@ -1,0 +1,120 @@
+import type { KubernetesObject } from '@kubernetes/client-node';
+import { paths, type KubeApi } from '../kube/api.js';
+import { ResilientInformer } from '../kube/informer.js';
+import { readyNodeCounts, readyNodesUpdates } from '../kube/mapping.js';
+import { Outbox } from '../kube/outbox.js';
+import type { Logger } from '../log.js';
+import { LeaderElector, type LeaderElectorOptions } from './leader.js';
+
+/** The Lease whose holder is the one writer of `CachedImage.status.readyNodes`. */
+export const READY_NODES_LEASE = 'kubevirt-spdk-ready-nodes';
+
+export interface ReadyNodesOptions {
+  api: KubeApi;
+  logger: Logger;
+  /** Backoff of informer restarts and of failed writes. */
+  retry?: { initialMs: number; maxMs: number };
+}
+
+/**
+ * Keeps `CachedImage.status.readyNodes` equal to the number of NodeImageCaches (one per node,
+ * written by that node's agent) that list the image ready. Cluster-wide, so exactly one writer:
+ * the informers run on every replica (a new leader starts warm), writes happen only between
+ * `lead()` and `follow()`, which the leader election calls.
+ */
+export class ReadyNodesController {
+  private readonly cachedImages: ResilientInformer<KubernetesObject>;
+  private readonly nodeCaches: ResilientInformer<KubernetesObject>;
+  /** Exists only while leading: writes queued by a former leader are dropped with it. */
+  private outbox: Outbox | undefined;
+  private readonly log: Logger;
+
+  constructor(private readonly opts: ReadyNodesOptions) {
+    this.log = opts.logger.child({ component: 'ready-nodes' });
+    const base = { kubeConfig: opts.api.kubeConfig, logger: this.log, ...(opts.retry ? { backoff: opts.retry } : {}) };
+    this.cachedImages = new ResilientInformer({ ...base, name: 'cachedimages', path: paths.cachedImages, list: opts.api.listCachedImages });
+    this.nodeCaches = new ResilientInformer({ ...base, name: 'nodeimagecaches', path: paths.nodeImageCaches, list: opts.api.listNodeImageCaches });
+  }
+
+  get leading(): boolean {
+    return this.outbox !== undefined;
+  }
+
+  async start(): Promise<void> {
+    for (const inf of [this.cachedImages, this.nodeCaches]) {
+      inf.on('change', () => this.sync());
+      inf.on('synced', () => this.sync());
+      inf.on('health', (up: boolean) => {
+        if (up) this.outbox?.retryNow();
+      });
+    }
+    await Promise.all([this.cachedImages.start(), this.nodeCaches.start()]);
+  }
+
+  async stop(): Promise<void> {
+    await this.follow();
+    await Promise.all([this.cachedImages.stop(), this.nodeCaches.stop()]);
+  }
+
+  /** This replica is the writer now: bring every CachedImage up to date. */
+  lead(): void {
+    if (this.outbox) return;
+    this.outbox = new Outbox(this.log, this.opts.retry);
+    this.sync();
+  }
+
+  /** Another replica may be the writer now: drop what is queued, finish nothing new. */
+  async follow(): Promise<void> {
+    const box = this.outbox;
+    this.outbox = undefined;
+    await box?.close();
+  }
+
+  /** Pending writes done (tests). */
+  async drain(): Promise<void> {
+    await this.outbox?.drain();
+  }
+
+  private sync(): void {
+    const box = this.outbox;
+    if (!box || !this.cachedImages.synced || !this.nodeCaches.synced) return;
+    for (const { name } of readyNodesUpdates(this.cachedImages.list(), readyNodeCounts(this.nodeCaches.list()))) {
+      // Recomputed when the write runs: a later change must not be overwritten by this one.
+      box.put(`readynodes:${name}`, async () => {
+        if (this.outbox !== box) return;
+        const update = readyNodesUpdates(
+          this.cachedImages.list().filter((i) => i.metadata?.name === name),
+          readyNodeCounts(this.nodeCaches.list()),
+        )[0];
+        if (!update) return;
+        await this.opts.api.patchCachedImageStatus(name, { readyNodes: update.readyNodes });
+        this.log.debug({ event: 'ready-nodes-patched', image: name, readyNodes: update.readyNodes }, 'CachedImage readyNodes updated');
+      });
+    }
+  }
+}
+
+export interface ReadyNodesElectedOptions extends Omit<LeaderElectorOptions, 'name' | 'api' | 'logger'> {
+  api: KubeApi;
+  logger: Logger;
+  retry?: { initialMs: number; maxMs: number };
+}
+
+/** The controller behind leader election on READY_NODES_LEASE: what a replica of the webhook runs. */
+export async function startReadyNodes(o: ReadyNodesElectedOptions): Promise<{ controller: ReadyNodesController; elector: LeaderElector; stop(): Promise<void> }> {
+  const { api, logger, retry, ...election } = o;
+  const controller = new ReadyNodesController({ api, logger, ...(retry ? { retry } : {}) });
+  const elector = new LeaderElector({ ...election, api, logger, name: READY_NODES_LEASE });
+  elector.on('leading', () => controller.lead());
+  elector.on('following', () => void controller.follow());
+  await controller.start();
+  elector.start();
+  return {
+    controller,
+    elector,
+    stop: async () => {
+      await elector.stop();
+      await controller.stop();
+    },
+  };
+}
