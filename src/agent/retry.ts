@@ -1,5 +1,6 @@
 import { BackendError } from '../backend/types.js';
 import { isRetryable } from '../spdk/errors.js';
+import { backoffMs, fullJitter, sleep } from '../backoff.js';
 
 export interface RetryOptions {
   /** Total tries including the first. */
@@ -19,17 +20,8 @@ export function isTransient(err: unknown): boolean {
   return false;
 }
 
-/** Capped exponential backoff: `initialMs` after the first failure, doubling up to `maxMs`. */
-export interface Backoff {
-  initialMs: number;
-  maxMs: number;
-}
-
-export function backoffMs(failures: number, b: Backoff): number {
-  return Math.min(b.maxMs, b.initialMs * 2 ** Math.min(failures - 1, 16));
-}
-
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+// The one backoff formula (src/backoff.ts), re-exported for the agent's callers.
+export { backoffMs, type Backoff } from '../backoff.js';
 
 /** Runs `fn`, retrying transient errors with bounded exponential backoff (full jitter). */
 export async function withRetry<T>(fn: () => Promise<T>, opts: RetryOptions, onRetry?: (err: unknown, attempt: number, delayMs: number) => void): Promise<T> {
@@ -38,7 +30,7 @@ export async function withRetry<T>(fn: () => Promise<T>, opts: RetryOptions, onR
       return await fn();
     } catch (e) {
       if (!isTransient(e) || attempt >= opts.attempts) throw e;
-      const delay = Math.round(Math.random() * backoffMs(attempt, { initialMs: opts.baseMs, maxMs: opts.maxMs }));
+      const delay = fullJitter(backoffMs(attempt, { initialMs: opts.baseMs, maxMs: opts.maxMs }));
       onRetry?.(e, attempt, delay);
       await sleep(delay);
     }

@@ -11,6 +11,7 @@ import { SpdkRpcClient } from '../../spdk/client.js';
 import { SpdkError } from '../../spdk/errors.js';
 import type { Bdev, Lvol, Lvstore, VhostController } from '../../spdk/schemas.js';
 import { writeFileAtomic } from '../../fsutil.js';
+import { backoffMs, sleep, type Backoff } from '../../backoff.js';
 import { ensureSlotDir } from '../vhost-fs.js';
 import { fetchImage as defaultFetchImage, type FetchOptions } from '../image-source.js';
 import {
@@ -48,6 +49,8 @@ import { buildObservedState, ceilMiB, diskRefOf, lvolBytes, planCloneSize, type 
 import { bdevSizeBytes, lvolInfoOf } from './schemas.js';
 
 const MiB = 1024 * 1024;
+/** How often start() looks for an spdk_tgt that went away while the agent started. */
+const START_BACKOFF: Backoff = { initialMs: 50, maxMs: 2_000 };
 /**
  * Block size of a development aio lvstore base when none is given. 512, not 4096: an lvol's
  * block size is its lvstore's, and that is the logical block size the guest sees; distro disk
@@ -215,7 +218,7 @@ export class SpdkBackend extends EventEmitter implements StorageBackend {
           throw err;
         }
         this.log.warn({ event: 'backend.start-retry', attempt, error: err.message }, 'SPDK went away while starting: waiting for it');
-        await new Promise((r) => setTimeout(r, Math.min(2_000, 50 * 2 ** Math.min(attempt, 6))));
+        await sleep(backoffMs(attempt + 1, START_BACKOFF));
       }
     }
     this.log.info(
