@@ -1,5 +1,4 @@
-import { BackendError } from '../backend/types.js';
-import { isRetryable } from '../spdk/errors.js';
+import { isTransientError } from '../backend/types.js';
 import { backoffMs, fullJitter, sleep } from '../backoff.js';
 
 export interface RetryOptions {
@@ -11,14 +10,8 @@ export interface RetryOptions {
 
 export const DEFAULT_RETRY: RetryOptions = { attempts: 6, baseMs: 50, maxMs: 2000 };
 
-/** busy and transport errors (SPDK's or a driver's) are worth retrying; the rest are not. */
-export function isTransient(err: unknown): boolean {
-  for (let e: unknown = err, depth = 0; e !== undefined && depth < 5; e = (e as { cause?: unknown }).cause, depth++) {
-    if (isRetryable(e)) return true;
-    if (e instanceof BackendError && (e.kind === 'busy' || e.kind === 'transport')) return true;
-  }
-  return false;
-}
+/** busy and transport errors are worth retrying; the driver's error mapping decides (backend/types.ts). */
+export const isTransient = isTransientError;
 
 // The one backoff formula (src/backoff.ts), re-exported for the agent's callers.
 export { backoffMs, type Backoff } from '../backoff.js';
