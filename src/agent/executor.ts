@@ -1,6 +1,6 @@
 import { BackendError, type ObservedState, type StorageBackend } from '../backend/types.js';
 import { fixSocketOwnership } from '../backend/vhost-fs.js';
-import { SpdkError } from '../spdk/errors.js';
+import { isClassifiedError } from '../backend/types.js';
 import { silentLogger, type Logger } from '../log.js';
 import { secondsSince, type Metrics } from '../metrics/metrics.js';
 import type { ImageCache } from './image-cache.js';
@@ -107,14 +107,14 @@ async function pool<T>(items: readonly T[], limit: number, fn: (item: T) => Prom
 /** busy or transport, for the retry metric. */
 function retryKind(e: unknown): string {
   for (let x: unknown = e, depth = 0; x !== undefined && depth < 5; x = (x as { cause?: unknown }).cause, depth++) {
-    if (x instanceof BackendError || x instanceof SpdkError) return x.kind;
+    if (isClassifiedError(x)) return x.kind;
   }
   return 'other';
 }
 
 export function describeError(e: unknown): string {
   if (e instanceof BackendError) return `${e.kind}: ${e.message}`;
-  if (e instanceof SpdkError) return `${e.kind}: ${e.message}`;
+  if (isClassifiedError(e)) return `${e.kind}: ${e.message}`;
   if (e instanceof Error) return e.message;
   return String(e);
 }

@@ -1,5 +1,5 @@
-import { BackendError } from '../backend/types.js';
-import { isRetryable } from '../spdk/errors.js';
+import { isTransientError } from '../backend/types.js';
+import { backoffMs, fullJitter, sleep } from '../backoff.js';
 
 export interface RetryOptions {
   /** Total tries including the first. */
@@ -10,26 +10,11 @@ export interface RetryOptions {
 
 export const DEFAULT_RETRY: RetryOptions = { attempts: 6, baseMs: 50, maxMs: 2000 };
 
-/** busy and transport errors (SPDK's or a driver's) are worth retrying; the rest are not. */
-export function isTransient(err: unknown): boolean {
-  for (let e: unknown = err, depth = 0; e !== undefined && depth < 5; e = (e as { cause?: unknown }).cause, depth++) {
-    if (isRetryable(e)) return true;
-    if (e instanceof BackendError && (e.kind === 'busy' || e.kind === 'transport')) return true;
-  }
-  return false;
-}
+/** busy and transport errors are worth retrying; the driver's error mapping decides (backend/types.ts). */
+export const isTransient = isTransientError;
 
-/** Capped exponential backoff: `initialMs` after the first failure, doubling up to `maxMs`. */
-export interface Backoff {
-  initialMs: number;
-  maxMs: number;
-}
-
-export function backoffMs(failures: number, b: Backoff): number {
-  return Math.min(b.maxMs, b.initialMs * 2 ** Math.min(failures - 1, 16));
-}
-
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+// The one backoff formula (src/backoff.ts), re-exported for the agent's callers.
+export { backoffMs, type Backoff } from '../backoff.js';
 
 /** Runs `fn`, retrying transient errors with bounded exponential backoff (full jitter). */
 export async function withRetry<T>(fn: () => Promise<T>, opts: RetryOptions, onRetry?: (err: unknown, attempt: number, delayMs: number) => void): Promise<T> {
@@ -38,7 +23,7 @@ export async function withRetry<T>(fn: () => Promise<T>, opts: RetryOptions, onR
       return await fn();
     } catch (e) {
       if (!isTransient(e) || attempt >= opts.attempts) throw e;
-      const delay = Math.round(Math.random() * backoffMs(attempt, { initialMs: opts.baseMs, maxMs: opts.maxMs }));
+      const delay = fullJitter(backoffMs(attempt, { initialMs: opts.baseMs, maxMs: opts.maxMs }));
       onRetry?.(e, attempt, delay);
       await sleep(delay);
     }

@@ -114,29 +114,25 @@ export async function fetchImage(spec: ImageSpec, destPath: string, opts: FetchO
     return { path: destPath, sizeBytes: size, sha256 };
   } catch (err) {
     await removePartFiles(destPath).catch(() => undefined);
-    const wrapped = toBackendError(spec.name, err, signal, opts.signal, timeoutMs);
+    const abortedBy = signal.aborted ? (opts.signal?.aborted ? 'aborted' : `timed out after ${timeoutMs} ms`) : undefined;
+    const wrapped = toBackendError(err, `image ${spec.name}`, abortedBy);
     log.warn({ event: 'image.fetch.failed', kind: wrapped.kind, err: wrapped.message }, 'image import failed');
     throw wrapped;
   }
 }
 
-function toBackendError(
-  name: string,
-  err: unknown,
-  signal: AbortSignal,
-  callerSignal: AbortSignal | undefined,
-  timeoutMs: number,
-): BackendError {
+/**
+ * A fetch failure as the backend reports it: `what` names the step (the same signature as
+ * every driver's mapping); `abortedBy` says why the fetch's own signal fired, when it did.
+ */
+function toBackendError(err: unknown, what: string, abortedBy?: string): BackendError {
   if (err instanceof BackendError) return err;
-  if (signal.aborted) {
-    const why = callerSignal?.aborted ? 'aborted' : `timed out after ${timeoutMs} ms`;
-    return new BackendError(`image ${name}: import ${why}`, 'download', { cause: err });
-  }
+  if (abortedBy !== undefined) return new BackendError(`${what}: import ${abortedBy}`, 'download', { cause: err });
   const code = (err as NodeJS.ErrnoException | undefined)?.code;
   const msg = err instanceof Error ? err.message : String(err);
-  if (code === 'ENOENT') return new BackendError(`image ${name}: source not found: ${msg}`, 'notFound', { cause: err });
-  if (code === 'ENOSPC') return new BackendError(`image ${name}: no space left: ${msg}`, 'noSpace', { cause: err });
-  return new BackendError(`image ${name}: ${msg}`, 'internal', { cause: err });
+  if (code === 'ENOENT') return new BackendError(`${what}: source not found: ${msg}`, 'notFound', { cause: err });
+  if (code === 'ENOSPC') return new BackendError(`${what}: no space left: ${msg}`, 'noSpace', { cause: err });
+  return new BackendError(`${what}: ${msg}`, 'internal', { cause: err });
 }
 
 /** Passes bytes through while hashing them; stops a source that sends more than `maxBytes`. */

@@ -1,6 +1,6 @@
 import { EventEmitter } from 'node:events';
 import { ListWatch, Watch, type KubeConfig, type KubernetesListObject, type KubernetesObject } from '@kubernetes/client-node';
-import { backoffMs, type Backoff } from '../agent/retry.js';
+import { backoffMs, type Backoff } from '../backoff.js';
 import type { Logger } from '../log.js';
 
 /**

@@ -1,4 +1,4 @@
-import { backoffMs, type Backoff } from '../agent/retry.js';
+import { backoffMs, type Backoff } from '../backoff.js';
 import type { Logger } from '../log.js';
 import { DEFAULT_API_BACKOFF, errorText } from './informer.js';
 import { isNotFound } from './api.js';

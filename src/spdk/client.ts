@@ -13,6 +13,7 @@ import net from 'node:net';
 import type { JSONRPCErrorResponse, JSONRPCID, JSONRPCRequest } from 'json-rpc-2.0';
 import { silentLogger, type Logger } from '../log.js';
 import { defaultMetrics, secondsSince, type Metrics } from '../metrics/metrics.js';
+import { backoffMs } from '../backoff.js';
 import { SpdkError, classifySpdkError } from './errors.js';
 import { JsonStreamScanner } from './framing.js';
 
@@ -408,8 +409,8 @@ export class SpdkRpcClient extends EventEmitter {
     this.state = 'waiting';
     if (this.reconnectPolicy === false) return;
     const { initialDelayMs, maxDelayMs } = this.reconnectPolicy;
-    const delay = Math.min(maxDelayMs, initialDelayMs * 2 ** Math.min(this.attempt, 30));
     this.attempt++;
+    const delay = backoffMs(this.attempt, { initialMs: initialDelayMs, maxMs: maxDelayMs });
     this.retryTimer = setTimeout(() => this.dial(), delay);
     this.retryTimer.unref();
   }

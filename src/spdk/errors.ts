@@ -31,6 +31,11 @@ export class SpdkError extends Error {
   }
   /** The message exactly as SPDK sent it. */
   readonly rpcMessage: string;
+
+  /** busy (EBUSY/EAGAIN) and transport (connection lost) may succeed when tried again. */
+  get transient(): boolean {
+    return this.kind === 'busy' || this.kind === 'transport';
+  }
 }
 
 // errno values as SPDK sends them (negated).
@@ -70,5 +75,5 @@ export function classifySpdkError(code: number, message: string): SpdkErrorKind 
 }
 
 export function isRetryable(err: unknown): boolean {
-  return err instanceof SpdkError && (err.kind === 'busy' || err.kind === 'transport');
+  return err instanceof SpdkError && err.transient;
 }

@@ -34,6 +34,8 @@ async function imageFile(dir: string, bytes: number): Promise<ImageSpec> {
 }
 
 type Lvol = { name: string; is_degraded?: boolean };
+/** Controller names follow the node layout (contract/layout.ts): `slot-NN/<disk>`. */
+const slotOf = (i: number): string => `slot-${String(i).padStart(2, '0')}`;
 
 describe.skipIf(targets.length === 0).each(cases(targets))('spdk backend on a real spdk_tgt ($label)', ({ bin }) => {
   it('provisions 100 disks from one golden concurrently with no "busy" from SPDK (clones of a snapshot are queued)', async () => {
@@ -43,8 +45,8 @@ describe.skipIf(targets.length === 0).each(cases(targets))('spdk backend on a re
       Array.from({ length: 100 }, async (_, i) => {
         // Larger than the image: every clone is resized too (a metadata operation on the clone).
         const d = await backend.ensureDisk({ id: `vm${i}-root`, source: { kind: 'image', image: 'base' }, capacityBytes: 64 * MiB });
-        await mkdir(path.join(backend.vhostDir, `s${i}`), { recursive: true });
-        await backend.ensureController({ name: `s${i}/root`, diskRef: d.ref, readonly: false });
+        await mkdir(path.join(backend.vhostDir, slotOf(i)), { recursive: true });
+        await backend.ensureController({ name: `${slotOf(i)}/root`, diskRef: d.ref, readonly: false });
       }),
     );
     const observed = await backend.observe();
@@ -53,7 +55,7 @@ describe.skipIf(targets.length === 0).each(cases(targets))('spdk backend on a re
     const busy = (await metrics.spdkRpcErrors.get()).values.filter((v) => v.labels.kind === 'busy');
     expect(busy).toEqual([]);
     // Deleting them all at once is queued the same way.
-    await Promise.all(Array.from({ length: 100 }, (_, i) => backend.deleteController(`s${i}/root`).then(() => backend.deleteDisk(`vm${i}-root`))));
+    await Promise.all(Array.from({ length: 100 }, (_, i) => backend.deleteController(`${slotOf(i)}/root`).then(() => backend.deleteDisk(`vm${i}-root`))));
     expect((await backend.observe()).disks).toEqual([]);
     expect((await metrics.spdkRpcErrors.get()).values.filter((v) => v.labels.kind === 'busy')).toEqual([]);
   });

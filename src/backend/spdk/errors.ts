@@ -14,7 +14,11 @@ const KIND_OF: Record<SpdkError['kind'], BackendError['kind']> = {
   transport: 'transport',
 };
 
-/** An SPDK (or any) failure as the backend reports it: `what` says which step failed. */
+/**
+ * The spdk driver's one error mapping: an SPDK (or any) failure as the port reports it (see
+ * BackendError in ../types.ts for what a caller does with each kind); `what` says which step
+ * failed. Every mapping here has this signature: `(err, what)`.
+ */
 export function toBackendError(e: unknown, what: string): BackendError {
   if (e instanceof BackendError) return e;
   if (e instanceof SpdkError) return new BackendError(`${what}: ${e.message}`, KIND_OF[e.kind], { cause: e });

@@ -1,4 +1,7 @@
+import { parseControllerName } from '../../contract/layout.js';
 import { BackendError } from '../types.js';
+
+export { parseControllerName };
 
 /**
  * How the spdk backend names what it makes in SPDK, and how it recognises them again when it
@@ -31,8 +34,6 @@ export const IMAGE_NAME_MAX = LVOL_NAME_MAX - IMAGE_PREFIX.length - IMPORTING_SU
 
 const LVOL_NAME_RE = /^[A-Za-z0-9_.-]+$/;
 const IMAGE_NAME_RE = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
-/** `<slot>/<disk>`: exactly one directory level under the vhost dir, no `..`. */
-const CONTROLLER_RE = /^([A-Za-z0-9_-][A-Za-z0-9_.-]*)\/([A-Za-z0-9_-][A-Za-z0-9_.-]*)$/;
 
 export const goldenName = (image: string): string => `${IMAGE_PREFIX}${image}`;
 export const importingName = (image: string): string => `${IMAGE_PREFIX}${image}${IMPORTING_SUFFIX}`;
@@ -96,17 +97,11 @@ export function checkDiskId(id: string): void {
   }
 }
 
-/** Splits `<slot>/<disk>`; undefined when the name is not one of ours. */
-export function parseControllerName(name: string): { slot: string; disk: string } | undefined {
-  const m = CONTROLLER_RE.exec(name);
-  if (!m || m[1] === undefined || m[2] === undefined) return undefined;
-  return { slot: m[1], disk: m[2] };
-}
-
+/** The contract's `<slot>/<disk>` (contract/layout.ts), or BackendError 'invalid'. */
 export function checkControllerName(name: string): { slot: string; disk: string } {
   const parts = parseControllerName(name);
   if (!parts) {
-    throw new BackendError(`controller "${name}": name must be <slot>/<disk> with characters [A-Za-z0-9_.-]`, 'invalid');
+    throw new BackendError(`controller "${name}": name must be <slot>/<disk>, a slot-NN slot and a DNS-1123 label of at most 63 characters`, 'invalid');
   }
   return parts;
 }

@@ -1,4 +1,4 @@
-import path from 'node:path';
+import { hostSocketPath } from '../../contract/layout.js';
 import type { ImagePhase, ObservedController, ObservedDisk, ObservedImage, ObservedState } from '../types.js';
 import { classifyLvol, goldenName, imageOfSnapshot, lvolAlias, parseControllerName } from './naming.js';
 import type { Bdev, Lvol, VhostController } from '../../spdk/schemas.js';
@@ -127,7 +127,7 @@ export function buildObservedState(input: ObserveInput): ObservedState {
       name: c.ctrlr,
       diskRef: bdev ? diskRefOf(bdev, lvsName) : (served ?? ''),
       readonly: c.backend_specific.block?.readonly ?? false,
-      socketPath: c.socket || path.join(input.vhostDir, c.ctrlr),
+      socketPath: c.socket || hostSocketPath(input.vhostDir, c.ctrlr),
       sessions: c.sessions.length,
     });
   }
