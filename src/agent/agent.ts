@@ -9,7 +9,7 @@ import { emptyDesired, type DesiredState } from './desired.js';
 import { Executor, FreshObserver, describeError, type DiskOutcome } from './executor.js';
 import { writeFileAtomic } from '../fsutil.js';
 import { ImageCache, type CacheLimits } from './image-cache.js';
-import { Journal, type JournalOptions } from './journal.js';
+import { Journal, type JournalOptions, type JournalState } from './journal.js';
 import type { NodeStatus } from './node-status.js';
 import { isReport, orphanKey, reconcile, type Action, type ReconcileConfig, type SocketPolicy, type SocketStat } from './reconcile.js';
 import { DEFAULT_RETRY, type RetryOptions } from './retry.js';
@@ -30,8 +30,6 @@ export interface NodeAgentOptions {
   retry?: RetryOptions;
   /** Reconcile passes per round before giving up until the next trigger. */
   maxPasses?: number;
-  /** Migration hook: true while a migration still needs this disk here (it is not deleted). */
-  heldByMigration?: (diskId: string) => boolean;
   /** Called when a VMI's status changes (cluster mode patches the VMI annotation). */
   onVmiStatus?: (vmi: VmiRef, status: VmiStatus, problems: string[]) => void | Promise<void>;
   journal?: JournalOptions;
@@ -82,6 +80,8 @@ export class NodeAgent extends EventEmitter {
   private queuedReasons = new Set<string>();
   private timer: NodeJS.Timeout | undefined;
   private stopped = false;
+  /** The journal's exports may be gone from the backend (a new process): make them again, once. */
+  private exportsStale = true;
   private connectedAt: number | undefined;
   private readonly written = new Map<string, string>();
   private readonly config: ReconcileConfig;
@@ -122,7 +122,6 @@ export class NodeAgent extends EventEmitter {
       images: this.images,
       observer: this.observer,
       desiredNow: () => this.desiredIdx,
-      heldByMigration: (id) => this.opts.heldByMigration?.(id) ?? false,
       logger: this.log,
       retry: this.opts.retry ?? DEFAULT_RETRY,
       concurrency: this.opts.concurrency ?? 128,
@@ -140,6 +139,11 @@ export class NodeAgent extends EventEmitter {
   slotHolder = (slot: string): string | undefined =>
     Object.entries(this.journal?.state.vmiSlots ?? {}).find(([, v]) => v.slot === slot)?.[0];
 
+  /** What this node exports now (the journal's record), by disk id. */
+  exportsNow(): Readonly<JournalState['exports']> {
+    return this.journal?.state.exports ?? {};
+  }
+
   setDesired(desired: DesiredState): void {
     this.desired = desired;
     this.desiredIdx = indexDesired(desired);
@@ -147,6 +151,7 @@ export class NodeAgent extends EventEmitter {
 
   private readonly onConnected = (): void => {
     this.connectedAt = this.now();
+    this.exportsStale = true;
     this.log.info({ event: 'backend-connected' }, 'backend connected; recovering controllers');
     void this.reconcile('backend-connected').catch((e: unknown) => this.log.error({ event: 'reconcile-failed', error: describeError(e) }, 'reconcile failed'));
   };
@@ -251,14 +256,16 @@ export class NodeAgent extends EventEmitter {
       while (passes < maxPasses) {
         passes++;
         observed = await this.observer.fresh();
+        const recheckExports = passes === 1 && this.exportsStale;
         const sockets = await this.statSockets(observed.controllers);
         plan = reconcile(
           desired,
           observed,
-          { journal: this.journal.state, now: this.now(), failed: this.failed, sockets, heldByMigration: (id) => this.opts.heldByMigration?.(id) ?? false },
+          { journal: this.journal.state, now: this.now(), failed: this.failed, sockets, recheckExports },
           this.config,
         );
         await this.remember(plan, observed);
+        if (recheckExports) this.exportsStale = false;
         if (!plan.some((a) => !isReport(a))) {
           converged = true;
           outcomes = new Map();
@@ -321,7 +328,8 @@ export class NodeAgent extends EventEmitter {
     const diskIds = new Set(observed.disks.map((d) => d.id));
     const ctlNames = new Set(observed.controllers.map((c) => c.name));
     const gone = Object.entries(j.owned)
-      .filter(([id, o]) => !this.desiredIdx.presentUids.has(o.vmi.uid) && (o.source === 'bdev' || !diskIds.has(id)) && !ctlNames.has(o.controller))
+      // An attached disk's record goes when it is detached (the executor drops it then).
+      .filter(([id, o]) => o.source !== 'attached' && !this.desiredIdx.presentUids.has(o.vmi.uid) && (o.source === 'bdev' || !diskIds.has(id)) && !ctlNames.has(o.controller))
       .map(([id]) => id);
     const remaining = Object.entries(j.owned).filter(([id]) => !gone.includes(id));
     const goneUids = Object.keys(j.vmiSlots).filter((uid) => !this.desiredIdx.presentUids.has(uid) && !remaining.some(([, o]) => o.vmi.uid === uid));
@@ -354,7 +362,9 @@ export class NodeAgent extends EventEmitter {
         const err = acts.find((a) => a.kind === 'reportError');
         const o = outcomes.get(d.key);
         if (r.backendError !== undefined) return { name: d.name, phase: 'Pending', message: `backend unavailable: ${r.backendError}` };
-        if (ready?.kind === 'reportReady') return { name: d.name, phase: 'Ready', socket: ready.socket, dataNode: this.opts.node ?? 'local' };
+        // An attached disk's data lives on the node that exports it.
+        const dataNode = d.source.kind === 'attached' ? d.source.node : (this.opts.node ?? 'local');
+        if (ready?.kind === 'reportReady') return { name: d.name, phase: 'Ready', socket: ready.socket, dataNode };
         if (err?.kind === 'reportError') return { name: d.name, phase: 'Failed', message: err.message };
         if (o) return { name: d.name, phase: o.phase, ...(o.message ? { message: o.message } : {}) };
         if (acts.some((a) => a.kind === 'ensureImage')) return { name: d.name, phase: 'Importing' };

@@ -1,14 +1,14 @@
-import { BackendError, type ObservedState, type StorageBackend } from '../backend/types.js';
+import { BackendError, type ObservedDisk, type ObservedState, type RemoteDiskRef, type StorageBackend } from '../backend/types.js';
 import { fixSocketOwnership } from '../backend/vhost-fs.js';
 import { SpdkError } from '../spdk/errors.js';
 import { silentLogger, type Logger } from '../log.js';
 import { secondsSince, type Metrics } from '../metrics/metrics.js';
 import type { ImageCache } from './image-cache.js';
-import type { Journal } from './journal.js';
+import type { Journal, JournalState } from './journal.js';
 import type { Action, DiskTarget } from './reconcile.js';
-import { socketPathProblem } from './naming.js';
+import { controllerName, socketPathProblem } from '../contract/index.js';
 import { backoffMs, isTransient, withRetry, type RetryOptions } from './retry.js';
-import { whyNotCreateController, whyNotDeleteController, whyNotDeleteDisk, whyNotEvictImage, type DesiredIndex, type SafetyContext } from './safety.js';
+import { whyNotCreateController, whyNotDeleteController, whyNotDeleteDisk, whyNotDetachDisk, whyNotEvictImage, type DesiredIndex, type SafetyContext } from './safety.js';
 
 /** An operation a safety rule forbids right now (checked against a fresh observation). */
 export class SafetyRefusal extends Error {
@@ -80,7 +80,6 @@ export interface ExecutorDeps {
   observer: FreshObserver;
   /** The desired state as it is now (it may have changed since the plan). */
   desiredNow: () => DesiredIndex;
-  heldByMigration: (diskId: string) => boolean;
   logger?: Logger;
   retry: RetryOptions;
   concurrency: number;
@@ -147,7 +146,8 @@ export class Executor {
 
   private async safety(): Promise<SafetyContext> {
     const observed = await this.deps.observer.fresh();
-    return { observed, desired: this.deps.desiredNow(), owned: this.deps.journal.state.owned, heldByMigration: this.deps.heldByMigration };
+    const j = this.deps.journal.state;
+    return { observed, desired: this.deps.desiredNow(), owned: j.owned, exported: j.exports };
   }
 
   private retry<T>(what: string, fn: () => Promise<T>, log: Logger): Promise<T> {
@@ -198,6 +198,38 @@ export class Executor {
       }
     });
 
+    // Exports and attachments that nothing wants any more (before disk deletions: an export keeps its disk).
+    const unexports = plan.filter((a): a is Extract<Action, { kind: 'unexportDisk' }> => a.kind === 'unexportDisk');
+    await pool(unexports, concurrency, async (a) => {
+      const log = this.log.child({ disk: a.id });
+      try {
+        const unexport = this.remote('unexportDisk', a.id);
+        result.calls++;
+        await this.journaled('unexportDisk', a.id, () => unexport(a.id), log, undefined, (s) => {
+          delete s.exports[a.id];
+        });
+        log.info({ event: 'disk-unexported', reason: a.reason }, 'export deleted');
+      } catch (e) {
+        log.error({ event: 'unexport-failed', error: describeError(e) }, 'deleting export failed');
+      }
+    });
+    const detaches = plan.filter((a): a is Extract<Action, { kind: 'detachDisk' }> => a.kind === 'detachDisk');
+    await pool(detaches, concurrency, async (a) => {
+      const log = this.log.child({ disk: a.id });
+      try {
+        const why = whyNotDetachDisk(await this.safety(), a.id);
+        if (why) throw new SafetyRefusal('detachDisk', a.id, why);
+        const detach = this.remote('detachRemoteDisk', a.id);
+        result.calls++;
+        await this.journaled('detachDisk', a.id, () => detach(a.id), log, undefined, (s) => {
+          delete s.owned[a.id];
+        });
+        log.info({ event: 'disk-detached', reason: a.reason }, 'remote disk detached');
+      } catch (e) {
+        if (!refused(e)) log.error({ event: 'detach-failed', error: describeError(e) }, 'detaching remote disk failed');
+      }
+    });
+
     const diskDeletes = plan.filter((a): a is Extract<Action, { kind: 'deleteDisk' }> => a.kind === 'deleteDisk');
     await pool(diskDeletes, concurrency, async (a) => {
       const log = this.log.child({ disk: a.id });
@@ -226,6 +258,23 @@ export class Executor {
       result.outcomes.set(chain.target.key, outcome);
     });
 
+    // After the chains: spdk's nvmf claims a bdev that its vhost controller must already have open.
+    const exports = plan.filter((a): a is Extract<Action, { kind: 'ensureExport' }> => a.kind === 'ensureExport');
+    await pool(exports, concurrency, async (a) => {
+      const log = this.log.child({ vmi: a.vmi, disk: a.disk, id: a.id });
+      try {
+        const exportDisk = this.remote('exportDisk', a.id);
+        result.calls++;
+        let ref: RemoteDiskRef | undefined;
+        await this.journaled('ensureExport', a.id, async () => (ref = await exportDisk(a.id, { listenAddress: a.address })), log, undefined, (s) => {
+          if (ref) s.exports[a.id] = { ref, vmi: a.vmi, disk: a.disk };
+        });
+        log.info({ event: 'disk-exported', why: a.why }, 'disk exported');
+      } catch (e) {
+        log.error({ event: 'export-failed', error: describeError(e) }, 'exporting disk failed');
+      }
+    });
+
     for (const a of plan) {
       if (a.kind !== 'evictImage') continue;
       const log = this.log.child({ image: a.name });
@@ -239,6 +288,14 @@ export class Executor {
       }
     }
     return result;
+  }
+
+  /** A migration method of the backend, or a clear error when this backend has none. */
+  private remote<K extends 'exportDisk' | 'unexportDisk' | 'attachRemoteDisk' | 'detachRemoteDisk'>(method: K, id: string): NonNullable<StorageBackend[K]> {
+    const b = this.deps.backend;
+    const fn = b[method];
+    if (!fn) throw new BackendError(`disk ${id}: the ${b.kind} backend does not implement ${method}`, 'invalid');
+    return fn.bind(b) as NonNullable<StorageBackend[K]>;
   }
 
   /** Aborts the background imports when the agent stops (a crawling download must not hold the process). */
@@ -300,6 +357,7 @@ export class Executor {
       if (tooLong) throw new BackendError(`controller ${ctl?.kind === 'ensureController' ? ctl.spec.name : ''}: ${tooLong}`, 'invalid');
       const made = steps.find((s) => s.kind === 'ensureDisk');
       const madeHere = made?.kind === 'ensureDisk' && made.spec.source.kind !== 'bdev';
+      const attaching = steps.some((s) => s.kind === 'attachDisk');
       for (const a of steps) {
         switch (a.kind) {
           case 'ensureImage': {
@@ -326,7 +384,7 @@ export class Executor {
                 vmi: target.vmi,
                 disk: target.disk,
                 slot: target.slot,
-                controller: `${target.slot}/${target.disk}`,
+                controller: controllerName(target.slot, target.disk),
                 source: spec.source.kind,
                 ...(spec.source.kind === 'image' ? { image: spec.source.image } : {}),
                 createdAt: (this.deps.now ?? Date.now)(),
@@ -343,6 +401,34 @@ export class Executor {
             log.info({ event: 'disk-ready', id: spec.id, ref: disk.ref }, 'disk provisioned');
             break;
           }
+          case 'attachDisk': {
+            result.calls++;
+            const attach = this.remote('attachRemoteDisk', a.id);
+            const remember = (s: JournalState, ref?: string): void => {
+              // Ours to detach from the moment we ask (never to delete: the data is the other node's).
+              s.owned[a.id] = {
+                vmi: target.vmi,
+                disk: target.disk,
+                slot: target.slot,
+                controller: controllerName(target.slot, target.disk),
+                source: 'attached',
+                ...(ref !== undefined ? { ref } : {}),
+                createdAt: (this.deps.now ?? Date.now)(),
+              };
+              s.vmiSlots[target.vmi.uid] = { slot: target.slot, namespace: target.vmi.namespace, name: target.vmi.name };
+            };
+            let disk: ObservedDisk | undefined;
+            try {
+              disk = await this.journaled('attachDisk', a.id, async () => (disk = await attach(a.ref, a.id)), log, (s) => remember(s), (s) => remember(s, disk?.ref));
+            } catch (e) {
+              // An export that cannot be reached fails the disk (the migration planner refuses on it).
+              if (isTransient(e)) throw new BackendError(`the export of disk ${target.disk} on node ${a.node} cannot be reached: ${describeError(e)}`, 'invalid', { cause: e });
+              throw e;
+            }
+            diskRef = disk.ref;
+            log.info({ event: 'disk-attached', id: a.id, ref: disk.ref, node: a.node }, 'remote disk attached');
+            break;
+          }
           case 'ensureController': {
             const ref = a.spec.diskRef ?? diskRef;
             if (ref === undefined) throw new BackendError(`no disk to serve for controller ${a.spec.name}`, 'internal');
@@ -354,7 +440,7 @@ export class Executor {
               // be served by no controller but one this process makes, which `serving` guards:
               // the re-check's fresh listing is skipped for it, so provisioning many disks does
               // not list the whole node once per disk while the clones run.
-              if (!madeHere) {
+              if (!madeHere || attaching) {
                 const why = whyNotCreateController(await this.safety(), a.spec.name, ref);
                 if (why) throw new SafetyRefusal('ensureController', a.spec.name, why);
               }

@@ -1,6 +1,7 @@
 import { constants as fsc } from 'node:fs';
 import fs from 'node:fs/promises';
 import path from 'node:path';
+import { slotDir } from '../contract/layout.js';
 import { BackendError } from './types.js';
 
 /**
@@ -31,7 +32,7 @@ export async function ensureSlotDir(vhostDir: string, slot: string): Promise<str
   if (slot.length === 0 || slot.includes('/') || slot === '.' || slot === '..') {
     throw new BackendError(`slot "${slot}" is not a single directory name`, 'invalid');
   }
-  const dir = path.join(vhostDir, slot);
+  const dir = slotDir(vhostDir, slot);
   try {
     await fs.mkdir(vhostDir, { recursive: true });
   } catch (err) {

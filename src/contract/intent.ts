@@ -37,7 +37,7 @@ export function queuesOf(declared: number | undefined, vcpus: number): number {
  * The capacity rule: an image disk is at least as large as its image. "1Gi is smaller than
  * image fedora-40 (4Gi)", or undefined when the capacity fits (or a size is not known yet).
  */
-export function capacityProblem(capacityBytes: number | undefined, image: string, imageBytes: number | undefined): string | undefined {
+export function capacityProblem(capacityBytes: number | undefined, image: string, imageBytes: number | undefined, capacityText?: string): string | undefined {
   if (imageBytes === undefined || capacityBytes === undefined || capacityBytes >= imageBytes) return undefined;
-  return `${formatBytes(capacityBytes)} is smaller than image ${image} (${formatBytes(imageBytes)})`;
+  return `${capacityText ?? formatBytes(capacityBytes)} is smaller than image ${image} (${formatBytes(imageBytes)})`;
 }

@@ -2,6 +2,7 @@ import type { KubeConfig, KubernetesObject } from '@kubernetes/client-node';
 import type { VmiRef, VmiStatus } from '../api/status.js';
 import { NodeAgent, type NodeAgentOptions } from '../agent/agent.js';
 import type { Logger } from '../log.js';
+import type { NodeMigrationIntent } from '../migration/coordinator.js';
 import { KubeApi, isNotFound, paths } from './api.js';
 import { ResilientInformer, errorText } from './informer.js';
 import {
@@ -57,10 +58,8 @@ export interface ClusterAgentOptions {
   cacheHeartbeatMs?: number;
   /** Migration seam: called after every refresh with the VMIs on and migrating to this node. */
   onSnapshot?: (s: ClusterSnapshot) => void;
-  /** Migration seam: the VMI objects the desired state is built from (default: the VMIs on this node). */
-  adjustVmis?: (onNode: readonly KubernetesObject[], migrationTargets: readonly KubernetesObject[]) => KubernetesObject[];
-  /** Migration seam: the status annotation as published (e.g. where a migrated disk's data lives). */
-  statusOverlay?: (vmiUid: string, status: VmiStatus) => VmiStatus;
+  /** Migration seam: the node's migration intent (VMIs served from another node, handed over, exports), part of the node view. */
+  migrationIntent?: (onNode: readonly KubernetesObject[]) => NodeMigrationIntent;
 }
 
 /**
@@ -216,17 +215,19 @@ export class ClusterAgent {
       return;
     }
     const vmis = this.vmis.list();
+    const migrationTargets = this.targets.list();
     const { desired, slots } = clusterDesired({
-      vmis: this.opts.adjustVmis ? this.opts.adjustVmis(vmis, this.targets.list()) : vmis,
+      vmis,
+      migrationTargets,
+      ...(this.opts.migrationIntent ? { migration: this.opts.migrationIntent(vmis) } : {}),
       pods: this.pods.list(),
       podSlots: this.podSlots,
       cachedImages: this.cachedImages.list(),
       lastSlots: this.slots,
       slotHolder: this.agent.slotHolder,
     });
+    // Slots come from the launcher pods on this node: a migration target's from its target pod.
     this.slots = slots;
-    // Targets get their slot from their (target) pod too, for the migration seam.
-    const targetSlots = clusterDesired({ vmis: this.targets.list(), pods: this.pods.list(), podSlots: this.podSlots, cachedImages: [], lastSlots: this.slots }).slots;
     const present = new Set(desired.vmis.map((v) => v.ref.uid));
     for (const uid of this.emitted.keys()) if (!present.has(uid)) this.emitted.delete(uid);
     for (const uid of this.lastStatus.keys()) if (!present.has(uid)) this.lastStatus.delete(uid);
@@ -248,7 +249,7 @@ export class ClusterAgent {
       }
       void this.agent.reconcile('desired-changed').catch((e: unknown) => this.log.error({ event: 'reconcile-failed', error: errorText(e) }, 'reconcile failed'));
     }
-    this.opts.onSnapshot?.({ vmis, migrationTargets: this.targets.list(), slots: new Map([...slots, ...targetSlots]) });
+    this.opts.onSnapshot?.({ vmis, migrationTargets, slots });
   }
 
   /** Rebuilds the desired state soon (the migration seam changed what it is made of). */
@@ -262,8 +263,7 @@ export class ClusterAgent {
     return o;
   }
 
-  private onVmiStatus(vmi: VmiRef, reported: VmiStatus, problems: string[]): void {
-    const status = this.opts.statusOverlay ? this.opts.statusOverlay(vmi.uid, reported) : reported;
+  private onVmiStatus(vmi: VmiRef, status: VmiStatus, problems: string[]): void {
     const log = this.log.child({ vmi: `${vmi.namespace}/${vmi.name}`, uid: vmi.uid });
     this.lastStatus.set(vmi.uid, { vmi, status });
     this.putStatus(vmi, status);

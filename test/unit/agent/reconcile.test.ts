@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import type { ObservedController, ObservedDisk, ObservedImage, ObservedState } from '../../../src/backend/types.js';
 import { emptyJournalState, type JournalState } from '../../../src/agent/journal.js';
-import { controllerName, diskId } from '../../../src/agent/naming.js';
+import { controllerName, diskId } from '../../../src/contract/index.js';
 import { reconcile, type Action, type AgentMemory, type ReconcileConfig } from '../../../src/agent/reconcile.js';
 import { desiredOf, GiB, image, vmi } from './fixtures.js';
 
@@ -145,11 +145,14 @@ describe('reconcile: safety rules', () => {
     expect(of(plan, 'reportBlocked')[0]?.name).toBe(idData);
   });
 
-  it('does not delete a disk a migration still holds', () => {
+  it('does not delete a disk a migration still holds (it is exported)', () => {
     const j = emptyJournalState();
     j.owned[idA] = ownedBy('a', 'root', 'slot-01');
-    const plan = reconcile(desiredOf([], []), obs({ disks: [disk(idA)] }), memory({ journal: j, heldByMigration: (id) => id === idA }), config);
+    const d = { ...desiredOf([], []), exports: [{ id: idA, vmi: { namespace: 'default', name: 'a', uid: 'uid-a' }, disk: 'root', address: { kind: 'tcp' as const, host: '10.0.0.1', port: 4420 }, why: 'live migration m1' }] };
+    const plan = reconcile(d, obs({ disks: [disk(idA)] }), memory({ journal: j }), config);
     expect(of(plan, 'deleteDisk')).toEqual([]);
+    expect(of(plan, 'ensureExport').map((a) => a.id)).toEqual([idA]);
+    expect(of(plan, 'reportBlocked')[0]?.reason).toMatch(/exported \(live migration m1\)/);
   });
 
   it('never deletes a bdev we only serve', () => {

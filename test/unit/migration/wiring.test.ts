@@ -1,7 +1,7 @@
 import type { KubernetesObject } from '@kubernetes/client-node';
 import { describe, expect, it } from 'vitest';
 import { parseVmi, spdkVolumesOf } from '../../../src/api/vmi.js';
-import { diskId } from '../../../src/agent/naming.js';
+import { diskId } from '../../../src/contract/index.js';
 import type { RemoteDiskRef } from '../../../src/backend/remote.js';
 import {
   EXPORTS_ANNOTATION,
