@@ -248,7 +248,7 @@ export class Executor {
 
     const chains = new Map<string, { target: DiskTarget; steps: Action[] }>();
     for (const a of plan) {
-      if (a.kind !== 'ensureImage' && a.kind !== 'ensureDisk' && a.kind !== 'ensureController' && a.kind !== 'fixSocket') continue;
+      if (a.kind !== 'ensureImage' && a.kind !== 'ensureDisk' && a.kind !== 'attachDisk' && a.kind !== 'ensureController' && a.kind !== 'fixSocket') continue;
       const c = chains.get(a.target.key) ?? { target: a.target, steps: [] };
       c.steps.push(a);
       chains.set(a.target.key, c);
@@ -422,7 +422,7 @@ export class Executor {
               disk = await this.journaled('attachDisk', a.id, async () => (disk = await attach(a.ref, a.id)), log, (s) => remember(s), (s) => remember(s, disk?.ref));
             } catch (e) {
               // An export that cannot be reached fails the disk (the migration planner refuses on it).
-              if (isTransient(e)) throw new BackendError(`the export of disk ${target.disk} on node ${a.node} cannot be reached: ${describeError(e)}`, 'invalid', { cause: e });
+              if (isTransient(e)) throw new BackendError(`export on node ${a.node} unreachable: ${describeError(e)}`, 'invalid', { cause: e });
               throw e;
             }
             diskRef = disk.ref;

@@ -273,8 +273,8 @@ function planTarget(input: CoordinatorInput, s: MigrationState, j: MigrationJour
   if (outcome === 'failed' || outcome === 'aborted') return plan('target', outcome, j, noIntent(), [...teardown(), ...phaseStep(j, 'rolledBack')]);
 
   const local = input.disks.filter((d) => d.source.kind === 'local');
-  // A disk served from the source's export that the agent could not serve: the export cannot be reached.
-  const failedHere = Object.keys(j.attached).length > 0 ? local.find((d) => input.here.disks[d.name]?.phase === 'Failed') : undefined;
+  // A disk the agent could not attach because the source's export cannot be reached (the agent says so).
+  const failedHere = Object.keys(j.attached).length > 0 ? local.find((d) => input.here.disks[d.name]?.phase === 'Failed' && /unreachable/.test(input.here.disks[d.name]?.message ?? '')) : undefined;
   const unreachable = j.unreachable ?? (failedHere ? { disk: failedHere.name, message: input.here.disks[failedHere.name]?.message ?? 'failed' } : undefined);
   const refusal =
     refusalOf(s) ??
