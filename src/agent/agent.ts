@@ -1,7 +1,7 @@
 import { EventEmitter } from 'node:events';
 import { lstat, mkdir, readdir, rm } from 'node:fs/promises';
 import path from 'node:path';
-import type { DiskStatus, SlotStatus, VmiRef, VmiStatus } from '../api/status.js';
+import type { SlotStatus, VmiRef, VmiStatus } from '../api/status.js';
 import type { ObservedController, ObservedState, StorageBackend } from '../backend/types.js';
 import { silentLogger, type Logger } from '../log.js';
 import { DISK_PHASES, defaultMetrics, type Metrics } from '../metrics/metrics.js';
@@ -12,6 +12,7 @@ import { ImageCache, type CacheLimits } from './image-cache.js';
 import { Journal, type JournalOptions, type JournalState } from './journal.js';
 import type { NodeStatus } from './node-status.js';
 import { isReport, orphanKey, reconcile, type Action, type ReconcileConfig, type SocketPolicy, type SocketStat } from './reconcile.js';
+import { nodeStatusOf, reportOf, type ReconcileReport } from './report.js';
 import { DEFAULT_RETRY, type RetryOptions } from './retry.js';
 import { indexDesired, type DesiredIndex } from './safety.js';
 
@@ -39,27 +40,7 @@ export interface NodeAgentOptions {
   metrics?: Metrics;
 }
 
-export interface VmiReport {
-  vmi: VmiRef;
-  origin: string;
-  slot?: string;
-  problems: string[];
-  disks: DiskStatus[];
-}
-
-export interface ReconcileReport {
-  reason: string;
-  passes: number;
-  durationMs: number;
-  /** The last pass found nothing to do. */
-  converged: boolean;
-  /** Every disk is Ready or Failed and no VMI waits on anything: `--once` may stop. */
-  settled: boolean;
-  vmis: VmiReport[];
-  controllersCreated: number;
-  backendOk: boolean;
-  problems: string[];
-}
+export type { ReconcileReport, VmiReport } from './report.js';
 
 export const DEFAULT_SOCKET_POLICY: SocketPolicy = { uid: 107, gid: 107, mode: 0o660 };
 
@@ -283,7 +264,14 @@ export class NodeAgent extends EventEmitter {
       this.log.error({ event: 'reconcile-failed', reason, error: backendError }, 'reconcile round failed');
     }
     if (backendError === undefined) await this.journal.settleReplayed();
-    const report = this.report(reason, desired, plan, outcomes, { passes, converged, controllersCreated, t0, backendError });
+    const report = reportOf(reason, desired, plan, outcomes, {
+      passes,
+      converged,
+      controllersCreated,
+      durationMs: this.now() - t0,
+      node: this.opts.node ?? 'local',
+      ...(backendError !== undefined ? { backendError } : {}),
+    });
     await this.writeStatus(report, plan, observed);
     if (reason.includes('backend-connected') && this.connectedAt !== undefined) {
       const durationMs = this.now() - this.connectedAt;
@@ -343,50 +331,6 @@ export class NodeAgent extends EventEmitter {
     for (const [k, t] of fresh) this.log.warn({ event: 'orphan', object: k, firstSeen: new Date(t).toISOString() }, 'object matches our naming but belongs to no VMI');
   }
 
-  private report(
-    reason: string,
-    desired: DesiredState,
-    plan: Action[],
-    outcomes: Map<string, DiskOutcome>,
-    r: { passes: number; converged: boolean; controllersCreated: number; t0: number; backendError?: string },
-  ): ReconcileReport {
-    const byKey = new Map<string, Action[]>();
-    for (const a of plan) {
-      if (!('target' in a) || !a.target) continue;
-      byKey.set(a.target.key, [...(byKey.get(a.target.key) ?? []), a]);
-    }
-    const vmis: VmiReport[] = desired.vmis.map((v) => {
-      const disks: DiskStatus[] = v.disks.map((d) => {
-        const acts = byKey.get(d.key) ?? [];
-        const ready = acts.find((a) => a.kind === 'reportReady');
-        const err = acts.find((a) => a.kind === 'reportError');
-        const o = outcomes.get(d.key);
-        if (r.backendError !== undefined) return { name: d.name, phase: 'Pending', message: `backend unavailable: ${r.backendError}` };
-        // An attached disk's data lives on the node that exports it.
-        const dataNode = d.source.kind === 'attached' ? d.source.node : (this.opts.node ?? 'local');
-        if (ready?.kind === 'reportReady') return { name: d.name, phase: 'Ready', socket: ready.socket, dataNode };
-        if (err?.kind === 'reportError') return { name: d.name, phase: 'Failed', message: err.message };
-        if (o) return { name: d.name, phase: o.phase, ...(o.message ? { message: o.message } : {}) };
-        if (acts.some((a) => a.kind === 'ensureImage')) return { name: d.name, phase: 'Importing' };
-        return { name: d.name, phase: acts.length ? 'Provisioning' : 'Pending' };
-      });
-      return { vmi: v.ref, origin: v.origin, ...(v.slot ? { slot: v.slot } : {}), problems: v.problems, disks };
-    });
-    const settled =
-      r.backendError === undefined && vmis.every((v) => v.problems.length > 0 || v.disks.every((d) => d.phase === 'Ready' || d.phase === 'Failed'));
-    return {
-      reason,
-      passes: r.passes,
-      durationMs: this.now() - r.t0,
-      converged: r.converged,
-      settled,
-      vmis,
-      controllersCreated: r.controllersCreated,
-      backendOk: r.backendError === undefined,
-      problems: desired.problems,
-    };
-  }
-
   private async writeIfChanged(file: string, body: object, stamp: object): Promise<void> {
     const key = JSON.stringify(body);
     if (this.written.get(file) === key) return;
@@ -426,25 +370,7 @@ export class NodeAgent extends EventEmitter {
         this.written.delete(path.join(slotsDir, f));
       }
     }
-    const owners = new Map(Object.entries(this.journal.state.owned).map(([id, o]) => [id, `${o.vmi.namespace}/${o.vmi.name}`]));
-    const node: Omit<NodeStatus, 'updatedAt'> = {
-      version: 1,
-      backend: { kind: this.opts.backend.kind, ok: report.backendOk, ...(report.backendOk ? {} : { message: 'backend unavailable' }) },
-      resyncMs: this.opts.resyncMs ?? 30_000,
-      reconcile: { reason: report.reason, passes: report.passes, durationMs: report.durationMs, converged: report.converged },
-      images: (observed?.images ?? []).map((i) => {
-        const lastUse = this.journal.state.imageLastUse[i.name];
-        return { name: i.name, phase: i.phase, sizeBytes: i.sizeBytes, cloneCount: i.cloneCount, ...(lastUse ? { lastUse: new Date(lastUse).toISOString() } : {}), ...(i.message ? { message: i.message } : {}) };
-      }),
-      disks: (observed?.disks ?? []).map((d) => ({ id: d.id, ref: d.ref, sizeBytes: d.sizeBytes, owned: d.owned, ...(d.image ? { image: d.image } : {}), ...(owners.has(d.id) ? { vmi: owners.get(d.id) } : {}) })),
-      controllers: (observed?.controllers ?? []).map((c) => ({ name: c.name, diskRef: c.diskRef, socketPath: c.socketPath, sessions: c.sessions, readonly: c.readonly })),
-      vmis: report.vmis,
-      orphans: plan.flatMap((a) =>
-        a.kind === 'reportOrphan' ? [{ object: a.object, name: a.name, firstSeen: new Date(a.firstSeen).toISOString(), collectAt: new Date(a.collectAt).toISOString() }] : [],
-      ),
-      blocked: plan.flatMap((a) => (a.kind === 'reportBlocked' ? [{ object: a.object, name: a.name, reason: a.reason }] : [])),
-      problems: report.problems,
-    };
+    const node = nodeStatusOf(report, plan, observed, this.journal.state, { backend: this.opts.backend.kind, resyncMs: this.opts.resyncMs ?? 30_000 });
     // status.json is rewritten every round: its age tells `status` whether the agent is alive.
     const status: NodeStatus = { ...node, updatedAt };
     await writeFileAtomic(path.join(this.opts.stateDir, 'status.json'), `${JSON.stringify(status, null, 2)}\n`);

@@ -1,4 +1,4 @@
-import { BackendError, type ObservedDisk, type ObservedState, type RemoteDiskRef, type StorageBackend } from '../backend/types.js';
+import { BackendError, type ObservedDisk, type RemoteDiskRef, type StorageBackend } from '../backend/types.js';
 import { fixSocketOwnership } from '../backend/vhost-fs.js';
 import { SpdkError } from '../spdk/errors.js';
 import { silentLogger, type Logger } from '../log.js';
@@ -7,8 +7,12 @@ import type { ImageCache } from './image-cache.js';
 import type { Journal, JournalState } from './journal.js';
 import type { Action, DiskTarget } from './reconcile.js';
 import { controllerName, socketPathProblem } from '../contract/index.js';
-import { backoffMs, isTransient, withRetry, type RetryOptions } from './retry.js';
+import { BackgroundImports } from './imports.js';
+import type { FreshObserver } from './observer.js';
+import { isTransient, withRetry, type RetryOptions } from './retry.js';
 import { whyNotCreateController, whyNotDeleteController, whyNotDeleteDisk, whyNotDetachDisk, whyNotEvictImage, type DesiredIndex, type SafetyContext } from './safety.js';
+
+export { FreshObserver } from './observer.js';
 
 /** An operation a safety rule forbids right now (checked against a fresh observation). */
 export class SafetyRefusal extends Error {
@@ -18,42 +22,6 @@ export class SafetyRefusal extends Error {
     this.reason = reason;
   }
   readonly reason: string;
-}
-
-/**
- * Shares observations among concurrent callers, while guaranteeing each caller one that
- * started after it asked (so a safety re-check never sees a stale listing): callers that
- * arrive while a listing is running wait for the next one, which they share.
- */
-export class FreshObserver {
-  private running: Promise<ObservedState> | undefined;
-  private queued: Promise<ObservedState> | undefined;
-  count = 0;
-
-  constructor(private readonly backend: StorageBackend) {}
-
-  fresh(): Promise<ObservedState> {
-    if (!this.running) return this.start();
-    this.queued ??= this.running
-      .then(
-        () => undefined,
-        () => undefined,
-      )
-      .then(() => {
-        this.queued = undefined;
-        return this.start();
-      });
-    return this.queued;
-  }
-
-  private start(): Promise<ObservedState> {
-    this.count++;
-    const p = this.backend.observe().finally(() => {
-      if (this.running === p) this.running = undefined;
-    });
-    this.running = p;
-    return p;
-  }
 }
 
 export interface DiskOutcome {
@@ -88,8 +56,6 @@ export interface ExecutorDeps {
   /** An image import started by a chain ended (ready or failed): time for another round. */
   onImportSettled?: (image: string) => void;
 }
-
-const IMPORT_BACKOFF = { initialMs: 250, maxMs: 30_000 };
 
 /** Runs `fn` over `items` with at most `limit` in flight. */
 async function pool<T>(items: readonly T[], limit: number, fn: (item: T) => Promise<void>): Promise<void> {
@@ -128,17 +94,18 @@ export function describeError(e: unknown): string {
 export class Executor {
   /** bdev -> controller being created for it in this process (one controller per bdev). */
   private readonly serving = new Map<string, string>();
-  /** Image imports running beside the rounds (never inside one: a slow download must not hold up other disks). */
-  private readonly imports = new Map<string, Promise<void>>();
+  /** Image imports running beside the rounds (imports.ts). */
+  private readonly imports: BackgroundImports;
   /** Disks (keys) that waited for an import: their clone is a cache miss. */
   private readonly waitedForImport = new Set<string>();
-  /**
-   * The failure of the last background import of an image: every disk of that image reports
-   * it until its backoff has passed (250 ms, doubling to 30 s), then the next round retries.
-   */
-  private readonly importFailures = new Map<string, { error: unknown; at: number; failures: number }>();
 
-  constructor(private readonly deps: ExecutorDeps) {}
+  constructor(private readonly deps: ExecutorDeps) {
+    this.imports = new BackgroundImports({
+      images: deps.images,
+      retry: (what, fn, log) => this.retry(what, fn, log),
+      ...(deps.onImportSettled ? { onSettled: deps.onImportSettled } : {}),
+    });
+  }
 
   private get log(): Logger {
     return this.deps.logger ?? silentLogger;
@@ -298,48 +265,19 @@ export class Executor {
     return fn.bind(b) as NonNullable<StorageBackend[K]>;
   }
 
-  /** Aborts the background imports when the agent stops (a crawling download must not hold the process). */
-  private readonly lifetime = new AbortController();
-
   /** Imports ended so far (a round that saw one end has a newer picture to plan from). */
-  importsEnded = 0;
+  get importsEnded(): number {
+    return this.imports.ended;
+  }
 
   /** Settles when the imports running now have ended (undefined when none runs). */
   importsSettled(): Promise<void> | undefined {
-    if (this.imports.size === 0) return undefined;
-    return Promise.all(this.imports.values()).then(() => undefined);
-  }
-
-  private recordImportFailure(name: string, error: unknown): void {
-    const failures = (this.importFailures.get(name)?.failures ?? 0) + 1;
-    this.importFailures.set(name, { error, at: Date.now(), failures });
+    return this.imports.settled();
   }
 
   /** Stops the background imports and waits until they have ended. */
-  async stop(): Promise<void> {
-    this.lifetime.abort();
-    await this.importsSettled();
-  }
-
-  private startImport(spec: Extract<Action, { kind: 'ensureImage' }>['image'], log: Logger): void {
-    const job = this.retry(`ensureImage ${spec.name}`, () => this.deps.images.ensure(spec, this.lifetime.signal), log)
-      .then(
-        (img) => {
-          // A ready image's size is checked against each disk's capacity by the next plan.
-          if (img.phase === 'failed') this.recordImportFailure(spec.name, new BackendError(`image ${spec.name} failed to import: ${img.message ?? 'unknown cause'}`, 'internal'));
-          else {
-            this.importFailures.delete(spec.name);
-          }
-        },
-        (e: unknown) => this.recordImportFailure(spec.name, e),
-      )
-      .finally(() => {
-        this.imports.delete(spec.name);
-        this.importsEnded++;
-        this.deps.onImportSettled?.(spec.name);
-      })
-      .catch(() => undefined);
-    this.imports.set(spec.name, job);
+  stop(): Promise<void> {
+    return this.imports.stop();
   }
 
   private async runChain(target: DiskTarget, steps: Action[], result: ExecResult, refused: (e: unknown) => boolean): Promise<DiskOutcome> {
@@ -364,12 +302,11 @@ export class Executor {
             // The import runs beside the rounds; this disk waits in Importing, the others go on.
             phase = 'Importing';
             const name = a.image.name;
-            const failure = this.importFailures.get(name);
-            // Real time on purpose: a backoff is about the world outside, not the agent's clock.
-            if (failure && Date.now() - failure.at < backoffMs(failure.failures, IMPORT_BACKOFF)) throw failure.error;
+            const failure = this.imports.failure(name);
+            if (failure?.backingOff) throw failure.error;
             if (!this.imports.has(name)) {
               result.calls++;
-              this.startImport(a.image, log);
+              this.imports.start(a.image, log);
             }
             result.waiting++;
             this.waitedForImport.add(target.key);

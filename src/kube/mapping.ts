@@ -2,7 +2,7 @@ import { z } from 'zod';
 import { CachedImageSchema } from '../api/cachedimage.js';
 import { ValidationError, formatZodError } from '../api/errors.js';
 import type { VmiRef, VmiStatus } from '../api/status.js';
-import { hasSpdkVolumes, parseVmi, vmiUid, type Vmi } from '../api/vmi.js';
+import { hasSpdkVolumes, parseVmi, vmiUid } from '../api/vmi.js';
 import { STATUS_ANNOTATION } from '../api/volumes.js';
 import { NO_SLOT_PROBLEM, buildDesired, imageSpecOf, type DesiredState, type ViewVmi } from '../agent/desired.js';
 import type { NodeMigrationIntent } from '../migration/coordinator.js';
