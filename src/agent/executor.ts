@@ -359,7 +359,8 @@ export class Executor {
               disk = await this.journaled('attachDisk', a.id, async () => (disk = await attach(a.ref, a.id)), log, (s) => remember(s), (s) => remember(s, disk?.ref));
             } catch (e) {
               // An export that cannot be reached fails the disk (the migration planner refuses on it).
-              if (isTransient(e)) throw new BackendError(`export on node ${a.node} unreachable: ${describeError(e)}`, 'invalid', { cause: e });
+              // No `cause`: the retry policy looks through causes, and this failure is final for the round.
+              if (isTransient(e)) throw new BackendError(`export on node ${a.node} unreachable: ${describeError(e)}`, 'invalid');
               throw e;
             }
             diskRef = disk.ref;
