@@ -2,9 +2,9 @@ import type { CachedImage } from '../api/cachedimage.js';
 import { ValidationError } from '../api/errors.js';
 import type { VmiRef } from '../api/status.js';
 import { spdkVolumesOf, vcpuCount, vmiUid, type Vmi } from '../api/vmi.js';
-import type { ListenAddress, RemoteDiskRef } from '../backend/remote.js';
+import type { ListenAddress } from '../backend/remote.js';
 import type { ImageSpec } from '../backend/types.js';
-import { capacityProblem, controllerName, declaredSource, diskId, diskKey, queuesOf, type DiskSource } from '../contract/index.js';
+import { capacityProblem, controllerName, declaredSource, diskId, diskKey, queuesOf, type AttachedSource, type DiskSource } from '../contract/index.js';
 
 /**
  * The agent's input and its resolution. Every mode (standalone files, cluster informers,
@@ -14,11 +14,7 @@ import { capacityProblem, controllerName, declaredSource, diskId, diskKey, queue
  */
 
 /** A disk another node exports, served here instead of a local disk (a migration target's). */
-export interface AttachedDisk {
-  ref: RemoteDiskRef;
-  /** The node the data lives on. */
-  node: string;
-}
+export type AttachedDisk = Omit<AttachedSource, 'kind'>;
 
 /** One VMI as this node sees it. */
 export interface ViewVmi {

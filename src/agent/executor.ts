@@ -5,7 +5,7 @@ import { silentLogger, type Logger } from '../log.js';
 import { secondsSince, type Metrics } from '../metrics/metrics.js';
 import type { ImageCache } from './image-cache.js';
 import type { Journal, JournalState } from './journal.js';
-import type { Action, DiskTarget } from './reconcile.js';
+import { exportKey, type Action, type DiskTarget } from './reconcile.js';
 import { controllerName, socketPathProblem } from '../contract/index.js';
 import { BackgroundImports } from './imports.js';
 import type { FreshObserver } from './observer.js';
@@ -170,6 +170,9 @@ export class Executor {
     await pool(unexports, concurrency, async (a) => {
       const log = this.log.child({ disk: a.id });
       try {
+        // A migration that wants it again since the plan was made keeps it.
+        const wanted = this.deps.desiredNow().exports.get(a.id);
+        if (wanted) throw new SafetyRefusal('unexportDisk', a.id, `disk ${a.id} is exported again (${wanted.why})`);
         const unexport = this.remote('unexportDisk', a.id);
         result.calls++;
         await this.journaled('unexportDisk', a.id, () => unexport(a.id), log, undefined, (s) => {
@@ -177,7 +180,7 @@ export class Executor {
         });
         log.info({ event: 'disk-unexported', reason: a.reason }, 'export deleted');
       } catch (e) {
-        log.error({ event: 'unexport-failed', error: describeError(e) }, 'deleting export failed');
+        if (!refused(e)) log.error({ event: 'unexport-failed', error: describeError(e) }, 'deleting export failed');
       }
     });
     const detaches = plan.filter((a): a is Extract<Action, { kind: 'detachDisk' }> => a.kind === 'detachDisk');
@@ -239,6 +242,8 @@ export class Executor {
         log.info({ event: 'disk-exported', why: a.why }, 'disk exported');
       } catch (e) {
         log.error({ event: 'export-failed', error: describeError(e) }, 'exporting disk failed');
+        // Not tried again in this round (retried calls are over); the next round tries again.
+        result.outcomes.set(exportKey(a.id), { phase: 'Failed', message: describeError(e), permanent: true });
       }
     });
 

@@ -76,7 +76,7 @@ export interface ReconcileConfig {
 export interface AgentMemory {
   journal: Readonly<JournalState>;
   now: number;
-  /** Disks that failed for good in this round (by disk key), with the message. */
+  /** Disks (by disk key) and exports (by exportKey) that failed for good in this round, with the message. */
   failed: ReadonlyMap<string, string>;
   /** Sockets' owner and mode, by path; missing = not there. */
   sockets: ReadonlyMap<string, SocketStat>;
@@ -86,6 +86,9 @@ export interface AgentMemory {
    */
   recheckExports?: boolean;
 }
+
+/** The key of an export's outcome (beside the disk keys `<uid>/<disk>`). */
+export const exportKey = (id: string): string => `export:${id}`;
 
 export const orphanKey = (object: 'disk' | 'controller', name: string): string => `${object}:${name}`;
 
@@ -162,6 +165,11 @@ export function reconcile(desired: DesiredState, observed: ObservedState, memory
   }
   for (const e of desired.exports) {
     if (exported[e.id] !== undefined && !memory.recheckExports) continue;
+    const failed = memory.failed.get(exportKey(e.id));
+    if (failed !== undefined) {
+      tail.push({ kind: 'reportBlocked', object: 'disk', name: e.id, reason: `export (${e.why}) failed: ${failed}` });
+      continue;
+    }
     if (!disksById.has(e.id)) {
       tail.push({ kind: 'reportBlocked', object: 'disk', name: e.id, reason: `cannot export it (${e.why}): no such disk on this node` });
       continue;

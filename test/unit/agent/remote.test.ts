@@ -143,3 +143,17 @@ describe('NodeAgent: exports and attached disks', () => {
     expect(backend.exported.has(ID)).toBe(true);
   });
 });
+
+describe('NodeAgent: a failing export', () => {
+  it('is tried once per round and reported, not retried pass after pass', async () => {
+    const { backend, agent } = await agentOn();
+    agent.setDesired(desiredOf([A], [image('fedora')]));
+    await agent.converge('source');
+    // The address cannot be used by this backend: the export fails.
+    agent.setDesired({ ...desiredOf([A], [image('fedora')]), exports: [{ ...exportOf(), address: { kind: 'unix', path: '/nowhere' } }] });
+    backend.calls.length = 0;
+    await agent.reconcile('export');
+    expect(backend.calls.filter((c) => c.startsWith('exportDisk'))).toHaveLength(1);
+    expect(agent.lastNodeStatus?.blocked).toContainEqual({ object: 'disk', name: ID, reason: 'export (live migration m1) failed: invalid: tcp only' });
+  });
+});
