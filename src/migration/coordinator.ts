@@ -292,9 +292,10 @@ function planTarget(input: CoordinatorInput, s: MigrationState, j: MigrationJour
   if (waiting.length > 0) return plan('target', outcome, j, noIntent(), [], { reason: `waiting for the source node to export disk(s) ${waiting.join(', ')}` });
   const steps: MigrationStep[] = [];
   for (const d of input.disks) {
-    const want: MigrationJournal['attached'][string] =
-      d.source.kind === 'bdev' ? { kind: 'shared', bdev: d.source.bdev } : { kind: 'remote', ref: input.sourceExports?.[d.name] as RemoteDiskRef, node: s.sourceNode ?? '' };
-    if (JSON.stringify(j.attached[d.name]) !== JSON.stringify(want)) steps.push({ type: 'recordAttached', disk: d.name, attached: want });
+    const ref = input.sourceExports?.[d.name];
+    const want: MigrationJournal['attached'][string] | undefined =
+      d.source.kind === 'bdev' ? { kind: 'shared', bdev: d.source.bdev } : ref && { kind: 'remote', ref, node: s.sourceNode ?? '' };
+    if (want && JSON.stringify(j.attached[d.name]) !== JSON.stringify(want)) steps.push({ type: 'recordAttached', disk: d.name, attached: want });
   }
   const next = applySteps(j, steps);
   const intent: VmiMigrationIntent = { exports: [], handedOver: false, ...servedFrom(next) };
