@@ -163,6 +163,12 @@ export function reconcile(desired: DesiredState, observed: ObservedState, memory
     unexporting.add(id);
     unexports.push({ kind: 'unexportDisk', id, reason: 'no longer exported' });
   }
+  // An export a crashed run may have made without recording it (its intent is still pending).
+  for (const op of Object.values(memory.journal.pending)) {
+    if (op.action !== 'ensureExport' || idx.exports.has(op.target) || unexporting.has(op.target)) continue;
+    unexporting.add(op.target);
+    unexports.push({ kind: 'unexportDisk', id: op.target, reason: 'an interrupted export that is no longer wanted' });
+  }
   for (const e of desired.exports) {
     if (exported[e.id] !== undefined && !memory.recheckExports) continue;
     const failed = memory.failed.get(exportKey(e.id));

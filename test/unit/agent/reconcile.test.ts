@@ -332,6 +332,14 @@ describe('reconcile: disks served from another node, and exports', () => {
     expect(of(plan, 'reportBlocked')).toEqual([expect.objectContaining({ object: 'disk', name: idA, reason: `disk ${idA} is exported (live migration m1)` })]);
   });
 
+  it('an export interrupted by a crash (intent without done) is undone when no longer wanted', () => {
+    const j = emptyJournalState();
+    j.pending['7'] = { action: 'ensureExport', target: idA, startedAt: 1 };
+    expect(of(reconcile(desiredOf([], []), obs(), memory({ journal: j }), config), 'unexportDisk').map((a) => a.id)).toEqual([idA]);
+    const wanted = { ...desiredOf([], []), exports: [exportOf(idA)] };
+    expect(of(reconcile(wanted, obs({ disks: [disk(idA)] }), memory({ journal: j }), config), 'unexportDisk')).toEqual([]);
+  });
+
   it('reports an export of a disk this node does not have instead of calling the backend', () => {
     const plan = reconcile({ ...desiredOf([], []), exports: [exportOf(idA)] }, obs(), memory(), config);
     expect(of(plan, 'ensureExport')).toEqual([]);
