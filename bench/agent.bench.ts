@@ -10,6 +10,7 @@ import path from 'node:path';
 import { parseVmi } from '../src/api/vmi.js';
 import { NodeAgent } from '../src/agent/agent.js';
 import { buildDesired, type DesiredState } from '../src/agent/desired.js';
+import { standaloneVmi } from '../src/agent/standalone.js';
 import { SpdkBackend } from '../src/backend/spdk/index.js';
 import type { ImageSpec } from '../src/backend/types.js';
 import { SpdkSimulator } from '../testing/spdk-sim/index.js';
@@ -33,10 +34,7 @@ function desired(n: number, image: string, images: ImageSpec[], prefix = 'vm'): 
       },
     }),
   );
-  return buildDesired(
-    vmis.map((vmi) => ({ origin: `${vmi.metadata.name}.yaml`, vmi })),
-    images,
-  );
+  return buildDesired({ vmis: vmis.map((vmi) => standaloneVmi(`${vmi.metadata.name}.yaml`, vmi)), images: images });
 }
 
 interface Env {
@@ -115,15 +113,15 @@ export async function section(): Promise<BenchSection> {
     const agent = await e.agent();
     const importSmall = await timeIt(() => converge(agent, desired(1, 'small', images, 'warm')));
     const importBig = await timeIt(() => converge(agent, desired(1, 'big', images, 'warm')));
-    await converge(agent, buildDesired([], images));
+    await converge(agent, buildDesired({ vmis: [], images }));
 
     const provisionRows: Array<Array<string | number>> = [];
     for (const n of [1, 10, 100]) {
       const conc = await timeIt(() => converge(agent, desired(n, 'small', images)));
-      await converge(agent, buildDesired([], images));
+      await converge(agent, buildDesired({ vmis: [], images }));
       const serialAgent = await e.agent(1);
       const serial = await timeIt(() => converge(serialAgent, desired(n, 'small', images)));
-      await converge(serialAgent, buildDesired([], images));
+      await converge(serialAgent, buildDesired({ vmis: [], images }));
       provisionRows.push([n, fmt(conc.ms, 1), fmt(serial.ms, 1), fmt(serial.ms / conc.ms, 2), fmt(conc.ms / n, 2)]);
     }
 
@@ -138,14 +136,14 @@ export async function section(): Promise<BenchSection> {
     await agent.stop();
     const after = e.sim.snapshot() as unknown as { vhostControllers?: unknown[]; controllers?: unknown[] };
     const ctlCount = (after.vhostControllers ?? after.controllers ?? []).length;
-    await converge(agent, buildDesired([], images));
+    await converge(agent, buildDesired({ vmis: [], images }));
 
     // Clone cost is independent of image size.
     const ten = (img: string): Promise<{ ms: number }> => timeIt(() => converge(agent, desired(10, img, images, img)));
     const small = await ten('small');
-    await converge(agent, buildDesired([], images));
+    await converge(agent, buildDesired({ vmis: [], images }));
     const big = await ten('big');
-    await converge(agent, buildDesired([], images));
+    await converge(agent, buildDesired({ vmis: [], images }));
 
     return {
       area: 'Node agent',

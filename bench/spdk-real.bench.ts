@@ -16,6 +16,7 @@ import path from 'node:path';
 import { parseVmi } from '../src/api/vmi.js';
 import { NodeAgent } from '../src/agent/agent.js';
 import { buildDesired, type DesiredState } from '../src/agent/desired.js';
+import { standaloneVmi } from '../src/agent/standalone.js';
 import { SpdkBackend } from '../src/backend/spdk/index.js';
 import type { ImageSpec } from '../src/backend/types.js';
 import { createMetrics } from '../src/metrics/metrics.js';
@@ -44,10 +45,7 @@ function desired(n: number, image: ImageSpec): DesiredState {
       },
     }),
   );
-  return buildDesired(
-    vmis.map((vmi) => ({ origin: `${vmi.metadata.name}.yaml`, vmi })),
-    [image],
-  );
+  return buildDesired({ vmis: vmis.map((vmi) => standaloneVmi(`${vmi.metadata.name}.yaml`, vmi)), images: [image] });
 }
 
 async function converge(agent: NodeAgent, d: DesiredState, want: 'Ready' | 'none'): Promise<void> {

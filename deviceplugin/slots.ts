@@ -1,11 +1,12 @@
 /** Pure pieces of the device plugin: slot names, device lists, allocation, readiness. */
 import path from 'node:path';
 import type { SlotStatus } from '../src/api/status.js';
+import { POD_SOCKET_DIR, slotDir } from '../src/contract/index.js';
 import type { Device } from './generated/deviceplugin/v1beta1/Device.js';
 import type { ContainerAllocateResponse } from './generated/deviceplugin/v1beta1/ContainerAllocateResponse.js';
 
 /** Where the slot's socket directory appears inside the compute container. */
-export const SLOT_MOUNT_PATH = '/var/run/kubevirt-spdk';
+export const SLOT_MOUNT_PATH = POD_SOCKET_DIR;
 /** Env var telling the container which slot it holds (for logs and debugging). */
 export const SLOT_ENV = 'KUBEVIRT_SPDK_SLOT';
 export const MAX_SLOTS = 1000;
@@ -38,7 +39,7 @@ export function requestedSlot(ids: readonly string[], known: ReadonlySet<string>
 }
 
 export function slotHostDir(vhostDir: string, slot: string): string {
-  return path.join(vhostDir, slot);
+  return slotDir(vhostDir, slot);
 }
 
 export function containerAllocation(vhostDir: string, slot: string): ContainerAllocateResponse {

@@ -4,7 +4,7 @@
  */
 import jsonpatch, { type Operation } from 'fast-json-patch';
 import { ValidationError } from '../src/api/errors.js';
-import { formatBytes } from '../src/api/quantity.js';
+import { capacityProblem } from '../src/contract/index.js';
 import { VHOST_SLOT_RESOURCE, VOLUMES_ANNOTATION, type SpdkVolume } from '../src/api/volumes.js';
 import { ANNOTATION_YAML_LIMITS } from '../src/api/yaml.js';
 import { parseVmi, spdkVolumesOf } from '../src/api/vmi.js';
@@ -104,8 +104,9 @@ function checkVolumes(vols: SpdkVolume[], spec: unknown, where: string, catalog:
     if (d.image !== undefined) {
       const img = catalog.get(d.image);
       if (img === undefined) problems.push(`${field}.image: CachedImage "${d.image}" does not exist`);
-      else if (img.sizeBytes !== undefined && d.capacity !== undefined && d.capacity.bytes < img.sizeBytes) {
-        problems.push(`${field}.capacity: ${d.capacity.text} is smaller than image ${d.image} (${formatBytes(img.sizeBytes)})`);
+      else {
+        const tooSmall = capacityProblem(d.capacity?.bytes, d.image, img.sizeBytes, d.capacity?.text);
+        if (tooSmall) problems.push(`${field}.capacity: ${tooSmall}`);
       }
     }
     const taken = d.bootOrder === undefined ? undefined : boots.get(d.bootOrder);

@@ -1,7 +1,7 @@
 import { EventEmitter } from 'node:events';
 import { lstat, mkdir, readdir, rm } from 'node:fs/promises';
 import path from 'node:path';
-import type { DiskStatus, SlotStatus, VmiRef, VmiStatus } from '../api/status.js';
+import type { SlotStatus, VmiRef, VmiStatus } from '../api/status.js';
 import type { ObservedController, ObservedState, StorageBackend } from '../backend/types.js';
 import { silentLogger, type Logger } from '../log.js';
 import { DISK_PHASES, defaultMetrics, type Metrics } from '../metrics/metrics.js';
@@ -9,9 +9,10 @@ import { emptyDesired, type DesiredState } from './desired.js';
 import { Executor, FreshObserver, describeError, type DiskOutcome } from './executor.js';
 import { writeFileAtomic } from '../fsutil.js';
 import { ImageCache, type CacheLimits } from './image-cache.js';
-import { Journal, type JournalOptions } from './journal.js';
+import { Journal, type JournalOptions, type JournalState } from './journal.js';
 import type { NodeStatus } from './node-status.js';
 import { isReport, orphanKey, reconcile, type Action, type ReconcileConfig, type SocketPolicy, type SocketStat } from './reconcile.js';
+import { nodeStatusOf, reportOf, type ReconcileReport } from './report.js';
 import { DEFAULT_RETRY, type RetryOptions } from './retry.js';
 import { indexDesired, type DesiredIndex } from './safety.js';
 
@@ -30,8 +31,6 @@ export interface NodeAgentOptions {
   retry?: RetryOptions;
   /** Reconcile passes per round before giving up until the next trigger. */
   maxPasses?: number;
-  /** Migration hook: true while a migration still needs this disk here (it is not deleted). */
-  heldByMigration?: (diskId: string) => boolean;
   /** Called when a VMI's status changes (cluster mode patches the VMI annotation). */
   onVmiStatus?: (vmi: VmiRef, status: VmiStatus, problems: string[]) => void | Promise<void>;
   journal?: JournalOptions;
@@ -41,27 +40,7 @@ export interface NodeAgentOptions {
   metrics?: Metrics;
 }
 
-export interface VmiReport {
-  vmi: VmiRef;
-  origin: string;
-  slot?: string;
-  problems: string[];
-  disks: DiskStatus[];
-}
-
-export interface ReconcileReport {
-  reason: string;
-  passes: number;
-  durationMs: number;
-  /** The last pass found nothing to do. */
-  converged: boolean;
-  /** Every disk is Ready or Failed and no VMI waits on anything: `--once` may stop. */
-  settled: boolean;
-  vmis: VmiReport[];
-  controllersCreated: number;
-  backendOk: boolean;
-  problems: string[];
-}
+export type { ReconcileReport, VmiReport } from './report.js';
 
 export const DEFAULT_SOCKET_POLICY: SocketPolicy = { uid: 107, gid: 107, mode: 0o660 };
 
@@ -82,6 +61,8 @@ export class NodeAgent extends EventEmitter {
   private queuedReasons = new Set<string>();
   private timer: NodeJS.Timeout | undefined;
   private stopped = false;
+  /** The journal's exports may be gone from the backend (a new process): make them again, once. */
+  private exportsStale = true;
   private connectedAt: number | undefined;
   private readonly written = new Map<string, string>();
   private readonly config: ReconcileConfig;
@@ -122,7 +103,6 @@ export class NodeAgent extends EventEmitter {
       images: this.images,
       observer: this.observer,
       desiredNow: () => this.desiredIdx,
-      heldByMigration: (id) => this.opts.heldByMigration?.(id) ?? false,
       logger: this.log,
       retry: this.opts.retry ?? DEFAULT_RETRY,
       concurrency: this.opts.concurrency ?? 128,
@@ -140,6 +120,11 @@ export class NodeAgent extends EventEmitter {
   slotHolder = (slot: string): string | undefined =>
     Object.entries(this.journal?.state.vmiSlots ?? {}).find(([, v]) => v.slot === slot)?.[0];
 
+  /** What this node exports now (the journal's record), by disk id. */
+  exportsNow(): Readonly<JournalState['exports']> {
+    return this.journal?.state.exports ?? {};
+  }
+
   setDesired(desired: DesiredState): void {
     this.desired = desired;
     this.desiredIdx = indexDesired(desired);
@@ -147,6 +132,7 @@ export class NodeAgent extends EventEmitter {
 
   private readonly onConnected = (): void => {
     this.connectedAt = this.now();
+    this.exportsStale = true;
     this.log.info({ event: 'backend-connected' }, 'backend connected; recovering controllers');
     void this.reconcile('backend-connected').catch((e: unknown) => this.log.error({ event: 'reconcile-failed', error: describeError(e) }, 'reconcile failed'));
   };
@@ -251,14 +237,16 @@ export class NodeAgent extends EventEmitter {
       while (passes < maxPasses) {
         passes++;
         observed = await this.observer.fresh();
+        const recheckExports = passes === 1 && this.exportsStale;
         const sockets = await this.statSockets(observed.controllers);
         plan = reconcile(
           desired,
           observed,
-          { journal: this.journal.state, now: this.now(), failed: this.failed, sockets, heldByMigration: (id) => this.opts.heldByMigration?.(id) ?? false },
+          { journal: this.journal.state, now: this.now(), failed: this.failed, sockets, recheckExports },
           this.config,
         );
         await this.remember(plan, observed);
+        if (recheckExports) this.exportsStale = false;
         if (!plan.some((a) => !isReport(a))) {
           converged = true;
           outcomes = new Map();
@@ -276,7 +264,14 @@ export class NodeAgent extends EventEmitter {
       this.log.error({ event: 'reconcile-failed', reason, error: backendError }, 'reconcile round failed');
     }
     if (backendError === undefined) await this.journal.settleReplayed();
-    const report = this.report(reason, desired, plan, outcomes, { passes, converged, controllersCreated, t0, backendError });
+    const report = reportOf(reason, desired, plan, outcomes, {
+      passes,
+      converged,
+      controllersCreated,
+      durationMs: this.now() - t0,
+      node: this.opts.node ?? 'local',
+      ...(backendError !== undefined ? { backendError } : {}),
+    });
     await this.writeStatus(report, plan, observed);
     if (reason.includes('backend-connected') && this.connectedAt !== undefined) {
       const durationMs = this.now() - this.connectedAt;
@@ -321,7 +316,8 @@ export class NodeAgent extends EventEmitter {
     const diskIds = new Set(observed.disks.map((d) => d.id));
     const ctlNames = new Set(observed.controllers.map((c) => c.name));
     const gone = Object.entries(j.owned)
-      .filter(([id, o]) => !this.desiredIdx.presentUids.has(o.vmi.uid) && (o.source === 'bdev' || !diskIds.has(id)) && !ctlNames.has(o.controller))
+      // An attached disk's record goes when it is detached (the executor drops it then).
+      .filter(([id, o]) => o.source !== 'attached' && !this.desiredIdx.presentUids.has(o.vmi.uid) && (o.source === 'bdev' || !diskIds.has(id)) && !ctlNames.has(o.controller))
       .map(([id]) => id);
     const remaining = Object.entries(j.owned).filter(([id]) => !gone.includes(id));
     const goneUids = Object.keys(j.vmiSlots).filter((uid) => !this.desiredIdx.presentUids.has(uid) && !remaining.some(([, o]) => o.vmi.uid === uid));
@@ -333,48 +329,6 @@ export class NodeAgent extends EventEmitter {
       for (const uid of goneUids) delete s.vmiSlots[uid];
     });
     for (const [k, t] of fresh) this.log.warn({ event: 'orphan', object: k, firstSeen: new Date(t).toISOString() }, 'object matches our naming but belongs to no VMI');
-  }
-
-  private report(
-    reason: string,
-    desired: DesiredState,
-    plan: Action[],
-    outcomes: Map<string, DiskOutcome>,
-    r: { passes: number; converged: boolean; controllersCreated: number; t0: number; backendError?: string },
-  ): ReconcileReport {
-    const byKey = new Map<string, Action[]>();
-    for (const a of plan) {
-      if (!('target' in a) || !a.target) continue;
-      byKey.set(a.target.key, [...(byKey.get(a.target.key) ?? []), a]);
-    }
-    const vmis: VmiReport[] = desired.vmis.map((v) => {
-      const disks: DiskStatus[] = v.disks.map((d) => {
-        const acts = byKey.get(d.key) ?? [];
-        const ready = acts.find((a) => a.kind === 'reportReady');
-        const err = acts.find((a) => a.kind === 'reportError');
-        const o = outcomes.get(d.key);
-        if (r.backendError !== undefined) return { name: d.name, phase: 'Pending', message: `backend unavailable: ${r.backendError}` };
-        if (ready?.kind === 'reportReady') return { name: d.name, phase: 'Ready', socket: ready.socket, dataNode: this.opts.node ?? 'local' };
-        if (err?.kind === 'reportError') return { name: d.name, phase: 'Failed', message: err.message };
-        if (o) return { name: d.name, phase: o.phase, ...(o.message ? { message: o.message } : {}) };
-        if (acts.some((a) => a.kind === 'ensureImage')) return { name: d.name, phase: 'Importing' };
-        return { name: d.name, phase: acts.length ? 'Provisioning' : 'Pending' };
-      });
-      return { vmi: v.ref, origin: v.origin, ...(v.slot ? { slot: v.slot } : {}), problems: v.problems, disks };
-    });
-    const settled =
-      r.backendError === undefined && vmis.every((v) => v.problems.length > 0 || v.disks.every((d) => d.phase === 'Ready' || d.phase === 'Failed'));
-    return {
-      reason,
-      passes: r.passes,
-      durationMs: this.now() - r.t0,
-      converged: r.converged,
-      settled,
-      vmis,
-      controllersCreated: r.controllersCreated,
-      backendOk: r.backendError === undefined,
-      problems: desired.problems,
-    };
   }
 
   private async writeIfChanged(file: string, body: object, stamp: object): Promise<void> {
@@ -416,25 +370,7 @@ export class NodeAgent extends EventEmitter {
         this.written.delete(path.join(slotsDir, f));
       }
     }
-    const owners = new Map(Object.entries(this.journal.state.owned).map(([id, o]) => [id, `${o.vmi.namespace}/${o.vmi.name}`]));
-    const node: Omit<NodeStatus, 'updatedAt'> = {
-      version: 1,
-      backend: { kind: this.opts.backend.kind, ok: report.backendOk, ...(report.backendOk ? {} : { message: 'backend unavailable' }) },
-      resyncMs: this.opts.resyncMs ?? 30_000,
-      reconcile: { reason: report.reason, passes: report.passes, durationMs: report.durationMs, converged: report.converged },
-      images: (observed?.images ?? []).map((i) => {
-        const lastUse = this.journal.state.imageLastUse[i.name];
-        return { name: i.name, phase: i.phase, sizeBytes: i.sizeBytes, cloneCount: i.cloneCount, ...(lastUse ? { lastUse: new Date(lastUse).toISOString() } : {}), ...(i.message ? { message: i.message } : {}) };
-      }),
-      disks: (observed?.disks ?? []).map((d) => ({ id: d.id, ref: d.ref, sizeBytes: d.sizeBytes, owned: d.owned, ...(d.image ? { image: d.image } : {}), ...(owners.has(d.id) ? { vmi: owners.get(d.id) } : {}) })),
-      controllers: (observed?.controllers ?? []).map((c) => ({ name: c.name, diskRef: c.diskRef, socketPath: c.socketPath, sessions: c.sessions, readonly: c.readonly })),
-      vmis: report.vmis,
-      orphans: plan.flatMap((a) =>
-        a.kind === 'reportOrphan' ? [{ object: a.object, name: a.name, firstSeen: new Date(a.firstSeen).toISOString(), collectAt: new Date(a.collectAt).toISOString() }] : [],
-      ),
-      blocked: plan.flatMap((a) => (a.kind === 'reportBlocked' ? [{ object: a.object, name: a.name, reason: a.reason }] : [])),
-      problems: report.problems,
-    };
+    const node = nodeStatusOf(report, plan, observed, this.journal.state, { backend: this.opts.backend.kind, resyncMs: this.opts.resyncMs ?? 30_000 });
     // status.json is rewritten every round: its age tells `status` whether the agent is alive.
     const status: NodeStatus = { ...node, updatedAt };
     await writeFileAtomic(path.join(this.opts.stateDir, 'status.json'), `${JSON.stringify(status, null, 2)}\n`);

@@ -1,11 +1,53 @@
 import type { CachedImage } from '../api/cachedimage.js';
 import { ValidationError } from '../api/errors.js';
-import { formatBytes } from '../api/quantity.js';
 import type { VmiRef } from '../api/status.js';
-import { slotOf, spdkVolumesOf, vcpuCount, vmiUid, type Vmi } from '../api/vmi.js';
-import { diskSource, type DiskSource } from '../api/volumes.js';
+import { spdkVolumesOf, vcpuCount, vmiUid, type Vmi } from '../api/vmi.js';
+import type { ListenAddress } from '../backend/remote.js';
 import type { ImageSpec } from '../backend/types.js';
-import { controllerName, diskId, diskKey } from './naming.js';
+import { capacityProblem, controllerName, declaredSource, diskId, diskKey, queuesOf, type AttachedSource, type DiskSource } from '../contract/index.js';
+
+/**
+ * The agent's input and its resolution. Every mode (standalone files, cluster informers,
+ * migration) feeds the agent one typed NodeView: the VMIs with the slot they hold here and,
+ * for a migration target, the disks it serves from another node; the disks this node exports.
+ * `buildDesired` resolves it against the catalog into the DesiredState the reconciler plans from.
+ */
+
+/** A disk another node exports, served here instead of a local disk (a migration target's). */
+export type AttachedDisk = Omit<AttachedSource, 'kind'>;
+
+/** One VMI as this node sees it. */
+export interface ViewVmi {
+  /** Where it came from (a file name in standalone mode), for messages. */
+  origin: string;
+  vmi: Vmi;
+  /** The vhost slot it holds on this node (device plugin allocation; standalone: its slot annotation). */
+  slot?: string;
+  /** Problems found before resolving (e.g. the file no longer parses; `vmi` is its last good or partial form). */
+  problems?: string[];
+  /** Disks served from another node, by disk (volume) name: their source is `attached`. */
+  attached?: Readonly<Record<string, AttachedDisk>>;
+}
+
+/** A disk this node serves to another node (a migration source's export). Keeps its disk. */
+export interface DesiredExport {
+  /** Backend disk id. */
+  id: string;
+  vmi: VmiRef;
+  disk: string;
+  address: ListenAddress;
+  /** Why it is exported (logs, status). */
+  why: string;
+}
+
+export interface NodeView {
+  vmis: ViewVmi[];
+  /** The CachedImage catalog. */
+  images: ImageSpec[];
+  exports?: DesiredExport[];
+  /** Problems that belong to no VMI (unreadable file, bad catalog). */
+  problems?: string[];
+}
 
 /** One disk the node should serve, fully resolved from its VMI and the image catalog. */
 export interface DesiredDisk {
@@ -14,7 +56,7 @@ export interface DesiredDisk {
   vmi: VmiRef;
   /** The disk (volume) name. */
   name: string;
-  /** Backend disk id, from naming.diskId. */
+  /** Backend disk id (contract diskId). */
   id: string;
   slot: string;
   /** `<slot>/<disk>` */
@@ -31,7 +73,6 @@ export interface DesiredDisk {
 
 export interface DesiredVmi {
   ref: VmiRef;
-  /** Where it came from (a file name in standalone mode), for messages. */
   origin: string;
   slot?: string;
   disks: DesiredDisk[];
@@ -44,13 +85,16 @@ export interface DesiredVmi {
 
 export interface DesiredState {
   vmis: DesiredVmi[];
-  /** The CachedImage catalog. */
   images: ImageSpec[];
-  /** Problems that belong to no VMI (unreadable file, bad catalog), for logs and `--once`. */
+  /** Disks exported to other nodes: each keeps its disk until it is no longer desired. */
+  exports: DesiredExport[];
   problems: string[];
 }
 
-export const emptyDesired = (): DesiredState => ({ vmis: [], images: [], problems: [] });
+export const emptyDesired = (): DesiredState => ({ vmis: [], images: [], exports: [], problems: [] });
+
+/** The problem of a VMI that holds no slot here yet (not worth an Event while its pod starts). */
+export const NO_SLOT_PROBLEM = 'metadata.annotations["kubevirt-spdk.io/slot"]: is required (no vhost slot assigned)';
 
 export function imageSpecOf(img: CachedImage): ImageSpec {
   return { name: img.metadata.name, source: img.spec.source, format: img.spec.format, sizeBytes: img.spec.size };
@@ -63,15 +107,10 @@ export function vmiRefOf(vmi: Vmi): VmiRef {
 const problemsOf = (e: unknown): string[] => (e instanceof ValidationError ? e.problems : [String(e)]);
 
 /** Resolves one VMI against the catalog. Never throws: input errors become `problems`. */
-export function desiredVmiOf(vmi: Vmi, catalog: ReadonlyMap<string, ImageSpec>, origin: string): DesiredVmi {
+export function desiredVmiOf(input: ViewVmi, catalog: ReadonlyMap<string, ImageSpec>): DesiredVmi {
+  const { vmi, slot, origin } = input;
   const ref = vmiRefOf(vmi);
-  const out: DesiredVmi = { ref, origin, disks: [], problems: [] };
-  let slot: string | undefined;
-  try {
-    slot = slotOf(vmi);
-  } catch (e) {
-    out.problems.push(...problemsOf(e));
-  }
+  const out: DesiredVmi = { ref, origin, disks: [], problems: [...(input.problems ?? [])] };
   let volumes;
   try {
     volumes = spdkVolumesOf(vmi);
@@ -80,14 +119,16 @@ export function desiredVmiOf(vmi: Vmi, catalog: ReadonlyMap<string, ImageSpec>, 
     return out;
   }
   if (slot === undefined) {
-    if (out.problems.length === 0 && volumes.length > 0) out.problems.push('metadata.annotations["kubevirt-spdk.io/slot"]: is required (no vhost slot assigned)');
+    if (out.problems.length === 0 && volumes.length > 0) out.problems.push(NO_SLOT_PROBLEM);
     return out;
   }
   out.slot = slot;
   const vcpus = vcpuCount(vmi);
   volumes.forEach((vol, i) => {
     const d = vol.spdkVhostBlkDisk;
-    const source = diskSource(d);
+    const declared = declaredSource(d);
+    const remote = declared.kind === 'bdev' ? undefined : input.attached?.[vol.name];
+    const source: DiskSource = remote ? { kind: 'attached', ref: remote.ref, node: remote.node } : declared;
     const disk: DesiredDisk = {
       key: diskKey(ref.uid, vol.name),
       vmi: ref,
@@ -96,16 +137,16 @@ export function desiredVmiOf(vmi: Vmi, catalog: ReadonlyMap<string, ImageSpec>, 
       slot,
       controller: controllerName(slot, vol.name),
       source,
-      capacityBytes: d.capacity?.bytes,
+      ...(source.kind === 'attached' || d.capacity === undefined ? {} : { capacityBytes: d.capacity.bytes }),
       readonly: d.readonly,
-      queues: Math.min(d.queues ?? vcpus, 256),
+      queues: queuesOf(d.queues, vcpus),
     };
     if (source.kind === 'image') {
       const image = catalog.get(source.image);
       if (!image) disk.problem = `volumes[${i}].spdkVhostBlkDisk.image: CachedImage "${source.image}" does not exist`;
       else {
         disk.image = image;
-        const tooSmall = capacityProblem(disk, image.sizeBytes);
+        const tooSmall = capacityProblem(disk.capacityBytes, source.image, image.sizeBytes);
         if (tooSmall) disk.problem = `volumes[${i}].spdkVhostBlkDisk.capacity: ${tooSmall}`;
       }
     }
@@ -114,39 +155,18 @@ export function desiredVmiOf(vmi: Vmi, catalog: ReadonlyMap<string, ImageSpec>, 
   return out;
 }
 
-/** "1Gi is smaller than image fedora-40 (4Gi)", or undefined when the capacity fits. */
-export function capacityProblem(disk: Pick<DesiredDisk, 'capacityBytes' | 'source'>, imageBytes: number | undefined): string | undefined {
-  if (disk.source.kind !== 'image' || imageBytes === undefined || disk.capacityBytes === undefined) return undefined;
-  if (disk.capacityBytes >= imageBytes) return undefined;
-  return `${formatBytes(disk.capacityBytes)} is smaller than image ${disk.source.image} (${formatBytes(imageBytes)})`;
-}
-
-export interface VmiInput {
-  origin: string;
-  vmi: Vmi;
-  /** Problems found before resolving (e.g. the file no longer parses; `vmi` is its last good or partial form). */
-  problems?: string[];
-}
-
 /**
- * The node's desired state from its VMIs and the catalog. Conflicts between VMIs (two on one
+ * The node's desired state from its view and the catalog. Conflicts between VMIs (two on one
  * slot, two disks on one `bdev:`) are resolved in favour of the incumbent (the VMI the
  * journal last saw on that slot), else the first by namespace/name, so a running VM never
  * loses its disks to a newcomer.
  */
-export function buildDesired(
-  inputs: VmiInput[],
-  images: ImageSpec[],
-  opts: { problems?: string[]; slotHolder?: (slot: string) => string | undefined } = {},
-): DesiredState {
-  const catalog = new Map(images.map((i) => [i.name, i]));
-  const vmis = inputs
+export function buildDesired(view: NodeView, opts: { slotHolder?: (slot: string) => string | undefined } = {}): DesiredState {
+  const catalog = new Map(view.images.map((i) => [i.name, i]));
+  const vmis = view.vmis
     .map((i) => {
-      const v = desiredVmiOf(i.vmi, catalog, i.origin);
-      if (i.problems?.length) {
-        v.problems.unshift(...i.problems);
-        v.disks = [];
-      }
+      const v = desiredVmiOf(i, catalog);
+      if (i.problems?.length) v.disks = [];
       return v;
     })
     .sort((a, b) => `${a.ref.namespace}/${a.ref.name}`.localeCompare(`${b.ref.namespace}/${b.ref.name}`));
@@ -179,5 +199,5 @@ export function buildDesired(
       else bdevUser.set(d.source.bdev, d);
     }
   }
-  return { vmis, images, problems: opts.problems ?? [] };
+  return { vmis, images: view.images, exports: view.exports ?? [], problems: view.problems ?? [] };
 }

@@ -1,14 +1,18 @@
-import { BackendError, type ObservedState, type StorageBackend } from '../backend/types.js';
+import { BackendError, type ObservedDisk, type RemoteDiskRef, type StorageBackend } from '../backend/types.js';
 import { fixSocketOwnership } from '../backend/vhost-fs.js';
 import { isClassifiedError } from '../backend/types.js';
 import { silentLogger, type Logger } from '../log.js';
 import { secondsSince, type Metrics } from '../metrics/metrics.js';
 import type { ImageCache } from './image-cache.js';
-import type { Journal } from './journal.js';
-import type { Action, DiskTarget } from './reconcile.js';
-import { socketPathProblem } from './naming.js';
-import { backoffMs, isTransient, withRetry, type RetryOptions } from './retry.js';
-import { whyNotCreateController, whyNotDeleteController, whyNotDeleteDisk, whyNotEvictImage, type DesiredIndex, type SafetyContext } from './safety.js';
+import type { Journal, JournalState } from './journal.js';
+import { exportKey, type Action, type DiskTarget } from './reconcile.js';
+import { controllerName, socketPathProblem } from '../contract/index.js';
+import { BackgroundImports } from './imports.js';
+import type { FreshObserver } from './observer.js';
+import { isTransient, withRetry, type RetryOptions } from './retry.js';
+import { whyNotCreateController, whyNotDeleteController, whyNotDeleteDisk, whyNotDetachDisk, whyNotEvictImage, type DesiredIndex, type SafetyContext } from './safety.js';
+
+export { FreshObserver } from './observer.js';
 
 /** An operation a safety rule forbids right now (checked against a fresh observation). */
 export class SafetyRefusal extends Error {
@@ -18,42 +22,6 @@ export class SafetyRefusal extends Error {
     this.reason = reason;
   }
   readonly reason: string;
-}
-
-/**
- * Shares observations among concurrent callers, while guaranteeing each caller one that
- * started after it asked (so a safety re-check never sees a stale listing): callers that
- * arrive while a listing is running wait for the next one, which they share.
- */
-export class FreshObserver {
-  private running: Promise<ObservedState> | undefined;
-  private queued: Promise<ObservedState> | undefined;
-  count = 0;
-
-  constructor(private readonly backend: StorageBackend) {}
-
-  fresh(): Promise<ObservedState> {
-    if (!this.running) return this.start();
-    this.queued ??= this.running
-      .then(
-        () => undefined,
-        () => undefined,
-      )
-      .then(() => {
-        this.queued = undefined;
-        return this.start();
-      });
-    return this.queued;
-  }
-
-  private start(): Promise<ObservedState> {
-    this.count++;
-    const p = this.backend.observe().finally(() => {
-      if (this.running === p) this.running = undefined;
-    });
-    this.running = p;
-    return p;
-  }
 }
 
 export interface DiskOutcome {
@@ -80,7 +48,6 @@ export interface ExecutorDeps {
   observer: FreshObserver;
   /** The desired state as it is now (it may have changed since the plan). */
   desiredNow: () => DesiredIndex;
-  heldByMigration: (diskId: string) => boolean;
   logger?: Logger;
   retry: RetryOptions;
   concurrency: number;
@@ -89,8 +56,6 @@ export interface ExecutorDeps {
   /** An image import started by a chain ended (ready or failed): time for another round. */
   onImportSettled?: (image: string) => void;
 }
-
-const IMPORT_BACKOFF = { initialMs: 250, maxMs: 30_000 };
 
 /** Runs `fn` over `items` with at most `limit` in flight. */
 async function pool<T>(items: readonly T[], limit: number, fn: (item: T) => Promise<void>): Promise<void> {
@@ -129,17 +94,18 @@ export function describeError(e: unknown): string {
 export class Executor {
   /** bdev -> controller being created for it in this process (one controller per bdev). */
   private readonly serving = new Map<string, string>();
-  /** Image imports running beside the rounds (never inside one: a slow download must not hold up other disks). */
-  private readonly imports = new Map<string, Promise<void>>();
+  /** Image imports running beside the rounds (imports.ts). */
+  private readonly imports: BackgroundImports;
   /** Disks (keys) that waited for an import: their clone is a cache miss. */
   private readonly waitedForImport = new Set<string>();
-  /**
-   * The failure of the last background import of an image: every disk of that image reports
-   * it until its backoff has passed (250 ms, doubling to 30 s), then the next round retries.
-   */
-  private readonly importFailures = new Map<string, { error: unknown; at: number; failures: number }>();
 
-  constructor(private readonly deps: ExecutorDeps) {}
+  constructor(private readonly deps: ExecutorDeps) {
+    this.imports = new BackgroundImports({
+      images: deps.images,
+      retry: (what, fn, log) => this.retry(what, fn, log),
+      ...(deps.onImportSettled ? { onSettled: deps.onImportSettled } : {}),
+    });
+  }
 
   private get log(): Logger {
     return this.deps.logger ?? silentLogger;
@@ -147,7 +113,8 @@ export class Executor {
 
   private async safety(): Promise<SafetyContext> {
     const observed = await this.deps.observer.fresh();
-    return { observed, desired: this.deps.desiredNow(), owned: this.deps.journal.state.owned, heldByMigration: this.deps.heldByMigration };
+    const j = this.deps.journal.state;
+    return { observed, desired: this.deps.desiredNow(), owned: j.owned, exported: j.exports };
   }
 
   private retry<T>(what: string, fn: () => Promise<T>, log: Logger): Promise<T> {
@@ -198,6 +165,41 @@ export class Executor {
       }
     });
 
+    // Exports and attachments that nothing wants any more (before disk deletions: an export keeps its disk).
+    const unexports = plan.filter((a): a is Extract<Action, { kind: 'unexportDisk' }> => a.kind === 'unexportDisk');
+    await pool(unexports, concurrency, async (a) => {
+      const log = this.log.child({ disk: a.id });
+      try {
+        // A migration that wants it again since the plan was made keeps it.
+        const wanted = this.deps.desiredNow().exports.get(a.id);
+        if (wanted) throw new SafetyRefusal('unexportDisk', a.id, `disk ${a.id} is exported again (${wanted.why})`);
+        const unexport = this.remote('unexportDisk', a.id);
+        result.calls++;
+        await this.journaled('unexportDisk', a.id, () => unexport(a.id), log, undefined, (s) => {
+          delete s.exports[a.id];
+        });
+        log.info({ event: 'disk-unexported', reason: a.reason }, 'export deleted');
+      } catch (e) {
+        if (!refused(e)) log.error({ event: 'unexport-failed', error: describeError(e) }, 'deleting export failed');
+      }
+    });
+    const detaches = plan.filter((a): a is Extract<Action, { kind: 'detachDisk' }> => a.kind === 'detachDisk');
+    await pool(detaches, concurrency, async (a) => {
+      const log = this.log.child({ disk: a.id });
+      try {
+        const why = whyNotDetachDisk(await this.safety(), a.id);
+        if (why) throw new SafetyRefusal('detachDisk', a.id, why);
+        const detach = this.remote('detachRemoteDisk', a.id);
+        result.calls++;
+        await this.journaled('detachDisk', a.id, () => detach(a.id), log, undefined, (s) => {
+          delete s.owned[a.id];
+        });
+        log.info({ event: 'disk-detached', reason: a.reason }, 'remote disk detached');
+      } catch (e) {
+        if (!refused(e)) log.error({ event: 'detach-failed', error: describeError(e) }, 'detaching remote disk failed');
+      }
+    });
+
     const diskDeletes = plan.filter((a): a is Extract<Action, { kind: 'deleteDisk' }> => a.kind === 'deleteDisk');
     await pool(diskDeletes, concurrency, async (a) => {
       const log = this.log.child({ disk: a.id });
@@ -216,7 +218,7 @@ export class Executor {
 
     const chains = new Map<string, { target: DiskTarget; steps: Action[] }>();
     for (const a of plan) {
-      if (a.kind !== 'ensureImage' && a.kind !== 'ensureDisk' && a.kind !== 'ensureController' && a.kind !== 'fixSocket') continue;
+      if (a.kind !== 'ensureImage' && a.kind !== 'ensureDisk' && a.kind !== 'attachDisk' && a.kind !== 'ensureController' && a.kind !== 'fixSocket') continue;
       const c = chains.get(a.target.key) ?? { target: a.target, steps: [] };
       c.steps.push(a);
       chains.set(a.target.key, c);
@@ -224,6 +226,25 @@ export class Executor {
     await pool([...chains.values()], concurrency, async (chain) => {
       const outcome = await this.runChain(chain.target, chain.steps, result, refused);
       result.outcomes.set(chain.target.key, outcome);
+    });
+
+    // After the chains: spdk's nvmf claims a bdev that its vhost controller must already have open.
+    const exports = plan.filter((a): a is Extract<Action, { kind: 'ensureExport' }> => a.kind === 'ensureExport');
+    await pool(exports, concurrency, async (a) => {
+      const log = this.log.child({ vmi: a.vmi, disk: a.disk, id: a.id });
+      try {
+        const exportDisk = this.remote('exportDisk', a.id);
+        result.calls++;
+        let ref: RemoteDiskRef | undefined;
+        await this.journaled('ensureExport', a.id, async () => (ref = await exportDisk(a.id, { listenAddress: a.address })), log, undefined, (s) => {
+          if (ref) s.exports[a.id] = { ref, vmi: a.vmi, disk: a.disk };
+        });
+        log.info({ event: 'disk-exported', why: a.why }, 'disk exported');
+      } catch (e) {
+        log.error({ event: 'export-failed', error: describeError(e) }, 'exporting disk failed');
+        // Not tried again in this round (retried calls are over); the next round tries again.
+        result.outcomes.set(exportKey(a.id), { phase: 'Failed', message: describeError(e), permanent: true });
+      }
     });
 
     for (const a of plan) {
@@ -241,48 +262,27 @@ export class Executor {
     return result;
   }
 
-  /** Aborts the background imports when the agent stops (a crawling download must not hold the process). */
-  private readonly lifetime = new AbortController();
+  /** A migration method of the backend, or a clear error when this backend has none. */
+  private remote<K extends 'exportDisk' | 'unexportDisk' | 'attachRemoteDisk' | 'detachRemoteDisk'>(method: K, id: string): NonNullable<StorageBackend[K]> {
+    const b = this.deps.backend;
+    const fn = b[method];
+    if (!fn) throw new BackendError(`disk ${id}: the ${b.kind} backend does not implement ${method}`, 'invalid');
+    return fn.bind(b) as NonNullable<StorageBackend[K]>;
+  }
 
   /** Imports ended so far (a round that saw one end has a newer picture to plan from). */
-  importsEnded = 0;
+  get importsEnded(): number {
+    return this.imports.ended;
+  }
 
   /** Settles when the imports running now have ended (undefined when none runs). */
   importsSettled(): Promise<void> | undefined {
-    if (this.imports.size === 0) return undefined;
-    return Promise.all(this.imports.values()).then(() => undefined);
-  }
-
-  private recordImportFailure(name: string, error: unknown): void {
-    const failures = (this.importFailures.get(name)?.failures ?? 0) + 1;
-    this.importFailures.set(name, { error, at: Date.now(), failures });
+    return this.imports.settled();
   }
 
   /** Stops the background imports and waits until they have ended. */
-  async stop(): Promise<void> {
-    this.lifetime.abort();
-    await this.importsSettled();
-  }
-
-  private startImport(spec: Extract<Action, { kind: 'ensureImage' }>['image'], log: Logger): void {
-    const job = this.retry(`ensureImage ${spec.name}`, () => this.deps.images.ensure(spec, this.lifetime.signal), log)
-      .then(
-        (img) => {
-          // A ready image's size is checked against each disk's capacity by the next plan.
-          if (img.phase === 'failed') this.recordImportFailure(spec.name, new BackendError(`image ${spec.name} failed to import: ${img.message ?? 'unknown cause'}`, 'internal'));
-          else {
-            this.importFailures.delete(spec.name);
-          }
-        },
-        (e: unknown) => this.recordImportFailure(spec.name, e),
-      )
-      .finally(() => {
-        this.imports.delete(spec.name);
-        this.importsEnded++;
-        this.deps.onImportSettled?.(spec.name);
-      })
-      .catch(() => undefined);
-    this.imports.set(spec.name, job);
+  stop(): Promise<void> {
+    return this.imports.stop();
   }
 
   private async runChain(target: DiskTarget, steps: Action[], result: ExecResult, refused: (e: unknown) => boolean): Promise<DiskOutcome> {
@@ -300,18 +300,18 @@ export class Executor {
       if (tooLong) throw new BackendError(`controller ${ctl?.kind === 'ensureController' ? ctl.spec.name : ''}: ${tooLong}`, 'invalid');
       const made = steps.find((s) => s.kind === 'ensureDisk');
       const madeHere = made?.kind === 'ensureDisk' && made.spec.source.kind !== 'bdev';
+      const attaching = steps.some((s) => s.kind === 'attachDisk');
       for (const a of steps) {
         switch (a.kind) {
           case 'ensureImage': {
             // The import runs beside the rounds; this disk waits in Importing, the others go on.
             phase = 'Importing';
             const name = a.image.name;
-            const failure = this.importFailures.get(name);
-            // Real time on purpose: a backoff is about the world outside, not the agent's clock.
-            if (failure && Date.now() - failure.at < backoffMs(failure.failures, IMPORT_BACKOFF)) throw failure.error;
+            const failure = this.imports.failure(name);
+            if (failure?.backingOff) throw failure.error;
             if (!this.imports.has(name)) {
               result.calls++;
-              this.startImport(a.image, log);
+              this.imports.start(a.image, log);
             }
             result.waiting++;
             this.waitedForImport.add(target.key);
@@ -326,7 +326,7 @@ export class Executor {
                 vmi: target.vmi,
                 disk: target.disk,
                 slot: target.slot,
-                controller: `${target.slot}/${target.disk}`,
+                controller: controllerName(target.slot, target.disk),
                 source: spec.source.kind,
                 ...(spec.source.kind === 'image' ? { image: spec.source.image } : {}),
                 createdAt: (this.deps.now ?? Date.now)(),
@@ -343,6 +343,35 @@ export class Executor {
             log.info({ event: 'disk-ready', id: spec.id, ref: disk.ref }, 'disk provisioned');
             break;
           }
+          case 'attachDisk': {
+            result.calls++;
+            const attach = this.remote('attachRemoteDisk', a.id);
+            const remember = (s: JournalState, ref?: string): void => {
+              // Ours to detach from the moment we ask (never to delete: the data is the other node's).
+              s.owned[a.id] = {
+                vmi: target.vmi,
+                disk: target.disk,
+                slot: target.slot,
+                controller: controllerName(target.slot, target.disk),
+                source: 'attached',
+                ...(ref !== undefined ? { ref } : {}),
+                createdAt: (this.deps.now ?? Date.now)(),
+              };
+              s.vmiSlots[target.vmi.uid] = { slot: target.slot, namespace: target.vmi.namespace, name: target.vmi.name };
+            };
+            let disk: ObservedDisk | undefined;
+            try {
+              disk = await this.journaled('attachDisk', a.id, async () => (disk = await attach(a.ref, a.id)), log, (s) => remember(s), (s) => remember(s, disk?.ref));
+            } catch (e) {
+              // An export that cannot be reached fails the disk (the migration planner refuses on it).
+              // No `cause`: the retry policy looks through causes, and this failure is final for the round.
+              if (isTransient(e)) throw new BackendError(`export on node ${a.node} unreachable: ${describeError(e)}`, 'invalid');
+              throw e;
+            }
+            diskRef = disk.ref;
+            log.info({ event: 'disk-attached', id: a.id, ref: disk.ref, node: a.node }, 'remote disk attached');
+            break;
+          }
           case 'ensureController': {
             const ref = a.spec.diskRef ?? diskRef;
             if (ref === undefined) throw new BackendError(`no disk to serve for controller ${a.spec.name}`, 'internal');
@@ -354,7 +383,7 @@ export class Executor {
               // be served by no controller but one this process makes, which `serving` guards:
               // the re-check's fresh listing is skipped for it, so provisioning many disks does
               // not list the whole node once per disk while the clones run.
-              if (!madeHere) {
+              if (!madeHere || attaching) {
                 const why = whyNotCreateController(await this.safety(), a.spec.name, ref);
                 if (why) throw new SafetyRefusal('ensureController', a.spec.name, why);
               }

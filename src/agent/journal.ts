@@ -2,6 +2,7 @@ import { lstat, readFile, rename } from 'node:fs/promises';
 import path from 'node:path';
 import { z } from 'zod';
 import { VmiRefSchema } from '../api/status.js';
+import { RemoteDiskRefSchema } from '../backend/remote.js';
 import { silentLogger, type Logger } from '../log.js';
 import { writeFileAtomic } from '../fsutil.js';
 
@@ -19,8 +20,11 @@ export const OwnedDiskSchema = z.object({
   disk: z.string(),
   slot: z.string(),
   controller: z.string(),
-  source: z.enum(['image', 'blank', 'bdev']),
+  /** `attached`: a disk another node exports, opened here (detached, never deleted). */
+  source: z.enum(['image', 'blank', 'bdev', 'attached']),
   image: z.string().optional(),
+  /** An attached disk's local ref (what its controller serves). */
+  ref: z.string().optional(),
   createdAt: z.number(),
 });
 export type OwnedDisk = z.infer<typeof OwnedDiskSchema>;
@@ -41,6 +45,11 @@ export const JournalStateSchema = z.object({
   imageLastUse: z.record(z.number()),
   /** First time an orphan was seen (ms since epoch), by `disk:<id>` / `controller:<name>`. */
   orphans: z.record(z.number()),
+  /**
+   * Disks this node exports, by disk id, with the ref a remote node attaches. Journaled, not
+   * observed: a qsd export's address is known only to the process that made it.
+   */
+  exports: z.record(z.object({ ref: RemoteDiskRefSchema, vmi: VmiRefSchema, disk: z.string() })).default({}),
 });
 export type JournalState = z.infer<typeof JournalStateSchema>;
 
@@ -52,6 +61,7 @@ export const emptyJournalState = (): JournalState => ({
   vmiSlots: {},
   imageLastUse: {},
   orphans: {},
+  exports: {},
 });
 
 export class JournalError extends Error {

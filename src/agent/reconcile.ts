@@ -1,10 +1,10 @@
 import type { VmiRef } from '../api/status.js';
-import type { ControllerSpec, DiskSpec, ImageSpec, ObservedController, ObservedState } from '../backend/types.js';
-import { capacityProblem, type DesiredDisk, type DesiredState } from './desired.js';
+import type { ControllerSpec, DiskSpec, ImageSpec, ListenAddress, ObservedController, ObservedState, RemoteDiskRef } from '../backend/types.js';
+import { capacityProblem, isOurControllerName, isOurDiskId } from '../contract/index.js';
+import type { DesiredDisk, DesiredState } from './desired.js';
 import { chooseEvictions, importInProgress, type CacheEntry, type CacheLimits } from './image-cache.js';
 import type { JournalState } from './journal.js';
-import { isOurControllerName, isOurDiskId } from './naming.js';
-import { indexDesired, whyNotCreateController, whyNotDeleteController, whyNotDeleteDisk, whyNotEvictImage, type SafetyContext } from './safety.js';
+import { indexDesired, whyNotCreateController, whyNotDeleteController, whyNotDeleteDisk, whyNotDetachDisk, whyNotEvictImage, type SafetyContext } from './safety.js';
 
 /**
  * The reconciler: a pure function from (desired state, the backend's listing, the agent's
@@ -12,9 +12,12 @@ import { indexDesired, whyNotCreateController, whyNotDeleteController, whyNotDel
  * an earlier action happened, it only looks at what is there, so running it again after a
  * crash at any point converges.
  *
- * Order: deleteController, deleteDisk (before anything is created, so that names and bdevs are
- * free), then one chain per desired disk (ensureImage -> ensureDisk -> ensureController ->
- * fixSocket), then evictImage; the report* actions change nothing on the backend.
+ * Order: deleteController, unexportDisk, detachDisk, deleteDisk (before anything is created, so
+ * that names and bdevs are free), then one chain per desired disk (ensureImage -> ensureDisk or
+ * attachDisk -> ensureController -> fixSocket), then ensureExport (after the controllers: spdk's
+ * nvmf claims a bdev that vhost must already have open), then evictImage; the report* actions
+ * change nothing on the backend. An attached disk (another node's) is only ever attached and
+ * detached, never created or deleted here.
  */
 
 export interface SocketStat {
@@ -41,6 +44,8 @@ export interface DiskTarget {
 export type Action =
   | { kind: 'ensureImage'; target: DiskTarget; image: ImageSpec }
   | { kind: 'ensureDisk'; target: DiskTarget; spec: DiskSpec }
+  /** Opens a disk another node exports as the local disk `id`. */
+  | { kind: 'attachDisk'; target: DiskTarget; id: string; ref: RemoteDiskRef; node: string }
   /** `diskRef` is absent when the disk is created earlier in the same chain. */
   | { kind: 'ensureController'; target: DiskTarget; spec: Omit<ControllerSpec, 'diskRef'> & { diskRef?: string } }
   /** `path` is absent when the controller is created earlier in the same chain. */
@@ -48,6 +53,9 @@ export type Action =
   | { kind: 'reportReady'; target: DiskTarget; socket: string }
   | { kind: 'deleteController'; name: string; diskRef: string; reason: string; target?: DiskTarget }
   | { kind: 'deleteDisk'; id: string; reason: string }
+  | { kind: 'detachDisk'; id: string; reason: string }
+  | { kind: 'ensureExport'; id: string; vmi: VmiRef; disk: string; address: ListenAddress; why: string }
+  | { kind: 'unexportDisk'; id: string; reason: string }
   | { kind: 'evictImage'; name: string; reason: string }
   | { kind: 'reportOrphan'; object: 'disk' | 'controller'; name: string; firstSeen: number; collectAt: number }
   /** Something should go but may not yet (a safety rule holds it); retried every reconcile. */
@@ -68,13 +76,19 @@ export interface ReconcileConfig {
 export interface AgentMemory {
   journal: Readonly<JournalState>;
   now: number;
-  /** Disks that failed for good in this round (by disk key), with the message. */
+  /** Disks (by disk key) and exports (by exportKey) that failed for good in this round, with the message. */
   failed: ReadonlyMap<string, string>;
   /** Sockets' owner and mode, by path; missing = not there. */
   sockets: ReadonlyMap<string, SocketStat>;
-  /** Migration hook. */
-  heldByMigration?: (diskId: string) => boolean;
+  /**
+   * Exports the journal lists are made again (idempotent): after the backend (re)connected it
+   * may be a new process that lost them.
+   */
+  recheckExports?: boolean;
 }
+
+/** The key of an export's outcome (beside the disk keys `<uid>/<disk>`). */
+export const exportKey = (id: string): string => `export:${id}`;
 
 export const orphanKey = (object: 'disk' | 'controller', name: string): string => `${object}:${name}`;
 
@@ -86,11 +100,15 @@ export function socketOk(st: SocketStat | undefined, p: SocketPolicy): boolean {
 
 export function reconcile(desired: DesiredState, observed: ObservedState, memory: AgentMemory, config: ReconcileConfig): Action[] {
   const idx = indexDesired(desired);
-  const heldByMigration = memory.heldByMigration ?? (() => false);
   const deletesCtl: Action[] = [];
   const goingAway = new Set<string>();
-  const ctx: SafetyContext = { observed, desired: idx, owned: memory.journal.owned, heldByMigration, goingAway };
+  const unexporting = new Set<string>();
+  const exported = memory.journal.exports;
+  const ctx: SafetyContext = { observed, desired: idx, owned: memory.journal.owned, exported, goingAway, unexporting };
+  const unexports: Action[] = [];
+  const detaches: Action[] = [];
   const deletesDisk: Action[] = [];
+  const ensureExports: Action[] = [];
   const chains: Action[] = [];
   const tail: Action[] = [];
 
@@ -117,10 +135,6 @@ export function reconcile(desired: DesiredState, observed: ObservedState, memory
     const known = ownedByCtl.get(c.name);
     if (known) {
       if (idx.brokenUids.has(known.o.vmi.uid)) continue;
-      if (heldByMigration(known.id)) {
-        tail.push({ kind: 'reportBlocked', object: 'controller', name: c.name, reason: `disk ${known.id} is still needed by a migration` });
-        continue;
-      }
       deleteController(c, idx.presentUids.has(known.o.vmi.uid) ? 'no longer in the VMI\'s volumes or slot' : `VMI ${known.o.vmi.namespace}/${known.o.vmi.name} is gone`);
     } else {
       collectOrphan('controller', c.name, () => deleteController(c, 'orphan past its grace period'));
@@ -141,6 +155,41 @@ export function reconcile(desired: DesiredState, observed: ObservedState, memory
       continue;
     }
     for (const d of v.disks) chains.push(...planDisk(d));
+  }
+
+  // Exports: what the journal lists and nothing wants goes; what is wanted and missing is made.
+  for (const id of Object.keys(exported)) {
+    if (idx.exports.has(id)) continue;
+    unexporting.add(id);
+    unexports.push({ kind: 'unexportDisk', id, reason: 'no longer exported' });
+  }
+  // An export a crashed run may have made without recording it (its intent is still pending).
+  for (const op of Object.values(memory.journal.pending)) {
+    if (op.action !== 'ensureExport' || idx.exports.has(op.target) || unexporting.has(op.target)) continue;
+    unexporting.add(op.target);
+    unexports.push({ kind: 'unexportDisk', id: op.target, reason: 'an interrupted export that is no longer wanted' });
+  }
+  for (const e of desired.exports) {
+    if (exported[e.id] !== undefined && !memory.recheckExports) continue;
+    const failed = memory.failed.get(exportKey(e.id));
+    if (failed !== undefined) {
+      tail.push({ kind: 'reportBlocked', object: 'disk', name: e.id, reason: `export (${e.why}) failed: ${failed}` });
+      continue;
+    }
+    if (!disksById.has(e.id)) {
+      tail.push({ kind: 'reportBlocked', object: 'disk', name: e.id, reason: `cannot export it (${e.why}): no such disk on this node` });
+      continue;
+    }
+    ensureExports.push({ kind: 'ensureExport', id: e.id, vmi: e.vmi, disk: e.disk, address: e.address, why: e.why });
+  }
+
+  // Attached disks nothing serves from any more are detached (never deleted: the data is another node's).
+  for (const [id, o] of Object.entries(memory.journal.owned)) {
+    if (o.source !== 'attached' || idx.brokenUids.has(o.vmi.uid)) continue;
+    if (idx.disksById.get(id)?.source.kind === 'attached') continue;
+    const why = whyNotDetachDisk(ctx, id);
+    if (why) tail.push({ kind: 'reportBlocked', object: 'disk', name: id, reason: why });
+    else detaches.push({ kind: 'detachDisk', id, reason: idx.presentUids.has(o.vmi.uid) ? `no longer served from another node` : `VMI ${o.vmi.namespace}/${o.vmi.name} is gone` });
   }
 
   for (const d of observed.disks) {
@@ -174,14 +223,20 @@ export function reconcile(desired: DesiredState, observed: ObservedState, memory
       const img = imagesByName.get(d.source.image);
       if (!img || img.phase === 'failed' || img.phase === 'importing') out.push({ kind: 'ensureImage', target, image: d.image });
       else {
-        const tooSmall = capacityProblem(d, img.sizeBytes);
+        const tooSmall = capacityProblem(d.capacityBytes, d.source.image, img.sizeBytes);
         if (tooSmall) return [{ kind: 'reportError', target, message: `capacity: ${tooSmall}` }];
       }
     }
-    const od = disksById.get(d.id);
+    const od = d.source.kind === 'attached' ? undefined : disksById.get(d.id);
     const ctl = ctlByName.get(d.controller);
     let diskRef = od?.ref;
-    if (!od) {
+    if (d.source.kind === 'attached') {
+      // Its local ref is known from the attach (journaled): a controller on it means it is open.
+      const known = memory.journal.owned[d.id];
+      const ref = known?.source === 'attached' ? known.ref : undefined;
+      if (ctl && ref !== undefined && ctl.diskRef === ref) diskRef = ref;
+      else out.push({ kind: 'attachDisk', target, id: d.id, ref: d.source.ref, node: d.source.node });
+    } else if (!od) {
       if (d.source.kind === 'bdev' && ctl?.diskRef === d.source.bdev) diskRef = d.source.bdev;
       else out.push({ kind: 'ensureDisk', target, spec: { id: d.id, source: d.source, ...(d.capacityBytes !== undefined ? { capacityBytes: d.capacityBytes } : {}) } });
     }
@@ -235,5 +290,5 @@ export function reconcile(desired: DesiredState, observed: ObservedState, memory
     else evictions.push({ kind: 'evictImage', name, reason: desired.images.some((i) => i.name === name) ? 'least recently used over the cache limits' : 'no longer in the catalog' });
   }
 
-  return [...deletesCtl, ...deletesDisk, ...chains, ...evictions, ...tail];
+  return [...deletesCtl, ...unexports, ...detaches, ...deletesDisk, ...chains, ...ensureExports, ...evictions, ...tail];
 }

@@ -1,7 +1,7 @@
 import type { ObservedController, ObservedDisk, ObservedImage, ObservedState } from '../backend/types.js';
-import type { DesiredDisk, DesiredState } from './desired.js';
+import type { DesiredDisk, DesiredExport, DesiredState } from './desired.js';
 import { importInProgress } from './image-cache.js';
-import type { OwnedDisk } from './journal.js';
+import type { JournalState, OwnedDisk } from './journal.js';
 
 /**
  * The safety rules SPDK does not enforce (it lets two controllers share a bdev and deletes an
@@ -22,10 +22,19 @@ export interface DesiredIndex {
   controllers: Map<string, DesiredDisk>;
   /** Images that some desired disk clones from. */
   imagesNeeded: Set<string>;
+  /** Disks exported to other nodes, by backend id: kept while exported. */
+  exports: Map<string, DesiredExport>;
 }
 
 export function indexDesired(desired: DesiredState): DesiredIndex {
-  const idx: DesiredIndex = { presentUids: new Set(), brokenUids: new Set(), disksById: new Map(), controllers: new Map(), imagesNeeded: new Set() };
+  const idx: DesiredIndex = {
+    presentUids: new Set(),
+    brokenUids: new Set(),
+    disksById: new Map(),
+    controllers: new Map(),
+    imagesNeeded: new Set(),
+    exports: new Map(desired.exports.map((e) => [e.id, e])),
+  };
   for (const v of desired.vmis) {
     idx.presentUids.add(v.ref.uid);
     if (v.problems.length) idx.brokenUids.add(v.ref.uid);
@@ -42,10 +51,12 @@ export interface SafetyContext {
   observed: ObservedState;
   desired: DesiredIndex;
   owned: Readonly<Record<string, OwnedDisk>>;
-  /** Migration hook: true while a migration still needs this disk on this node. */
-  heldByMigration: (diskId: string) => boolean;
+  /** What this node exports now (the journal's record of it). */
+  exported: Readonly<JournalState['exports']>;
   /** Controllers about to be deleted earlier in the same plan (reconciler only). */
   goingAway?: ReadonlySet<string>;
+  /** Exports about to be deleted earlier in the same plan (reconciler only). */
+  unexporting?: ReadonlySet<string>;
 }
 
 const servedBy = (obs: ObservedState, ref: string): ObservedController[] => obs.controllers.filter((c) => c.diskRef === ref);
@@ -74,7 +85,9 @@ export function whyNotDeleteDisk(ctx: SafetyContext, id: string): string | undef
   if (want) return `disk ${id} belongs to VMI ${want.vmi.namespace}/${want.vmi.name}, which still exists`;
   const owner = ctx.owned[id];
   if (owner && ctx.desired.presentUids.has(owner.vmi.uid)) return `disk ${id} belongs to VMI ${owner.vmi.namespace}/${owner.vmi.name}, which still exists`;
-  if (ctx.heldByMigration(id)) return `disk ${id} is still needed by a migration`;
+  const exp = ctx.desired.exports.get(id);
+  if (exp) return `disk ${id} is exported (${exp.why})`;
+  if (ctx.exported[id] !== undefined && !ctx.unexporting?.has(id)) return `disk ${id} is still exported`;
   return undefined;
 }
 
@@ -84,6 +97,16 @@ export function whyNotEvictImage(ctx: SafetyContext, name: string, importingHere
   if (img.cloneCount > 0) return `image ${name} has ${img.cloneCount} clone(s)`;
   if (importingHere || importInProgress(img)) return `image ${name} is being imported`;
   if (ctx.desired.imagesNeeded.has(name)) return `image ${name} is needed by a desired disk`;
+  return undefined;
+}
+
+/** An attached remote disk is closed only when no controller serves it and no desired disk is served from it. */
+export function whyNotDetachDisk(ctx: SafetyContext, id: string): string | undefined {
+  const want = ctx.desired.disksById.get(id);
+  if (want?.source.kind === 'attached') return `disk ${id} is still served to VMI ${want.vmi.namespace}/${want.vmi.name} from node ${want.source.node}`;
+  const ref = ctx.owned[id]?.ref;
+  const serving = ref === undefined ? [] : servedBy(ctx.observed, ref).filter((c) => !ctx.goingAway?.has(c.name));
+  if (serving.length) return `remote disk ${id} is served by controller ${serving.map((c) => c.name).join(', ')}`;
   return undefined;
 }
 

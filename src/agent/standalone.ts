@@ -9,13 +9,13 @@ import path from 'node:path';
 import { parse as parseYaml } from 'yaml';
 import { parseCachedImages } from '../api/cachedimage.js';
 import { ValidationError } from '../api/errors.js';
-import { parseVmi, parseVmiYaml, type Vmi } from '../api/vmi.js';
+import { parseVmi, parseVmiYaml, slotOf, type Vmi } from '../api/vmi.js';
 import { FILE_YAML_LIMITS, checkYamlLimits } from '../api/yaml.js';
 import type { ImageSpec, StorageBackend } from '../backend/types.js';
 import type { Logger } from '../log.js';
 import { startStatusServer } from '../metrics/server.js';
 import { NodeAgent, type NodeAgentOptions, type ReconcileReport } from './agent.js';
-import { buildDesired, imageSpecOf, type DesiredState, type VmiInput } from './desired.js';
+import { buildDesired, imageSpecOf, type DesiredState, type ViewVmi } from './desired.js';
 import { describeError } from './executor.js';
 
 /**
@@ -42,7 +42,7 @@ export class StandaloneSource {
       problems.push(e instanceof ValidationError ? e.problems.join('; ') : `${path.basename(this.imagesFile)}: ${(e as Error).message}`);
     }
     const names = (await readdir(this.vmisDir)).filter((f) => /\.(ya?ml|json)$/.test(f) && !f.startsWith('.')).sort();
-    const inputs: VmiInput[] = [];
+    const inputs: ViewVmi[] = [];
     const seen = new Set<string>();
     for (const f of names) {
       seen.add(f);
@@ -57,17 +57,33 @@ export class StandaloneSource {
       try {
         const vmi = parseVmiYaml(text, f);
         this.lastGood.set(f, vmi);
-        inputs.push({ origin: f, vmi });
+        inputs.push(standaloneVmi(f, vmi));
       } catch (e) {
         const msgs = e instanceof ValidationError ? e.problems : [`${f}: ${(e as Error).message}`];
         const known = this.lastGood.get(f) ?? identityOnly(text);
-        if (known) inputs.push({ origin: f, vmi: known, problems: msgs });
+        if (known) inputs.push(standaloneVmi(f, known, msgs));
         else problems.push(...msgs);
       }
     }
     for (const f of this.lastGood.keys()) if (!seen.has(f)) this.lastGood.delete(f);
-    return buildDesired(inputs, images, { problems, ...(slotHolder ? { slotHolder } : {}) });
+    return buildDesired({ vmis: inputs, images, problems }, slotHolder ? { slotHolder } : {});
   }
+}
+
+/**
+ * A VMI file as the node view takes it: in standalone mode its `kubevirt-spdk.io/slot`
+ * annotation stands in for the device plugin, read here at the edge (a bad one is a problem
+ * of that VMI).
+ */
+export function standaloneVmi(origin: string, vmi: Vmi, problems: string[] = []): ViewVmi {
+  let slot: string | undefined;
+  const all = [...problems];
+  try {
+    slot = slotOf(vmi);
+  } catch (e) {
+    all.push(...(e instanceof ValidationError ? e.problems : [String(e)]));
+  }
+  return { origin, vmi, ...(slot !== undefined ? { slot } : {}), ...(all.length ? { problems: all } : {}) };
 }
 
 /** Name, namespace and uid of a VMI whose file does not validate, if they can be read at all. */

@@ -13,13 +13,19 @@ export const MAX_QUEUES = 256;
 /**
  * Where a disk's data comes from. `image`, `blank` and `bdev` are what a user declares;
  * `attached` is a disk another node exports (a migration target serves the source's disk
- * until it owns a copy): never created or deleted here, only attached and detached.
+ * until it owns a copy): never created or deleted here, only attached and detached. The agent
+ * decides the source of each desired disk from the node view; a source that hydrates from
+ * another node (lazy images, data-moving migration) is one more kind here, planned by the
+ * reconciler like the others.
  */
 export type DiskSource =
   | { kind: 'image'; image: string }
   | { kind: 'blank' }
   | { kind: 'bdev'; bdev: string }
   | { kind: 'attached'; ref: RemoteDiskRef; node: string };
+
+/** A disk served from another node's export: the ref to attach and the node the data lives on. */
+export type AttachedSource = Extract<DiskSource, { kind: 'attached' }>;
 
 /** The declared source of a volume (never `attached`: that one only the agent decides). */
 export function declaredSource(d: SpdkVhostBlkDisk): Extract<DiskSource, { kind: 'image' | 'blank' | 'bdev' }> {
@@ -37,7 +43,7 @@ export function queuesOf(declared: number | undefined, vcpus: number): number {
  * The capacity rule: an image disk is at least as large as its image. "1Gi is smaller than
  * image fedora-40 (4Gi)", or undefined when the capacity fits (or a size is not known yet).
  */
-export function capacityProblem(capacityBytes: number | undefined, image: string, imageBytes: number | undefined): string | undefined {
+export function capacityProblem(capacityBytes: number | undefined, image: string, imageBytes: number | undefined, capacityText?: string): string | undefined {
   if (imageBytes === undefined || capacityBytes === undefined || capacityBytes >= imageBytes) return undefined;
-  return `${formatBytes(capacityBytes)} is smaller than image ${image} (${formatBytes(imageBytes)})`;
+  return `${capacityText ?? formatBytes(capacityBytes)} is smaller than image ${image} (${formatBytes(imageBytes)})`;
 }

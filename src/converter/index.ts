@@ -21,7 +21,8 @@ import type { XMLBuilder } from 'xmlbuilder2/lib/interfaces.js';
 import type { Document, Element, Node } from '@oozcitak/dom/lib/dom/interfaces.js';
 import { MAX_SOCKET_PATH_BYTES, socketPathTooLong } from '../api/limits.js';
 import { MEMFD_ANNOTATION, SPDK_ALIAS_NAME_PREFIX, VOLUMES_FIELD, spdkVolumesOf, vcpuCount, type Vmi } from '../api/vmi.js';
-import { MAX_QUEUES, type SpdkVolume } from '../api/volumes.js';
+import type { SpdkVolume } from '../api/volumes.js';
+import { POD_SOCKET_DIR, podSocketPath, queuesOf } from '../contract/index.js';
 import { ConvertError } from './errors.js';
 import { ourTargetNames } from './devnames.js';
 import { parseXmlStrict } from './xmlparse.js';
@@ -33,7 +34,7 @@ export interface ConvertOptions {
   socketDir?: string;
 }
 
-export const DEFAULT_SOCKET_DIR = '/var/run/kubevirt-spdk';
+export const DEFAULT_SOCKET_DIR = POD_SOCKET_DIR;
 /** libvirt keeps user aliases that start with `ua-`; ours add `spdk-` to be recognisable. */
 export const ALIAS_PREFIX = `ua-${SPDK_ALIAS_NAME_PREFIX}`;
 
@@ -209,7 +210,7 @@ export function convertDomain(domainXml: string, vmi: Vmi, options: ConvertOptio
   if (volumes.length === 0) return domainXml;
   const socketDir = socketDirOf(options);
   const tooLong = volumes
-    .map((v, i) => ({ i, sock: `${socketDir === '/' ? '' : socketDir}/${v.name}` }))
+    .map((v, i) => ({ i, sock: podSocketPath(v.name, socketDir) }))
     .filter((s) => socketPathTooLong(s.sock))
     .map((s) => `${VOLUMES_FIELD}[${s.i}].name: socket path ${s.sock} is longer than ${MAX_SOCKET_PATH_BYTES} bytes (unix socket limit)`);
   if (tooLong.length) throw new ConvertError(tooLong);
@@ -230,7 +231,7 @@ export function convertDomain(domainXml: string, vmi: Vmi, options: ConvertOptio
   const others = children(devices, 'disk');
   const taken = new Set(others.map((d) => child(d, 'target')?.getAttribute('dev')).filter((d): d is string => !!d));
   const names = ourTargetNames('vd', taken, volumes.length);
-  const defaultQueues = Math.min(vcpuCount(vmi), MAX_QUEUES);
+  const vcpus = vcpuCount(vmi);
 
   // After the domain's last disk (or first in <devices>): a position that does not depend on
   // our own earlier output, which keeps the rewrite idempotent.
@@ -240,8 +241,8 @@ export function convertDomain(domainXml: string, vmi: Vmi, options: ConvertOptio
   volumes.forEach((vol, i) => {
     const d = vol.spdkVhostBlkDisk;
     const kids = [
-      makeElement(doc, 'driver', { name: 'qemu', type: 'raw', queues: String(Math.min(d.queues ?? defaultQueues, MAX_QUEUES)) }),
-      makeElement(doc, 'source', { type: 'unix', path: `${socketDir === '/' ? '' : socketDir}/${vol.name}` }, [
+      makeElement(doc, 'driver', { name: 'qemu', type: 'raw', queues: String(queuesOf(d.queues, vcpus)) }),
+      makeElement(doc, 'source', { type: 'unix', path: podSocketPath(vol.name, socketDir) }, [
         makeElement(doc, 'reconnect', { enabled: 'yes', timeout: String(d.reconnectInterval) }),
       ]),
       makeElement(doc, 'target', { dev: names[i] ?? '', bus: 'virtio' }),

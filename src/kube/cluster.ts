@@ -1,9 +1,9 @@
 import type { KubeConfig, KubernetesObject } from '@kubernetes/client-node';
-import type { VmiStatus } from '../api/status.js';
 import { NodeAgent, type NodeAgentOptions } from '../agent/agent.js';
 import type { Logger } from '../log.js';
 import { KubeApi } from './api.js';
 import { errorText } from './informer.js';
+import type { NodeMigrationIntent } from '../migration/coordinator.js';
 import { clusterDesired, type ClusterDesired } from './mapping.js';
 import { NodeView, type NodeViewInput } from './node-view.js';
 import type { SlotLister } from './pod-slots.js';
@@ -37,10 +37,8 @@ export interface ClusterWiring {
   cacheHeartbeatMs?: number;
   /** Migration seam: called after every refresh with the VMIs on and migrating to this node. */
   onSnapshot?: (s: ClusterSnapshot) => void;
-  /** Migration seam: the VMI objects the desired state is built from (default: the VMIs on this node). */
-  adjustVmis?: (onNode: readonly KubernetesObject[], migrationTargets: readonly KubernetesObject[]) => KubernetesObject[];
-  /** Migration seam: the status annotation as published (e.g. where a migrated disk's data lives). */
-  statusOverlay?: (vmiUid: string, status: VmiStatus) => VmiStatus;
+  /** Migration seam: the node's migration intent (VMIs served from another node, handed over, exports), part of the node view. */
+  migrationIntent?: (onNode: readonly KubernetesObject[]) => NodeMigrationIntent;
 }
 
 /** Cluster mode from configuration: `clusterParts` builds the API client, publisher and NodeAgent. */
@@ -111,7 +109,7 @@ export class ClusterAgent {
       ...(parts.retry ? { retry: parts.retry } : {}),
       ...(parts.debounceMs !== undefined ? { debounceMs: parts.debounceMs } : {}),
     });
-    this.status.bind({ vmiOnNode: (uid) => this.view.vmiOnNode(uid), ...(parts.statusOverlay ? { overlay: parts.statusOverlay } : {}) });
+    this.status.bind({ vmiOnNode: (uid) => this.view.vmiOnNode(uid) });
   }
 
   /** Opens the journal, starts the node view. Does not wait for the API server. */
@@ -155,21 +153,21 @@ export class ClusterAgent {
   }
 
   /**
-   * The one place the node's desired state is built from the view (and where the migration
-   * seam `adjustVmis` applies). Migration targets get their slot from their (target) pod too.
+   * The one place the node's desired state is built from the view, with the migration seam's
+   * intent. Slots come from the launcher pods on this node: a migration target's from its target pod.
    */
-  private desiredFrom(v: NodeViewInput): ClusterDesired & { targetSlots: Map<string, string> } {
-    const { adjustVmis } = this.wiring;
-    const { desired, slots } = clusterDesired({
-      vmis: adjustVmis ? adjustVmis(v.vmis, v.migrationTargets) : v.vmis,
+  private desiredFrom(v: NodeViewInput): ClusterDesired {
+    const { migrationIntent } = this.wiring;
+    return clusterDesired({
+      vmis: v.vmis,
+      migrationTargets: v.migrationTargets,
+      ...(migrationIntent ? { migration: migrationIntent(v.vmis) } : {}),
       pods: v.pods,
       podSlots: v.podSlots,
       cachedImages: v.cachedImages,
       lastSlots: this.slots,
       slotHolder: this.agent.slotHolder,
     });
-    const targetSlots = clusterDesired({ vmis: v.migrationTargets, pods: v.pods, podSlots: v.podSlots, cachedImages: [], lastSlots: slots }).slots;
-    return { desired, slots, targetSlots };
   }
 
   private refresh(): void {
@@ -180,7 +178,7 @@ export class ClusterAgent {
       return;
     }
     const input = this.view.input();
-    const { desired, slots, targetSlots } = this.desiredFrom(input);
+    const { desired, slots } = this.desiredFrom(input);
     this.slots = slots;
     this.status.syncVmis(new Set(desired.vmis.map((v) => v.ref.uid)), input.vmis);
     const key = JSON.stringify(desired);
@@ -195,6 +193,6 @@ export class ClusterAgent {
       }
       void this.agent.reconcile('desired-changed').catch((e: unknown) => this.log.error({ event: 'reconcile-failed', error: errorText(e) }, 'reconcile failed'));
     }
-    this.wiring.onSnapshot?.({ vmis: input.vmis, migrationTargets: input.migrationTargets, slots: new Map([...slots, ...targetSlots]) });
+    this.wiring.onSnapshot?.({ vmis: input.vmis, migrationTargets: input.migrationTargets, slots });
   }
 }

@@ -2,9 +2,10 @@ import { z } from 'zod';
 import { CachedImageSchema } from '../api/cachedimage.js';
 import { ValidationError, formatZodError } from '../api/errors.js';
 import type { VmiRef, VmiStatus } from '../api/status.js';
-import { hasSpdkVolumes, parseVmi, vmiUid, type Vmi } from '../api/vmi.js';
-import { SLOT_ANNOTATION, STATUS_ANNOTATION } from '../api/volumes.js';
-import { buildDesired, imageSpecOf, type DesiredState, type VmiInput } from '../agent/desired.js';
+import { hasSpdkVolumes, parseVmi, vmiUid } from '../api/vmi.js';
+import { STATUS_ANNOTATION } from '../api/volumes.js';
+import { NO_SLOT_PROBLEM, buildDesired, imageSpecOf, type DesiredState, type ViewVmi } from '../agent/desired.js';
+import type { NodeMigrationIntent } from '../migration/coordinator.js';
 import type { NodeStatus } from '../agent/node-status.js';
 import type { ImageSpec } from '../backend/types.js';
 import type { PodSlot } from './podresources.js';
@@ -36,8 +37,7 @@ export type LauncherPod = z.output<typeof LauncherPodSchema>;
 
 const TERMINAL_POD_PHASES = new Set(['Succeeded', 'Failed']);
 
-/** The problem `desiredVmiOf` reports for a VMI without a slot; not worth an Event while its pod starts. */
-export const NO_SLOT_PROBLEM = `metadata.annotations["${SLOT_ANNOTATION}"]: is required (no vhost slot assigned)`;
+export { NO_SLOT_PROBLEM };
 
 /**
  * VMI uid -> slot: the slot that PodResources lists for a live launcher pod of the VMI on this
@@ -66,7 +66,7 @@ export function slotsByVmi(pods: readonly unknown[], podSlots: readonly PodSlot[
 }
 
 /** A VMI from the API: parsed, or (when it does not parse) its identity with the problems. */
-export function vmiInputOf(raw: unknown): VmiInput | undefined {
+export function vmiInputOf(raw: unknown): ViewVmi | undefined {
   const m = (raw as { metadata?: { name?: unknown; namespace?: unknown; uid?: unknown } } | null)?.metadata;
   if (!m || typeof m.name !== 'string') return undefined;
   const origin = `${typeof m.namespace === 'string' ? m.namespace : 'default'}/${m.name}`;
@@ -102,6 +102,10 @@ export interface ClusterView {
   /** Slots chosen before, by VMI uid (keeps a VM's slot stable). */
   lastSlots?: ReadonlyMap<string, string>;
   slotHolder?: (slot: string) => string | undefined;
+  /** VMIs migrating to this node (`kubevirt.io/migrationTargetNodeName`). */
+  migrationTargets?: readonly unknown[];
+  /** The node's migration intent (kube/migration.ts): VMIs served from another node, handed over, exports. */
+  migration?: NodeMigrationIntent;
 }
 
 export interface ClusterDesired {
@@ -111,31 +115,35 @@ export interface ClusterDesired {
 }
 
 /**
- * The node's desired state. Only VMIs with our volumes annotation take part. The slot comes
- * from PodResources alone (a slot annotation written by a user is ignored: the device plugin's
- * allocation is the truth). A VMI without a slot yet stays in the desired state with a problem,
- * so that nothing it already has is deleted while its pod (re)starts.
+ * The node view, resolved into the desired state. Only VMIs with our volumes annotation take
+ * part. The slot comes from PodResources alone (a slot annotation written by a user is
+ * ignored: the device plugin's allocation is the truth). A VMI without a slot yet stays in the
+ * desired state with a problem, so that nothing it already has is deleted while its pod
+ * (re)starts. Migration: a VMI handed over to another node leaves (its controllers go; its
+ * disks stay while exported); a VMI served here from another node's exports joins with those
+ * disks attached; the node's exports are desired state too.
  */
 export function clusterDesired(view: ClusterView): ClusterDesired {
   const slots = slotsByVmi(view.pods, view.podSlots, view.lastSlots);
   const catalog = catalogOf(view.cachedImages);
-  const inputs: VmiInput[] = [];
-  for (const raw of view.vmis) {
+  const m = view.migration;
+  const inputs: ViewVmi[] = [];
+  const seen = new Set<string>();
+  const onNode = new Set(view.vmis);
+  for (const raw of [...view.vmis, ...(view.migrationTargets ?? [])]) {
     const input = vmiInputOf(raw);
     if (!input) continue;
+    const uid = vmiUid(input.vmi);
+    if (seen.has(uid)) continue;
+    seen.add(uid);
+    const serve = m?.serve.get(uid);
+    if (onNode.has(raw) ? m?.handedOver.has(uid) : !serve) continue;
     if (!input.problems && !hasSpdkVolumes(input.vmi)) continue;
-    const slot = slots.get(vmiUid(input.vmi));
-    inputs.push({ ...input, vmi: withSlot(input.vmi, slot) });
+    const slot = slots.get(uid);
+    inputs.push({ ...input, ...(slot !== undefined ? { slot } : {}), ...(serve ? { attached: serve.attached } : {}) });
   }
-  const desired = buildDesired(inputs, catalog.images, { problems: catalog.problems, ...(view.slotHolder ? { slotHolder: view.slotHolder } : {}) });
+  const desired = buildDesired({ vmis: inputs, images: catalog.images, exports: m?.exports ?? [], problems: catalog.problems }, view.slotHolder ? { slotHolder: view.slotHolder } : {});
   return { desired, slots };
-}
-
-function withSlot(vmi: Vmi, slot: string | undefined): Vmi {
-  const annotations = { ...vmi.metadata.annotations };
-  if (slot === undefined) delete annotations[SLOT_ANNOTATION];
-  else annotations[SLOT_ANNOTATION] = slot;
-  return { ...vmi, metadata: { ...vmi.metadata, annotations } };
 }
 
 // ---- agent report -> VMI status annotation ------------------------------------------------------

@@ -16,12 +16,10 @@ export interface StatusPublisherOptions {
   cacheHeartbeatMs?: number;
 }
 
-/** Where the publisher finds the VMIs it reports on, and how the report is dressed (bound by cluster.ts). */
+/** Where the publisher finds the VMIs it reports on (bound by cluster.ts). */
 export interface StatusSources {
   /** The VMI on this node with this uid now, or undefined (deleted, or not here yet). */
   vmiOnNode: (uid: string) => KubernetesObject | undefined;
-  /** Migration seam: the status annotation as published (e.g. where a migrated disk's data lives). */
-  overlay?: (vmiUid: string, status: VmiStatus) => VmiStatus;
 }
 
 /**
@@ -48,8 +46,7 @@ export class StatusPublisher {
   }
 
   /** The NodeAgent's `onVmiStatus`: status annotation and the Events the status calls for. */
-  onVmiStatus = (vmi: VmiRef, reported: VmiStatus, problems: string[]): void => {
-    const status = this.sources.overlay ? this.sources.overlay(vmi.uid, reported) : reported;
+  onVmiStatus = (vmi: VmiRef, status: VmiStatus, problems: string[]): void => {
     const log = this.log.child({ vmi: `${vmi.namespace}/${vmi.name}`, uid: vmi.uid });
     this.lastStatus.set(vmi.uid, { vmi, status });
     this.putStatus(vmi, status);

@@ -26,8 +26,8 @@ export const MigrationStateSchema = z
 export type MigrationState = z.output<typeof MigrationStateSchema>;
 
 /**
- * What this node did for one VMI's migration, persisted by the agent between actions so that
- * a restarted agent plans the same next steps. Keys of the records are disk names.
+ * What this node recorded of one VMI's migration (the planner's record), persisted so that a
+ * restarted agent plans the same intent. Keys of the records are disk names.
  */
 export const MigrationJournalSchema = z
   .object({
@@ -36,9 +36,16 @@ export const MigrationJournalSchema = z
     role: z.enum(['source', 'target']),
     /** Source: exports made (and published to the target). */
     exports: z.record(RemoteDiskRefSchema).default({}),
-    /** Target: disks opened (remote, or a shared bdev), with the ref a controller serves. */
-    attached: z.record(z.object({ diskRef: z.string(), kind: z.enum(['remote', 'shared']) }).strict()).default({}),
-    /** Controllers this node made (target) or gave up (source), by disk name. */
+    /** Target: where each disk is served from here: another node's export, or a shared bdev. */
+    attached: z
+      .record(
+        z.discriminatedUnion('kind', [
+          z.object({ kind: z.literal('remote'), ref: RemoteDiskRefSchema, node: z.string() }).strict(),
+          z.object({ kind: z.literal('shared'), bdev: z.string() }).strict(),
+        ]),
+      )
+      .default({}),
+    /** Target: controllers the agent serves the VMI from here, by disk name. */
     controllers: z.record(z.string()).default({}),
     /** Where each disk's data lives once the migration is over. */
     dataNode: z.record(z.string()).default({}),

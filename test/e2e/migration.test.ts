@@ -1,17 +1,22 @@
 /**
- * Live migration with real QEMU: two qemu-storage-daemon backends stand in for two nodes, the
- * target reaching the source's node-local disk over NBD (on a unix socket). The coordinator
- * plans both nodes' actions from a scripted `migrationState`, the executor runs them on the
- * real backends, and QEMU migrates the running guest, which keeps writing its sequence.
+ * Live migration with real QEMU: two qemu-storage-daemon backends, each with its node agent,
+ * stand in for two nodes, the target reaching the source's node-local disk over NBD (on a unix
+ * socket). The planner plans both nodes' migration intent from a scripted `migrationState`,
+ * each agent's reconciler makes it so on the real backends (exports, attaches, controllers,
+ * teardown), and QEMU migrates the running guest, which keeps writing its sequence.
  */
 import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { NodeAgent } from '../../src/agent/agent.js';
+import { buildDesired, type ViewVmi } from '../../src/agent/desired.js';
+import { parseVmi } from '../../src/api/vmi.js';
 import { QsdBackend } from '../../src/backend/qsd/index.js';
 import { nbdExportId } from '../../src/backend/qsd/nbd.js';
-import { planMigration, type CoordinatorInput } from '../../src/migration/coordinator.js';
-import { executeMigrationPlan } from '../../src/migration/executor.js';
+import type { ImageSpec } from '../../src/backend/types.js';
+import { diskId } from '../../src/contract/index.js';
+import { applySteps, planMigration, type CoordinatorInput, type MigrationPlan } from '../../src/migration/coordinator.js';
 import type { MigrationJournal, MigrationState } from '../../src/migration/schemas.js';
 import { ensureGuestBuilt, guestCmdline } from '../helpers/guest.js';
 import { hasCommand } from '../helpers/process.js';
@@ -22,7 +27,10 @@ import { MigratableVm, migrate } from './migration-vm.js';
 const missing = !hasCommand('qemu-system-x86_64') || !hasCommand('qemu-storage-daemon');
 
 const DISK = 'root';
-const DISK_ID = 'vmi1-root';
+const UID = 'vmi1';
+const DISK_ID = diskId(UID, DISK);
+const OWNER = { uid: process.getuid?.() ?? 0, gid: process.getgid?.() ?? 0, mode: 0o660 };
+const VMI = parseVmi({ metadata: { name: 'vm1', namespace: 'default', uid: UID, annotations: { 'kubevirt-spdk.io/volumes': `- name: ${DISK}\n  spdkVhostBlkDisk: {image: img, capacity: 64Mi}\n` } } });
 const SRC_SLOT = 'slot-01';
 const DST_SLOT = 'slot-07';
 
@@ -30,6 +38,8 @@ interface World {
   dir: string;
   src: QsdBackend;
   dst: QsdBackend;
+  agents: { source: NodeAgent; target: NodeAgent };
+  images: ImageSpec[];
   srcVm: MigratableVm;
   dstVm?: MigratableVm;
   journals: { source?: MigrationJournal; target?: MigrationJournal };
@@ -48,6 +58,7 @@ afterEach(async () => {
   world = undefined;
   if (!w) return;
   await Promise.allSettled([w.srcVm.kill(), w.dstVm?.kill()]);
+  await Promise.allSettled([w.agents.source.stop(), w.agents.target.stop()]);
   await Promise.allSettled([w.src.close(), w.dst.close()]);
   await fs.rm(w.dir, { recursive: true, force: true });
 });
@@ -59,36 +70,74 @@ async function setUp(tag: string): Promise<World> {
   const src = new QsdBackend({ stateDir: path.join(dir, 'a'), vhostDir: path.join(dir, 'a', 'v'), managed: true, restartDelayMs: 50 });
   const dst = new QsdBackend({ stateDir: path.join(dir, 'b'), vhostDir: path.join(dir, 'b', 'v'), managed: true });
   await Promise.all([src.start(), dst.start()]);
-  await src.ensureImage({ name: 'img', source: { hostPath: { path: golden } }, format: 'raw' });
-  const disk = await src.ensureDisk({ id: DISK_ID, source: { kind: 'image', image: 'img' } });
-  const ctrl = await src.ensureController({ name: `${SRC_SLOT}/${DISK}`, diskRef: disk.ref, readonly: false });
-  const srcVm = new MigratableVm({ dir, name: 'src', ...guest, cmdline: guestCmdline({ seq: 0, tag }), vhostSocket: ctrl.socketPath });
-  world = { dir, src, dst, srcVm, journals: {}, overlay: disk.ref };
+  const images: ImageSpec[] = [{ name: 'img', source: { hostPath: { path: golden } }, format: 'raw' }];
+  const agent = async (backend: QsdBackend, name: string): Promise<NodeAgent> => {
+    const a = new NodeAgent({ backend, stateDir: path.join(dir, name, 'agent'), socket: OWNER, resyncMs: 0, node: name });
+    await a.init();
+    // Live recovery: a backend that comes back gets its controllers (and exports) again.
+    a.start();
+    return a;
+  };
+  const agents = { source: await agent(src, 'a'), target: await agent(dst, 'b') };
+  // The source node's agent serves the VM's disk, cloned from the golden image.
+  agents.source.setDesired(buildDesired({ vmis: [{ origin: 'vm1', vmi: VMI, slot: SRC_SLOT }], images }));
+  const r = await agents.source.converge('vm1');
+  expect(r.vmis[0]?.disks[0]?.phase).toBe('Ready');
+  const disk = (await src.observe()).disks.find((d) => d.id === DISK_ID);
+  const ctrl = (await src.observe()).controllers.find((c) => c.name === `${SRC_SLOT}/${DISK}`);
+  const srcVm = new MigratableVm({ dir, name: 'src', ...guest, cmdline: guestCmdline({ seq: 0, tag }), vhostSocket: ctrl?.socketPath ?? '' });
+  world = { dir, src, dst, agents, images, srcVm, journals: {}, overlay: disk?.ref ?? '' };
   await srcVm.start();
   return world;
 }
 
-/** One agent pass on one node: plan from the migration state, run the actions. */
-async function agentPass(w: World, role: 'source' | 'target', state: MigrationState): Promise<ReturnType<typeof planMigration>> {
+/** What one node's agent holds for the VMI now, as the planner reads it. */
+function here(agent: NodeAgent): CoordinatorInput['here'] {
+  const exported = Object.fromEntries(Object.values(agent.exportsNow()).map((e) => [e.disk, e.ref]));
+  const disks = Object.fromEntries((agent.lastReport?.vmis.find((v) => v.vmi.uid === UID)?.disks ?? []).map((d) => [d.name, { phase: d.phase, ...(d.message ? { message: d.message } : {}) }]));
+  return { exported, disks };
+}
+
+/**
+ * One agent pass on one node: plan from the migration state, record, hand the intent to the
+ * node's agent as its node view, reconcile; again until the planner has nothing more to
+ * record (it plans from what the agent did). Returns the last plan with every step recorded.
+ */
+async function agentPass(w: World, role: 'source' | 'target', state: MigrationState): Promise<MigrationPlan> {
   const node = role === 'source' ? 'node-a' : 'node-b';
-  const input: CoordinatorInput = {
-    node,
-    state,
-    disks: [{ name: DISK, diskId: DISK_ID, source: { kind: 'local' }, readonly: false }],
-    slot: role === 'source' ? SRC_SLOT : DST_SLOT,
-    backendCanMigrate: true,
-    exportAddress: { kind: 'unix', path: path.join(w.dir, 'nbd.sock') },
-    sourceExports: w.journals.source?.exports,
-    journal: w.journals[role],
-  };
-  const plan = planMigration(input);
-  const j = await executeMigrationPlan(role === 'source' ? w.src : w.dst, plan, {
-    save: async (saved) => {
-      w.journals[role] = saved;
-    },
-  });
-  if (j) w.journals[role] = j;
-  return plan;
+  const agent = w.agents[role];
+  const steps: MigrationPlan['actions'] = [];
+  let plan: MigrationPlan | undefined;
+  for (let pass = 0; pass < 4; pass++) {
+    plan = planMigration({
+      node,
+      state,
+      disks: [{ name: DISK, diskId: DISK_ID, source: { kind: 'local' }, readonly: false }],
+      slot: role === 'source' ? SRC_SLOT : DST_SLOT,
+      backendCanMigrate: true,
+      exportAddress: { kind: 'unix', path: path.join(w.dir, 'nbd.sock') },
+      sourceExports: w.journals.source?.exports,
+      here: here(agent),
+      journal: w.journals[role],
+    });
+    if (plan.journal) w.journals[role] = applySteps(plan.journal, plan.actions);
+    steps.push(...plan.actions);
+    const { intent } = plan;
+    // The node view: the source serves its VMI until it is handed over; the target serves it from the source's export.
+    const vmis: ViewVmi[] =
+      role === 'source'
+        ? intent.handedOver
+          ? []
+          : [{ origin: 'vm1', vmi: VMI, slot: SRC_SLOT }]
+        : intent.serve
+          ? [{ origin: 'vm1', vmi: VMI, slot: DST_SLOT, attached: intent.serve.attached }]
+          : [];
+    const exports = intent.exports.map((e) => ({ id: e.diskId, vmi: { namespace: 'default', name: 'vm1', uid: UID }, disk: e.disk, address: e.address, why: 'live migration' }));
+    agent.setDesired(buildDesired({ vmis, images: role === 'source' ? w.images : [], exports }));
+    await agent.converge(`migration-${role}`);
+    if (pass > 0 && plan.actions.length === 0) break;
+  }
+  return { ...(plan as MigrationPlan), actions: steps };
 }
 
 const running: MigrationState = { migrationUid: 'mig-1', sourceNode: 'node-a', targetNode: 'node-b', targetPod: 'virt-launcher-b', mode: 'PreCopy' };
@@ -172,8 +221,7 @@ describe.skipIf(missing)('live migration with real QEMU over qemu-storage-daemon
     const pid = Number((await fs.readFile(path.join(w.dir, 'a', 'qsd.pid'), 'utf8')).trim());
     process.kill(pid, 'SIGKILL');
     await reconnected;
-    const disk = await w.src.ensureDisk({ id: DISK_ID, source: { kind: 'image', image: 'img' } });
-    await w.src.ensureController({ name: `${SRC_SLOT}/${DISK}`, diskRef: disk.ref, readonly: false });
+    await w.agents.source.converge('backend-connected');
 
     // A backend restart loses the dirty-page log of the vhost device, so the source's agent
     // fails the migration (KubeVirt: abort the migration object; here: migrate_cancel).

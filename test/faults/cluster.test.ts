@@ -1,7 +1,6 @@
 import { stat } from 'node:fs/promises';
 import path from 'node:path';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
-import type { NodeAgentOptions } from '../../src/agent/agent.js';
 import { STATUS_ANNOTATION } from '../../src/api/volumes.js';
 import { VmiStatusSchema } from '../../src/api/status.js';
 import { desiredOf, vmi as fixtureVmi } from '../unit/agent/fixtures.js';
@@ -14,8 +13,8 @@ import { SimRig, hostImage } from './sim-rig.js';
  * away for a while, and expires watches with 410 Gone, in the middle of provisioning), and
  * VMIs deleted mid-provisioning. No disk may be deleted while its VMI exists; everything
  * converges once the API server is back; a deleted VMI's disks are all collected. The
- * migration hold is tested on the NodeAgent hook (`heldByMigration`), which ClusterAgent does
- * not wire yet. FAULT_SEED replays a run, FAULT_SCALE lengthens it.
+ * migration hold is tested on the NodeAgent's desired state: a disk a migration needs is a
+ * desired export. FAULT_SEED replays a run, FAULT_SCALE lengthens it.
  */
 const SEED = runSeed();
 const SCALE = scale();
@@ -177,14 +176,13 @@ describe('VMI deleted during provisioning (cluster mode)', () => {
   }, 90_000);
 });
 
-describe('VMI deleted while a migration holds its disks (NodeAgent hook)', () => {
+describe('VMI deleted while a migration holds its disks (desired exports)', () => {
   it('nothing held is deleted; all collected once the hold is released', async () => {
     const rand = rng(SEED ^ 0x3160);
     const rounds = Math.ceil(3 * SCALE);
     for (let round = 0; round < rounds; round++) {
       const held = new Set<string>();
-      const opts: Partial<NodeAgentOptions> = { heldByMigration: (id) => held.has(id) };
-      simRig = await SimRig.create({ agent: opts });
+      simRig = await SimRig.create();
       const r = simRig;
       const imgs = [await hostImage(r.dir, 'fedora')];
       const a = fixtureVmi('a', 'slot-01', [{ name: 'root', image: 'fedora', capacity: '8Mi' }, { name: 'data', blank: true, capacity: '4Mi' }]);
@@ -201,8 +199,13 @@ describe('VMI deleted while a migration holds its disks (NodeAgent hook)', () =>
         if (phase === 'before' && method === 'bdev_lvol_delete') deleted.push(String(params?.name));
       };
       const onlyB = desiredOf([b], imgs);
-      r.desired = onlyB;
-      r.agent.setDesired(onlyB);
+      const aVmi = both.vmis.find((v) => v.ref.name === 'a');
+      const exports = (aVmi?.disks ?? [])
+        .filter((d) => held.has(d.id))
+        .map((d) => ({ id: d.id, vmi: d.vmi, disk: d.name, address: { kind: 'tcp' as const, host: '127.0.0.1', port: 4420 }, why: `test migration (seed ${SEED})` }));
+      const whileHeld = { ...onlyB, exports };
+      r.desired = whileHeld;
+      r.agent.setDesired(whileHeld);
       for (let i = 0; i < 3; i++) await r.agent.reconcile('held');
       tally.faults++;
       const lvols = r.snapshot().lvols;

@@ -11,7 +11,7 @@ import path from 'node:path';
 import { NodeAgent, type NodeAgentOptions, type ReconcileReport } from '../../src/agent/agent.js';
 import type { DesiredState } from '../../src/agent/desired.js';
 import { Journal } from '../../src/agent/journal.js';
-import { goldenImageName } from '../../src/agent/naming.js';
+import { goldenImageName } from '../../src/contract/index.js';
 import { SpdkBackend } from '../../src/backend/spdk/index.js';
 import type { ImageSpec } from '../../src/backend/types.js';
 import { SpdkSimulator, type ModelSnapshot } from '../../testing/spdk-sim/index.js';

@@ -5,7 +5,7 @@ import * as grpc from '@grpc/grpc-js';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { SlotStatusSchema, VmiStatusSchema } from '../../src/api/status.js';
 import { STATUS_ANNOTATION } from '../../src/api/volumes.js';
-import { diskId } from '../../src/agent/naming.js';
+import { diskId } from '../../src/contract/index.js';
 import { exportNqn } from '../../src/backend/remote.js';
 import { createSpdkBackend, type SpdkBackend } from '../../src/backend/spdk/index.js';
 import { EXPORTS_ANNOTATION, REASON_ABORTED, REASON_REFUSED, createMigratingClusterAgent } from '../../src/kube/migration.js';

@@ -2,7 +2,7 @@ import { readFile, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { SlotStatusSchema } from '../../../src/api/status.js';
-import { diskId } from '../../../src/agent/naming.js';
+import { diskId } from '../../../src/contract/index.js';
 import { desiredOf, harness, image, testSocket, vmi, type Harness } from './fixtures.js';
 
 let h: Harness | undefined;

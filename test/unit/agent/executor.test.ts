@@ -2,7 +2,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { Executor, FreshObserver } from '../../../src/agent/executor.js';
 import { ImageCache } from '../../../src/agent/image-cache.js';
 import { Journal } from '../../../src/agent/journal.js';
-import { diskId } from '../../../src/agent/naming.js';
+import { diskId } from '../../../src/contract/index.js';
 import { reconcile, type Action } from '../../../src/agent/reconcile.js';
 import { indexDesired } from '../../../src/agent/safety.js';
 import type { DesiredState } from '../../../src/agent/desired.js';
@@ -29,7 +29,6 @@ async function executorFor(hh: Harness, desiredNow: () => DesiredState): Promise
     images: new ImageCache(hh.backend, journal),
     observer: new FreshObserver(hh.backend),
     desiredNow: () => indexDesired(desiredNow()),
-    heldByMigration: () => false,
     retry: { attempts: 4, baseMs: 1, maxMs: 2 },
     concurrency: 16,
   });

@@ -6,6 +6,7 @@ import { parseVmi, type Vmi } from '../../../src/api/vmi.js';
 import type { ImageSpec } from '../../../src/backend/types.js';
 import { NodeAgent, type NodeAgentOptions } from '../../../src/agent/agent.js';
 import { buildDesired, type DesiredState } from '../../../src/agent/desired.js';
+import { standaloneVmi } from '../../../src/agent/standalone.js';
 import { FakeBackend, GiB } from '../../helpers/fake-backend.js';
 
 export { GiB };
@@ -54,11 +55,9 @@ export function vmi(name: string, slot: string | undefined, volumes: VolumeOpts[
   return parseVmi({ metadata: { name, namespace: 'default', uid, annotations } });
 }
 
+/** The desired state of VMI files (their slot annotation read at the edge, as standalone mode does). */
 export function desiredOf(vmis: Vmi[], images: ImageSpec[]): DesiredState {
-  return buildDesired(
-    vmis.map((v) => ({ origin: `${v.metadata.name}.yaml`, vmi: v })),
-    images,
-  );
+  return buildDesired({ vmis: vmis.map((v) => standaloneVmi(`${v.metadata.name}.yaml`, v)), images });
 }
 
 export interface Harness {

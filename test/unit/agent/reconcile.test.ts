@@ -1,8 +1,10 @@
 import { describe, expect, it } from 'vitest';
 import type { ObservedController, ObservedDisk, ObservedImage, ObservedState } from '../../../src/backend/types.js';
 import { emptyJournalState, type JournalState } from '../../../src/agent/journal.js';
-import { controllerName, diskId } from '../../../src/agent/naming.js';
+import { controllerName, diskId } from '../../../src/contract/index.js';
 import { reconcile, type Action, type AgentMemory, type ReconcileConfig } from '../../../src/agent/reconcile.js';
+import { buildDesired, type DesiredExport, type DesiredState } from '../../../src/agent/desired.js';
+import type { RemoteDiskRef } from '../../../src/backend/remote.js';
 import { desiredOf, GiB, image, vmi } from './fixtures.js';
 
 const policy = { uid: 107, gid: 107, mode: 0o660 };
@@ -145,11 +147,14 @@ describe('reconcile: safety rules', () => {
     expect(of(plan, 'reportBlocked')[0]?.name).toBe(idData);
   });
 
-  it('does not delete a disk a migration still holds', () => {
+  it('does not delete a disk a migration still holds (it is exported)', () => {
     const j = emptyJournalState();
     j.owned[idA] = ownedBy('a', 'root', 'slot-01');
-    const plan = reconcile(desiredOf([], []), obs({ disks: [disk(idA)] }), memory({ journal: j, heldByMigration: (id) => id === idA }), config);
+    const d = { ...desiredOf([], []), exports: [{ id: idA, vmi: { namespace: 'default', name: 'a', uid: 'uid-a' }, disk: 'root', address: { kind: 'tcp' as const, host: '10.0.0.1', port: 4420 }, why: 'live migration m1' }] };
+    const plan = reconcile(d, obs({ disks: [disk(idA)] }), memory({ journal: j }), config);
     expect(of(plan, 'deleteDisk')).toEqual([]);
+    expect(of(plan, 'ensureExport').map((a) => a.id)).toEqual([idA]);
+    expect(of(plan, 'reportBlocked')[0]?.reason).toMatch(/exported \(live migration m1\)/);
   });
 
   it('never deletes a bdev we only serve', () => {
@@ -262,5 +267,82 @@ describe('reconcile: image cache', () => {
   it('evicts an unused image that left the catalog', () => {
     const plan = reconcile(desiredOf([], []), obs({ images: [img('gone')] }), memory(), config);
     expect(of(plan, 'evictImage')).toEqual([expect.objectContaining({ name: 'gone', reason: 'no longer in the catalog' })]);
+  });
+});
+
+describe('reconcile: disks served from another node, and exports', () => {
+  const remote: RemoteDiskRef = { transport: 'nvmf-tcp', host: '10.0.0.1', port: 4420, adrfam: 'ipv4', subnqn: `nqn.2024-01.io.kubevirt-spdk:${idA}`, sizeBytes: GiB };
+  /** VMI a on this node at slot-05, its root disk attached from node-a (a migration target). */
+  const served = (): DesiredState =>
+    buildDesired({ vmis: [{ origin: 'a', vmi: vmi('a', undefined, [{ name: 'root', image: 'fedora' }]), slot: 'slot-05', attached: { root: { ref: remote, node: 'node-a' } } }], images: [image('fedora')] });
+  const attachedBy = (ref?: string): JournalState['owned'][string] => ({ ...ownedBy('a', 'root', 'slot-05'), source: 'attached', ...(ref ? { ref } : {}) });
+  const exportOf = (id: string): DesiredExport => ({ id, vmi: { namespace: 'default', name: 'a', uid: 'uid-a' }, disk: 'root', address: { kind: 'tcp', host: '10.0.0.1', port: 4420 }, why: 'live migration m1' });
+
+  it('attaches instead of creating: no image, no clone, then the controller on what the attach returns', () => {
+    const plan = reconcile(served(), obs(), memory(), config);
+    expect(kinds(plan)).toEqual(['attachDisk', 'ensureController', 'fixSocket']);
+    expect(of(plan, 'attachDisk')[0]).toMatchObject({ id: idA, ref: remote, node: 'node-a' });
+    expect(of(plan, 'ensureController')[0]?.spec).toEqual({ name: 'slot-05/root', readonly: false, queues: 1 });
+  });
+
+  it('is converged once the controller serves the attached disk the journal recorded', () => {
+    const j = emptyJournalState();
+    j.owned[idA] = attachedBy(`mig-${idA}n1`);
+    const o = obs({ controllers: [ctl('slot-05/root', `mig-${idA}n1`)] });
+    expect(kinds(reconcile(served(), o, memory({ journal: j, sockets: new Map([['/vhost/slot-05/root', policy]]) }), config))).toEqual(['reportReady']);
+    // After a backend restart the controller is gone: attach again (idempotent), then serve.
+    expect(kinds(reconcile(served(), obs(), memory({ journal: j }), config))).toEqual(['attachDisk', 'ensureController', 'fixSocket']);
+  });
+
+  it('no longer served from there: the controller goes, then the disk is detached, never deleted', () => {
+    const j = emptyJournalState();
+    j.owned[idA] = attachedBy(`mig-${idA}n1`);
+    const plan = reconcile(desiredOf([], []), obs({ controllers: [ctl('slot-05/root', `mig-${idA}n1`)] }), memory({ journal: j }), config);
+    expect(kinds(plan)).toEqual(['deleteController', 'detachDisk']);
+    expect(of(plan, 'deleteDisk')).toEqual([]);
+    // A guest still on it: neither goes.
+    const busy = reconcile(desiredOf([], []), obs({ controllers: [ctl('slot-05/root', `mig-${idA}n1`, { sessions: 1 })] }), memory({ journal: j }), config);
+    expect(of(busy, 'detachDisk')).toEqual([]);
+    expect(of(busy, 'reportBlocked').map((a) => a.reason)).toEqual([expect.stringMatching(/active vhost session/), expect.stringMatching(/served by controller slot-05\/root/)]);
+  });
+
+  it('exports a desired export once, after the chains; unexports what is no longer wanted before deleting the disk', () => {
+    const j = emptyJournalState();
+    j.owned[idA] = ownedBy('a', 'root', 'slot-01');
+    const o = obs({ images: [img('fedora', { cloneCount: 1 })], disks: [disk(idA, { image: 'fedora' })], controllers: [ctl('slot-01/root', `lvs/${idA}`)] });
+    const m = memory({ journal: j, sockets: new Map([['/vhost/slot-01/root', policy]]) });
+    const d = { ...desiredOf([A], [image('fedora')]), exports: [exportOf(idA)] };
+    expect(kinds(reconcile(d, o, m, config))).toEqual(['reportReady', 'ensureExport']);
+    j.exports[idA] = { ref: remote, vmi: { namespace: 'default', name: 'a', uid: 'uid-a' }, disk: 'root' };
+    expect(kinds(reconcile(d, o, m, config))).toEqual(['reportReady']);
+    // A backend that came back may have lost it: made again (idempotent).
+    expect(kinds(reconcile(d, o, { ...m, recheckExports: true }, config))).toEqual(['reportReady', 'ensureExport']);
+    // The VMI is gone and the export no longer wanted: controller, export, then the disk.
+    const gone = reconcile(desiredOf([], [image('fedora')]), o, m, config);
+    expect(kinds(gone).filter((k) => !k.startsWith('report'))).toEqual(['deleteController', 'unexportDisk', 'deleteDisk']);
+  });
+
+  it('keeps an exported disk whose VMI left this node (a handed-over source), and says why', () => {
+    const j = emptyJournalState();
+    j.owned[idA] = ownedBy('a', 'root', 'slot-01');
+    j.exports[idA] = { ref: remote, vmi: { namespace: 'default', name: 'a', uid: 'uid-a' }, disk: 'root' };
+    const o = obs({ disks: [disk(idA)], controllers: [ctl('slot-01/root', `lvs/${idA}`)] });
+    const plan = reconcile({ ...desiredOf([], []), exports: [exportOf(idA)] }, o, memory({ journal: j }), config);
+    expect(kinds(plan).filter((k) => !k.startsWith('report'))).toEqual(['deleteController']);
+    expect(of(plan, 'reportBlocked')).toEqual([expect.objectContaining({ object: 'disk', name: idA, reason: `disk ${idA} is exported (live migration m1)` })]);
+  });
+
+  it('an export interrupted by a crash (intent without done) is undone when no longer wanted', () => {
+    const j = emptyJournalState();
+    j.pending['7'] = { action: 'ensureExport', target: idA, startedAt: 1 };
+    expect(of(reconcile(desiredOf([], []), obs(), memory({ journal: j }), config), 'unexportDisk').map((a) => a.id)).toEqual([idA]);
+    const wanted = { ...desiredOf([], []), exports: [exportOf(idA)] };
+    expect(of(reconcile(wanted, obs({ disks: [disk(idA)] }), memory({ journal: j }), config), 'unexportDisk')).toEqual([]);
+  });
+
+  it('reports an export of a disk this node does not have instead of calling the backend', () => {
+    const plan = reconcile({ ...desiredOf([], []), exports: [exportOf(idA)] }, obs(), memory(), config);
+    expect(of(plan, 'ensureExport')).toEqual([]);
+    expect(of(plan, 'reportBlocked')[0]?.reason).toMatch(/no such disk on this node/);
   });
 });

@@ -152,7 +152,7 @@ describe('size and depth limits come before any YAML parser (F3)', () => {
     const { parseVmi } = await import('../../../src/api/vmi.js');
     const vmi = parseVmi({ metadata: { name: 'deep', annotations: { 'kubevirt-spdk.io/volumes': '[ '.repeat(2000), 'kubevirt-spdk.io/slot': 'slot-01' } } });
     const want = /^metadata\.annotations\["kubevirt-spdk\.io\/volumes"\]: YAML nests deeper than 16 levels/;
-    expect(desiredVmiOf(vmi, new Map(), 'test').problems[0]).toMatch(want);
+    expect(desiredVmiOf({ origin: 'test', vmi, slot: 'slot-01' }, new Map()).problems[0]).toMatch(want);
     expect(problemsOf(() => convertDomain('<domain type="kvm"><name>x</name></domain>', vmi))[0]).toMatch(want);
   });
 

@@ -1,5 +1,7 @@
 import { describe, expect, it } from 'vitest';
-import { planMigration, type CoordinatorInput, type MigrationAction, type MigrationPlan } from '../../../src/migration/coordinator.js';
+import { buildDesired } from '../../../src/agent/desired.js';
+import { parseVmi } from '../../../src/api/vmi.js';
+import { applySteps, intentOfRecord, planMigration, type CoordinatorInput, type MigrationPlan } from '../../../src/migration/coordinator.js';
 import type { MigrationJournal, MigrationState } from '../../../src/migration/schemas.js';
 import type { RemoteDiskRef } from '../../../src/backend/remote.js';
 
@@ -11,6 +13,8 @@ const disks: CoordinatorInput['disks'] = [
 ];
 const ref: RemoteDiskRef = { transport: 'nvmf-tcp', host: '10.0.0.1', port: 4420, adrfam: 'ipv4', subnqn: 'nqn.2024-01.io.kubevirt-spdk:u1-root', sizeBytes: 1 << 20 };
 const running: MigrationState = { migrationUid: 'm1', sourceNode: SRC, targetNode: DST, targetPod: 'virt-launcher-x', mode: 'PreCopy', startTimestamp: '2024-01-01T00:00:00Z' };
+const nothingHere: CoordinatorInput['here'] = { exported: {}, disks: {} };
+const allReady: CoordinatorInput['here'] = { exported: {}, disks: { root: { phase: 'Ready' }, data: { phase: 'Ready' } } };
 
 function input(node: string, state: MigrationState | undefined, journal?: MigrationJournal, over: Partial<CoordinatorInput> = {}): CoordinatorInput {
   return {
@@ -21,167 +25,161 @@ function input(node: string, state: MigrationState | undefined, journal?: Migrat
     backendCanMigrate: true,
     exportAddress: { kind: 'tcp', host: node === SRC ? '10.0.0.1' : '10.0.0.2', port: 4420 },
     sourceExports: { root: ref },
+    here: nothingHere,
     journal,
     ...over,
   };
 }
 
-/** Applies a plan's bookkeeping the way the executor would, assuming every action succeeds. */
-function simulate(p: MigrationPlan, upTo = Infinity): MigrationJournal | undefined {
-  let j = p.journal;
-  if (!j) return j;
-  for (const a of p.actions.slice(0, upTo)) {
-    switch (a.type) {
-      case 'export':
-        j = { ...j, exports: { ...j.exports, [a.disk]: ref } };
-        break;
-      case 'unexport': {
-        const { [a.disk]: _x, ...rest } = j.exports;
-        j = { ...j, exports: rest };
-        break;
-      }
-      case 'attachRemote':
-        j = { ...j, attached: { ...j.attached, [a.disk]: { diskRef: 'mig-u1-rootn1', kind: 'remote' } } };
-        break;
-      case 'openShared':
-        j = { ...j, attached: { ...j.attached, [a.disk]: { diskRef: a.bdev, kind: 'shared' } } };
-        break;
-      case 'createController':
-        j = { ...j, controllers: { ...j.controllers, [a.disk]: a.controller } };
-        break;
-      case 'deleteController':
-        if (j.role === 'target') {
-          const { [a.disk]: _x, ...rest } = j.controllers;
-          j = { ...j, controllers: rest };
-        } else j = { ...j, controllers: { ...j.controllers, [a.disk]: a.controller } };
-        break;
-      case 'detachRemote': {
-        const { [a.disk]: _x, ...rest } = j.attached;
-        j = { ...j, attached: rest };
-        break;
-      }
-      case 'recordDataNode':
-        j = { ...j, dataNode: { ...j.dataNode, [a.disk]: a.node } };
-        break;
-      case 'setPhase':
-        j = { ...j, phase: a.phase };
-        break;
-      case 'reportTargetReady':
-        break;
-    }
-  }
-  return j;
+/** The journal once a plan's record updates are saved. */
+const recorded = (p: MigrationPlan): MigrationJournal | undefined => p.journal && applySteps(p.journal, p.actions);
+const types = (p: MigrationPlan): string[] => p.actions.map((a) => ('disk' in a ? `${a.type}:${a.disk}` : a.type));
+
+/** The target: planned, then the agent serves every disk, then planned again. */
+function targetServing(state = running): { first: MigrationPlan; served: MigrationPlan; journal: MigrationJournal | undefined } {
+  const first = planMigration(input(DST, state));
+  const served = planMigration(input(DST, state, recorded(first), { here: allReady }));
+  return { first, served, journal: recorded(served) };
 }
 
-const types = (p: MigrationPlan): string[] => p.actions.map((a) => (('disk' in a ? `${a.type}:${a.disk}` : a.type)));
+/** The source: planned, then the agent exported, then planned again. */
+function sourceExporting(): MigrationJournal | undefined {
+  const first = planMigration(input(SRC, running));
+  return recorded(planMigration(input(SRC, running, recorded(first), { here: { exported: { root: ref }, disks: {} } })));
+}
 
-describe('migration coordinator', () => {
+describe('migration planner', () => {
   it('does nothing without a migration or on an uninvolved node', () => {
     expect(planMigration(input(SRC, undefined)).actions).toEqual([]);
+    expect(planMigration(input(SRC, undefined)).intent).toEqual({ exports: [], handedOver: false });
     const other = planMigration(input('node-c', running));
     expect(other.role).toBe('none');
     expect(other.actions).toEqual([]);
+    expect(other.intent).toEqual({ exports: [], handedOver: false });
   });
 
-  it('source exports only node-local disks, on its own address', () => {
+  it('source exports only node-local disks, on its own address, and records (publishes) what the agent exported', () => {
     const p = planMigration(input(SRC, running));
     expect(p.role).toBe('source');
-    expect(p.actions).toEqual<MigrationAction[]>([
-      { type: 'export', disk: 'root', diskId: 'u1-root', address: { kind: 'tcp', host: '10.0.0.1', port: 4420 } },
+    expect(p.intent.exports).toEqual([{ disk: 'root', diskId: 'u1-root', address: { kind: 'tcp', host: '10.0.0.1', port: 4420 } }]);
+    expect(p.actions).toEqual([]);
+    expect(p.reason).toMatch(/waiting for this node to export disk\(s\) root/);
+    const done = planMigration(input(SRC, running, recorded(p), { here: { exported: { root: ref }, disks: {} } }));
+    expect(done.actions).toEqual([
+      { type: 'recordExport', disk: 'root', ref },
       { type: 'setPhase', phase: 'ready' },
     ]);
+    expect(recorded(done)?.exports).toEqual({ root: ref });
   });
 
-  it('target attaches, creates controllers at the same <slot>/<disk> layout, then reports ready', () => {
-    const p = planMigration(input(DST, running));
-    expect(types(p)).toEqual(['attachRemote:root', 'createController:root', 'openShared:data', 'createController:data', 'reportTargetReady', 'setPhase']);
-    expect(p.actions[1]).toEqual({ type: 'createController', disk: 'root', controller: 'slot-07/root', readonly: false, queues: 2 });
-    expect(p.targetReady).toBe(false);
-    const after = planMigration(input(DST, running, simulate(p)));
+  it('target serves the VMI from the attached export at the same <slot>/<disk> layout, then reports ready', () => {
+    const { first, served, journal } = targetServing();
+    expect(types(first)).toEqual(['recordAttached:root', 'recordAttached:data']);
+    expect(first.intent.serve).toEqual({ attached: { root: { ref, node: SRC } } });
+    expect(first.targetReady).toBe(false);
+    // The node view that intent makes: root served from the source's export, data as declared, at slot-07.
+    const vmi = parseVmi({
+      metadata: { name: 'vm1', uid: 'u1', annotations: { 'kubevirt-spdk.io/volumes': '- {name: root, spdkVhostBlkDisk: {image: fedora, capacity: 1Gi, queues: 2}}\n- {name: data, spdkVhostBlkDisk: {bdev: Nvme0n1}}\n' } },
+    });
+    const desired = buildDesired({ vmis: [{ origin: 'vm1', vmi, slot: 'slot-07', ...(first.intent.serve ? { attached: first.intent.serve.attached } : {}) }], images: [] });
+    expect(desired.vmis[0]?.disks.map((d) => [d.controller, d.source, d.queues])).toEqual([
+      ['slot-07/root', { kind: 'attached', ref, node: SRC }, 2],
+      ['slot-07/data', { kind: 'bdev', bdev: 'Nvme0n1' }, 1],
+    ]);
+    expect(types(served)).toEqual(['recordController:root', 'recordController:data', 'reportTargetReady', 'setPhase']);
+    expect(served.actions[0]).toEqual({ type: 'recordController', disk: 'root', controller: 'slot-07/root' });
+    expect(served.targetReady).toBe(true);
+    const after = planMigration(input(DST, running, journal, { here: allReady }));
     expect(after.actions).toEqual([]);
     expect(after.targetReady).toBe(true);
   });
 
-  it('target waits for the source export and for its slot, making only what it can', () => {
+  it('target waits for the source export and for its slot, serving nothing meanwhile (no fresh clone in its place)', () => {
     const noExport = planMigration(input(DST, running, undefined, { sourceExports: undefined }));
-    expect(types(noExport)).toEqual(['openShared:data', 'createController:data']);
+    expect(noExport.intent.serve).toBeUndefined();
     expect(noExport.reason).toMatch(/waiting for the source node to export disk\(s\) root/);
     const noSlot = planMigration(input(DST, running, undefined, { slot: undefined }));
     expect(noSlot.actions).toEqual([]);
+    expect(noSlot.intent.serve).toBeUndefined();
     expect(noSlot.reason).toMatch(/slot/);
   });
 
-  it('success: source gives up its controllers but keeps exports and records the data node; target serves', () => {
+  it('success: source hands the VMI over but keeps exports and records the data node; target serves', () => {
     const done: MigrationState = { ...running, completed: true, endTimestamp: '2024-01-01T00:01:00Z' };
-    const srcJ = simulate(planMigration(input(SRC, running)));
+    const srcJ = sourceExporting();
     const src = planMigration(input(SRC, done, srcJ));
-    expect(types(src)).toEqual(['recordDataNode:root', 'deleteController:root', 'deleteController:data', 'setPhase']);
-    expect(src.actions.some((a) => a.type === 'unexport')).toBe(false);
-    const srcEnd = simulate(src);
+    expect(types(src)).toEqual(['recordDataNode:root', 'setPhase']);
+    expect(src.intent).toEqual({ exports: [{ disk: 'root', diskId: 'u1-root', address: { kind: 'tcp', host: '10.0.0.1', port: 4420 } }], handedOver: true });
+    const srcEnd = recorded(src);
     expect(srcEnd?.exports.root).toEqual(ref);
     expect(srcEnd?.dataNode).toEqual({ root: SRC });
+    expect(srcEnd?.phase).toBe('handedOver');
     expect(planMigration(input(SRC, done, srcEnd)).actions).toEqual([]);
+    // An agent that restarts before its first plan keeps the same intent from the record alone.
+    expect(intentOfRecord(srcEnd as MigrationJournal, (d) => `u1-${d}`)).toEqual(src.intent);
 
-    const dstJ = simulate(planMigration(input(DST, running)));
-    const dst = planMigration(input(DST, done, dstJ));
+    const dst = planMigration(input(DST, done, targetServing().journal));
     expect(types(dst)).toEqual(['recordDataNode:root', 'setPhase']);
     expect(dst.targetReady).toBe(true);
-    expect(simulate(dst)?.phase).toBe('serving');
+    expect(dst.intent.serve).toEqual({ attached: { root: { ref, node: SRC } } });
+    expect(recorded(dst)?.phase).toBe('serving');
   });
 
   it.each([
     ['failed', { failed: true }],
     ['aborted', { abortStatus: 'Succeeded' as const, abortRequested: true }],
-  ])('%s: target tears down what it made, source only drops its exports', (outcome, extra) => {
+  ])('%s: target serves nothing (the reconciler tears down), source only stops exporting', (outcome, extra) => {
     const end: MigrationState = { ...running, ...extra };
-    const dstJ = simulate(planMigration(input(DST, running)));
-    const dst = planMigration(input(DST, end, dstJ));
+    const dst = planMigration(input(DST, end, targetServing().journal));
     expect(dst.outcome).toBe(outcome);
-    expect(types(dst)).toEqual(['deleteController:root', 'deleteController:data', 'detachRemote:root', 'setPhase']);
-    const dstEnd = simulate(dst);
+    expect(types(dst)).toEqual(['forgetServed:root', 'forgetServed:data', 'setPhase']);
+    expect(dst.intent).toEqual({ exports: [], handedOver: false });
+    const dstEnd = recorded(dst);
     expect(dstEnd?.controllers).toEqual({});
     expect(planMigration(input(DST, end, dstEnd)).actions).toEqual([]);
 
-    const srcJ = simulate(planMigration(input(SRC, running)));
-    const src = planMigration(input(SRC, end, srcJ));
-    expect(types(src)).toEqual(['unexport:root', 'setPhase']);
-    expect(src.actions.some((a) => a.type === 'deleteController')).toBe(false);
+    const src = planMigration(input(SRC, end, sourceExporting()));
+    expect(types(src)).toEqual(['forgetExport:root', 'setPhase']);
+    expect(src.intent).toEqual({ exports: [], handedOver: false });
   });
 
-  it('failure at each phase of the target rolls back exactly what exists', () => {
-    const full = planMigration(input(DST, running));
-    for (let k = 0; k <= full.actions.length; k++) {
-      const j = simulate(full, k);
+  it('failure at each phase of the target rolls back exactly what was recorded', () => {
+    const { first, journal } = targetServing();
+    for (const j of [undefined, recorded(first), journal]) {
       const rb = planMigration(input(DST, { ...running, failed: true }, j));
-      const made = Object.keys(j?.controllers ?? {}).length + Object.values(j?.attached ?? {}).filter((a) => a.kind === 'remote').length;
-      expect(rb.actions.filter((a) => a.type === 'deleteController' || a.type === 'detachRemote')).toHaveLength(made);
-      expect(simulate(rb)?.controllers).toEqual({});
+      const made = new Set([...Object.keys(j?.attached ?? {}), ...Object.keys(j?.controllers ?? {})]).size;
+      expect(rb.actions.filter((a) => a.type === 'forgetServed')).toHaveLength(made);
+      expect(rb.intent.serve).toBeUndefined();
+      expect(recorded(rb)?.controllers).toEqual({});
+      expect(recorded(rb)?.attached).toEqual({});
     }
   });
 
   it('an aborting migration is still running: nothing is torn down yet', () => {
-    const j = simulate(planMigration(input(DST, running)));
-    const p = planMigration(input(DST, { ...running, abortRequested: true, abortStatus: 'Aborting' }, j));
+    const j = targetServing().journal;
+    const p = planMigration(input(DST, { ...running, abortRequested: true, abortStatus: 'Aborting' }, j, { here: allReady }));
     expect(p.outcome).toBe('running');
     expect(p.actions).toEqual([]);
+    expect(p.intent.serve).toEqual({ attached: { root: { ref, node: SRC } } });
   });
 
-  it('agent restart mid-migration: re-planning from the saved journal gives the remaining actions', () => {
-    const first = planMigration(input(DST, running));
-    for (let k = 0; k < first.actions.length; k++) {
-      const saved = JSON.parse(JSON.stringify(simulate(first, k))) as MigrationJournal;
+  it('agent restart mid-migration: re-planning from the saved journal gives the same intent and ends where a run without restart ends', () => {
+    const { first, journal: end } = targetServing();
+    for (const saved0 of [undefined, recorded(first)]) {
+      const saved = saved0 && (JSON.parse(JSON.stringify(saved0)) as MigrationJournal);
       const again = planMigration(input(DST, running, saved));
-      // Same inputs, same plan (pure), and it ends where a run without restart ends.
+      // Same inputs, same plan (pure), and the same end.
       expect(planMigration(input(DST, running, saved))).toEqual(again);
-      expect(simulate(again)).toEqual(simulate(first));
+      expect(again.intent).toEqual(first.intent);
+      expect(recorded(planMigration(input(DST, running, recorded(again), { here: allReady })))).toEqual(end);
     }
   });
 
   it('a journal of an earlier migration does not leak into a new one', () => {
-    const old = simulate(planMigration(input(DST, running)));
+    const old = targetServing().journal;
     const p = planMigration(input(DST, { ...running, migrationUid: 'm2' }, old));
     expect(p.journal?.migrationUid).toBe('m2');
-    expect(types(p)[0]).toBe('attachRemote:root');
+    expect(types(p)[0]).toBe('recordAttached:root');
   });
 
   it.each([
@@ -192,18 +190,19 @@ describe('migration coordinator', () => {
     const src = planMigration(input(SRC, s));
     expect(src.refused).toBe(true);
     expect(src.reason).toMatch(/pre-copy only/);
-    expect(src.actions.filter((a) => a.type === 'export')).toEqual([]);
-    const dst = planMigration(input(DST, s, simulate(planMigration(input(DST, running)), 2)));
+    expect(src.intent.exports).toEqual([]);
+    const dst = planMigration(input(DST, s, recorded(planMigration(input(DST, running)))));
     expect(dst.refused).toBe(true);
-    // What the target made before the refusal was noticed is given back.
-    expect(types(dst)).toEqual(['deleteController:root', 'detachRemote:root', 'setPhase']);
+    // What the target was serving before the refusal was noticed is given back.
+    expect(types(dst)).toEqual(['forgetServed:root', 'forgetServed:data', 'setPhase']);
+    expect(dst.intent.serve).toBeUndefined();
   });
 
   it('refuses a target or source whose backend cannot migrate node-local disks', () => {
     const dst = planMigration(input(DST, running, undefined, { backendCanMigrate: false }));
     expect(dst.refused).toBe(true);
     expect(dst.reason).toMatch(/cannot attach/);
-    expect(dst.actions.some((a) => a.type === 'createController')).toBe(false);
+    expect(dst.intent.serve).toBeUndefined();
     const src = planMigration(input(SRC, running, undefined, { backendCanMigrate: false }));
     expect(src.reason).toMatch(/cannot export/);
     // Shared volumes only: nothing to export, so any backend will do.
@@ -212,9 +211,15 @@ describe('migration coordinator', () => {
   });
 
   it('refuses when the source export could not be reached, naming the disk', () => {
-    const j = simulate(planMigration(input(DST, running)), 0);
+    const j = recorded(planMigration(input(DST, running)));
     const p = planMigration(input(DST, running, j && { ...j, unreachable: { disk: 'root', message: 'connect: refused' } }));
     expect(p.refused).toBe(true);
     expect(p.reason).toBe("the source's export of disk root cannot be reached: connect: refused");
+    // The agent reports the attach failed for that reason: recorded, refused, given back.
+    const seen = planMigration(input(DST, running, j, { here: { exported: {}, disks: { root: { phase: 'Failed', message: 'export on node node-a unreachable: connect: refused' } } } }));
+    expect(seen.refused).toBe(true);
+    expect(seen.reason).toBe("the source's export of disk root cannot be reached: export on node node-a unreachable: connect: refused");
+    expect(types(seen)[0]).toBe('recordUnreachable:root');
+    expect(seen.intent.serve).toBeUndefined();
   });
 });

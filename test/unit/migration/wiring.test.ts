@@ -1,22 +1,10 @@
 import type { KubernetesObject } from '@kubernetes/client-node';
 import { describe, expect, it } from 'vitest';
-import { parseVmi, spdkVolumesOf } from '../../../src/api/vmi.js';
-import { diskId } from '../../../src/agent/naming.js';
+import { diskId } from '../../../src/contract/index.js';
 import type { RemoteDiskRef } from '../../../src/backend/remote.js';
-import {
-  EXPORTS_ANNOTATION,
-  adjustVmis,
-  exportAddressOf,
-  exportsFor,
-  exportsPatch,
-  factsOf,
-  heldDiskIds,
-  needsAbort,
-  outcomeToReport,
-  overlayDataNode,
-  type MigrationRecord,
-} from '../../../src/kube/migration.js';
-import { freshJournal, planMigration } from '../../../src/migration/coordinator.js';
+import { clusterDesired } from '../../../src/kube/mapping.js';
+import { EXPORTS_ANNOTATION, exportAddressOf, exportsFor, exportsPatch, factsOf, needsAbort, nodeIntentOf, outcomeToReport, type MigrationRecord } from '../../../src/kube/migration.js';
+import { applySteps, freshJournal, planMigration } from '../../../src/migration/coordinator.js';
 import type { MigrationJournal } from '../../../src/migration/schemas.js';
 
 const UID = 'u1';
@@ -77,62 +65,72 @@ describe('publishing exports', () => {
     const src = factsOf(vmi({}, running));
     if ('problem' in src) throw new Error(src.problem);
     const base = { disks: src.disks, backendCanMigrate: true, exportAddress: { kind: 'tcp' as const, host: '10.0.0.1', port: 4420 } };
-    const sPlan = planMigration({ ...base, node: 'a', state: src.state, slot: 'slot-01', sourceExports: undefined, journal: undefined });
-    expect(sPlan.actions.filter((a) => a.type === 'export').map((a) => a.type === 'export' && a.diskId)).toEqual([diskId(UID, 'root')]);
-    // The executor records the export; the agent publishes the journal on the VMI.
-    const sJournal = { ...sPlan.journal!, exports: { root: ref } };
+    const sPlan = planMigration({ ...base, node: 'a', state: src.state, slot: 'slot-01', sourceExports: undefined, here: { exported: {}, disks: {} }, journal: undefined });
+    expect(sPlan.intent.exports.map((e) => e.diskId)).toEqual([diskId(UID, 'root')]);
+    // The agent exports; the planner records it; the agent publishes the record on the VMI.
+    const sDone = planMigration({ ...base, node: 'a', state: src.state, slot: 'slot-01', sourceExports: undefined, here: { exported: { root: ref }, disks: {} }, journal: sPlan.journal });
+    const sJournal = applySteps(sDone.journal!, sDone.actions);
+    expect(sJournal.exports).toEqual({ root: ref });
     const annotation = exportsPatch(undefined, sJournal)!.metadata.annotations[EXPORTS_ANNOTATION]!;
     const tgt = factsOf(vmi({}, running, { [EXPORTS_ANNOTATION]: annotation }));
     if ('problem' in tgt) throw new Error(tgt.problem);
-    const tPlan = planMigration({ ...base, node: 'b', state: tgt.state, slot: 'slot-05', sourceExports: tgt.sourceExports, journal: undefined });
-    expect(tPlan.actions).toContainEqual({ type: 'attachRemote', disk: 'root', diskId: diskId(UID, 'root'), ref });
-    expect(tPlan.actions).toContainEqual({ type: 'openShared', disk: 'data', diskId: diskId(UID, 'data'), bdev: 'Nvme0n1' });
-    expect(tPlan.actions.at(-2)).toEqual({ type: 'reportTargetReady', slot: 'slot-05' });
+    const tPlan = planMigration({ ...base, node: 'b', state: tgt.state, slot: 'slot-05', sourceExports: tgt.sourceExports, here: { exported: {}, disks: {} }, journal: undefined });
+    expect(tPlan.actions).toContainEqual({ type: 'recordAttached', disk: 'root', attached: { kind: 'remote', ref, node: 'a' } });
+    expect(tPlan.actions).toContainEqual({ type: 'recordAttached', disk: 'data', attached: { kind: 'shared', bdev: 'Nvme0n1' } });
+    const ready = { root: { phase: 'Ready' }, data: { phase: 'Ready' } };
+    const tServed = planMigration({ ...base, node: 'b', state: tgt.state, slot: 'slot-05', sourceExports: tgt.sourceExports, here: { exported: {}, disks: ready }, journal: applySteps(tPlan.journal!, tPlan.actions) });
+    expect(tServed.actions.at(-2)).toEqual({ type: 'reportTargetReady', slot: 'slot-05' });
   });
 });
+
+/** The node's desired state from the informers, PodResources and the records (as cluster.ts builds it). */
+function desiredOn(node: string, onNode: KubernetesObject[], targets: KubernetesObject[], records: Map<string, MigrationRecord>, slot = 'slot-05') {
+  const pods = [{ metadata: { name: 'launcher', namespace: 'default', labels: { 'kubevirt.io': 'virt-launcher', 'kubevirt.io/created-by': UID } }, spec: { nodeName: node }, status: { phase: 'Running' } }];
+  const podSlots = [{ namespace: 'default', pod: 'launcher', container: 'compute', slot }];
+  const migration = nodeIntentOf(node, onNode, records, new Map());
+  return { desired: clusterDesired({ vmis: onNode, migrationTargets: targets, migration, pods, podSlots, cachedImages: [fedora] }).desired, migration };
+}
+const fedora = { apiVersion: 'kubevirt-spdk.io/v1alpha1', kind: 'CachedImage', metadata: { name: 'fedora' }, spec: { source: { http: { url: 'http://127.0.0.1/f.raw' } }, format: 'raw', size: '1Gi' } };
 
 describe('the desired state during and after a migration', () => {
   const attached: MigrationJournal = {
     ...freshJournal('m1', 'target'),
-    attached: { root: { diskRef: 'mig-xn1', kind: 'remote' }, data: { diskRef: 'Nvme0n1', kind: 'shared' } },
+    attached: { root: { kind: 'remote', ref, node: 'a' }, data: { kind: 'shared', bdev: 'Nvme0n1' } },
   };
 
-  it('target: a migrating VMI joins only once every disk is attached, served from the attached bdevs', () => {
+  it('target: a migrating VMI joins only once every disk is attached, served from the source\'s export', () => {
     const t = vmi({ 'kubevirt.io/migrationTargetNodeName': 'b' }, running);
-    expect(adjustVmis('b', [], [t], new Map())).toEqual([]);
-    const half = { ...attached, attached: { data: attached.attached.data! } };
-    expect(adjustVmis('b', [], [t], new Map([[UID, record(half)]]))).toEqual([]);
-    const [out] = adjustVmis('b', [], [t], new Map([[UID, record(attached)]]));
-    const vols = spdkVolumesOf(parseVmi(out));
-    expect(vols.map((v) => [v.name, v.spdkVhostBlkDisk.bdev, v.spdkVhostBlkDisk.image, v.spdkVhostBlkDisk.capacity])).toEqual([
-      ['root', 'mig-xn1', undefined, undefined],
-      ['data', 'Nvme0n1', undefined, undefined],
+    expect(desiredOn('b', [], [t], new Map()).desired.vmis).toEqual([]);
+    const [v] = desiredOn('b', [], [t], new Map([[UID, record(attached)]])).desired.vmis;
+    expect(v?.slot).toBe('slot-05');
+    expect(v?.disks.map((d) => [d.name, d.source, d.capacityBytes])).toEqual([
+      ['root', { kind: 'attached', ref, node: 'a' }, undefined],
+      ['data', { kind: 'bdev', bdev: 'Nvme0n1' }, undefined],
     ]);
-    expect(vols[0]?.spdkVhostBlkDisk).toMatchObject({ queues: 2, bootOrder: 1 });
+    expect(v?.disks[0]).toMatchObject({ queues: 2, controller: 'slot-05/root', id: diskId(UID, 'root') });
   });
 
   it('target after success: the VMI on this node stays served from the source; rolled back: served as declared', () => {
     const done = vmi({ 'kubevirt.io/nodeName': 'b' }, { ...running, completed: true });
-    const [out] = adjustVmis('b', [done], [], new Map([[UID, record(attached)]]));
-    expect(spdkVolumesOf(parseVmi(out))[0]?.spdkVhostBlkDisk.bdev).toBe('mig-xn1');
+    const served = desiredOn('b', [done], [], new Map([[UID, record(attached)]])).desired.vmis[0]?.disks[0];
+    expect(served?.source).toEqual({ kind: 'attached', ref, node: 'a' });
     const rolledBack = { ...attached, attached: {}, phase: 'rolledBack' as const };
-    expect(adjustVmis('b', [done], [], new Map([[UID, record(rolledBack)]]))).toEqual([done]);
+    expect(desiredOn('b', [done], [], new Map([[UID, record(rolledBack)]])).desired.vmis[0]?.disks[0]?.source).toEqual({ kind: 'image', image: 'fedora' });
   });
 
   it('source: the VMI leaves the desired state once the migration succeeded, not before, not after a failure', () => {
-    expect(adjustVmis('a', [vmi({ 'kubevirt.io/nodeName': 'a' }, running)], [], new Map())).toHaveLength(1);
-    expect(adjustVmis('a', [vmi({ 'kubevirt.io/nodeName': 'a' }, { ...running, failed: true })], [], new Map())).toHaveLength(1);
-    expect(adjustVmis('a', [vmi({ 'kubevirt.io/nodeName': 'a' }, { ...running, completed: true })], [], new Map())).toEqual([]);
+    expect(desiredOn('a', [vmi({ 'kubevirt.io/nodeName': 'a' }, running)], [], new Map(), 'slot-01').desired.vmis).toHaveLength(1);
+    expect(desiredOn('a', [vmi({ 'kubevirt.io/nodeName': 'a' }, { ...running, failed: true })], [], new Map(), 'slot-01').desired.vmis).toHaveLength(1);
+    expect(desiredOn('a', [vmi({ 'kubevirt.io/nodeName': 'a' }, { ...running, completed: true })], [], new Map(), 'slot-01').desired.vmis).toEqual([]);
   });
 
-  it('holds exported disks only, and overlays the data node on a target\'s remote disks', () => {
+  it('exports are desired state: a handed-over source keeps exporting (and so keeps) its disk; a rolled-back one does not', () => {
     const src = record({ ...freshJournal('m1', 'source'), exports: { root: ref }, phase: 'handedOver' });
-    expect([...heldDiskIds([src])]).toEqual([diskId(UID, 'root')]);
-    expect([...heldDiskIds([record({ ...freshJournal('m1', 'source'), phase: 'rolledBack' })])]).toEqual([]);
-    expect([...heldDiskIds([record(attached)])]).toEqual([]);
-    const status = { node: 'b', disks: [{ name: 'root', phase: 'Ready' as const, dataNode: 'b' }, { name: 'data', phase: 'Ready' as const, dataNode: 'b' }], updatedAt: 'now' };
-    expect(overlayDataNode(status, record(attached)).disks.map((d) => d.dataNode)).toEqual(['a', 'b']);
-    expect(overlayDataNode(status, undefined)).toBe(status);
+    const { desired, migration } = desiredOn('a', [], [], new Map([[UID, src]]), 'slot-01');
+    expect(desired.exports).toEqual([{ id: diskId(UID, 'root'), vmi: src.vmi, disk: 'root', address: { kind: 'tcp', host: '10.0.0.1', port: 4420 }, why: 'live migration m1 of VMI default/vm1' }]);
+    expect([...migration.handedOver]).toEqual([UID]);
+    expect(desiredOn('a', [], [], new Map([[UID, record({ ...freshJournal('m1', 'source'), phase: 'rolledBack' })]]), 'slot-01').desired.exports).toEqual([]);
+    expect(desiredOn('b', [], [], new Map([[UID, record(attached)]])).desired.exports).toEqual([]);
   });
 });
 
@@ -163,5 +161,5 @@ describe('outcomes, refusals and aborts', () => {
 });
 
 function attached(): MigrationJournal {
-  return { ...freshJournal('m1', 'target'), attached: { root: { diskRef: 'mig-xn1', kind: 'remote' } } };
+  return { ...freshJournal('m1', 'target'), attached: { root: { kind: 'remote', ref, node: 'a' } } };
 }

@@ -1,0 +1,169 @@
+import type { KubernetesObject } from '@kubernetes/client-node';
+import { z } from 'zod';
+import { VmiRefSchema, type VmiRef } from '../api/status.js';
+import { parseVmi, spdkVolumesOf, vcpuCount, vmiUid } from '../api/vmi.js';
+import type { DesiredExport } from '../agent/desired.js';
+import { RemoteDiskRefSchema, type RemoteDiskRef } from '../backend/remote.js';
+import { diskId, queuesOf } from '../contract/index.js';
+import type { MigrationOutcome } from '../metrics/metrics.js';
+import { intentOfRecord, migrationKey, outcomeOf, type MigratingDisk, type MigrationPlan, type NodeMigrationIntent, type VmiMigrationIntent } from '../migration/coordinator.js';
+import { MigrationJournalSchema, MigrationStateSchema, type MigrationJournal, type MigrationState } from '../migration/schemas.js';
+import { errorText } from './informer.js';
+
+/**
+ * The pure half of live migration in cluster mode: a VMI object -> the planner's facts, the
+ * exports the source publishes on the VMI, and the records -> the node's migration intent
+ * (what the node view takes from migrations). kube/migration.ts does the I/O.
+ */
+
+export const EXPORTS_ANNOTATION = 'kubevirt-spdk.io/migration-exports';
+
+/** One published export; `migration` ties it to one migration, so a stale list is never attached. */
+export const PublishedExportSchema = z.object({ disk: z.string().min(1), migration: z.string().min(1), ref: RemoteDiskRefSchema }).strict();
+export const PublishedExportsSchema = z.array(PublishedExportSchema);
+export type PublishedExport = z.output<typeof PublishedExportSchema>;
+
+/** What this node keeps per VMI between ticks and across agent restarts (`<stateDir>/migrations/<uid>.json`). */
+export const MigrationRecordSchema = z
+  .object({
+    vmi: VmiRefSchema,
+    sourceNode: z.string().optional(),
+    /** Source: the VMI's slot here, remembered because the source pod goes away after success. */
+    slot: z.string().optional(),
+    journal: MigrationJournalSchema,
+    /** Reported already (metrics, Events): once per migration and node. */
+    reported: z.enum(['succeeded', 'failed', 'aborted', 'refused']).optional(),
+    /** Source: the backend restarted mid-migration; the migration object must be deleted. */
+    abort: z.enum(['pending', 'done']).optional(),
+  })
+  .strict();
+export type MigrationRecord = z.output<typeof MigrationRecordSchema>;
+
+export interface VmiMigrationFacts {
+  ref: VmiRef;
+  state: MigrationState | undefined;
+  disks: MigratingDisk[];
+  /** The exports the source published for the VMI's current migration, by disk name. */
+  sourceExports: Record<string, RemoteDiskRef> | undefined;
+  /** Raw annotation value, to decide whether a patch is needed. */
+  publishedRaw: string | undefined;
+}
+
+/** The migration state of a raw VMI, when it has a readable one. */
+const stateOfRaw = (raw: unknown): MigrationState | undefined =>
+  MigrationStateSchema.safeParse((raw as { status?: { migrationState?: unknown } } | null)?.status?.migrationState ?? undefined).data;
+
+/** Facts of one VMI, or why they cannot be read (never throws). */
+export function factsOf(raw: unknown): VmiMigrationFacts | { problem: string } {
+  let vmi;
+  try {
+    vmi = parseVmi(raw);
+  } catch (e) {
+    return { problem: errorText(e) };
+  }
+  const ref: VmiRef = { namespace: vmi.metadata.namespace, name: vmi.metadata.name, uid: vmiUid(vmi) };
+  const rawState = vmi.status?.migrationState;
+  let state: MigrationState | undefined;
+  if (rawState !== undefined && rawState !== null) {
+    const res = MigrationStateSchema.safeParse(rawState);
+    if (!res.success) return { problem: `status.migrationState: ${res.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')}` };
+    state = res.data;
+  }
+  let disks: MigratingDisk[];
+  try {
+    const vcpus = vcpuCount(vmi);
+    disks = spdkVolumesOf(vmi).map((v) => {
+      const d = v.spdkVhostBlkDisk;
+      return {
+        name: v.name,
+        diskId: diskId(ref.uid, v.name),
+        source: d.bdev !== undefined ? { kind: 'bdev' as const, bdev: d.bdev } : { kind: 'local' as const },
+        readonly: d.readonly,
+        queues: queuesOf(d.queues, vcpus),
+      };
+    });
+  } catch (e) {
+    return { problem: errorText(e) };
+  }
+  const publishedRaw = vmi.metadata.annotations[EXPORTS_ANNOTATION];
+  return { ref, state, disks, sourceExports: state ? exportsFor(publishedRaw, migrationKey(state)) : undefined, publishedRaw };
+}
+
+/** The published exports of one migration by disk name; undefined when absent or unreadable. */
+export function exportsFor(annotation: string | undefined, migration: string): Record<string, RemoteDiskRef> | undefined {
+  if (annotation === undefined) return undefined;
+  let parsed;
+  try {
+    parsed = PublishedExportsSchema.safeParse(JSON.parse(annotation));
+  } catch {
+    return undefined;
+  }
+  if (!parsed.success) return undefined;
+  const mine = parsed.data.filter((e) => e.migration === migration);
+  return mine.length ? Object.fromEntries(mine.map((e) => [e.disk, e.ref])) : undefined;
+}
+
+/** The annotation value the source's journal calls for (null: remove it). */
+export function publishedValue(j: MigrationJournal): string | null {
+  const list: PublishedExport[] = Object.entries(j.exports)
+    .sort(([a], [b]) => a.localeCompare(b))
+    .map(([disk, ref]) => ({ disk, migration: j.migrationUid, ref }));
+  return list.length ? JSON.stringify(list) : null;
+}
+
+/** The merge patch that publishes the source's exports, or undefined when the VMI already says so. */
+export function exportsPatch(current: string | undefined, j: MigrationJournal): { metadata: { annotations: Record<string, string | null> } } | undefined {
+  const want = publishedValue(j);
+  if ((want ?? undefined) === current) return undefined;
+  if (want === null && current === undefined) return undefined;
+  return { metadata: { annotations: { [EXPORTS_ANNOTATION]: want } } };
+}
+
+/** What to report once a plan ran: at most one outcome per migration and node. */
+export function outcomeToReport(plan: Pick<MigrationPlan, 'role' | 'outcome' | 'refused'>, reported: MigrationRecord['reported']): MigrationOutcome | undefined {
+  if (plan.role === 'none' || reported !== undefined) return undefined;
+  if (plan.refused) return 'refused';
+  return plan.outcome === 'running' ? undefined : plan.outcome;
+}
+
+/** A running source migration whose exports a backend restart took away: it must be aborted. */
+export function needsAbort(rec: MigrationRecord, state: MigrationState | undefined): boolean {
+  return rec.journal.role === 'source' && rec.abort === undefined && state !== undefined && outcomeOf(state) === 'running' && Object.keys(rec.journal.exports).length > 0;
+}
+
+/** Nothing of the migration is wanted on this node any more: no export, nothing served from another node. */
+export function keepsNothing(j: MigrationJournal): boolean {
+  const empty = (r: Record<string, unknown>): boolean => Object.keys(r).length === 0;
+  return empty(j.exports) && empty(j.attached) && (j.role === 'source' || empty(j.controllers));
+}
+
+/** A source VMI whose migration to another node succeeded: it is served there now. */
+export function handedOverByState(node: string, raw: unknown): boolean {
+  const state = stateOfRaw(raw);
+  return state !== undefined && state.sourceNode === node && state.targetNode !== node && outcomeOf(state) === 'succeeded';
+}
+
+/**
+ * The node's migration intent: each record's latest planned intent (or, before the first plan
+ * after a restart, the one its record calls for), plus every VMI on this node that KubeVirt says
+ * was handed over (its controllers go even when this node kept no record of the migration).
+ */
+export function nodeIntentOf(
+  node: string,
+  onNode: readonly KubernetesObject[],
+  records: ReadonlyMap<string, MigrationRecord>,
+  planned: ReadonlyMap<string, VmiMigrationIntent>,
+): NodeMigrationIntent {
+  const serve = new Map<string, NonNullable<VmiMigrationIntent['serve']>>();
+  const handedOver = new Set<string>();
+  const exports: DesiredExport[] = [];
+  for (const raw of onNode) if (raw.metadata?.uid && handedOverByState(node, raw)) handedOver.add(raw.metadata.uid);
+  for (const [uid, rec] of records) {
+    const intent = planned.get(uid) ?? intentOfRecord(rec.journal, (disk) => diskId(uid, disk));
+    if (intent.serve) serve.set(uid, intent.serve);
+    if (intent.handedOver) handedOver.add(uid);
+    const why = `live migration ${rec.journal.migrationUid} of VMI ${rec.vmi.namespace}/${rec.vmi.name}`;
+    for (const e of intent.exports) exports.push({ id: e.diskId, vmi: rec.vmi, disk: e.disk, address: e.address, why });
+  }
+  return { serve, handedOver, exports };
+}
