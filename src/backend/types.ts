@@ -90,7 +90,7 @@ export interface ObservedImage {
 export type DiskSourceSpec = { kind: 'image'; image: string } | { kind: 'blank' } | { kind: 'bdev'; bdev: string };
 
 export interface DiskSpec {
-  /** Deterministic backend name from (VMI uid, disk name); see agent/naming.ts. */
+  /** Deterministic backend name from (VMI uid, disk name); see src/contract/layout.ts. */
   id: string;
   source: DiskSourceSpec;
   /** Requested capacity; absent for `bdev` disks served as they are. */

@@ -1,6 +1,5 @@
 import { readFile, readdir, rm } from 'node:fs/promises';
 import path from 'node:path';
-import * as k8s from '@kubernetes/client-node';
 import type { KubernetesObject } from '@kubernetes/client-node';
 import type { VmiRef } from '../api/status.js';
 import type { NodeAgent } from '../agent/agent.js';
@@ -9,10 +8,10 @@ import type { ListenAddress, RemoteDiskRef } from '../backend/remote.js';
 import type { StorageBackend } from '../backend/types.js';
 import type { Logger } from '../log.js';
 import { recordMigration, type Metrics } from '../metrics/metrics.js';
-import { applySteps, freshJournal, migrationKey, noNodeIntent, outcomeOf, planMigration, type DiskHere, type NodeMigrationIntent, type VmiMigrationIntent } from '../migration/coordinator.js';
+import { applySteps, freshJournal, migrationKey, outcomeOf, planMigration, type DiskHere, type NodeMigrationIntent, type VmiMigrationIntent } from '../migration/coordinator.js';
 import type { MigrationState } from '../migration/schemas.js';
-import { KUBEVIRT_GROUP, KUBEVIRT_VERSION, VMI_PLURAL, isNotFound, type KubeApi } from './api.js';
-import { ClusterAgent, type ClusterAgentOptions, type ClusterSnapshot } from './cluster.js';
+import type { KubeApi } from './api.js';
+import { ClusterAgent, clusterParts, type ClusterAgentOptions, type ClusterSnapshot } from './cluster.js';
 import { errorText } from './informer.js';
 import { eventBody } from './mapping.js';
 import {
@@ -55,7 +54,7 @@ export {
  * on the source cancels the migration (the exports the target reads are gone).
  */
 
-export const VMIM_PLURAL = 'virtualmachineinstancemigrations';
+export { VMIM_PLURAL } from './api.js';
 export const REASON_REFUSED = 'SpdkMigrationRefused';
 export const REASON_ABORTED = 'SpdkMigrationAborted';
 
@@ -88,12 +87,10 @@ export class MigrationAgent {
   private stopped = false;
   private timer: NodeJS.Timeout | undefined;
   private wasDisconnected = false;
-  private readonly custom: k8s.CustomObjectsApi;
   private readonly log: Logger;
 
   constructor(private readonly opts: MigrationAgentOptions) {
     this.log = opts.logger.child({ component: 'migration' });
-    this.custom = opts.api.kubeConfig.makeApiClient(k8s.CustomObjectsApi);
   }
 
   private get dir(): string {
@@ -193,13 +190,8 @@ export class MigrationAgent {
   }
 
   private async fetchVmi(ref: VmiRef): Promise<Seen> {
-    try {
-      const raw = await this.custom.getNamespacedCustomObject({ group: KUBEVIRT_GROUP, version: KUBEVIRT_VERSION, plural: VMI_PLURAL, namespace: ref.namespace, name: ref.name });
-      return (raw as KubernetesObject).metadata?.uid === ref.uid ? { raw } : 'gone';
-    } catch (e) {
-      if (isNotFound(e)) return 'gone';
-      throw e;
-    }
+    const raw = await this.opts.api.getVmi(ref.namespace, ref.name);
+    return raw?.metadata?.uid === ref.uid ? { raw } : 'gone';
   }
 
   private async tick(): Promise<void> {
@@ -321,19 +313,12 @@ export class MigrationAgent {
   /** Deletes the VirtualMachineInstanceMigration (what `virtctl migrate-cancel` does). */
   private async abortMigration(rec: MigrationRecord, state: MigrationState, log: Logger): Promise<MigrationRecord> {
     const ns = rec.vmi.namespace;
-    const list = (await this.custom.listNamespacedCustomObject({ group: KUBEVIRT_GROUP, version: KUBEVIRT_VERSION, plural: VMIM_PLURAL, namespace: ns })) as {
-      items?: Array<{ metadata?: { name?: string; uid?: string }; spec?: { vmiName?: string }; status?: { phase?: string } }>;
-    };
-    const mine = (list.items ?? []).filter((m) =>
+    const mine = (await this.opts.api.listVmiMigrations(ns)).filter((m) =>
       state.migrationUid !== undefined ? m.metadata?.uid === state.migrationUid : m.spec?.vmiName === rec.vmi.name && m.status?.phase !== 'Succeeded' && m.status?.phase !== 'Failed',
     );
     for (const m of mine) {
       if (!m.metadata?.name) continue;
-      try {
-        await this.custom.deleteNamespacedCustomObject({ group: KUBEVIRT_GROUP, version: KUBEVIRT_VERSION, plural: VMIM_PLURAL, namespace: ns, name: m.metadata.name });
-      } catch (e) {
-        if (!isNotFound(e)) throw e;
-      }
+      await this.opts.api.deleteVmiMigration(ns, m.metadata.name);
       log.warn({ event: 'migration.aborted-by-agent', object: m.metadata.name }, 'deleted the migration object');
     }
     this.event(rec.vmi, REASON_ABORTED, `live migration cancelled by the SPDK agent on ${this.opts.node}: its storage backend restarted and lost the disk exports the target reads`);
@@ -360,26 +345,21 @@ export interface MigratingClusterOptions extends Omit<ClusterAgentOptions, 'onSn
 
 /** A ClusterAgent with live migration wired in: the hooks of cluster.ts bound to one MigrationAgent. */
 export function createMigratingClusterAgent(o: MigratingClusterOptions): { cluster: ClusterAgent; migration: MigrationAgent; start(): Promise<void>; stop(): Promise<void> } {
-  // The hooks are called only after start(), when the migration agent exists.
-  const late: { m?: MigrationAgent } = {};
-  const cluster = new ClusterAgent({
-    ...o,
-    onSnapshot: (s) => late.m?.onSnapshot(s),
-    migrationIntent: (onNode) => late.m?.nodeIntent(onNode) ?? noNodeIntent(),
-  });
+  const parts = clusterParts(o);
   const m = new MigrationAgent({
     node: o.node,
     backend: o.agent.backend,
-    agent: cluster.agent,
-    api: cluster.api,
+    agent: parts.agent,
+    api: parts.api,
     stateDir: o.agent.stateDir,
     exportAddress: o.exportAddress,
-    metrics: cluster.agent.metrics,
+    metrics: parts.agent.metrics,
     logger: o.logger,
+    // Called only after start(), once the cluster below exists.
     resync: () => cluster.resync(),
     ...(o.migrationPollMs !== undefined ? { pollMs: o.migrationPollMs } : {}),
   });
-  late.m = m;
+  const cluster = new ClusterAgent({ ...parts, onSnapshot: (s) => m.onSnapshot(s), migrationIntent: (onNode) => m.nodeIntent(onNode) });
   // The planner's "done" is what the agent did: plan again after every round.
   cluster.agent.on('reconciled', () => m.kick());
   return {
