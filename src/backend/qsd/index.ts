@@ -213,6 +213,7 @@ export class QsdBackend extends EventEmitter implements StorageBackend {
       setNbdServer: (a) => {
         this.session.nbdServer = a;
       },
+      backingNodeFor: (file) => this.backingNodeFor(file),
       log: this.session.log,
     };
   }

@@ -80,6 +80,8 @@ export function nbdNodeOptions(ref: RemoteDiskRef, nodeName: string): Record<str
 }
 
 const MAX_RETRY_MS = 30_000;
+/** One L2 cache entry maps 64 clusters (4 MiB with 64 KiB clusters). */
+const L2_ENTRY_BYTES = 512;
 const HEAD_BYTES = 64 * 1024;
 
 export interface LazyDeps {
@@ -223,7 +225,10 @@ export class LazyGoldens {
         file: { driver: 'file', 'node-name': `${g}-f`, filename: golden, 'read-only': standalone },
         // Always ours: the source node while it hydrates, nothing after.
         backing: standalone ? null : sourceNodeName(name),
-        ...(standalone ? {} : { 'detect-zeroes': 'on' }),
+        // While it hydrates: zero blocks stay unallocated, and a tiny L2 cache of small entries
+        // is written back as the stream moves on, so a daemon killed mid-way loses at most a
+        // few MiB of hydration (no QMP command flushes a node; eviction does).
+        ...(standalone ? {} : { 'detect-zeroes': 'on', 'l2-cache-entry-size': L2_ENTRY_BYTES, 'l2-cache-size': 2 * L2_ENTRY_BYTES }),
       },
       `image ${name}: open golden`,
     );
