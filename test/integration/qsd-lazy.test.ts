@@ -107,12 +107,14 @@ describe.skipIf(!canRun || !haveCurl)('lazy goldens over HTTP (QEMU curl driver)
     expect(during?.phase).toBe('hydrating');
     expect(during?.message).toMatch(/hydrating/);
     expect(origin.served()).toBeLessThan(SIZE / 2);
+    expect(await b.hydrateDisk('d1')).toMatchObject({ id: 'd1', state: 'hydrating' });
 
     const done = await waitFor('hydration', async () => ((await imageOf(b, 'img'))?.phase === 'ready' ? true : undefined));
     expect(done).toBe(true);
     // One image, plus the head the disk read before hydration reached it and the inspection probe.
     expect(origin.served()).toBeGreaterThanOrEqual(SIZE);
     expect(origin.served()).toBeLessThanOrEqual(SIZE + 2 * MiB);
+    expect(await b.hydrateDisk('d1')).toEqual({ id: 'd1', state: 'standalone', percent: 100 });
     await origin.stop();
     expect(await readAll(ctrl.socketPath, SIZE)).toEqual(mibSums(image));
     // A disk cloned afterwards reads the standalone golden too.
@@ -146,6 +148,48 @@ describe.skipIf(!canRun || !haveCurl)('lazy goldens over HTTP (QEMU curl driver)
     expect(origin.served() - servedBefore).toBeLessThan(size - servedBefore / 2);
     await origin.stop();
     expect(await readAll(ctrl.socketPath, size)).toEqual(mibSums(image));
+  });
+
+  it('a new backend on the same state (agent restart) resumes hydration; delete waits for clones and leaves nothing', async () => {
+    const image = makeImage();
+    const origin = await startOrigin(image, { bytesPerSecond: 2 * MiB });
+    origins.push(origin);
+    const spec: ImageSpec = { name: 'img', source: { http: { url: origin.url, sha256: sha(image) } }, format: 'raw', sizeBytes: SIZE };
+    const b1 = await makeBackend('n');
+    await b1.ensureImage(spec);
+    await waitFor('some hydration', async () => ((await imageOf(b1, 'img'))?.hydratedPercent ?? 0) >= 20);
+    await b1.close();
+    const b = await makeBackend('n');
+    expect((await imageOf(b, 'img'))?.phase).toBe('hydrating');
+    const disk = await b.ensureDisk({ id: 'd1', source: { kind: 'image', image: 'img' } });
+    const ctrl = await b.ensureController({ name: 'slot-01/root', diskRef: disk.ref, readonly: false });
+    expect((await rejectionOf(b.deleteImage('img'), BackendError)).kind).toBe('busy');
+    await waitFor('hydration', async () => ((await imageOf(b, 'img'))?.phase === 'ready' ? true : undefined));
+    await origin.stop();
+    expect(await readAll(ctrl.socketPath, SIZE)).toEqual(mibSums(image));
+    await b.deleteController('slot-01/root');
+    await b.deleteDisk('d1');
+    await b.deleteImage('img');
+    await b.deleteImage('img');
+    expect((await b.observe()).images).toEqual([]);
+    expect(await fs.readdir(path.join(dir, 'n', 's', 'images'))).toEqual([]);
+    expect(await b.qmpExecute('query-named-block-nodes', { flat: true })).toEqual([]);
+  });
+
+  it('deleting an image mid-hydration stops the stream and closes its source', async () => {
+    const image = makeImage();
+    const origin = await startOrigin(image, { bytesPerSecond: 1 * MiB });
+    origins.push(origin);
+    const b = await makeBackend('n');
+    await b.ensureImage({ name: 'img', source: { http: { url: origin.url, sha256: sha(image) } }, format: 'raw', sizeBytes: SIZE });
+    await waitFor('some hydration', async () => ((await imageOf(b, 'img'))?.hydratedPercent ?? 0) >= 5);
+    await b.deleteImage('img');
+    expect(await b.qmpExecute('query-block-jobs')).toEqual([]);
+    expect(await b.qmpExecute('query-named-block-nodes', { flat: true })).toEqual([]);
+    expect(await fs.readdir(path.join(dir, 'n', 's', 'images'))).toEqual([]);
+    const served = origin.served();
+    await new Promise((r) => setTimeout(r, 300));
+    expect(origin.served()).toBe(served);
   });
 
   it('an unreachable origin pauses hydration without failing the disk; it resumes when the origin is back', async () => {

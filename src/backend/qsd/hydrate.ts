@@ -6,7 +6,7 @@ import { run } from '../image-source.js';
 import { RemoteDiskRefSchema, type RemoteDiskRef } from '../remote.js';
 import { BackendError, type DiskHydration, type ObservedDisk } from '../types.js';
 import type { QsdLayout } from './layout.js';
-import { nbdNodeOptions, nbdUri } from './lazy.js';
+import { nbdNodeOptions, nbdUri } from './sources.js';
 import type { QmpEvent } from './qmp.js';
 import type { QsdSession } from './session.js';
 

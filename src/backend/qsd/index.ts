@@ -188,7 +188,16 @@ export class QsdBackend extends EventEmitter implements StorageBackend {
   }
 
   hydrateDisk(id: string): Promise<DiskHydration> {
-    return this.session.serial(() => this.remote.hydrateNow(id));
+    return this.session.serial(async () => {
+      const own = await this.remote.hydrateNow(id);
+      if (own.state !== 'standalone') return own;
+      // A clone of a lazy golden reads through to the golden's source until the golden is whole.
+      const { file, format } = await this.disks.file(id);
+      const header = format === 'qcow2' ? await this.layout.readHeader(file) : undefined;
+      const image = this.layout.imageOfBacking(header?.backingFile);
+      const golden = image === undefined ? undefined : await this.lazy.dependence(image);
+      return golden ? { id, ...golden } : own;
+    });
   }
 
   // ---- controllers -----------------------------------------------------------------------

@@ -1,20 +1,17 @@
 import { createHash } from 'node:crypto';
 import fs from 'node:fs/promises';
-import http from 'node:http';
-import https from 'node:https';
 import { z } from 'zod';
-import { LIMITS } from '../../api/limits.js';
 import { writeFileAtomic } from '../../fsutil.js';
 import type { Logger } from '../../log.js';
 import { headerProblem } from '../image-inspect.js';
 import { run } from '../image-source.js';
-import { RemoteDiskRefSchema, type ListenAddress, type RemoteDiskRef } from '../remote.js';
 import { BackendError, type ImageSpec, type ObservedDisk, type ObservedImage } from '../types.js';
 import type { GoldenForClone } from './disks.js';
 import { isGone } from './errors.js';
 import type { QsdLayout } from './layout.js';
 import type { QmpEvent } from './qmp.js';
 import type { QsdSession } from './session.js';
+import { LazySourceSchema, nbdNodeOptions, nbdRef, nbdUri, nodeSize, rangeGet, sizeProblem, sourceOf, type LazySource } from './sources.js';
 import { contentSha256 } from './verify.js';
 
 /**
@@ -45,10 +42,7 @@ const RecordSchema = z
   .object({
     version: z.literal(1),
     name: z.string(),
-    source: z.discriminatedUnion('kind', [
-      z.object({ kind: z.literal('http'), url: z.string().regex(/^https?:\/\//) }).strict(),
-      z.object({ kind: z.literal('peer'), ref: RemoteDiskRefSchema }).strict(),
-    ]),
+    source: LazySourceSchema,
     sizeBytes: z.number().int().nonnegative(),
     sha256: z.string().optional(),
     state: z.enum(['hydrating', 'verifying', 'ready', 'failed']),
@@ -56,28 +50,12 @@ const RecordSchema = z
   })
   .strict();
 type LazyRecord = z.output<typeof RecordSchema>;
-type LazySource = LazyRecord['source'];
 
+const exists = (f: string): Promise<boolean> => fs.stat(f).then(() => true, () => false);
 const hash = (s: string): string => createHash('sha256').update(s).digest('hex').slice(0, 24);
 export const goldenNodeName = (name: string): string => `g${hash(name)}`;
 const sourceNodeName = (name: string): string => `s${hash(name)}`;
 const jobIdFor = (name: string): string => `hydrate-g${hash(name)}`;
-
-/** QMP's SocketAddress (blockdev-add) and the URI QEMU would write for the same export. */
-export function flatAddr(a: ListenAddress): Record<string, unknown> {
-  return a.kind === 'tcp' ? { type: 'inet', host: a.host, port: String(a.port) } : { type: 'unix', path: a.path };
-}
-export function nbdUri(ref: Extract<RemoteDiskRef, { transport: 'nbd' }>): string {
-  const exp = encodeURIComponent(ref.exportName);
-  if (ref.address.kind === 'unix') return `nbd+unix:///${exp}?socket=${ref.address.path}`;
-  const host = ref.address.host.includes(':') ? `[${ref.address.host}]` : ref.address.host;
-  return `nbd://${host}:${ref.address.port}/${exp}`;
-}
-/** Options of a read-only NBD node over a peer's export; waits out a short peer restart. */
-export function nbdNodeOptions(ref: RemoteDiskRef, nodeName: string): Record<string, unknown> {
-  if (ref.transport !== 'nbd') throw new BackendError(`qsd reads NBD exports only, not ${ref.transport}`, 'invalid');
-  return { driver: 'nbd', 'node-name': nodeName, server: flatAddr(ref.address), export: ref.exportName, 'read-only': true, 'reconnect-delay': 10 };
-}
 
 const MAX_RETRY_MS = 30_000;
 /** One L2 cache entry maps 64 clusters (4 MiB with 64 KiB clusters). */
@@ -135,6 +113,11 @@ export class LazyGoldens {
   async ensure(spec: ImageSpec, signal?: AbortSignal): Promise<ObservedImage> {
     const name = spec.name;
     let rec = await this.record(name);
+    if (rec && !(await exists(this.d.layout.lazyGoldenPath(name)))) {
+      // Killed between writing the record and renaming the golden into place: make it again.
+      await this.d.session.serial(() => this.discardNow(name));
+      rec = undefined;
+    }
     if (!rec) {
       const source = sourceOf(spec);
       if (source.kind === 'http') await this.checkOriginHead(name, source.url, signal);
@@ -158,7 +141,7 @@ export class LazyGoldens {
   }
 
   private async create(spec: ImageSpec, source: LazySource): Promise<LazyRecord> {
-    const { session, layout } = this.d;
+    const { session } = this.d;
     const name = spec.name;
     const log = this.d.log.child({ image: name });
     const s = sourceNodeName(name);
@@ -171,7 +154,20 @@ export class LazyGoldens {
     }
     const sha256 = 'http' in spec.source ? spec.source.http.sha256 : spec.source.hostPath.sha256;
     const rec: LazyRecord = { version: 1, name, source, sizeBytes: size, ...(sha256 ? { sha256 } : {}), state: 'hydrating' };
-    await this.save(rec);
+    try {
+      await this.save(rec);
+      await this.makeGolden(name, source, size);
+    } catch (e) {
+      await this.discardNow(name).catch(() => undefined);
+      throw e;
+    }
+    log.info({ event: 'image.lazy.created', sizeBytes: size, source: source.kind }, 'lazy golden created');
+    await this.ensureRunning(name);
+    return rec;
+  }
+
+  private async makeGolden(name: string, source: LazySource, size: number): Promise<void> {
+    const { layout } = this.d;
     // The backing is written by us, never read from the image: `-u` does not open it.
     const golden = layout.lazyGoldenPath(name);
     const tmp = `${golden}.part`;
@@ -180,9 +176,6 @@ export class LazyGoldens {
     const res = await run(this.d.qemuImg, ['create', '-q', '-f', 'qcow2', '-u', '-F', 'raw', '-b', backing, tmp, String(size)]);
     if (res.code !== 0) throw new BackendError(`image ${name}: qemu-img create failed: ${res.stderr.trim()}`, 'internal');
     await fs.rename(tmp, golden);
-    log.info({ event: 'image.lazy.created', sizeBytes: size, source: source.kind }, 'lazy golden created');
-    await this.ensureRunning(name);
-    return rec;
   }
 
   private async openSource(name: string, source: LazySource): Promise<void> {
@@ -373,6 +366,20 @@ export class LazyGoldens {
     return { ...base, phase: 'hydrating', hydratedPercent: pct ?? 0, message };
   }
 
+  /**
+   * How far a lazy golden still depends on its source: undefined once it stands alone (or if
+   * `name` is no lazy golden). 'paused' while the source cannot be reached.
+   */
+  async dependence(name: string): Promise<{ state: 'hydrating' | 'paused'; percent: number; message?: string } | undefined> {
+    const rec = await this.record(name).catch(() => undefined);
+    if (!rec || rec.state === 'ready' || rec.state === 'failed') return undefined;
+    if (rec.state === 'verifying') return { state: 'hydrating', percent: 100, message: 'verifying sha256' };
+    const pct = await this.progress(name);
+    const paused = this.retries.get(name)?.lastError;
+    if (pct === undefined && paused !== undefined) return { state: 'paused', percent: 0, message: paused };
+    return { state: 'hydrating', percent: pct ?? 0 };
+  }
+
   async list(disks: ObservedDisk[]): Promise<ObservedImage[]> {
     const files = await fs.readdir(this.d.layout.imagesDir).catch(() => [] as string[]);
     const out: ObservedImage[] = [];
@@ -392,83 +399,25 @@ export class LazyGoldens {
     const r = this.retries.get(name);
     clearTimeout(r?.timer);
     this.retries.delete(name);
-    await session.serial(async () => {
-      if (session.connected) {
-        const job = jobIdFor(name);
-        this.byJob.delete(job);
-        const jobs = await session.exec<Array<{ device: string }>>('query-block-jobs', undefined, 'query-block-jobs');
-        if (jobs.some((j) => j.device === job)) {
-          await session.exec('block-job-cancel', { device: job, force: true }, `image ${name}: cancel hydration`);
-          for (let i = 0; i < 200 && (await session.exec<Array<{ device: string }>>('query-block-jobs', undefined, 'jobs')).some((j) => j.device === job); i++) {
-            await new Promise((res) => setTimeout(res, 25));
-          }
-        }
-        await session.deleteNode(goldenNodeName(name));
-        await session.deleteNode(sourceNodeName(name));
+    await session.serial(() => this.discardNow(name));
+  }
+
+  /** Stops hydration, closes the nodes, removes golden and record. Inside session.serial. */
+  private async discardNow(name: string): Promise<void> {
+    const { session, layout } = this.d;
+    const golden = layout.lazyGoldenPath(name);
+    if (session.connected) {
+      const job = jobIdFor(name);
+      this.byJob.delete(job);
+      const jobs = () => session.exec<Array<{ device: string }>>('query-block-jobs', undefined, 'query-block-jobs');
+      if ((await jobs()).some((j) => j.device === job)) {
+        await session.exec('block-job-cancel', { device: job, force: true }, `image ${name}: cancel hydration`);
+        for (let i = 0; i < 200 && (await jobs()).some((j) => j.device === job); i++) await new Promise((res) => setTimeout(res, 25));
       }
-      await Promise.all([golden, `${golden}.part`, layout.lazyRecordPath(name)].map((f) => fs.rm(f, { force: true })));
-    });
+      await session.deleteNode(goldenNodeName(name));
+      await session.deleteNode(sourceNodeName(name));
+    }
+    await Promise.all([golden, `${golden}.part`, layout.lazyRecordPath(name)].map((f) => fs.rm(f, { force: true })));
   }
 }
 
-function sourceOf(spec: ImageSpec): LazySource {
-  if (spec.peer) return { kind: 'peer', ref: nbdRef(spec.peer) };
-  if ('http' in spec.source) return { kind: 'http', url: spec.source.http.url };
-  throw new BackendError(`image ${spec.name}: a lazy image needs an http(s) origin or a peer`, 'invalid');
-}
-
-function nbdRef(ref: RemoteDiskRef): Extract<RemoteDiskRef, { transport: 'nbd' }> {
-  if (ref.transport !== 'nbd') throw new BackendError(`qsd reads peers over NBD only, not ${ref.transport}`, 'invalid');
-  return ref;
-}
-
-/** The same size rule as a full import: never larger than declared (disks were sized by it). */
-export function sizeProblem(size: number, declared: number | undefined, source: LazySource): string | undefined {
-  if (source.kind === 'peer' && source.ref.sizeBytes > 0 && source.ref.sizeBytes !== size) {
-    return `peer export is ${size} bytes, its reference says ${source.ref.sizeBytes}`;
-  }
-  if (declared !== undefined && size > declared) return `actual size ${size} bytes is larger than the declared size ${declared} bytes`;
-  if (declared === undefined && size > LIMITS.maxUndeclaredImageBytes) {
-    return `actual size ${size} bytes is larger than the limit of ${LIMITS.maxUndeclaredImageBytes} bytes for an image with no declared size`;
-  }
-  if (size === 0) return 'source is empty';
-  return undefined;
-}
-
-async function nodeSize(session: QsdSession, nodeName: string): Promise<number> {
-  const info = await session.exec<Array<{ 'node-name'?: string; image?: { 'virtual-size'?: number } }>>(
-    'query-named-block-nodes',
-    { flat: true },
-    'query-named-block-nodes',
-  );
-  return info.find((n) => n['node-name'] === nodeName)?.image?.['virtual-size'] ?? 0;
-}
-
-/** The first `bytes` of a URL (a Range request; a server that ignores Range is cut off). */
-function rangeGet(url: string, bytes: number, signal?: AbortSignal): Promise<Buffer> {
-  return new Promise((resolve, reject) => {
-    const get = url.startsWith('https:') ? https.get : http.get;
-    const req = get(url, { headers: { range: `bytes=0-${bytes - 1}` }, timeout: 10_000, ...(signal ? { signal } : {}) }, (res) => {
-      if (res.statusCode !== 200 && res.statusCode !== 206) {
-        res.resume();
-        reject(new Error(`HTTP ${res.statusCode}`));
-        return;
-      }
-      const chunks: Buffer[] = [];
-      let got = 0;
-      res.on('data', (c: Buffer) => {
-        chunks.push(c);
-        got += c.length;
-        if (got >= bytes) req.destroy();
-      });
-      const done = (): void => resolve(Buffer.concat(chunks).subarray(0, bytes));
-      res.on('end', done);
-      res.on('close', done);
-    });
-    req.on('timeout', () => req.destroy(new Error('timed out')));
-    req.on('error', (e) => {
-      if ((e as NodeJS.ErrnoException).code === 'ECONNRESET' && req.destroyed) return;
-      reject(e);
-    });
-  });
-}

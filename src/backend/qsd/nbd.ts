@@ -61,7 +61,7 @@ export interface NbdContext {
 function legacyAddr(a: ListenAddress): Record<string, unknown> {
   return a.kind === 'tcp' ? { type: 'inet', data: { host: a.host, port: String(a.port) } } : { type: 'unix', data: { path: a.path } };
 }
-function flatAddr(a: ListenAddress): Record<string, unknown> {
+export function flatAddr(a: ListenAddress): Record<string, unknown> {
   return a.kind === 'tcp' ? { type: 'inet', host: a.host, port: String(a.port) } : { type: 'unix', path: a.path };
 }
 const sameAddr = (a: ListenAddress, b: ListenAddress): boolean =>
