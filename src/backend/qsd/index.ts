@@ -66,6 +66,11 @@ export interface QsdBackendOptions {
   lazyImages?: boolean;
   /** First retry delay of a hydration that stopped (source unreachable); doubles up to 30 s. */
   hydrationRetryMs?: number;
+  /**
+   * Cap on each image's hydration stream in bytes/s (QEMU's block-stream `speed`), so that
+   * hydration leaves the source and the disks bandwidth for guests' own reads. Default: none.
+   */
+  hydrationBytesPerSecond?: number;
 }
 
 export class QsdBackend extends EventEmitter implements StorageBackend {
@@ -96,7 +101,8 @@ export class QsdBackend extends EventEmitter implements StorageBackend {
     this.session.on('disconnected', () => this.emit('disconnected'));
     const { session, layout } = this;
     const retryDelayMs = opts.hydrationRetryMs ?? 500;
-    this.lazy = new LazyGoldens({ session, layout, qemuImg, log, retryDelayMs, listDisks: () => this.disks.list() });
+    const speedBytesPerSecond = opts.hydrationBytesPerSecond ?? 0;
+    this.lazy = new LazyGoldens({ session, layout, qemuImg, log, retryDelayMs, speedBytesPerSecond, listDisks: () => this.disks.list() });
     this.remote = new RemoteDisks({ session, layout, qemuImg, log, retryDelayMs });
     this.images = new QsdImages({
       layout,

@@ -69,6 +69,8 @@ export interface LazyDeps {
   log: Logger;
   /** First retry delay after a failed hydration (doubles up to 30 s). */
   retryDelayMs: number;
+  /** Cap on one hydration stream (bytes/s); 0 = as fast as the source gives. */
+  speedBytesPerSecond: number;
   listDisks(): Promise<ObservedDisk[]>;
 }
 
@@ -240,7 +242,11 @@ export class LazyGoldens {
     const job = jobIdFor(name);
     if (jobs.some((j) => j.device === job)) return;
     this.byJob.set(job, name);
-    await this.d.session.exec('block-stream', { 'job-id': job, device: g, 'on-error': 'report' }, `image ${name}: start hydration`);
+    await this.d.session.exec(
+      'block-stream',
+      { 'job-id': job, device: g, 'on-error': 'report', ...(this.d.speedBytesPerSecond > 0 ? { speed: this.d.speedBytesPerSecond } : {}) },
+      `image ${name}: start hydration`,
+    );
     this.d.log.info({ event: 'image.hydrate.start', image: name }, 'hydration started');
   }
 
