@@ -1,9 +1,6 @@
 import { createHash } from 'node:crypto';
 import fs from 'node:fs/promises';
-import { z } from 'zod';
-import { writeFileAtomic } from '../../fsutil.js';
 import type { Logger } from '../../log.js';
-import { headerProblem } from '../image-inspect.js';
 import { run } from '../image-source.js';
 import { BackendError, type ImageSpec, type ObservedDisk, type ObservedImage } from '../types.js';
 import type { GoldenForClone } from './disks.js';
@@ -11,7 +8,8 @@ import { isGone } from './errors.js';
 import type { QsdLayout } from './layout.js';
 import type { QmpEvent } from './qmp.js';
 import type { QsdSession } from './session.js';
-import { LazySourceSchema, nbdNodeOptions, nbdRef, nbdUri, nodeSize, rangeGet, sizeProblem, sourceOf, type LazySource } from './sources.js';
+import { readLazyRecord, writeLazyRecord, type LazyRecord } from './lazy-record.js';
+import { checkRawOrigin, nbdNodeOptions, nbdRef, nbdUri, nodeSize, sizeProblem, sourceOf, type LazySource } from './sources.js';
 import { contentSha256 } from './verify.js';
 
 /**
@@ -38,18 +36,6 @@ import { contentSha256 } from './verify.js';
  * not yet hydrated fail until it is back, nothing is marked failed for that.
  */
 
-const RecordSchema = z
-  .object({
-    version: z.literal(1),
-    name: z.string(),
-    source: LazySourceSchema,
-    sizeBytes: z.number().int().nonnegative(),
-    sha256: z.string().optional(),
-    state: z.enum(['hydrating', 'verifying', 'ready', 'failed']),
-    message: z.string().optional(),
-  })
-  .strict();
-type LazyRecord = z.output<typeof RecordSchema>;
 
 const exists = (f: string): Promise<boolean> => fs.stat(f).then(() => true, () => false);
 const hash = (s: string): string => createHash('sha256').update(s).digest('hex').slice(0, 24);
@@ -60,7 +46,6 @@ const jobIdFor = (name: string): string => `hydrate-g${hash(name)}`;
 const MAX_RETRY_MS = 30_000;
 /** One L2 cache entry maps 64 clusters (4 MiB with 64 KiB clusters). */
 const L2_ENTRY_BYTES = 512;
-const HEAD_BYTES = 64 * 1024;
 
 export interface LazyDeps {
   session: QsdSession;
@@ -95,16 +80,12 @@ export class LazyGoldens {
     for (const r of this.retries.values()) clearTimeout(r.timer);
   }
 
-  private async record(name: string): Promise<LazyRecord | undefined> {
-    const text = await fs.readFile(this.d.layout.lazyRecordPath(name), 'utf8').catch(() => undefined);
-    if (text === undefined) return undefined;
-    const parsed = RecordSchema.safeParse(JSON.parse(text));
-    if (!parsed.success) throw new BackendError(`image ${name}: lazy record is unreadable: ${parsed.error.message}`, 'internal');
-    return parsed.data;
+  private record(name: string): Promise<LazyRecord | undefined> {
+    return readLazyRecord(this.d.layout, name);
   }
 
-  private async save(rec: LazyRecord): Promise<void> {
-    await writeFileAtomic(this.d.layout.lazyRecordPath(rec.name), JSON.stringify(rec), { mode: 0o600 });
+  private save(rec: LazyRecord): Promise<void> {
+    return writeLazyRecord(this.d.layout, rec);
   }
 
   async has(name: string): Promise<boolean> {
@@ -122,7 +103,7 @@ export class LazyGoldens {
     }
     if (!rec) {
       const source = sourceOf(spec);
-      if (source.kind === 'http') await this.checkOriginHead(name, source.url, signal);
+      if (source.kind === 'http') await checkRawOrigin(name, source.url, signal);
       signal?.throwIfAborted();
       rec = await this.d.session.serial(() => this.create(spec, source));
     } else if (rec.state === 'failed') {
@@ -131,15 +112,6 @@ export class LazyGoldens {
       await this.d.session.serial(() => this.ensureRunning(name));
     }
     return this.info(rec, await this.d.listDisks());
-  }
-
-  /** image-inspect's rule for a raw source, on its first bytes: it must not be a qcow2 image. */
-  private async checkOriginHead(name: string, url: string, signal?: AbortSignal): Promise<void> {
-    const head = await rangeGet(url, HEAD_BYTES, signal).catch((e: unknown) => {
-      throw new BackendError(`image ${name}: origin ${url} unreachable: ${(e as Error).message}`, 'download', { cause: e });
-    });
-    const problem = headerProblem(head, 'raw');
-    if (problem) throw new BackendError(`image ${name}: source ${problem}`, 'invalid');
   }
 
   private async create(spec: ImageSpec, source: LazySource): Promise<LazyRecord> {

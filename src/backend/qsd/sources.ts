@@ -4,6 +4,7 @@ import { z } from 'zod';
 import { LIMITS } from '../../api/limits.js';
 import { RemoteDiskRefSchema, type RemoteDiskRef } from '../remote.js';
 import { flatAddr } from './nbd.js';
+import { headerProblem } from '../image-inspect.js';
 import { BackendError, type ImageSpec } from '../types.js';
 import type { QsdSession } from './session.js';
 
@@ -92,4 +93,13 @@ export function rangeGet(url: string, bytes: number, signal?: AbortSignal): Prom
       reject(e);
     });
   });
+}
+
+/** image-inspect's rule for a raw source, on its first 64 KiB: it must not be a qcow2 image. */
+export async function checkRawOrigin(name: string, url: string, signal?: AbortSignal): Promise<void> {
+  const head = await rangeGet(url, 64 * 1024, signal).catch((e: unknown) => {
+    throw new BackendError(`image ${name}: origin ${url} unreachable: ${(e as Error).message}`, 'download', { cause: e });
+  });
+  const problem = headerProblem(head, 'raw');
+  if (problem) throw new BackendError(`image ${name}: source ${problem}`, 'invalid');
 }
