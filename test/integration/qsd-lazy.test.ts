@@ -161,7 +161,10 @@ describe.skipIf(!canRun || !haveCurl)('lazy goldens over HTTP (QEMU curl driver)
     await b1.close();
     const b = await makeBackend('n');
     expect((await imageOf(b, 'img'))?.phase).toBe('hydrating');
-    const disk = await b.ensureDisk({ id: 'd1', source: { kind: 'image', image: 'img' } });
+    await b.ensureDisk({ id: 'd1', source: { kind: 'image', image: 'img' } });
+    // Grown while closed: the overlay is resized without opening its (held, remote) backing.
+    const disk = await b.ensureDisk({ id: 'd1', source: { kind: 'image', image: 'img' }, capacityBytes: 2 * SIZE });
+    expect(disk.sizeBytes).toBe(2 * SIZE);
     const ctrl = await b.ensureController({ name: 'slot-01/root', diskRef: disk.ref, readonly: false });
     expect((await rejectionOf(b.deleteImage('img'), BackendError)).kind).toBe('busy');
     await waitFor('hydration', async () => ((await imageOf(b, 'img'))?.phase === 'ready' ? true : undefined));

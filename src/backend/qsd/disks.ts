@@ -191,7 +191,10 @@ export class QsdDisks {
     if (node?.['node-name']) {
       await session.exec('block_resize', { 'node-name': node['node-name'], size: capacity }, `resize ${overlay}`);
     } else {
-      const res = await run(this.d.qemuImg, ['resize', '-q', '-f', 'qcow2', overlay, String(capacity)]);
+      // Opened without its backing: growing an overlay needs none, and a lazy golden's chain
+      // is held by the daemon and ends at a remote source.
+      const spec = JSON.stringify({ driver: 'qcow2', file: { driver: 'file', filename: overlay }, backing: null });
+      const res = await run(this.d.qemuImg, ['resize', '-q', `json:${spec}`, String(capacity)]);
       if (res.code !== 0) throw new BackendError(`resize ${overlay}: ${res.stderr.trim()}`, 'internal');
     }
     log.info({ event: 'disk.resized', capacity }, 'disk grown');

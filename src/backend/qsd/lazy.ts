@@ -212,8 +212,9 @@ export class LazyGoldens {
     }
     const jobs = await this.d.session.exec<Array<{ device: string }>>('query-block-jobs', undefined, 'query-block-jobs');
     const job = jobIdFor(name);
-    if (jobs.some((j) => j.device === job)) return;
+    // Also for a job found running (a daemon that outlived an agent): its end is ours to handle.
     this.byJob.set(job, name);
+    if (jobs.some((j) => j.device === job)) return;
     await this.d.session.exec(
       'block-stream',
       { 'job-id': job, device: g, 'on-error': 'report', ...(this.d.speedBytesPerSecond > 0 ? { speed: this.d.speedBytesPerSecond } : {}) },
