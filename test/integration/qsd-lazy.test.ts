@@ -291,6 +291,32 @@ describe.skipIf(!canRun)('lazy goldens from a peer (NBD)', () => {
     expect(await readAll(ctrl.socketPath, SIZE)).toEqual(mibSums(image));
   });
 
+  it('a peer that restarts mid-hydration pauses it; B resumes once the export is back and loses nothing', async () => {
+    const image = makeImage();
+    const src = path.join(dir, 'src.raw');
+    await fs.writeFile(src, image);
+    const a = await makeBackend('a', { lazyImages: false });
+    await a.ensureImage({ name: 'img', source: { hostPath: { path: src } }, format: 'raw' });
+    await a.ensureDisk({ id: 'a-img', source: { kind: 'image', image: 'img' } });
+    const listenAddress = { kind: 'unix' as const, path: path.join(dir, 'a-nbd.sock') };
+    const ref = await a.exportDisk('a-img', { listenAddress });
+
+    const b = await makeBackend('b', { hydrationBytesPerSecond: 2 * MiB });
+    await b.ensureImage({ name: 'img', source: { hostPath: { path: '/nonexistent/on-b', sha256: sha(image) } }, format: 'raw', peer: ref });
+    const disk = await b.ensureDisk({ id: 'b1', source: { kind: 'image', image: 'img' } });
+    const ctrl = await b.ensureController({ name: 'slot-01/root', diskRef: disk.ref, readonly: false });
+    await waitFor('some hydration', async () => ((await imageOf(b, 'img'))?.hydratedPercent ?? 0) >= 20);
+    const pid = Number((await fs.readFile(path.join(dir, 'a', 's', 'qsd.pid'), 'utf8')).trim());
+    const back = once(a, 'connected');
+    process.kill(pid, 'SIGKILL');
+    await back;
+    expect((await imageOf(b, 'img'))?.phase).toBe('hydrating');
+    expect(await a.exportDisk('a-img', { listenAddress })).toEqual(ref);
+    await waitFor('hydration on B after the peer came back', async () => ((await imageOf(b, 'img'))?.phase === 'ready' ? true : undefined));
+    await a.close();
+    expect(await readAll(ctrl.socketPath, SIZE)).toEqual(mibSums(image));
+  });
+
   it('a disk cloned from another node\'s export takes writes at once and stands alone after hydrateDisk', async () => {
     const image = makeImage();
     const src = path.join(dir, 'src.raw');
