@@ -8,6 +8,7 @@ import { BackendError, type DiskHydration, type ObservedDisk } from '../types.js
 import type { QsdLayout } from './layout.js';
 import { nbdNodeOptions, nbdUri } from './sources.js';
 import type { QmpEvent } from './qmp.js';
+import { RetryLater } from './retry-later.js';
 import type { QsdSession } from './session.js';
 
 /**
@@ -42,17 +43,18 @@ export interface RemoteDisksDeps {
 }
 
 export class RemoteDisks {
-  private readonly retries = new Map<string, { attempt: number; timer?: NodeJS.Timeout; lastError?: string }>();
-  private closed = false;
+  private readonly retries: RetryLater;
 
   constructor(private readonly d: RemoteDisksDeps) {
+    this.retries = new RetryLater(d.retryDelayMs, async (id) => {
+      if (d.session.connected) await d.session.serial(() => this.hydrateNow(id));
+    });
     d.session.on('qmp-event', (e: QmpEvent) => this.onEvent(e));
     d.session.on('connected', () => void this.resumeAll());
   }
 
   close(): void {
-    this.closed = true;
-    for (const r of this.retries.values()) clearTimeout(r.timer);
+    this.retries.close();
   }
 
   private async record(id: string): Promise<RemoteRecord | undefined> {
@@ -171,7 +173,7 @@ export class RemoteDisks {
       return { id, state: 'paused', percent: 0, message: (e as Error).message };
     }
     this.d.log.info({ event: 'disk.hydrate.start', disk: id }, 'disk hydration started');
-    const paused = this.retries.get(id)?.lastError;
+    const paused = this.retries.lastError(id);
     return { id, state: 'hydrating', percent: 0, ...(paused ? { message: `resumed after: ${paused}` } : {}) };
   }
 
@@ -179,7 +181,7 @@ export class RemoteDisks {
   private async finishNow(id: string): Promise<void> {
     await this.d.session.deleteNode(remoteNode(id));
     await fs.rm(this.d.layout.remoteRecordPath(id), { force: true });
-    this.retries.delete(id);
+    this.retries.forget(id);
     this.d.log.info({ event: 'disk.hydrate.done', disk: id }, 'disk hydrated; remote export no longer used');
   }
 
@@ -201,17 +203,7 @@ export class RemoteDisks {
   }
 
   private retryLater(id: string, why: string): void {
-    if (this.closed) return;
-    const r = this.retries.get(id) ?? { attempt: 0 };
-    clearTimeout(r.timer);
-    const delay = Math.min(this.d.retryDelayMs * 2 ** r.attempt, 30_000);
-    r.attempt++;
-    r.lastError = why;
-    r.timer = setTimeout(() => {
-      r.timer = undefined;
-      if (this.d.session.connected) void this.d.session.serial(() => this.hydrateNow(id)).catch((err: unknown) => this.retryLater(id, (err as Error).message));
-    }, delay);
-    this.retries.set(id, r);
+    this.retries.schedule(id, why);
   }
 
   private async resumeAll(): Promise<void> {
@@ -231,8 +223,7 @@ export class RemoteDisks {
       await this.d.session.deleteNode(overlayNode(id)).catch(() => undefined);
       await this.d.session.deleteNode(remoteNode(id)).catch(() => undefined);
     }
-    clearTimeout(this.retries.get(id)?.timer);
-    this.retries.delete(id);
+    this.retries.forget(id);
     await fs.rm(this.d.layout.remoteRecordPath(id), { force: true });
   }
 }

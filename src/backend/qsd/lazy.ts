@@ -7,6 +7,7 @@ import type { GoldenForClone } from './disks.js';
 import { isGone } from './errors.js';
 import type { QsdLayout } from './layout.js';
 import type { QmpEvent } from './qmp.js';
+import { RetryLater } from './retry-later.js';
 import type { QsdSession } from './session.js';
 import { readLazyRecord, writeLazyRecord, type LazyRecord } from './lazy-record.js';
 import { checkRawOrigin, nbdNodeOptions, nbdRef, nbdUri, nodeSize, sizeProblem, sourceOf, type LazySource } from './sources.js';
@@ -43,7 +44,6 @@ export const goldenNodeName = (name: string): string => `g${hash(name)}`;
 const sourceNodeName = (name: string): string => `s${hash(name)}`;
 const jobIdFor = (name: string): string => `hydrate-g${hash(name)}`;
 
-const MAX_RETRY_MS = 30_000;
 /** One L2 cache entry maps 64 clusters (4 MiB with 64 KiB clusters). */
 const L2_ENTRY_BYTES = 512;
 
@@ -59,25 +59,21 @@ export interface LazyDeps {
   listDisks(): Promise<ObservedDisk[]>;
 }
 
-interface Retry {
-  attempt: number;
-  timer?: NodeJS.Timeout;
-  lastError?: string;
-}
-
 export class LazyGoldens {
-  private readonly retries = new Map<string, Retry>();
+  private readonly retries: RetryLater;
   private readonly byJob = new Map<string, string>();
-  private closed = false;
 
   constructor(private readonly d: LazyDeps) {
+    // A retry while the daemon is down waits for 'connected', which resumes every image.
+    this.retries = new RetryLater(d.retryDelayMs, async (name) => {
+      if (d.session.connected) await d.session.serial(() => this.ensureRunning(name));
+    });
     d.session.on('qmp-event', (e: QmpEvent) => this.onEvent(e));
     d.session.on('connected', () => void this.resumeAll());
   }
 
   close(): void {
-    this.closed = true;
-    for (const r of this.retries.values()) clearTimeout(r.timer);
+    this.retries.close();
   }
 
   private record(name: string): Promise<LazyRecord | undefined> {
@@ -249,18 +245,7 @@ export class LazyGoldens {
   }
 
   private retryLater(name: string, why: string): void {
-    if (this.closed) return;
-    const r = this.retries.get(name) ?? { attempt: 0 };
-    clearTimeout(r.timer);
-    const delay = Math.min(this.d.retryDelayMs * 2 ** r.attempt, MAX_RETRY_MS);
-    r.attempt++;
-    r.lastError = why;
-    r.timer = setTimeout(() => {
-      r.timer = undefined;
-      if (!this.d.session.connected) return; // 'connected' resumes it
-      this.d.session.serial(() => this.ensureRunning(name)).catch((e: unknown) => this.retryLater(name, (e as Error).message));
-    }, delay);
-    this.retries.set(name, r);
+    this.retries.schedule(name, why);
   }
 
   private async resumeAll(): Promise<void> {
@@ -309,7 +294,7 @@ export class LazyGoldens {
       }
       await fs.chmod(golden, 0o400);
       await this.save(next);
-      this.retries.delete(name);
+      this.retries.forget(name);
       if (next.state === 'failed') log.error({ event: 'image.hydrate.checksum', err: next.message }, 'hydrated image failed verification');
       else log.info({ event: 'image.hydrate.done', verified: rec.sha256 !== undefined }, 'image hydrated');
     } catch (e) {
@@ -340,7 +325,7 @@ export class LazyGoldens {
     if (rec.state === 'failed') return { ...base, phase: 'failed', ...(rec.message ? { message: rec.message } : {}) };
     if (rec.state === 'verifying') return { ...base, phase: 'hydrating', hydratedPercent: 100, message: 'hydrated; verifying sha256' };
     const pct = await this.progress(rec.name);
-    const paused = this.retries.get(rec.name)?.lastError;
+    const paused = this.retries.lastError(rec.name);
     const message = pct !== undefined ? `hydrating ${pct}%` : paused !== undefined ? `hydration paused (${paused}); retrying` : 'hydrating';
     return { ...base, phase: 'hydrating', hydratedPercent: pct ?? 0, message };
   }
@@ -354,7 +339,7 @@ export class LazyGoldens {
     if (!rec || rec.state === 'ready' || rec.state === 'failed') return undefined;
     if (rec.state === 'verifying') return { state: 'hydrating', percent: 100, message: 'verifying sha256' };
     const pct = await this.progress(name);
-    const paused = this.retries.get(name)?.lastError;
+    const paused = this.retries.lastError(name);
     if (pct === undefined && paused !== undefined) return { state: 'paused', percent: 0, message: paused };
     return { state: 'hydrating', percent: pct ?? 0 };
   }
@@ -375,9 +360,7 @@ export class LazyGoldens {
     const { session, layout } = this.d;
     const golden = layout.lazyGoldenPath(name);
     if (!(await this.has(name)) && !(await fs.stat(golden).then(() => true, () => false))) return;
-    const r = this.retries.get(name);
-    clearTimeout(r?.timer);
-    this.retries.delete(name);
+    this.retries.forget(name);
     await session.serial(() => this.discardNow(name));
   }
 
