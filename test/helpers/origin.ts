@@ -15,7 +15,7 @@ export interface Origin {
   stop(): Promise<void>;
 }
 
-export async function startOrigin(image: Buffer, opts: { bytesPerSecond?: number; name?: string; port?: number } = {}): Promise<Origin> {
+export async function startOrigin(image: Buffer, opts: { bytesPerSecond?: number; name?: string; port?: number; ranges?: boolean } = {}): Promise<Origin> {
   const rate = opts.bytesPerSecond ?? Infinity;
   const chunk = 64 * 1024;
   let served = 0;
@@ -24,11 +24,11 @@ export async function startOrigin(image: Buffer, opts: { bytesPerSecond?: number
   const server = http.createServer((req, res) => {
     requests++;
     if (req.method === 'HEAD') {
-      res.writeHead(200, { 'content-length': image.length, 'accept-ranges': 'bytes' });
+      res.writeHead(200, { 'content-length': image.length, ...(opts.ranges === false ? {} : { 'accept-ranges': 'bytes' }) });
       res.end();
       return;
     }
-    const m = /^bytes=(\d+)-(\d*)$/.exec(req.headers.range ?? '');
+    const m = opts.ranges === false ? null : /^bytes=(\d+)-(\d*)$/.exec(req.headers.range ?? '');
     const start = m ? Number(m[1]) : 0;
     const end = m?.[2] ? Math.min(Number(m[2]), image.length - 1) : image.length - 1;
     if (start >= image.length) {
@@ -38,7 +38,7 @@ export async function startOrigin(image: Buffer, opts: { bytesPerSecond?: number
     }
     res.writeHead(m ? 206 : 200, {
       'content-length': end - start + 1,
-      'accept-ranges': 'bytes',
+      ...(opts.ranges === false ? {} : { 'accept-ranges': 'bytes' }),
       ...(m ? { 'content-range': `bytes ${start}-${end}/${image.length}` } : {}),
     });
     let pos = start;

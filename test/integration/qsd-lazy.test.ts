@@ -239,6 +239,17 @@ describe.skipIf(!canRun || !haveCurl)('lazy goldens over HTTP (QEMU curl driver)
     expect(await readAll(ctrl.socketPath, SIZE)).toEqual(mibSums(image));
   });
 
+  it('an origin that ignores byte ranges is imported in full instead', async () => {
+    const image = makeImage();
+    const origin = await startOrigin(image, { ranges: false });
+    origins.push(origin);
+    const b = await makeBackend('n');
+    const img = await b.ensureImage({ name: 'img', source: { http: { url: origin.url, sha256: sha(image) } }, format: 'raw', sizeBytes: SIZE });
+    expect(img).toMatchObject({ phase: 'ready', sizeBytes: SIZE });
+    expect(img.ref.endsWith('img.raw')).toBe(true);
+    expect(await fs.readdir(path.join(dir, 'n', 's', 'images'))).toEqual(['img.raw']);
+  });
+
   it('refuses a source larger than declared or a raw source that is a qcow2 image, leaving nothing behind', async () => {
     const image = makeImage();
     const origin = await startOrigin(image);

@@ -52,7 +52,10 @@ export class QsdImages {
         return this.info(spec.name, existing.size);
       }
       // A lazy golden already made (or being made) keeps its path whatever the options say now.
-      if (this.isLazy(spec) || (await this.d.lazy.has(spec.name))) return this.d.lazy.ensure(spec, signal);
+      if (this.isLazy(spec) || (await this.d.lazy.has(spec.name))) {
+        const lazy = await this.d.lazy.ensure(spec, signal);
+        if (lazy) return lazy;
+      }
       const log = this.d.log.child({ image: spec.name });
       const got = await fetchImage(spec, golden, {
         ...this.d.fetch,

@@ -88,8 +88,11 @@ export class LazyGoldens {
     return (await this.record(name)) !== undefined;
   }
 
-  /** Makes (or finds) the lazy golden; resolves once disks can be cloned from it. */
-  async ensure(spec: ImageSpec, signal?: AbortSignal): Promise<ObservedImage> {
+  /**
+   * Makes (or finds) the lazy golden; resolves once disks can be cloned from it. Undefined when
+   * the origin cannot be read lazily (it ignores byte ranges): the caller imports it in full.
+   */
+  async ensure(spec: ImageSpec, signal?: AbortSignal): Promise<ObservedImage | undefined> {
     const name = spec.name;
     let rec = await this.record(name);
     if (rec && !(await exists(this.d.layout.lazyGoldenPath(name)))) {
@@ -99,7 +102,10 @@ export class LazyGoldens {
     }
     if (!rec) {
       const source = sourceOf(spec);
-      if (source.kind === 'http') await checkRawOrigin(name, source.url, signal);
+      if (source.kind === 'http' && !(await checkRawOrigin(name, source.url, signal)).ranges) {
+        this.d.log.info({ event: 'image.lazy.unsupported', image: name }, 'origin serves no byte ranges; importing in full');
+        return undefined;
+      }
       signal?.throwIfAborted();
       rec = await this.d.session.serial(() => this.create(spec, source));
     } else if (rec.state === 'failed') {

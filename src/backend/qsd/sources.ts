@@ -67,7 +67,7 @@ export async function nodeSize(session: QsdSession, nodeName: string): Promise<n
 }
 
 /** The first `bytes` of a URL (a Range request; a server that ignores Range is cut off). */
-export function rangeGet(url: string, bytes: number, signal?: AbortSignal): Promise<Buffer> {
+export function rangeGet(url: string, bytes: number, signal?: AbortSignal): Promise<{ head: Buffer; ranges: boolean }> {
   return new Promise((resolve, reject) => {
     const get = url.startsWith('https:') ? https.get : http.get;
     const req = get(url, { headers: { range: `bytes=0-${bytes - 1}` }, timeout: 10_000, ...(signal ? { signal } : {}) }, (res) => {
@@ -76,6 +76,7 @@ export function rangeGet(url: string, bytes: number, signal?: AbortSignal): Prom
         reject(new Error(`HTTP ${res.statusCode}`));
         return;
       }
+      const ranges = res.statusCode === 206;
       const chunks: Buffer[] = [];
       let got = 0;
       res.on('data', (c: Buffer) => {
@@ -83,7 +84,7 @@ export function rangeGet(url: string, bytes: number, signal?: AbortSignal): Prom
         got += c.length;
         if (got >= bytes) req.destroy();
       });
-      const done = (): void => resolve(Buffer.concat(chunks).subarray(0, bytes));
+      const done = (): void => resolve({ head: Buffer.concat(chunks).subarray(0, bytes), ranges });
       res.on('end', done);
       res.on('close', done);
     });
@@ -96,10 +97,12 @@ export function rangeGet(url: string, bytes: number, signal?: AbortSignal): Prom
 }
 
 /** image-inspect's rule for a raw source, on its first 64 KiB: it must not be a qcow2 image. */
-export async function checkRawOrigin(name: string, url: string, signal?: AbortSignal): Promise<void> {
-  const head = await rangeGet(url, 64 * 1024, signal).catch((e: unknown) => {
+/** Also tells whether the origin serves byte ranges (QEMU's curl driver needs them). */
+export async function checkRawOrigin(name: string, url: string, signal?: AbortSignal): Promise<{ ranges: boolean }> {
+  const { head, ranges } = await rangeGet(url, 64 * 1024, signal).catch((e: unknown) => {
     throw new BackendError(`image ${name}: origin ${url} unreachable: ${(e as Error).message}`, 'download', { cause: e });
   });
   const problem = headerProblem(head, 'raw');
   if (problem) throw new BackendError(`image ${name}: source ${problem}`, 'invalid');
+  return { ranges };
 }
