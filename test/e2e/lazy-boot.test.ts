@@ -24,7 +24,7 @@ const FIXTURES = path.join(REPO_ROOT, 'test', 'fixtures', 'e2e');
 const MiB = 1024 * 1024;
 const DISK_BYTES = 64 * MiB;
 
-const haveCurl = spawnSync('sh', ['-c', 'ls /usr/lib/*/qemu/block-curl.so']).status === 0;
+const haveCurl = spawnSync('sh', ['-c', 'ls /usr/lib/*/qemu/block-curl.so'], { stdio: 'ignore' }).status === 0;
 const skipReason = (await whyNoLibvirt()) ?? (haveCurl ? undefined : 'QEMU curl block driver missing (qemu-block-extra; make deps)');
 if (skipReason) console.warn(`lazy-boot e2e skipped: ${skipReason}`);
 
