@@ -15,8 +15,9 @@ declare -A NEED=(
   [busybox]=busybox-static
   [cpio]=cpio
 )
-# Packages that provide no command we can probe for.
-EXTRA_PKGS=(libvirt-daemon-driver-qemu)
+# Packages that provide no command we can probe for. qemu-block-extra: the curl block driver
+# (block-curl.so) with which qemu-storage-daemon reads a lazy image from its http(s) origin.
+EXTRA_PKGS=(libvirt-daemon-driver-qemu qemu-block-extra)
 
 SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 

@@ -71,6 +71,11 @@ export interface ImageSpec {
   format: 'raw' | 'qcow2';
   /** Expected virtual size, when the CachedImage says it. */
   sizeBytes?: number;
+  /**
+   * A peer node's golden of this image, exported read-only: the node then makes a lazy golden
+   * that reads through to it and hydrates in the background (backends that support it).
+   */
+  peer?: RemoteDiskRef;
 }
 
 export type ImagePhase = 'importing' | 'hydrating' | 'ready' | 'failed';
@@ -85,6 +90,8 @@ export interface ObservedImage {
   /** How many disks are clones of this image now. */
   cloneCount: number;
   message?: string;
+  /** Phase 'hydrating': how much of the image is local, 0..100. */
+  hydratedPercent?: number;
 }
 
 export type DiskSourceSpec = { kind: 'image'; image: string } | { kind: 'blank' } | { kind: 'bdev'; bdev: string };
@@ -208,6 +215,29 @@ export interface StorageBackend extends EventEmitter {
   attachRemoteDisk?(ref: RemoteDiskRef, localId: string): Promise<ObservedDisk>;
   /** Closes a remote disk; refuses (`busy`) while a controller serves it. Gone already counts as done. */
   detachRemoteDisk?(localId: string): Promise<void>;
+
+  // ---- lazy disks (optional) ---------------------------------------------------------------
+  /**
+   * Makes the local disk `localId` a copy-on-write disk over a disk exported by another node
+   * (idempotent): writes stay local, unread blocks are read from the export until
+   * hydrateDisk() has copied them. The result is owned (deleting it never touches the remote).
+   */
+  cloneRemoteDisk?(ref: RemoteDiskRef, localId: string): Promise<ObservedDisk>;
+  /**
+   * Copies into disk `id` every block it still reads from another node, then drops that
+   * dependency. Idempotent: starts the copy if none runs, otherwise reports it; a disk that
+   * depends on no other node answers 'standalone' at once. The copy survives a restart of
+   * the daemon (it resumes) and pauses while the source is unreachable.
+   */
+  hydrateDisk?(id: string): Promise<DiskHydration>;
+}
+
+export interface DiskHydration {
+  id: string;
+  /** 'standalone': no block is read from another node; 'paused': source unreachable, retrying. */
+  state: 'standalone' | 'hydrating' | 'paused';
+  percent: number;
+  message?: string;
 }
 
 /**

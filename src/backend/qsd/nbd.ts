@@ -52,6 +52,8 @@ export interface NbdContext {
   /** The address the daemon's NBD server listens on, when this process started it. */
   nbdServer: ListenAddress | undefined;
   setNbdServer(a: ListenAddress | undefined): void;
+  /** The shared node a qcow2 disk's backing must be (a lazy golden, a remote export), if any. */
+  backingNodeFor?(file: string): Promise<string | undefined>;
   log: Logger;
 }
 
@@ -59,7 +61,7 @@ export interface NbdContext {
 function legacyAddr(a: ListenAddress): Record<string, unknown> {
   return a.kind === 'tcp' ? { type: 'inet', data: { host: a.host, port: String(a.port) } } : { type: 'unix', data: { path: a.path } };
 }
-function flatAddr(a: ListenAddress): Record<string, unknown> {
+export function flatAddr(a: ListenAddress): Record<string, unknown> {
   return a.kind === 'tcp' ? { type: 'inet', host: a.host, port: String(a.port) } : { type: 'unix', path: a.path };
 }
 const sameAddr = (a: ListenAddress, b: ListenAddress): boolean =>
@@ -96,9 +98,16 @@ export async function exportDisk(ctx: NbdContext, id: string, opts: ExportOption
   const nodeName = node?.['node-name'] ?? exportNodeNames(id).format;
   if (!node) {
     const names = exportNodeNames(id);
+    const backing = format === 'qcow2' ? await ctx.backingNodeFor?.(file) : undefined;
     await ctx.exec(
       'blockdev-add',
-      { driver: format, 'node-name': names.format, 'read-only': false, file: { driver: 'file', 'node-name': names.file, filename: file } },
+      {
+        driver: format,
+        'node-name': names.format,
+        'read-only': false,
+        file: { driver: 'file', 'node-name': names.file, filename: file },
+        ...(backing !== undefined ? { backing } : {}),
+      },
       `${what}: open ${file}`,
     );
     node = (await ctx.blockNodes()).find((n) => n['node-name'] === names.format);
