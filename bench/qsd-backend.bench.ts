@@ -34,7 +34,7 @@ export async function section(): Promise<BenchSection> {
       const d = await timeIt(() => backend.ensureDisk({ id: `d${i}`, source: { kind: 'image', image: 'img' } }));
       clones.push(d.ms);
       controllers.push(
-        (await timeIt(() => backend.ensureController({ name: `slot-${i}/root`, diskRef: d.value.ref, readonly: false }))).ms,
+        (await timeIt(() => backend.ensureController({ name: `slot-${String(i).padStart(2, '0')}/root`, diskRef: d.value.ref, readonly: false }))).ms,
       );
     }
     const pings: number[] = [];
@@ -48,7 +48,7 @@ export async function section(): Promise<BenchSection> {
       await up;
       const restartedAt = process.hrtime.bigint();
       const { disks } = await backend.observe();
-      for (const [i, d] of disks.entries()) await backend.ensureController({ name: `slot-${i}/root`, diskRef: d.ref, readonly: false });
+      for (const [i, d] of disks.entries()) await backend.ensureController({ name: `slot-${String(i).padStart(2, '0')}/root`, diskRef: d.ref, readonly: false });
       return Number(process.hrtime.bigint() - restartedAt) / 1e6;
     });
 

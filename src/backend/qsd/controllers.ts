@@ -1,3 +1,4 @@
+import { controllerName, hostSocketPath } from '../../contract/layout.js';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { MAX_SOCKET_PATH_BYTES, socketPathTooLong } from '../../api/limits.js';
@@ -44,7 +45,7 @@ export class QsdControllers {
         name,
         diskRef: node?.file ?? '',
         readonly: node?.ro ?? true,
-        socketPath: path.join(this.d.vhostDir, slot, disk),
+        socketPath: hostSocketPath(this.d.vhostDir, controllerName(slot, disk)),
         sessions: 0,
       });
     }
@@ -56,7 +57,7 @@ export class QsdControllers {
     const { slot, disk } = parseControllerName(spec.name);
     const what = `controller ${spec.name}`;
     const log = this.d.log.child({ slot, disk, controller: spec.name });
-    const socketPath = path.join(this.d.vhostDir, slot, disk);
+    const socketPath = hostSocketPath(this.d.vhostDir, controllerName(slot, disk));
     if (socketPathTooLong(socketPath)) {
       throw new BackendError(`${what}: socket path ${socketPath} is longer than ${MAX_SOCKET_PATH_BYTES} bytes`, 'invalid');
     }
@@ -169,7 +170,7 @@ export class QsdControllers {
     }
     // The node may be shared with a migration export (which keeps it) or be a remote disk.
     await nbd.releaseNode(this.d.nbdContext(), exportNode ?? nodeNamesFor(name).format);
-    await fs.rm(path.join(this.d.vhostDir, slot, disk), { force: true });
+    await fs.rm(hostSocketPath(this.d.vhostDir, controllerName(slot, disk)), { force: true });
     this.d.log.info({ event: 'controller.deleted', slot, disk, controller: name }, 'controller deleted');
   }
 }

@@ -97,7 +97,7 @@ export class QsdDisks {
 
     const existing = await layout.readHeader(overlay).catch((err: NodeJS.ErrnoException) => {
       if (err.code === 'ENOENT') return null;
-      throw toBackendError(what, err);
+      throw toBackendError(err, what);
     });
     if (existing === undefined) {
       throw new BackendError(`${what}: ${overlay} exists but is not a qcow2 image; refusing to touch it`, 'invalid');
@@ -124,7 +124,7 @@ export class QsdDisks {
     const backingArgs = backing ? ['-F', backing.format, '-b', backing.file, ...(backing.format === 'qcow2' ? ['-u'] : [])] : [];
     const argv = ['create', '-q', '-f', 'qcow2', ...backingArgs, tmp, String(capacity)];
     const res = await run(this.d.qemuImg, argv).catch((err: unknown) => {
-      throw toBackendError(`${what}: cannot run ${this.d.qemuImg}`, err);
+      throw toBackendError(err, `${what}: cannot run ${this.d.qemuImg}`);
     });
     if (res.code !== 0) {
       await fs.rm(tmp, { force: true });

@@ -2,7 +2,7 @@ import { BackendError } from '../types.js';
 import { QmpError } from './qmp.js';
 
 /** Maps QMP failures onto the backend's error kinds, keeping QMP's text. */
-export function toBackendError(what: string, err: unknown): BackendError {
+export function toBackendError(err: unknown, what: string): BackendError {
   if (err instanceof BackendError) return err;
   if (err instanceof QmpError) {
     if (err.kind !== 'command') return new BackendError(`${what}: ${err.message}`, 'transport', { cause: err });

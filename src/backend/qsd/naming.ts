@@ -1,4 +1,5 @@
 import { createHash } from 'node:crypto';
+import { parseControllerName as parseLayoutName } from '../../contract/layout.js';
 import { BackendError } from '../types.js';
 
 /**
@@ -10,21 +11,17 @@ import { BackendError } from '../types.js';
 
 export const EXPORT_ID_PREFIX = 'vhost.';
 
-/** Slot and disk names: DNS-1123-like labels, so they are safe as path components. */
-const COMPONENT = /^[a-z0-9]([a-z0-9._-]*[a-z0-9])?$/;
+/** `<slot>/<disk>` by the contract's layout rule, or BackendError 'invalid'. */
+export function parseControllerName(name: string): { slot: string; disk: string } {
+  const parts = parseLayoutName(name);
+  if (!parts) {
+    throw new BackendError(`controller name "${name}": must be "<slot>/<disk>": a slot-NN and a DNS-1123 label`, 'invalid');
+  }
+  return parts;
+}
+
 /** Image names and disk ids become file names. */
 const FILE_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]*$/;
-export function parseControllerName(name: string): { slot: string; disk: string } {
-  const parts = name.split('/');
-  const [slot, disk] = parts;
-  if (parts.length !== 2 || slot === undefined || disk === undefined || !COMPONENT.test(slot) || !COMPONENT.test(disk)) {
-    throw new BackendError(
-      `controller name "${name}": must be "<slot>/<disk>", each a lower-case label of [a-z0-9._-] starting and ending with [a-z0-9]`,
-      'invalid',
-    );
-  }
-  return { slot, disk };
-}
 
 export function checkFileName(what: string, name: string): string {
   if (!FILE_NAME.test(name) || name.length > 200) {

@@ -1,3 +1,5 @@
+import { backoffMs } from '../../backoff.js';
+
 /**
  * Background retries of hydration streams, one per key (an image or a disk): a capped
  * exponential backoff (`initialMs` doubling up to 30 s) that restarts from `initialMs` once
@@ -19,8 +21,8 @@ export class RetryLater {
     if (this.closed) return;
     const e = this.entries.get(key) ?? { attempt: 0, lastError: why };
     clearTimeout(e.timer);
-    const delay = Math.min(this.initialMs * 2 ** Math.min(e.attempt, 16), MAX_DELAY_MS);
     e.attempt++;
+    const delay = backoffMs(e.attempt, { initialMs: this.initialMs, maxMs: MAX_DELAY_MS });
     e.lastError = why;
     e.timer = setTimeout(() => {
       e.timer = undefined;

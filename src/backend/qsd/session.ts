@@ -1,5 +1,6 @@
 import { EventEmitter } from 'node:events';
 import { z } from 'zod';
+import { backoffMs } from '../../backoff.js';
 import type { Logger } from '../../log.js';
 import type { ListenAddress } from '../remote.js';
 import { BackendError, type BackendHealth } from '../types.js';
@@ -47,7 +48,8 @@ export class QsdSession extends EventEmitter {
   private started = false;
   /** Whether 'connected' was the last event emitted: 'disconnected' is sent once per outage. */
   private up = false;
-  private restartDelay: number;
+  /** Restarts failed in a row since the daemon last came up. */
+  private restartFailures = 0;
   private restartTimer: NodeJS.Timeout | undefined;
   /** Disk and controller changes run one at a time: they read-then-write shared state. */
   private queue: Promise<unknown> = Promise.resolve();
@@ -58,7 +60,6 @@ export class QsdSession extends EventEmitter {
     super();
     this.qmpSocket = opts.qmpSocket;
     this.log = opts.log;
-    this.restartDelay = opts.restartDelayMs;
     if (opts.process) {
       this.process = new QsdProcess({ ...opts.process, qmpSocket: this.qmpSocket, logger: this.log });
       this.process.on('exit', () => this.onDaemonLost('daemon exited'));
@@ -76,7 +77,7 @@ export class QsdSession extends EventEmitter {
       await this.bringUp();
     } catch (err) {
       await this.close();
-      throw toBackendError(`start qemu-storage-daemon (QMP ${this.qmpSocket})`, err);
+      throw toBackendError(err, `start qemu-storage-daemon (QMP ${this.qmpSocket})`);
     }
   }
 
@@ -107,7 +108,7 @@ export class QsdSession extends EventEmitter {
     client.on('event', (e) => this.emit('qmp-event', e));
     this.client = client;
     if (this.process) this.nbdServer = undefined;
-    this.restartDelay = this.opts.restartDelayMs;
+    this.restartFailures = 0;
     const v = client.greeting?.version.qemu;
     this.log.info({ event: 'qsd.connected', version: v ? `${v.major}.${v.minor}.${v.micro}` : undefined }, 'connected');
     this.up = true;
@@ -142,8 +143,8 @@ export class QsdSession extends EventEmitter {
 
   private scheduleRestart(): void {
     if (this.closing || this.restartTimer) return;
-    const delay = this.restartDelay;
-    this.restartDelay = Math.min(this.restartDelay * 2, MAX_RESTART_DELAY_MS);
+    this.restartFailures++;
+    const delay = backoffMs(this.restartFailures, { initialMs: this.opts.restartDelayMs, maxMs: MAX_RESTART_DELAY_MS });
     this.restartTimer = setTimeout(() => {
       this.restartTimer = undefined;
       this.bringUp().catch((err: unknown) => {
@@ -166,7 +167,7 @@ export class QsdSession extends EventEmitter {
     try {
       return await this.qmp().execute<T>(command, args);
     } catch (err) {
-      throw toBackendError(what, err);
+      throw toBackendError(err, what);
     }
   }
 

@@ -66,12 +66,12 @@ describe('qsd naming', () => {
 describe('toBackendError', () => {
   const cmd = (cls: string, desc: string): QmpError => new QmpError('command', 'x', desc, cls);
   it('classifies QMP failures and keeps the text', () => {
-    expect(toBackendError('w', cmd('GenericError', "Failed to find node with node-name='k1'")).kind).toBe('notFound');
-    expect(toBackendError('w', cmd('DeviceNotFound', 'whatever')).kind).toBe('notFound');
-    expect(toBackendError('w', cmd('GenericError', "Node 'k1' is busy: node is used as root of export 'e'")).kind).toBe('busy');
-    expect(toBackendError('w', new QmpError('closed', 'x', 'connection closed')).kind).toBe('transport');
-    expect(toBackendError('w', new QmpError('timeout', 'x', 'no reply')).kind).toBe('transport');
-    const e = toBackendError('controller s/d', cmd('GenericError', 'something odd'));
+    expect(toBackendError(cmd('GenericError', "Failed to find node with node-name='k1'"), 'w').kind).toBe('notFound');
+    expect(toBackendError(cmd('DeviceNotFound', 'whatever'), 'w').kind).toBe('notFound');
+    expect(toBackendError(cmd('GenericError', "Node 'k1' is busy: node is used as root of export 'e'"), 'w').kind).toBe('busy');
+    expect(toBackendError(new QmpError('closed', 'x', 'connection closed'), 'w').kind).toBe('transport');
+    expect(toBackendError(new QmpError('timeout', 'x', 'no reply'), 'w').kind).toBe('transport');
+    const e = toBackendError(cmd('GenericError', 'something odd'), 'controller s/d');
     expect(e.kind).toBe('internal');
     expect(e.message).toBe('controller s/d: x: something odd (GenericError)');
   });
