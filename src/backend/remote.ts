@@ -47,5 +47,11 @@ export interface ExportOptions {
 /** Deterministic NQN of a disk's export: the target derives it again after a restart. */
 export const exportNqn = (diskId: string): string => `nqn.2024-01.io.kubevirt-spdk:${diskId}`;
 
+/** NQN of a golden image's read-only export to peers (by the image's backend name). */
+export const imageExportNqn = (image: string): string => `nqn.2024-01.io.kubevirt-spdk:image:${image}`;
+
+/** The host NQN a node connects with: exports list the peers allowed by it (never allow_any_host). */
+export const hostNqnOf = (node: string): string => `nqn.2024-01.io.kubevirt-spdk:host:${node}`;
+
 /** `host` as an address family SPDK understands. */
 export const adrfamOf = (host: string): 'ipv4' | 'ipv6' => (host.includes(':') ? 'ipv6' : 'ipv4');

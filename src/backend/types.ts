@@ -1,6 +1,6 @@
 import type { EventEmitter } from 'node:events';
 import type { ImageSource } from '../api/cachedimage.js';
-import type { ExportOptions, RemoteDiskRef } from './remote.js';
+import type { ExportOptions, ListenAddress, RemoteDiskRef } from './remote.js';
 
 export type { ExportOptions, ListenAddress, RemoteDiskRef } from './remote.js';
 
@@ -92,6 +92,8 @@ export interface ObservedImage {
   message?: string;
   /** Phase 'hydrating': how much of the image is local, 0..100. */
   hydratedPercent?: number;
+  /** Peers reading through this node's export of the golden now (lazy readers + hydration streams), when the backend can tell: the load peers choose a source by. */
+  peerReaders?: number;
 }
 
 export type DiskSourceSpec = { kind: 'image'; image: string } | { kind: 'blank' } | { kind: 'bdev'; bdev: string };
@@ -230,6 +232,26 @@ export interface StorageBackend extends EventEmitter {
    * the daemon (it resumes) and pauses while the source is unreachable.
    */
   hydrateDisk?(id: string): Promise<DiskHydration>;
+
+  // ---- peer distribution (optional) ---------------------------------------------------------
+  /**
+   * Serves the golden of image `name` read-only to the peer nodes in `opts.allowedNodes`
+   * (idempotent; the allowed set is replaced by the latest call). Never open to any host:
+   * spdk lists each peer's host NQN (hostNqnOf), qsd restricts its NBD export likewise.
+   * Throws `notFound` (no golden), `invalid` (address), `transport`, `internal`.
+   */
+  exportImage?(name: string, opts: ImageExportOptions): Promise<RemoteDiskRef>;
+  /**
+   * Stops serving the golden to peers. The caller first makes sure no peer still reads through
+   * it (a peer's NodeImageCache names its source until it has hydrated). Gone counts as done.
+   */
+  unexportImage?(name: string): Promise<void>;
+}
+
+export interface ImageExportOptions {
+  listenAddress: ListenAddress;
+  /** Node names allowed to read the export; empty means nobody (not everybody). */
+  allowedNodes: string[];
 }
 
 export interface DiskHydration {
