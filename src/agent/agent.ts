@@ -11,7 +11,7 @@ import { writeFileAtomic } from '../fsutil.js';
 import { ImageCache, type CacheLimits } from './image-cache.js';
 import { Journal, type JournalOptions, type JournalState } from './journal.js';
 import type { NodeStatus } from './node-status.js';
-import { isReport, orphanKey, reconcile, type Action, type ReconcileConfig, type SocketPolicy, type SocketStat } from './reconcile.js';
+import { isFollowUp, isReport, orphanKey, reconcile, type Action, type ReconcileConfig, type SocketPolicy, type SocketStat } from './reconcile.js';
 import { nodeStatusOf, reportOf, type ReconcileReport } from './report.js';
 import { DEFAULT_RETRY, type RetryOptions } from './retry.js';
 import { indexDesired, type DesiredIndex } from './safety.js';
@@ -26,6 +26,8 @@ export interface NodeAgentOptions {
   cache?: CacheLimits;
   /** Periodic reconcile, ms (0 = none). */
   resyncMs?: number;
+  /** How soon a round follows one that saw a migrated disk still copying (progress, and its end). */
+  hydrationPollMs?: number;
   /** Backend calls in flight at once. */
   concurrency?: number;
   retry?: RetryOptions;
@@ -60,6 +62,7 @@ export class NodeAgent extends EventEmitter {
   private queued: Promise<ReconcileReport> | undefined;
   private queuedReasons = new Set<string>();
   private timer: NodeJS.Timeout | undefined;
+  private hydrationTimer: NodeJS.Timeout | undefined;
   private stopped = false;
   /** The journal's exports may be gone from the backend (a new process): make them again, once. */
   private exportsStale = true;
@@ -157,6 +160,8 @@ export class NodeAgent extends EventEmitter {
     this.stopped = true;
     if (this.timer) clearInterval(this.timer);
     this.timer = undefined;
+    clearTimeout(this.hydrationTimer);
+    this.hydrationTimer = undefined;
     this.opts.backend.off('connected', this.onConnected);
     this.opts.backend.off('disconnected', this.onDisconnected);
     await Promise.allSettled([this.running, this.queued, this.executor?.stop()]);
@@ -247,9 +252,10 @@ export class NodeAgent extends EventEmitter {
         );
         await this.remember(plan, observed);
         if (recheckExports) this.exportsStale = false;
-        if (!plan.some((a) => !isReport(a))) {
+        if (!plan.some((a) => !isReport(a) && !isFollowUp(a))) {
+          // Only hydrations to follow: asked once per round, they change nothing this round plans from.
+          outcomes = plan.some(isFollowUp) ? (await this.executor.execute(plan)).outcomes : new Map();
           converged = true;
-          outcomes = new Map();
           break;
         }
         const exec = await this.executor.execute(plan);
@@ -287,9 +293,21 @@ export class NodeAgent extends EventEmitter {
       'reconcile round done',
     );
     this.observeRound(report, observed);
+    this.followHydration(report);
     this.lastReport = report;
     this.emit('reconciled', report);
     return report;
+  }
+
+  /** While a migrated disk copies, rounds come often enough to report its progress and its end. */
+  private followHydration(report: ReconcileReport): void {
+    const copying = report.vmis.some((v) => v.disks.some((d) => d.migration !== undefined && (d.migration.phase === 'Hydrating' || d.migration.phase === 'Paused')));
+    if (!copying || this.stopped || this.hydrationTimer) return;
+    this.hydrationTimer = setTimeout(() => {
+      this.hydrationTimer = undefined;
+      if (this.stopped) return;
+      void this.reconcile('hydration').catch((e: unknown) => this.log.error({ event: 'reconcile-failed', error: describeError(e) }, 'reconcile failed'));
+    }, this.opts.hydrationPollMs ?? 2_000);
   }
 
   /** Gauges are set from the whole picture each round, so they never drift. */

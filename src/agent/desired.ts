@@ -4,7 +4,7 @@ import type { VmiRef } from '../api/status.js';
 import { spdkVolumesOf, vcpuCount, vmiUid, type Vmi } from '../api/vmi.js';
 import type { ListenAddress } from '../backend/remote.js';
 import type { ImageSpec } from '../backend/types.js';
-import { capacityProblem, controllerName, declaredSource, diskId, diskKey, queuesOf, type AttachedSource, type DiskSource } from '../contract/index.js';
+import { capacityProblem, controllerName, declaredSource, diskId, diskKey, fromOtherNode, queuesOf, type AttachedSource, type DiskSource } from '../contract/index.js';
 
 /**
  * The agent's input and its resolution. Every mode (standalone files, cluster informers,
@@ -13,8 +13,11 @@ import { capacityProblem, controllerName, declaredSource, diskId, diskKey, queue
  * `buildDesired` resolves it against the catalog into the DesiredState the reconciler plans from.
  */
 
-/** A disk another node exports, served here instead of a local disk (a migration target's). */
-export type AttachedDisk = Omit<AttachedSource, 'kind'>;
+/**
+ * A disk another node exports, served here instead of a local disk (a migration target's):
+ * attached as it is, or (`lazy`) as a local clone that hydrates once `lazy.hydrate` says so.
+ */
+export type AttachedDisk = Omit<AttachedSource, 'kind'> & { lazy?: { migration: string; hydrate: boolean } };
 
 /** One VMI as this node sees it. */
 export interface ViewVmi {
@@ -128,7 +131,11 @@ export function desiredVmiOf(input: ViewVmi, catalog: ReadonlyMap<string, ImageS
     const d = vol.spdkVhostBlkDisk;
     const declared = declaredSource(d);
     const remote = declared.kind === 'bdev' ? undefined : input.attached?.[vol.name];
-    const source: DiskSource = remote ? { kind: 'attached', ref: remote.ref, node: remote.node } : declared;
+    const source: DiskSource = !remote
+      ? declared
+      : remote.lazy
+        ? { kind: 'remote', ref: remote.ref, node: remote.node, migration: remote.lazy.migration, hydrate: remote.lazy.hydrate }
+        : { kind: 'attached', ref: remote.ref, node: remote.node };
     const disk: DesiredDisk = {
       key: diskKey(ref.uid, vol.name),
       vmi: ref,
@@ -137,7 +144,7 @@ export function desiredVmiOf(input: ViewVmi, catalog: ReadonlyMap<string, ImageS
       slot,
       controller: controllerName(slot, vol.name),
       source,
-      ...(source.kind === 'attached' || d.capacity === undefined ? {} : { capacityBytes: d.capacity.bytes }),
+      ...(fromOtherNode(source) || d.capacity === undefined ? {} : { capacityBytes: d.capacity.bytes }),
       readonly: d.readonly,
       queues: queuesOf(d.queues, vcpus),
     };

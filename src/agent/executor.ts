@@ -1,4 +1,4 @@
-import { BackendError, type ObservedDisk, type RemoteDiskRef, type StorageBackend } from '../backend/types.js';
+import { BackendError, type DiskHydration, type ObservedDisk, type RemoteDiskRef, type StorageBackend } from '../backend/types.js';
 import { fixSocketOwnership } from '../backend/vhost-fs.js';
 import { isClassifiedError } from '../backend/types.js';
 import { silentLogger, type Logger } from '../log.js';
@@ -29,6 +29,8 @@ export interface DiskOutcome {
   message?: string;
   /** Failed for a reason that retrying now will not fix (bad input, checksum, no space). */
   permanent: boolean;
+  /** A remote clone's copy as hydrateDisk reported it in this round. */
+  hydration?: DiskHydration;
 }
 
 export interface ExecResult {
@@ -218,7 +220,7 @@ export class Executor {
 
     const chains = new Map<string, { target: DiskTarget; steps: Action[] }>();
     for (const a of plan) {
-      if (a.kind !== 'ensureImage' && a.kind !== 'ensureDisk' && a.kind !== 'attachDisk' && a.kind !== 'ensureController' && a.kind !== 'fixSocket') continue;
+      if (a.kind !== 'ensureImage' && a.kind !== 'ensureDisk' && a.kind !== 'attachDisk' && a.kind !== 'cloneDisk' && a.kind !== 'ensureController' && a.kind !== 'fixSocket' && a.kind !== 'hydrateDisk') continue;
       const c = chains.get(a.target.key) ?? { target: a.target, steps: [] };
       c.steps.push(a);
       chains.set(a.target.key, c);
@@ -263,7 +265,7 @@ export class Executor {
   }
 
   /** A migration method of the backend, or a clear error when this backend has none. */
-  private remote<K extends 'exportDisk' | 'unexportDisk' | 'attachRemoteDisk' | 'detachRemoteDisk'>(method: K, id: string): NonNullable<StorageBackend[K]> {
+  private remote<K extends 'exportDisk' | 'unexportDisk' | 'attachRemoteDisk' | 'detachRemoteDisk' | 'cloneRemoteDisk' | 'hydrateDisk'>(method: K, id: string): NonNullable<StorageBackend[K]> {
     const b = this.deps.backend;
     const fn = b[method];
     if (!fn) throw new BackendError(`disk ${id}: the ${b.kind} backend does not implement ${method}`, 'invalid');
@@ -291,6 +293,7 @@ export class Executor {
     let socketPath: string | undefined;
     let createdController: string | undefined;
     let phase: DiskOutcome['phase'] = 'Provisioning';
+    let hydration: DiskHydration | undefined;
     const t0 = process.hrtime.bigint();
     const m = this.deps.metrics;
     try {
@@ -300,7 +303,7 @@ export class Executor {
       if (tooLong) throw new BackendError(`controller ${ctl?.kind === 'ensureController' ? ctl.spec.name : ''}: ${tooLong}`, 'invalid');
       const made = steps.find((s) => s.kind === 'ensureDisk');
       const madeHere = made?.kind === 'ensureDisk' && made.spec.source.kind !== 'bdev';
-      const attaching = steps.some((s) => s.kind === 'attachDisk');
+      const attaching = steps.some((s) => s.kind === 'attachDisk' || s.kind === 'cloneDisk');
       for (const a of steps) {
         switch (a.kind) {
           case 'ensureImage': {
@@ -372,6 +375,44 @@ export class Executor {
             log.info({ event: 'disk-attached', id: a.id, ref: disk.ref, node: a.node }, 'remote disk attached');
             break;
           }
+          case 'cloneDisk': {
+            result.calls++;
+            const clone = this.remote('cloneRemoteDisk', a.id);
+            let disk: ObservedDisk | undefined;
+            try {
+              disk = await this.journaled('cloneDisk', a.id, async () => (disk = await clone(a.ref, a.id)), log, (s) => {
+                // Ours from the moment we ask (owned: deleted with its VMI, or on rollback).
+                s.owned[a.id] = {
+                  vmi: target.vmi,
+                  disk: target.disk,
+                  slot: target.slot,
+                  controller: controllerName(target.slot, target.disk),
+                  source: 'remote',
+                  migration: a.migration,
+                  createdAt: (this.deps.now ?? Date.now)(),
+                };
+                s.vmiSlots[target.vmi.uid] = { slot: target.slot, namespace: target.vmi.namespace, name: target.vmi.name };
+              });
+            } catch (e) {
+              // As for attachDisk: an export that cannot be reached fails the disk (the planner refuses on it).
+              if (isTransient(e)) throw new BackendError(`export on node ${a.node} unreachable: ${describeError(e)}`, 'invalid');
+              throw e;
+            }
+            diskRef = disk.ref;
+            log.info({ event: 'disk-cloned-remote', id: a.id, ref: disk.ref, node: a.node }, 'disk cloned from another node\'s export');
+            break;
+          }
+          case 'hydrateDisk': {
+            // Follows the copy; a source that is away pauses it (reported, retried next round), never fails the disk.
+            const hydrate = this.remote('hydrateDisk', a.id);
+            try {
+              hydration = await hydrate(a.id);
+            } catch (e) {
+              hydration = { id: a.id, state: 'paused', percent: 0, message: describeError(e) };
+            }
+            if (hydration.state === 'standalone') log.info({ event: 'disk-hydrated', id: a.id, node: a.node }, 'disk hydrated: no longer reads from the other node');
+            break;
+          }
           case 'ensureController': {
             const ref = a.spec.diskRef ?? diskRef;
             if (ref === undefined) throw new BackendError(`no disk to serve for controller ${a.spec.name}`, 'internal');
@@ -412,7 +453,7 @@ export class Executor {
       }
       // Only chains that made a disk count as provisioning (not controller re-creations).
       if (made?.kind === 'ensureDisk') m?.provisionDuration.observe({ source: made.spec.source.kind }, secondsSince(t0));
-      return { phase, permanent: false };
+      return { phase, permanent: false, ...(hydration ? { hydration } : {}) };
     } catch (e) {
       if (refused(e)) return { phase: 'Pending', message: (e as SafetyRefusal).message, permanent: false };
       const message = describeError(e);

@@ -20,8 +20,13 @@ export const OwnedDiskSchema = z.object({
   disk: z.string(),
   slot: z.string(),
   controller: z.string(),
-  /** `attached`: a disk another node exports, opened here (detached, never deleted). */
-  source: z.enum(['image', 'blank', 'bdev', 'attached']),
+  /**
+   * `attached`: a disk another node exports, opened here (detached, never deleted). `remote`: a
+   * local clone of another node's export (a migration target's; owned: deleted like any disk).
+   */
+  source: z.enum(['image', 'blank', 'bdev', 'attached', 'remote']),
+  /** `remote`: the migration the clone was made for (an earlier copy of the id is not it). */
+  migration: z.string().optional(),
   image: z.string().optional(),
   /** An attached disk's local ref (what its controller serves). */
   ref: z.string().optional(),

@@ -17,7 +17,8 @@ import { indexDesired, whyNotCreateController, whyNotDeleteController, whyNotDel
  * attachDisk -> ensureController -> fixSocket), then ensureExport (after the controllers: spdk's
  * nvmf claims a bdev that vhost must already have open), then evictImage; the report* actions
  * change nothing on the backend. An attached disk (another node's) is only ever attached and
- * detached, never created or deleted here.
+ * detached, never created or deleted here. A remote clone (a migration target's disk) is made
+ * by cloneDisk, is owned like any disk, and hydrates (hydrateDisk) only when its source says so.
  */
 
 export interface SocketStat {
@@ -46,6 +47,10 @@ export type Action =
   | { kind: 'ensureDisk'; target: DiskTarget; spec: DiskSpec }
   /** Opens a disk another node exports as the local disk `id`. */
   | { kind: 'attachDisk'; target: DiskTarget; id: string; ref: RemoteDiskRef; node: string }
+  /** Makes the local disk `id` a copy-on-write clone of another node's export (a migration target's). */
+  | { kind: 'cloneDisk'; target: DiskTarget; id: string; ref: RemoteDiskRef; node: string; migration: string }
+  /** Starts or follows the copy of a remote clone's data (after switchover); changes nothing observed, so a round converges with it. */
+  | { kind: 'hydrateDisk'; target: DiskTarget; id: string; node: string }
   /** `diskRef` is absent when the disk is created earlier in the same chain. */
   | { kind: 'ensureController'; target: DiskTarget; spec: Omit<ControllerSpec, 'diskRef'> & { diskRef?: string } }
   /** `path` is absent when the controller is created earlier in the same chain. */
@@ -65,6 +70,8 @@ export type Action =
 export type ActionKind = Action['kind'];
 export const REPORT_KINDS: ReadonlySet<ActionKind> = new Set(['reportReady', 'reportOrphan', 'reportBlocked', 'reportError']);
 export const isReport = (a: Action): boolean => REPORT_KINDS.has(a.kind);
+/** Actions that follow something running (hydration) rather than change the node: a round whose plan has only these and reports is converged. */
+export const isFollowUp = (a: Action): boolean => a.kind === 'hydrateDisk';
 
 export interface ReconcileConfig {
   socket: SocketPolicy;
@@ -230,7 +237,15 @@ export function reconcile(desired: DesiredState, observed: ObservedState, memory
     const od = d.source.kind === 'attached' ? undefined : disksById.get(d.id);
     const ctl = ctlByName.get(d.controller);
     let diskRef = od?.ref;
-    if (d.source.kind === 'attached') {
+    if (d.source.kind === 'remote') {
+      // A disk of this id that is not this migration's clone is an earlier copy (A -> B -> A):
+      // its data is stale, so it is never served in the clone's place.
+      const known = memory.journal.owned[d.id];
+      if (od && !(known?.source === 'remote' && known.migration === d.source.migration)) {
+        return [{ kind: 'reportError', target, message: `disk ${d.id} on this node is an earlier copy, not the clone of node ${d.source.node}'s export; waiting for it to be deleted` }];
+      }
+      if (!od) out.push({ kind: 'cloneDisk', target, id: d.id, ref: d.source.ref, node: d.source.node, migration: d.source.migration });
+    } else if (d.source.kind === 'attached') {
       // Its local ref is known from the attach (journaled): a controller on it means it is open.
       const known = memory.journal.owned[d.id];
       const ref = known?.source === 'attached' ? known.ref : undefined;
@@ -241,11 +256,13 @@ export function reconcile(desired: DesiredState, observed: ObservedState, memory
       else out.push({ kind: 'ensureDisk', target, spec: { id: d.id, source: d.source, ...(d.capacityBytes !== undefined ? { capacityBytes: d.capacityBytes } : {}) } });
     }
     const ctlSpec = { name: d.controller, readonly: d.readonly, queues: d.queues };
+    // Hydration only after switchover (the source's QEMU no longer writes), once the clone is served.
+    const hydrate: Action[] = d.source.kind === 'remote' && d.source.hydrate ? [{ kind: 'hydrateDisk', target, id: d.id, node: d.source.node }] : [];
     if (ctl && diskRef !== undefined && ctl.diskRef === diskRef && ctl.readonly === d.readonly) {
       const st = memory.sockets.get(ctl.socketPath);
       if (!socketOk(st, config.socket)) out.push({ kind: 'fixSocket', target, controller: ctl.name, path: ctl.socketPath, policy: config.socket });
       else if (out.length === 0) out.push({ kind: 'reportReady', target, socket: ctl.socketPath });
-      return out;
+      return [...out, ...hydrate];
     }
     if (ctl) {
       // Our name, but serving the wrong bdev or with the wrong flags: replace it, unless a guest is on it.
@@ -267,7 +284,7 @@ export function reconcile(desired: DesiredState, observed: ObservedState, memory
     }
     out.push({ kind: 'ensureController', target, spec: { ...ctlSpec, ...(diskRef !== undefined ? { diskRef } : {}) } });
     out.push({ kind: 'fixSocket', target, controller: d.controller, policy: config.socket });
-    return out;
+    return [...out, ...hydrate];
   }
 
   // Image cache: evict LRU under the limits; never an image with clones, in import or needed.

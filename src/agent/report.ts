@@ -1,6 +1,6 @@
 import type { DiskStatus, VmiRef } from '../api/status.js';
 import type { ObservedState } from '../backend/types.js';
-import type { DesiredState } from './desired.js';
+import type { DesiredDisk, DesiredState } from './desired.js';
 import type { DiskOutcome } from './executor.js';
 import type { JournalState } from './journal.js';
 import type { NodeStatus } from './node-status.js';
@@ -52,9 +52,13 @@ export function reportOf(
       const err = acts.find((a) => a.kind === 'reportError');
       const o = outcomes.get(d.key);
       if (r.backendError !== undefined) return { name: d.name, phase: 'Pending', message: `backend unavailable: ${r.backendError}` };
-      // An attached disk's data lives on the node that exports it.
-      const dataNode = d.source.kind === 'attached' ? d.source.node : r.node;
-      if (ready?.kind === 'reportReady') return { name: d.name, phase: 'Ready', socket: ready.socket, dataNode };
+      const mig = migrationStatusOf(d, o);
+      // An attached disk's data lives on the node that exports it; a remote clone's until it is hydrated.
+      const dataNode = mig && mig.phase !== 'Hydrated' ? mig.from : r.node;
+      if (ready?.kind === 'reportReady') {
+        const note = d.source.kind === 'attached' ? { message: `served from node ${d.source.node}'s export; the data stays there (this node's storage backend cannot copy a migrated disk)` } : {};
+        return { name: d.name, phase: 'Ready', socket: ready.socket, dataNode, ...(mig ? { migration: mig } : {}), ...note };
+      }
       if (err?.kind === 'reportError') return { name: d.name, phase: 'Failed', message: err.message };
       if (o) return { name: d.name, phase: o.phase, ...(o.message ? { message: o.message } : {}) };
       if (acts.some((a) => a.kind === 'ensureImage')) return { name: d.name, phase: 'Importing' };
@@ -74,6 +78,16 @@ export function reportOf(
     backendOk: r.backendError === undefined,
     problems: desired.problems,
   };
+}
+
+/** Where a migrated disk's copy stands (undefined for a disk that is this node's alone). */
+export function migrationStatusOf(d: DesiredDisk, o: DiskOutcome | undefined): DiskStatus['migration'] {
+  if (d.source.kind === 'attached') return { phase: 'Attached', from: d.source.node };
+  if (d.source.kind !== 'remote') return undefined;
+  const h = o?.hydration;
+  if (!d.source.hydrate || !h) return { phase: d.source.hydrate ? 'Hydrating' : 'Cloned', from: d.source.node, ...(d.source.hydrate ? {} : { percent: 0 }) };
+  const phase = h.state === 'standalone' ? 'Hydrated' : h.state === 'paused' ? 'Paused' : 'Hydrating';
+  return { phase, from: d.source.node, percent: h.state === 'standalone' ? 100 : Math.max(0, Math.min(100, Math.floor(h.percent))) };
 }
 
 /** `status.json` (without its timestamp) from the round's report, plan and observation. */

@@ -15,6 +15,19 @@ export const DiskStatusSchema = z.object({
   socket: z.string().optional(),
   /** Where the disk's data lives (node name, or `local`), for migration. */
   dataNode: z.string().optional(),
+  /**
+   * A migrated disk whose data is still (partly) on node `from`: `Attached` (served from that
+   * node's export; before switchover, or for good on a backend that cannot copy), `Cloned`
+   * (a local clone, copy not started: the source still runs the VM), `Hydrating`/`Paused`
+   * (copying; paused while the source is unreachable), `Hydrated` (no longer reads from it).
+   */
+  migration: z
+    .object({
+      phase: z.enum(['Attached', 'Cloned', 'Hydrating', 'Paused', 'Hydrated']),
+      from: z.string(),
+      percent: z.number().min(0).max(100).optional(),
+    })
+    .optional(),
 });
 export type DiskStatus = z.infer<typeof DiskStatusSchema>;
 

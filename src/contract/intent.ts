@@ -17,17 +17,31 @@ export const MAX_QUEUES = 256;
  * decides the source of each desired disk from the node view; a source that hydrates from
  * another node (lazy images, data-moving migration) is one more kind here, planned by the
  * reconciler like the others.
+ *
+ * `remote` is a migrating disk on its target: a local copy-on-write clone of the source node's
+ * export (writes stay here, unread blocks are read from node X). Before switchover nothing is
+ * copied (`hydrate: false`: the source QEMU still writes); after it the clone hydrates until it
+ * stands alone, and the disk's source becomes the declared one again. `migration` names the
+ * migration the clone belongs to, so that an earlier copy of the same disk id is never taken
+ * for it.
  */
 export type DiskSource =
   | { kind: 'image'; image: string }
   | { kind: 'blank' }
   | { kind: 'bdev'; bdev: string }
-  | { kind: 'attached'; ref: RemoteDiskRef; node: string };
+  | { kind: 'attached'; ref: RemoteDiskRef; node: string }
+  | { kind: 'remote'; ref: RemoteDiskRef; node: string; migration: string; hydrate: boolean };
 
 /** A disk served from another node's export: the ref to attach and the node the data lives on. */
 export type AttachedSource = Extract<DiskSource, { kind: 'attached' }>;
 
-/** The declared source of a volume (never `attached`: that one only the agent decides). */
+/** A migrating disk cloned lazily from another node's export (see DiskSource). */
+export type RemoteCloneSource = Extract<DiskSource, { kind: 'remote' }>;
+
+/** A disk whose data (some or all of it) is on another node now. */
+export const fromOtherNode = (s: DiskSource): s is AttachedSource | RemoteCloneSource => s.kind === 'attached' || s.kind === 'remote';
+
+/** The declared source of a volume (never `attached` or `remote`: those only the agent decides). */
 export function declaredSource(d: SpdkVhostBlkDisk): Extract<DiskSource, { kind: 'image' | 'blank' | 'bdev' }> {
   if (d.image !== undefined) return { kind: 'image', image: d.image };
   if (d.bdev !== undefined) return { kind: 'bdev', bdev: d.bdev };
