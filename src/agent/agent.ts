@@ -128,6 +128,11 @@ export class NodeAgent extends EventEmitter {
     return this.journal?.state.exports ?? {};
   }
 
+  /** The disks this agent made or opened (the journal's record), by disk id. */
+  ownedNow(): Readonly<JournalState['owned']> {
+    return this.journal?.state.owned ?? {};
+  }
+
   setDesired(desired: DesiredState): void {
     this.desired = desired;
     this.desiredIdx = indexDesired(desired);

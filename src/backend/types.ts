@@ -53,7 +53,8 @@ export type { ExportOptions, ListenAddress, RemoteDiskRef } from './remote.js';
  *   are left out, never deleted. A `transport` error means the state is unknown, not empty.
  *
  * Events: 'connected' after the backend became reachable again, which may be a new process
- * (controllers, and for qsd every open disk, are gone): the caller re-observes and reconciles.
+ * (controllers, and for qsd every open disk, are gone): the caller re-observes and reconciles;
+ * health().instance tells a new process from the same one where the driver can.
  * 'disconnected' when it went away (calls fail `transport` until 'connected').
  *
  * Errors: every method rejects with a BackendError (see its `kind`s below and the list of what a
@@ -150,6 +151,12 @@ export interface BackendHealth {
   kind: 'spdk' | 'qsd';
   version?: string;
   message?: string;
+  /**
+   * Names the backend process (a new spdk_tgt or QSD gets a new one), when the driver can tell:
+   * a 'connected' after a transient drop of the RPC connection keeps it, a real restart does
+   * not. Without it a caller must take every reconnect for a restart.
+   */
+  instance?: string;
 }
 
 /** The port; see the contract above. Emits 'connected' and 'disconnected'. */

@@ -17,6 +17,11 @@ import { errorText } from './informer.js';
  */
 
 export const EXPORTS_ANNOTATION = 'kubevirt-spdk.io/migration-exports';
+/** Written by the target: the disks that stand alone there (the source may let go of them). */
+export const HYDRATED_ANNOTATION = 'kubevirt-spdk.io/migration-hydrated';
+
+/** One disk the target no longer reads from the source, for one migration. */
+export const PublishedHydratedSchema = z.array(z.object({ disk: z.string().min(1), migration: z.string().min(1) }).strict());
 
 /** One published export; `migration` ties it to one migration, so a stale list is never attached. */
 export const PublishedExportSchema = z.object({ disk: z.string().min(1), migration: z.string().min(1), ref: RemoteDiskRefSchema }).strict();
@@ -31,6 +36,13 @@ export const MigrationRecordSchema = z
     /** Source: the VMI's slot here, remembered because the source pod goes away after success. */
     slot: z.string().optional(),
     journal: MigrationJournalSchema,
+    /**
+     * An earlier migration of the VMI that still keeps something here (its exports, or disks
+     * still copying from its source) when KubeVirt moved on to a newer one: finished first.
+     */
+    previous: MigrationJournalSchema.optional(),
+    /** Source: the backend process its exports were made in (health().instance), when it can tell. */
+    backendInstance: z.string().optional(),
     /** Reported already (metrics, Events): once per migration and node. */
     reported: z.enum(['succeeded', 'failed', 'aborted', 'refused']).optional(),
     /** Source: the backend restarted mid-migration; the migration object must be deleted. */
@@ -47,6 +59,8 @@ export interface VmiMigrationFacts {
   sourceExports: Record<string, RemoteDiskRef> | undefined;
   /** Raw annotation value, to decide whether a patch is needed. */
   publishedRaw: string | undefined;
+  /** Raw hydration annotation (written by the target). */
+  hydratedRaw: string | undefined;
 }
 
 /** The migration state of a raw VMI, when it has a readable one. */
@@ -86,7 +100,27 @@ export function factsOf(raw: unknown): VmiMigrationFacts | { problem: string } {
     return { problem: errorText(e) };
   }
   const publishedRaw = vmi.metadata.annotations[EXPORTS_ANNOTATION];
-  return { ref, state, disks, sourceExports: state ? exportsFor(publishedRaw, migrationKey(state)) : undefined, publishedRaw };
+  const hydratedRaw = vmi.metadata.annotations[HYDRATED_ANNOTATION];
+  return { ref, state, disks, sourceExports: state ? exportsFor(publishedRaw, migrationKey(state)) : undefined, publishedRaw, hydratedRaw };
+}
+
+/** The disks the target published as standing alone, for one migration (empty when absent or unreadable). */
+export function hydratedFor(annotation: string | undefined, migration: string): Set<string> {
+  if (annotation === undefined) return new Set();
+  let parsed;
+  try {
+    parsed = PublishedHydratedSchema.safeParse(JSON.parse(annotation));
+  } catch {
+    return new Set();
+  }
+  return new Set(parsed.success ? parsed.data.filter((e) => e.migration === migration).map((e) => e.disk) : []);
+}
+
+/** The merge patch that publishes a target's hydrated disks, or undefined when the VMI already says so (or there is nothing to say). */
+export function hydratedPatch(current: string | undefined, j: MigrationJournal): { metadata: { annotations: Record<string, string> } } | undefined {
+  if (j.role !== 'target' || j.hydrated.length === 0) return undefined;
+  const want = JSON.stringify(j.hydrated.map((disk) => ({ disk, migration: j.migrationUid })));
+  return want === current ? undefined : { metadata: { annotations: { [HYDRATED_ANNOTATION]: want } } };
 }
 
 /** The published exports of one migration by disk name; undefined when absent or unreadable. */
@@ -131,10 +165,15 @@ export function needsAbort(rec: MigrationRecord, state: MigrationState | undefin
   return rec.journal.role === 'source' && rec.abort === undefined && state !== undefined && outcomeOf(state) === 'running' && Object.keys(rec.journal.exports).length > 0;
 }
 
-/** Nothing of the migration is wanted on this node any more: no export, nothing served from another node. */
+/**
+ * Nothing of the migration is wanted on this node any more: no export, nothing served from
+ * another node (a target whose remote disks all stand alone here serves them as its own).
+ */
 export function keepsNothing(j: MigrationJournal): boolean {
   const empty = (r: Record<string, unknown>): boolean => Object.keys(r).length === 0;
-  return empty(j.exports) && empty(j.attached) && (j.role === 'source' || empty(j.controllers));
+  if (j.role === 'source') return empty(j.exports);
+  if (j.phase === 'serving') return Object.entries(j.attached).every(([disk, a]) => a.kind === 'shared' || (a.lazy === true && j.hydrated.includes(disk)));
+  return empty(j.attached) && empty(j.controllers);
 }
 
 /** A source VMI whose migration to another node succeeded: it is served there now. */
@@ -159,11 +198,25 @@ export function nodeIntentOf(
   const exports: DesiredExport[] = [];
   for (const raw of onNode) if (raw.metadata?.uid && handedOverByState(node, raw)) handedOver.add(raw.metadata.uid);
   for (const [uid, rec] of records) {
-    const intent = planned.get(uid) ?? intentOfRecord(rec.journal, (disk) => diskId(uid, disk));
+    const intent = planned.get(uid) ?? recordIntent(rec, (disk) => diskId(uid, disk));
     if (intent.serve) serve.set(uid, intent.serve);
     if (intent.handedOver) handedOver.add(uid);
     const why = `live migration ${rec.journal.migrationUid} of VMI ${rec.vmi.namespace}/${rec.vmi.name}`;
     for (const e of intent.exports) exports.push({ id: e.diskId, vmi: rec.vmi, disk: e.disk, address: e.address, why });
   }
   return { serve, handedOver, exports };
+}
+
+/** The intent a record alone calls for, its earlier migration's included (an agent that restarted before its first plan). */
+export function recordIntent(rec: MigrationRecord, diskIdOf: (disk: string) => string): VmiMigrationIntent {
+  return mergeIntents(intentOfRecord(rec.journal, diskIdOf), rec.previous && intentOfRecord(rec.previous, diskIdOf));
+}
+
+/** A migration's intent with what its earlier migration still holds here (exports kept; its clones served until they stand alone). */
+export function mergeIntents(current: VmiMigrationIntent, previous: VmiMigrationIntent | undefined): VmiMigrationIntent {
+  if (!previous) return current;
+  const ids = new Set(current.exports.map((e) => e.diskId));
+  const exports = [...current.exports, ...previous.exports.filter((e) => !ids.has(e.diskId))];
+  const serve = current.serve ?? previous.serve;
+  return { exports, handedOver: current.handedOver, ...(serve ? { serve } : {}) };
 }

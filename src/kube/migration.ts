@@ -8,8 +8,20 @@ import type { ListenAddress, RemoteDiskRef } from '../backend/remote.js';
 import type { StorageBackend } from '../backend/types.js';
 import type { Logger } from '../log.js';
 import { recordMigration, type Metrics } from '../metrics/metrics.js';
-import { applySteps, freshJournal, migrationKey, outcomeOf, planMigration, type DiskHere, type NodeMigrationIntent, type VmiMigrationIntent } from '../migration/coordinator.js';
-import type { MigrationState } from '../migration/schemas.js';
+import {
+  applySteps,
+  freshJournal,
+  migrationKey,
+  outcomeOf,
+  planFinished,
+  planMigration,
+  stillHeldBy,
+  type CoordinatorInput,
+  type DiskHere,
+  type NodeMigrationIntent,
+  type VmiMigrationIntent,
+} from '../migration/coordinator.js';
+import type { MigrationJournal, MigrationState } from '../migration/schemas.js';
 import type { KubeApi } from './api.js';
 import { ClusterAgent, clusterParts, type ClusterAgentOptions, type ClusterSnapshot } from './cluster.js';
 import { errorText } from './informer.js';
@@ -18,7 +30,10 @@ import {
   MigrationRecordSchema,
   exportsPatch,
   factsOf,
+  hydratedFor,
+  hydratedPatch,
   keepsNothing,
+  mergeIntents,
   needsAbort,
   nodeIntentOf,
   outcomeToReport,
@@ -28,6 +43,7 @@ import {
 
 export {
   EXPORTS_ANNOTATION,
+  HYDRATED_ANNOTATION,
   MigrationRecordSchema,
   PublishedExportSchema,
   PublishedExportsSchema,
@@ -35,6 +51,11 @@ export {
   exportsPatch,
   factsOf,
   handedOverByState,
+  hydratedFor,
+  hydratedPatch,
+  keepsNothing,
+  mergeIntents,
+  recordIntent,
   needsAbort,
   nodeIntentOf,
   outcomeToReport,
@@ -50,8 +71,11 @@ export {
  * takes part in, keeps the records (`<stateDir>/migrations`), and hands the node's migration
  * intent to the node view (the agent's one reconciler exports, attaches and tears down). The
  * source publishes its exports on the VMI (annotation `kubevirt-spdk.io/migration-exports`,
- * merge patch); the target reads them from its informer. A real backend restart mid-migration
- * on the source cancels the migration (the exports the target reads are gone).
+ * merge patch); the target reads them from its informer. After switchover the target
+ * publishes the disks that stand alone there (`kubevirt-spdk.io/migration-hydrated`), and the
+ * source lets go of them. A real backend restart mid-migration on the source (a new process:
+ * health().instance changed) cancels the migration (the exports the target reads are gone); a
+ * transient reconnect to the same process does not.
  */
 
 export { VMIM_PLURAL } from './api.js';
@@ -62,7 +86,7 @@ export interface MigrationAgentOptions {
   node: string;
   backend: StorageBackend;
   /** The node's agent: what it exports and serves now (the planner's view of "done"). */
-  agent: Pick<NodeAgent, 'exportsNow' | 'lastReport'>;
+  agent: Pick<NodeAgent, 'exportsNow' | 'lastReport'> & Partial<Pick<NodeAgent, 'ownedNow'>>;
   api: KubeApi;
   stateDir: string;
   /** Where this node's exports listen; without it the node cannot be a migration source of local disks. */
@@ -87,6 +111,8 @@ export class MigrationAgent {
   private stopped = false;
   private timer: NodeJS.Timeout | undefined;
   private wasDisconnected = false;
+  /** The backend process seen last (health().instance), when the driver can tell. */
+  private instance: string | undefined;
   private readonly log: Logger;
 
   constructor(private readonly opts: MigrationAgentOptions) {
@@ -110,6 +136,7 @@ export class MigrationAgent {
     }
     this.opts.backend.on('disconnected', this.onDisconnected);
     this.opts.backend.on('connected', this.onConnected);
+    this.instance = (await this.opts.backend.health()).instance;
     this.timer = setInterval(() => this.kick(), this.opts.pollMs ?? 5_000);
   }
 
@@ -133,19 +160,31 @@ export class MigrationAgent {
     this.wasDisconnected = true;
   };
 
-  /** A reconnect after a disconnect is a new spdk_tgt: its NVMe-oF exports are gone. */
+  /**
+   * A reconnect after a disconnect: a new backend process lost the exports the target reads,
+   * the same process (a transient drop of the RPC connection) did not. A driver that cannot
+   * tell (no health().instance) is taken at its worst: a restart.
+   */
   private readonly onConnected = (): void => {
     if (!this.wasDisconnected) return;
     this.wasDisconnected = false;
-    void this.backendRestarted();
+    void this.backendReconnected();
   };
 
-  private async backendRestarted(): Promise<void> {
+  private async backendReconnected(): Promise<void> {
+    const before = this.instance;
+    const now = (await this.opts.backend.health()).instance;
+    this.instance = now;
     const byUid = new Map((this.snapshot?.vmis ?? []).map((v) => [v.metadata?.uid, v]));
     for (const rec of this.records.values()) {
       const f = factsOf(byUid.get(rec.vmi.uid));
       const state = 'problem' in f ? undefined : f.state;
       if (!needsAbort(rec, state)) continue;
+      const made = rec.backendInstance ?? before;
+      if (now !== undefined && made !== undefined && made === now) {
+        this.log.info({ event: 'migration.backend-reconnected', vmi: `${rec.vmi.namespace}/${rec.vmi.name}`, instance: now }, 'backend connection came back to the same process; the migration goes on');
+        continue;
+      }
       this.log.warn({ event: 'migration.abort-needed', vmi: `${rec.vmi.namespace}/${rec.vmi.name}`, migration: rec.journal.migrationUid }, 'backend restarted mid-migration; aborting the migration');
       await this.save({ ...rec, abort: 'pending' });
     }
@@ -227,7 +266,7 @@ export class MigrationAgent {
   }
 
   /** What the agent holds for one VMI now: its exports and its disks' status, by disk name. */
-  private here(facts: VmiMigrationFacts): { exported: Record<string, RemoteDiskRef>; disks: Record<string, DiskHere> } {
+  private here(facts: VmiMigrationFacts, migration: string): CoordinatorInput['here'] {
     const names = new Map(facts.disks.map((d) => [d.diskId, d.name]));
     const exported: Record<string, RemoteDiskRef> = {};
     for (const [id, e] of Object.entries(this.opts.agent.exportsNow())) {
@@ -235,8 +274,13 @@ export class MigrationAgent {
       if (name !== undefined && e.vmi.uid === facts.ref.uid) exported[name] = e.ref;
     }
     const report = this.opts.agent.lastReport?.vmis.find((v) => v.vmi.uid === facts.ref.uid);
-    const disks: Record<string, DiskHere> = Object.fromEntries((report?.disks ?? []).map((d) => [d.name, { phase: d.phase, ...(d.message ? { message: d.message } : {}) }]));
-    return { exported, disks };
+    const disks: Record<string, DiskHere> = Object.fromEntries(
+      (report?.disks ?? []).map((d) => [d.name, { phase: d.phase, ...(d.message ? { message: d.message } : {}), ...(d.migration ? { migration: d.migration } : {}) }]),
+    );
+    // Disks this node holds under the VMI's disk ids that are not a clone being made here (an earlier copy).
+    const owned = this.opts.agent.ownedNow?.() ?? {};
+    const earlierCopies = facts.disks.filter((d) => owned[d.diskId] !== undefined && owned[d.diskId]?.migration !== migration).map((d) => d.name);
+    return { exported, disks, earlierCopies };
   }
 
   private async step(uid: string, raw: unknown, snap: ClusterSnapshot): Promise<void> {
@@ -253,26 +297,70 @@ export class MigrationAgent {
     const key = migrationKey(state);
     const log = this.log.child({ vmi: `${facts.ref.namespace}/${facts.ref.name}`, migration: key, role });
     const slotHere = snap.slots.get(uid);
-    if (rec && (rec.journal.migrationUid !== key || rec.journal.role !== role)) rec = undefined; // a new migration starts afresh
+    // A new migration starts afresh; an earlier one that still keeps something here is finished beside it (A -> B -> A).
+    let earlier: MigrationRecord['previous'];
+    if (rec && (rec.journal.migrationUid !== key || rec.journal.role !== role)) {
+      if (outcomeOf(state) !== 'running') return;
+      const held = [rec.journal, rec.previous].find((j) => j !== undefined && (j.phase === 'handedOver' || j.phase === 'serving') && !keepsNothing(j));
+      earlier = held;
+      rec = undefined;
+    }
     if (!rec) {
       // Only a migration still running is worth starting; an old, finished one is history.
       if (outcomeOf(state) !== 'running') return;
       this.planned.delete(uid);
-      rec = { vmi: facts.ref, journal: freshJournal(key, role), ...(state.sourceNode ? { sourceNode: state.sourceNode } : {}), ...(role === 'source' && slotHere ? { slot: slotHere } : {}) };
+      const peer = role === 'source' ? state.targetNode : state.sourceNode;
+      rec = {
+        vmi: facts.ref,
+        journal: freshJournal(key, role, peer),
+        ...(state.sourceNode ? { sourceNode: state.sourceNode } : {}),
+        ...(role === 'source' && slotHere ? { slot: slotHere } : {}),
+        ...(earlier ? { previous: earlier } : {}),
+        ...(role === 'source' && this.instance !== undefined ? { backendInstance: this.instance } : {}),
+      };
+      await this.save(rec);
+      if (earlier) log.info({ event: 'migration.previous-kept', previous: earlier.migrationUid, why: stillHeldBy(earlier) }, 'an earlier migration of the VMI still holds this node; finishing it first');
+    }
+    // Missed events (an agent that restarted with its backend): the exports were made in another process.
+    if (role === 'source' && rec.abort === undefined && rec.backendInstance !== undefined && this.instance !== undefined && rec.backendInstance !== this.instance && needsAbort(rec, state)) {
+      log.warn({ event: 'migration.abort-needed', made: rec.backendInstance, now: this.instance }, 'backend is a new process since the exports were made; aborting the migration');
+      rec = { ...rec, abort: 'pending' };
       await this.save(rec);
     }
     if (rec.abort === 'pending') rec = await this.abortMigration(rec, state, log);
 
     const noAddress = role === 'source' && this.opts.exportAddress === undefined;
-    const planned = planMigration({
+    const b = this.opts.backend;
+    const common: Omit<CoordinatorInput, 'state' | 'journal'> = {
       node: this.opts.node,
-      state,
       disks: facts.disks,
       slot: role === 'source' ? (rec.slot ?? slotHere) : slotHere,
-      backendCanMigrate: !noAddress && this.opts.backend.exportDisk !== undefined && this.opts.backend.attachRemoteDisk !== undefined,
+      backendCanMigrate: !noAddress && b.exportDisk !== undefined && b.attachRemoteDisk !== undefined,
+      backendCanClone: b.cloneRemoteDisk !== undefined && b.hydrateDisk !== undefined,
       exportAddress: this.opts.exportAddress ?? { kind: 'tcp', host: 'unset', port: 4420 },
       sourceExports: facts.sourceExports,
-      here: this.here(facts),
+      here: this.here(facts, key),
+    };
+    // The earlier migration first: what it still holds here, and whether it is done.
+    let previousIntent: VmiMigrationIntent | undefined;
+    let previous = rec.previous;
+    if (previous) {
+      const p = planFinished({ ...common, targetHydrated: hydratedFor(facts.hydratedRaw, previous.migrationUid) }, previous);
+      previous = applySteps(previous, p.actions);
+      for (const a of p.actions) log.info({ event: `migration.previous.${a.type}`, previous: previous.migrationUid, ...('disk' in a ? { disk: a.disk } : {}) }, a.type);
+      previousIntent = p.intent;
+      if (previous.role === 'target') await this.publishHydrated(facts, previous, log);
+      const { previous: _done, ...rest } = rec;
+      rec = keepsNothing(previous) ? rest : { ...rec, previous };
+      if (keepsNothing(previous)) log.info({ event: 'migration.previous-done', previous: previous.migrationUid }, 'the earlier migration keeps nothing here any more');
+      if (JSON.stringify(rec.previous) !== JSON.stringify(this.records.get(uid)?.previous)) await this.save(rec);
+    }
+    const blockedBy = rec.previous ? stillHeldBy(rec.previous) : undefined;
+    const planned = planMigration({
+      ...common,
+      state,
+      targetHydrated: hydratedFor(facts.hydratedRaw, key),
+      ...(blockedBy !== undefined ? { blockedBy } : {}),
       journal: rec.journal,
     });
     const plan = noAddress && planned.refused ? { ...planned, reason: NO_ADDRESS } : planned;
@@ -280,7 +368,7 @@ export class MigrationAgent {
       log.warn({ event: 'migration.refused', reason: plan.reason }, 'migration refused');
       this.event(facts.ref, REASON_REFUSED, `live migration to ${state.targetNode ?? '?'} refused by the SPDK agent on ${this.opts.node}: ${plan.reason ?? ''}`);
     }
-    this.planned.set(uid, plan.intent);
+    this.planned.set(uid, mergeIntents(plan.intent, previousIntent));
     let current: MigrationRecord = rec;
     if (plan.journal && plan.actions.length > 0) {
       current = { ...current, journal: applySteps(plan.journal, plan.actions) };
@@ -291,6 +379,7 @@ export class MigrationAgent {
       await this.save(current);
     }
     if (role === 'source') await this.publish(facts, current, log);
+    else await this.publishHydrated(facts, current.journal, log);
     const report = outcomeToReport(plan, current.reported);
     if (report) {
       recordMigration(report, this.opts.metrics);
@@ -308,6 +397,14 @@ export class MigrationAgent {
     if (!patch) return;
     await this.opts.api.patchVmi(facts.ref.namespace, facts.ref.name, patch);
     log.info({ event: 'migration.exports-published', disks: Object.keys(rec.journal.exports) }, 'exports published on the VMI');
+  }
+
+  /** Target: the disks that stand alone here, for the source to let go of them. */
+  private async publishHydrated(facts: VmiMigrationFacts, j: MigrationJournal, log: Logger): Promise<void> {
+    const patch = hydratedPatch(facts.hydratedRaw, j);
+    if (!patch) return;
+    await this.opts.api.patchVmi(facts.ref.namespace, facts.ref.name, patch);
+    log.info({ event: 'migration.hydrated-published', migration: j.migrationUid, disks: j.hydrated }, 'hydrated disks published on the VMI');
   }
 
   /** Deletes the VirtualMachineInstanceMigration (what `virtctl migrate-cancel` does). */

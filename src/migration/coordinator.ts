@@ -12,12 +12,21 @@ import type { MigrationJournal, MigrationState } from './schemas.js';
  * re-checks and retries), so a planner that runs again after any restart converges.
  *
  * Source: export node-local disks (shared `bdev:` volumes need nothing); after success hand the
- * VMI over (its controllers go, its disks stay exported: the data stays here); after failure or
- * abort stop exporting, never touching the running VM.
+ * VMI over (its controllers go, its disks stay exported) until the target publishes that a
+ * disk stands alone there: then that export is no longer wanted (the reconciler unexports and
+ * deletes the disk; the slot is released with it). After failure or abort stop exporting,
+ * never touching the running VM.
  * Target: once every node-local disk has a published export and the target pod has its slot,
- * serve the VMI here with those disks attached (same `<slot>/<disk>` layout), and report the
- * slot ready when the agent serves every disk; after success keep serving; after failure or
- * abort serve nothing (the reconciler removes the controllers and detaches).
+ * serve the VMI here with those disks as lazy clones of the exports (same `<slot>/<disk>`
+ * layout; attached as they are when the backend cannot clone), and report the slot ready when
+ * the agent serves every disk. Nothing is copied before switchover (the source's QEMU still
+ * writes); after success the clones hydrate, and each disk that stands alone is recorded (and
+ * published) and served as this node's own. After failure or abort serve nothing (the
+ * reconciler removes the controllers and deletes the clones, which hold nothing the guest
+ * wrote: it never ran here).
+ * A record planned after KubeVirt moved on to a newer migration of the VMI (A -> B -> A) is
+ * finished with planFinished; until it keeps nothing, the newer migration waits (target) or is
+ * refused (source: its disks still copy from the previous node).
  * Refused: post-copy (SPDK's vhost target migrates pre-copy only), a backend that cannot
  * export or attach, an export the target cannot reach.
  */
@@ -37,6 +46,8 @@ export interface MigratingDisk {
 export interface DiskHere {
   phase: string;
   message?: string;
+  /** A migrated disk's copy (its status' `migration`). */
+  migration?: { phase: string; percent?: number };
 }
 
 export interface CoordinatorInput {
@@ -47,12 +58,23 @@ export interface CoordinatorInput {
   slot: string | undefined;
   /** Whether this node's backend implements exportDisk/attachRemoteDisk. */
   backendCanMigrate: boolean;
+  /** Target: whether this node's backend implements cloneRemoteDisk/hydrateDisk (else the data stays on the source). */
+  backendCanClone?: boolean;
+  /** Source: disks the target published as standing alone, for this migration. */
+  targetHydrated?: ReadonlySet<string>;
+  /** Why the migration must wait (target) or is refused (source): an earlier migration's record still keeps something here. */
+  blockedBy?: string;
   /** Where this node's exports listen (source). */
   exportAddress: ListenAddress;
   /** The source's published exports by disk name (target); absent until the source made them. */
   sourceExports: Readonly<Record<string, RemoteDiskRef>> | undefined;
   /** What the agent holds here now: the exports it made (source) and the VMI's disks (target), by disk name. */
-  here: { exported: Readonly<Record<string, RemoteDiskRef>>; disks: Readonly<Record<string, DiskHere>> };
+  here: {
+    exported: Readonly<Record<string, RemoteDiskRef>>;
+    disks: Readonly<Record<string, DiskHere>>;
+    /** Target: disks whose id this node still holds from before (an earlier copy, A -> B -> A): not cloned until it is gone. */
+    earlierCopies?: readonly string[];
+  };
   journal: MigrationJournal | undefined;
 }
 
@@ -87,6 +109,8 @@ export type MigrationStep =
   | { type: 'forgetServed'; disk: string }
   | { type: 'recordUnreachable'; disk: string; message: string }
   | { type: 'recordDataNode'; disk: string; node: string }
+  /** Target: the disk stands alone here; source: the target said so (the export is released). */
+  | { type: 'recordHydrated'; disk: string }
   /** The target slot is ready: the device plugin may let the compute container start. */
   | { type: 'reportTargetReady'; slot: string }
   | { type: 'setPhase'; phase: MigrationJournal['phase'] };
@@ -130,8 +154,8 @@ export function refusalOf(s: MigrationState): string | undefined {
   return undefined;
 }
 
-export function freshJournal(migrationUid: string, role: 'source' | 'target'): MigrationJournal {
-  return { migrationUid, role, exports: {}, attached: {}, controllers: {}, dataNode: {}, phase: 'preparing' };
+export function freshJournal(migrationUid: string, role: 'source' | 'target', peer?: string): MigrationJournal {
+  return { migrationUid, role, exports: {}, attached: {}, controllers: {}, dataNode: {}, hydrated: [], ...(peer !== undefined ? { peer } : {}), phase: 'preparing' };
 }
 
 /** A stable id of a migration: KubeVirt's uid, else its start (older status without uid). */
@@ -164,6 +188,9 @@ export function applySteps(j: MigrationJournal, steps: readonly MigrationStep[])
       case 'recordDataNode':
         out = { ...out, dataNode: { ...out.dataNode, [a.disk]: a.node } };
         break;
+      case 'recordHydrated':
+        if (!out.hydrated.includes(a.disk)) out = { ...out, hydrated: [...out.hydrated, a.disk].sort() };
+        break;
       case 'setPhase':
         out = { ...out, phase: a.phase };
         break;
@@ -191,11 +218,45 @@ export function listenAddressOf(ref: RemoteDiskRef): ListenAddress {
   return ref.transport === 'nvmf-tcp' ? { kind: 'tcp', host: ref.host, port: ref.port } : ref.address;
 }
 
+/**
+ * What a target serves from its record: each remote disk attached, or cloned lazily (hydrating
+ * once the migration succeeded); a disk that stands alone here is this node's own again.
+ */
 function servedFrom(j: MigrationJournal): Pick<VmiMigrationIntent, 'serve'> {
   if (j.phase === 'rolledBack' || j.phase === 'refused') return {};
-  const remote = Object.entries(j.attached).flatMap(([disk, a]) => (a.kind === 'remote' ? [[disk, { ref: a.ref, node: a.node }] as const] : []));
+  const hydrate = j.phase === 'serving';
+  const remote = Object.entries(j.attached).flatMap(([disk, a]): Array<[string, AttachedDisk]> => {
+    if (a.kind !== 'remote' || j.hydrated.includes(disk)) return [];
+    return [[disk, { ref: a.ref, node: a.node, ...(a.lazy ? { lazy: { migration: j.migrationUid, hydrate } } : {}) }]];
+  });
   if (Object.keys(j.attached).length === 0) return {};
   return { serve: { attached: Object.fromEntries(remote) } };
+}
+
+/** The state KubeVirt no longer shows for an earlier migration this node's record says succeeded. */
+function finishedState(node: string, j: MigrationJournal): MigrationState {
+  const peer = j.peer ?? '';
+  return { migrationUid: j.migrationUid, sourceNode: j.role === 'source' ? node : peer, targetNode: j.role === 'target' ? node : peer, completed: true };
+}
+
+/** Plans a record of an earlier migration that KubeVirt reported succeeded (the VMI moved on since). */
+export function planFinished(input: Omit<CoordinatorInput, 'state' | 'journal'>, j: MigrationJournal): MigrationPlan {
+  const s = finishedState(input.node, j);
+  const i = { ...input, state: s, journal: j };
+  return j.role === 'source' ? planSource(i, s, j) : planTarget(i, s, j);
+}
+
+/** Why an earlier migration's record still holds this node (undefined once it keeps nothing). */
+export function stillHeldBy(j: MigrationJournal): string | undefined {
+  const peer = j.peer ?? 'the other node';
+  if (j.role === 'source' && Object.keys(j.exports).length > 0) {
+    return `the previous migration (${j.migrationUid}) still reads disk(s) ${Object.keys(j.exports).sort().join(', ')} from this node until ${peer} holds every byte`;
+  }
+  const copying = Object.entries(j.attached).filter(([disk, a]) => a.kind === 'remote' && !j.hydrated.includes(disk)).map(([d]) => d);
+  if (j.role === 'target' && copying.length > 0 && j.phase !== 'rolledBack' && j.phase !== 'refused') {
+    return `disk(s) ${copying.sort().join(', ')} still read from ${peer} after the previous migration (${j.migrationUid}); migrate again once they are hydrated`;
+  }
+  return undefined;
 }
 
 export function planMigration(input: CoordinatorInput): MigrationPlan {
@@ -214,7 +275,8 @@ export function planMigration(input: CoordinatorInput): MigrationPlan {
   const role: Role = s.targetNode === input.node ? 'target' : s.sourceNode === input.node ? 'source' : 'none';
   if (role === 'none') return none();
   const key = migrationKey(s);
-  const journal = input.journal && input.journal.migrationUid === key && input.journal.role === role ? input.journal : freshJournal(key, role);
+  const peer = role === 'source' ? s.targetNode : s.sourceNode;
+  const journal = input.journal && input.journal.migrationUid === key && input.journal.role === role ? input.journal : freshJournal(key, role, peer);
   return role === 'source' ? planSource(input, s, journal) : planTarget(input, s, journal);
 }
 
@@ -231,9 +293,18 @@ function planSource(input: CoordinatorInput, s: MigrationState, j: MigrationJour
     local.filter((d) => names.includes(d.name)).map((d) => ({ disk: d.name, diskId: d.diskId, address: input.exportAddress }));
 
   if (outcome === 'succeeded') {
-    // The target serves now; the data stays here, so the exports stay too.
-    const steps: MigrationStep[] = local.filter((d) => j.dataNode[d.name] !== input.node).map((d) => ({ type: 'recordDataNode', disk: d.name, node: input.node }));
-    return plan('source', outcome, j, { exports: exportsOf(Object.keys(j.exports)), handedOver: true }, [...steps, ...phaseStep(j, 'handedOver')]);
+    // The target serves now; each export stays until the target says the disk stands alone there.
+    const target = s.targetNode ?? j.peer ?? '';
+    const steps: MigrationStep[] = [];
+    for (const d of local) {
+      const done = input.targetHydrated?.has(d.name) === true || j.hydrated.includes(d.name);
+      const dataNode = done ? target : input.node;
+      if (j.dataNode[d.name] !== dataNode) steps.push({ type: 'recordDataNode', disk: d.name, node: dataNode });
+      if (done && !j.hydrated.includes(d.name)) steps.push({ type: 'recordHydrated', disk: d.name });
+      if (done && j.exports[d.name] !== undefined) steps.push({ type: 'forgetExport', disk: d.name });
+    }
+    const next = applySteps(j, steps);
+    return plan('source', outcome, j, { exports: exportsOf(Object.keys(next.exports)), handedOver: true }, [...steps, ...phaseStep(j, 'handedOver')]);
   }
   if (outcome === 'failed' || outcome === 'aborted') {
     // The VM keeps running here: only what the migration added goes.
@@ -241,7 +312,8 @@ function planSource(input: CoordinatorInput, s: MigrationState, j: MigrationJour
     return plan('source', outcome, j, noIntent(), [...steps, ...phaseStep(j, 'rolledBack')]);
   }
 
-  const refusal = refusalOf(s) ?? (local.length > 0 && !input.backendCanMigrate ? 'this node\'s storage backend cannot export disks for migration' : undefined);
+  const refusal =
+    refusalOf(s) ?? (local.length > 0 && !input.backendCanMigrate ? 'this node\'s storage backend cannot export disks for migration' : undefined) ?? input.blockedBy;
   if (refusal) {
     const steps: MigrationStep[] = Object.keys(j.exports).map((disk) => ({ type: 'forgetExport', disk }));
     return plan('source', outcome, j, noIntent(), [...steps, ...phaseStep(j, 'refused')], { refused: true, reason: refusal });
@@ -264,11 +336,19 @@ function planTarget(input: CoordinatorInput, s: MigrationState, j: MigrationJour
   const teardown = (): MigrationStep[] => [...new Set([...Object.keys(j.attached), ...Object.keys(j.controllers)])].map((disk) => ({ type: 'forgetServed', disk }));
 
   if (outcome === 'succeeded') {
+    // After switchover: the lazy clones hydrate; one that stands alone is this node's own.
     const steps: MigrationStep[] = [];
+    const sourceNode = s.sourceNode ?? j.peer;
     for (const d of input.disks) {
-      if (d.source.kind === 'local' && s.sourceNode !== undefined && j.dataNode[d.name] !== s.sourceNode) steps.push({ type: 'recordDataNode', disk: d.name, node: s.sourceNode });
+      const a = j.attached[d.name];
+      if (d.source.kind !== 'local' || a?.kind !== 'remote') continue;
+      const done = j.hydrated.includes(d.name) || (a.lazy === true && j.phase === 'serving' && input.here.disks[d.name]?.migration?.phase === 'Hydrated');
+      if (done && !j.hydrated.includes(d.name)) steps.push({ type: 'recordHydrated', disk: d.name });
+      const dataNode = done ? input.node : sourceNode;
+      if (dataNode !== undefined && j.dataNode[d.name] !== dataNode) steps.push({ type: 'recordDataNode', disk: d.name, node: dataNode });
     }
-    return plan('target', outcome, j, { exports: [], handedOver: false, ...servedFrom(j) }, [...steps, ...phaseStep(j, 'serving')], { targetReady: true });
+    const next = applySteps(j, [...steps, ...phaseStep(j, 'serving')]);
+    return plan('target', outcome, j, { exports: [], handedOver: false, ...servedFrom(next) }, [...steps, ...phaseStep(j, 'serving')], { targetReady: true });
   }
   if (outcome === 'failed' || outcome === 'aborted') return plan('target', outcome, j, noIntent(), [...teardown(), ...phaseStep(j, 'rolledBack')]);
 
@@ -286,6 +366,10 @@ function planTarget(input: CoordinatorInput, s: MigrationState, j: MigrationJour
     return plan('target', outcome, j, noIntent(), [...note, ...teardown(), ...phaseStep(j, 'refused')], { refused: true, reason: refusal });
   }
   if (input.slot === undefined) return plan('target', outcome, j, noIntent(), [], { reason: 'waiting for the target pod\'s vhost slot' });
+  // An earlier migration's copy of these disks is still here (A -> B -> A): cloned only once it is gone.
+  if (input.blockedBy !== undefined) return plan('target', outcome, j, noIntent(), [], { reason: `waiting: ${input.blockedBy}` });
+  const earlier = local.filter((d) => input.here.earlierCopies?.includes(d.name) && j.attached[d.name] === undefined).map((d) => d.name);
+  if (earlier.length > 0) return plan('target', outcome, j, noIntent(), [], { reason: `waiting for this node's earlier copy of disk(s) ${earlier.join(', ')} to be deleted` });
 
   // Served only once every node-local disk can be attached: a fresh clone is never made in its place.
   const waiting = local.filter((d) => input.sourceExports?.[d.name] === undefined).map((d) => d.name);
@@ -294,7 +378,9 @@ function planTarget(input: CoordinatorInput, s: MigrationState, j: MigrationJour
   for (const d of input.disks) {
     const ref = input.sourceExports?.[d.name];
     const want: MigrationJournal['attached'][string] | undefined =
-      d.source.kind === 'bdev' ? { kind: 'shared', bdev: d.source.bdev } : ref && { kind: 'remote', ref, node: s.sourceNode ?? '' };
+      d.source.kind === 'bdev'
+        ? { kind: 'shared', bdev: d.source.bdev }
+        : ref && { kind: 'remote', ref, node: s.sourceNode ?? '', ...((lazyOf(j.attached[d.name]) ?? input.backendCanClone === true) ? { lazy: true } : {}) };
     if (want && JSON.stringify(j.attached[d.name]) !== JSON.stringify(want)) steps.push({ type: 'recordAttached', disk: d.name, attached: want });
   }
   const next = applySteps(j, steps);
@@ -308,4 +394,9 @@ function planTarget(input: CoordinatorInput, s: MigrationState, j: MigrationJour
   // Reported once, when the last disk is served.
   const report: MigrationStep[] = j.phase === 'ready' ? [] : [{ type: 'reportTargetReady', slot: input.slot }, ...phaseStep(j, 'ready')];
   return plan('target', outcome, j, intent, [...steps, ...report], { targetReady: true });
+}
+
+/** Whether a recorded remote disk is a lazy clone (kept once recorded: a clone is never swapped for an attach). */
+function lazyOf(a: MigrationJournal['attached'][string] | undefined): boolean | undefined {
+  return a?.kind === 'remote' ? (a.lazy ?? false) : undefined;
 }

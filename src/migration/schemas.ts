@@ -40,7 +40,15 @@ export const MigrationJournalSchema = z
     attached: z
       .record(
         z.discriminatedUnion('kind', [
-          z.object({ kind: z.literal('remote'), ref: RemoteDiskRefSchema, node: z.string() }).strict(),
+          z
+            .object({
+              kind: z.literal('remote'),
+              ref: RemoteDiskRefSchema,
+              node: z.string(),
+              /** Served as a local clone that hydrates after switchover (else attached as it is: the data stays there). */
+              lazy: z.boolean().optional(),
+            })
+            .strict(),
           z.object({ kind: z.literal('shared'), bdev: z.string() }).strict(),
         ]),
       )
@@ -49,6 +57,13 @@ export const MigrationJournalSchema = z
     controllers: z.record(z.string()).default({}),
     /** Where each disk's data lives once the migration is over. */
     dataNode: z.record(z.string()).default({}),
+    /**
+     * Disks whose copy is complete: target, the disks that stand alone here (published on the
+     * VMI for the source); source, the disks the target said so of (their exports are released).
+     */
+    hydrated: z.array(z.string()).default([]),
+    /** The other node of the migration (for a record planned after KubeVirt moved on). */
+    peer: z.string().optional(),
     /** Target: an export that could not be reached (the migration cannot succeed). */
     unreachable: z.object({ disk: z.string(), message: z.string() }).strict().optional(),
     phase: z.enum(['preparing', 'ready', 'serving', 'handedOver', 'rolledBack', 'refused']).default('preparing'),

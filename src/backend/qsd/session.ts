@@ -1,3 +1,4 @@
+import { randomBytes } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import { z } from 'zod';
 import { backoffMs } from '../../backoff.js';
@@ -106,6 +107,10 @@ export class QsdSession extends EventEmitter {
       else this.onDaemonLost('QMP connection closed');
     });
     client.on('event', (e) => this.emit('qmp-event', e));
+    this.instance = await markInstance(client).catch((err: unknown) => {
+      this.log.warn({ event: 'qsd.instance-unknown', err: (err as Error).message }, 'cannot mark the daemon instance; a reconnect will count as a restart');
+      return undefined;
+    });
     this.client = client;
     if (this.process) this.nbdServer = undefined;
     this.restartFailures = 0;
@@ -180,11 +185,14 @@ export class QsdSession extends EventEmitter {
   async health(): Promise<BackendHealth> {
     try {
       const v = VersionInfoSchema.parse(await this.qmp().execute('query-version', undefined, { timeoutMs: 5_000 }));
-      return { ok: true, kind: 'qsd', version: `${v.qemu.major}.${v.qemu.minor}.${v.qemu.micro}` };
+      return { ok: true, kind: 'qsd', version: `${v.qemu.major}.${v.qemu.minor}.${v.qemu.micro}`, ...(this.instance !== undefined ? { instance: this.instance } : {}) };
     } catch (err) {
       return { ok: false, kind: 'qsd', message: err instanceof Error ? err.message : String(err) };
     }
   }
+
+  /** The daemon process connected now (see markInstance), when known. */
+  instance: string | undefined;
 
   async blockNodes(): Promise<BlockNodeInfo[]> {
     return BlockNodeInfoSchema.parse(await this.exec('query-named-block-nodes', { flat: true }, 'query-named-block-nodes'));
@@ -207,4 +215,20 @@ export class QsdSession extends EventEmitter {
       }
     }
   }
+}
+
+const INSTANCE_PREFIX = 'kspdk-instance-';
+
+/**
+ * Names the daemon process: a QOM object that only this process holds (a new daemon has none,
+ * so it gets a new name). A QMP connection that drops and comes back to the same daemon finds
+ * the same name: a reconnect is told from a restart without knowing the daemon's pid.
+ */
+async function markInstance(client: QmpClient): Promise<string> {
+  const list = await client.execute<Array<{ name: string; type: string }>>('qom-list', { path: '/objects' });
+  const found = list.find((o) => o.name.startsWith(INSTANCE_PREFIX));
+  if (found) return found.name.slice(INSTANCE_PREFIX.length);
+  const id = randomBytes(8).toString('hex');
+  await client.execute('object-add', { 'qom-type': 'secret', id: `${INSTANCE_PREFIX}${id}`, data: '1' });
+  return id;
 }
