@@ -226,7 +226,9 @@ export function reconcile(desired: DesiredState, observed: ObservedState, memory
     if (failed !== undefined) return [{ kind: 'reportError', target, message: failed }];
     if (d.problem !== undefined) return [{ kind: 'reportError', target, message: d.problem }];
     const out: Action[] = [];
-    if (d.source.kind === 'image' && d.image) {
+    // A migrated disk that hydrated is whole without the image: the image is not fetched for it.
+    const hydratedHere = memory.journal.owned[d.id]?.source === 'remote' && disksById.has(d.id);
+    if (d.source.kind === 'image' && d.image && !hydratedHere) {
       const img = imagesByName.get(d.source.image);
       if (!img || img.phase === 'failed' || img.phase === 'importing') out.push({ kind: 'ensureImage', target, image: d.image });
       else {

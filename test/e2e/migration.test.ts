@@ -5,12 +5,15 @@
  * each agent's reconciler makes it so on the real backends (exports, attaches, controllers,
  * teardown), and QEMU migrates the running guest, which keeps writing its sequence.
  */
+import { execFile } from 'node:child_process';
 import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
+import { promisify } from 'node:util';
 import { afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { NodeAgent } from '../../src/agent/agent.js';
 import { buildDesired, type ViewVmi } from '../../src/agent/desired.js';
+import type { DiskStatus } from '../../src/api/status.js';
 import { parseVmi } from '../../src/api/vmi.js';
 import { QsdBackend } from '../../src/backend/qsd/index.js';
 import { nbdExportId } from '../../src/backend/qsd/nbd.js';
@@ -22,6 +25,8 @@ import { ensureGuestBuilt, guestCmdline } from '../helpers/guest.js';
 import { hasCommand } from '../helpers/process.js';
 import { createGoldenImage, readDiskBytes } from '../helpers/qsd.js';
 import { MigratableVm, migrate } from './migration-vm.js';
+
+const execFileP = promisify(execFile);
 
 // Needs the QEMU binaries (installed by hack/install-deps.sh); without them there is no VM to migrate.
 const missing = !hasCommand('qemu-system-x86_64') || !hasCommand('qemu-storage-daemon');
@@ -72,7 +77,7 @@ async function setUp(tag: string): Promise<World> {
   await Promise.all([src.start(), dst.start()]);
   const images: ImageSpec[] = [{ name: 'img', source: { hostPath: { path: golden } }, format: 'raw' }];
   const agent = async (backend: QsdBackend, name: string): Promise<NodeAgent> => {
-    const a = new NodeAgent({ backend, stateDir: path.join(dir, name, 'agent'), socket: OWNER, resyncMs: 0, node: name });
+    const a = new NodeAgent({ backend, stateDir: path.join(dir, name, 'agent'), socket: OWNER, resyncMs: 0, node: `node-${name}` });
     await a.init();
     // Live recovery: a backend that comes back gets its controllers (and exports) again.
     a.start();
@@ -94,7 +99,9 @@ async function setUp(tag: string): Promise<World> {
 /** What one node's agent holds for the VMI now, as the planner reads it. */
 function here(agent: NodeAgent): CoordinatorInput['here'] {
   const exported = Object.fromEntries(Object.values(agent.exportsNow()).map((e) => [e.disk, e.ref]));
-  const disks = Object.fromEntries((agent.lastReport?.vmis.find((v) => v.vmi.uid === UID)?.disks ?? []).map((d) => [d.name, { phase: d.phase, ...(d.message ? { message: d.message } : {}) }]));
+  const disks = Object.fromEntries(
+    (agent.lastReport?.vmis.find((v) => v.vmi.uid === UID)?.disks ?? []).map((d) => [d.name, { phase: d.phase, ...(d.message ? { message: d.message } : {}), ...(d.migration ? { migration: d.migration } : {}) }]),
+  );
   return { exported, disks };
 }
 
@@ -103,7 +110,7 @@ function here(agent: NodeAgent): CoordinatorInput['here'] {
  * node's agent as its node view, reconcile; again until the planner has nothing more to
  * record (it plans from what the agent did). Returns the last plan with every step recorded.
  */
-async function agentPass(w: World, role: 'source' | 'target', state: MigrationState): Promise<MigrationPlan> {
+async function agentPass(w: World, role: 'source' | 'target', state: MigrationState, opts: { clone?: boolean } = {}): Promise<MigrationPlan> {
   const node = role === 'source' ? 'node-a' : 'node-b';
   const agent = w.agents[role];
   const steps: MigrationPlan['actions'] = [];
@@ -115,6 +122,9 @@ async function agentPass(w: World, role: 'source' | 'target', state: MigrationSt
       disks: [{ name: DISK, diskId: DISK_ID, source: { kind: 'local' }, readonly: false }],
       slot: role === 'source' ? SRC_SLOT : DST_SLOT,
       backendCanMigrate: true,
+      // The data moves only when asked: the first tests keep today's "served from the source".
+      backendCanClone: opts.clone === true,
+      targetHydrated: new Set(w.journals.target?.hydrated ?? []),
       exportAddress: { kind: 'unix', path: path.join(w.dir, 'nbd.sock') },
       sourceExports: w.journals.source?.exports,
       here: here(agent),
@@ -133,18 +143,36 @@ async function agentPass(w: World, role: 'source' | 'target', state: MigrationSt
           ? [{ origin: 'vm1', vmi: VMI, slot: DST_SLOT, attached: intent.serve.attached }]
           : [];
     const exports = intent.exports.map((e) => ({ id: e.diskId, vmi: { namespace: 'default', name: 'vm1', uid: UID }, disk: e.disk, address: e.address, why: 'live migration' }));
-    agent.setDesired(buildDesired({ vmis, images: role === 'source' ? w.images : [], exports }));
+    agent.setDesired(buildDesired({ vmis, images: w.images, exports }));
     await agent.converge(`migration-${role}`);
     if (pass > 0 && plan.actions.length === 0) break;
   }
   return { ...(plan as MigrationPlan), actions: steps };
 }
 
+/** The VMI's disk as the agent reports it. */
+function diskStatus(agent: NodeAgent): DiskStatus | undefined {
+  return agent.lastReport?.vmis.find((v) => v.vmi.uid === UID)?.disks.find((d) => d.name === DISK);
+}
+
+/** Bytes of guest data the qcow2 file itself holds (not its backing). */
+async function allocatedInTop(file: string): Promise<number> {
+  const { stdout } = await execFileP('qemu-img', ['map', '-U', '--output=json', file]);
+  const map = JSON.parse(stdout) as Array<{ length: number; depth: number; data: boolean }>;
+  return map.filter((e) => e.depth === 0 && e.data).reduce((n, e) => n + e.length, 0);
+}
+
+/** The backing file a qcow2 names, if any. */
+async function backingOf(file: string): Promise<string | undefined> {
+  const { stdout } = await execFileP('qemu-img', ['info', '-U', '--output=json', file]);
+  return (JSON.parse(stdout) as { 'backing-filename'?: string })['backing-filename'];
+}
+
 const running: MigrationState = { migrationUid: 'mig-1', sourceNode: 'node-a', targetNode: 'node-b', targetPod: 'virt-launcher-b', mode: 'PreCopy' };
 
-async function prepareTarget(w: World, tag: string): Promise<MigratableVm> {
+async function prepareTarget(w: World, tag: string, opts: { clone?: boolean } = {}): Promise<MigratableVm> {
   await agentPass(w, 'source', running);
-  const t = await agentPass(w, 'target', running);
+  const t = await agentPass(w, 'target', running, opts);
   expect(t.actions.map((a) => a.type)).toContain('reportTargetReady');
   const ctrl = (await w.dst.observe()).controllers.find((c) => c.name === `${DST_SLOT}/${DISK}`);
   expect(ctrl).toBeDefined();
@@ -203,6 +231,70 @@ describe.skipIf(missing)('live migration with real QEMU over qemu-storage-daemon
     const last = await readDiskBytes(w.overlay, 2 * 1024 * 1024 + 4096 * (stopped - 1), 64, w.dir);
     expect(last.toString().replace(/\0+$/, '')).toBe(`KSSEQ ${stopped - 1}\n`);
   }, 180_000);
+
+  it('drain: the target hydrates after switchover, the source lets go of everything, and with its backend and agent stopped the guest keeps every write', async () => {
+    const w = await setUp('mig3');
+    const con = w.srcVm.console;
+    expect((await con.waitFor('GOLDEN', 60_000)).rest).toBe('KS-GOLDEN mig3');
+    await con.waitFor('MARKER', 30_000, /^OK mig3$/);
+    await con.waitFor('SEQ', 30_000, (r) => Number(r) >= 5);
+
+    // The target serves a lazy clone of the source's export from the first moment.
+    const dstVm = await prepareTarget(w, 'mig3', { clone: true });
+    const clone = (await w.dst.observe()).disks.find((d) => d.id === DISK_ID);
+    expect(clone?.owned).toBe(true);
+    expect(diskStatus(w.agents.target)?.migration).toEqual({ phase: 'Cloned', from: 'node-a', percent: 0 });
+    // Before switchover the clone holds no guest data: every read falls through to the source.
+    expect(await allocatedInTop(clone?.ref ?? '')).toBe(0);
+
+    const result = await migrate(w.srcVm, `unix:${path.join(w.dir, 'mig.sock')}`, 90_000);
+    expect(result.status, result.error).toBe('completed');
+    const lastOnSource = Math.max(...con.events.filter((e) => e.word === 'SEQ').map((e) => Number(e.rest)));
+    await dstVm.console.waitFor('SEQ', 30_000, (r) => Number(r) >= lastOnSource + 2);
+    await w.srcVm.kill();
+
+    // KubeVirt reports success: the source hands over (keeps its export), the target hydrates.
+    const done: MigrationState = { ...running, completed: true, endTimestamp: new Date().toISOString() };
+    await agentPass(w, 'source', done);
+    for (let i = 0; i < 120 && !(w.journals.target?.hydrated ?? []).includes(DISK); i++) {
+      await agentPass(w, 'target', done, { clone: true });
+      if (!(w.journals.target?.hydrated ?? []).includes(DISK)) await new Promise((r) => setTimeout(r, 250));
+    }
+    expect(w.journals.target?.hydrated).toEqual([DISK]);
+    expect(w.journals.target?.dataNode).toEqual({ [DISK]: 'node-b' });
+    await w.agents.target.converge('hydrated');
+    expect(diskStatus(w.agents.target)).toMatchObject({ phase: 'Ready', dataNode: 'node-b' });
+
+    // The source sees the target's word: its export, disk and slot go.
+    await agentPass(w, 'source', done);
+    expect(w.journals.source?.exports).toEqual({});
+    expect(w.journals.source?.dataNode).toEqual({ [DISK]: 'node-b' });
+    const left = await w.src.observe();
+    expect(left.disks.filter((d) => d.id === DISK_ID)).toEqual([]);
+    expect(left.controllers).toEqual([]);
+    expect(await w.src.qmpExecute('query-block-exports')).toEqual([]);
+    expect(w.agents.source.ownedNow()).toEqual({});
+
+    // Drain: the source node's agent and backend stop entirely, its state is wiped.
+    await w.agents.source.stop();
+    await w.src.close();
+    await fs.rm(path.join(w.dir, 'a'), { recursive: true, force: true });
+
+    // The guest goes on writing, then verifies every record it ever wrote.
+    await dstVm.console.waitFor('SEQ', 30_000, (r) => Number(r) >= lastOnSource + 8);
+    dstVm.console.send('stop');
+    const stopped = Number((await dstVm.console.waitFor('STOPPED', 30_000)).rest);
+    expect((await dstVm.console.waitFor('VERIFY', 60_000)).rest).toBe(`OK ${stopped}`);
+    await dstVm.exited(30_000);
+
+    // The target's disk stands alone and holds it all: the golden's bytes, the marker, the last record.
+    const overlay = clone?.ref ?? '';
+    expect(await backingOf(overlay)).toBeUndefined();
+    expect((await readDiskBytes(overlay, 0, 64, w.dir)).toString().replace(/\0+$/, '')).toBe('KS-GOLDEN mig3\n');
+    expect((await readDiskBytes(overlay, 1024 * 1024, 64, w.dir)).toString().replace(/\0+$/, '')).toBe('KS-GUEST mig3\n');
+    const last = await readDiskBytes(overlay, 2 * 1024 * 1024 + 4096 * (stopped - 1), 64, w.dir);
+    expect(last.toString().replace(/\0+$/, '')).toBe(`KSSEQ ${stopped - 1}\n`);
+  }, 240_000);
 
   it('a source backend restart during migration fails it cleanly: the source VM runs on, data intact', async () => {
     const w = await setUp('mig2');

@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { buildDesired } from '../../../src/agent/desired.js';
 import { parseVmi } from '../../../src/api/vmi.js';
-import { applySteps, intentOfRecord, planMigration, type CoordinatorInput, type MigrationPlan } from '../../../src/migration/coordinator.js';
+import { applySteps, intentOfRecord, planFinished, planMigration, stillHeldBy, type CoordinatorInput, type MigrationPlan } from '../../../src/migration/coordinator.js';
 import type { MigrationJournal, MigrationState } from '../../../src/migration/schemas.js';
 import type { RemoteDiskRef } from '../../../src/backend/remote.js';
 
@@ -221,5 +221,115 @@ describe('migration planner', () => {
     expect(seen.reason).toBe("the source's export of disk root cannot be reached: export on node node-a unreachable: connect: refused");
     expect(types(seen)[0]).toBe('recordUnreachable:root');
     expect(seen.intent.serve).toBeUndefined();
+  });
+});
+
+describe('migration that moves the data (lazy clone, hydration after switchover)', () => {
+  const done: MigrationState = { ...running, completed: true, endTimestamp: '2024-01-01T00:01:00Z' };
+  const lazy = { backendCanClone: true };
+  /** The target with a backend that clones: planned, served, and the migration succeeded. */
+  function lazyTarget(): { served: MigrationJournal; after: MigrationPlan } {
+    const first = planMigration(input(DST, running, undefined, lazy));
+    const served = recorded(planMigration(input(DST, running, recorded(first), { ...lazy, here: allReady }))) as MigrationJournal;
+    return { served, after: planMigration(input(DST, done, served, { ...lazy, here: allReady })) };
+  }
+
+  it('before switchover the target serves a clone that does not hydrate (the source QEMU still writes)', () => {
+    const first = planMigration(input(DST, running, undefined, lazy));
+    expect(first.actions).toContainEqual({ type: 'recordAttached', disk: 'root', attached: { kind: 'remote', ref, node: SRC, lazy: true } });
+    expect(first.intent.serve).toEqual({ attached: { root: { ref, node: SRC, lazy: { migration: 'm1', hydrate: false } } } });
+    const vmi = parseVmi({ metadata: { name: 'vm1', uid: 'u1', annotations: { 'kubevirt-spdk.io/volumes': '- {name: root, spdkVhostBlkDisk: {image: fedora, capacity: 1Gi}}\n' } } });
+    const desired = buildDesired({ vmis: [{ origin: 'vm1', vmi, slot: 'slot-07', attached: first.intent.serve?.attached ?? {} }], images: [] });
+    expect(desired.vmis[0]?.disks[0]?.source).toEqual({ kind: 'remote', ref, node: SRC, migration: 'm1', hydrate: false });
+    // Aborting is still running: still no copy.
+    const { served } = lazyTarget();
+    const aborting = planMigration(input(DST, { ...running, abortRequested: true, abortStatus: 'Aborting' }, served, { ...lazy, here: allReady }));
+    expect(aborting.intent.serve?.attached.root?.lazy).toEqual({ migration: 'm1', hydrate: false });
+  });
+
+  it('after success the clone hydrates; once it stands alone it is recorded, served as this node\'s own, and the data node moves here', () => {
+    const { after } = lazyTarget();
+    expect(after.intent.serve?.attached.root?.lazy).toEqual({ migration: 'm1', hydrate: true });
+    expect(types(after)).toEqual(['recordDataNode:root', 'setPhase']);
+    expect(recorded(after)?.dataNode).toEqual({ root: SRC });
+    const serving = recorded(after) as MigrationJournal;
+    // Still copying: nothing changes.
+    const copying = { ...allReady, disks: { ...allReady.disks, root: { phase: 'Ready', migration: { phase: 'Hydrating', percent: 37 } } } };
+    expect(planMigration(input(DST, done, serving, { ...lazy, here: copying })).actions).toEqual([]);
+    const whole = { ...allReady, disks: { ...allReady.disks, root: { phase: 'Ready', migration: { phase: 'Hydrated', percent: 100 } } } };
+    const hydrated = planMigration(input(DST, done, serving, { ...lazy, here: whole }));
+    expect(types(hydrated)).toEqual(['recordHydrated:root', 'recordDataNode:root']);
+    expect(recorded(hydrated)?.dataNode).toEqual({ root: DST });
+    // The disk is no longer served from another node: its declared source again.
+    expect(hydrated.intent.serve).toEqual({ attached: {} });
+    expect(intentOfRecord(recorded(hydrated) as MigrationJournal, (d) => `u1-${d}`).serve).toEqual({ attached: {} });
+  });
+
+  it('a restarted target agent resumes hydration from its record alone, and never before switchover', () => {
+    const { served, after } = lazyTarget();
+    expect(intentOfRecord(served, (d) => `u1-${d}`).serve?.attached.root?.lazy?.hydrate).toBe(false);
+    expect(intentOfRecord(recorded(after) as MigrationJournal, (d) => `u1-${d}`).serve?.attached.root?.lazy?.hydrate).toBe(true);
+  });
+
+  it('the source keeps each export until the target says the disk stands alone there, then lets go of it', () => {
+    const srcJ = sourceExporting();
+    const handed = recorded(planMigration(input(SRC, done, srcJ))) as MigrationJournal;
+    expect(handed.exports.root).toEqual(ref);
+    // Restarts of either side in between change nothing: without the target's word the export stays.
+    expect(planMigration(input(SRC, done, handed, { targetHydrated: new Set() })).intent.exports.map((e) => e.disk)).toEqual(['root']);
+    const released = planMigration(input(SRC, done, handed, { targetHydrated: new Set(['root']) }));
+    expect(types(released)).toEqual(['recordDataNode:root', 'recordHydrated:root', 'forgetExport:root']);
+    expect(released.intent).toEqual({ exports: [], handedOver: true });
+    const end = recorded(released) as MigrationJournal;
+    expect(end.dataNode).toEqual({ root: DST });
+    expect(planMigration(input(SRC, done, end, { targetHydrated: new Set(['root']) })).actions).toEqual([]);
+  });
+
+  it('failure before switchover: the target serves nothing (its clones go), the source keeps serving', () => {
+    const { served } = lazyTarget();
+    const failed = planMigration(input(DST, { ...running, failed: true }, served, lazy));
+    expect(failed.intent).toEqual({ exports: [], handedOver: false });
+    expect(recorded(failed)?.attached).toEqual({});
+  });
+
+  it('a backend that cannot clone attaches as before (the data stays on the source), and a recorded choice is kept', () => {
+    const first = planMigration(input(DST, running, undefined, { backendCanClone: false }));
+    expect(first.intent.serve).toEqual({ attached: { root: { ref, node: SRC } } });
+    const attachedJ = recorded(first) as MigrationJournal;
+    // Not swapped for a clone mid-migration (say, after an upgrade).
+    expect(planMigration(input(DST, running, attachedJ, lazy)).actions.filter((a) => a.type === 'recordAttached')).toEqual([]);
+  });
+
+  it('A -> B -> A: an earlier migration still holding the node makes the new one wait (target) or refuses it (source)', () => {
+    const { after } = lazyTarget();
+    const stillCopying = recorded(after) as MigrationJournal;
+    expect(stillHeldBy(stillCopying)).toMatch(/root still read from node-a/);
+    const back: MigrationState = { migrationUid: 'm2', sourceNode: DST, targetNode: SRC, mode: 'PreCopy' };
+    // B (source of m2) while its disk still copies from A: refused, nothing exported.
+    const bSource = planMigration(input(DST, back, undefined, { blockedBy: stillHeldBy(stillCopying) }));
+    expect(bSource.refused).toBe(true);
+    expect(bSource.intent.exports).toEqual([]);
+    // The earlier migration is finished beside it: B goes on hydrating.
+    const prev = planFinished({ ...input(DST, undefined), ...lazy, here: { exported: {}, disks: { root: { phase: 'Ready', migration: { phase: 'Hydrated' } } } } }, stillCopying);
+    expect(types(prev)).toEqual(['recordHydrated:root', 'recordDataNode:root']);
+    expect(stillHeldBy(applySteps(stillCopying, prev.actions))).toBeUndefined();
+
+    // A (target of m2) while its export of m1 is still read: waits, serves nothing.
+    const aOld = recorded(planMigration(input(SRC, done, sourceExporting()))) as MigrationJournal;
+    const aWait = planMigration(input(SRC, back, undefined, { ...lazy, slot: 'slot-02', sourceExports: { root: ref }, blockedBy: stillHeldBy(aOld) }));
+    expect(aWait.intent.serve).toBeUndefined();
+    expect(aWait.reason).toMatch(/waiting: the previous migration \(m1\) still reads disk\(s\) root/);
+    // Released but its old disk not yet deleted: still waits (an earlier copy is never served as the clone).
+    const aGone = planFinished({ ...input(SRC, undefined), targetHydrated: new Set(['root']) }, aOld);
+    expect(stillHeldBy(applySteps(aOld, aGone.actions))).toBeUndefined();
+    const aCopy = planMigration(input(SRC, back, undefined, { ...lazy, slot: 'slot-02', sourceExports: { root: ref }, here: { exported: {}, disks: {}, earlierCopies: ['root'] } }));
+    expect(aCopy.intent.serve).toBeUndefined();
+    expect(aCopy.reason).toMatch(/earlier copy of disk\(s\) root/);
+    const aGo = planMigration(input(SRC, back, undefined, { ...lazy, slot: 'slot-02', sourceExports: { root: ref } }));
+    expect(aGo.intent.serve?.attached.root).toEqual({ ref, node: DST, lazy: { migration: 'm2', hydrate: false } });
+  });
+
+  it('post-copy is still refused', () => {
+    expect(planMigration(input(DST, { ...running, mode: 'PostCopy' }, undefined, lazy)).refused).toBe(true);
   });
 });
