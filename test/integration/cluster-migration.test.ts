@@ -8,7 +8,9 @@ import { STATUS_ANNOTATION } from '../../src/api/volumes.js';
 import { diskId } from '../../src/contract/index.js';
 import { exportNqn } from '../../src/backend/remote.js';
 import { createSpdkBackend, type SpdkBackend } from '../../src/backend/spdk/index.js';
-import { EXPORTS_ANNOTATION, REASON_ABORTED, REASON_REFUSED, createMigratingClusterAgent } from '../../src/kube/migration.js';
+import { EXPORTS_ANNOTATION, HYDRATED_ANNOTATION, REASON_ABORTED, REASON_REFUSED, createMigratingClusterAgent } from '../../src/kube/migration.js';
+import { QsdBackend } from '../../src/backend/qsd/index.js';
+import { hasCommand } from '../helpers/process.js';
 import { PodResourcesClient, type PodSlot } from '../../src/kube/podresources.js';
 import { createLogger, silentLogger } from '../../src/log.js';
 import { createMetrics, type Metrics } from '../../src/metrics/metrics.js';
@@ -257,4 +259,135 @@ describe('live migration in cluster mode', () => {
     // Live recovery still brings the source VM's controller back.
     await until('A serves vm1 again', async () => (await controller(r.a, 'slot-01/root'))?.diskRef.includes(DISK));
   });
+});
+
+// ---- the data moves: two qemu-storage-daemon nodes (their driver clones and hydrates) -------------
+
+interface QNode {
+  name: string;
+  dir: string;
+  backend: QsdBackend;
+  kubelet: grpc.Server;
+  slots: PodSlot[];
+  agent: ReturnType<typeof createMigratingClusterAgent>;
+}
+let qrig: { dir: string; api: FakeApiServer; a: QNode; b: QNode } | undefined;
+
+async function startQsdNode(dir: string, name: string, api: FakeApiServer): Promise<QNode> {
+  const d = path.join(dir, name);
+  await mkdir(path.join(d, 'vh'), { recursive: true });
+  const backend = new QsdBackend({ stateDir: path.join(d, 'qsd'), vhostDir: path.join(d, 'vh'), managed: true, restartDelayMs: 50 });
+  await backend.start();
+  const { server: kubelet, socket: prSock, slots } = await startFakePodResources(d);
+  const agent = createMigratingClusterAgent({
+    node: name,
+    kubeConfig: api.kubeConfig('agent'),
+    podResources: new PodResourcesClient(prSock),
+    agent: { backend, stateDir: path.join(d, 'st'), socket: { ...OWNER, mode: 0o660 }, orphanGraceMs: 0, resyncMs: 200, hydrationPollMs: 100 },
+    logger: process.env.CLUSTER_TEST_DEBUG ? createLogger(`agent-${name}`, 'debug') : silentLogger,
+    podResourcesPollMs: 100,
+    retry: { initialMs: 50, maxMs: 200 },
+    debounceMs: 10,
+    exportAddress: { kind: 'unix', path: path.join(d, 'nbd.sock') },
+    migrationPollMs: 100,
+  });
+  return { name, dir: d, backend, kubelet, slots, agent };
+}
+
+const hasQsd = hasCommand('qemu-storage-daemon') && hasCommand('qemu-img');
+
+describe.skipIf(!hasQsd)('live migration that moves the data (qsd nodes)', () => {
+  beforeEach(async () => {
+    // The spdk rig of the other scenarios is not used here.
+    const dir = await mkdtemp(path.join(os.tmpdir(), 'cmq-'));
+    const api = await FakeApiServer.start();
+    qrig = { dir, api, a: await startQsdNode(dir, 'node-a', api), b: await startQsdNode(dir, 'node-b', api) };
+  });
+  afterEach(async () => {
+    const q = qrig;
+    qrig = undefined;
+    if (!q) return;
+    for (const n of [q.a, q.b]) {
+      await n.agent.stop();
+      await n.backend.close();
+      n.kubelet.forceShutdown();
+    }
+    await q.api.close();
+    await rm(q.dir, { recursive: true, force: true });
+  });
+
+  const vmiNow = (api: FakeApiServer): Obj => {
+    const o = api.get(VMIS, 'vm1', 'default');
+    if (!o) throw new Error('vm1 is gone');
+    return o;
+  };
+  const annotations = (api: FakeApiServer) => (vmiNow(api).metadata?.annotations ?? {}) as Record<string, string>;
+  const statusOf = (api: FakeApiServer) => {
+    const a = annotations(api)[STATUS_ANNOTATION];
+    return a === undefined ? undefined : VmiStatusSchema.parse(JSON.parse(a));
+  };
+  const put = (api: FakeApiServer, labels: Record<string, string>, migrationState: Record<string, unknown>): void => {
+    const o = vmiNow(api);
+    const meta = o.metadata as { labels?: Record<string, string>; resourceVersion?: string };
+    delete meta.resourceVersion;
+    api.put(VMIS, { ...o, metadata: { ...meta, labels }, status: { migrationState } });
+  };
+  const holds = async (n: QNode) => {
+    const o = await n.backend.observe();
+    const exports = await n.backend.qmpExecute<Array<{ type: string }>>('query-block-exports');
+    return { disks: o.disks.map((d) => d.id), controllers: o.controllers.map((c) => c.name), exports: exports.map((e) => e.type), owned: Object.keys(n.agent.cluster.agent.ownedNow()) };
+  };
+
+  /** KubeVirt moves vm1 from `from` to `to` (new migration object, target pod and slot), up to the target being ready. */
+  async function migrate(q: NonNullable<typeof qrig>, name: string, from: QNode, to: QNode, slot: string): Promise<Record<string, unknown>> {
+    const vmim = q.api.put(VMIMS, { apiVersion: 'kubevirt.io/v1', kind: 'VirtualMachineInstanceMigration', metadata: { name, namespace: 'default' }, spec: { vmiName: 'vm1' } });
+    q.api.put(PODS, launcherPod(`virt-launcher-${name}`, UID, to.name));
+    to.slots.push({ namespace: 'default', pod: `virt-launcher-${name}`, container: 'compute', slot });
+    const state = { migrationUid: vmim.metadata?.uid as string, sourceNode: from.name, targetNode: to.name, targetPod: `virt-launcher-${name}`, mode: 'PreCopy', startTimestamp: new Date().toISOString() };
+    put(q.api, { 'kubevirt.io/nodeName': from.name, 'kubevirt.io/migrationTargetNodeName': to.name }, state);
+    await until(`${to.name} serves ${slot}`, async () => (await holds(to)).controllers.includes(`${slot}/root`));
+    return state;
+  }
+
+  /** KubeVirt: the migration completed; the source pod is done. */
+  function complete(q: NonNullable<typeof qrig>, state: Record<string, unknown>, from: QNode, to: QNode): void {
+    for (const s of from.slots) q.api.put(PODS, launcherPod(s.pod, UID, from.name, 'Succeeded'));
+    from.slots.splice(0);
+    put(q.api, { 'kubevirt.io/nodeName': to.name }, { ...state, completed: true, endTimestamp: new Date().toISOString() });
+  }
+
+  it('the target clones, hydrates after switchover and owns the disk; the source then holds nothing; and back again (A -> B -> A)', async () => {
+    const q = qrig!;
+    q.api.put(VMIS, vmiObject('vm1', UID, VOLUMES, 'node-a'));
+    q.api.put(PODS, launcherPod('virt-launcher-vm1-src', UID, 'node-a'));
+    q.a.slots.push({ namespace: 'default', pod: 'virt-launcher-vm1-src', container: 'compute', slot: 'slot-01' });
+    await Promise.all([q.a.agent.start(), q.b.agent.start()]);
+    await until('vm1 Ready on node-a', () => statusOf(q.api)?.disks[0]?.phase === 'Ready');
+
+    const m1 = await migrate(q, 'mig1', q.a, q.b, 'slot-05');
+    // B serves a clone of A's export (owned by B), not the export itself; A still serves its VM.
+    expect((await holds(q.b)).owned).toEqual([DISK]);
+    expect((await holds(q.a)).controllers).toEqual(['slot-01/root']);
+    expect(annotations(q.api)[HYDRATED_ANNOTATION]).toBeUndefined();
+
+    complete(q, m1, q.a, q.b);
+    await until('B reports the disk Ready with its data on node-b', () => {
+      const s = statusOf(q.api);
+      return s?.node === 'node-b' && s.disks[0]?.phase === 'Ready' && s.disks[0].dataNode === 'node-b';
+    });
+    expect(JSON.parse(annotations(q.api)[HYDRATED_ANNOTATION] ?? '[]')).toEqual([{ disk: 'root', migration: m1.migrationUid }]);
+    await until('A holds nothing of vm1 (no export, disk, controller, record of ownership)', async () => JSON.stringify(await holds(q.a)) === JSON.stringify({ disks: [], controllers: [], exports: [], owned: [] }));
+    expect(await holds(q.b)).toMatchObject({ disks: [DISK], controllers: ['slot-05/root'] });
+
+    // Right after, back to A: A clones B's disk, hydrates, and B lets go.
+    const m2 = await migrate(q, 'mig2', q.b, q.a, 'slot-02');
+    expect((await holds(q.a)).owned).toEqual([DISK]);
+    complete(q, m2, q.b, q.a);
+    await until('A reports the disk Ready with its data on node-a', () => {
+      const s = statusOf(q.api);
+      return s?.node === 'node-a' && s.disks[0]?.phase === 'Ready' && s.disks[0].dataNode === 'node-a';
+    });
+    await until('B holds nothing of vm1', async () => JSON.stringify(await holds(q.b)) === JSON.stringify({ disks: [], controllers: [], exports: [], owned: [] }));
+    expect(await holds(q.a)).toMatchObject({ disks: [DISK], controllers: ['slot-02/root'] });
+  }, 60_000);
 });
