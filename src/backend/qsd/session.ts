@@ -225,7 +225,8 @@ const INSTANCE_PREFIX = 'kspdk-instance-';
  * the same name: a reconnect is told from a restart without knowing the daemon's pid.
  */
 async function markInstance(client: QmpClient): Promise<string> {
-  const list = await client.execute<Array<{ name: string; type: string }>>('qom-list', { path: '/objects' });
+  // `/objects` exists only once some object was added: a daemon without it has no marker yet.
+  const list = await client.execute<Array<{ name: string; type: string }>>('qom-list', { path: '/objects' }).catch(() => []);
   const found = list.find((o) => o.name.startsWith(INSTANCE_PREFIX));
   if (found) return found.name.slice(INSTANCE_PREFIX.length);
   const id = randomBytes(8).toString('hex');
