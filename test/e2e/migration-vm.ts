@@ -15,6 +15,8 @@ export interface VmOptions {
   initrd: string;
   cmdline: string;
   vhostSocket: string;
+  /** More vhost-user-blk disks (the guest uses the first one only; benches migrate several). */
+  moreSockets?: string[];
   /** `unix:<path>` to wait for an incoming migration. */
   incoming?: string;
 }
@@ -38,6 +40,7 @@ export class MigratableVm {
       '-object', 'memory-backend-memfd,id=mem,size=128M,share=on', '-numa', 'node,memdev=mem',
       '-chardev', `socket,id=c0,path=${this.o.vhostSocket},reconnect=1`,
       '-device', 'vhost-user-blk-pci,chardev=c0,id=disk0',
+      ...(this.o.moreSockets ?? []).flatMap((sock, i) => ['-chardev', `socket,id=c${i + 1},path=${sock},reconnect=1`, '-device', `vhost-user-blk-pci,chardev=c${i + 1},id=disk${i + 1}`]),
       '-chardev', `socket,id=con,path=${this.consolePath},server=on,wait=off`, '-serial', 'chardev:con',
       '-qmp', `unix:${this.qmpPath},server=on,wait=off`,
       '-kernel', this.o.kernel, '-initrd', this.o.initrd, '-append', this.o.cmdline,
