@@ -19,7 +19,7 @@ import { QsdBackend } from '../../src/backend/qsd/index.js';
 import { nbdExportId } from '../../src/backend/qsd/nbd.js';
 import type { ImageSpec } from '../../src/backend/types.js';
 import { diskId } from '../../src/contract/index.js';
-import { applySteps, planMigration, type CoordinatorInput, type MigrationPlan } from '../../src/migration/coordinator.js';
+import { applySteps, migrationKey, planMigration, type CoordinatorInput, type MigrationPlan } from '../../src/migration/coordinator.js';
 import type { MigrationJournal, MigrationState } from '../../src/migration/schemas.js';
 import { ensureGuestBuilt, guestCmdline } from '../helpers/guest.js';
 import { hasCommand } from '../helpers/process.js';
@@ -295,6 +295,101 @@ describe.skipIf(missing)('live migration with real QEMU over qemu-storage-daemon
     const last = await readDiskBytes(overlay, 2 * 1024 * 1024 + 4096 * (stopped - 1), 64, w.dir);
     expect(last.toString().replace(/\0+$/, '')).toBe(`KSSEQ ${stopped - 1}\n`);
   }, 240_000);
+
+  it('A -> B -> A: migrated back right after the data moved, the guest keeps every write and B is left with nothing', async () => {
+    const w = await setUp('mig4');
+    const con = w.srcVm.console;
+    await con.waitFor('MARKER', 60_000, /^OK mig4$/);
+    await con.waitFor('SEQ', 30_000, (r) => Number(r) >= 3);
+    const nodes = { 'node-a': { agent: w.agents.source, backend: w.src }, 'node-b': { agent: w.agents.target, backend: w.dst } };
+    const journals = new Map<string, MigrationJournal>();
+    const hydratedOn = new Map<string, string[]>();
+    /** One node's planner + agent, as cluster mode runs them, for the migration `state` with the VMI at `slot` there. */
+    const pass = async (node: keyof typeof nodes, state: MigrationState, slot: string): Promise<MigrationPlan> => {
+      const { agent } = nodes[node];
+      let plan: MigrationPlan | undefined;
+      for (let i = 0; i < 4; i++) {
+        const role = state.sourceNode === node ? 'source' : 'target';
+        const other = role === 'source' ? state.targetNode : state.sourceNode;
+        const mine = journals.get(node);
+        plan = planMigration({
+          node,
+          state,
+          disks: [{ name: DISK, diskId: DISK_ID, source: { kind: 'local' }, readonly: false }],
+          slot,
+          backendCanMigrate: true,
+          backendCanClone: true,
+          targetHydrated: new Set(hydratedOn.get(`${other}:${migrationKey(state)}`) ?? []),
+          exportAddress: { kind: 'unix', path: path.join(w.dir, `${node}-nbd.sock`) },
+          sourceExports: journals.get(state.sourceNode ?? '')?.migrationUid === migrationKey(state) ? journals.get(state.sourceNode ?? '')?.exports : undefined,
+          here: { ...here(agent), earlierCopies: Object.entries(agent.ownedNow()).filter(([id, o]) => id === DISK_ID && o.migration !== migrationKey(state)).map(() => DISK) },
+          journal: mine,
+        });
+        const j = plan.journal && applySteps(plan.journal, plan.actions);
+        if (j) {
+          journals.set(node, j);
+          if (j.role === 'target') hydratedOn.set(`${node}:${j.migrationUid}`, j.hydrated);
+        }
+        const { intent } = plan;
+        const vmis: ViewVmi[] =
+          role === 'source' ? (intent.handedOver ? [] : [{ origin: 'vm1', vmi: VMI, slot }]) : intent.serve ? [{ origin: 'vm1', vmi: VMI, slot, attached: intent.serve.attached }] : [];
+        const exports = intent.exports.map((e) => ({ id: e.diskId, vmi: { namespace: 'default', name: 'vm1', uid: UID }, disk: e.disk, address: e.address, why: 'live migration' }));
+        agent.setDesired(buildDesired({ vmis, images: w.images, exports }));
+        await agent.converge(`migration-${role}`);
+        if (i > 0 && plan.actions.length === 0) break;
+      }
+      return plan as MigrationPlan;
+    };
+    /** Source and target prepare, QEMU migrates, KubeVirt reports success, the target hydrates and the source lets go. */
+    const move = async (from: keyof typeof nodes, to: keyof typeof nodes, uid: string, fromSlot: string, toSlot: string, vm: MigratableVm): Promise<MigratableVm> => {
+      const state: MigrationState = { migrationUid: uid, sourceNode: from, targetNode: to, mode: 'PreCopy' };
+      await pass(from, state, fromSlot);
+      const t = await pass(to, state, toSlot);
+      expect(t.targetReady, t.reason).toBe(true);
+      const ctrl = (await nodes[to].backend.observe()).controllers.find((c) => c.name === `${toSlot}/${DISK}`);
+      const sock = path.join(w.dir, `${uid}.sock`);
+      const next = new MigratableVm({ dir: w.dir, name: uid, ...guest, cmdline: guestCmdline({ seq: 0, tag: 'mig4' }), vhostSocket: ctrl?.socketPath ?? '', incoming: `unix:${sock}` });
+      await next.start();
+      const res = await migrate(vm, `unix:${sock}`, 90_000);
+      expect(res.status, res.error).toBe('completed');
+      await vm.kill();
+      const done = { ...state, completed: true };
+      await pass(from, done, fromSlot);
+      for (let i = 0; i < 120 && !(journals.get(to)?.hydrated ?? []).includes(DISK); i++) {
+        await pass(to, done, toSlot);
+        if (!(journals.get(to)?.hydrated ?? []).includes(DISK)) await new Promise((r) => setTimeout(r, 250));
+      }
+      expect(journals.get(to)?.hydrated).toEqual([DISK]);
+      await pass(from, done, fromSlot);
+      const left = await nodes[from].backend.observe();
+      expect([left.disks.filter((d) => d.id === DISK_ID), left.controllers]).toEqual([[], []]);
+      expect(await nodes[from].backend.qmpExecute('query-block-exports')).toEqual([]);
+      return next;
+    };
+
+    const onB = await move('node-a', 'node-b', 'mig-ab', SRC_SLOT, DST_SLOT, w.srcVm);
+    w.dstVm = onB;
+    const seqOnB = Math.max(...onB.console.events.filter((e) => e.word === 'SEQ').map((e) => Number(e.rest)), 0);
+    await onB.console.waitFor('SEQ', 30_000, (r) => Number(r) >= seqOnB + 2);
+    const backOnA = await move('node-b', 'node-a', 'mig-ba', DST_SLOT, 'slot-03', onB);
+    w.dstVm = backOnA;
+
+    // B is drained: its agent and backend stop, its state goes.
+    await w.agents.target.stop();
+    await w.dst.close();
+    await fs.rm(path.join(w.dir, 'b'), { recursive: true, force: true });
+    const seqOnA = Math.max(...backOnA.console.events.filter((e) => e.word === 'SEQ').map((e) => Number(e.rest)), 0);
+    await backOnA.console.waitFor('SEQ', 30_000, (r) => Number(r) >= seqOnA + 3);
+    backOnA.console.send('stop');
+    const stopped = Number((await backOnA.console.waitFor('STOPPED', 30_000)).rest);
+    expect((await backOnA.console.waitFor('VERIFY', 60_000)).rest).toBe(`OK ${stopped}`);
+    await backOnA.exited(30_000);
+    const disk = (await w.src.observe()).disks.find((d) => d.id === DISK_ID);
+    expect(await backingOf(disk?.ref ?? '')).toBeUndefined();
+    expect((await readDiskBytes(disk?.ref ?? '', 0, 64, w.dir)).toString().replace(/\0+$/, '')).toBe('KS-GOLDEN mig4\n');
+    const last = await readDiskBytes(disk?.ref ?? '', 2 * 1024 * 1024 + 4096 * (stopped - 1), 64, w.dir);
+    expect(last.toString().replace(/\0+$/, '')).toBe(`KSSEQ ${stopped - 1}\n`);
+  }, 300_000);
 
   it('a source backend restart during migration fails it cleanly: the source VM runs on, data intact', async () => {
     const w = await setUp('mig2');
