@@ -375,6 +375,8 @@ describe.skipIf(!hasQsd)('live migration that moves the data (qsd nodes)', () =>
       const s = statusOf(q.api);
       return s?.node === 'node-b' && s.disks[0]?.phase === 'Ready' && s.disks[0].dataNode === 'node-b';
     });
+    // B's word for A, written by B's planner right after (the status above is its agent's).
+    await until('B published that root stands alone there', () => annotations(q.api)[HYDRATED_ANNOTATION]);
     expect(JSON.parse(annotations(q.api)[HYDRATED_ANNOTATION] ?? '[]')).toEqual([{ disk: 'root', migration: m1.migrationUid }]);
     await until('A holds nothing of vm1 (no export, disk, controller, record of ownership)', async () => JSON.stringify(await holds(q.a)) === JSON.stringify({ disks: [], controllers: [], exports: [], owned: [] }));
     expect(await holds(q.b)).toMatchObject({ disks: [DISK], controllers: ['slot-05/root'] });
