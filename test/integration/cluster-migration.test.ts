@@ -270,16 +270,18 @@ interface QNode {
   kubelet: grpc.Server;
   slots: PodSlot[];
   agent: ReturnType<typeof createMigratingClusterAgent>;
+  /** A new agent process on the same state (an agent restart). */
+  newAgent(): ReturnType<typeof createMigratingClusterAgent>;
 }
 let qrig: { dir: string; api: FakeApiServer; a: QNode; b: QNode } | undefined;
 
 async function startQsdNode(dir: string, name: string, api: FakeApiServer): Promise<QNode> {
   const d = path.join(dir, name);
   await mkdir(path.join(d, 'vh'), { recursive: true });
-  const backend = new QsdBackend({ stateDir: path.join(d, 'qsd'), vhostDir: path.join(d, 'vh'), managed: true, restartDelayMs: 50 });
+  const backend = new QsdBackend({ stateDir: path.join(d, 'qsd'), vhostDir: path.join(d, 'vh'), managed: true, restartDelayMs: 50, hydrationRetryMs: 100 });
   await backend.start();
   const { server: kubelet, socket: prSock, slots } = await startFakePodResources(d);
-  const agent = createMigratingClusterAgent({
+  const newAgent = () => createMigratingClusterAgent({
     node: name,
     kubeConfig: api.kubeConfig('agent'),
     podResources: new PodResourcesClient(prSock),
@@ -291,7 +293,7 @@ async function startQsdNode(dir: string, name: string, api: FakeApiServer): Prom
     exportAddress: { kind: 'unix', path: path.join(d, 'nbd.sock') },
     migrationPollMs: 100,
   });
-  return { name, dir: d, backend, kubelet, slots, agent };
+  return { name, dir: d, backend, kubelet, slots, agent: newAgent(), newAgent };
 }
 
 const hasQsd = hasCommand('qemu-storage-daemon') && hasCommand('qemu-img');
@@ -355,6 +357,38 @@ describe.skipIf(!hasQsd)('live migration that moves the data (qsd nodes)', () =>
     from.slots.splice(0);
     put(q.api, { 'kubevirt.io/nodeName': to.name }, { ...state, completed: true, endTimestamp: new Date().toISOString() });
   }
+
+  it('after switchover the source keeps its copy through restarts (the target agent, the source daemon) until the target has every byte', async () => {
+    const q = qrig!;
+    q.api.put(VMIS, vmiObject('vm1', UID, VOLUMES, 'node-a'));
+    q.api.put(PODS, launcherPod('virt-launcher-vm1-src', UID, 'node-a'));
+    q.a.slots.push({ namespace: 'default', pod: 'virt-launcher-vm1-src', container: 'compute', slot: 'slot-01' });
+    await Promise.all([q.a.agent.start(), q.b.agent.start()]);
+    await until('vm1 Ready on node-a', () => statusOf(q.api)?.disks[0]?.phase === 'Ready');
+    const m1 = await migrate(q, 'mig1', q.a, q.b, 'slot-05');
+
+    // A's daemon freezes: B's copy cannot make progress once the migration succeeded.
+    const pid = Number((await readFile(path.join(q.a.dir, 'qsd', 'qsd.pid'), 'utf8')).trim());
+    process.kill(pid, 'SIGSTOP');
+    try {
+      complete(q, m1, q.a, q.b);
+      await until('B hydrating from A', () => statusOf(q.api)?.node === 'node-b' && statusOf(q.api)?.disks[0]?.migration?.phase !== undefined && statusOf(q.api)?.disks[0]?.dataNode === 'node-a');
+      // B's agent restarts mid-copy: it resumes from its record; A keeps everything.
+      await q.b.agent.stop();
+      q.b.agent = q.b.newAgent();
+      await q.b.agent.start();
+      await until('B serves the disk again', async () => (await holds(q.b)).controllers.includes('slot-05/root'));
+      expect(statusOf(q.api)?.disks[0]?.dataNode).toBe('node-a');
+      expect(annotations(q.api)[HYDRATED_ANNOTATION]).toBeUndefined();
+      expect(Object.keys(q.a.agent.cluster.agent.ownedNow())).toEqual([DISK]);
+    } finally {
+      // A's daemon dies for real (a new process comes): its exports are made again, B's copy resumes.
+      process.kill(pid, 'SIGKILL');
+    }
+    await until('B has every byte: the data node is B', () => statusOf(q.api)?.disks[0]?.dataNode === 'node-b', 30_000);
+    await until('A holds nothing of vm1', async () => JSON.stringify(await holds(q.a)) === JSON.stringify({ disks: [], controllers: [], exports: [], owned: [] }), 30_000);
+    expect(await holds(q.b)).toMatchObject({ disks: [DISK], controllers: ['slot-05/root'] });
+  }, 90_000);
 
   it('the target clones, hydrates after switchover and owns the disk; the source then holds nothing; and back again (A -> B -> A)', async () => {
     const q = qrig!;
