@@ -56,7 +56,8 @@ export function reportOf(
       // An attached disk's data lives on the node that exports it; a remote clone's until it is hydrated.
       const dataNode = mig && mig.phase !== 'Hydrated' ? mig.from : r.node;
       if (ready?.kind === 'reportReady') {
-        const note = d.source.kind === 'attached' ? { message: `served from node ${d.source.node}'s export; the data stays there (this node's storage backend cannot copy a migrated disk)` } : {};
+        const paused = mig?.phase === 'Paused' && o?.hydration?.message ? { message: `copy from node ${mig.from} paused (it resumes by itself): ${o.hydration.message}` } : {};
+        const note = d.source.kind === 'attached' ? { message: `served from node ${d.source.node}'s export; the data stays there (this node's storage backend cannot copy a migrated disk)` } : paused;
         return { name: d.name, phase: 'Ready', socket: ready.socket, dataNode, ...(mig ? { migration: mig } : {}), ...note };
       }
       if (err?.kind === 'reportError') return { name: d.name, phase: 'Failed', message: err.message };

@@ -78,7 +78,7 @@ describe('reconcile: a migrating disk', () => {
     const at = (h: DiskHydration | undefined) =>
       reportOf('t', d, plan, new Map(h ? [['uid-a/root', { phase: 'Provisioning' as const, permanent: false, hydration: h }]] : []), { passes: 1, converged: true, controllersCreated: 0, durationMs: 0, node: 'node-b' }).vmis[0]?.disks[0];
     expect(at({ id: ID, state: 'hydrating', percent: 37.6 })).toMatchObject({ phase: 'Ready', dataNode: 'node-a', migration: { phase: 'Hydrating', from: 'node-a', percent: 37 } });
-    expect(at({ id: ID, state: 'paused', percent: 40 })).toMatchObject({ migration: { phase: 'Paused', percent: 40 } });
+    expect(at({ id: ID, state: 'paused', percent: 40, message: 'connect refused' })).toMatchObject({ migration: { phase: 'Paused', percent: 40 }, message: expect.stringMatching(/paused .*connect refused/) });
     expect(at({ id: ID, state: 'standalone', percent: 100 })).toMatchObject({ dataNode: 'node-b', migration: { phase: 'Hydrated', percent: 100 } });
     const before = reportOf('t', cloned(false), plan, new Map(), { passes: 1, converged: true, controllersCreated: 0, durationMs: 0, node: 'node-b' }).vmis[0]?.disks[0];
     expect(before).toMatchObject({ dataNode: 'node-a', migration: { phase: 'Cloned', from: 'node-a', percent: 0 } });
