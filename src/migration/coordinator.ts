@@ -252,9 +252,14 @@ export function stillHeldBy(j: MigrationJournal): string | undefined {
   if (j.role === 'source' && Object.keys(j.exports).length > 0) {
     return `the previous migration (${j.migrationUid}) still reads disk(s) ${Object.keys(j.exports).sort().join(', ')} from this node until ${peer} holds every byte`;
   }
-  const copying = Object.entries(j.attached).filter(([disk, a]) => a.kind === 'remote' && !j.hydrated.includes(disk)).map(([d]) => d);
-  if (j.role === 'target' && copying.length > 0 && j.phase !== 'rolledBack' && j.phase !== 'refused') {
-    return `disk(s) ${copying.sort().join(', ')} still read from ${peer} after the previous migration (${j.migrationUid}); migrate again once they are hydrated`;
+  if (j.role !== 'target' || j.phase === 'rolledBack' || j.phase === 'refused') return undefined;
+  const remote = Object.entries(j.attached).filter(([disk, a]) => a.kind === 'remote' && !j.hydrated.includes(disk));
+  const attached = remote.filter(([, a]) => a.kind === 'remote' && a.lazy !== true).map(([d]) => d);
+  if (attached.length > 0) {
+    return `disk(s) ${attached.sort().join(', ')} are served from ${peer}'s export since migration ${j.migrationUid} (this node's storage backend cannot copy them): they cannot migrate again`;
+  }
+  if (remote.length > 0) {
+    return `disk(s) ${remote.map(([d]) => d).sort().join(', ')} still read from ${peer} after the previous migration (${j.migrationUid}); migrate again once they are hydrated`;
   }
   return undefined;
 }

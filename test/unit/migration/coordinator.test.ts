@@ -329,6 +329,12 @@ describe('migration that moves the data (lazy clone, hydration after switchover)
     expect(aGo.intent.serve?.attached.root).toEqual({ ref, node: DST, lazy: { migration: 'm2', hydrate: false } });
   });
 
+  it('a disk served from another node\'s export for good (no copy) cannot migrate again: said so', () => {
+    const first = planMigration(input(DST, running, undefined, { backendCanClone: false }));
+    const attachedJ = recorded(planMigration(input(DST, done, recorded(first), { here: allReady }))) as MigrationJournal;
+    expect(stillHeldBy(attachedJ)).toMatch(/root are served from node-a's export .* cannot migrate again/);
+  });
+
   it('post-copy is still refused', () => {
     expect(planMigration(input(DST, { ...running, mode: 'PostCopy' }, undefined, lazy)).refused).toBe(true);
   });
