@@ -250,7 +250,7 @@ describe.skipIf(missing)('live migration with real QEMU over qemu-storage-daemon
     const result = await migrate(w.srcVm, `unix:${path.join(w.dir, 'mig.sock')}`, 90_000);
     expect(result.status, result.error).toBe('completed');
     const lastOnSource = Math.max(...con.events.filter((e) => e.word === 'SEQ').map((e) => Number(e.rest)));
-    await dstVm.console.waitFor('SEQ', 30_000, (r) => Number(r) >= lastOnSource + 2);
+    await dstVm.console.waitFor('SEQ', 90_000, (r) => Number(r) >= lastOnSource + 2);
     await w.srcVm.kill();
 
     // KubeVirt reports success: the source hands over (keeps its export), the target hydrates.
@@ -281,7 +281,7 @@ describe.skipIf(missing)('live migration with real QEMU over qemu-storage-daemon
     await fs.rm(path.join(w.dir, 'a'), { recursive: true, force: true });
 
     // The guest goes on writing, then verifies every record it ever wrote.
-    await dstVm.console.waitFor('SEQ', 30_000, (r) => Number(r) >= lastOnSource + 8);
+    await dstVm.console.waitFor('SEQ', 90_000, (r) => Number(r) >= lastOnSource + 8);
     dstVm.console.send('stop');
     const stopped = Number((await dstVm.console.waitFor('STOPPED', 30_000)).rest);
     expect((await dstVm.console.waitFor('VERIFY', 60_000)).rest).toBe(`OK ${stopped}`);
@@ -370,7 +370,7 @@ describe.skipIf(missing)('live migration with real QEMU over qemu-storage-daemon
     const onB = await move('node-a', 'node-b', 'mig-ab', SRC_SLOT, DST_SLOT, w.srcVm);
     w.dstVm = onB;
     const seqOnB = Math.max(...onB.console.events.filter((e) => e.word === 'SEQ').map((e) => Number(e.rest)), 0);
-    await onB.console.waitFor('SEQ', 30_000, (r) => Number(r) >= seqOnB + 2);
+    await onB.console.waitFor('SEQ', 90_000, (r) => Number(r) >= seqOnB + 2);
     const backOnA = await move('node-b', 'node-a', 'mig-ba', DST_SLOT, 'slot-03', onB);
     w.dstVm = backOnA;
 
@@ -379,7 +379,7 @@ describe.skipIf(missing)('live migration with real QEMU over qemu-storage-daemon
     await w.dst.close();
     await fs.rm(path.join(w.dir, 'b'), { recursive: true, force: true });
     const seqOnA = Math.max(...backOnA.console.events.filter((e) => e.word === 'SEQ').map((e) => Number(e.rest)), 0);
-    await backOnA.console.waitFor('SEQ', 30_000, (r) => Number(r) >= seqOnA + 3);
+    await backOnA.console.waitFor('SEQ', 90_000, (r) => Number(r) >= seqOnA + 3);
     backOnA.console.send('stop');
     const stopped = Number((await backOnA.console.waitFor('STOPPED', 30_000)).rest);
     expect((await backOnA.console.waitFor('VERIFY', 60_000)).rest).toBe(`OK ${stopped}`);
