@@ -293,14 +293,19 @@ export class MigrationAgent {
     const state = facts.state;
     if (!state) return;
     const role = state.targetNode === this.opts.node ? 'target' : state.sourceNode === this.opts.node ? 'source' : undefined;
-    if (!role) return;
     const key = migrationKey(state);
+    // KubeVirt moved on to a migration this node takes no (running) part in: a record that still
+    // holds something here (B -> C right after A -> B) is finished on its own.
+    if (rec && (rec.journal.migrationUid !== key || rec.journal.role !== role) && (!role || outcomeOf(state) !== 'running')) {
+      await this.finishAlone(uid, rec, facts, snap);
+      return;
+    }
+    if (!role) return;
     const log = this.log.child({ vmi: `${facts.ref.namespace}/${facts.ref.name}`, migration: key, role });
     const slotHere = snap.slots.get(uid);
     // A new migration starts afresh; an earlier one that still keeps something here is finished beside it (A -> B -> A).
     let earlier: MigrationRecord['previous'];
     if (rec && (rec.journal.migrationUid !== key || rec.journal.role !== role)) {
-      if (outcomeOf(state) !== 'running') return;
       const held = [rec.journal, rec.previous].find((j) => j !== undefined && (j.phase === 'handedOver' || j.phase === 'serving') && !keepsNothing(j));
       earlier = held;
       rec = undefined;
@@ -397,6 +402,37 @@ export class MigrationAgent {
     if (!patch) return;
     await this.opts.api.patchVmi(facts.ref.namespace, facts.ref.name, patch);
     log.info({ event: 'migration.exports-published', disks: Object.keys(rec.journal.exports) }, 'exports published on the VMI');
+  }
+
+  /**
+   * Plans a record of an earlier migration, succeeded, on its own: lets go of what the other node
+   * no longer needs, publishes what this node hydrated, forgets the record once it keeps nothing.
+   * Its exports are not published again (the annotation belongs to the newer migration now).
+   */
+  private async finishAlone(uid: string, rec: MigrationRecord, facts: VmiMigrationFacts, snap: ClusterSnapshot): Promise<void> {
+    const j = rec.journal;
+    if ((j.phase !== 'handedOver' && j.phase !== 'serving') || keepsNothing(j)) return;
+    const log = this.log.child({ vmi: `${facts.ref.namespace}/${facts.ref.name}`, migration: j.migrationUid, role: j.role });
+    const p = planFinished(
+      {
+        node: this.opts.node,
+        disks: facts.disks,
+        slot: rec.slot ?? snap.slots.get(uid),
+        backendCanMigrate: true,
+        backendCanClone: this.opts.backend.cloneRemoteDisk !== undefined && this.opts.backend.hydrateDisk !== undefined,
+        exportAddress: this.opts.exportAddress ?? { kind: 'tcp', host: 'unset', port: 4420 },
+        sourceExports: undefined,
+        here: this.here(facts, j.migrationUid),
+        targetHydrated: hydratedFor(facts.hydratedRaw, j.migrationUid),
+      },
+      j,
+    );
+    this.planned.set(uid, p.intent);
+    const next = applySteps(j, p.actions);
+    for (const a of p.actions) log.info({ event: `migration.${a.type}`, ...('disk' in a ? { disk: a.disk } : {}) }, a.type);
+    if (p.actions.length > 0) await this.save({ ...rec, journal: next });
+    if (next.role === 'target') await this.publishHydrated(facts, next, log);
+    if (keepsNothing(next)) await this.forget(uid);
   }
 
   /** Target: the disks that stand alone here, for the source to let go of them. */
