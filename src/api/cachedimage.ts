@@ -26,11 +26,22 @@ export const ImageSourceSchema = z.union([
  */
 export const PrefetchSchema = z
   .object({
-    nodeSelector: LabelSelectorSchema.optional(),
-    count: z.number().int('must be an integer').min(1, 'must be at least 1').max(LIMITS.maxPrefetchNodes, `must be at most ${LIMITS.maxPrefetchNodes}`).optional(),
+    nodeSelector: LabelSelectorSchema.optional().describe(
+      'A label selector on Nodes (`matchLabels`, `matchExpressions`, as in Kubernetes). Alone: every node it selects warms the image. With `count`: the nodes are chosen among those it selects.',
+    ),
+    count: z
+      .number()
+      .int('must be an integer')
+      .min(1, 'must be at least 1')
+      .max(LIMITS.maxPrefetchNodes, `must be at most ${LIMITS.maxPrefetchNodes}`)
+      .optional()
+      .describe(
+        'Warm the image on this many nodes (Ready, schedulable, running the agent). The cluster-wide controller (`webhook --ready-nodes`) chooses them, keeps its choice while it stays valid, prefers nodes that already hold the image, then spreads, and lists them in `status.prefetchNodes`. Fewer eligible nodes: all of them.',
+      ),
   })
   .strict()
-  .refine((p) => p.nodeSelector !== undefined || p.count !== undefined, 'must have nodeSelector, count or both');
+  .refine((p) => p.nodeSelector !== undefined || p.count !== undefined, 'must have nodeSelector, count or both')
+  .describe('Warm (import, hydrate) the image on nodes before any VM needs it; warm images are kept against cache eviction. At least one of `nodeSelector`, `count`.');
 export type Prefetch = z.output<typeof PrefetchSchema>;
 
 export const CachedImageSpecSchema = z

@@ -39,9 +39,9 @@ const LabelValue = z.string().superRefine((v, ctx) => {
 
 const RequirementSchema = z
   .object({
-    key: LabelKey,
-    operator: z.enum(['In', 'NotIn', 'Exists', 'DoesNotExist']),
-    values: z.array(LabelValue).max(LIMITS.maxSelectorValues).optional(),
+    key: LabelKey.describe('Label key (`[prefix/]name`, as in Kubernetes).'),
+    operator: z.enum(['In', 'NotIn', 'Exists', 'DoesNotExist']).describe('`In`/`NotIn` a list of values (which must not be empty), `Exists`/`DoesNotExist` (no values).'),
+    values: z.array(LabelValue.describe('A label value.')).max(LIMITS.maxSelectorValues).optional().describe('Values for `In` and `NotIn`.'),
   })
   .strict()
   .superRefine((r, ctx) => {
@@ -55,8 +55,9 @@ export const LabelSelectorSchema = z
     matchLabels: z
       .record(LabelKey, LabelValue)
       .refine((m) => Object.keys(m).length <= LIMITS.maxSelectorTerms, `must have at most ${LIMITS.maxSelectorTerms} entries`)
-      .optional(),
-    matchExpressions: z.array(RequirementSchema).max(LIMITS.maxSelectorTerms).optional(),
+      .optional()
+      .describe(`Labels a node must have, with these values (at most ${LIMITS.maxSelectorTerms}).`),
+    matchExpressions: z.array(RequirementSchema.describe('One requirement on a label.')).max(LIMITS.maxSelectorTerms).optional().describe('Requirements a node must meet, all of them.'),
   })
   .strict();
 
