@@ -20,14 +20,14 @@ export const ImageSourceSchema = z.union([
 
 /**
  * Warm the image on nodes before any VM needs it. `nodeSelector` alone: every node it selects
- * (each node agent matches its own labels). `count`: that many nodes, among those the selector
- * selects when there is one, chosen by the one cluster-wide controller and written to
- * `status.prefetchNodes`.
+ * (up to LIMITS.maxPrefetchNodes). `count`: that many nodes, among those the selector selects
+ * when there is one. Either way the one cluster-wide controller chooses them and writes them to
+ * `status.prefetchNodes`, which is all a node agent reads (agents have no access to Nodes).
  */
 export const PrefetchSchema = z
   .object({
     nodeSelector: LabelSelectorSchema.optional().describe(
-      'A label selector on Nodes (`matchLabels`, `matchExpressions`, as in Kubernetes). Alone: every node it selects warms the image. With `count`: the nodes are chosen among those it selects.',
+      `A label selector on Nodes (\`matchLabels\`, \`matchExpressions\`, as in Kubernetes). Alone: every node it selects warms the image (at most ${LIMITS.maxPrefetchNodes}). With \`count\`: the nodes are chosen among those it selects.`,
     ),
     count: z
       .number()
@@ -36,12 +36,14 @@ export const PrefetchSchema = z
       .max(LIMITS.maxPrefetchNodes, `must be at most ${LIMITS.maxPrefetchNodes}`)
       .optional()
       .describe(
-        'Warm the image on this many nodes (Ready, schedulable, running the agent). The cluster-wide controller (`webhook --ready-nodes`) chooses them, keeps its choice while it stays valid, prefers nodes that already hold the image, then spreads, and lists them in `status.prefetchNodes`. Fewer eligible nodes: all of them.',
+        'Warm the image on this many nodes. Fewer eligible nodes: all of them.',
       ),
   })
   .strict()
   .refine((p) => p.nodeSelector !== undefined || p.count !== undefined, 'must have nodeSelector, count or both')
-  .describe('Warm (import, hydrate) the image on nodes before any VM needs it; warm images are kept against cache eviction. At least one of `nodeSelector`, `count`.');
+  .describe(
+    'Warm (import, hydrate) the image on nodes before any VM needs it; warm images are kept against cache eviction. At least one of `nodeSelector`, `count`. Only Ready, schedulable nodes that run the agent are eligible. The cluster-wide controller (`webhook --ready-nodes`) chooses the nodes, keeps its choice while it stays valid, prefers nodes that already hold the image, then spreads images over nodes, and lists them in `status.prefetchNodes`; each node agent warms what that list gives it.',
+  );
 export type Prefetch = z.output<typeof PrefetchSchema>;
 
 export const CachedImageSpecSchema = z

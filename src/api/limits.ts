@@ -21,7 +21,7 @@ export const LIMITS = {
   maxDurationMs: 2 ** 31 - 1,
   /** An image with no declared size: the transfer stops at this many bytes. */
   maxUndeclaredImageBytes: 1 * TiB,
-  /** `CachedImage.spec.prefetch.count`: nodes one image is warmed on by count (and the length of `status.prefetchNodes`). */
+  /** `CachedImage.spec.prefetch`: the most nodes one image is warmed on (its `count`, a selector alone, the length of `status.prefetchNodes`). */
   maxPrefetchNodes: 256,
   /**
    * `CachedImage.status.readyNodeNames`: the nodes named for cache-aware placement. A few dozen

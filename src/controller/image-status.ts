@@ -7,7 +7,8 @@ import { LIMITS } from '../api/limits.js';
  * The pure half of the cluster-wide controller: (CachedImages, NodeImageCaches, Nodes) -> the
  * `CachedImage.status` each image should have: `readyNodes` (how many nodes hold it ready),
  * `readyNodeNames` (a bounded, stable subset of them, for the webhook's cache-aware placement)
- * and `prefetchNodes` (the nodes chosen to warm it for `spec.prefetch.count`).
+ * and `prefetchNodes` (the nodes that warm it for `spec.prefetch`: the node agents read only
+ * this list, so selectors on Node labels are resolved here, where Nodes are watched).
  */
 
 /** A NodeImageCache as far as the controller reads it; other fields (per-image progress) may come and go. */
@@ -93,17 +94,21 @@ export interface PrefetchRequest {
   previous: readonly string[];
 }
 
+/** How many nodes a prefetch asks for: its count, or (a selector alone) every node it selects, up to the limit. */
+export const prefetchTarget = (p: Prefetch): number => p.count ?? LIMITS.maxPrefetchNodes;
+
 /**
- * The nodes each image with a prefetch `count` is warmed on. Per image, among the candidates
- * its selector selects: the nodes chosen before that are still eligible (stable across
- * controller restarts and leader changes: the choice lives in the status), then nodes that
- * already hold it ready (warming them costs nothing), then the nodes with the fewest prefetch
- * assignments so far (spread), ties broken by a hash of image and node. Fewer eligible nodes
- * than `count`: all of them. Images are taken in name order, so the result is deterministic.
+ * The nodes each image with a prefetch is warmed on. Per image, among the candidates its
+ * selector selects (all candidates without one), `prefetchTarget` nodes: those chosen before
+ * that are still eligible (stable across controller restarts and leader changes: the choice
+ * lives in the status), then nodes that already hold it ready (warming them costs nothing),
+ * then the nodes with the fewest prefetch assignments so far (spread), ties broken by a hash of
+ * image and node. Fewer eligible nodes than that: all of them. Images are taken in name order,
+ * so the result is deterministic.
  */
 export function choosePrefetchNodes(requests: readonly PrefetchRequest[], candidates: readonly Candidate[], holders: ReadonlyMap<string, readonly string[]>): Map<string, string[]> {
   const load = new Map<string, number>();
-  const sorted = [...requests].filter((r) => r.prefetch.count !== undefined).sort((a, b) => a.image.localeCompare(b.image));
+  const sorted = [...requests].sort((a, b) => a.image.localeCompare(b.image));
   const eligibleOf = new Map<string, Candidate[]>();
   const chosen = new Map<string, Set<string>>();
   // First every image keeps what is still valid, so that spreading sees the whole cluster's load.
@@ -113,12 +118,12 @@ export function choosePrefetchNodes(requests: readonly PrefetchRequest[], candid
     eligibleOf.set(r.image, eligible);
     const names = new Set(eligible.map((c) => c.name));
     const keep = new Set<string>();
-    for (const n of r.previous) if (keep.size < (r.prefetch.count ?? 0) && names.has(n)) keep.add(n);
+    for (const n of r.previous) if (keep.size < prefetchTarget(r.prefetch) && names.has(n)) keep.add(n);
     for (const n of keep) load.set(n, (load.get(n) ?? 0) + 1);
     chosen.set(r.image, keep);
   }
   for (const r of sorted) {
-    const count = r.prefetch.count ?? 0;
+    const count = prefetchTarget(r.prefetch);
     const set = chosen.get(r.image) as Set<string>;
     const held = new Set(holders.get(r.image) ?? []);
     const rest = (eligibleOf.get(r.image) ?? [])
@@ -158,7 +163,7 @@ export function imageStatusUpdates(cachedImages: readonly unknown[], caches: rea
     images.push({ name, raw, ...(prefetch ? { prefetch } : {}) });
   }
   const candidates = prefetchCandidates(nodes, agentNodes);
-  const requests = images.flatMap((i) => (i.prefetch?.count !== undefined ? [{ image: i.name, prefetch: i.prefetch, previous: cachedImageStatusOf(i.raw).prefetchNodes ?? [] }] : []));
+  const requests = images.flatMap((i) => (i.prefetch ? [{ image: i.name, prefetch: i.prefetch, previous: cachedImageStatusOf(i.raw).prefetchNodes ?? [] }] : []));
   const prefetch = choosePrefetchNodes(requests, candidates, holders);
   const out: Array<{ name: string; status: ImageStatusPatch }> = [];
   for (const i of images) {

@@ -20,7 +20,7 @@ export interface ReadyNodesOptions {
  * Keeps `CachedImage.status` up to date from the NodeImageCaches (one per node, written by that
  * node's agent) and the Nodes: `readyNodes` = the number of nodes that list the image ready,
  * `readyNodeNames` = a bounded, stable subset of them (cache-aware placement in the webhook),
- * `prefetchNodes` = the nodes chosen for `spec.prefetch.count` (image-status.ts decides).
+ * `prefetchNodes` = the nodes that warm it for `spec.prefetch` (image-status.ts decides).
  * Cluster-wide, so exactly one writer: the informers run on every replica (a new leader starts
  * warm), writes happen only between `lead()` and `follow()`, which the leader election calls.
  */

@@ -40,7 +40,7 @@ const WebhookConfigSchema = z.object({
     .boolean()
     .default(false)
     .describe(
-      'Also run the one cluster-wide writer of `CachedImage.status` (`readyNodes` and `readyNodeNames` from the NodeImageCaches, `prefetchNodes` for `spec.prefetch.count`); replicas elect a leader on the Lease `kubevirt-spdk-ready-nodes`, so one writes at a time.',
+      'Also run the one cluster-wide writer of `CachedImage.status` (`readyNodes` and `readyNodeNames` from the NodeImageCaches, `prefetchNodes` for `spec.prefetch`, which node agents warm); replicas elect a leader on the Lease `kubevirt-spdk-ready-nodes`, so one writes at a time.',
     ),
   leaseNamespace: text('NAME').default('kubevirt-spdk').describe("Namespace of that Lease (the webhook's own)."),
 });
