@@ -16,16 +16,17 @@ export function labelKeyProblem(key: string): string | undefined {
   const slash = key.indexOf('/');
   const prefix = slash >= 0 ? key.slice(0, slash) : undefined;
   const name = slash >= 0 ? key.slice(slash + 1) : key;
+  const shown = JSON.stringify(key.length > 80 ? `${key.slice(0, 80)}...` : key);
   if (prefix !== undefined && (prefix.length === 0 || prefix.length > 253 || !DNS1123_SUBDOMAIN.test(prefix))) {
-    return `label key ${JSON.stringify(key.slice(0, 300))}: its prefix must be a DNS subdomain of at most 253 characters`;
+    return `label key ${shown}: its prefix must be a DNS subdomain of at most 253 characters`;
   }
-  if (!NAME_SEGMENT.test(name)) return `label key ${JSON.stringify(key.slice(0, 300))}: its name must be 1-63 characters, alphanumeric at both ends, with - _ . inside`;
+  if (!NAME_SEGMENT.test(name)) return `label key ${shown}: its name must be 1-63 characters, alphanumeric at both ends, with - _ . inside`;
   return undefined;
 }
 
 export function labelValueProblem(value: string): string | undefined {
   if (value === '' || NAME_SEGMENT.test(value)) return undefined;
-  return `label value ${JSON.stringify(value.slice(0, 100))}: must be at most 63 characters, alphanumeric at both ends, with - _ . inside`;
+  return `label value ${JSON.stringify(value.length > 80 ? `${value.slice(0, 80)}...` : value)}: must be at most 63 characters, alphanumeric at both ends, with - _ . inside`;
 }
 
 const LabelKey = z.string().superRefine((k, ctx) => {
@@ -53,8 +54,20 @@ const RequirementSchema = z
 export const LabelSelectorSchema = z
   .object({
     matchLabels: z
-      .record(LabelKey, LabelValue)
-      .refine((m) => Object.keys(m).length <= LIMITS.maxSelectorTerms, `must have at most ${LIMITS.maxSelectorTerms} entries`)
+      .record(z.string(), z.string())
+      .superRefine((m, ctx) => {
+        const keys = Object.keys(m);
+        if (keys.length > LIMITS.maxSelectorTerms) {
+          ctx.addIssue({ code: z.ZodIssueCode.custom, message: `must have at most ${LIMITS.maxSelectorTerms} entries, found ${keys.length}` });
+          return;
+        }
+        for (const k of keys) {
+          // The field name shown is the key, cut short: a hostile key is not echoed whole.
+          const at = k.length > 80 ? `${k.slice(0, 80)}...` : k;
+          const p = labelKeyProblem(k) ?? labelValueProblem(m[k] as string);
+          if (p) ctx.addIssue({ code: z.ZodIssueCode.custom, path: [at], message: p });
+        }
+      })
       .optional()
       .describe(`Labels a node must have, with these values (at most ${LIMITS.maxSelectorTerms}).`),
     matchExpressions: z.array(RequirementSchema.describe('One requirement on a label.')).max(LIMITS.maxSelectorTerms).optional().describe('Requirements a node must meet, all of them.'),
