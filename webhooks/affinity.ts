@@ -4,6 +4,7 @@
  * where the image is when it can and anywhere else (where the disk starts lazily) when it
  * cannot. The user's own affinity is kept as it is.
  */
+import { LIMITS } from '../src/api/limits.js';
 
 /** On the VMI: the terms this webhook added, so that the next admission replaces exactly those. */
 export const CACHE_AFFINITY_ANNOTATION = 'kubevirt-spdk.io/cache-affinity';
@@ -19,7 +20,7 @@ export interface ImageNodes {
 
 export interface PreferredTerm {
   weight: number;
-  preference: { matchFields: Array<{ key: 'metadata.name'; operator: 'In'; values: string[] }> };
+  preference: { matchFields: Array<{ key: 'metadata.name'; operator: 'In'; values: [string] }> };
 }
 
 export interface AffinityChange {
@@ -44,17 +45,25 @@ function canonical(v: unknown): string {
 }
 
 /**
- * Our terms: one per image that some node holds, matched by node name (`metadata.name`, not
- * the hostname label, which may differ from it). The total weight is shared among them, so a
- * node holding every image gets `weight` and the user's own preferences keep their relative
- * importance however many images the VMI has.
+ * Our terms: one per node that holds some of the VMI's images, matched by node name
+ * (`matchFields` `metadata.name`, which the API server allows with exactly one value per
+ * requirement; the hostname label may differ from the name). A node holding all the images
+ * weighs `weight`, one holding k of n weighs k/n of it (at least 1), so the user's own
+ * preferences keep their relative importance however many images the VMI has. At most
+ * `maxNodes` terms: the nodes that hold the most images, then by name.
  */
-export function cacheAffinityTerms(images: readonly ImageNodes[], weight: number): PreferredTerm[] {
-  const seen = new Set<string>();
-  const withNodes = images.filter((i) => i.nodes.length > 0 && !seen.has(i.image) && seen.add(i.image));
-  if (weight <= 0 || withNodes.length === 0) return [];
-  const each = Math.max(1, Math.floor(Math.min(weight, 100) / withNodes.length));
-  return withNodes.map((i) => ({ weight: each, preference: { matchFields: [{ key: 'metadata.name', operator: 'In', values: [...new Set(i.nodes)].sort() }] } }));
+export function cacheAffinityTerms(images: readonly ImageNodes[], weight: number, maxNodes: number = LIMITS.maxReadyNodeNames): PreferredTerm[] {
+  const distinct = new Map<string, Set<string>>();
+  for (const i of images) if (i.nodes.length > 0 && !distinct.has(i.image)) distinct.set(i.image, new Set(i.nodes));
+  const total = new Set(images.map((i) => i.image)).size;
+  if (weight <= 0 || distinct.size === 0) return [];
+  const held = new Map<string, number>();
+  for (const nodes of distinct.values()) for (const n of nodes) held.set(n, (held.get(n) ?? 0) + 1);
+  const w = Math.min(weight, 100);
+  return [...held]
+    .sort((a, b) => b[1] - a[1] || a[0].localeCompare(b[0]))
+    .slice(0, maxNodes)
+    .map(([node, k]) => ({ weight: Math.max(1, Math.round((w * k) / total)), preference: { matchFields: [{ key: 'metadata.name', operator: 'In', values: [node] }] } }));
 }
 
 /** The terms recorded in our annotation (anything unreadable: none, so nothing of the user's is removed). */

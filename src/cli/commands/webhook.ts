@@ -34,7 +34,7 @@ const WebhookConfigSchema = z.object({
   cacheAffinityWeight: int({ min: 0, max: 100, value: 'WEIGHT' })
     .default(String(DEFAULT_CACHE_AFFINITY_WEIGHT))
     .describe(
-      "Total weight of the *preferred* node affinity added to a new VMI toward the nodes that hold its images (`CachedImage.status.readyNodeNames`, written by `--ready-nodes`); shared among its images; never a required term, so a VMI still starts elsewhere (its disk then starts lazily). 0 adds none. A user's own preferred terms weigh up to 100.",
+      "Weight of the *preferred* node affinity term added to a new VMI toward a node that holds all its images (`CachedImage.status.readyNodeNames`, written by `--ready-nodes`); a node holding k of n images gets k/n of it. Never a required term, so a VMI still starts elsewhere (its disk then starts lazily). 0 adds none. A user's own preferred terms weigh up to 100.",
     ),
   readyNodes: z
     .boolean()

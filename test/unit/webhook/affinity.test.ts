@@ -50,36 +50,45 @@ const request = (object: unknown, kind = 'VirtualMachineInstance', operation: Ad
 const ops = (r: AdmissionResponse): Operation[] => (r.patch ? (JSON.parse(Buffer.from(r.patch, 'base64').toString('utf8')) as Operation[]) : []);
 const applied = <T>(o: T, r: AdmissionResponse): T => jsonpatch.applyPatch(structuredClone(o), ops(r), true, false).newDocument;
 const preferred = (o: unknown): unknown[] => PREF.reduce<unknown>((c, k) => (c as Record<string, unknown> | undefined)?.[k], o) as unknown[];
-const term = (weight: number, values: string[]): PreferredTerm => ({ weight, preference: { matchFields: [{ key: 'metadata.name', operator: 'In', values }] } });
+const term = (weight: number, node: string): PreferredTerm => ({ weight, preference: { matchFields: [{ key: 'metadata.name', operator: 'In', values: [node] }] } });
 
 describe('cacheAffinityTerms', () => {
-  it('one term per distinct image that some node holds, the weight shared, node names deduplicated and sorted', () => {
+  it('one term per node (matchFields takes exactly one value), weighted by the share of the VMI images it holds', () => {
     expect(
       cacheAffinityTerms(
         [
           { image: 'a', nodes: ['n2', 'n1', 'n2'] },
           { image: 'b', nodes: [] },
           { image: 'a', nodes: ['n9'] },
-          { image: 'c', nodes: ['n3'] },
+          { image: 'c', nodes: ['n2'] },
         ],
-        50,
+        60,
       ),
-    ).toEqual([term(25, ['n1', 'n2']), term(25, ['n3'])]);
+    ).toEqual([term(40, 'n2'), term(20, 'n1')]);
     expect(cacheAffinityTerms([{ image: 'a', nodes: ['n1'] }], 0)).toEqual([]);
+    expect(cacheAffinityTerms([{ image: 'a', nodes: [] }], 50)).toEqual([]);
     // Each term's weight stays within Kubernetes' 1..100.
-    const many = Array.from({ length: 26 }, (_, i) => ({ image: `i${i}`, nodes: ['n'] }));
+    const many = Array.from({ length: 26 }, (_, i) => ({ image: `i${i}`, nodes: [`n${i}`] }));
     expect(cacheAffinityTerms(many, 10).every((t) => t.weight === 1)).toBe(true);
     expect(cacheAffinityTerms([{ image: 'a', nodes: ['n'] }], 500)[0]?.weight).toBe(100);
+  });
+
+  it('at most 32 terms however many nodes hold the images: those holding the most first', () => {
+    const images = Array.from({ length: 26 }, (_, i) => ({ image: `i${i}`, nodes: [...Array.from({ length: 32 }, (_, j) => `n${i}-${j}`), 'everywhere'] }));
+    const terms = cacheAffinityTerms(images, 50);
+    expect(terms).toHaveLength(32);
+    expect(terms[0]).toEqual(term(50, 'everywhere'));
+    expect(terms.every((t) => t.preference.matchFields.length === 1 && t.preference.matchFields[0]?.values.length === 1)).toBe(true);
   });
 });
 
 describe('mergeCacheAffinity', () => {
-  const ours = [term(50, ['n1'])];
+  const ours = [term(50, 'n1')];
   it('appends to the user terms, replaces only the terms our annotation records, and removes nothing it cannot read', () => {
     const theirs = { weight: 100, preference: { matchExpressions: [{ key: 'zone', operator: 'In', values: ['z1'] }] } };
     expect(mergeCacheAffinity([theirs], undefined, ours, 'f')).toEqual({ preferred: [theirs, ...ours], annotation: JSON.stringify(ours) });
     // Stale term of ours (recorded) is replaced; the user's identical-looking term is kept when not recorded.
-    const stale = term(50, ['old']);
+    const stale = term(50, 'old');
     expect(mergeCacheAffinity([theirs, stale, stale], JSON.stringify([stale]), ours, 'f').preferred).toEqual([theirs, stale, ...ours]);
     expect(mergeCacheAffinity([theirs, stale], 'not json', ours, 'f').preferred).toEqual([theirs, stale, ...ours]);
     // Nothing to add and nothing recorded: no change at all.
@@ -99,11 +108,16 @@ describe('mergeCacheAffinity', () => {
 describe('mutate: cache-aware placement', () => {
   const catalog = catalogWith({ fedora: ['node-b', 'node-a'], debian: ['node-c'] });
 
+  it('a node that holds every image of the VMI weighs most', () => {
+    const both = catalogWith({ fedora: ['node-a', 'node-b'], debian: ['node-b'] });
+    expect(preferred(applied(vmi(), mutate(request(vmi()), both, cfg)))).toEqual([term(50, 'node-b'), term(25, 'node-a')]);
+  });
+
   it('adds a preferred (never required) affinity toward the nodes that hold each image, and records it', () => {
     const res = mutate(request(vmi()), catalog, cfg);
     expect(res.allowed).toBe(true);
     const out = applied(vmi(), res);
-    expect(preferred(out)).toEqual([term(25, ['node-a', 'node-b']), term(25, ['node-c'])]);
+    expect(preferred(out)).toEqual([term(25, 'node-a'), term(25, 'node-b'), term(25, 'node-c')]);
     expect((out.spec.affinity as { nodeAffinity: Record<string, unknown> }).nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution).toBeUndefined();
     expect(JSON.parse(out.metadata.annotations[CACHE_AFFINITY_ANNOTATION] ?? '')).toEqual(preferred(out));
     // Idempotent: a second admission of the result changes nothing.
@@ -119,13 +133,13 @@ describe('mutate: cache-aware placement', () => {
     const aff = out.spec.affinity as { podAntiAffinity: unknown; nodeAffinity: Record<string, unknown> };
     expect(aff.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution).toEqual(required);
     expect(aff.podAntiAffinity).toEqual(podAntiAffinity);
-    expect(preferred(out)).toEqual([theirs, term(20, ['node-a', 'node-b']), term(20, ['node-c'])]);
+    expect(preferred(out)).toEqual([theirs, term(20, 'node-a'), term(20, 'node-b'), term(20, 'node-c')]);
   });
 
   it('a copied VMI with stale terms of ours gets the current ones instead (no duplicates)', () => {
     const first = applied(vmi(), mutate(request(vmi()), catalogWith({ fedora: ['old-1'], debian: ['old-2'] }), cfg));
     const again = applied(first, mutate(request(first), catalog, cfg));
-    expect(preferred(again)).toEqual([term(25, ['node-a', 'node-b']), term(25, ['node-c'])]);
+    expect(preferred(again)).toEqual([term(25, 'node-a'), term(25, 'node-b'), term(25, 'node-c')]);
     // Nobody holds the images any more: our terms and the annotation go, the user's stay.
     const none = applied(again, mutate(request(again), catalogWith({ fedora: [], debian: undefined }), cfg));
     expect(preferred(none)).toEqual([]);
@@ -147,7 +161,7 @@ describe('mutate: cache-aware placement', () => {
     const huge = Array.from({ length: 5000 }, (_, i) => ({ weight: 1, preference: { matchExpressions: [{ key: `k${i}`, operator: 'Exists' }] } }));
     const spec = { domain: { devices: {} }, affinity: { nodeAffinity: { preferredDuringSchedulingIgnoredDuringExecution: huge } } };
     const out = applied(vmi(spec), mutate(request(vmi(spec)), catalog, cfg));
-    expect(preferred(out)).toHaveLength(5002);
+    expect(preferred(out)).toHaveLength(5003);
     expect(preferred(out).slice(0, 5000)).toEqual(huge);
 
     for (const affinity of [{ nodeAffinity: { preferredDuringSchedulingIgnoredDuringExecution: 'all of them' } }, { nodeAffinity: 7 }, 'zone=a']) {
