@@ -4,7 +4,7 @@ import { ResilientInformer } from '../kube/informer.js';
 import { Outbox } from '../kube/outbox.js';
 import type { Logger } from '../log.js';
 import { LeaderElector, type LeaderElectorOptions } from './leader.js';
-import { imageStatusUpdates } from './image-status.js';
+import { imageStatusUpdates, type ImageStatusPatch } from './image-status.js';
 
 /** The Lease whose holder is the one writer of `CachedImage.status` (readyNodes, readyNodeNames, prefetchNodes). */
 export const READY_NODES_LEASE = 'kubevirt-spdk-ready-nodes';
@@ -83,21 +83,23 @@ export class ReadyNodesController {
     await this.outbox?.drain();
   }
 
-  private updates(): ReturnType<typeof imageStatusUpdates> {
-    return imageStatusUpdates(this.cachedImages.list(), this.nodeCaches.list(), this.nodes.list());
-  }
+  /**
+   * Recomputed on every change of any informer (prefetch choices depend on every image), so a
+   * queued write always sends the newest wanted status, never an older one over a later change.
+   */
+  private wanted = new Map<string, ImageStatusPatch>();
 
   private sync(): void {
     const box = this.outbox;
     if (!box || !this.informers.every((i) => i.synced)) return;
-    for (const { name } of this.updates()) {
-      // Recomputed when the write runs: a later change must not be overwritten by this one.
+    const updates = imageStatusUpdates(this.cachedImages.list(), this.nodeCaches.list(), this.nodes.list());
+    this.wanted = new Map(updates.map((u) => [u.name, u.status]));
+    for (const { name } of updates) {
       box.put(`image-status:${name}`, async () => {
-        if (this.outbox !== box) return;
-        const update = this.updates().find((u) => u.name === name);
-        if (!update) return;
-        await this.opts.api.patchCachedImageStatus(name, update.status);
-        this.log.debug({ event: 'image-status-patched', image: name, ...update.status }, 'CachedImage status updated');
+        const status = this.wanted.get(name);
+        if (this.outbox !== box || !status) return;
+        await this.opts.api.patchCachedImageStatus(name, status);
+        this.log.debug({ event: 'image-status-patched', image: name, ...status }, 'CachedImage status updated');
       });
     }
   }
