@@ -20,7 +20,7 @@ export interface DesiredIndex {
   disksById: Map<string, DesiredDisk>;
   /** Controllers of every existing VMI, by name. */
   controllers: Map<string, DesiredDisk>;
-  /** Images that some desired disk clones from, or that the node warms (prefetch): pinned in the cache. */
+  /** Images that some desired disk clones from. */
   imagesNeeded: Set<string>;
   /** Disks exported to other nodes, by backend id: kept while exported. */
   exports: Map<string, DesiredExport>;
@@ -44,6 +44,7 @@ export function indexDesired(desired: DesiredState): DesiredIndex {
       if (d.source.kind === 'image') idx.imagesNeeded.add(d.source.image);
     }
   }
+  // Prefetch: a warm image is held like one a disk clones from (never evicted).
   for (const name of desired.warm ?? []) idx.imagesNeeded.add(name);
   return idx;
 }
@@ -97,7 +98,7 @@ export function whyNotEvictImage(ctx: SafetyContext, name: string, importingHere
   if (!img) return undefined;
   if (img.cloneCount > 0) return `image ${name} has ${img.cloneCount} clone(s)`;
   if (importingHere || importInProgress(img)) return `image ${name} is being imported`;
-  if (ctx.desired.imagesNeeded.has(name)) return `image ${name} is needed by a desired disk or warmed here (prefetch)`;
+  if (ctx.desired.imagesNeeded.has(name)) return `image ${name} is needed by a desired disk`;
   return undefined;
 }
 

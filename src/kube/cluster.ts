@@ -5,10 +5,10 @@ import { KubeApi } from './api.js';
 import { errorText } from './informer.js';
 import type { NodeMigrationIntent } from '../migration/coordinator.js';
 import { clusterDesired, type ClusterDesired } from './mapping.js';
-import { imagesToWarm } from '../agent/warm.js';
 import { NodeView, type NodeViewInput } from './node-view.js';
 import type { SlotLister } from './pod-slots.js';
 import { StatusPublisher } from './status-publisher.js';
+import { imagesToWarm } from '../agent/warm.js';
 
 export type { SlotLister } from './pod-slots.js';
 
