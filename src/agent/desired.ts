@@ -89,6 +89,8 @@ export interface DesiredState {
   /** Disks exported to other nodes: each keeps its disk until it is no longer desired. */
   exports: DesiredExport[];
   problems: string[];
+  /** Images this node warms before any disk needs them (prefetch, agent/warm.ts): imported and never evicted. */
+  warm?: string[];
 }
 
 export const emptyDesired = (): DesiredState => ({ vmis: [], images: [], exports: [], problems: [] });

@@ -44,6 +44,8 @@ export function indexDesired(desired: DesiredState): DesiredIndex {
       if (d.source.kind === 'image') idx.imagesNeeded.add(d.source.image);
     }
   }
+  // Prefetch: a warm image is held like one a disk clones from (never evicted).
+  for (const name of desired.warm ?? []) idx.imagesNeeded.add(name);
   return idx;
 }
 

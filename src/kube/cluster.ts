@@ -8,6 +8,7 @@ import { clusterDesired, type ClusterDesired } from './mapping.js';
 import { NodeView, type NodeViewInput } from './node-view.js';
 import type { SlotLister } from './pod-slots.js';
 import { StatusPublisher } from './status-publisher.js';
+import { imagesToWarm } from '../agent/warm.js';
 
 export type { SlotLister } from './pod-slots.js';
 
@@ -158,7 +159,7 @@ export class ClusterAgent {
    */
   private desiredFrom(v: NodeViewInput): ClusterDesired {
     const { migrationIntent } = this.wiring;
-    return clusterDesired({
+    const built = clusterDesired({
       vmis: v.vmis,
       migrationTargets: v.migrationTargets,
       ...(migrationIntent ? { migration: migrationIntent(v.vmis) } : {}),
@@ -168,6 +169,10 @@ export class ClusterAgent {
       lastSlots: this.slots,
       slotHolder: this.agent.slotHolder,
     });
+    // Prefetch: the images this node warms (agent/warm.ts) are part of what it needs.
+    const warm = imagesToWarm(this.wiring.node, v.cachedImages);
+    if (warm.length) built.desired.warm = warm;
+    return built;
   }
 
   private refresh(): void {
