@@ -1,5 +1,6 @@
 import { createHash } from 'node:crypto';
 import path from 'node:path';
+import type { ImageSource } from '../api/cachedimage.js';
 import { MAX_SOCKET_PATH_BYTES, socketPathTooLong } from '../api/limits.js';
 
 /**
@@ -97,7 +98,7 @@ export function goldenImageName(image: string): string {
  * enough for every driver's naming rule (spdk's `img-<name>-importing` in 63 characters).
  * A source without a sha256 (a development host path) keeps the CachedImage name as its key.
  */
-export function imageKey(image: { name: string; source: { http: { sha256: string } } | { hostPath: { sha256?: string | undefined } }; format: 'raw' | 'qcow2' }): string {
+export function imageKey(image: { name: string; source: ImageSource; format: 'raw' | 'qcow2' }): string {
   const sha = 'http' in image.source ? image.source.http.sha256 : image.source.hostPath.sha256;
   if (sha === undefined) return image.name;
   return `sha256-${sha.slice(0, 40)}${image.format === 'qcow2' ? '-q' : ''}`;
