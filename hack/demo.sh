@@ -185,7 +185,8 @@ check_result() {
   local now cached
   now=$(sha256sum "$GOLDEN" | cut -d' ' -f1)
   [ "$now" = "$GOLDEN_SHA" ] || die "the golden image changed: $now"
-  cached=$(sha256sum "$WORK/state/qsd/images/demo-golden.raw" | cut -d' ' -f1)
+  # The node caches a golden by its content key (sha256-<40 hex of its sha256>), not by the CachedImage name.
+  cached=$(sha256sum "$WORK/state/qsd/images/sha256-${GOLDEN_SHA:0:40}.raw" | cut -d' ' -f1)
   [ "$cached" = "$GOLDEN_SHA" ] || die "the cached golden image changed: $cached"
   say "golden image sha256 unchanged (source and node cache): $now"
   qemu-img convert -O raw "$CLONE" "$WORK/clone.raw"
