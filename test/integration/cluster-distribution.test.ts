@@ -89,6 +89,14 @@ async function startNode(name: string, extra: { hydrationBytesPerSecond?: number
   return n;
 }
 
+/** The node's agent and its daemon stop (an agent restart: the managed daemon goes with it). */
+async function stopNode(n: Node): Promise<void> {
+  nodes.splice(nodes.indexOf(n), 1);
+  await n.cluster.stop();
+  await n.backend.close();
+  n.kubelet.forceShutdown();
+}
+
 function schedule(n: Node, vmi: string, uid: string, cachedImage: string): void {
   api.put(VMIS, vmiObject(vmi, uid, `- name: root\n  spdkVhostBlkDisk: {image: ${cachedImage}, capacity: 16Mi}\n`, n.name));
   api.put(PODS, launcherPod(`virt-launcher-${vmi}`, uid, n.name));
@@ -99,6 +107,7 @@ const diskStatus = (vmi: string) => {
   const a = (api.get(VMIS, vmi, 'default')?.metadata?.annotations as Record<string, string> | undefined)?.[STATUS_ANNOTATION];
   return a === undefined ? undefined : VmiStatusSchema.parse(JSON.parse(a)).disks.find((d) => d.name === 'root');
 };
+const updatedAt = (node: string): string | undefined => (api.get(NICS, node)?.status as { updatedAt?: string } | undefined)?.updatedAt;
 const cacheOf = (node: string, cachedImage: string) => {
   const o = api.get(NICS, node);
   const st = o?.status === undefined ? undefined : NodeImageCacheStatusSchema.safeParse(o.status).data;
@@ -133,7 +142,7 @@ afterAll(async () => {
 });
 
 describe.skipIf(!canRun)('image distribution between nodes (qsd, cluster mode)', { timeout: 180_000 }, () => {
-  it('B boots from A\'s golden at once and hydrates from it; A keeps it meanwhile, then lets it go; B stands alone', async () => {
+  it('B boots from A\'s golden at once and hydrates from it (across an agent restart); A keeps it meanwhile, then lets it go; B stands alone', async () => {
     const a = await startNode('node-a', { maxCount: 0 });
     // What B's NodeImageCache said whenever A deleted a golden: never "hydrating from A".
     const atDelete: Array<string | undefined> = [];
@@ -148,7 +157,7 @@ describe.skipIf(!canRun)('image distribution between nodes (qsd, cluster mode)',
     expect(cacheOf('node-a', 'base')).toMatchObject({ key: KEY, phase: 'ready' });
     expect(cacheOf('node-a', 'base-copy')).toMatchObject({ key: KEY, phase: 'ready' });
 
-    const b = await startNode('node-b', { hydrationBytesPerSecond: 2 * MiB });
+    const b = await startNode('node-b', { hydrationBytesPerSecond: MiB });
     schedule(b, 'vm-b', 'uid-b', 'base-copy');
     await eventually('vm-b Ready', () => diskStatus('vm-b')?.phase === 'Ready', 60_000);
     // Ready before its golden is whole: it hydrates from A, and says so.
@@ -164,6 +173,15 @@ describe.skipIf(!canRun)('image distribution between nodes (qsd, cluster mode)',
     api.remove(PODS, 'virt-launcher-vm-a', 'default');
     await eventually('A has no clone of it', () => cacheOf('node-a', 'base')?.clones === 0 || undefined);
     expect(cacheOf('node-b', 'base-copy')?.phase).toBe('hydrating');
+    expect(cacheOf('node-a', 'base')).toBeDefined();
+
+    // B's agent restarts mid-hydration: it resumes and still names A (which keeps its golden).
+    await stopNode(b);
+    const before = updatedAt('node-b');
+    const b2 = await startNode('node-b', { hydrationBytesPerSecond: MiB });
+    b2.slots.push({ namespace: 'default', pod: 'virt-launcher-vm-b', container: 'compute', slot: 'slot-01' });
+    await eventually('B republished after its restart', () => updatedAt('node-b') !== before || undefined);
+    expect(cacheOf('node-b', 'base-copy')).toMatchObject({ phase: 'hydrating', source: 'node-a' });
     expect(cacheOf('node-a', 'base')).toBeDefined();
 
     await eventually('B hydrated', () => cacheOf('node-b', 'base-copy')?.phase === 'ready', 90_000);
