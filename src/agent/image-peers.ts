@@ -28,19 +28,29 @@ export interface PeerGolden {
   export?: RemoteDiskRef;
   /** While it hydrates: the node it reads from, or ORIGIN. */
   source?: string;
+  /** Readers of this golden as its node publishes them (lazy readers + hydration streams). */
+  peerReaders?: number;
 }
 
 export const ORIGIN = 'origin';
 
 export type SourceChoice = { kind: 'peer'; node: string; ref: RemoteDiskRef; load: number } | { kind: 'origin' };
 
-/** Node -> goldens other nodes hydrate from it now. */
+/**
+ * Node -> how many readers it serves now: the goldens other nodes say they hydrate from it, or
+ * what the node itself publishes (its backend may see readers no NodeImageCache names yet),
+ * whichever is larger.
+ */
 export function peerLoads(goldens: readonly PeerGolden[]): Map<string, number> {
-  const out = new Map<string, number>();
+  const named = new Map<string, number>();
+  const published = new Map<string, number>();
   for (const g of goldens) {
+    if (g.peerReaders) published.set(g.node, (published.get(g.node) ?? 0) + g.peerReaders);
     if (g.phase !== 'hydrating' || g.source === undefined || g.source === ORIGIN || g.source === g.node) continue;
-    out.set(g.source, (out.get(g.source) ?? 0) + 1);
+    named.set(g.source, (named.get(g.source) ?? 0) + 1);
   }
+  const out = new Map<string, number>();
+  for (const node of new Set([...named.keys(), ...published.keys()])) out.set(node, Math.max(named.get(node) ?? 0, published.get(node) ?? 0));
   return out;
 }
 
@@ -213,7 +223,7 @@ export class ImagePeers {
         delete this.sources[img.name];
         changed = true;
       }
-      const r = readers.get(img.name);
+      const r = Math.max(readers.get(img.name) ?? 0, img.peerReaders ?? 0);
       if (r) info.peerReaders = r;
       const usable = img.phase === 'ready' || img.phase === 'hydrating';
       const want = JSON.stringify(allowed);

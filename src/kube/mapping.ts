@@ -324,8 +324,16 @@ export function peerGoldensOf(caches: readonly unknown[]): PeerGolden[] {
       if (!res.success) continue;
       const i = res.data;
       const key = i.key ?? i.name;
-      const g: PeerGolden = { node, key, phase: i.phase, ...(i.export ? { export: i.export } : {}), ...(i.source ? { source: i.source } : {}) };
-      out.set(`${node}\0${key}`, g);
+      const g: PeerGolden = {
+        node,
+        key,
+        phase: i.phase,
+        ...(i.export ? { export: i.export } : {}),
+        ...(i.source ? { source: i.source } : {}),
+        ...(i.peerReaders ? { peerReaders: i.peerReaders } : {}),
+      };
+      // CachedImage names of one content on one node are one golden: the first entry speaks for it.
+      if (!out.has(`${node}\0${key}`)) out.set(`${node}\0${key}`, g);
     }
   }
   return [...out.values()];

@@ -40,6 +40,12 @@ describe('chooseImageSource (pure)', () => {
     expect(choose('b', goldens)).toMatchObject({ kind: 'peer', node: 'c', load: 1 });
   });
 
+  it('takes the larger of the readers others name and the readers a node publishes', () => {
+    const goldens = [golden('a', 'ready', { peerReaders: 3 }), golden('c', 'ready'), golden('x', 'hydrating', { source: 'c' }), golden('y', 'hydrating', { source: 'c' })];
+    expect(peerLoads(goldens)).toEqual(new Map([['a', 3], ['c', 2]]));
+    expect(choose('b', goldens)).toMatchObject({ node: 'c', load: 2 });
+  });
+
   it('counts load over every image a node serves', () => {
     const goldens = [golden('a', 'ready'), golden('c', 'ready'), { ...golden('w', 'hydrating', { source: 'c' }), key: 'other-image' }];
     expect(choose('b', goldens)).toMatchObject({ node: 'a' });
