@@ -204,6 +204,8 @@ check_result() {
 # before holding a byte of the image; B hydrates in the background, then A stops serving and
 # goes away, and the guest on B verifies everything it wrote.
 PEER_PID=""
+# Enough records that the guest still writes after node A has gone (one O_DIRECT + fsync each).
+PEER_SEQ_RECORDS=400
 peer_boot() {
   bold "6. A second node boots the VM from the first node's image (peer over NBD)"
   "${VIRSH[@]}" destroy "$DOMAIN" >/dev/null 2>&1 || true
@@ -222,7 +224,7 @@ peer_boot() {
   say "node B  $(grep '"b-ready"' "$WORK/peer.log" | sed 's/.*"ms":\([0-9]*\).*"hydratedPercent":\([0-9]*\).*/disk ready in \1 ms, with \2% of the image on the node/')"
   CONSOLE="$WORK/console-b.log"
   fill "$DEMO/domain.xml" "KERNEL=$WORK/vmlinuz" "INITRD=$WORK/initramfs.gz" \
-    "CMDLINE=console=ttyS0 quiet panic=-1 ks.mode=e2e ks.seq=$SEQ_RECORDS ks.tag=demo-b-$$" \
+    "CMDLINE=console=ttyS0 quiet panic=-1 ks.mode=e2e ks.seq=$PEER_SEQ_RECORDS ks.tag=demo-b-$$" \
     "CONSOLE_LOG=$CONSOLE" >"$WORK/domain-b-in.xml"
   (cd "$ROOT" && npx --no-install tsx src/cli/main.ts convert --vmi "$DEMO/vmi.yaml" \
     --domain "$WORK/domain-b-in.xml" --socket-dir "$WORK/peer/vhost-b/$SLOT") >"$WORK/domain-b.xml"
@@ -243,6 +245,7 @@ peer_boot() {
       shown=$((shown + 1))
       case "$line" in
         GOLDEN\ *) say "guest   read \"${line#GOLDEN }\" (sector 0, from node A's golden through node B)" ;;
+        SEQ\ *) [ $(( ${line#SEQ } % 100 )) = 0 ] && say "guest   writing record ${line#SEQ } (O_DIRECT + fsync)" ;;
         VERIFY\ *) result=$line; say "guest   verify ${line#VERIFY }" ;;
         FAIL*) die "the guest on node B failed: $line" ;;
       esac

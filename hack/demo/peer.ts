@@ -26,8 +26,8 @@ const ms = (): number => Math.round(performance.now() - t0);
 const spec: ImageSpec = { name: 'demo-golden', source: { hostPath: { path: goldenFile, sha256 } }, format: 'raw' };
 const key = imageKey(spec);
 const a = new QsdBackend({ stateDir: path.join(work, 'node-a'), vhostDir: path.join(work, 'vhost-a'), managed: true });
-// Throttled so that the VM visibly boots long before B holds the image.
-const b = new QsdBackend({ stateDir: path.join(work, 'node-b'), vhostDir: path.join(work, 'vhost-b'), managed: true, hydrationBytesPerSecond: 2 * 1024 * 1024 });
+// Throttled so that the VM visibly boots before B holds the image (and writes on after A is gone).
+const b = new QsdBackend({ stateDir: path.join(work, 'node-b'), vhostDir: path.join(work, 'vhost-b'), managed: true, hydrationBytesPerSecond: 8 * 1024 * 1024 });
 
 async function main(): Promise<void> {
   await Promise.all([a.start(), b.start()]);
