@@ -174,7 +174,9 @@ export class ImagePeers {
   async ensure(spec: ImageSpec, ensure: (s: ImageSpec) => Promise<ObservedImage>): Promise<ObservedImage> {
     await this.load();
     const transport = this.o.backend.kind === 'qsd' ? 'nbd' : 'nvmf-tcp';
-    const canLazy = this.o.backend.kind === 'qsd' || this.o.backend.exportImage !== undefined;
+    // A qcow2 source's sha256 is the file's, not the content a peer serves (converted): it could
+    // not be verified after hydration, so qcow2 images always come from their origin.
+    const canLazy = spec.format === 'raw' && (this.o.backend.kind === 'qsd' || this.o.backend.exportImage !== undefined);
     const skip = new Set<string>();
     // A golden made before (an agent restart mid-hydration) keeps the source it was made from.
     const recorded = this.sources[spec.name];

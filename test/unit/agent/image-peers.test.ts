@@ -104,6 +104,17 @@ describe('ImagePeers: source, fallback, exports', () => {
     expect(tried).toEqual([hostOf(ref('c')), hostOf(ref('a')), 'origin']);
   });
 
+  it('takes a qcow2 image from its origin (its sha256 is the file\'s, not what a peer serves)', async () => {
+    const peers = new ImagePeers({ self: 'b', backend: qsd(), stateDir: dir });
+    peers.setGoldens([golden('a', 'ready')]);
+    const seen: Array<RemoteDiskRef | undefined> = [];
+    await peers.ensure({ ...spec, format: 'qcow2' }, async (s) => {
+      seen.push(s.peer);
+      return ok(s);
+    });
+    expect(seen).toEqual([undefined]);
+  });
+
   it('names its source until hydrated (also across a restart), then stands alone; exports its goldens to the other nodes', async () => {
     const backend = qsd();
     const exports: Array<{ name: string; allowed: string[] }> = [];
