@@ -199,7 +199,7 @@ export class ClusterAgent {
     const { desired, slots } = this.desiredFrom(input);
     if (this.peers) {
       // Other nodes' goldens choose this node's image sources; the ones they hydrate from here stay.
-      this.peers.setGoldens(peerGoldensOf(input.nodeImageCaches));
+      this.peers.setGoldens(peerGoldensOf(input.nodeImageCaches, { allowUnix: this.wiring.imageExportAddress?.kind === 'unix' }));
       const served = this.peers.servedToPeers();
       if (served.length) desired.servedToPeers = served;
     }

@@ -311,8 +311,12 @@ export function nodeImageCacheStatus(s: Pick<NodeStatus, 'backend' | 'images'>, 
   return { backend: s.backend.kind, summary, usedBytes, updatedAt, images };
 }
 
-/** Every node's goldens as their NodeImageCaches say (entries of one key on one node counted once). */
-export function peerGoldensOf(caches: readonly unknown[]): PeerGolden[] {
+/**
+ * Every node's goldens as their NodeImageCaches say (entries of one key on one node counted
+ * once). Another node's object is input: an export on a unix socket (a path on the reader's
+ * host) is dropped unless `allowUnix` (a single-host setup, where this node exports on one too).
+ */
+export function peerGoldensOf(caches: readonly unknown[], opts: { allowUnix?: boolean } = {}): PeerGolden[] {
   const out = new Map<string, PeerGolden>();
   for (const raw of caches) {
     const o = raw as { metadata?: { name?: unknown }; status?: { images?: unknown } | null } | null;
@@ -328,7 +332,7 @@ export function peerGoldensOf(caches: readonly unknown[]): PeerGolden[] {
         node,
         key,
         phase: i.phase,
-        ...(i.export ? { export: i.export } : {}),
+        ...(i.export && (opts.allowUnix || !(i.export.transport === 'nbd' && i.export.address.kind === 'unix')) ? { export: i.export } : {}),
         ...(i.source ? { source: i.source } : {}),
         ...(i.peerReaders ? { peerReaders: i.peerReaders } : {}),
       };

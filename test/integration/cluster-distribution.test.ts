@@ -68,7 +68,8 @@ async function startNode(name: string, extra: { hydrationBytesPerSecond?: number
   const kube = new KubeApi(api.kubeConfig(name));
   const status = new StatusPublisher({ node: name, api: kube, logger, retry });
   const stateDir = path.join(nd, 'st');
-  const peers = new ImagePeers({ self: name, backend, stateDir, exportAddress: { kind: 'unix', path: path.join(nd, 'nbd.sock') }, logger });
+  const exportAddress = { kind: 'unix' as const, path: path.join(nd, 'nbd.sock') };
+  const peers = new ImagePeers({ self: name, backend, stateDir, exportAddress, logger });
   const agent = new NodeAgent({
     backend,
     stateDir,
@@ -81,7 +82,8 @@ async function startNode(name: string, extra: { hydrationBytesPerSecond?: number
     peers,
     ...(extra.maxCount !== undefined ? { cache: { maxCount: extra.maxCount } } : {}),
   });
-  const cluster = new ClusterAgent({ node: name, api: kube, agent, status, peers, podResources: new PodResourcesClient(socket), logger, podResourcesPollMs: 100, retry, debounceMs: 10 });
+  // Exports on unix sockets: a single-host rig, so peers' unix exports are accepted too.
+  const cluster = new ClusterAgent({ node: name, api: kube, agent, status, peers, imageExportAddress: exportAddress, podResources: new PodResourcesClient(socket), logger, podResourcesPollMs: 100, retry, debounceMs: 10 });
   await backend.start();
   await cluster.start();
   const n = { name, backend, cluster, kubelet, slots };
@@ -196,7 +198,7 @@ describe.skipIf(!canRun)('image distribution between nodes (qsd, cluster mode)',
   });
 
   it('C falls back from a peer that does not answer to the next one', async () => {
-    const goldens = () => peerGoldensOf(api.list(NICS));
+    const goldens = () => peerGoldensOf(api.list(NICS), { allowUnix: true });
     const dead: RemoteDiskRef = { transport: 'nbd', address: { kind: 'unix', path: path.join(dir, 'nobody.sock') }, exportName: `img.${KEY}`, sizeBytes: SIZE };
     // A ghost node whose NodeImageCache says it holds the golden, named so that C tries it first.
     const ghost = Array.from({ length: 64 }, (_, i) => `ghost-${i}`).find((g) => {

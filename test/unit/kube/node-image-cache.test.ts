@@ -42,4 +42,11 @@ describe('NodeImageCache status: CachedImage names over content keys, peer distr
       { node: 'node-c', key: 'dev', phase: 'ready' },
     ]);
   });
+
+  it('drops an export on a unix socket (a path on the reader\'s host) unless the setup is single-host', () => {
+    const unix: RemoteDiskRef = { transport: 'nbd', address: { kind: 'unix', path: '/run/some.sock' }, exportName: 'x', sizeBytes: 1 };
+    const caches = [{ metadata: { name: 'node-a' }, status: { images: [{ name: 'fedora', key: KEY, phase: 'ready', export: unix }] } }];
+    expect(peerGoldensOf(caches)).toEqual([{ node: 'node-a', key: KEY, phase: 'ready' }]);
+    expect(peerGoldensOf(caches, { allowUnix: true })).toEqual([{ node: 'node-a', key: KEY, phase: 'ready', export: unix }]);
+  });
 });
