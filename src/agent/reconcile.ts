@@ -229,7 +229,7 @@ export function reconcile(desired: DesiredState, observed: ObservedState, memory
       const img = imagesByName.get(d.source.image);
       if (!img || img.phase === 'failed' || img.phase === 'importing') out.push({ kind: 'ensureImage', target, image: d.image });
       else {
-        const tooSmall = capacityProblem(d.capacityBytes, d.source.image, img.sizeBytes);
+        const tooSmall = capacityProblem(d.capacityBytes, d.imageName ?? d.source.image, img.sizeBytes);
         if (tooSmall) return [{ kind: 'reportError', target, message: `capacity: ${tooSmall}` }];
       }
     }
@@ -282,7 +282,7 @@ export function reconcile(desired: DesiredState, observed: ObservedState, memory
     sizeBytes: img.sizeBytes,
     cloneCount: img.cloneCount,
     lastUse: memory.journal.imageLastUse[img.name] ?? 0,
-    pinned: importInProgress(img) || idx.imagesNeeded.has(img.name),
+    pinned: importInProgress(img) || idx.imagesNeeded.has(img.name) || idx.imagesServed.has(img.name),
     inCatalog: desired.images.some((i) => i.name === img.name),
   }));
   for (const name of idx.imagesNeeded) {
