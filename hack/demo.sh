@@ -5,6 +5,8 @@
 #   domain XML rewritten by the converter -> libvirt boots the VM -> the guest reads the image
 #   and writes to its clone -> the storage daemon is killed mid-write and comes back (live
 #   recovery) -> the guest verifies every record it wrote.
+# Then (DEMO_PEER=0 skips it) a second "node" boots the VM from the first node's golden at once,
+# over NBD, while it hydrates; the first node stops serving and the guest verifies its writes.
 #
 # Needs root (system libvirtd, socket ownership) and `make deps`. Cleans up after itself.
 set -euo pipefail
@@ -43,6 +45,7 @@ cleanup() {
     "${VIRSH[@]}" destroy "$DOMAIN" >/dev/null 2>&1
     "${VIRSH[@]}" undefine "$DOMAIN" >/dev/null 2>&1
   fi
+  [ -n "${PEER_PID:-}" ] && kill "$PEER_PID" 2>/dev/null && wait "$PEER_PID" 2>/dev/null
   # The agent stops the qemu-storage-daemon it supervises.
   [ -n "$AGENT_PID" ] && kill "$AGENT_PID" 2>/dev/null && wait "$AGENT_PID" 2>/dev/null
   [ -n "$LIBVIRTD_PID" ] && kill "$LIBVIRTD_PID" 2>/dev/null && wait "$LIBVIRTD_PID" 2>/dev/null
@@ -185,13 +188,75 @@ check_result() {
   local now cached
   now=$(sha256sum "$GOLDEN" | cut -d' ' -f1)
   [ "$now" = "$GOLDEN_SHA" ] || die "the golden image changed: $now"
-  cached=$(sha256sum "$WORK/state/qsd/images/demo-golden.raw" | cut -d' ' -f1)
+  # The node caches a golden by its content key (sha256-<40 hex of its sha256>), not by the CachedImage name.
+  cached=$(sha256sum "$WORK/state/qsd/images/sha256-${GOLDEN_SHA:0:40}.raw" | cut -d' ' -f1)
   [ "$cached" = "$GOLDEN_SHA" ] || die "the cached golden image changed: $cached"
   say "golden image sha256 unchanged (source and node cache): $now"
   qemu-img convert -O raw "$CLONE" "$WORK/clone.raw"
   say "clone at 1 MiB: \"$(dd if="$WORK/clone.raw" bs=4096 skip=256 count=1 status=none | tr -d '\0' | head -n 1)\""
   say "clone size on disk: $(du -k "$CLONE" | cut -f1) KiB (only what the guest wrote)"
   rm -f "$WORK/clone.raw"
+}
+
+# Part two (DEMO_PEER=0 skips it): a second "node" boots the VM from the first node's golden at once.
+# Two qemu-storage-daemons stand for two nodes: A holds the golden and exports it read-only over
+# NBD; B chooses A as its source, makes a lazy golden over A's export and serves the VM's disk
+# before holding a byte of the image; B hydrates in the background, then A stops serving and
+# goes away, and the guest on B verifies everything it wrote.
+PEER_PID=""
+# Enough records that the guest still writes after node A has gone (one O_DIRECT + fsync each).
+PEER_SEQ_RECORDS=400
+peer_boot() {
+  bold "6. A second node boots the VM from the first node's image (peer over NBD)"
+  "${VIRSH[@]}" destroy "$DOMAIN" >/dev/null 2>&1 || true
+  "${VIRSH[@]}" undefine "$DOMAIN" >/dev/null 2>&1 || true
+  mkdir -p "$WORK/peer"
+  (cd "$ROOT" && exec node --import tsx hack/demo/peer.ts "$WORK/peer" "$GOLDEN" "$GOLDEN_SHA" "$SOCKET_UID:$SOCKET_GID" "$SOCKET_MODE") >"$WORK/peer.log" 2>&1 &
+  PEER_PID=$!
+  local deadline=$((SECONDS + 60))
+  until grep -q '"event":"b-ready"' "$WORK/peer.log" 2>/dev/null; do
+    kill -0 "$PEER_PID" 2>/dev/null || die "the two-node demo exited: $(tail -5 "$WORK/peer.log")"
+    [ "$SECONDS" -lt "$deadline" ] || die "node B's disk was not ready in 60 s: $(tail -5 "$WORK/peer.log")"
+    sleep 0.2
+  done
+  say "node A  $(grep '"a-exported"' "$WORK/peer.log" | sed 's/.*"export":"\([^"]*\)".*/exports its golden read-only over NBD as \1/')"
+  say "node B  $(grep '"b-source"' "$WORK/peer.log" | sed 's/.*"source":"\([^"]*\)".*/chooses its source: \1/')"
+  say "node B  $(grep '"b-ready"' "$WORK/peer.log" | sed 's/.*"ms":\([0-9]*\).*"hydratedPercent":\([0-9]*\).*/disk ready in \1 ms, with \2% of the image on the node/')"
+  CONSOLE="$WORK/console-b.log"
+  fill "$DEMO/domain.xml" "KERNEL=$WORK/vmlinuz" "INITRD=$WORK/initramfs.gz" \
+    "CMDLINE=console=ttyS0 quiet panic=-1 ks.mode=e2e ks.seq=$PEER_SEQ_RECORDS ks.tag=demo-b-$$" \
+    "CONSOLE_LOG=$CONSOLE" >"$WORK/domain-b-in.xml"
+  (cd "$ROOT" && npx --no-install tsx src/cli/main.ts convert --vmi "$DEMO/vmi.yaml" \
+    --domain "$WORK/domain-b-in.xml" --socket-dir "$WORK/peer/vhost-b/$SLOT") >"$WORK/domain-b.xml"
+  "${VIRSH[@]}" define "$WORK/domain-b.xml" >/dev/null
+  "${VIRSH[@]}" start "$DOMAIN" >/dev/null
+  say "booted  the VM on node B"
+  local shown=0 line result="" events=0
+  deadline=$((SECONDS + 180))
+  while :; do
+    mapfile -t plines < <(grep '"event":"\(b-hydrating\|b-whole\|a-gone\)"' "$WORK/peer.log" 2>/dev/null)
+    while [ "$events" -lt "${#plines[@]}" ]; do
+      say "node    ${plines[$events]}"
+      events=$((events + 1))
+    done
+    mapfile -t lines < <(grep -a '^KS: ' "$CONSOLE" 2>/dev/null | tr -d '\r')
+    while [ "$shown" -lt "${#lines[@]}" ]; do
+      line=${lines[$shown]#KS: }
+      shown=$((shown + 1))
+      case "$line" in
+        GOLDEN\ *) say "guest   read \"${line#GOLDEN }\" (sector 0, from node A's golden through node B)" ;;
+        SEQ\ *) [ $(( ${line#SEQ } % 100 )) = 0 ] && say "guest   writing record ${line#SEQ } (O_DIRECT + fsync)" ;;
+        VERIFY\ *) result=$line; say "guest   verify ${line#VERIFY }" ;;
+        FAIL*) die "the guest on node B failed: $line" ;;
+      esac
+    done
+    [ -n "$result" ] && grep -q '"event":"a-gone"' "$WORK/peer.log" && ! "${VIRSH[@]}" domstate "$DOMAIN" 2>/dev/null | grep -q running && break
+    [ "$SECONDS" -lt "$deadline" ] || die "the two-node demo did not finish in 180 s; console: $(tail -3 "$CONSOLE"); $(tail -3 "$WORK/peer.log")"
+    sleep 0.5
+  done
+  case "$result" in "VERIFY OK "*) ;; *) die "the guest on node B could not verify its writes: $result" ;; esac
+  kill "$PEER_PID" && wait "$PEER_PID" 2>/dev/null || true
+  PEER_PID=""
 }
 
 ensure_libvirt
@@ -203,4 +268,5 @@ provision_disk
 convert_domain
 boot_vm
 check_result
+[ "${DEMO_PEER:-1}" = 0 ] || peer_boot
 bold "Done in ${SECONDS}s; cleaning up (domain, agent and its qemu-storage-daemon, $WORK)."

@@ -1,5 +1,5 @@
 import { readFile } from 'node:fs/promises';
-import { parseCachedImages, CachedImageSchema, type CachedImage } from '../src/api/cachedimage.js';
+import { parseCachedImages, CachedImageSchema, cachedImageStatusOf, type CachedImage } from '../src/api/cachedimage.js';
 import { formatZodError } from '../src/api/errors.js';
 import type { Logger } from '../src/log.js';
 import type { KubeConfig } from '@kubernetes/client-node';
@@ -8,6 +8,11 @@ import type { KubeConfig } from '@kubernetes/client-node';
 export interface CatalogEntry {
   /** Virtual size when the CachedImage states it; unknown sizes are checked on the node. */
   sizeBytes?: number;
+  /**
+   * Nodes that hold the image ready (`status.readyNodeNames`, bounded, written by the
+   * cluster-wide controller): the VMI prefers them. Absent in a file catalog.
+   */
+  readyNodeNames?: readonly string[];
 }
 
 /** Read-only view of the cluster's CachedImages. */
@@ -17,8 +22,9 @@ export interface ImageCatalog {
   synced(): boolean;
 }
 
-function entryOf(img: CachedImage): CatalogEntry {
-  return img.spec.size === undefined ? {} : { sizeBytes: img.spec.size };
+function entryOf(img: CachedImage, raw?: unknown): CatalogEntry {
+  const names = raw === undefined ? undefined : cachedImageStatusOf(raw).readyNodeNames;
+  return { ...(img.spec.size === undefined ? {} : { sizeBytes: img.spec.size }), ...(names?.length ? { readyNodeNames: names } : {}) };
 }
 
 /** A fixed set of images: standalone mode and tests. */
@@ -116,7 +122,7 @@ export class InformerImageCatalog implements ImageCatalog {
       if (typeof meta?.name !== 'string') continue;
       const res = CachedImageSchema.safeParse(obj);
       if (res.success) {
-        entries.set(meta.name, entryOf(res.data));
+        entries.set(meta.name, entryOf(res.data, obj));
         continue;
       }
       const version = `${meta.name}@${String(meta.resourceVersion)}`;

@@ -11,7 +11,8 @@ import { parseVmi, spdkVolumesOf } from '../src/api/vmi.js';
 import { CALLBACK_VERSIONS } from '../src/sidecar/versions.js';
 import type { AdmissionRequest, AdmissionResponse } from './admission-review.js';
 import type { ImageCatalog } from './catalog.js';
-import { PatchPathError, getAt, setAt } from './jsonpatch.js';
+import { PatchPathError, getAt, pointer, setAt } from './jsonpatch.js';
+import { CACHE_AFFINITY_ANNOTATION, DEFAULT_CACHE_AFFINITY_WEIGHT, PREFERRED_PATH, cacheAffinityTerms, mergeCacheAffinity } from './affinity.js';
 
 /** KubeVirt's list of hook sidecars for a VMI (JSON list of {image, args, ...}). */
 export const HOOK_SIDECARS_ANNOTATION = 'hooks.kubevirt.io/hookSidecars';
@@ -41,6 +42,11 @@ export interface MutationConfig {
   sidecarImage: string;
   /** See HOOK_SIDECAR_MODES; default `all`. */
   hookSidecar?: HookSidecarMode;
+  /**
+   * Total weight (0..100) of the preferred node affinity toward nodes that hold the VMI's
+   * images; 0 adds none. Default DEFAULT_CACHE_AFFINITY_WEIGHT.
+   */
+  cacheAffinityWeight?: number;
 }
 
 /**
@@ -261,6 +267,26 @@ export function mutate(req: AdmissionRequest, catalog: ImageCatalog, cfg: Mutati
   } catch (e) {
     if (!(e instanceof PatchPathError)) throw e;
     return deny(uid, [`${e.message} (cannot add the vhost slot)`]);
+  }
+  // Placement is decided per VMI, when it is created: a VM's template would carry node names
+  // that are stale by the time it starts, and rewriting it on every VM update would churn the
+  // template of running VMs. The VMI a VM starts is admitted here on its own.
+  if (req.kind.kind === 'VirtualMachineInstance' && req.operation === 'CREATE') {
+    const images = vols.flatMap((v) => (v.spdkVhostBlkDisk.image === undefined ? [] : [{ image: v.spdkVhostBlkDisk.image, nodes: catalog.get(v.spdkVhostBlkDisk.image)?.readyNodeNames ?? [] }]));
+    const terms = cacheAffinityTerms(images, cfg.cacheAffinityWeight ?? DEFAULT_CACHE_AFFINITY_WEIGHT);
+    const annotationPath = [...metaPath, 'annotations', CACHE_AFFINITY_ANNOTATION];
+    const prefPath = ['spec', ...PREFERRED_PATH];
+    const change = mergeCacheAffinity(getAt(doc, prefPath), getAt(doc, annotationPath), terms, prefPath.join('.'));
+    try {
+      if (change.preferred !== undefined) push(setAt(doc, prefPath, change.preferred));
+      if (change.annotation === null) push({ op: 'remove', path: pointer(annotationPath) });
+      else if (change.annotation !== undefined) push(setAt(doc, annotationPath, change.annotation));
+    } catch (e) {
+      if (!(e instanceof PatchPathError)) throw e;
+      // The user's affinity is malformed: the API server refuses it anyway; ours is optional.
+      warnings.push(`${e.message}; cache-aware placement skipped`);
+    }
+    if (change.warning) warnings.push(change.warning);
   }
   return allow(uid, ops, warnings);
 }

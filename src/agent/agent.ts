@@ -9,6 +9,7 @@ import { emptyDesired, type DesiredState } from './desired.js';
 import { Executor, FreshObserver, describeError, type DiskOutcome } from './executor.js';
 import { writeFileAtomic } from '../fsutil.js';
 import { ImageCache, type CacheLimits } from './image-cache.js';
+import type { ImagePeers } from './image-peers.js';
 import { Journal, type JournalOptions, type JournalState } from './journal.js';
 import type { NodeStatus } from './node-status.js';
 import { isFollowUp, isReport, orphanKey, reconcile, type Action, type ReconcileConfig, type SocketPolicy, type SocketStat } from './reconcile.js';
@@ -40,6 +41,8 @@ export interface NodeAgentOptions {
   now?: () => number;
   /** Where the agent's metrics go; the process-wide ones (served on /metrics) by default. */
   metrics?: Metrics;
+  /** Node-to-node image distribution (cluster mode): image sources by load, goldens exported to peers. */
+  peers?: ImagePeers;
 }
 
 export type { ReconcileReport, VmiReport } from './report.js';
@@ -99,7 +102,7 @@ export class NodeAgent extends EventEmitter {
   async init(): Promise<void> {
     await mkdir(path.join(this.opts.stateDir, 'slots'), { recursive: true });
     this.journal = await Journal.open(this.opts.stateDir, { logger: this.log, ...this.opts.journal });
-    this.images = new ImageCache(this.opts.backend, this.journal, { logger: this.log, now: () => this.now(), metrics: this.metrics });
+    this.images = new ImageCache(this.opts.backend, this.journal, { logger: this.log, now: () => this.now(), metrics: this.metrics, ...(this.opts.peers ? { peers: this.opts.peers } : {}) });
     this.executor = new Executor({
       backend: this.opts.backend,
       journal: this.journal,
@@ -283,6 +286,7 @@ export class NodeAgent extends EventEmitter {
       node: this.opts.node ?? 'local',
       ...(backendError !== undefined ? { backendError } : {}),
     });
+    if (observed && this.opts.peers) await this.opts.peers.sync(observed.images);
     await this.writeStatus(report, plan, observed);
     if (reason.includes('backend-connected') && this.connectedAt !== undefined) {
       const durationMs = this.now() - this.connectedAt;

@@ -4,7 +4,7 @@ import type { VmiRef } from '../api/status.js';
 import { spdkVolumesOf, vcpuCount, vmiUid, type Vmi } from '../api/vmi.js';
 import type { ListenAddress } from '../backend/remote.js';
 import type { ImageSpec } from '../backend/types.js';
-import { capacityProblem, controllerName, declaredSource, diskId, diskKey, fromOtherNode, queuesOf, type AttachedSource, type DiskSource } from '../contract/index.js';
+import { capacityProblem, controllerName, declaredSource, diskId, diskKey, fromOtherNode, imageKey, queuesOf, type AttachedSource, type DiskSource } from '../contract/index.js';
 
 /**
  * The agent's input and its resolution. Every mode (standalone files, cluster informers,
@@ -45,8 +45,10 @@ export interface DesiredExport {
 
 export interface NodeView {
   vmis: ViewVmi[];
-  /** The CachedImage catalog. */
+  /** The CachedImage catalog: `name` is the CachedImage name (buildDesired keys them by content). */
   images: ImageSpec[];
+  /** Content keys of goldens other nodes hydrate from this node now: kept and exported until they are done. */
+  servedToPeers?: string[];
   exports?: DesiredExport[];
   /** Problems that belong to no VMI (unreadable file, bad catalog). */
   problems?: string[];
@@ -64,12 +66,15 @@ export interface DesiredDisk {
   slot: string;
   /** `<slot>/<disk>` */
   controller: string;
+  /** An image disk's `image` is the content key of its golden (contract imageKey). */
   source: DiskSource;
   capacityBytes?: number;
   readonly: boolean;
   queues: number;
-  /** The catalog entry of an image disk. */
+  /** The catalog entry of an image disk, named by its content key. */
   image?: ImageSpec;
+  /** The CachedImage an image disk names (messages and status speak CachedImage names). */
+  imageName?: string;
   /** Bad input for this disk alone: it is reported Failed, the other disks go on. */
   problem?: string;
 }
@@ -88,10 +93,17 @@ export interface DesiredVmi {
 
 export interface DesiredState {
   vmis: DesiredVmi[];
+  /** The catalog by content key: one entry per golden, however many CachedImages name it. */
   images: ImageSpec[];
+  /** Content key -> the CachedImage names of that content (status speaks CachedImage names). */
+  imageNames?: Record<string, string[]>;
+  /** Content keys other nodes hydrate from this node: never evicted nor unexported meanwhile. */
+  servedToPeers?: string[];
   /** Disks exported to other nodes: each keeps its disk until it is no longer desired. */
   exports: DesiredExport[];
   problems: string[];
+  /** Images this node warms before any disk needs them (prefetch, agent/warm.ts): imported and never evicted. */
+  warm?: string[];
 }
 
 export const emptyDesired = (): DesiredState => ({ vmis: [], images: [], exports: [], problems: [] });
@@ -131,8 +143,10 @@ export function desiredVmiOf(input: ViewVmi, catalog: ReadonlyMap<string, ImageS
     const d = vol.spdkVhostBlkDisk;
     const declared = declaredSource(d);
     const remote = declared.kind === 'bdev' ? undefined : input.attached?.[vol.name];
+    const named = declared.kind === 'image' ? catalog.get(declared.image) : undefined;
+    const keyed: DiskSource = declared.kind === 'image' && named ? { kind: 'image', image: imageKey(named) } : declared;
     const source: DiskSource = !remote
-      ? declared
+      ? keyed
       : remote.lazy
         ? { kind: 'remote', ref: remote.ref, node: remote.node, migration: remote.lazy.migration, hydrate: remote.lazy.hydrate }
         : { kind: 'attached', ref: remote.ref, node: remote.node };
@@ -148,12 +162,12 @@ export function desiredVmiOf(input: ViewVmi, catalog: ReadonlyMap<string, ImageS
       readonly: d.readonly,
       queues: queuesOf(d.queues, vcpus),
     };
-    if (source.kind === 'image') {
-      const image = catalog.get(source.image);
-      if (!image) disk.problem = `volumes[${i}].spdkVhostBlkDisk.image: CachedImage "${source.image}" does not exist`;
+    if (source.kind === 'image' && declared.kind === 'image') {
+      disk.imageName = declared.image;
+      if (!named) disk.problem = `volumes[${i}].spdkVhostBlkDisk.image: CachedImage "${declared.image}" does not exist`;
       else {
-        disk.image = image;
-        const tooSmall = capacityProblem(disk.capacityBytes, source.image, image.sizeBytes);
+        disk.image = { ...named, name: source.image };
+        const tooSmall = capacityProblem(disk.capacityBytes, declared.image, named.sizeBytes);
         if (tooSmall) disk.problem = `volumes[${i}].spdkVhostBlkDisk.capacity: ${tooSmall}`;
       }
     }
@@ -206,5 +220,21 @@ export function buildDesired(view: NodeView, opts: { slotHolder?: (slot: string)
       else bdevUser.set(d.source.bdev, d);
     }
   }
-  return { vmis, images: view.images, exports: view.exports ?? [], problems: view.problems ?? [] };
+  const { images, imageNames } = keyedCatalog(view.images);
+  return { vmis, images, imageNames, exports: view.exports ?? [], problems: view.problems ?? [], ...(view.servedToPeers?.length ? { servedToPeers: [...view.servedToPeers].sort() } : {}) };
+}
+
+/**
+ * The catalog by content key: CachedImages of one content share one entry (the first by name
+ * decides its declared size), and each key remembers the CachedImage names it stands for.
+ */
+export function keyedCatalog(catalog: readonly ImageSpec[]): { images: ImageSpec[]; imageNames: Record<string, string[]> } {
+  const byKey = new Map<string, ImageSpec>();
+  const imageNames: Record<string, string[]> = {};
+  for (const spec of [...catalog].sort((a, b) => a.name.localeCompare(b.name))) {
+    const key = imageKey(spec);
+    (imageNames[key] ??= []).push(spec.name);
+    if (!byKey.has(key)) byKey.set(key, { ...spec, name: key });
+  }
+  return { images: [...byKey.values()], imageNames };
 }

@@ -249,6 +249,17 @@ export class Executor {
       }
     });
 
+    // Prefetch: a warm image's import runs beside the rounds like a disk's; the round waits for
+    // nothing (it ends as waiting, and the import's end triggers the next one).
+    for (const a of plan) {
+      if (a.kind !== 'warmImage') continue;
+      const name = a.image.name;
+      result.waiting++;
+      if (this.imports.has(name) || this.imports.failure(name)?.backingOff) continue;
+      result.calls++;
+      this.imports.start(a.image, this.log.child({ image: name, reason: 'prefetch' }));
+    }
+
     for (const a of plan) {
       if (a.kind !== 'evictImage') continue;
       const log = this.log.child({ image: a.name });

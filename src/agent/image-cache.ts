@@ -1,6 +1,7 @@
 import type { ImageSpec, ObservedImage, StorageBackend } from '../backend/types.js';
 import { silentLogger, type Logger } from '../log.js';
 import { secondsSince, type Metrics } from '../metrics/metrics.js';
+import type { ImagePeers } from './image-peers.js';
 import type { Journal } from './journal.js';
 
 /**
@@ -74,7 +75,7 @@ export class ImageCache {
   constructor(
     private readonly backend: StorageBackend,
     private readonly journal: Journal,
-    private readonly opts: { logger?: Logger; now?: () => number; metrics?: Metrics } = {},
+    private readonly opts: { logger?: Logger; now?: () => number; metrics?: Metrics; peers?: ImagePeers } = {},
   ) {}
 
   private get log(): Logger {
@@ -100,7 +101,9 @@ export class ImageCache {
       const started = process.hrtime.bigint();
       let img: ObservedImage;
       try {
-        img = await this.backend.ensureImage(spec, signal);
+        // With peers, the source is chosen (a peer's golden, the next one on failure, the origin).
+        const peers = this.opts.peers;
+        img = peers ? await peers.ensure(spec, (s) => this.backend.ensureImage(s, signal)) : await this.backend.ensureImage(spec, signal);
       } catch (e) {
         this.opts.metrics?.imageImportDuration.observe({ outcome: 'error' }, secondsSince(started));
         // The call is over: a failed import must not stay "pending" (one more per retry, replayed at every start).

@@ -4,6 +4,7 @@ import { capacityProblem, isOurControllerName, isOurDiskId } from '../contract/i
 import type { DesiredDisk, DesiredState } from './desired.js';
 import { chooseEvictions, importInProgress, type CacheEntry, type CacheLimits } from './image-cache.js';
 import type { JournalState } from './journal.js';
+import { warmImports } from './warm.js';
 import { indexDesired, whyNotCreateController, whyNotDeleteController, whyNotDeleteDisk, whyNotDetachDisk, whyNotEvictImage, type SafetyContext } from './safety.js';
 
 /**
@@ -44,6 +45,8 @@ export interface DiskTarget {
 
 export type Action =
   | { kind: 'ensureImage'; target: DiskTarget; image: ImageSpec }
+  /** Prefetch: imports an image no disk needs yet (its import runs beside the rounds, as ensureImage's). */
+  | { kind: 'warmImage'; image: ImageSpec }
   | { kind: 'ensureDisk'; target: DiskTarget; spec: DiskSpec }
   /** Opens a disk another node exports as the local disk `id`. */
   | { kind: 'attachDisk'; target: DiskTarget; id: string; ref: RemoteDiskRef; node: string }
@@ -163,6 +166,9 @@ export function reconcile(desired: DesiredState, observed: ObservedState, memory
     }
     for (const d of v.disks) chains.push(...planDisk(d));
   }
+  // Prefetch: warm images that no disk of this plan imports already.
+  const importing = new Set(chains.flatMap((a) => (a.kind === 'ensureImage' ? [a.image.name] : [])));
+  for (const image of warmImports(desired.warm ?? [], desired.images, imagesByName, importing)) chains.push({ kind: 'warmImage', image });
 
   // Exports: what the journal lists and nothing wants goes; what is wanted and missing is made.
   for (const id of Object.keys(exported)) {
@@ -232,7 +238,7 @@ export function reconcile(desired: DesiredState, observed: ObservedState, memory
       const img = imagesByName.get(d.source.image);
       if (!img || img.phase === 'failed' || img.phase === 'importing') out.push({ kind: 'ensureImage', target, image: d.image });
       else {
-        const tooSmall = capacityProblem(d.capacityBytes, d.source.image, img.sizeBytes);
+        const tooSmall = capacityProblem(d.capacityBytes, d.imageName ?? d.source.image, img.sizeBytes);
         if (tooSmall) return [{ kind: 'reportError', target, message: `capacity: ${tooSmall}` }];
       }
     }
@@ -295,7 +301,7 @@ export function reconcile(desired: DesiredState, observed: ObservedState, memory
     sizeBytes: img.sizeBytes,
     cloneCount: img.cloneCount,
     lastUse: memory.journal.imageLastUse[img.name] ?? 0,
-    pinned: importInProgress(img) || idx.imagesNeeded.has(img.name),
+    pinned: importInProgress(img) || idx.imagesNeeded.has(img.name) || idx.imagesServed.has(img.name),
     inCatalog: desired.images.some((i) => i.name === img.name),
   }));
   for (const name of idx.imagesNeeded) {

@@ -24,6 +24,8 @@ export interface DesiredIndex {
   imagesNeeded: Set<string>;
   /** Disks exported to other nodes, by backend id: kept while exported. */
   exports: Map<string, DesiredExport>;
+  /** Goldens other nodes hydrate from (their NodeImageCache names this node): kept meanwhile. */
+  imagesServed: Set<string>;
 }
 
 export function indexDesired(desired: DesiredState): DesiredIndex {
@@ -34,6 +36,7 @@ export function indexDesired(desired: DesiredState): DesiredIndex {
     controllers: new Map(),
     imagesNeeded: new Set(),
     exports: new Map(desired.exports.map((e) => [e.id, e])),
+    imagesServed: new Set(desired.servedToPeers ?? []),
   };
   for (const v of desired.vmis) {
     idx.presentUids.add(v.ref.uid);
@@ -44,6 +47,8 @@ export function indexDesired(desired: DesiredState): DesiredIndex {
       if (d.source.kind === 'image') idx.imagesNeeded.add(d.source.image);
     }
   }
+  // Prefetch: a warm image is held like one a disk clones from (never evicted).
+  for (const name of desired.warm ?? []) idx.imagesNeeded.add(name);
   return idx;
 }
 
@@ -97,6 +102,7 @@ export function whyNotEvictImage(ctx: SafetyContext, name: string, importingHere
   if (img.cloneCount > 0) return `image ${name} has ${img.cloneCount} clone(s)`;
   if (importingHere || importInProgress(img)) return `image ${name} is being imported`;
   if (ctx.desired.imagesNeeded.has(name)) return `image ${name} is needed by a desired disk`;
+  if (ctx.desired.imagesServed.has(name)) return `image ${name} is the hydration source of another node`;
   return undefined;
 }
 

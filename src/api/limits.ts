@@ -21,6 +21,18 @@ export const LIMITS = {
   maxDurationMs: 2 ** 31 - 1,
   /** An image with no declared size: the transfer stops at this many bytes. */
   maxUndeclaredImageBytes: 1 * TiB,
+  /** `CachedImage.spec.prefetch`: the most nodes one image is warmed on (its `count`, a selector alone, the length of `status.prefetchNodes`). */
+  maxPrefetchNodes: 256,
+  /**
+   * `CachedImage.status.readyNodeNames`: the nodes named for cache-aware placement. A few dozen
+   * is plenty for the scheduler to find one nearby, and keeps the object and every VMI's
+   * affinity small however many nodes hold the image (`status.readyNodes` counts them all).
+   */
+  maxReadyNodeNames: 32,
+  /** A label selector's matchLabels entries and matchExpressions each. */
+  maxSelectorTerms: 32,
+  /** Values of one matchExpressions requirement. */
+  maxSelectorValues: 64,
 } as const;
 
 /** sun_path holds 108 bytes with the terminating NUL: the longest path a unix socket can bind. */

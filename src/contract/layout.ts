@@ -1,5 +1,6 @@
 import { createHash } from 'node:crypto';
 import path from 'node:path';
+import type { ImageSource } from '../api/cachedimage.js';
 import { MAX_SOCKET_PATH_BYTES, socketPathTooLong } from '../api/limits.js';
 
 /**
@@ -87,3 +88,21 @@ export function socketPathProblem(vhostDir: string, controller: string): string 
 export function goldenImageName(image: string): string {
   return `img-${image}`;
 }
+
+/**
+ * The content key of an image: the backend name of its golden. A golden is identified by its
+ * content, not by the CachedImage that asked for it, so two CachedImages of the same content
+ * share one golden and a CachedImage whose source changed gets a new golden beside the old one
+ * (the old one goes when no disk uses it). `sha256-<40 hex>` (160 bits; `-q` for a qcow2
+ * source, whose converted content differs from the same bytes read as raw): a DNS label short
+ * enough for every driver's naming rule (spdk's `img-<name>-importing` in 63 characters).
+ * A source without a sha256 (a development host path) keeps the CachedImage name as its key.
+ */
+export function imageKey(image: { name: string; source: ImageSource; format: 'raw' | 'qcow2' }): string {
+  const sha = 'http' in image.source ? image.source.http.sha256 : image.source.hostPath.sha256;
+  if (sha === undefined) return image.name;
+  return `sha256-${sha.slice(0, 40)}${image.format === 'qcow2' ? '-q' : ''}`;
+}
+
+/** Whether a backend image name is a content key (not a CachedImage name kept as its key). */
+export const isContentKey = (name: string): boolean => /^sha256-[0-9a-f]{40}(-q)?$/.test(name);

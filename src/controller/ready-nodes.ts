@@ -1,12 +1,12 @@
 import type { KubernetesObject } from '@kubernetes/client-node';
 import { paths, type KubeApi } from '../kube/api.js';
 import { ResilientInformer } from '../kube/informer.js';
-import { readyNodeCounts, readyNodesUpdates } from '../kube/mapping.js';
 import { Outbox } from '../kube/outbox.js';
 import type { Logger } from '../log.js';
 import { LeaderElector, type LeaderElectorOptions } from './leader.js';
+import { imageStatusUpdates, type ImageStatusPatch } from './image-status.js';
 
-/** The Lease whose holder is the one writer of `CachedImage.status.readyNodes`. */
+/** The Lease whose holder is the one writer of `CachedImage.status` (readyNodes, readyNodeNames, prefetchNodes). */
 export const READY_NODES_LEASE = 'kubevirt-spdk-ready-nodes';
 
 export interface ReadyNodesOptions {
@@ -17,14 +17,17 @@ export interface ReadyNodesOptions {
 }
 
 /**
- * Keeps `CachedImage.status.readyNodes` equal to the number of NodeImageCaches (one per node,
- * written by that node's agent) that list the image ready. Cluster-wide, so exactly one writer:
- * the informers run on every replica (a new leader starts warm), writes happen only between
- * `lead()` and `follow()`, which the leader election calls.
+ * Keeps `CachedImage.status` up to date from the NodeImageCaches (one per node, written by that
+ * node's agent) and the Nodes: `readyNodes` = the number of nodes that list the image ready,
+ * `readyNodeNames` = a bounded, stable subset of them (cache-aware placement in the webhook),
+ * `prefetchNodes` = the nodes that warm it for `spec.prefetch` (image-status.ts decides).
+ * Cluster-wide, so exactly one writer: the informers run on every replica (a new leader starts
+ * warm), writes happen only between `lead()` and `follow()`, which the leader election calls.
  */
 export class ReadyNodesController {
   private readonly cachedImages: ResilientInformer<KubernetesObject>;
   private readonly nodeCaches: ResilientInformer<KubernetesObject>;
+  private readonly nodes: ResilientInformer<KubernetesObject>;
   /** Exists only while leading: writes queued by a former leader are dropped with it. */
   private outbox: Outbox | undefined;
   private readonly log: Logger;
@@ -34,6 +37,11 @@ export class ReadyNodesController {
     const base = { kubeConfig: opts.api.kubeConfig, logger: this.log, ...(opts.retry ? { backoff: opts.retry } : {}) };
     this.cachedImages = new ResilientInformer({ ...base, name: 'cachedimages', path: paths.cachedImages, list: opts.api.listCachedImages });
     this.nodeCaches = new ResilientInformer({ ...base, name: 'nodeimagecaches', path: paths.nodeImageCaches, list: opts.api.listNodeImageCaches });
+    this.nodes = new ResilientInformer({ ...base, name: 'nodes', path: paths.nodes, list: opts.api.listNodes() });
+  }
+
+  private get informers(): Array<ResilientInformer<KubernetesObject>> {
+    return [this.cachedImages, this.nodeCaches, this.nodes];
   }
 
   get leading(): boolean {
@@ -41,19 +49,19 @@ export class ReadyNodesController {
   }
 
   async start(): Promise<void> {
-    for (const inf of [this.cachedImages, this.nodeCaches]) {
+    for (const inf of this.informers) {
       inf.on('change', () => this.sync());
       inf.on('synced', () => this.sync());
       inf.on('health', (up: boolean) => {
         if (up) this.outbox?.retryNow();
       });
     }
-    await Promise.all([this.cachedImages.start(), this.nodeCaches.start()]);
+    await Promise.all(this.informers.map((i) => i.start()));
   }
 
   async stop(): Promise<void> {
     await this.follow();
-    await Promise.all([this.cachedImages.stop(), this.nodeCaches.stop()]);
+    await Promise.all(this.informers.map((i) => i.stop()));
   }
 
   /** This replica is the writer now: bring every CachedImage up to date. */
@@ -75,20 +83,23 @@ export class ReadyNodesController {
     await this.outbox?.drain();
   }
 
+  /**
+   * Recomputed on every change of any informer (prefetch choices depend on every image), so a
+   * queued write always sends the newest wanted status, never an older one over a later change.
+   */
+  private wanted = new Map<string, ImageStatusPatch>();
+
   private sync(): void {
     const box = this.outbox;
-    if (!box || !this.cachedImages.synced || !this.nodeCaches.synced) return;
-    for (const { name } of readyNodesUpdates(this.cachedImages.list(), readyNodeCounts(this.nodeCaches.list()))) {
-      // Recomputed when the write runs: a later change must not be overwritten by this one.
-      box.put(`readynodes:${name}`, async () => {
-        if (this.outbox !== box) return;
-        const update = readyNodesUpdates(
-          this.cachedImages.list().filter((i) => i.metadata?.name === name),
-          readyNodeCounts(this.nodeCaches.list()),
-        )[0];
-        if (!update) return;
-        await this.opts.api.patchCachedImageStatus(name, { readyNodes: update.readyNodes });
-        this.log.debug({ event: 'ready-nodes-patched', image: name, readyNodes: update.readyNodes }, 'CachedImage readyNodes updated');
+    if (!box || !this.informers.every((i) => i.synced)) return;
+    const updates = imageStatusUpdates(this.cachedImages.list(), this.nodeCaches.list(), this.nodes.list());
+    this.wanted = new Map(updates.map((u) => [u.name, u.status]));
+    for (const { name } of updates) {
+      box.put(`image-status:${name}`, async () => {
+        const status = this.wanted.get(name);
+        if (this.outbox !== box || !status) return;
+        await this.opts.api.patchCachedImageStatus(name, status);
+        this.log.debug({ event: 'image-status-patched', image: name, ...status }, 'CachedImage status updated');
       });
     }
   }

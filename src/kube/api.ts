@@ -20,6 +20,7 @@ export const paths = {
   pods: '/api/v1/pods',
   cachedImages: `/apis/${API_GROUP}/${API_VERSION}/${CACHEDIMAGE_PLURAL}`,
   nodeImageCaches: `/apis/${API_GROUP}/${API_VERSION}/${NODEIMAGECACHE_PLURAL}`,
+  nodes: '/api/v1/nodes',
 };
 
 type List = k8s.KubernetesListObject<k8s.KubernetesObject>;
@@ -71,6 +72,10 @@ export class KubeApi {
 
   listNodeImageCaches = (): Promise<List> =>
     this.custom.listClusterCustomObject({ group: API_GROUP, version: API_VERSION, plural: NODEIMAGECACHE_PLURAL }) as Promise<List>;
+
+  /** Nodes (all, or those a field selector such as `metadata.name=<node>` selects). */
+  listNodes = (fieldSelector?: string) => (): Promise<List> =>
+    this.core.listNode({ ...(fieldSelector ? { fieldSelector } : {}) }) as Promise<List>;
 
   /** One VMI, or undefined when it does not exist (any other failure throws). */
   async getVmi(namespace: string, name: string): Promise<k8s.KubernetesObject | undefined> {
@@ -135,7 +140,8 @@ export class KubeApi {
     );
   }
 
-  async patchCachedImageStatus(name: string, status: { readyNodes: number }): Promise<void> {
+  /** Merge patch of `CachedImage.status` (its one writer is the cluster-wide controller); null removes a field. */
+  async patchCachedImageStatus(name: string, status: { readyNodes: number; readyNodeNames?: string[]; prefetchNodes?: string[] | null }): Promise<void> {
     await this.custom.patchClusterCustomObjectStatus(
       { group: API_GROUP, version: API_VERSION, plural: CACHEDIMAGE_PLURAL, name, body: { status } },
       mergePatch(),

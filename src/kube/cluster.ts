@@ -4,10 +4,13 @@ import type { Logger } from '../log.js';
 import { KubeApi } from './api.js';
 import { errorText } from './informer.js';
 import type { NodeMigrationIntent } from '../migration/coordinator.js';
-import { clusterDesired, type ClusterDesired } from './mapping.js';
+import { clusterDesired, peerGoldensOf, type ClusterDesired } from './mapping.js';
+import { ImagePeers } from '../agent/image-peers.js';
+import type { ListenAddress } from '../backend/remote.js';
 import { NodeView, type NodeViewInput } from './node-view.js';
 import type { SlotLister } from './pod-slots.js';
 import { StatusPublisher } from './status-publisher.js';
+import { imagesToWarm } from '../agent/warm.js';
 
 export type { SlotLister } from './pod-slots.js';
 
@@ -39,6 +42,8 @@ export interface ClusterWiring {
   onSnapshot?: (s: ClusterSnapshot) => void;
   /** Migration seam: the node's migration intent (VMIs served from another node, handed over, exports), part of the node view. */
   migrationIntent?: (onNode: readonly KubernetesObject[]) => NodeMigrationIntent;
+  /** Where this node serves its goldens to the other nodes (`--node-address`/NODE_IP); none: it serves no peer. */
+  imageExportAddress?: ListenAddress;
 }
 
 /** Cluster mode from configuration: `clusterParts` builds the API client, publisher and NodeAgent. */
@@ -53,6 +58,8 @@ export interface ClusterParts extends ClusterWiring {
   api: KubeApi;
   agent: NodeAgent;
   status: StatusPublisher;
+  /** Peer image distribution; the NodeAgent must have been given the same object as `peers`. */
+  peers?: ImagePeers;
 }
 
 /** The parts cluster mode needs, built from configuration (the one place they are constructed). */
@@ -65,9 +72,16 @@ export function clusterParts(o: ClusterAgentOptions): ClusterParts {
     ...(o.retry ? { retry: o.retry } : {}),
     ...(o.cacheHeartbeatMs !== undefined ? { cacheHeartbeatMs: o.cacheHeartbeatMs } : {}),
   });
-  const agent = new NodeAgent({ ...o.agent, node: o.node, logger: o.logger, onVmiStatus: status.onVmiStatus });
+  const peers = new ImagePeers({
+    self: o.node,
+    backend: o.agent.backend,
+    stateDir: o.agent.stateDir,
+    logger: o.logger,
+    ...(o.imageExportAddress ? { exportAddress: o.imageExportAddress } : {}),
+  });
+  const agent = new NodeAgent({ ...o.agent, node: o.node, logger: o.logger, onVmiStatus: status.onVmiStatus, peers });
   const { kubeConfig: _kc, agent: _agentOptions, ...wiring } = o;
-  return { ...wiring, api, agent, status };
+  return { ...wiring, api, agent, status, peers };
 }
 
 const isOptions = (o: ClusterAgentOptions | ClusterParts): o is ClusterAgentOptions => 'kubeConfig' in o;
@@ -87,6 +101,8 @@ export class ClusterAgent {
   private readonly view: NodeView;
   private readonly log: Logger;
   private readonly wiring: ClusterWiring;
+  private readonly peers: ImagePeers | undefined;
+  private imageNames: Readonly<Record<string, readonly string[]>> = {};
   private slots = new Map<string, string>();
   private desiredKey: string | undefined;
   private started = false;
@@ -99,6 +115,7 @@ export class ClusterAgent {
     this.agent = parts.agent;
     this.api = parts.api;
     this.status = parts.status;
+    this.peers = parts.peers;
     this.log = parts.logger;
     this.view = new NodeView({
       node: parts.node,
@@ -115,7 +132,9 @@ export class ClusterAgent {
   /** Opens the journal, starts the node view. Does not wait for the API server. */
   async start(): Promise<void> {
     await this.agent.init();
-    this.agent.on('reconciled', () => this.status.publishCache(this.agent.lastNodeStatus));
+    this.agent.on('reconciled', () =>
+      this.status.publishCache(this.agent.lastNodeStatus, { names: this.imageNames, ...(this.peers ? { info: this.peers.published() } : {}) }),
+    );
     this.view.on('change', () => this.refresh());
     this.view.on('api-up', () => this.status.retryNow());
     await this.view.start();
@@ -158,7 +177,7 @@ export class ClusterAgent {
    */
   private desiredFrom(v: NodeViewInput): ClusterDesired {
     const { migrationIntent } = this.wiring;
-    return clusterDesired({
+    const built = clusterDesired({
       vmis: v.vmis,
       migrationTargets: v.migrationTargets,
       ...(migrationIntent ? { migration: migrationIntent(v.vmis) } : {}),
@@ -168,6 +187,10 @@ export class ClusterAgent {
       lastSlots: this.slots,
       slotHolder: this.agent.slotHolder,
     });
+    // Prefetch: the images this node warms (agent/warm.ts) are part of what it needs.
+    const warm = imagesToWarm(this.wiring.node, v.cachedImages);
+    if (warm.length) built.desired.warm = warm;
+    return built;
   }
 
   private refresh(): void {
@@ -179,6 +202,13 @@ export class ClusterAgent {
     }
     const input = this.view.input();
     const { desired, slots } = this.desiredFrom(input);
+    if (this.peers) {
+      // Other nodes' goldens choose this node's image sources; the ones they hydrate from here stay.
+      this.peers.setGoldens(peerGoldensOf(input.nodeImageCaches, { allowUnix: this.wiring.imageExportAddress?.kind === 'unix' }));
+      const served = this.peers.servedToPeers();
+      if (served.length) desired.servedToPeers = served;
+    }
+    this.imageNames = desired.imageNames ?? {};
     this.slots = slots;
     this.status.syncVmis(new Set(desired.vmis.map((v) => v.ref.uid)), input.vmis);
     const key = JSON.stringify(desired);

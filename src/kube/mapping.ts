@@ -8,6 +8,8 @@ import { NO_SLOT_PROBLEM, buildDesired, imageSpecOf, type DesiredState, type Vie
 import type { NodeMigrationIntent } from '../migration/coordinator.js';
 import type { NodeStatus } from '../agent/node-status.js';
 import type { ImageSpec } from '../backend/types.js';
+import { RemoteDiskRefSchema } from '../backend/remote.js';
+import type { GoldenInfo, PeerGolden } from '../agent/image-peers.js';
 import type { PodSlot } from './podresources.js';
 
 /**
@@ -237,12 +239,23 @@ export function eventBody(vmi: VmiRef, e: PlannedEvent, node: string, now: Date)
 // ---- node cache state -> NodeImageCache, CachedImage.status.readyNodes ---------------------------
 
 export const NodeImageCacheImageSchema = z.object({
+  /** The CachedImage name (one entry per CachedImage; names of one content share `key`). */
   name: z.string(),
+  /** The golden's content key (contract imageKey): what peers match on. */
+  key: z.string().optional(),
   phase: z.enum(['importing', 'hydrating', 'ready', 'failed']),
   sizeBytes: z.number().int().nonnegative().optional(),
   clones: z.number().int().nonnegative().optional(),
   lastUsed: z.string().optional(),
   message: z.string().optional(),
+  /** Phase hydrating: how much is local, 0..100. */
+  hydratedPercent: z.number().min(0).max(100).optional(),
+  /** Phase hydrating: the node it hydrates from, or `origin`. A node named here keeps its golden. */
+  source: z.string().optional(),
+  /** Where other nodes read this golden (read-only). */
+  export: RemoteDiskRefSchema.optional(),
+  /** Other nodes hydrating from this golden now. */
+  peerReaders: z.number().int().nonnegative().optional(),
 });
 
 /** `NodeImageCache.status` (see manifests/crds/nodeimagecache.yaml). */
@@ -260,24 +273,74 @@ const NodeImageCacheSchema = z.object({
   status: z.object({ images: z.array(z.object({ name: z.string(), phase: z.string() }).passthrough()).default([]) }).passthrough().nullish(),
 });
 
-/** The NodeImageCache status from what the agent observed (its status.json). */
-export function nodeImageCacheStatus(s: Pick<NodeStatus, 'backend' | 'images'>, updatedAt: string): NodeImageCacheStatus {
-  const images = [...s.images]
-    .sort((a, b) => a.name.localeCompare(b.name))
-    .map((i) => ({
-      name: i.name,
-      phase: NodeImageCacheImageSchema.shape.phase.safeParse(i.phase).data ?? 'failed',
-      sizeBytes: i.sizeBytes,
-      clones: i.cloneCount,
-      ...(i.lastUse ? { lastUsed: i.lastUse } : {}),
-      ...(i.message ? { message: i.message } : {}),
-    }));
+/** What the agent adds to its status.json images: CachedImage names per key, and peer distribution. */
+export interface CacheExtras {
+  /** Content key -> CachedImage names (desired state); a key no CachedImage names any more is listed under its key. */
+  names?: Readonly<Record<string, readonly string[]>>;
+  info?: ReadonlyMap<string, GoldenInfo>;
+}
+
+/** The NodeImageCache status from what the agent observed (its status.json): one entry per CachedImage name. */
+export function nodeImageCacheStatus(s: Pick<NodeStatus, 'backend' | 'images'>, updatedAt: string, extras: CacheExtras = {}): NodeImageCacheStatus {
+  const images = s.images
+    .flatMap((i) => {
+      const info = extras.info?.get(i.name);
+      const names = extras.names?.[i.name];
+      const base = {
+        phase: NodeImageCacheImageSchema.shape.phase.safeParse(i.phase).data ?? 'failed',
+        sizeBytes: i.sizeBytes,
+        clones: i.cloneCount,
+        ...(i.lastUse ? { lastUsed: i.lastUse } : {}),
+        ...(i.message ? { message: i.message } : {}),
+        ...(info?.hydratedPercent !== undefined ? { hydratedPercent: Math.round(info.hydratedPercent) } : {}),
+        ...(info?.source !== undefined ? { source: info.source } : {}),
+        ...(info?.export !== undefined ? { export: info.export } : {}),
+        ...(info?.peerReaders ? { peerReaders: info.peerReaders } : {}),
+      };
+      return (names?.length ? names : [i.name]).map((name) => ({ name, ...(extras.names ? { key: i.name } : {}), ...base }));
+    })
+    .sort((a, b) => a.name.localeCompare(b.name));
+  const state = (i: (typeof images)[number]): string =>
+    i.phase === 'ready' ? '' : i.phase === 'hydrating' ? `[hydrating ${i.hydratedPercent ?? 0}%${i.source ? ` from ${i.source}` : ''}]` : `[${i.phase}]`;
   const summary = images.length
-    ? images.map((i) => `${i.name}${i.phase === 'ready' ? '' : `[${i.phase}]`}${i.clones ? `(${i.clones} clone${i.clones === 1 ? '' : 's'})` : ''}`).join(', ')
+    ? images.map((i) => `${i.name}${state(i)}${i.clones ? `(${i.clones} clone${i.clones === 1 ? '' : 's'})` : ''}`).join(', ')
     : 'none';
-  // The cache's footprint: golden images only (clones are thin until written).
-  const usedBytes = images.reduce((n, i) => n + i.sizeBytes, 0);
+  // The cache's footprint: golden images only (clones are thin until written), each golden once.
+  const byKey = new Map(images.map((i) => [i.key ?? i.name, i.sizeBytes]));
+  const usedBytes = [...byKey.values()].reduce((n, b) => n + b, 0);
   return { backend: s.backend.kind, summary, usedBytes, updatedAt, images };
+}
+
+/**
+ * Every node's goldens as their NodeImageCaches say (entries of one key on one node counted
+ * once). Another node's object is input: an export on a unix socket (a path on the reader's
+ * host) is dropped unless `allowUnix` (a single-host setup, where this node exports on one too).
+ */
+export function peerGoldensOf(caches: readonly unknown[], opts: { allowUnix?: boolean } = {}): PeerGolden[] {
+  const out = new Map<string, PeerGolden>();
+  for (const raw of caches) {
+    const o = raw as { metadata?: { name?: unknown }; status?: { images?: unknown } | null } | null;
+    const node = o?.metadata?.name;
+    if (typeof node !== 'string' || !Array.isArray(o?.status?.images)) continue;
+    for (const item of o.status.images) {
+      // One bad entry (an older agent, a hand edit) is skipped, never the whole node.
+      const res = NodeImageCacheImageSchema.safeParse(item);
+      if (!res.success) continue;
+      const i = res.data;
+      const key = i.key ?? i.name;
+      const g: PeerGolden = {
+        node,
+        key,
+        phase: i.phase,
+        ...(i.export && (opts.allowUnix || !(i.export.transport === 'nbd' && i.export.address.kind === 'unix')) ? { export: i.export } : {}),
+        ...(i.source ? { source: i.source } : {}),
+        ...(i.peerReaders ? { peerReaders: i.peerReaders } : {}),
+      };
+      // CachedImage names of one content on one node are one golden: the first entry speaks for it.
+      if (!out.has(`${node}\0${key}`)) out.set(`${node}\0${key}`, g);
+    }
+  }
+  return [...out.values()];
 }
 
 /** Whether two statuses differ in anything but their timestamp. */

@@ -17,6 +17,8 @@ export interface NodeViewInput {
   pods: readonly KubernetesObject[];
   podSlots: readonly PodSlot[];
   cachedImages: readonly KubernetesObject[];
+  /** Every node's NodeImageCache: which node holds which golden, exported where, hydrating from whom. */
+  nodeImageCaches: readonly KubernetesObject[];
 }
 
 export interface NodeViewOptions {
@@ -34,7 +36,8 @@ export interface NodeViewOptions {
 
 /**
  * The cluster as this node's agent sees it: informers on the node's VMIs, the VMIs migrating
- * here, the node's launcher pods and the CachedImage catalog, plus PodResources for pod -> slot.
+ * here, the node's launcher pods, the CachedImage catalog and every node's NodeImageCache (peer
+ * image sources), plus PodResources for pod -> slot.
  * Emits `change` (debounced) when any of it changed, and `api-up` when a watch reconnected.
  * The informers keep their last objects while the API server is away, so `input()` is never
  * a partial or empty view once `synced`.
@@ -44,6 +47,7 @@ export class NodeView extends EventEmitter {
   private readonly targets: ResilientInformer<KubernetesObject>;
   private readonly pods: ResilientInformer<KubernetesObject>;
   private readonly cachedImages: ResilientInformer<KubernetesObject>;
+  private readonly nodeImageCaches: ResilientInformer<KubernetesObject>;
   private readonly informers: ResilientInformer<KubernetesObject>[];
   private readonly slots: PodSlotPoller;
   private debounce: NodeJS.Timeout | undefined;
@@ -65,7 +69,8 @@ export class NodeView extends EventEmitter {
     const podFields = `spec.nodeName=${node}`;
     this.pods = new ResilientInformer({ ...base, name: 'launcher-pods', path: paths.pods, list: api.listPods(podLabels, podFields), labelSelector: podLabels, fieldSelector: podFields });
     this.cachedImages = new ResilientInformer({ ...base, name: 'cachedimages', path: paths.cachedImages, list: api.listCachedImages });
-    this.informers = [this.vmis, this.targets, this.pods, this.cachedImages];
+    this.nodeImageCaches = new ResilientInformer({ ...base, name: 'nodeimagecaches', path: paths.nodeImageCaches, list: api.listNodeImageCaches });
+    this.informers = [this.vmis, this.targets, this.pods, this.cachedImages, this.nodeImageCaches];
     this.slots = new PodSlotPoller({ podResources: opts.podResources, logger: opts.logger, ...(opts.podResourcesPollMs !== undefined ? { pollMs: opts.podResourcesPollMs } : {}) });
   }
 
@@ -108,7 +113,7 @@ export class NodeView extends EventEmitter {
   }
 
   input(): NodeViewInput {
-    return { vmis: this.vmis.list(), migrationTargets: this.targets.list(), pods: this.pods.list(), podSlots: this.slots.slots, cachedImages: this.cachedImages.list() };
+    return { vmis: this.vmis.list(), migrationTargets: this.targets.list(), pods: this.pods.list(), podSlots: this.slots.slots, cachedImages: this.cachedImages.list(), nodeImageCaches: this.nodeImageCaches.list() };
   }
 
   /** The VMI on this node with `uid`, as the informer has it now. */

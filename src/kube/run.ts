@@ -28,6 +28,8 @@ export async function runClusterAgent(o: RunClusterOptions): Promise<number> {
     agent: o.agent,
     logger: log,
     exportAddress,
+    // Goldens are served to the other nodes on the same address (qsd: the daemon's one NBD server).
+    ...(exportAddress ? { imageExportAddress: exportAddress } : {}),
   });
   const cluster = wired.cluster;
   const stopping = new Promise<void>((resolve) => {

@@ -3,7 +3,7 @@ import type { NodeStatus } from '../agent/node-status.js';
 import type { VmiRef, VmiStatus } from '../api/status.js';
 import type { Logger } from '../log.js';
 import { isNotFound, type KubeApi } from './api.js';
-import { eventBody, eventsFor, newEvents, nodeImageCacheStatus, sameCacheStatus, vmiStatusPatch, type NodeImageCacheStatus } from './mapping.js';
+import { eventBody, eventsFor, newEvents, nodeImageCacheStatus, sameCacheStatus, vmiStatusPatch, type CacheExtras, type NodeImageCacheStatus } from './mapping.js';
 import { Outbox } from './outbox.js';
 
 export interface StatusPublisherOptions {
@@ -87,9 +87,9 @@ export class StatusPublisher {
   }
 
   /** Rewrites the NodeImageCache when the node's cache changed (or as a heartbeat). */
-  publishCache(node: Pick<NodeStatus, 'backend' | 'images'> | undefined): void {
+  publishCache(node: Pick<NodeStatus, 'backend' | 'images'> | undefined, extras: CacheExtras = {}): void {
     if (!node) return;
-    const status = nodeImageCacheStatus(node, new Date().toISOString());
+    const status = nodeImageCacheStatus(node, new Date().toISOString(), extras);
     const heartbeat = this.opts.cacheHeartbeatMs ?? 10 * 60_000;
     const prev = this.cacheWritten;
     if (prev && sameCacheStatus(prev.status, status) && Date.now() - prev.at < heartbeat) return;

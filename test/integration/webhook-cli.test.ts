@@ -93,4 +93,14 @@ describe('kubevirt-spdk webhook (CLI)', () => {
     expect(err).toContain('--tls-key: is required');
     expect(err).toContain('--sidecar-image: is required');
   });
+
+  it('refuses a cache affinity weight outside 0..100, naming the flag, and exits 2', async () => {
+    const { command, args } = cliArgv('webhook', '--tls-cert', 'x', '--tls-key', 'y', '--sidecar-image', 'i', '--cache-affinity-weight', '101');
+    const proc = spawn(command, args, { stdio: ['ignore', 'ignore', 'pipe'] });
+    let err = '';
+    proc.stderr?.on('data', (c: Buffer) => (err += c.toString()));
+    const code = await new Promise<number | null>((resolve) => proc.once('exit', resolve));
+    expect(code).toBe(2);
+    expect(err).toMatch(/--cache-affinity-weight: 101 must be an integer in 0\.\.100/);
+  });
 });

@@ -4,11 +4,13 @@ import path from 'node:path';
 import { silentLogger, type Logger } from '../../log.js';
 import type { FetchOptions } from '../image-source.js';
 import type { ExportOptions, RemoteDiskRef } from '../remote.js';
+import { BackendError } from '../types.js';
 import type {
   BackendHealth,
   ControllerSpec,
   DiskHydration,
   DiskSpec,
+  ImageExportOptions,
   ImageSpec,
   ObservedController,
   ObservedDisk,
@@ -162,8 +164,27 @@ export class QsdBackend extends EventEmitter implements StorageBackend {
     return this.images.ensure(spec, signal);
   }
 
-  deleteImage(name: string): Promise<void> {
+  async deleteImage(name: string): Promise<void> {
+    // Its export to peers holds the golden's node: it goes first (the agent evicts only what no peer reads).
+    if (this.session.connected) await this.unexportImage(name);
     return this.images.delete(name);
+  }
+
+  // ---- peer distribution (see nbd.ts) ------------------------------------------------------
+
+  /** Serves the golden read-only on the daemon's NBD server; `allowedNodes` is not enforced here (nbd.ts says why). */
+  exportImage(name: string, opts: ImageExportOptions): Promise<RemoteDiskRef> {
+    return this.session.serial(async () => {
+      const golden = await this.images.goldenFor(name);
+      if (!golden) throw new BackendError(`image ${name}: no golden on this node to export`, 'notFound');
+      if (golden.problem !== undefined) throw new BackendError(`image ${name}: not exported, it failed: ${golden.problem}`, 'invalid');
+      const node = golden.format === 'qcow2' ? await this.lazy.openGoldenNow(name) : undefined;
+      return nbd.exportImage(this.nbdContext, name, node !== undefined ? { node } : { file: golden.file }, { listenAddress: opts.listenAddress });
+    });
+  }
+
+  unexportImage(name: string): Promise<void> {
+    return this.session.serial(() => nbd.unexportImage(this.nbdContext, name));
   }
 
   // ---- disks -----------------------------------------------------------------------------

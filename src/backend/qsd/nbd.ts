@@ -206,3 +206,60 @@ export async function detachRemoteDisk(ctx: NbdContext, localId: string): Promis
   await releaseNode(ctx, nodeName, { remoteToo: true });
   ctx.log.info({ event: 'remote.detached', disk: localId, node: nodeName }, 'remote disk detached');
 }
+
+// ---- goldens served read-only to peer nodes ------------------------------------------------
+
+/**
+ * A golden served to peers: `block-export-add type=nbd writable=false` of the golden's node (a
+ * lazy golden's one shared node, or a read-only node over a complete raw golden) on the daemon's
+ * one NBD server. Read-only: no peer can change a golden. What restricts *who* reads it is only
+ * where the NBD server listens (the node's address): QEMU 7.2's NBD server has one TLS setting
+ * for all its exports (tls-creds/tls-authz on nbd-server-start), which would also bind
+ * migration's exports, and no per-export client filter; `allowedNodes` is therefore not
+ * enforced by this driver (see docs/lazy-images.md, "Access").
+ */
+export const IMAGE_EXPORT_PREFIX = 'img.';
+export const imageExportId = (image: string): string => `${IMAGE_EXPORT_PREFIX}${image}`;
+/** Node name of a complete raw golden opened for its export (<= 31 chars). */
+export const imageExportNodeName = (image: string): string => `e${hash(image)}`;
+
+export interface GoldenNode {
+  /** An open node to serve (a lazy golden's shared node), or a raw file to open read-only. */
+  node?: string;
+  file?: string;
+}
+
+export async function exportImage(ctx: NbdContext, image: string, golden: GoldenNode, opts: { listenAddress: ListenAddress }): Promise<RemoteDiskRef> {
+  const what = `export of image ${image}`;
+  const exportId = imageExportId(image);
+  let nodeName = golden.node;
+  if (nodeName === undefined) {
+    if (golden.file === undefined) throw new BackendError(`${what}: no golden on this node`, 'notFound');
+    nodeName = imageExportNodeName(image);
+    if (!(await ctx.blockNodes()).some((n) => n['node-name'] === nodeName)) {
+      await ctx.exec(
+        'blockdev-add',
+        { driver: 'raw', 'node-name': nodeName, 'read-only': true, file: { driver: 'file', 'node-name': `${nodeName}-f`, filename: golden.file, 'read-only': true } },
+        `${what}: open ${golden.file} read-only`,
+      );
+    }
+  }
+  await ensureNbdServer(ctx, opts.listenAddress);
+  const existing = (await ctx.exports()).find((e) => e.id === exportId);
+  if (existing && existing['node-name'] !== nodeName) {
+    throw new BackendError(`${what}: export ${exportId} serves node ${existing['node-name']}, not ${nodeName}`, 'busy');
+  }
+  if (!existing) {
+    await ctx.exec('block-export-add', { type: 'nbd', id: exportId, 'node-name': nodeName, name: exportId, writable: false }, what);
+    ctx.log.info({ event: 'image.exported', image, export: exportId, node: nodeName, address: describe(opts.listenAddress) }, 'golden exported read-only over NBD');
+  }
+  return { transport: 'nbd', address: opts.listenAddress, exportName: exportId, sizeBytes: await nodeSize(ctx, nodeName) };
+}
+
+export async function unexportImage(ctx: NbdContext, image: string): Promise<void> {
+  const node = await deleteExport(ctx, imageExportId(image));
+  if (node === undefined) return;
+  // A lazy golden's shared node stays (disks use it); only the node opened for the export goes.
+  if (node === imageExportNodeName(image)) await releaseNode(ctx, node);
+  ctx.log.info({ event: 'image.unexported', image, node }, 'golden no longer exported');
+}

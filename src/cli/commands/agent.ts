@@ -24,7 +24,7 @@ const AgentConfigSchema = AgentFlagsSchema.extend({
   metricsPort: AgentFlagsSchema.shape.metricsPort.describe(
     `Serve \`/metrics\` (Prometheus), \`/healthz\` and \`/readyz\` on this TCP port (0 = any free port). Cluster mode: default ${DEFAULT_METRICS_PORT}; standalone: no metrics server when absent.`,
   ),
-  nodeAddress: text('IP').optional().describe('Cluster mode: the address this node exports migrating disks on (NVMe-oF/TCP, port 4420). Without it, node-local disks cannot migrate away.'),
+  nodeAddress: text('IP').optional().describe('Cluster mode: the address this node exports migrating disks and its cached images (read-only, to the other nodes) on, port 4420 (NVMe-oF/TCP; NBD with the qsd backend). Without it, node-local disks cannot migrate away and no other node reads its images.'),
   kubeconfig: text('FILE').optional().describe('Cluster mode: kubeconfig file. In-cluster config when absent.'),
   podResourcesSocket: text('PATH').default(DEFAULT_POD_RESOURCES_SOCKET).describe('Cluster mode: the kubelet PodResources API socket, used to map launcher pods to slots.'),
 })

@@ -9,6 +9,7 @@ import { stopSignal } from '../signals.js';
 import { InformerImageCatalog, StaticImageCatalog, type ImageCatalog } from '../../../webhooks/catalog.js';
 import { WebhookServer, DEFAULT_MAX_BODY_BYTES } from '../../../webhooks/server.js';
 import { HOOK_SIDECAR_MODES } from '../../../webhooks/mutate.js';
+import { DEFAULT_CACHE_AFFINITY_WEIGHT } from '../../../webhooks/affinity.js';
 import { defineCommand, int, oneOf, port, text, type Command } from '../../config.js';
 
 const WebhookConfigSchema = z.object({
@@ -30,10 +31,17 @@ const WebhookConfigSchema = z.object({
     .describe(
       'Hook sidecar injected into SPDK VMIs: `all` (lists every Callbacks version; KubeVirt picks `v1alpha3` with Shutdown from v1.2.0, `v1alpha2` before), `v1alpha1`/`v1alpha2`/`v1alpha3` (pinned), or `none` (KubeVirt >= v1.9 with the Plugin CR, see docs/kubevirt-versions.md).',
     ),
+  cacheAffinityWeight: int({ min: 0, max: 100, value: 'WEIGHT' })
+    .default(String(DEFAULT_CACHE_AFFINITY_WEIGHT))
+    .describe(
+      "Weight of the *preferred* node affinity term added to a new VMI toward a node that holds all its images (`CachedImage.status.readyNodeNames`, written by `--ready-nodes`); a node holding k of n images gets k/n of it. Never a required term, so a VMI still starts elsewhere (its disk then starts lazily). 0 adds none. A user's own preferred terms weigh up to 100.",
+    ),
   readyNodes: z
     .boolean()
     .default(false)
-    .describe('Also run the one cluster-wide writer of `CachedImage.status.readyNodes` (counted from the NodeImageCaches); replicas elect a leader on the Lease `kubevirt-spdk-ready-nodes`, so one writes at a time.'),
+    .describe(
+      'Also run the one cluster-wide writer of `CachedImage.status` (`readyNodes` and `readyNodeNames` from the NodeImageCaches, `prefetchNodes` for `spec.prefetch`, which node agents warm); replicas elect a leader on the Lease `kubevirt-spdk-ready-nodes`, so one writes at a time.',
+    ),
   leaseNamespace: text('NAME').default('kubevirt-spdk').describe("Namespace of that Lease (the webhook's own)."),
 });
 
@@ -59,7 +67,7 @@ export const command: Command<typeof WebhookConfigSchema> = {
       metricsPort: c.metricsPort,
       metricsHost: c.metricsHost,
       catalog,
-      config: { sidecarImage: c.sidecarImage, hookSidecar: c.hookSidecar },
+      config: { sidecarImage: c.sidecarImage, hookSidecar: c.hookSidecar, cacheAffinityWeight: c.cacheAffinityWeight },
       logger,
       maxBodyBytes: c.maxBodyBytes,
     });

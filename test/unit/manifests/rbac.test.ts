@@ -39,6 +39,7 @@ const CLIENT_METHODS: Record<string, { verb: string; sub?: string; core?: string
   deleteNamespacedCustomObject: { verb: 'delete' },
   deleteClusterCustomObject: { verb: 'delete' },
   listPodForAllNamespaces: { verb: 'list', core: 'pods' },
+  listNode: { verb: 'list', core: 'nodes' },
   createNamespacedEvent: { verb: 'create', core: 'events' },
   readNamespacedLease: { verb: 'get', core: 'leases', group: LEASE_GROUP },
   createNamespacedLease: { verb: 'create', core: 'leases', group: LEASE_GROUP },
@@ -81,6 +82,7 @@ const WATCH_PATHS: Record<string, Grant> = {
   pods: '/pods:watch',
   cachedImages: `${API_GROUP}/${CACHEDIMAGE_PLURAL}:watch`,
   nodeImageCaches: `${API_GROUP}/${NODEIMAGECACHE_PLURAL}:watch`,
+  nodes: '/nodes:watch',
 };
 
 /** Grants a component needs: direct client calls, KubeApi methods it calls, and informer watches. */

@@ -1,0 +1,195 @@
+/**
+ * Node-to-node image distribution (issue (b)): 1..8 "nodes" (one qemu-storage-daemon each, on
+ * loopback) start a VM disk from the same image at once. For each way of getting the image
+ * there: the bytes the origin served (goal: one image, not N), the time until every node's
+ * disk is Ready (ensureImage + ensureDisk + ensureController), and the time until every node
+ * holds the whole golden. The origin is one HTTP server whose bandwidth all nodes share (one
+ * link, as an image registry's), so a single source saturates as N grows.
+ *
+ * Ways, the thesis's columns:
+ * - local        the golden is already on the node (the baseline of the ratios)
+ * - full copy    every node downloads and verifies the image before its disk exists
+ * - lazy, origin every node reads the origin lazily (curl) and hydrates from it: the single source
+ * - lazy, peers  node 1 reads the origin lazily and exports its golden at once; every other
+ *                node reads node 1's golden over NBD (what the agent's chooser picks when the
+ *                only holder hydrates from the origin) and hydrates from it
+ */
+import { createHash, randomBytes } from 'node:crypto';
+import fs from 'node:fs/promises';
+import http from 'node:http';
+import type { Socket } from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { QsdBackend } from '../src/backend/qsd/index.js';
+import type { ImageSpec, RemoteDiskRef } from '../src/backend/types.js';
+import { fmt, type BenchSection } from './harness.js';
+
+const MiB = 1024 * 1024;
+const IMAGE_BYTES = 32 * MiB;
+/** The origin's one link, shared by every node. */
+const ORIGIN_BYTES_PER_SECOND = 64 * MiB;
+const NODES = [1, 2, 4, 8];
+
+interface Origin {
+  url: string;
+  served(): number;
+  stop(): Promise<void>;
+}
+
+/** One image over HTTP (HEAD, Range) through one shared token bucket: the origin's bandwidth. */
+async function startOrigin(image: Buffer): Promise<Origin> {
+  let served = 0;
+  let nextFree = Date.now();
+  const sockets = new Set<Socket>();
+  const server = http.createServer((req, res) => {
+    if (req.method === 'HEAD') {
+      res.writeHead(200, { 'content-length': image.length, 'accept-ranges': 'bytes' }).end();
+      return;
+    }
+    const m = /^bytes=(\d+)-(\d*)$/.exec(req.headers.range ?? '');
+    const start = m ? Number(m[1]) : 0;
+    const end = m?.[2] ? Math.min(Number(m[2]), image.length - 1) : image.length - 1;
+    res.writeHead(m ? 206 : 200, { 'content-length': end - start + 1, ...(m ? { 'content-range': `bytes ${start}-${end}/${image.length}` } : {}) });
+    let pos = start;
+    const pump = (): void => {
+      if (res.destroyed) return;
+      if (pos > end) {
+        res.end();
+        return;
+      }
+      const n = Math.min(64 * 1024, end - pos + 1);
+      const now = Date.now();
+      const at = Math.max(now, nextFree);
+      nextFree = at + (n / ORIGIN_BYTES_PER_SECOND) * 1000;
+      setTimeout(() => {
+        if (res.destroyed) return;
+        const piece = image.subarray(pos, pos + n);
+        pos += n;
+        served += n;
+        if (res.write(piece)) pump();
+        else res.once('drain', pump);
+      }, at - now);
+    };
+    pump();
+  });
+  server.on('connection', (s) => {
+    sockets.add(s);
+    s.once('close', () => sockets.delete(s));
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const addr = server.address();
+  const port = typeof addr === 'object' && addr ? addr.port : 0;
+  return {
+    url: `http://127.0.0.1:${port}/image.raw`,
+    served: () => served,
+    stop: async () => {
+      for (const s of sockets) s.destroy();
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+    },
+  };
+}
+
+type Way = 'local' | 'full copy' | 'lazy, origin' | 'lazy, peers';
+
+interface Result {
+  way: Way;
+  nodes: number;
+  originBytes: number;
+  readyMs: number;
+  wholeMs: number;
+}
+
+async function waitWhole(b: QsdBackend, name: string): Promise<void> {
+  for (;;) {
+    const img = (await b.observe()).images.find((i) => i.name === name);
+    if (img?.phase === 'ready') return;
+    if (img?.phase === 'failed') throw new Error(`image failed: ${img.message ?? ''}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+async function run(way: Way, n: number, image: Buffer, root: string): Promise<Result> {
+  const dir = await fs.mkdtemp(path.join(root, `${way.replace(/\W+/g, '-')}-${n}-`));
+  const origin = await startOrigin(image);
+  const sha256 = createHash('sha256').update(image).digest('hex');
+  const name = `sha256-${sha256.slice(0, 40)}`;
+  const backends: QsdBackend[] = [];
+  try {
+    for (let i = 0; i < n; i++) {
+      const b = new QsdBackend({ stateDir: path.join(dir, `n${i}`, 's'), vhostDir: path.join(dir, `n${i}`, 'v'), managed: true, lazyImages: way !== 'full copy', hydrationRetryMs: 100 });
+      await b.start();
+      backends.push(b);
+    }
+    const spec: ImageSpec = { name, source: way === 'local' ? { hostPath: { path: path.join(dir, 'local.raw'), sha256 } } : { http: { url: origin.url, sha256 } }, format: 'raw', sizeBytes: image.length };
+    if (way === 'local') {
+      await fs.writeFile(path.join(dir, 'local.raw'), image);
+      for (const b of backends) await b.ensureImage(spec);
+    }
+    const disk = async (b: QsdBackend, s: ImageSpec): Promise<void> => {
+      await b.ensureImage(s);
+      const d = await b.ensureDisk({ id: 'd-000000000000-root', source: { kind: 'image', image: name }, capacityBytes: image.length });
+      await b.ensureController({ name: 'slot-01/root', diskRef: d.ref, readonly: false });
+    };
+    const t0 = performance.now();
+    let ready: Array<Promise<number>>;
+    if (way === 'lazy, peers') {
+      const first = backends[0];
+      if (!first) throw new Error('no node');
+      await first.ensureImage(spec);
+      const ref: RemoteDiskRef = await first.exportImage(name, { listenAddress: { kind: 'unix', path: path.join(dir, 'n0.nbd') }, allowedNodes: backends.slice(1).map((_, i) => `n${i + 1}`) });
+      ready = backends.map((b, i) => disk(b, i === 0 ? spec : { ...spec, peer: ref }).then(() => performance.now() - t0));
+    } else {
+      ready = backends.map((b) => disk(b, spec).then(() => performance.now() - t0));
+    }
+    const readyMs = Math.max(...(await Promise.all(ready)));
+    await Promise.all(backends.map((b) => waitWhole(b, name)));
+    const wholeMs = performance.now() - t0;
+    return { way, nodes: n, originBytes: origin.served(), readyMs, wholeMs };
+  } finally {
+    for (const b of backends) await b.close().catch(() => undefined);
+    await origin.stop();
+    await fs.rm(dir, { recursive: true, force: true });
+  }
+}
+
+export async function section(): Promise<BenchSection> {
+  const root = await fs.mkdtemp(path.join(os.tmpdir(), 'bench-distrib-'));
+  const image = Buffer.alloc(IMAGE_BYTES);
+  // Data in the first three quarters, zeros after (hydration meets both).
+  randomBytes((IMAGE_BYTES * 3) / 4).copy(image);
+  const ways: Way[] = ['local', 'full copy', 'lazy, origin', 'lazy, peers'];
+  const results: Result[] = [];
+  try {
+    for (const n of NODES) for (const way of ways) results.push(await run(way, n, image, root));
+  } finally {
+    await fs.rm(root, { recursive: true, force: true });
+  }
+  const local = new Map(results.filter((r) => r.way === 'local').map((r) => [r.nodes, r.readyMs]));
+  const rows = results.map((r) => {
+    const base = local.get(r.nodes) ?? NaN;
+    return [
+      r.nodes,
+      r.way,
+      fmt(r.originBytes / IMAGE_BYTES, 2),
+      fmt(r.readyMs, 0),
+      r.way === 'local' ? '1.00' : fmt(r.readyMs / base, 1),
+      r.way === 'local' ? '-' : fmt(r.wholeMs, 0),
+    ];
+  });
+  return {
+    area: 'Image distribution between nodes (qsd)',
+    tables: [
+      {
+        title: `N nodes start one ${IMAGE_BYTES / MiB} MiB image at once; origin link ${ORIGIN_BYTES_PER_SECOND / MiB} MiB/s shared`,
+        columns: ['nodes', 'way', 'origin bytes / image', 'every disk Ready (ms)', 'Ready vs local', 'every golden whole (ms)'],
+        rows,
+        notes: [
+          'origin bytes / image: goal 1 for any N (the origin pays once per cluster); full copy and lazy-from-origin pay N.',
+          'Ready vs local: time until the last of the N disks is Ready, over the same with the golden already local (same run, same N).',
+          '"lazy, peers": node 1 reads the origin lazily and exports its (still hydrating) golden at once; the others read it over NBD. Blocks they read before node 1 has them are fetched by node 1 from the origin on their behalf, so origin bytes can exceed 1.',
+          'The agent adds its own control-plane delay (NodeImageCache publish and watch) before a node sees a peer; not measured here.',
+        ],
+      },
+    ],
+  };
+}
