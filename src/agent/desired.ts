@@ -225,16 +225,21 @@ export function buildDesired(view: NodeView, opts: { slotHolder?: (slot: string)
 }
 
 /**
- * The catalog by content key: CachedImages of one content share one entry (the first by name
- * decides its declared size), and each key remembers the CachedImage names it stands for.
+ * The catalog by content key: CachedImages of one content share one entry, and each key
+ * remembers the CachedImage names it stands for. The entry's source is a file on the node when
+ * one has these bytes (no download, and a crawling or dead URL of the same content cannot hold
+ * the golden up), else the first by name, which also decides the declared size.
  */
+const localFirst = (a: ImageSpec, b: ImageSpec): number => Number('http' in a.source) - Number('http' in b.source) || a.name.localeCompare(b.name);
+
 export function keyedCatalog(catalog: readonly ImageSpec[]): { images: ImageSpec[]; imageNames: Record<string, string[]> } {
   const byKey = new Map<string, ImageSpec>();
   const imageNames: Record<string, string[]> = {};
-  for (const spec of [...catalog].sort((a, b) => a.name.localeCompare(b.name))) {
+  for (const spec of [...catalog].sort(localFirst)) {
     const key = imageKey(spec);
     (imageNames[key] ??= []).push(spec.name);
     if (!byKey.has(key)) byKey.set(key, { ...spec, name: key });
   }
+  for (const names of Object.values(imageNames)) names.sort();
   return { images: [...byKey.values()], imageNames };
 }

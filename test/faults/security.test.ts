@@ -66,14 +66,16 @@ describe('hostile image sources against the spdk backend', () => {
     rig = await SimRig.create({ fetchOptions: { idleTimeoutMs: 5_000 } });
     const r = rig;
     const good = await hostImage(r.dir, 'fedora');
-    const body = await readFile((good.source as { hostPath: { path: string } }).hostPath.path);
+    // Other bytes than fedora's: the same content would be one golden (content keys).
+    const crawled = await hostImage(r.dir, 'crawled');
+    const body = await readFile((crawled.source as { hostPath: { path: string } }).hostPath.path);
     const url = await serve((_req, res) => {
       res.writeHead(200, { 'content-length': body.length });
       let sent = 0;
       const t = setInterval(() => (res.destroyed ? clearInterval(t) : res.write(body.subarray(sent, ++sent))), 500);
       res.on('close', () => clearInterval(t));
     });
-    const slow: ImageSpec = { name: 'slow', format: 'raw', source: { http: { url, sha256: (good.source as { hostPath: { sha256: string } }).hostPath.sha256 } } };
+    const slow: ImageSpec = { name: 'slow', format: 'raw', source: { http: { url, sha256: (crawled.source as { hostPath: { sha256: string } }).hostPath.sha256 } } };
     const desired = desiredOf(
       [vmi('a', 'slot-01', [{ name: 'root', image: 'slow', capacity: '8Mi' }]), vmi('b', 'slot-02', [{ name: 'root', image: 'fedora', capacity: '8Mi' }])],
       [slow, good],

@@ -52,6 +52,13 @@ describe('buildDesired: the catalog by content', () => {
     expect(new Set(of(plan, 'ensureImage').map((a) => a.image.name))).toEqual(new Set([key]));
   });
 
+  it('imports shared content from a file on the node rather than from a URL with the same bytes', () => {
+    const local: ImageSpec = { name: 'zz-local', source: { hostPath: { path: '/var/lib/images/f.raw', sha256: SHA_A } }, format: 'raw', sizeBytes: GiB };
+    const d = view([vmi('a', 'slot-01', [{ name: 'root', image: 'fedora' }])], [http('fedora', SHA_A), local]);
+    expect(d.images).toEqual([{ ...local, name: imageKey(local) }]);
+    expect(d.imageNames).toEqual({ [imageKey(local)]: ['fedora', 'zz-local'] });
+  });
+
   it('keeps hostPath images without sha256 under their own name (img-<name> goldens)', () => {
     const d = view([vmi('a', 'slot-01', [{ name: 'root', image: 'dev' }])], [image('dev')]);
     expect(d.images.map((i) => i.name)).toEqual(['dev']);
