@@ -52,6 +52,7 @@ import { bdevSizeBytes, lvolInfoOf } from './schemas.js';
  */
 
 const RECONNECT_DELAY_SEC = 2;
+const CONNECT_TIMEOUT_US = 10_000_000;
 const RETRY: Backoff = { initialMs: 500, maxMs: 30_000 };
 
 const RecordSchema = RemoteDiskRefSchema;
@@ -155,6 +156,9 @@ export class LazyStore {
           ...(nodeName !== undefined ? { hostnqn: hostNqnOf(nodeName) } : {}),
           ctrlr_loss_timeout_sec: -1,
           reconnect_delay_sec: RECONNECT_DELAY_SEC,
+          // SPDK's default CONNECT deadline (0.5 s) is missed by a busy peer; an I/O qpair torn
+          // down mid-CONNECT then crashed real v25.09 (heap corruption) during the first examine.
+          fabrics_connect_timeout_us: CONNECT_TIMEOUT_US,
         });
       } catch (e) {
         // -114: the controller exists (reconnecting, or a concurrent attach): its bdev decides.
@@ -261,18 +265,19 @@ export class LazyStore {
       throw new BackendError(`image ${name}: the peer's golden is ${sizeBytes} bytes, smaller than the declared ${spec.sizeBytes}`, 'invalid');
     }
     const lazyAlias = lvolAlias(ctx.lvs, lazyGoldenName(name));
+    if (has(lazyBaseName(name))) await ctx.deleteLvol(lvolAlias(ctx.lvs, lazyBaseName(name)));
     if (!has(lazyGoldenName(name))) {
-      // clone + snapshot (the snapshot appears in one step, read-only: never half-made).
-      if (has(lazyBaseName(name))) await ctx.deleteLvol(lvolAlias(ctx.lvs, lazyBaseName(name)));
-      await ctx.api.bdevLvolCloneBdev({ bdev: src.name, lvs_name: ctx.lvs, clone_name: lazyBaseName(name) }).catch((e: unknown) => {
+      await ctx.api.bdevLvolCloneBdev({ bdev: src.name, lvs_name: ctx.lvs, clone_name: lazyGoldenName(name) }).catch((e: unknown) => {
         throw toBackendError(e, `image ${name}: external-snapshot clone of ${src.name}`);
       });
-      await ctx.api.bdevLvolSnapshot({ lvol_name: lvolAlias(ctx.lvs, lazyBaseName(name)), snapshot_name: lazyGoldenName(name) }).catch((e: unknown) => {
-        throw toBackendError(e, `image ${name}: snapshot of the lazy clone`);
-      });
-      log.info({ event: 'image.lazy.ready', sizeBytes, peer: ref.subnqn }, 'lazy golden ready: disks boot from the peer while it hydrates');
     }
-    await ctx.snapshotLocks.run(lazyAlias, () => ctx.deleteLvol(lvolAlias(ctx.lvs, lazyBaseName(name))));
+    // Read-only makes it cloneable; again after a crash between the two (it answers true twice).
+    // Not a snapshot of the clone: on real v25.09 a snapshot of an esnap clone whose NVMe
+    // source was attached with ctrlr_loss_timeout_sec never answers (its I/O qpair never connects).
+    await ctx.snapshotLocks.run(lazyAlias, () => ctx.api.bdevLvolSetReadOnly({ name: lazyAlias })).catch((e: unknown) => {
+      throw toBackendError(e, `image ${name}: making the lazy golden read-only`);
+    });
+    if (!has(lazyGoldenName(name))) log.info({ event: 'image.lazy.ready', sizeBytes, peer: `${ref.host}:${ref.port}` }, 'lazy golden ready: disks boot from the peer while it hydrates');
     this.startImageHydration(name, ref);
     return this.describe(name);
   }

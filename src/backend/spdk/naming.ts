@@ -20,10 +20,10 @@ export { parseControllerName };
  *                            are cloned from the golden and its fan-outs in parallel lanes.
  *                            `img-<image>.f<N>.tmp` is the clone a fan-out is made from.
  *                            (Image names are DNS labels: they never contain a `.`.)
- * - `img-<image>.lazy`       a lazy golden: a read-only snapshot of an external-snapshot clone of
- *                            a peer's export (the NVMe bdev `lzi-<image>n1`); disks clone it and
- *                            boot at once. `img-<image>.lazybase` is the clone it is made from
- *                            (deleted right after), `img-<image>.hyd` the clone hydration inflates
+ * - `img-<image>.lazy`       a lazy golden: a read-only external-snapshot clone of a peer's
+ *                            export (the NVMe bdev `lzi-<image>n1`); disks clone it and boot at
+ *                            once. (`img-<image>.lazybase`: reserved, a left-over is deleted.)
+ *                            `img-<image>.hyd` is the clone hydration inflates
  *                            (read by nobody else, then snapshotted as `img-<image>`). Once the
  *                            golden exists the lazy golden is repointed onto it (set_parent) and
  *                            is then an empty snapshot between the golden and its disks.
