@@ -370,27 +370,18 @@ export class LazyStore {
     const started = Date.now();
     if (!has(goldenName(name))) {
       const src = await this.attach(controller, ref, `image ${name}`);
-      if (this.canReparent) {
-        const hyd = lvolAlias(ctx.lvs, lazyHydrateName(name));
-        if (!has(lazyHydrateName(name))) {
-          await ctx.api.bdevLvolCloneBdev({ bdev: src.name, lvs_name: ctx.lvs, clone_name: lazyHydrateName(name) }).catch((e: unknown) => {
-            throw toBackendError(e, `image ${name}: hydration clone of ${src.name}`);
-          });
-        }
-        log.info({ event: 'image.hydrate.start' }, 'hydrating the lazy golden');
-        await this.inflate(hyd, controller, `image ${name}`);
-        await ctx.api.bdevLvolSnapshot({ lvol_name: hyd, snapshot_name: goldenName(name) }).catch((e: unknown) => {
-          throw toBackendError(e, `image ${name}: snapshot of the hydrated copy`);
-        });
-        await ctx.snapshotLocks.run(goldenAlias, () => ctx.deleteLvol(hyd));
-      } else {
-        // v24.01: no set_parent. Inflate the lazy golden in place, then give it the golden's name.
-        log.info({ event: 'image.hydrate.start', inPlace: true }, 'hydrating the lazy golden in place');
-        await this.inflate(lazyAlias, controller, `image ${name}`);
-        await ctx.snapshotLocks.run(lazyAlias, () => ctx.api.bdevLvolRename({ old_name: lazyAlias, new_name: goldenName(name) })).catch((e: unknown) => {
-          throw toBackendError(e, `image ${name}: renaming the hydrated lazy golden`);
+      const hyd = lvolAlias(ctx.lvs, lazyHydrateName(name));
+      if (!has(lazyHydrateName(name))) {
+        await ctx.api.bdevLvolCloneBdev({ bdev: src.name, lvs_name: ctx.lvs, clone_name: lazyHydrateName(name) }).catch((e: unknown) => {
+          throw toBackendError(e, `image ${name}: hydration clone of ${src.name}`);
         });
       }
+      log.info({ event: 'image.hydrate.start' }, 'hydrating the lazy golden');
+      await this.inflate(hyd, controller, `image ${name}`);
+      await ctx.api.bdevLvolSnapshot({ lvol_name: hyd, snapshot_name: goldenName(name) }).catch((e: unknown) => {
+        throw toBackendError(e, `image ${name}: snapshot of the hydrated copy`);
+      });
+      await ctx.snapshotLocks.run(goldenAlias, () => ctx.deleteLvol(hyd));
       log.info({ event: 'image.hydrate.done', ms: Date.now() - started }, 'image hydrated');
     }
     // The golden exists: repoint what still reads through the peer, then let the peer go.
@@ -399,13 +390,27 @@ export class LazyStore {
       const lazy = await ctx.getBdev(lazyAlias);
       const info = lazy ? lvolInfoOf(lazy) : undefined;
       if (!lazy) throw new BackendError(`image ${name}: the lazy golden has no bdev (degraded: its source is not attached)`, 'transport');
-      if (info?.base_snapshot !== goldenName(name)) {
-        await ctx.snapshotLocks.run(lazyAlias, () => ctx.api.bdevLvolSetParent({ lvol_name: lazyAlias, parent_name: goldenAlias })).catch((e: unknown) => {
-          if (e instanceof SpdkError && /File exists/i.test(e.message)) return;
-          throw toBackendError(e, `image ${name}: repointing the lazy golden onto the golden`);
+      const clones = info?.clones ?? [];
+      if (clones.length === 0) {
+        // Under the lock disks clone it with, and only if still nobody's parent.
+        await ctx.snapshotLocks.run(lazyAlias, async () => {
+          const now = await ctx.getBdev(lazyAlias);
+          if (now && (lvolInfoOf(now)?.clones ?? []).length === 0) await ctx.deleteLvol(lazyAlias);
         });
+      } else if (this.canReparent) {
+        if (info?.base_snapshot !== goldenName(name)) {
+          await ctx.snapshotLocks.run(lazyAlias, () => ctx.api.bdevLvolSetParent({ lvol_name: lazyAlias, parent_name: goldenAlias })).catch((e: unknown) => {
+            if (e instanceof SpdkError && /File exists/i.test(e.message)) return;
+            throw toBackendError(e, `image ${name}: repointing the lazy golden onto the golden`);
+          });
+        }
+      } else if (info?.esnap_clone === true) {
+        // v24.01 (no set_parent): the disks made while it hydrated keep the lazy golden; it is
+        // inflated in place (a second copy; new disks clone the golden meanwhile, so nothing
+        // waits on its lock). Readers of it keep their channel to the source until they stop.
+        log.info({ event: 'image.hydrate.lazy_in_place', disks: clones.length }, 'inflating the lazy golden its disks still read');
+        await this.inflate(lazyAlias, controller, `image ${name}`);
       }
-      if ((info?.clones ?? []).length === 0) await ctx.snapshotLocks.run(goldenAlias, () => ctx.deleteLvol(lazyAlias));
     }
     if (after.some((l) => l.name === lazyHydrateName(name))) await ctx.deleteLvol(lvolAlias(ctx.lvs, lazyHydrateName(name)));
     await this.detach(controller, log);

@@ -168,7 +168,7 @@ describe('lazy golden from a peer', () => {
     await until('condition', async () => (await nvmeControllers(b)).length === 0, 10_000);
   });
 
-  it('v24.01 (no set_parent): the lazy golden is inflated in place and becomes the golden', async () => {
+  it('v24.01 (no set_parent): the golden is hydrated beside the lazy golden, which its disks keep and which is then inflated in place', async () => {
     const a = await node('node-a', '24.01');
     const spec = await imageSpec('img');
     await a.backend.ensureImage(spec);
@@ -177,8 +177,12 @@ describe('lazy golden from a peer', () => {
     await b.backend.ensureImage({ ...spec, peer: ref });
     await b.backend.ensureDisk({ id: 'd-3', source: { kind: 'image', image: 'img' } });
     await until('condition', async () => (await imageOf(b, 'img'))?.phase === 'ready', 20_000);
-    expect(lvol(b, 'img-img.lazy')).toBeUndefined();
+    await until('condition', async () => (await nvmeControllers(b)).length === 0, 10_000);
+    expect(lvol(b, 'img-img')).toBeDefined();
+    expect(lvol(b, 'img-img.lazy')?.parent ?? null).toBeNull();
     expect(await imageOf(b, 'img')).toMatchObject({ phase: 'ready', cloneCount: 1 });
+    // A new disk clones the local golden.
+    expect(await b.backend.ensureDisk({ id: 'd-4', source: { kind: 'image', image: 'img' } })).toMatchObject({ image: 'img' });
   });
 });
 
