@@ -156,6 +156,7 @@ export class SpdkBackend extends EventEmitter implements StorageBackend {
     this.lanes.tidyLeftovers(lvols);
     this.images.tidyFinishedImports(lvols, bdevs);
     this.resumeLazy();
+    await this.lazy.refreshSourceStates();
     return buildObservedState({
       lazy: this.lazy.imageMessages(),
       clusterBytes: ctx.lvstore.clusterBytes,

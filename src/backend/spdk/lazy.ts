@@ -311,6 +311,34 @@ export class LazyStore {
     return new Map([...this.images].map(([k, h]) => [k, { ...(h.message !== undefined ? { message: h.message } : {}), failed: h.state === 'failed' }]));
   }
 
+  /**
+   * A source that went away does not fail a running inflate (the controller reconnects and the
+   * copy waits): look at the controllers of running hydrations and call those 'paused'.
+   */
+  async refreshSourceStates(): Promise<void> {
+    if (this.images.size === 0 && this.disks.size === 0) return;
+    let ctrls: Array<{ name: string; ctrlrs: Array<{ state?: string | undefined }> }>;
+    try {
+      ctrls = await this.ctx.api.bdevNvmeGetControllers();
+    } catch {
+      return;
+    }
+    const stateOf = (name: string): string | undefined => ctrls.find((c) => c.name === name)?.ctrlrs[0]?.state;
+    const mark = (h: Hydration, controller: string): void => {
+      if (h.state === 'failed') return;
+      const state = stateOf(controller);
+      if (state !== undefined && state !== 'enabled') {
+        h.state = 'paused';
+        h.message = `hydration paused (source ${controller}: ${state})`;
+      } else if (h.state === 'paused' && h.message?.startsWith('hydration paused (source ') === true) {
+        h.state = 'hydrating';
+        delete h.message;
+      }
+    };
+    for (const [name, h] of this.images) mark(h, peerControllerName(name));
+    for (const [id, h] of this.disks) mark(h, diskSourceControllerName(id));
+  }
+
   /** Resolves once the running hydration of `name` ends (tests, close()). */
   async settled(): Promise<void> {
     await Promise.allSettled([...this.images.values(), ...this.disks.values()].map((h) => h.task));
@@ -479,16 +507,17 @@ export class LazyStore {
       const id = imageUuid(name);
       await ctx.api.nvmfSubsystemAddNs({ nqn, namespace: { bdev_name: alias, nguid: nguidOf(id), uuid: id } }).catch(fail(`nvmf_subsystem_add_ns ${alias}`));
     }
+    // Hosts before the listener: peers reconnecting when it appears must find themselves admitted.
+    const want = new Set(opts.allowedNodes.map(hostNqnOf));
+    const have = new Set(sub.hosts.map((h) => h.nqn));
+    for (const h of have) if (!want.has(h)) await ctx.api.nvmfSubsystemRemoveHost({ nqn, host: h }).catch(fail(`nvmf_subsystem_remove_host ${h}`));
+    for (const h of want) if (!have.has(h)) await ctx.api.nvmfSubsystemAddHost({ nqn, host: h }).catch(fail(`nvmf_subsystem_add_host ${h}`));
     const port = String(addr.port);
     if (!sub.listen_addresses.some((l) => l.traddr === addr.host && String((l as { trsvcid?: unknown }).trsvcid ?? '') === port)) {
       await ctx.api
         .nvmfSubsystemAddListener({ nqn, listen_address: { trtype: 'TCP', adrfam: adrfamOf(addr.host), traddr: addr.host, trsvcid: port } })
         .catch(fail(`nvmf_subsystem_add_listener ${addr.host}:${port}`));
     }
-    const want = new Set(opts.allowedNodes.map(hostNqnOf));
-    const have = new Set(sub.hosts.map((h) => h.nqn));
-    for (const h of have) if (!want.has(h)) await ctx.api.nvmfSubsystemRemoveHost({ nqn, host: h }).catch(fail(`nvmf_subsystem_remove_host ${h}`));
-    for (const h of want) if (!have.has(h)) await ctx.api.nvmfSubsystemAddHost({ nqn, host: h }).catch(fail(`nvmf_subsystem_add_host ${h}`));
     ctx.log.info({ event: 'image.exported', image: name, nqn, traddr: addr.host, trsvcid: port, peers: opts.allowedNodes.length }, 'image exported to peers');
     return { transport: 'nvmf-tcp', host: addr.host, port: addr.port, adrfam: adrfamOf(addr.host), subnqn: nqn, sizeBytes: bdevSizeBytes(golden) };
   }
@@ -552,6 +581,7 @@ export class LazyStore {
     const diskBdev = disk.is_degraded ? undefined : await ctx.getBdev(lvolAlias(ctx.lvs, id));
     const clusters = diskBdev ? Math.ceil(bdevSizeBytes(diskBdev) / ctx.lvstore.clusterBytes) : 0;
     const percent = (): number => diskPercent(lvols, id, clusters);
+    if (running) await this.refreshSourceStates();
     if (running) return { id, state: running.state === 'paused' ? 'paused' : 'hydrating', percent: percent(), ...(running.message !== undefined ? { message: running.message } : {}) };
     const rec = await this.readRecord('disk', id);
     if (rec) {

@@ -168,6 +168,27 @@ describe('lazy golden from a peer', () => {
     await until('condition', async () => (await nvmeControllers(b)).length === 0, 10_000);
   });
 
+  it('a peer that goes away pauses hydration (reported, not failed); once it serves again hydration completes', async () => {
+    const { a, spec, ref } = await aServes(['node-b']);
+    const b = await node('node-b');
+    b.sim.injectFault({ method: 'bdev_lvol_inflate', action: 'hang' });
+    await b.backend.ensureImage({ ...spec, peer: ref });
+    await b.backend.ensureDisk({ id: 'd-5', source: { kind: 'image', image: 'img' } });
+    await a.backend.close();
+    await a.sim.kill();
+    await until('paused', async () => (await imageOf(b, 'img'))?.message?.startsWith('hydration paused') === true, 10_000);
+    expect(await imageOf(b, 'img')).toMatchObject({ phase: 'hydrating' });
+    expect(await b.backend.hydrateDisk('d-5')).toMatchObject({ id: 'd-5', state: 'paused' });
+    // A comes back (same lvstore) and its agent exports the image again.
+    a.sim = await startSim(a, '25.09');
+    const client = new SpdkRpcClient({ socketPath: a.paths.socket, timeoutMs: 5_000 });
+    a.backend = new SpdkBackend({ client, nodeName: 'node-a', lvstore: { name: 'kvs', baseBdev: { kind: 'aio', filename: a.paths.lvsFile, sizeMiB: 256, blockSize: 4096 } }, vhostDir: a.paths.vhost, stateDir: a.paths.state });
+    await a.backend.start();
+    await a.backend.exportImage('img', { listenAddress: { kind: 'tcp', host: '127.0.0.1', port: 4420 }, allowedNodes: ['node-b'] });
+    await until('ready', async () => (await imageOf(b, 'img'))?.phase === 'ready', 20_000);
+    expect(await b.backend.hydrateDisk('d-5')).toMatchObject({ state: 'standalone' });
+  }, 60_000);
+
   it('v24.01 (no set_parent): the golden is hydrated beside the lazy golden, which its disks keep and which is then inflated in place', async () => {
     const a = await node('node-a', '24.01');
     const spec = await imageSpec('img');
