@@ -105,6 +105,13 @@ export class SpdkApi {
   bdevLvolDelete(p: SpdkParams<'bdev_lvol_delete'>, opts?: CallOptions) {
     return this.invoke('bdev_lvol_delete', p, opts);
   }
+  /** v24.09+ only. */
+  bdevLvolSetParent(p: SpdkParams<'bdev_lvol_set_parent'>, opts?: CallOptions) {
+    return this.invoke('bdev_lvol_set_parent', p, opts);
+  }
+  bdevLvolRename(p: SpdkParams<'bdev_lvol_rename'>, opts?: CallOptions) {
+    return this.invoke('bdev_lvol_rename', p, opts);
+  }
   bdevLvolGetLvols(p?: SpdkParams<'bdev_lvol_get_lvols'>, opts?: CallOptions) {
     return this.invoke('bdev_lvol_get_lvols', p, opts);
   }
@@ -145,5 +152,14 @@ export class SpdkApi {
   }
   bdevNvmeDetachController(p: SpdkParams<'bdev_nvme_detach_controller'>, opts?: CallOptions) {
     return this.invoke('bdev_nvme_detach_controller', p, opts);
+  }
+  bdevNvmeGetControllers(p?: SpdkParams<'bdev_nvme_get_controllers'>, opts?: CallOptions) {
+    return this.invoke('bdev_nvme_get_controllers', p, opts);
+  }
+  nvmfSubsystemAddHost(p: SpdkParams<'nvmf_subsystem_add_host'>, opts?: CallOptions) {
+    return this.invoke('nvmf_subsystem_add_host', p, opts);
+  }
+  nvmfSubsystemRemoveHost(p: SpdkParams<'nvmf_subsystem_remove_host'>, opts?: CallOptions) {
+    return this.invoke('nvmf_subsystem_remove_host', p, opts);
   }
 }

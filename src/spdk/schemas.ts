@@ -189,6 +189,13 @@ export const Lvol = z
 export type Lvol = z.output<typeof Lvol>;
 export const LvolList = z.array(Lvol);
 
+/** v24.09+: a thin lvol becomes a clone of a snapshot of the same size (keeps its own clusters). */
+export const BdevLvolSetParentParams = z.object({ lvol_name: name, parent_name: name }).strict();
+export type BdevLvolSetParentParams = z.input<typeof BdevLvolSetParentParams>;
+
+export const BdevLvolRenameParams = z.object({ old_name: name, new_name: name }).strict();
+export type BdevLvolRenameParams = z.input<typeof BdevLvolRenameParams>;
+
 // ---- vhost --------------------------------------------------------------------------------
 
 export const VhostCreateBlkControllerParams = z
@@ -367,6 +374,19 @@ export type BdevNvmeAttachControllerParams = z.input<typeof BdevNvmeAttachContro
 /** Names of the bdevs created for the controller's namespaces. */
 export const AttachedBdevs = z.array(z.string());
 
+export const NvmfSubsystemHostParams = z.object({ nqn, host: nqn, tgt_name: tgtName }).strict();
+export type NvmfSubsystemHostParams = z.input<typeof NvmfSubsystemHostParams>;
+
+export const BdevNvmeGetControllersParams = z.object({ name: name.optional() }).strict();
+/** One NVMe bdev controller; `state` is e.g. enabled, resetting, reconnect_is_delayed, failed, deleting. */
+export const NvmeBdevController = z
+  .object({
+    name: z.string(),
+    ctrlrs: z.array(z.object({ state: z.string().optional() }).passthrough()).default([]),
+  })
+  .passthrough();
+export const NvmeBdevControllerList = z.array(NvmeBdevController);
+
 export const BdevNvmeDetachControllerParams = z
   .object({
     name,
@@ -409,6 +429,8 @@ export const SPDK_METHODS = {
   bdev_lvol_resize: { params: BdevLvolResizeParams, result: True },
   bdev_lvol_delete: { params: BdevNameParams, result: True },
   bdev_lvol_get_lvols: { params: BdevLvolGetLvolsParams.optional(), result: LvolList },
+  bdev_lvol_set_parent: { params: BdevLvolSetParentParams, result: True },
+  bdev_lvol_rename: { params: BdevLvolRenameParams, result: True },
   vhost_create_blk_controller: { params: VhostCreateBlkControllerParams, result: True },
   vhost_delete_controller: { params: VhostDeleteControllerParams, result: True },
   vhost_get_controllers: { params: VhostGetControllersParams.optional(), result: VhostControllerList },
@@ -420,6 +442,9 @@ export const SPDK_METHODS = {
   nvmf_get_subsystems: { params: NvmfGetSubsystemsParams.optional(), result: NvmfSubsystemList },
   bdev_nvme_attach_controller: { params: BdevNvmeAttachControllerParams, result: AttachedBdevs },
   bdev_nvme_detach_controller: { params: BdevNvmeDetachControllerParams, result: True },
+  bdev_nvme_get_controllers: { params: BdevNvmeGetControllersParams.optional(), result: NvmeBdevControllerList },
+  nvmf_subsystem_add_host: { params: NvmfSubsystemHostParams, result: True },
+  nvmf_subsystem_remove_host: { params: NvmfSubsystemHostParams, result: True },
 } as const satisfies Record<string, { params: z.ZodTypeAny; result: z.ZodTypeAny }>;
 
 export type SpdkMethod = keyof typeof SPDK_METHODS;

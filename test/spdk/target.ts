@@ -167,14 +167,14 @@ export async function backendOnRealTarget(
  * Reads `bytes` bytes of an NVMe-oF/TCP export into `outFile` with `spdk_dd` (next to the
  * spdk_tgt binary): an initiator of our own, so tests compare what a disk really holds.
  */
-export async function readExport(tgtBin: string, ref: { host: string; port: number; subnqn: string }, bytes: number, outFile: string): Promise<void> {
+export async function readExport(tgtBin: string, ref: { host: string; port: number; subnqn: string }, bytes: number, outFile: string, blockBytes = 4096): Promise<void> {
   const dd = path.join(path.dirname(tgtBin), 'spdk_dd');
   const config = `${outFile}.json`;
   const attach = { name: 'R', trtype: 'tcp', adrfam: 'ipv4', traddr: ref.host, trsvcid: String(ref.port), subnqn: ref.subnqn };
   await fs.writeFile(config, JSON.stringify({ subsystems: [{ subsystem: 'bdev', config: [{ method: 'bdev_nvme_attach_controller', params: attach }] }] }));
-  const count = Math.ceil(bytes / 4096);
+  const count = Math.ceil(bytes / blockBytes);
   const mem = ['-s', '256', ...(memoryArgs().includes('--no-huge') ? ['--no-huge'] : [])];
-  const fixed = [...mem, '--ib', 'Rn1', '--of', outFile, '--bs', '4096', '--count', String(count), '--json', config];
+  const fixed = [...mem, '--ib', 'Rn1', '--of', outFile, '--bs', String(blockBytes), '--count', String(count), '--json', config];
   const out: string[] = [];
   const code = await new Promise<number | null>((resolve) => {
     const p = spawn(dd, fixed, { stdio: ['ignore', 'pipe', 'pipe'] });

@@ -54,11 +54,17 @@ export class LvolModel extends LvstoreModel {
     });
   }
 
-  lvolSnapshot(p: P.LvolSnapshot): Json {
+  lvolSnapshot(p: P.LvolSnapshot): Json | Pending {
     const { lvs, lvol } = this.lvolByBdevName(p.lvol_name);
     const problem = this.lvolNameProblem(lvs, p.snapshot_name);
     if (problem) throw invalidParams(problem);
     if (lvol.readOnly) throw invalidParams('EINVAL');
+    if (this.profile.version === '25.09' && this.esnapOverReconnectingNvme(lvol)) {
+      // Probed on our v25.09 build: a snapshot of an esnap clone whose source is an NVMe
+      // controller attached with ctrlr_loss_timeout_sec never answers (the I/O qpair's CONNECT
+      // never completes), even seconds after the attach; without it, it succeeds.
+      return new Pending(() => false, undefined, () => true);
+    }
     this.lockBlob(lvol.uuid, invalidParams);
     // The snapshot takes over the origin's clusters and parent; the origin becomes a thin
     // clone of the snapshot.
@@ -349,6 +355,13 @@ export class LvolModel extends LvstoreModel {
     }
   }
 
+
+  private esnapOverReconnectingNvme(lvol: Lvol): boolean {
+    if (lvol.parent?.kind !== 'esnap') return false;
+    const src = this.esnapSource(lvol.parent.bdevUuid);
+    if (!src) return false;
+    return [...this.nvmeControllers.values()].some((c) => c.lossTimeoutSec !== 0 && c.bdevs.includes(src.name));
+  }
 
   /** The lvol an lvol RPC names, healthy or degraded (set_parent finds degraded ones, then refuses). */
   private anyLvol(name: string): { lvs: Lvstore; lvol: Lvol; degraded: boolean } | undefined {

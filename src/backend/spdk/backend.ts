@@ -10,7 +10,9 @@ import {
   BackendError,
   type BackendHealth,
   type ControllerSpec,
+  type DiskHydration,
   type DiskSpec,
+  type ImageExportOptions,
   type ImageSpec,
   type ObservedController,
   type ObservedDisk,
@@ -26,6 +28,7 @@ import { toBackendError } from './errors.js';
 import * as remote from './export.js';
 import { FanoutLanes } from './fanout.js';
 import { ImageStore } from './images.js';
+import { LazyStore } from './lazy.js';
 import { LvstoreKeeper } from './lvstore.js';
 import { buildObservedState } from './observe.js';
 
@@ -60,6 +63,7 @@ export class SpdkBackend extends EventEmitter implements StorageBackend {
   private readonly images: ImageStore;
   private readonly disks: DiskStore;
   private readonly controllers: ControllerStore;
+  private readonly lazy: LazyStore;
   private readonly onConnected = (): void => {
     // A new connection may be a new spdk_tgt: check the lvstore again before the next use.
     this.keeper.reset();
@@ -85,6 +89,9 @@ export class SpdkBackend extends EventEmitter implements StorageBackend {
     this.images = new ImageStore(this.ctx, this.keeper, this.lanes, { fetchImage: fetchImage ?? defaultFetchImage, fetchOptions: fetchOptions ?? {} });
     this.disks = new DiskStore(this.ctx, this.keeper, this.lanes, this.images);
     this.controllers = new ControllerStore(this.ctx, this.keeper);
+    this.lazy = new LazyStore(this.ctx, this.keeper);
+    this.images.lazy = this.lazy;
+    this.keeper.reattachLazySources = () => this.lazy.reattachAll();
     client.on('connected', this.onConnected);
     client.on('disconnected', this.onDisconnected);
   }
@@ -99,6 +106,7 @@ export class SpdkBackend extends EventEmitter implements StorageBackend {
           throw toBackendError(e, 'framework_wait_init');
         });
         await this.keeper.ready();
+        this.resumeLazy();
         break;
       } catch (e) {
         const err = toBackendError(e, 'start');
@@ -126,6 +134,7 @@ export class SpdkBackend extends EventEmitter implements StorageBackend {
   async close(): Promise<void> {
     this.ctx.lifetime.abort(new BackendError('backend closed', 'transport'));
     await this.images.settled();
+    await this.lazy.settled();
     this.client.off('connected', this.onConnected);
     this.client.off('disconnected', this.onDisconnected);
     await this.client.close();
@@ -146,7 +155,11 @@ export class SpdkBackend extends EventEmitter implements StorageBackend {
     const [lvols, bdevs, controllers] = await Promise.all([ctx.listLvols(), ctx.listBdevs(), ctx.listControllers()]);
     this.lanes.tidyLeftovers(lvols);
     this.images.tidyFinishedImports(lvols, bdevs);
+    this.resumeLazy();
+    await this.lazy.refreshSourceStates();
     return buildObservedState({
+      lazy: this.lazy.imageMessages(),
+      clusterBytes: ctx.lvstore.clusterBytes,
       lvsName: ctx.lvs,
       vhostDir: this.vhostDir,
       lvols,
@@ -168,8 +181,9 @@ export class SpdkBackend extends EventEmitter implements StorageBackend {
     return this.disks.ensureDisk(spec);
   }
 
-  deleteDisk(id: string): Promise<void> {
-    return this.disks.deleteDisk(id);
+  async deleteDisk(id: string): Promise<void> {
+    await this.disks.deleteDisk(id);
+    await this.lazy.forgetDisk(id);
   }
 
   ensureController(spec: ControllerSpec): Promise<ObservedController> {
@@ -199,6 +213,34 @@ export class SpdkBackend extends EventEmitter implements StorageBackend {
 
   attachRemoteDisk(ref: RemoteDiskRef, localId: string): Promise<ObservedDisk> {
     return this.ctx.diskLocks.run(localId, () => remote.attachRemoteDisk(this.exportContext, ref, localId));
+  }
+
+  // ---- lazy disks and image exports (see lazy.ts) -----------------------------------------------
+
+  /** Hydrations recorded before a restart (of the agent or spdk_tgt) start again, in the background. */
+  private resumeLazy(): void {
+    void this.lazy.resume().catch((e: unknown) => this.log.warn({ event: 'lazy.resume_failed', err: String(e) }, 'could not resume hydrations'));
+  }
+
+  cloneRemoteDisk(ref: RemoteDiskRef, localId: string): Promise<ObservedDisk> {
+    return this.ctx.diskLocks.run(localId, () => this.lazy.cloneRemoteDisk(ref, localId));
+  }
+
+  hydrateDisk(id: string): Promise<DiskHydration> {
+    return this.lazy.hydrateDisk(id, async (image) => {
+      const img = (await this.observe()).images.find((i) => i.name === image);
+      if (!img || img.phase === 'ready') return undefined;
+      const paused = img.message?.startsWith('hydration paused') ?? false;
+      return { id, state: paused ? 'paused' : 'hydrating', percent: img.hydratedPercent ?? 0, ...(img.message !== undefined ? { message: img.message } : {}) };
+    });
+  }
+
+  exportImage(name: string, opts: ImageExportOptions): Promise<RemoteDiskRef> {
+    return this.lazy.exportImage(name, opts);
+  }
+
+  unexportImage(name: string): Promise<void> {
+    return this.lazy.unexportImage(name);
   }
 
   detachRemoteDisk(localId: string): Promise<void> {

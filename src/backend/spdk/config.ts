@@ -45,6 +45,11 @@ export const SpdkBackendConfigSchema = z
     cpumask: z.string().optional(),
     /** Snapshots an image's disks are cloned from in parallel under load (golden + fan-outs). */
     cloneLanes: z.number().int().min(1).max(16).default(4),
+    /**
+     * This node's name: lazy sources are attached with its host NQN (hostNqnOf), which peers'
+     * image exports admit. Without it the target's default host NQN is used.
+     */
+    nodeName: z.string().min(1).max(200).regex(/^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$/, 'a Kubernetes node name').optional(),
     /** Deadline of bdev_lvol_inflate, which copies the whole image. */
     inflateTimeoutMs: z.number().int().positive().default(60 * 60_000),
   })

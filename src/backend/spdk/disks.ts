@@ -6,7 +6,7 @@ import { toBackendError } from './errors.js';
 import type { FanoutLanes } from './fanout.js';
 import type { ImageStore } from './images.js';
 import type { LvstoreKeeper } from './lvstore.js';
-import { checkDiskId, goldenName, imageOfSnapshot, imageOfSourceBdev, lvolAlias } from './naming.js';
+import { checkDiskId, goldenName, imageOfSnapshot, imageOfSourceBdev, lazyGoldenName, lvolAlias } from './naming.js';
 import { ceilMiB, lvolBytes, planCloneSize } from './observe.js';
 import { bdevSizeBytes, lvolInfoOf } from './schemas.js';
 
@@ -77,8 +77,14 @@ export class DiskStore {
     const { ctx } = this;
     const log = ctx.log.child({ disk: spec.id, image });
     const alias = lvolAlias(ctx.lvs, spec.id);
-    const goldenAlias = lvolAlias(ctx.lvs, goldenName(image));
-    const golden = await ctx.getBdev(goldenAlias);
+    let goldenAlias = lvolAlias(ctx.lvs, goldenName(image));
+    let golden = await ctx.getBdev(goldenAlias);
+    // A lazy image still hydrating: its disks are clones of the lazy golden (one lane).
+    const lazy = golden ? undefined : await ctx.getBdev(lvolAlias(ctx.lvs, lazyGoldenName(image)));
+    if (lazy) {
+      goldenAlias = lvolAlias(ctx.lvs, lazyGoldenName(image));
+      golden = lazy;
+    }
     if (!golden) throw new BackendError(`disk ${spec.id}: image ${image} is not cached on this node`, 'notFound');
     const goldenBytes = bdevSizeBytes(golden);
     const clusterBytes = ctx.lvstore.clusterBytes;
@@ -86,10 +92,13 @@ export class DiskStore {
     if (!plan.ok) throw new BackendError(`disk ${spec.id}: ${plan.reason}`, 'invalid');
     let from = goldenAlias;
     try {
-      await this.lanes.of(image, lvols).submit((snapshot) => {
-        from = snapshot;
-        return ctx.snapshotLocks.run(snapshot, () => ctx.api.bdevLvolClone({ snapshot_name: snapshot, clone_name: spec.id }));
-      });
+      if (lazy) await ctx.snapshotLocks.run(goldenAlias, () => ctx.api.bdevLvolClone({ snapshot_name: goldenAlias, clone_name: spec.id }));
+      else {
+        await this.lanes.of(image, lvols).submit((snapshot) => {
+          from = snapshot;
+          return ctx.snapshotLocks.run(snapshot, () => ctx.api.bdevLvolClone({ snapshot_name: snapshot, clone_name: spec.id }));
+        });
+      }
     } catch (e) {
       if (e instanceof SpdkError && e.kind === 'exists') return this.completeExistingDisk(spec);
       if (e instanceof SpdkError && e.kind === 'notFound' && from !== goldenAlias) {

@@ -8,8 +8,9 @@ import { BackendError, type ImageSpec, type ObservedImage } from '../types.js';
 import type { SpdkContext } from './context.js';
 import { toBackendError } from './errors.js';
 import { fanoutsIn, type FanoutLvol, type FanoutLanes } from './fanout.js';
+import type { LazyStore } from './lazy.js';
 import type { LvstoreKeeper } from './lvstore.js';
-import { checkImageName, classifyLvol, goldenName, importingName, lvolAlias, sourceBdevName } from './naming.js';
+import { checkImageName, classifyLvol, goldenName, importingName, lazyGoldenName, lvolAlias, sourceBdevName } from './naming.js';
 import type { ImportProgress } from './observe.js';
 import { lvolInfoOf, bdevSizeBytes } from './schemas.js';
 
@@ -35,6 +36,8 @@ export class ImageStore {
   readonly progress = new Map<string, ImportProgress>();
   /** Exact sizes of images imported by this process (the golden is rounded up to clusters). */
   private readonly imageSizes = new Map<string, number>();
+  /** Lazy images from peers (set by the backend). */
+  lazy: LazyStore | undefined;
 
   constructor(
     private readonly ctx: SpdkContext,
@@ -57,7 +60,7 @@ export class ImageStore {
     checkImageName(spec.name);
     let shared = this.imports.get(spec.name);
     if (!shared) {
-      shared = this.importImage(spec).finally(() => this.imports.delete(spec.name));
+      shared = this.importOrLazy(spec).finally(() => this.imports.delete(spec.name));
       // Every caller may detach (below): the import's failure must never be an unhandled rejection.
       shared.catch(() => undefined);
       this.imports.set(spec.name, shared);
@@ -65,6 +68,13 @@ export class ImageStore {
     // The import is shared: one caller giving up detaches that caller, it does not cancel
     // the import the others wait for (close() cancels it).
     return signal ? detachOnAbort(shared, signal) : shared;
+  }
+
+  /** A peer's golden (or an image already hydrating from one) goes lazy; anything else is imported. */
+  private async importOrLazy(spec: ImageSpec): Promise<ObservedImage> {
+    const lazy = this.lazy;
+    if (lazy && (spec.peer !== undefined || (await lazy.hasImageRecord(spec.name)))) return lazy.ensureLazyImage(spec);
+    return this.importImage(spec);
   }
 
   private async importImage(spec: ImageSpec): Promise<ObservedImage> {
@@ -197,10 +207,10 @@ export class ImageStore {
     return fanoutsIn(await this.ctx.listLvols(), image);
   }
 
-  /** VM disks cloned from the golden or any of its fan-outs. */
+  /** VM disks cloned from the golden, any of its fan-outs or its (repointed) lazy golden. */
   private async imageDiskClones(image: string, golden: Bdev): Promise<string[]> {
-    const fanouts = (await this.fanoutsOf(image)).filter((f) => !f.tmp);
-    const bdevs = await Promise.all(fanouts.map((f) => this.ctx.getBdev(lvolAlias(this.ctx.lvs, f.name))));
+    const fanouts = (await this.fanoutsOf(image)).filter((f) => !f.tmp).map((f) => f.name);
+    const bdevs = await Promise.all([...fanouts, lazyGoldenName(image)].map((n) => this.ctx.getBdev(lvolAlias(this.ctx.lvs, n))));
     return [golden, ...bdevs].flatMap((b) => (b ? diskClonesOf(b) : []));
   }
 
@@ -217,6 +227,11 @@ export class ImageStore {
       if (clones.length > 0) {
         throw new BackendError(`image ${name}: ${clones.length} disk(s) are clones of it (${clones.join(', ')})`, 'busy');
       }
+    }
+    if (this.lazy) {
+      if (await this.lazy.isExported(name)) throw new BackendError(`image ${name}: it is exported to peers (unexport it first)`, 'busy');
+      // Its lazy golden (a child of the golden once hydrated) goes first: see below.
+      await this.lazy.deleteLazy(name);
     }
     this.lanes.forget(name);
     // Children first: deleting a snapshot with one clone would merge, not delete.

@@ -28,6 +28,8 @@ type BaseRecord = z.output<typeof BaseRecordSchema>;
 
 export class LvstoreKeeper {
   private lvstoreReady: Promise<void> | undefined;
+  /** Attaches the other nodes' exports lazy clones read (set by the backend; see lazy.ts). */
+  reattachLazySources: (() => Promise<void>) | undefined;
 
   constructor(private readonly ctx: SpdkContext) {}
 
@@ -207,7 +209,13 @@ export class LvstoreKeeper {
    */
   private async recoverEsnapSources(): Promise<void> {
     const { ctx } = this;
-    const degraded = (await ctx.api.bdevLvolGetLvols({ lvs_name: ctx.lvs })).filter((l) => l.is_degraded);
+    let degraded = (await ctx.api.bdevLvolGetLvols({ lvs_name: ctx.lvs })).filter((l) => l.is_degraded);
+    if (degraded.length > 0 && this.reattachLazySources) {
+      // Lazy images and disks read other nodes' exports: attach them again (same namespace id).
+      await this.reattachLazySources();
+      await this.waitForExamine();
+      degraded = (await ctx.api.bdevLvolGetLvols({ lvs_name: ctx.lvs })).filter((l) => l.is_degraded);
+    }
     for (const l of degraded) {
       const role = classifyLvol(l.name);
       const file = role.role === 'importing' ? ctx.imageFile(role.image) : undefined;

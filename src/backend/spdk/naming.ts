@@ -20,8 +20,18 @@ export { parseControllerName };
  *                            are cloned from the golden and its fan-outs in parallel lanes.
  *                            `img-<image>.f<N>.tmp` is the clone a fan-out is made from.
  *                            (Image names are DNS labels: they never contain a `.`.)
+ * - `img-<image>.lazy`       a lazy golden: a read-only external-snapshot clone of a peer's
+ *                            export (the NVMe bdev `lzi-<image>n1`); disks clone it and boot at
+ *                            once. (`img-<image>.lazybase`: reserved, a left-over is deleted.)
+ *                            `img-<image>.hyd` is the clone hydration inflates
+ *                            (read by nobody else, then snapshotted as `img-<image>`). Once the
+ *                            golden exists the lazy golden is repointed onto it (set_parent) and
+ *                            is then an empty snapshot between the golden and its disks.
+ * - `<disk>.hyd`, `<disk>.hsnap`  a disk's hydration helper (the esnap clone being inflated)
+ *                            and the local snapshot the disk is repointed onto; reserved suffixes.
  * - anything else            a disk (`DiskSpec.id`).
- * Outside the lvstore: `img-<image>-src`, the aio bdev over the downloaded file.
+ * Outside the lvstore: `img-<image>-src`, the aio bdev over the downloaded file; NVMe bdev
+ * controllers `lzi-<image>` (a peer's golden) and `lzd-<disk>` (another node's disk).
  */
 
 export const IMAGE_PREFIX = 'img-';
@@ -42,23 +52,43 @@ export const lvolAlias = (lvs: string, lvol: string): string => `${lvs}/${lvol}`
 export const fanoutName = (image: string, n: number): string => `${IMAGE_PREFIX}${image}.f${n}`;
 export const fanoutTmpName = (image: string, n: number): string => `${fanoutName(image, n)}.tmp`;
 const FANOUT_RE = /^(.+)\.f(\d+)(\.tmp)?$/;
+export const lazyGoldenName = (image: string): string => `${IMAGE_PREFIX}${image}.lazy`;
+export const lazyBaseName = (image: string): string => `${IMAGE_PREFIX}${image}.lazybase`;
+export const lazyHydrateName = (image: string): string => `${IMAGE_PREFIX}${image}.hyd`;
+const LAZY_RE = /^(.+)\.(lazy|lazybase|hyd)$/;
+export const diskHydrateName = (id: string): string => `${id}.hyd`;
+export const diskBaseName = (id: string): string => `${id}.hsnap`;
+const DISK_HELPER_RE = /^(.+)\.(hyd|hsnap)$/;
+/** NVMe bdev controller of a peer's golden; its namespace 1 is the bdev `<name>n1`. */
+export const peerControllerName = (image: string): string => `lzi-${image}`;
+/** NVMe bdev controller of another node's disk that a local disk is a lazy clone of. */
+export const diskSourceControllerName = (id: string): string => `lzd-${id}`;
+export const nvmeBdevOf = (controller: string): string => `${controller}n1`;
 
 export type LvolRole =
   | { role: 'golden'; image: string }
   | { role: 'importing'; image: string }
   | { role: 'fanout'; image: string; index: number; tmp: boolean }
+  | { role: 'lazy'; image: string; part: 'lazy' | 'lazybase' | 'hyd' }
+  | { role: 'diskHelper'; id: string; part: 'hyd' | 'hsnap' }
   | { role: 'disk'; id: string };
 
 /** The image whose cached copy an lvol is part of (golden or fan-out), if any. */
 export function imageOfSnapshot(name: string): string | undefined {
   const r = classifyLvol(name);
-  return r.role === 'golden' || (r.role === 'fanout' && !r.tmp) ? r.image : undefined;
+  return r.role === 'golden' || (r.role === 'fanout' && !r.tmp) || (r.role === 'lazy' && r.part === 'lazy') ? r.image : undefined;
 }
 
 /** What an lvol of our lvstore is, from its name alone. */
 export function classifyLvol(name: string): LvolRole {
-  if (!name.startsWith(IMAGE_PREFIX)) return { role: 'disk', id: name };
+  if (!name.startsWith(IMAGE_PREFIX)) {
+    const helper = DISK_HELPER_RE.exec(name);
+    if (helper?.[1] !== undefined) return { role: 'diskHelper', id: helper[1], part: helper[2] === 'hyd' ? 'hyd' : 'hsnap' };
+    return { role: 'disk', id: name };
+  }
   const rest = name.slice(IMAGE_PREFIX.length);
+  const lazy = LAZY_RE.exec(rest);
+  if (lazy?.[1] !== undefined && lazy[2] !== undefined) return { role: 'lazy', image: lazy[1], part: lazy[2] as 'lazy' | 'lazybase' | 'hyd' };
   if (rest.endsWith(IMPORTING_SUFFIX)) return { role: 'importing', image: rest.slice(0, -IMPORTING_SUFFIX.length) };
   const fan = FANOUT_RE.exec(rest);
   if (fan?.[1] !== undefined && fan[2] !== undefined) return { role: 'fanout', image: fan[1], index: Number(fan[2]), tmp: fan[3] !== undefined };
@@ -91,6 +121,9 @@ export function checkImageName(image: string): void {
 export function checkDiskId(id: string): void {
   if (!LVOL_NAME_RE.test(id) || id.length > LVOL_NAME_MAX) {
     throw new BackendError(`disk "${id}": id must be 1-${LVOL_NAME_MAX} characters of [A-Za-z0-9_.-]`, 'invalid');
+  }
+  if (DISK_HELPER_RE.test(id)) {
+    throw new BackendError(`disk "${id}": ids ending in ".hyd" or ".hsnap" are reserved (hydration helpers)`, 'invalid');
   }
   if (id.startsWith(IMAGE_PREFIX)) {
     throw new BackendError(`disk "${id}": id must not start with "${IMAGE_PREFIX}" (reserved for cached images)`, 'invalid');

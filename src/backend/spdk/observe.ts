@@ -3,6 +3,9 @@ import type { ImagePhase, ObservedController, ObservedDisk, ObservedImage, Obser
 import { classifyLvol, goldenName, imageOfSnapshot, lvolAlias, parseControllerName } from './naming.js';
 import type { Bdev, Lvol, VhostController } from '../../spdk/schemas.js';
 import { bdevSizeBytes, lvolInfoOf } from './schemas.js';
+import { hydratedPercent } from './lazy.js';
+
+const MiB = 1024 * 1024;
 
 /** What this process knows about an import that SPDK's listing cannot tell (download, errors). */
 export interface ImportProgress {
@@ -19,6 +22,10 @@ export interface ObserveInput {
   controllers: readonly VhostController[];
   /** Imports running (or failed) in this process, by image name. */
   imports: ReadonlyMap<string, ImportProgress>;
+  /** Lazy images' hydration as this process runs it (paused/failed messages), by image name. */
+  lazy?: ReadonlyMap<string, { message?: string; failed: boolean }>;
+  /** The lvstore's cluster size: a lazy image's hydrated percentage counts clusters. */
+  clusterBytes?: number;
 }
 
 /** Indexes bdevs by name, alias and UUID: controllers name their bdev by UUID. */
@@ -70,6 +77,7 @@ export function buildObservedState(input: ObserveInput): ObservedState {
   const images = new Map<string, ObservedImage>();
   const disks: ObservedDisk[] = [];
   const stale = new Set<string>();
+  const lazy: Array<{ image: string; lvol: Lvol }> = [];
   for (const l of ours) {
     const role = classifyLvol(l.name);
     if (role.role === 'golden') {
@@ -77,8 +85,10 @@ export function buildObservedState(input: ObserveInput): ObservedState {
       let clones = 0;
       for (const [parent, n] of diskChildCount) if (imageOfSnapshot(parent) === role.image) clones += n;
       images.set(role.image, { name: role.image, phase: 'ready', sizeBytes: sizeOf(l), ref: l.alias, cloneCount: clones });
-    } else if (role.role === 'fanout') {
+    } else if (role.role === 'fanout' || role.role === 'diskHelper') {
       continue;
+    } else if (role.role === 'lazy') {
+      if (role.part === 'lazy') lazy.push({ image: role.image, lvol: l });
     } else if (role.role === 'importing') {
       stale.add(role.image);
     } else {
@@ -93,6 +103,25 @@ export function buildObservedState(input: ObserveInput): ObservedState {
         owned: true,
       });
     }
+  }
+  for (const { image, lvol } of lazy) {
+    const disksOfLazy = diskChildCount.get(lvol.name) ?? 0;
+    const ready = images.get(image);
+    // Hydrated: the lazy golden is an empty snapshot between the golden and its disks, which
+    // the golden's cloneCount already counts (imageOfSnapshot knows the lazy golden).
+    if (ready) continue;
+    const run = input.lazy?.get(image);
+    const size = sizeOf(lvol);
+    const percent = hydratedPercent(ours, image, size, input.clusterBytes ?? 4 * MiB);
+    images.set(image, {
+      name: image,
+      phase: run?.failed ? 'failed' : 'hydrating',
+      sizeBytes: size,
+      ref: lvol.alias,
+      cloneCount: disksOfLazy,
+      ...(percent !== undefined ? { hydratedPercent: percent } : {}),
+      message: run?.message ?? (lvol.is_degraded ? 'lazy golden degraded: its source is not attached' : `hydrating${percent !== undefined ? ` ${percent}%` : ''}`),
+    });
   }
   for (const image of stale) {
     if (images.has(image)) continue; // a left-over of a finished import: the golden is what counts
@@ -139,8 +168,6 @@ export function buildObservedState(input: ObserveInput): ObservedState {
     controllers: controllers.sort(byName),
   };
 }
-
-const MiB = 1024 * 1024;
 
 export type ClonePlan = { ok: true; sizeMiB: number; resize: boolean } | { ok: false; reason: string };
 

@@ -188,6 +188,32 @@ describe('sources that go away (v25.09 recording, sections e and g)', () => {
   });
 });
 
+describe('sources attached with ctrlr_loss_timeout_sec (probed on our v25.09 build)', () => {
+  it('a snapshot of an esnap clone of such a source never answers', async () => {
+    const { b } = await exported();
+    await b.ok('bdev_nvme_detach_controller', { name: 'imgA' });
+    await b.ok('bdev_nvme_attach_controller', { name: 'imgR', trtype: 'tcp', traddr: '127.0.0.1', trsvcid: '4470', subnqn: 'nqn.2016-06.io.spdk:img', ctrlr_loss_timeout_sec: -1, reconnect_delay_sec: 2 });
+    await b.ok('bdev_lvol_clone_bdev', { bdev: 'imgRn1', lvs_name: 'lvsB', clone_name: 'base' });
+    await expect(b.call('bdev_lvol_snapshot', { lvol_name: 'lvsB/base', snapshot_name: 'snap' }, 300)).rejects.toThrow(/no response \(timeout\)/);
+  });
+
+  it('without the snapshot: a read-only esnap clone is cloned, a helper is inflated, snapshotted, and the lazy golden repointed onto it; the controller detaches', async () => {
+    const { b } = await exported();
+    await b.ok('bdev_nvme_detach_controller', { name: 'imgA' });
+    await b.ok('bdev_nvme_attach_controller', { name: 'imgR', trtype: 'tcp', traddr: '127.0.0.1', trsvcid: '4470', subnqn: 'nqn.2016-06.io.spdk:img', ctrlr_loss_timeout_sec: -1, reconnect_delay_sec: 2 });
+    await b.ok('bdev_lvol_clone_bdev', { bdev: 'imgRn1', lvs_name: 'lvsB', clone_name: 'lazy' });
+    expect(await b.ok('bdev_lvol_set_read_only', { name: 'lvsB/lazy' })).toBe(true);
+    expect(await b.ok('bdev_lvol_set_read_only', { name: 'lvsB/lazy' })).toBe(true);
+    await b.ok('bdev_lvol_clone', { snapshot_name: 'lvsB/lazy', clone_name: 'vm1' });
+    await b.ok('bdev_lvol_clone_bdev', { bdev: 'imgRn1', lvs_name: 'lvsB', clone_name: 'hyd' });
+    await b.ok('bdev_lvol_inflate', { name: 'lvsB/hyd' });
+    await b.ok('bdev_lvol_snapshot', { lvol_name: 'lvsB/hyd', snapshot_name: 'gold' });
+    await b.ok('bdev_lvol_delete', { name: 'lvsB/hyd' });
+    expect(await b.ok('bdev_lvol_set_parent', { lvol_name: 'lvsB/lazy', parent_name: 'lvsB/gold' })).toBe(true);
+    expect(await b.ok('bdev_nvme_detach_controller', { name: 'imgR' })).toBe(true);
+  });
+});
+
 describe('metadata operations in flight (real v24.01 and v25.09: pipelined clones)', () => {
   it('clones of one snapshot sent in one write: the first succeeds and answers last, the others are -32602 busy; one at a time all succeed', async () => {
     const fabric = new NvmfFabric();
