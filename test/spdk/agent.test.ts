@@ -10,6 +10,7 @@ import { mkdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { SpdkRpcClient } from '../../src/spdk/client.js';
+import { goldenImageName, imageKey } from '../../src/contract/index.js';
 import { SOCKET_OWNER as OWNER, SOCKET_OWNER_ARG, standaloneAgentArgs } from '../helpers/agent.js';
 import { exited, killAll, startCli, until, vmiYaml } from '../helpers/process.js';
 import { cases, RealTarget, realSpdkOrSkip, shortTempDir } from './target.js';
@@ -34,6 +35,8 @@ interface Rig {
   rpc<T = unknown>(method: string, params?: Record<string, unknown>): Promise<T>;
   agentArgs(...more: string[]): string[];
   image: Buffer;
+  /** The golden lvol of CachedImage "base". */
+  golden: string;
 }
 
 async function rig(bin: string, opts: { longVhostDir?: boolean } = {}): Promise<Rig> {
@@ -57,6 +60,8 @@ async function rig(bin: string, opts: { longVhostDir?: boolean } = {}): Promise<
     dir: d,
     tgt: t,
     image,
+    // Goldens are named by content (contract imageKey), not by the CachedImage name.
+    golden: goldenImageName(imageKey({ name: 'base', source: { hostPath: { path: path.join(d, 'base.raw'), sha256 } }, format: 'raw' })),
     rpc: async <T,>(method: string, params?: Record<string, unknown>): Promise<T> => {
       const c = new SpdkRpcClient({ socketPath: t.socketPath, reconnect: false, timeoutMs: 30_000 });
       try {
@@ -110,8 +115,8 @@ describe.skipIf(targets.length === 0).each(cases(targets))('agent on a real spdk
     // parallel); the import's helpers are gone.
     const lvols = await r.rpc<Lvol[]>('bdev_lvol_get_lvols');
     const cached = lvols.map((l) => l.name).filter((n) => n.startsWith('img-'));
-    expect(cached.filter((n) => !/^img-base\.f\d+$/.test(n))).toEqual(['img-base']);
-    expect((await r.rpc<Array<{ name: string }>>('bdev_get_bdevs')).some((b) => b.name === 'img-base-src')).toBe(false);
+    expect(cached.filter((n) => !new RegExp(`^${r.golden}\\.f\\d+$`).test(n))).toEqual([r.golden]);
+    expect((await r.rpc<Array<{ name: string }>>('bdev_get_bdevs')).some((b) => b.name === `${r.golden}-src`)).toBe(false);
 
     // spdk_tgt restarts (nothing but the files survive): the same command finds everything again.
     await r.tgt.restart('SIGKILL');
@@ -174,10 +179,10 @@ describe.skipIf(targets.length === 0).each(cases(targets))('agent on a real spdk
     const r = await rig(bin);
     await vmis(r, 1, '- name: root\n  spdkVhostBlkDisk: {image: base, capacity: 64Mi}');
     expect((await once(r)).code).toBe(0);
-    await writeFile(path.join(r.dir, 'vmis', 'evil.yaml'), vmiYaml('evil', 'slot-09', '- name: root\n  spdkVhostBlkDisk: {bdev: kvs/img-base}'));
+    await writeFile(path.join(r.dir, 'vmis', 'evil.yaml'), vmiYaml('evil', 'slot-09', `- name: root\n  spdkVhostBlkDisk: {bdev: kvs/${r.golden}}`));
     const res = await once(r);
     expect(res.code).toBe(1);
-    expect(res.out).toMatch(/evil root: Failed .*kvs\/img-base is an lvol of lvstore kvs/);
+    expect(res.out).toMatch(new RegExp(`evil root: Failed .*kvs/${r.golden} is an lvol of lvstore kvs`));
     expect((await r.rpc<Ctrl[]>('vhost_get_controllers')).map((c) => c.ctrlr)).not.toContain('slot-09/root');
   });
 
