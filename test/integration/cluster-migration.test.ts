@@ -272,16 +272,63 @@ describe('live migration in cluster mode', () => {
     startMigration(r);
     await targetReady(r);
     expect(r.api.get(VMIMS, 'mig1', 'default')).toBeDefined();
+    const made = r.a.agent.migration.records.get(UID)?.backendInstance;
+    expect(made).toMatch(/^[0-9a-f]{16}$/);
 
     await r.a.sim.stop();
     r.a.sim = new SpdkSimulator(r.a.simOpts);
     await r.a.sim.start();
 
     await until('the migration object is deleted', () => r.api.get(VMIMS, 'mig1', 'default') === undefined);
+    // A new process, told by its instance (not by the reconnect alone).
+    const now = (await r.a.backend.health()).instance;
+    expect(now).toMatch(/^[0-9a-f]{16}$/);
+    expect(now).not.toBe(made);
     const ev = await until('an abort Event on the VMI', () => events(r, REASON_ABORTED)[0]);
     expect(String(ev.message)).toMatch(/restarted/);
     // Live recovery still brings the source VM's controller back.
     await until('A serves vm1 again', async () => (await controller(r.a, 'slot-01/root'))?.diskRef.includes(DISK));
+  });
+
+  it('goes on when the source RPC connection drops and comes back to the same spdk_tgt (a reconnect is no restart)', async () => {
+    const r = rig!;
+    await runningOnA(r);
+    const state = startMigration(r);
+    await targetReady(r);
+    const made = r.a.agent.migration.records.get(UID)?.backendInstance;
+    expect(made).toMatch(/^[0-9a-f]{16}$/);
+
+    // The target drops A's RPC connection; A's client reconnects to the same process.
+    let reconnected = false;
+    let healthAfter = 0;
+    const health = r.a.backend.health.bind(r.a.backend);
+    r.a.backend.health = async () => {
+      const h = await health();
+      if (reconnected) healthAfter++;
+      return h;
+    };
+    r.a.backend.once('connected', () => {
+      reconnected = true;
+    });
+    r.a.sim.injectFault({ method: 'bdev_lvol_get_lvols', action: 'close' });
+    await until('A reconnected and asked its backend which process it is', () => healthAfter > 0);
+    // Let what the reconnect would trigger (an abort, a resync) run.
+    await new Promise((res) => setTimeout(res, 300));
+    await r.a.agent.migration.idle();
+    expect(r.a.agent.migration.records.get(UID)?.abort).toBeUndefined();
+    expect(r.a.agent.migration.records.get(UID)?.backendInstance).toBe(made);
+    expect(r.api.get(VMIMS, 'mig1', 'default')).toBeDefined();
+    expect(events(r, REASON_ABORTED)).toEqual([]);
+    expect(exported(r.a)).toBe(true);
+
+    // The migration then completes as usual: B hydrates and owns the disk, A lets go.
+    r.api.put(PODS, pod('virt-launcher-vm1-src', 'node-a', 'Succeeded'));
+    r.a.slots.splice(0);
+    updateVmi(r, { 'kubevirt.io/nodeName': 'node-b' }, { ...state, completed: true, endTimestamp: new Date().toISOString() });
+    await until('B reports the disk Ready with its data on node-b', () => vmiStatus(r)?.disks[0]?.dataNode === 'node-b');
+    await until('A unexported and deleted the disk', async () => !exported(r.a) && !(await r.a.backend.observe()).disks.some((d) => d.id === DISK));
+    await until('both nodes counted a success', async () => (await migrations(r.a, 'succeeded')) === 1 && (await migrations(r.b, 'succeeded')) === 1);
+    expect(await migrations(r.a, 'aborted')).toBe(0);
   });
 });
 
