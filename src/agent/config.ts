@@ -52,6 +52,12 @@ export const AgentFlagsSchema = z.object({
   bdevDir: text('DIR')
     .optional()
     .describe("qsd only: the directory `bdev: <name>` volumes are served from (`<dir>/<name>`, a file or block device, or the admin's link to one). Without it the qsd backend serves no `bdev:` volume."),
+  lazyImages: z
+    .boolean()
+    .default(false)
+    .describe(
+      'qsd only: images from an http(s) origin (format raw) are usable at once, read from the origin through QEMU\'s curl driver while they are copied in the background, and verified after. Default: a full download first. Not implemented for the spdk backend (refused there); both backends read images lazily from peer nodes without it.',
+    ),
 });
 
 export type AgentFlags = z.output<typeof AgentFlagsSchema>;

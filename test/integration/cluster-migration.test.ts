@@ -8,6 +8,7 @@ import { STATUS_ANNOTATION } from '../../src/api/volumes.js';
 import { diskId } from '../../src/contract/index.js';
 import { exportNqn } from '../../src/backend/remote.js';
 import { createSpdkBackend, type SpdkBackend } from '../../src/backend/spdk/index.js';
+import { diskSourceControllerName } from '../../src/backend/spdk/naming.js';
 import { EXPORTS_ANNOTATION, HYDRATED_ANNOTATION, REASON_ABORTED, REASON_REFUSED, createMigratingClusterAgent } from '../../src/kube/migration.js';
 import { QsdBackend } from '../../src/backend/qsd/index.js';
 import { hasCommand } from '../helpers/process.js';
@@ -153,6 +154,7 @@ const vmiStatus = (r: Rig) => {
   const a = (currentVmi(r).metadata?.annotations as Record<string, string> | undefined)?.[STATUS_ANNOTATION];
   return a === undefined ? undefined : VmiStatusSchema.parse(JSON.parse(a));
 };
+const annotations = (r: Rig) => (currentVmi(r).metadata?.annotations ?? {}) as Record<string, string>;
 const controllers = async (n: Node) => (await n.backend.observe()).controllers;
 const controller = async (n: Node, name: string) => (await controllers(n)).find((c) => c.name === name);
 const exported = (n: Node) => JSON.stringify(n.sim.snapshot()).includes(exportNqn(DISK));
@@ -160,24 +162,37 @@ const slotFile = async (n: Node, slot: string) => SlotStatusSchema.parse(JSON.pa
 const migrations = async (n: Node, outcome: string) => (await n.metrics.migrations.get()).values.find((v) => v.labels.outcome === outcome)?.value ?? 0;
 const events = (r: Rig, reason: string) => r.api.list(EVENTS).filter((e) => e.reason === reason);
 
-/** Target ready: B serves the attached export at its slot and the slot file says ready. */
+/** B's lazy clone of A's export: the disk in B's lvstore and the NVMe-oF controller it reads through. */
+const bHoldsClone = async (r: Rig): Promise<boolean> => (await r.b.backend.observe()).disks.some((d) => d.id === DISK);
+const bReadsFromA = (r: Rig): boolean => JSON.stringify(r.b.sim.snapshot()).includes(diskSourceControllerName(DISK));
+
+/**
+ * Target ready: B serves, at its slot, its own lazy clone of A's export (owned by B, reading
+ * through the NVMe-oF controller), and the slot file says ready; A still exports.
+ */
 async function targetReady(r: Rig): Promise<void> {
   await until('exports published on the VMI', () => (currentVmi(r).metadata?.annotations as Record<string, string>)[EXPORTS_ANNOTATION]);
   await until('slot-05 ready on node-b', async () => (await slotFile(r.b, 'slot-05').catch(() => undefined))?.ready);
   const c = await controller(r.b, 'slot-05/root');
-  expect(c?.diskRef).toMatch(/^mig-/);
+  expect(c?.diskRef).toBe(`kvs/${DISK}`);
+  expect(await bHoldsClone(r)).toBe(true);
+  expect(bReadsFromA(r)).toBe(true);
+  expect(Object.keys(r.b.agent.cluster.agent.ownedNow())).toEqual([DISK]);
   expect(exported(r.a)).toBe(true);
+  // Nothing is copied before switchover: no hydration is reported yet.
+  expect(vmiStatus(r)?.disks[0]?.dataNode).toBe('node-a');
   // The source VM still runs from its own controller.
   expect((await controller(r.a, 'slot-01/root'))?.diskRef).toContain(DISK);
 }
 
 describe('live migration in cluster mode', () => {
-  it('hands a node-local disk over: B serves the export at the target slot, A drops its controller and keeps exporting until the VMI is deleted', async () => {
+  it('hands a node-local disk over: B serves a clone of the export at the target slot, hydrates after switchover, and A lets go once B has every byte', async () => {
     const r = rig!;
     await runningOnA(r);
     const state = startMigration(r);
     await targetReady(r);
     expect((await slotFile(r.b, 'slot-05')).vmi).toMatchObject({ name: 'vm1', uid: UID });
+    expect(annotations(r)[HYDRATED_ANNOTATION]).toBeUndefined();
 
     // KubeVirt: completed; the VMI now lives on node-b and the source pod is done.
     r.api.put(PODS, pod('virt-launcher-vm1-src', 'node-a', 'Succeeded'));
@@ -185,25 +200,31 @@ describe('live migration in cluster mode', () => {
     updateVmi(r, { 'kubevirt.io/nodeName': 'node-b' }, { ...state, completed: true, endTimestamp: new Date().toISOString() });
 
     await until('A gave up its controller', async () => (await controller(r.a, 'slot-01/root')) === undefined);
-    await until('B reports the disk Ready with its data on node-a', () => {
+    await until('B reports the disk Ready with its data on node-b', () => {
       const s = vmiStatus(r);
-      return s?.node === 'node-b' && s.disks[0]?.phase === 'Ready' && s.disks[0].dataNode === 'node-a';
+      return s?.node === 'node-b' && s.disks[0]?.phase === 'Ready' && s.disks[0].dataNode === 'node-b';
     });
+    await until('B published that root stands alone there', () => annotations(r)[HYDRATED_ANNOTATION]);
+    expect(JSON.parse(annotations(r)[HYDRATED_ANNOTATION] ?? '[]')).toEqual([{ disk: 'root', migration: state.migrationUid }]);
+    await until('A unexported and deleted the disk', async () => !exported(r.a) && !(await r.a.backend.observe()).disks.some((d) => d.id === DISK));
+    await until('A owns nothing of vm1', () => Object.keys(r.a.agent.cluster.agent.ownedNow()).length === 0);
     await until('both nodes counted a success', async () => (await migrations(r.a, 'succeeded')) === 1 && (await migrations(r.b, 'succeeded')) === 1);
-    // Several reconciles later the data still lives on A and B still serves it.
+    // B no longer reads through A, and still serves its own disk at the slot.
+    expect(bReadsFromA(r)).toBe(false);
     await r.a.agent.cluster.agent.reconcile('test');
     await r.b.agent.cluster.agent.reconcile('test');
-    expect(exported(r.a)).toBe(true);
-    expect((await r.a.backend.observe()).disks.map((d) => d.id)).toContain(DISK);
-    expect((await controller(r.b, 'slot-05/root'))?.diskRef).toMatch(/^mig-/);
+    expect((await controller(r.b, 'slot-05/root'))?.diskRef).toBe(`kvs/${DISK}`);
+    expect(await bHoldsClone(r)).toBe(true);
     expect((await slotFile(r.b, 'slot-05')).ready).toBe(true);
+    expect(vmiStatus(r)).toMatchObject({ node: 'node-b', disks: [{ name: 'root', phase: 'Ready', dataNode: 'node-b' }] });
 
-    // The VMI is deleted: B lets go of the remote disk, A stops exporting and deletes the disk.
+    // The VMI is deleted: B lets go of its controller and disk; A holds nothing either.
     r.api.put(PODS, pod('virt-launcher-vm1-tgt', 'node-b', 'Succeeded'));
     r.b.slots.splice(0);
     r.api.remove(VMIS, 'vm1', 'default');
-    await until('B dropped controller and remote disk', async () => (await controllers(r.b)).length === 0 && !JSON.stringify(r.b.sim.snapshot()).includes('mig-'));
-    await until('A unexported and deleted the disk', async () => !exported(r.a) && !(await r.a.backend.observe()).disks.some((d) => d.id === DISK));
+    await until('B dropped controller and disk', async () => (await controllers(r.b)).length === 0 && !(await bHoldsClone(r)));
+    expect(exported(r.a)).toBe(false);
+    expect(await controllers(r.a)).toEqual([]);
   });
 
   it.each([
@@ -219,12 +240,15 @@ describe('live migration in cluster mode', () => {
     r.b.slots.splice(0);
     updateVmi(r, { 'kubevirt.io/nodeName': 'node-a' }, { ...state, ...end, completed: true, endTimestamp: new Date().toISOString() });
 
-    await until('B tore down controller and remote disk', async () => (await controllers(r.b)).length === 0 && !JSON.stringify(r.b.sim.snapshot()).includes('mig-'));
+    await until('B tore down controller and its clone', async () => (await controllers(r.b)).length === 0 && !(await bHoldsClone(r)) && !bReadsFromA(r));
+    expect(Object.keys(r.b.agent.cluster.agent.ownedNow())).toEqual([]);
     await until('A dropped the export and unpublished it', () => !exported(r.a) && (currentVmi(r).metadata?.annotations as Record<string, string>)[EXPORTS_ANNOTATION] === undefined);
     await until(`both nodes counted ${outcome}`, async () => (await migrations(r.a, outcome)) === 1 && (await migrations(r.b, outcome)) === 1);
     // A is untouched: same controller, disk Ready, reported by A.
     expect((await controller(r.a, 'slot-01/root'))?.diskRef).toContain(DISK);
+    expect((await r.a.backend.observe()).disks.map((d) => d.id)).toContain(DISK);
     expect(vmiStatus(r)).toMatchObject({ node: 'node-a', disks: [{ name: 'root', phase: 'Ready', dataNode: 'node-a' }] });
+    expect(annotations(r)[HYDRATED_ANNOTATION]).toBeUndefined();
     expect(await migrations(r.a, 'succeeded')).toBe(0);
   });
 
@@ -248,16 +272,63 @@ describe('live migration in cluster mode', () => {
     startMigration(r);
     await targetReady(r);
     expect(r.api.get(VMIMS, 'mig1', 'default')).toBeDefined();
+    const made = r.a.agent.migration.records.get(UID)?.backendInstance;
+    expect(made).toMatch(/^[0-9a-f]{16}$/);
 
     await r.a.sim.stop();
     r.a.sim = new SpdkSimulator(r.a.simOpts);
     await r.a.sim.start();
 
     await until('the migration object is deleted', () => r.api.get(VMIMS, 'mig1', 'default') === undefined);
+    // A new process, told by its instance (not by the reconnect alone).
+    const now = (await r.a.backend.health()).instance;
+    expect(now).toMatch(/^[0-9a-f]{16}$/);
+    expect(now).not.toBe(made);
     const ev = await until('an abort Event on the VMI', () => events(r, REASON_ABORTED)[0]);
     expect(String(ev.message)).toMatch(/restarted/);
     // Live recovery still brings the source VM's controller back.
     await until('A serves vm1 again', async () => (await controller(r.a, 'slot-01/root'))?.diskRef.includes(DISK));
+  });
+
+  it('goes on when the source RPC connection drops and comes back to the same spdk_tgt (a reconnect is no restart)', async () => {
+    const r = rig!;
+    await runningOnA(r);
+    const state = startMigration(r);
+    await targetReady(r);
+    const made = r.a.agent.migration.records.get(UID)?.backendInstance;
+    expect(made).toMatch(/^[0-9a-f]{16}$/);
+
+    // The target drops A's RPC connection; A's client reconnects to the same process.
+    let reconnected = false;
+    let healthAfter = 0;
+    const health = r.a.backend.health.bind(r.a.backend);
+    r.a.backend.health = async () => {
+      const h = await health();
+      if (reconnected) healthAfter++;
+      return h;
+    };
+    r.a.backend.once('connected', () => {
+      reconnected = true;
+    });
+    r.a.sim.injectFault({ method: 'bdev_lvol_get_lvols', action: 'close' });
+    await until('A reconnected and asked its backend which process it is', () => healthAfter > 0);
+    // Let what the reconnect would trigger (an abort, a resync) run.
+    await new Promise((res) => setTimeout(res, 300));
+    await r.a.agent.migration.idle();
+    expect(r.a.agent.migration.records.get(UID)?.abort).toBeUndefined();
+    expect(r.a.agent.migration.records.get(UID)?.backendInstance).toBe(made);
+    expect(r.api.get(VMIMS, 'mig1', 'default')).toBeDefined();
+    expect(events(r, REASON_ABORTED)).toEqual([]);
+    expect(exported(r.a)).toBe(true);
+
+    // The migration then completes as usual: B hydrates and owns the disk, A lets go.
+    r.api.put(PODS, pod('virt-launcher-vm1-src', 'node-a', 'Succeeded'));
+    r.a.slots.splice(0);
+    updateVmi(r, { 'kubevirt.io/nodeName': 'node-b' }, { ...state, completed: true, endTimestamp: new Date().toISOString() });
+    await until('B reports the disk Ready with its data on node-b', () => vmiStatus(r)?.disks[0]?.dataNode === 'node-b');
+    await until('A unexported and deleted the disk', async () => !exported(r.a) && !(await r.a.backend.observe()).disks.some((d) => d.id === DISK));
+    await until('both nodes counted a success', async () => (await migrations(r.a, 'succeeded')) === 1 && (await migrations(r.b, 'succeeded')) === 1);
+    expect(await migrations(r.a, 'aborted')).toBe(0);
   });
 });
 

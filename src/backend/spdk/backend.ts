@@ -28,6 +28,7 @@ import { toBackendError } from './errors.js';
 import * as remote from './export.js';
 import { FanoutLanes } from './fanout.js';
 import { ImageStore } from './images.js';
+import { InstanceMarker } from './instance.js';
 import { LazyStore } from './lazy.js';
 import { LvstoreKeeper } from './lvstore.js';
 import { buildObservedState } from './observe.js';
@@ -64,6 +65,7 @@ export class SpdkBackend extends EventEmitter implements StorageBackend {
   private readonly disks: DiskStore;
   private readonly controllers: ControllerStore;
   private readonly lazy: LazyStore;
+  private readonly instance: InstanceMarker;
   private readonly onConnected = (): void => {
     // A new connection may be a new spdk_tgt: check the lvstore again before the next use.
     this.keeper.reset();
@@ -92,6 +94,7 @@ export class SpdkBackend extends EventEmitter implements StorageBackend {
     this.lazy = new LazyStore(this.ctx, this.keeper);
     this.images.lazy = this.lazy;
     this.keeper.reattachLazySources = () => this.lazy.reattachAll();
+    this.instance = new InstanceMarker(this.ctx, this.log);
     client.on('connected', this.onConnected);
     client.on('disconnected', this.onDisconnected);
   }
@@ -106,6 +109,8 @@ export class SpdkBackend extends EventEmitter implements StorageBackend {
           throw toBackendError(e, 'framework_wait_init');
         });
         await this.keeper.ready();
+        // Mark the process at bring-up, so the first health() already names it.
+        await this.markInstance();
         this.resumeLazy();
         break;
       } catch (e) {
@@ -143,9 +148,20 @@ export class SpdkBackend extends EventEmitter implements StorageBackend {
   async health(): Promise<BackendHealth> {
     try {
       const v = await this.ctx.api.spdkGetVersion({ timeoutMs: 5_000 });
-      return { ok: true, kind: 'spdk', version: v.version };
+      const instance = await this.markInstance();
+      return { ok: true, kind: 'spdk', version: v.version, ...(instance !== undefined ? { instance } : {}) };
     } catch (e) {
       return { ok: false, kind: 'spdk', message: e instanceof Error ? e.message : String(e) };
+    }
+  }
+
+  /** The spdk_tgt process's id (instance.ts); undefined when it cannot be marked (then every reconnect counts as a restart). */
+  private async markInstance(): Promise<string | undefined> {
+    try {
+      return await this.instance.current();
+    } catch (e) {
+      this.log.warn({ event: 'backend.instance-unknown', err: e instanceof Error ? e.message : String(e) }, 'cannot mark the spdk_tgt instance; a reconnect will count as a restart');
+      return undefined;
     }
   }
 

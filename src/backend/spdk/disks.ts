@@ -6,7 +6,7 @@ import { toBackendError } from './errors.js';
 import type { FanoutLanes } from './fanout.js';
 import type { ImageStore } from './images.js';
 import type { LvstoreKeeper } from './lvstore.js';
-import { checkDiskId, goldenName, imageOfSnapshot, imageOfSourceBdev, lazyGoldenName, lvolAlias } from './naming.js';
+import { checkDiskId, goldenName, imageOfSnapshot, imageOfSourceBdev, isInstanceBdev, lazyGoldenName, lvolAlias } from './naming.js';
 import { ceilMiB, lvolBytes, planCloneSize } from './observe.js';
 import { bdevSizeBytes, lvolInfoOf } from './schemas.js';
 
@@ -70,6 +70,7 @@ export class DiskStore {
     }
     if (lvstore.baseName !== undefined && names.includes(lvstore.baseName)) return `the base bdev of lvstore ${lvs}`;
     if (names.some((n) => imageOfSourceBdev(n) !== undefined)) return 'the source bdev of an image import';
+    if (names.some(isInstanceBdev)) return 'the marker that names the spdk_tgt process';
     return undefined;
   }
 

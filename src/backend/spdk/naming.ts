@@ -31,7 +31,8 @@ export { parseControllerName };
  *                            and the local snapshot the disk is repointed onto; reserved suffixes.
  * - anything else            a disk (`DiskSpec.id`).
  * Outside the lvstore: `img-<image>-src`, the aio bdev over the downloaded file; NVMe bdev
- * controllers `lzi-<image>` (a peer's golden) and `lzd-<disk>` (another node's disk).
+ * controllers `lzi-<image>` (a peer's golden) and `lzd-<disk>` (another node's disk);
+ * `kspdk-instance-<id>`, a one-block malloc bdev naming the spdk_tgt process (instance.ts).
  */
 
 export const IMAGE_PREFIX = 'img-';
@@ -64,6 +65,10 @@ export const peerControllerName = (image: string): string => `lzi-${image}`;
 /** NVMe bdev controller of another node's disk that a local disk is a lazy clone of. */
 export const diskSourceControllerName = (id: string): string => `lzd-${id}`;
 export const nvmeBdevOf = (controller: string): string => `${controller}n1`;
+/** Marker bdev of the spdk_tgt process; the rest of its name is the instance id. */
+export const INSTANCE_BDEV_PREFIX = 'kspdk-instance-';
+export const instanceBdevName = (id: string): string => `${INSTANCE_BDEV_PREFIX}${id}`;
+export const isInstanceBdev = (name: string): boolean => name.startsWith(INSTANCE_BDEV_PREFIX);
 
 export type LvolRole =
   | { role: 'golden'; image: string }

@@ -10,6 +10,8 @@ import { z } from 'zod';
 import { AgentFlagsSchema, agentOptionsOf } from '../../agent/config.js';
 import { runStandalone } from '../../agent/standalone.js';
 import { StateDirLockedError, lockStateDir, type StateDirLock } from '../../agent/state-lock.js';
+import type { QsdBackendOptions } from '../../backend/qsd/index.js';
+import type { SpdkBackendOptions } from '../../backend/spdk/config.js';
 import type { StorageBackend } from '../../backend/types.js';
 import { DEFAULT_POD_RESOURCES_SOCKET } from '../../kube/kubelet-paths.js';
 import { createLogger, type Logger } from '../../log.js';
@@ -42,6 +44,7 @@ const AgentConfigSchema = AgentFlagsSchema.extend({
     }
     if (c.lvstoreBlockSize !== undefined && c.lvstoreBdev !== undefined) problem('lvstoreBlockSize', 'only applies to the aio file made without --lvstore-bdev (a device has its own block size)');
     if (c.bdevDir !== undefined && c.backend !== 'qsd') problem('bdevDir', 'only applies with --backend qsd (spdk bdevs are named in spdk_tgt)');
+    if (c.lazyImages && c.backend !== 'qsd') problem('lazyImages', 'only applies with --backend qsd: lazy images from the origin are not implemented for spdk (spdk nodes read images lazily from peer nodes without it)');
   })
   .transform((c) => ({
     ...c,
@@ -66,36 +69,57 @@ export function parseAgentArgs(argv: string[], env: NodeJS.ProcessEnv = process.
   return parseFlags(agentConfig, argv, env);
 }
 
-async function makeBackend(c: AgentConfig, logger: Logger): Promise<StorageBackend> {
+/**
+ * The storage backend's options from the config (pure, so a test can see what the flags pass
+ * through). The node name goes to spdk: lazy sources (peers' image exports, migrating disks)
+ * are attached with its host NQN, which the peers' exports admit.
+ */
+export function backendOptionsOf(c: AgentConfig):
+  | { kind: 'spdk'; socketPath: string; options: Omit<SpdkBackendOptions, 'client' | 'logger'> }
+  | { kind: 'qsd'; options: Omit<QsdBackendOptions, 'logger'> } {
   const vhostDir = path.resolve(c.vhostDir);
   const stateDir = path.resolve(c.stateDir);
   if (c.backend === 'spdk') {
+    return {
+      kind: 'spdk',
+      socketPath: c.spdkSocket,
+      options: {
+        vhostDir,
+        stateDir: path.join(stateDir, 'spdk'),
+        ...(c.node !== undefined ? { nodeName: c.node } : {}),
+        lvstore: {
+          baseBdev: c.lvstoreBdev
+            ? { kind: 'existing', name: c.lvstoreBdev }
+            : // A sparse file in the state dir: fine for development and tests.
+              // Its block size is recorded when the file is made, so a restart re-creates it exactly.
+              {
+                kind: 'aio',
+                filename: path.join(stateDir, 'lvstore.img'),
+                sizeMiB: Math.ceil(c.lvstoreSize / MiB),
+                ...(c.lvstoreBlockSize !== undefined ? { blockSize: c.lvstoreBlockSize } : {}),
+              },
+        },
+      },
+    };
+  }
+  return {
+    kind: 'qsd',
+    options: { stateDir: path.join(stateDir, 'qsd'), vhostDir, managed: true, lazyImages: c.lazyImages, ...(c.bdevDir ? { bdevDir: c.bdevDir } : {}) },
+  };
+}
+
+async function makeBackend(c: AgentConfig, logger: Logger): Promise<StorageBackend> {
+  const b = backendOptionsOf(c);
+  if (b.kind === 'spdk') {
     const { SpdkRpcClient } = await import('../../spdk/client.js');
     const { SpdkBackend } = await import('../../backend/spdk/index.js');
     // Redial often (a unix connect is cheap): after an spdk_tgt restart every ms before the
     // agent notices is guest I/O paused; the client's default backoff grows to 5 s.
-    const client = new SpdkRpcClient({ socketPath: c.spdkSocket, logger, reconnect: { initialDelayMs: 20, maxDelayMs: 250 } });
-    return new SpdkBackend({
-      client,
-      logger,
-      vhostDir,
-      stateDir: path.join(stateDir, 'spdk'),
-      lvstore: {
-        baseBdev: c.lvstoreBdev
-          ? { kind: 'existing', name: c.lvstoreBdev }
-          : // A sparse file in the state dir: fine for development and tests.
-            // Its block size is recorded when the file is made, so a restart re-creates it exactly.
-            {
-              kind: 'aio',
-              filename: path.join(stateDir, 'lvstore.img'),
-              sizeMiB: Math.ceil(c.lvstoreSize / MiB),
-              ...(c.lvstoreBlockSize !== undefined ? { blockSize: c.lvstoreBlockSize } : {}),
-            },
-      },
-    });
+    const client = new SpdkRpcClient({ socketPath: b.socketPath, logger, reconnect: { initialDelayMs: 20, maxDelayMs: 250 } });
+    return new SpdkBackend({ ...b.options, client, logger });
   }
   const { QsdBackend } = await import('../../backend/qsd/index.js');
-  return new QsdBackend({ stateDir: path.join(stateDir, 'qsd'), vhostDir, managed: true, logger, ...(c.bdevDir ? { bdevDir: c.bdevDir } : {}) });
+  return new QsdBackend({ ...b.options, logger });
 }
 
 async function run(c: AgentConfig): Promise<number> {

@@ -1,7 +1,7 @@
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { AGENT_DEFAULTS, agentOptionsOf } from '../../../src/agent/config.js';
-import { parseAgentArgs } from '../../../src/cli/commands/agent.js';
+import { backendOptionsOf, parseAgentArgs } from '../../../src/cli/commands/agent.js';
 import { FakeBackend } from '../../helpers/fake-backend.js';
 
 const standalone = ['--standalone', '--vmis', 'v', '--images', 'i.yaml', '--vhost-dir', 'vh', '--state-dir', 'st'];
@@ -31,5 +31,30 @@ describe('the agent options, made once from the config', () => {
     expect(() => parseAgentArgs([...standalone, '--socket-mode', '999', '--lvstore-size', '1Mi', '--backend', 'nfs'], {})).toThrow(
       '--backend: "nfs" must be one of spdk, qsd; --lvstore-size: "1Mi" must be a quantity of at least 64Mi; --socket-mode: "999" must be an octal mode like 0660',
     );
+  });
+});
+
+describe('the backend options, made from the config', () => {
+  const cluster = ['--node', 'node-a', '--vhost-dir', 'vh', '--state-dir', 'st'];
+
+  it('spdk: the node name goes to the backend (its host NQN is what peers\' exports admit)', () => {
+    expect(backendOptionsOf(parseAgentArgs(cluster, {}))).toMatchObject({ kind: 'spdk', socketPath: '/var/tmp/spdk.sock', options: { nodeName: 'node-a', vhostDir: path.resolve('vh'), stateDir: path.join(path.resolve('st'), 'spdk') } });
+    // From the DaemonSet's NODE_NAME too.
+    expect(backendOptionsOf(parseAgentArgs(['--vhost-dir', 'vh', '--state-dir', 'st'], { NODE_NAME: 'node-b' }))).toMatchObject({ kind: 'spdk', options: { nodeName: 'node-b' } });
+    // A standalone agent without --node: none (the target's default host NQN is used).
+    const b = backendOptionsOf(parseAgentArgs(standalone, {}));
+    expect(b.kind === 'spdk' && 'nodeName' in b.options).toBe(false);
+  });
+
+  it('qsd: --lazy-images turns lazy goldens from the origin on; off by default', () => {
+    expect(backendOptionsOf(parseAgentArgs([...cluster, '--backend', 'qsd', '--lazy-images'], {}))).toEqual({
+      kind: 'qsd',
+      options: { stateDir: path.join(path.resolve('st'), 'qsd'), vhostDir: path.resolve('vh'), managed: true, lazyImages: true },
+    });
+    expect(backendOptionsOf(parseAgentArgs([...cluster, '--backend', 'qsd'], {}))).toMatchObject({ kind: 'qsd', options: { lazyImages: false } });
+  });
+
+  it('refuses --lazy-images with the spdk backend, saying why', () => {
+    expect(() => parseAgentArgs([...cluster, '--lazy-images'], {})).toThrow(/--lazy-images: only applies with --backend qsd: lazy images from the origin are not implemented for spdk/);
   });
 });
