@@ -6,27 +6,16 @@
  */
 import { createHash, randomBytes } from 'node:crypto';
 import fs from 'node:fs/promises';
-import net from 'node:net';
 import path from 'node:path';
 import { SpdkBackend } from '../src/backend/spdk/index.js';
 import type { ImageSpec } from '../src/backend/types.js';
 import { SpdkRpcClient } from '../src/spdk/client.js';
-import { RealTarget, shortTempDir, spdkTargets } from '../test/spdk/target.js';
+import { freePort, RealTarget, shortTempDir, spdkTargets } from '../test/spdk/target.js';
 import { fmt, timeIt, type BenchSection, type BenchTable } from './harness.js';
 
 const MiB = 2 ** 20;
 const SIZES_MIB = (process.env.BENCH_LAZY_MIB ?? "64,512").split(",").map(Number);
 
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const port = (s.address() as net.AddressInfo).port;
-      s.close(() => resolve(port));
-    });
-  });
-}
 
 interface Node {
   tgt: RealTarget;

@@ -12,14 +12,13 @@
  */
 import { createHash, randomBytes } from 'node:crypto';
 import fs from 'node:fs/promises';
-import net from 'node:net';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { SpdkBackend } from '../../src/backend/spdk/backend.js';
 import type { ImageSpec, ObservedImage, RemoteDiskRef } from '../../src/backend/types.js';
 import { SpdkRpcClient } from '../../src/spdk/client.js';
 import { until } from '../helpers/process.js';
-import { cases, readExport, realSpdkOrSkip, RealTarget, shortTempDir } from './target.js';
+import { cases, freePort, readExport, realSpdkOrSkip, RealTarget, shortTempDir } from './target.js';
 
 const targets = realSpdkOrSkip('test/spdk/lazy.test.ts');
 const MiB = 2 ** 20;
@@ -36,16 +35,6 @@ afterEach(async () => {
   for (const c of cleanups.splice(0).reverse()) await c().catch(() => undefined);
 });
 
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const port = (s.address() as net.AddressInfo).port;
-      s.close(() => resolve(port));
-    });
-  });
-}
 
 interface Node {
   dir: string;

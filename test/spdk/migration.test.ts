@@ -4,12 +4,11 @@
  * controller at the same `<slot>/<disk>` name; every call is idempotent; cleanup leaves nothing.
  * Opt-in: SPDK_TGT.
  */
-import net from 'node:net';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { exportNqn } from '../../src/backend/remote.js';
 import { BackendError } from '../../src/backend/types.js';
-import { backendOnRealTarget, cases, realSpdkOrSkip, type BackendNode } from './target.js';
+import { backendOnRealTarget, cases, freePort, realSpdkOrSkip, type BackendNode } from './target.js';
 
 const targets = realSpdkOrSkip('test/spdk/migration.test.ts');
 const MiB = 2 ** 20;
@@ -19,17 +18,6 @@ afterEach(async () => {
   for (const c of cleanups.splice(0).reverse()) await c().catch(() => undefined);
 });
 
-/** A loopback TCP port nobody listens on right now. */
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const port = (s.address() as net.AddressInfo).port;
-      s.close(() => resolve(port));
-    });
-  });
-}
 
 async function node(bin: string, name: string): Promise<BackendNode> {
   return backendOnRealTarget(bin, { prefix: `km${name}-`, sizeMiB: 512 }, cleanups);

@@ -11,6 +11,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import fs from 'node:fs/promises';
+import net from 'node:net';
 import path from 'node:path';
 import { SpdkBackend } from '../../src/backend/spdk/backend.js';
 import type { Metrics } from '../../src/metrics/metrics.js';
@@ -125,6 +126,18 @@ export class RealTarget {
 }
 
 /** A temp directory short enough for the vhost sockets below it (sun_path is 108 bytes). */
+/** A loopback TCP port nobody listens on right now (for NVMe-oF listeners). */
+export async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = net.createServer();
+    s.once('error', reject);
+    s.listen(0, '127.0.0.1', () => {
+      const port = (s.address() as net.AddressInfo).port;
+      s.close(() => resolve(port));
+    });
+  });
+}
+
 export async function shortTempDir(prefix: string): Promise<string> {
   return fs.mkdtemp(path.join('/tmp', prefix));
 }
