@@ -52,6 +52,11 @@ export const AgentFlagsSchema = z.object({
   bdevDir: text('DIR')
     .optional()
     .describe("qsd only: the directory `bdev: <name>` volumes are served from (`<dir>/<name>`, a file or block device, or the admin's link to one). Without it the qsd backend serves no `bdev:` volume."),
+  nbdPskFile: text('FILE')
+    .optional()
+    .describe(
+      "qsd only: the cluster's NBD pre-shared key, a `keys.psk` file (lines `username:hexkey`, key at least 16 bytes; not accessible by others) or a directory holding one, the same on every node. With it every NBD export (goldens to peers, migration) and every NBD read of another node use TLS-PSK: only holders of the key connect. Without it NBD is plain and open to any host that reaches port 4420 (a warning at start says so).",
+    ),
 });
 
 export type AgentFlags = z.output<typeof AgentFlagsSchema>;

@@ -42,6 +42,7 @@ const AgentConfigSchema = AgentFlagsSchema.extend({
     }
     if (c.lvstoreBlockSize !== undefined && c.lvstoreBdev !== undefined) problem('lvstoreBlockSize', 'only applies to the aio file made without --lvstore-bdev (a device has its own block size)');
     if (c.bdevDir !== undefined && c.backend !== 'qsd') problem('bdevDir', 'only applies with --backend qsd (spdk bdevs are named in spdk_tgt)');
+    if (c.nbdPskFile !== undefined && c.backend !== 'qsd') problem('nbdPskFile', 'only applies with --backend qsd (NBD is the transport of the qsd backend)');
   })
   .transform((c) => ({
     ...c,
@@ -95,7 +96,8 @@ async function makeBackend(c: AgentConfig, logger: Logger): Promise<StorageBacke
     });
   }
   const { QsdBackend } = await import('../../backend/qsd/index.js');
-  return new QsdBackend({ stateDir: path.join(stateDir, 'qsd'), vhostDir, managed: true, logger, ...(c.bdevDir ? { bdevDir: c.bdevDir } : {}) });
+  const nbdPsk = c.nbdPskFile !== undefined ? { nbdPsk: path.resolve(c.nbdPskFile) } : {};
+  return new QsdBackend({ stateDir: path.join(stateDir, 'qsd'), vhostDir, managed: true, logger, ...(c.bdevDir ? { bdevDir: c.bdevDir } : {}), ...nbdPsk });
 }
 
 async function run(c: AgentConfig): Promise<number> {
