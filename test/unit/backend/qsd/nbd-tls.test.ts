@@ -3,11 +3,13 @@ import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { pino } from 'pino';
+import { parseAllDocuments } from 'yaml';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { ValidationError } from '../../../../src/api/errors.js';
 import { NBD_TLS_CLIENT_ID, NBD_TLS_SERVER_ID, NbdTls, loadNbdPsk, pskModeProblem, pskTextProblem } from '../../../../src/backend/qsd/nbd-tls.js';
 import { BackendError } from '../../../../src/backend/types.js';
 import { parseAgentArgs } from '../../../../src/cli/commands/agent.js';
+import { REPO_ROOT } from '../../../helpers/cli.js';
 import { rejectionOf } from '../../../helpers/validation.js';
 
 const hex = (bytes = 32): string => randomBytes(bytes).toString('hex');
@@ -125,5 +127,21 @@ describe('--nbd-psk-file', () => {
       if (e instanceof ValidationError) problems = e.problems;
     }
     expect(problems).toEqual(['--nbd-psk-file: only applies with --backend qsd (NBD is the transport of the qsd backend)']);
+  });
+});
+
+describe('the DaemonSet\'s key volume', () => {
+  it('mounts the Secret read-only into the agent with a mode the agent accepts', async () => {
+    type Ds = {
+      kind: string;
+      spec: { template: { spec: { containers: Array<{ name: string; volumeMounts?: Array<{ name: string; mountPath: string; readOnly?: boolean }> }>; volumes: Array<{ name: string; secret?: { secretName: string; defaultMode: number; items: Array<{ key: string; path: string }> } }> } } };
+    };
+    const docs = parseAllDocuments(await fs.readFile(path.join(REPO_ROOT, 'manifests/node/daemonset.yaml'), 'utf8')).map((d) => d.toJS() as Ds);
+    const pod = docs.find((d) => d.kind === 'DaemonSet')!.spec.template.spec;
+    const vol = pod.volumes.find((v) => v.name === 'nbd-psk')?.secret;
+    expect(vol).toMatchObject({ secretName: 'kubevirt-spdk-nbd-psk', items: [{ key: 'keys.psk', path: 'keys.psk' }] });
+    expect(pskModeProblem(vol!.defaultMode)).toBeUndefined();
+    const agent = pod.containers.find((c) => c.name === 'agent')!;
+    expect(agent.volumeMounts).toContainEqual({ name: 'nbd-psk', mountPath: '/etc/kubevirt-spdk/nbd-psk', readOnly: true });
   });
 });
