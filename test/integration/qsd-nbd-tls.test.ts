@@ -1,5 +1,6 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { spawnSync } from 'node:child_process';
+import { once } from 'node:events';
 import fs from 'node:fs/promises';
 import net from 'node:net';
 import os from 'node:os';
@@ -135,6 +136,27 @@ describe.skipIf(!canRun)('NBD with the cluster PSK (qsd, TLS-PSK)', { timeout: 1
     const attached = await b.attachRemoteDisk(disk, 'att');
     expect(attached.sizeBytes).toBe(SIZE);
     await b.detachRemoteDisk('att');
+  });
+
+  it('both daemons restarted (SIGKILL) mid-hydration: credentials are made again and hydration completes over TLS', async () => {
+    const { file } = await pskFile('cluster');
+    const { a, image, golden, spec } = await nodeA(file);
+    const b = await node('b', { nbdPsk: file, hydrationBytesPerSecond: MiB });
+    await b.ensureImage({ ...spec, source: { hostPath: { path: '/nonexistent/on-b', sha256: sha(image) } }, peer: golden });
+    await waitFor('some hydration', async () => ((await imageOf(b, KEY_NAME))?.hydratedPercent ?? 0) >= 10);
+    for (const [backend, name] of [[b, 'b'], [a, 'a']] as const) {
+      const pid = Number((await fs.readFile(path.join(dir, name, 's', 'qsd.pid'), 'utf8')).trim());
+      const back = once(backend, 'connected');
+      process.kill(pid, 'SIGKILL');
+      await back;
+    }
+    // The peer's new daemon has no server yet: the agent exports again (as its reconciler would).
+    const addr = golden.transport === 'nbd' ? golden.address : undefined;
+    expect(await a.exportImage(KEY_NAME, { listenAddress: addr!, allowedNodes: ['b'] })).toEqual(golden);
+    await waitFor('hydration on B after both restarts', async () => (await imageOf(b, KEY_NAME))?.phase === 'ready');
+    const d = await b.ensureDisk({ id: 'lazy', source: { kind: 'image', image: KEY_NAME }, capacityBytes: SIZE });
+    const ctl = await b.ensureController({ name: 'slot-01/root', diskRef: d.ref, readonly: false });
+    expect(await readAll(ctl.socketPath, SIZE)).toEqual(mibSums(image));
   });
 
   it('a client without the key reads nothing: plain qemu-img/qemu-io, and a daemon holding another key', async () => {
