@@ -1,5 +1,5 @@
 import { createHash, randomBytes } from 'node:crypto';
-import { spawnSync } from 'node:child_process';
+import { spawnSync, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
 import fs from 'node:fs/promises';
 import net from 'node:net';
@@ -10,6 +10,8 @@ import { QsdBackend, type QsdBackendOptions } from '../../src/backend/qsd/index.
 import { nbdUri } from '../../src/backend/qsd/sources.js';
 import type { ListenAddress, RemoteDiskRef } from '../../src/backend/remote.js';
 import { BackendError, type ImageSpec, type ObservedImage } from '../../src/backend/types.js';
+import { standaloneAgentArgs } from '../helpers/agent.js';
+import { exited, killAll, startCli } from '../helpers/process.js';
 import { rejectionOf } from '../helpers/validation.js';
 import { frontEnd, frontEndAsync } from '../helpers/vhost-front-end.js';
 
@@ -34,6 +36,7 @@ const mibSums = (b: Buffer): string[] => Array.from({ length: b.length / MiB }, 
 
 let dir: string;
 const backends: QsdBackend[] = [];
+const procs: ChildProcess[] = [];
 
 /** A free loopback port (the NBD server binds it right after). */
 async function freePort(): Promise<number> {
@@ -94,6 +97,7 @@ beforeEach(async () => {
 
 afterEach(async () => {
   for (const b of backends.splice(0)) await b.close();
+  await killAll(procs);
   await fs.rm(dir, { recursive: true, force: true });
 });
 
@@ -228,5 +232,35 @@ describe.skipIf(!canRun)('NBD with the cluster PSK (qsd, TLS-PSK)', { timeout: 1
     const err2 = await rejectionOf(b2.start(), BackendError);
     expect(err2.message).toContain(`NBD PSK file ${bad}: line 1 is not`);
     expect(err2.message).not.toContain(secret);
+  });
+});
+
+describe.skipIf(!canRun)('the agent process and --nbd-psk-file', { timeout: 120_000 }, () => {
+  async function standalone(...more: string[]): Promise<{ code: number | null; out: string }> {
+    await fs.mkdir(path.join(dir, 'vmis'), { recursive: true });
+    await fs.writeFile(path.join(dir, 'images.yaml'), '');
+    const p = startCli(standaloneAgentArgs('qsd', { dir }, '--once', '--timeout', '30s', ...more), procs);
+    const code = await exited(p);
+    return { code, out: p.out.join('') };
+  }
+
+  it('a key file others can read stops the agent: exit 1, the file and the rule named, the key not printed', async () => {
+    const open = await pskFile('open', 0o644);
+    const r = await standalone('--nbd-psk-file', open.file);
+    expect(r.code).toBe(1);
+    expect(r.out).toContain(`NBD PSK file ${open.file}: is accessible by others (mode 0644); it must not be world-readable`);
+    expect(r.out).not.toContain(open.hex);
+  });
+
+  it('without a key the agent runs and warns once that NBD is unauthenticated; with one it says TLS-PSK and never prints the key', async () => {
+    const plain = await standalone();
+    expect(plain.code).toBe(0);
+    expect(plain.out.match(/"event":"nbd.unauthenticated"/g)).toHaveLength(1);
+    const key = await pskFile('cluster');
+    const tls = await standalone('--nbd-psk-file', key.file);
+    expect(tls.code).toBe(0);
+    expect(tls.out).toContain('"event":"nbd.tls"');
+    expect(tls.out).not.toContain('nbd.unauthenticated');
+    expect(tls.out).not.toContain(key.hex);
   });
 });
