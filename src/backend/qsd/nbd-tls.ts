@@ -130,8 +130,19 @@ export class NbdTls {
         `NBD TLS credentials (${endpoint})`,
       );
     } catch (e) {
-      // Made earlier in this daemon's life: same id, same directory.
       if (!(e instanceof BackendError && /duplicate|already exists/i.test(e.message))) throw e;
+      // Made earlier in this daemon's life; by another configuration only if the daemon
+      // outlived an agent that had another key: using it would be the wrong key.
+      const want: Record<string, string> = { dir: psk.dir, ...(endpoint === 'client' ? { username: psk.username } : {}) };
+      for (const [property, value] of Object.entries(want)) {
+        const have = await this.exec('qom-get', { path: `/objects/${id}`, property }, `NBD TLS credentials (${endpoint}): ${property}`);
+        if (have !== value) {
+          throw new BackendError(
+            `NBD TLS credentials ${id} in qemu-storage-daemon have ${property} ${JSON.stringify(have)}, not ${JSON.stringify(value)}: restart the daemon to change the key`,
+            'invalid',
+          );
+        }
+      }
     }
     return { 'tls-creds': id };
   }

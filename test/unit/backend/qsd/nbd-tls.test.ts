@@ -86,13 +86,14 @@ describe('loadNbdPsk / NbdTls', () => {
     const lines: string[] = [];
     const log = pino({ level: 'info' }, { write: (s: string) => void lines.push(s) });
     const calls: Array<[string, Record<string, unknown> | undefined]> = [];
-    const objects = new Set<string>();
+    const objects = new Map<string, Record<string, unknown>>();
     const tls = new NbdTls(async (command, args) => {
       calls.push([command, args]);
+      if (command === 'qom-get') return objects.get(String(args?.path).replace('/objects/', ''))?.[String(args?.property)];
       const id = String(args?.id);
       // QEMU's answer to a second object-add of an id.
       if (objects.has(id)) throw new BackendError(`object-add: attempt to add duplicate property '${id}' to object (type 'container')`, 'internal');
-      objects.add(id);
+      objects.set(id, args ?? {});
       return {};
     });
     await tls.load(undefined, dir, log);
@@ -107,12 +108,23 @@ describe('loadNbdPsk / NbdTls', () => {
     expect(await tls.serverArgs()).toEqual({ 'tls-creds': NBD_TLS_SERVER_ID });
     expect(await tls.clientArgs()).toEqual({ 'tls-creds': NBD_TLS_CLIENT_ID });
     expect(await tls.clientArgs()).toEqual({ 'tls-creds': NBD_TLS_CLIENT_ID });
+    const client = { 'qom-type': 'tls-creds-psk', id: NBD_TLS_CLIENT_ID, endpoint: 'client', dir, username: 'me' };
     expect(calls).toEqual([
       ['object-add', { 'qom-type': 'tls-creds-psk', id: NBD_TLS_SERVER_ID, endpoint: 'server', dir }],
-      ['object-add', { 'qom-type': 'tls-creds-psk', id: NBD_TLS_CLIENT_ID, endpoint: 'client', dir, username: 'me' }],
-      ['object-add', { 'qom-type': 'tls-creds-psk', id: NBD_TLS_CLIENT_ID, endpoint: 'client', dir, username: 'me' }],
+      ['object-add', client],
+      // The second time the object exists: it is checked to be this configuration's.
+      ['object-add', client],
+      ['qom-get', { path: `/objects/${NBD_TLS_CLIENT_ID}`, property: 'dir' }],
+      ['qom-get', { path: `/objects/${NBD_TLS_CLIENT_ID}`, property: 'username' }],
     ]);
     expect(lines.join('')).not.toContain(key);
+
+    // A daemon that outlived an agent with another key directory: refused, not used.
+    const other = path.join(dir, 'other');
+    await fs.mkdir(other);
+    await fs.writeFile(path.join(other, 'keys.psk'), `me:${hex()}\n`, { mode: 0o600 });
+    await tls.load(other, path.join(dir, 'c'), log);
+    await expect(tls.serverArgs()).rejects.toThrow(`NBD TLS credentials ${NBD_TLS_SERVER_ID} in qemu-storage-daemon have dir "${dir}", not "${other}": restart the daemon to change the key`);
   });
 });
 
