@@ -1,5 +1,5 @@
 import { createHash, randomBytes } from 'node:crypto';
-import { spawnSync, type ChildProcess } from 'node:child_process';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
 import fs from 'node:fs/promises';
 import net from 'node:net';
@@ -211,6 +211,29 @@ describe.skipIf(!canRun)('NBD with the cluster PSK (qsd, TLS-PSK)', { timeout: 1
     );
     expect(res.stderr).toBe('');
     expect(res.stdout).toMatch(/read 512\/512 bytes/);
+  });
+
+  it('a daemon that outlived a keyless agent with a plain NBD server: a keyed agent refuses to export on it', async () => {
+    // An unmanaged daemon: it stays when its backend closes (as a daemon outliving its agent).
+    const qmp = path.join(dir, 'u-qmp.sock');
+    const daemon = spawn('qemu-storage-daemon', ['--chardev', `socket,id=m,path=${qmp},server=on,wait=off`, '--monitor', 'chardev=m,mode=control'], { stdio: 'ignore' });
+    procs.push(daemon);
+    await waitFor('daemon QMP socket', () => fs.stat(qmp).then(() => true, () => false), 10_000);
+    const image = randomBytes(SIZE);
+    const src = path.join(dir, 'src.raw');
+    await fs.writeFile(src, image);
+    const opts = { stateDir: path.join(dir, 'u', 's'), vhostDir: path.join(dir, 'u', 'v'), managed: false, qmpSocket: qmp } as const;
+    const listenAddress: ListenAddress = { kind: 'tcp', host: '127.0.0.1', port: await freePort() };
+    const plain = await node('u', opts);
+    await plain.ensureImage({ name: KEY_NAME, source: { hostPath: { path: src } }, format: 'raw', sizeBytes: SIZE });
+    await plain.exportImage(KEY_NAME, { listenAddress, allowedNodes: [] });
+    await plain.close();
+
+    const { file } = await pskFile('cluster');
+    const keyed = await node('u', { ...opts, nbdPsk: file });
+    await expect(keyed.exportImage(KEY_NAME, { listenAddress, allowedNodes: [] })).rejects.toThrow(
+      'NBD server already runs in qemu-storage-daemon without TLS credentials; restart the daemon to serve with the NBD PSK',
+    );
   });
 
   it('refuses a key file others can read, or a malformed one, at start: names the file and the rule, never the key', async () => {

@@ -110,19 +110,28 @@ export class NbdTls {
   }
 
   /** Arguments to merge into nbd-server-start. */
-  serverArgs(): Promise<Record<string, unknown>> {
-    return this.args('server');
+  async serverArgs(): Promise<Record<string, unknown>> {
+    return (await this.serverCreds()).args;
+  }
+
+  /**
+   * The server's arguments, and whether its credentials object was made just now: then no NBD
+   * server already running in this daemon can be using it (it was started without TLS).
+   */
+  serverCreds(): Promise<{ args: Record<string, unknown>; created: boolean }> {
+    return this.creds('server');
   }
 
   /** Arguments to merge into the blockdev-add of an NBD client node. */
-  clientArgs(): Promise<Record<string, unknown>> {
-    return this.args('client');
+  async clientArgs(): Promise<Record<string, unknown>> {
+    return (await this.creds('client')).args;
   }
 
-  private async args(endpoint: 'server' | 'client'): Promise<Record<string, unknown>> {
+  private async creds(endpoint: 'server' | 'client'): Promise<{ args: Record<string, unknown>; created: boolean }> {
     const psk = this.psk;
-    if (!psk) return {};
+    if (!psk) return { args: {}, created: false };
     const id = endpoint === 'server' ? NBD_TLS_SERVER_ID : NBD_TLS_CLIENT_ID;
+    let created = true;
     try {
       await this.exec(
         'object-add',
@@ -131,6 +140,7 @@ export class NbdTls {
       );
     } catch (e) {
       if (!(e instanceof BackendError && /duplicate|already exists/i.test(e.message))) throw e;
+      created = false;
       // Made earlier in this daemon's life; by another configuration only if the daemon
       // outlived an agent that had another key: using it would be the wrong key.
       const want: Record<string, string> = { dir: psk.dir, ...(endpoint === 'client' ? { username: psk.username } : {}) };
@@ -144,6 +154,6 @@ export class NbdTls {
         }
       }
     }
-    return { 'tls-creds': id };
+    return { args: { 'tls-creds': id }, created };
   }
 }

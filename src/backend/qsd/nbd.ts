@@ -78,13 +78,17 @@ async function ensureNbdServer(ctx: NbdContext, addr: ListenAddress): Promise<vo
     }
     return;
   }
+  const tls = await ctx.tls?.serverCreds();
   try {
-    const tls = (await ctx.tls?.serverArgs()) ?? {};
-    await ctx.exec('nbd-server-start', { addr: legacyAddr(addr), ...tls }, `nbd-server-start ${describe(addr)}`);
+    await ctx.exec('nbd-server-start', { addr: legacyAddr(addr), ...tls?.args }, `nbd-server-start ${describe(addr)}`);
   } catch (e) {
     // Started by an earlier agent process against the same daemon: same config, same address.
-    // (QEMU 7.2 cannot be asked whether that server has TLS; a managed daemon is always new.)
     if (!(e instanceof BackendError && /already running/i.test(e.message))) throw e;
+    // QEMU 7.2 cannot be asked whether a running server has TLS; credentials made only now
+    // tell that it has not: serving a key holder's exports on it would serve them to anyone.
+    if (tls?.created) {
+      throw new BackendError(`NBD server already runs in qemu-storage-daemon without TLS credentials; restart the daemon to serve with the NBD PSK`, 'invalid', { cause: e });
+    }
   }
   ctx.setNbdServer(addr);
 }
