@@ -58,6 +58,11 @@ export const AgentFlagsSchema = z.object({
     .describe(
       'qsd only: images from an http(s) origin (format raw) are usable at once, read from the origin through QEMU\'s curl driver while they are copied in the background, and verified after. Default: a full download first. Not implemented for the spdk backend (refused there); both backends read images lazily from peer nodes without it.',
     ),
+  nbdPskFile: text('FILE')
+    .optional()
+    .describe(
+      "qsd only: the cluster's NBD pre-shared key, a `keys.psk` file (lines `username:hexkey`, key at least 16 bytes; not accessible by others) or a directory holding one, the same on every node. With it every NBD export (goldens to peers, migration) and every NBD read of another node use TLS-PSK: only holders of the key connect. Without it NBD is plain and open to any host that reaches port 4420 (a warning at start says so).",
+    ),
 });
 
 export type AgentFlags = z.output<typeof AgentFlagsSchema>;

@@ -8,6 +8,7 @@ import { BackendError, type DiskHydration, type ObservedDisk } from '../types.js
 import type { QsdLayout } from './layout.js';
 import { nbdNodeOptions, nbdUri } from './sources.js';
 import type { QmpEvent } from './qmp.js';
+import type { NbdTls } from './nbd-tls.js';
 import { RetryLater } from './retry-later.js';
 import type { QsdSession } from './session.js';
 
@@ -40,6 +41,8 @@ export interface RemoteDisksDeps {
   qemuImg: string;
   log: Logger;
   retryDelayMs: number;
+  /** Client credentials for the export (nbd-tls.ts); absent: plain NBD. */
+  nbdTls?: NbdTls;
 }
 
 export class RemoteDisks {
@@ -137,7 +140,8 @@ export class RemoteDisks {
     const n = remoteNode(id);
     if ((await this.d.session.blockNodes()).some((x) => x['node-name'] === n)) return n;
     try {
-      await this.d.session.exec('blockdev-add', nbdNodeOptions(rec.ref, n), `disk ${id}: open remote export`);
+      const tls = (await this.d.nbdTls?.clientArgs()) ?? {};
+      await this.d.session.exec('blockdev-add', nbdNodeOptions(rec.ref, n, tls), `disk ${id}: open remote export`);
     } catch (e) {
       throw new BackendError((e as Error).message, 'transport', { cause: e });
     }

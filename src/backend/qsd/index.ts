@@ -25,6 +25,7 @@ import { QsdImages } from './images.js';
 import { QsdLayout } from './layout.js';
 import { LazyGoldens } from './lazy.js';
 import * as nbd from './nbd.js';
+import { NbdTls } from './nbd-tls.js';
 import { QsdSession } from './session.js';
 
 export { toBackendError } from './errors.js';
@@ -73,6 +74,13 @@ export interface QsdBackendOptions {
    * hydration leaves the source and the disks bandwidth for guests' own reads. Default: none.
    */
   hydrationBytesPerSecond?: number;
+  /**
+   * The cluster's NBD pre-shared key: a `keys.psk` file (lines `username:hexkey`, not
+   * accessible by others) or a directory holding one, the same on every node. With it, the NBD
+   * server and every NBD client node use TLS-PSK (nbd-tls.ts); without it NBD is plain and
+   * open to any host that reaches the server (a warning at start says so).
+   */
+  nbdPsk?: string;
 }
 
 export class QsdBackend extends EventEmitter implements StorageBackend {
@@ -85,6 +93,8 @@ export class QsdBackend extends EventEmitter implements StorageBackend {
   private readonly disks: QsdDisks;
   private readonly controllers: QsdControllers;
   private readonly remote: RemoteDisks;
+  private readonly nbdTls: NbdTls;
+  private readonly nbdPsk: string | undefined;
 
   constructor(opts: QsdBackendOptions) {
     super();
@@ -102,10 +112,12 @@ export class QsdBackend extends EventEmitter implements StorageBackend {
     this.session.on('connected', () => this.emit('connected'));
     this.session.on('disconnected', () => this.emit('disconnected'));
     const { session, layout } = this;
+    this.nbdPsk = opts.nbdPsk;
+    const nbdTls = (this.nbdTls = new NbdTls((command, args, what) => session.exec(command, args, what)));
     const retryDelayMs = opts.hydrationRetryMs ?? 500;
     const speedBytesPerSecond = opts.hydrationBytesPerSecond ?? 0;
-    this.lazy = new LazyGoldens({ session, layout, qemuImg, log, retryDelayMs, speedBytesPerSecond, listDisks: () => this.disks.list() });
-    this.remote = new RemoteDisks({ session, layout, qemuImg, log, retryDelayMs });
+    this.lazy = new LazyGoldens({ session, layout, qemuImg, log, retryDelayMs, speedBytesPerSecond, listDisks: () => this.disks.list(), nbdTls });
+    this.remote = new RemoteDisks({ session, layout, qemuImg, log, retryDelayMs, nbdTls });
     this.images = new QsdImages({
       layout,
       qemuImg,
@@ -137,6 +149,8 @@ export class QsdBackend extends EventEmitter implements StorageBackend {
 
   async start(): Promise<void> {
     await Promise.all([this.layout.imagesDir, this.layout.disksDir, this.vhostDir].map((d) => fs.mkdir(d, { recursive: true })));
+    // Before the daemon: a key that breaks the rules stops the start, with its file named.
+    await this.nbdTls.load(this.nbdPsk, path.join(this.layout.stateDir, 'nbd-psk'), this.session.log);
     await this.session.start();
   }
 
@@ -172,7 +186,7 @@ export class QsdBackend extends EventEmitter implements StorageBackend {
 
   // ---- peer distribution (see nbd.ts) ------------------------------------------------------
 
-  /** Serves the golden read-only on the daemon's NBD server; `allowedNodes` is not enforced here (nbd.ts says why). */
+  /** Serves the golden read-only on the daemon's NBD server; with a PSK only key holders read it, `allowedNodes` is not enforced node by node (nbd.ts says why). */
   exportImage(name: string, opts: ImageExportOptions): Promise<RemoteDiskRef> {
     return this.session.serial(async () => {
       const golden = await this.images.goldenFor(name);
@@ -250,6 +264,7 @@ export class QsdBackend extends EventEmitter implements StorageBackend {
         this.session.nbdServer = a;
       },
       backingNodeFor: (file) => this.backingNodeFor(file),
+      tls: this.nbdTls,
       log: this.session.log,
     };
   }

@@ -7,6 +7,7 @@ import type { GoldenForClone } from './disks.js';
 import { isGone } from './errors.js';
 import type { QsdLayout } from './layout.js';
 import type { QmpEvent } from './qmp.js';
+import type { NbdTls } from './nbd-tls.js';
 import { RetryLater } from './retry-later.js';
 import type { QsdSession } from './session.js';
 import { readLazyRecord, writeLazyRecord, type LazyRecord } from './lazy-record.js';
@@ -57,6 +58,8 @@ export interface LazyDeps {
   /** Cap on one hydration stream (bytes/s); 0 = as fast as the source gives. */
   speedBytesPerSecond: number;
   listDisks(): Promise<ObservedDisk[]>;
+  /** Client credentials for a peer's export (nbd-tls.ts); absent: plain NBD. */
+  nbdTls?: NbdTls;
 }
 
 export class LazyGoldens {
@@ -161,7 +164,7 @@ export class LazyGoldens {
       source.kind === 'http'
         ? // readahead 0: the stream asks for exactly what it copies, so the origin serves each byte once.
           { driver: source.url.startsWith('https:') ? 'https' : 'http', 'node-name': s, url: source.url, 'read-only': true, readahead: 0, timeout: 10 }
-        : nbdNodeOptions(source.ref, s);
+        : nbdNodeOptions(source.ref, s, (await this.d.nbdTls?.clientArgs()) ?? {});
     try {
       await this.d.session.exec('blockdev-add', opts, `image ${name}: open source`);
     } catch (e) {

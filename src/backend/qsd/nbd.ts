@@ -2,6 +2,7 @@ import { createHash } from 'node:crypto';
 import type { Logger } from '../../log.js';
 import type { ExportOptions, ListenAddress, RemoteDiskRef } from '../remote.js';
 import { BackendError, type ObservedDisk } from '../types.js';
+import type { NbdTls } from './nbd-tls.js';
 
 /**
  * Live migration on qemu-storage-daemon: the source serves a disk's block node over NBD
@@ -54,6 +55,8 @@ export interface NbdContext {
   setNbdServer(a: ListenAddress | undefined): void;
   /** The shared node a qcow2 disk's backing must be (a lazy golden, a remote export), if any. */
   backingNodeFor?(file: string): Promise<string | undefined>;
+  /** TLS-PSK of the NBD server and of every NBD client node (nbd-tls.ts); none: plain NBD. */
+  tls?: NbdTls;
   log: Logger;
 }
 
@@ -75,11 +78,17 @@ async function ensureNbdServer(ctx: NbdContext, addr: ListenAddress): Promise<vo
     }
     return;
   }
+  const tls = await ctx.tls?.serverCreds();
   try {
-    await ctx.exec('nbd-server-start', { addr: legacyAddr(addr) }, `nbd-server-start ${describe(addr)}`);
+    await ctx.exec('nbd-server-start', { addr: legacyAddr(addr), ...tls?.args }, `nbd-server-start ${describe(addr)}`);
   } catch (e) {
     // Started by an earlier agent process against the same daemon: same config, same address.
     if (!(e instanceof BackendError && /already running/i.test(e.message))) throw e;
+    // QEMU 7.2 cannot be asked whether a running server has TLS; credentials made only now
+    // tell that it has not: serving a key holder's exports on it would serve them to anyone.
+    if (tls?.created) {
+      throw new BackendError(`NBD server already runs in qemu-storage-daemon without TLS credentials; restart the daemon to serve with the NBD PSK`, 'invalid', { cause: e });
+    }
   }
   ctx.setNbdServer(addr);
 }
@@ -176,9 +185,10 @@ export async function attachRemoteDisk(ctx: NbdContext, ref: RemoteDiskRef, loca
   let node = (await ctx.blockNodes()).find((n) => n['node-name'] === nodeName);
   if (!node) {
     try {
+      const tls = (await ctx.tls?.clientArgs()) ?? {};
       await ctx.exec(
         'blockdev-add',
-        { driver: 'nbd', 'node-name': nodeName, server: flatAddr(ref.address), export: ref.exportName, 'read-only': false },
+        { driver: 'nbd', 'node-name': nodeName, server: flatAddr(ref.address), export: ref.exportName, 'read-only': false, ...tls },
         `disk ${localId}: attach NBD export ${ref.exportName} at ${describe(ref.address)}`,
       );
     } catch (e) {
@@ -212,11 +222,11 @@ export async function detachRemoteDisk(ctx: NbdContext, localId: string): Promis
 /**
  * A golden served to peers: `block-export-add type=nbd writable=false` of the golden's node (a
  * lazy golden's one shared node, or a read-only node over a complete raw golden) on the daemon's
- * one NBD server. Read-only: no peer can change a golden. What restricts *who* reads it is only
- * where the NBD server listens (the node's address): QEMU 7.2's NBD server has one TLS setting
- * for all its exports (tls-creds/tls-authz on nbd-server-start), which would also bind
- * migration's exports, and no per-export client filter; `allowedNodes` is therefore not
- * enforced by this driver (see docs/lazy-images.md, "Access").
+ * one NBD server. Read-only: no peer can change a golden. *Who* reads it: with the cluster's
+ * PSK (nbd-tls.ts) only a holder of the key, i.e. one of our nodes, for every export of the
+ * server alike (QEMU 7.2 has one TLS setting per server and no per-export client filter, so
+ * `allowedNodes` is not enforced node by node); without it, any host reaching the server
+ * (see docs/lazy-images.md, "Access").
  */
 export const IMAGE_EXPORT_PREFIX = 'img.';
 export const imageExportId = (image: string): string => `${IMAGE_EXPORT_PREFIX}${image}`;

@@ -27,10 +27,13 @@ export function nbdUri(ref: Extract<RemoteDiskRef, { transport: 'nbd' }>): strin
   const host = ref.address.host.includes(':') ? `[${ref.address.host}]` : ref.address.host;
   return `nbd://${host}:${ref.address.port}/${exp}`;
 }
-/** Options of a read-only NBD node over a peer's export; waits out a short peer restart. */
-export function nbdNodeOptions(ref: RemoteDiskRef, nodeName: string): Record<string, unknown> {
+/**
+ * Options of a read-only NBD node over a peer's export; waits out a short peer restart. `tls`:
+ * the client credentials (NbdTls.clientArgs), empty for plain NBD.
+ */
+export function nbdNodeOptions(ref: RemoteDiskRef, nodeName: string, tls: Record<string, unknown> = {}): Record<string, unknown> {
   if (ref.transport !== 'nbd') throw new BackendError(`qsd reads NBD exports only, not ${ref.transport}`, 'invalid');
-  return { driver: 'nbd', 'node-name': nodeName, server: flatAddr(ref.address), export: ref.exportName, 'read-only': true, 'reconnect-delay': 10 };
+  return { driver: 'nbd', 'node-name': nodeName, server: flatAddr(ref.address), export: ref.exportName, 'read-only': true, 'reconnect-delay': 10, ...tls };
 }
 
 export function sourceOf(spec: ImageSpec): LazySource {

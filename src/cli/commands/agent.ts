@@ -45,6 +45,7 @@ const AgentConfigSchema = AgentFlagsSchema.extend({
     if (c.lvstoreBlockSize !== undefined && c.lvstoreBdev !== undefined) problem('lvstoreBlockSize', 'only applies to the aio file made without --lvstore-bdev (a device has its own block size)');
     if (c.bdevDir !== undefined && c.backend !== 'qsd') problem('bdevDir', 'only applies with --backend qsd (spdk bdevs are named in spdk_tgt)');
     if (c.lazyImages && c.backend !== 'qsd') problem('lazyImages', 'only applies with --backend qsd: lazy images from the origin are not implemented for spdk (spdk nodes read images lazily from peer nodes without it)');
+    if (c.nbdPskFile !== undefined && c.backend !== 'qsd') problem('nbdPskFile', 'only applies with --backend qsd (NBD is the transport of the qsd backend)');
   })
   .transform((c) => ({
     ...c,
@@ -104,7 +105,14 @@ export function backendOptionsOf(c: AgentConfig):
   }
   return {
     kind: 'qsd',
-    options: { stateDir: path.join(stateDir, 'qsd'), vhostDir, managed: true, lazyImages: c.lazyImages, ...(c.bdevDir ? { bdevDir: c.bdevDir } : {}) },
+    options: {
+      stateDir: path.join(stateDir, 'qsd'),
+      vhostDir,
+      managed: true,
+      lazyImages: c.lazyImages,
+      ...(c.bdevDir ? { bdevDir: c.bdevDir } : {}),
+      ...(c.nbdPskFile !== undefined ? { nbdPsk: path.resolve(c.nbdPskFile) } : {}),
+    },
   };
 }
 
