@@ -8,7 +8,7 @@ import { BackendError, type ImageSpec, type ObservedImage } from '../types.js';
 import type { SpdkContext } from './context.js';
 import { toBackendError } from './errors.js';
 import { fanoutsIn, type FanoutLvol, type FanoutLanes } from './fanout.js';
-import type { LazyStore } from './lazy.js';
+import { sha256File, type LazyStore } from './lazy.js';
 import type { LvstoreKeeper } from './lvstore.js';
 import { checkImageName, classifyLvol, goldenName, importingName, lazyGoldenName, lvolAlias, sourceBdevName } from './naming.js';
 import type { ImportProgress } from './observe.js';
@@ -70,11 +70,65 @@ export class ImageStore {
     return signal ? detachOnAbort(shared, signal) : shared;
   }
 
-  /** A peer's golden (or an image already hydrating from one) goes lazy; anything else is imported. */
+  /**
+   * A peer's golden (or an image already hydrating from one) goes lazy; so does a file on the
+   * node when `lazyLocal` is set and the target keeps aio uuids (v24.09+); anything else is imported.
+   */
   private async importOrLazy(spec: ImageSpec): Promise<ObservedImage> {
     const lazy = this.lazy;
     if (lazy && (spec.peer !== undefined || (await lazy.hasImageRecord(spec.name)))) return lazy.ensureLazyImage(spec);
+    if (lazy && (await lazy.localRecord(spec.name))) return lazy.ensureFileImage(spec.name);
+    if (lazy && this.ctx.cfg.lazyLocal) {
+      await this.keeper.ready();
+      if (lazy.canLazyLocal) return this.lazyFromFile(spec, lazy);
+    }
     return this.importImage(spec);
+  }
+
+  /**
+   * The image is fetched to the node's file as for an import (download or copy, sha256, inspect,
+   * size limits), and that file becomes the source of a lazy golden: disks are made at once and
+   * hydration copies the file into the lvstore underneath them (lazy.ts).
+   */
+  private async lazyFromFile(spec: ImageSpec, lazy: LazyStore): Promise<ObservedImage> {
+    const { ctx } = this;
+    const name = spec.name;
+    const log = ctx.log.child({ image: name });
+    const file = ctx.imageFile(name);
+    const lvols = await ctx.listLvols();
+    const has = (lvolName: string): boolean => lvols.some((l) => l.name === lvolName);
+    if (has(goldenName(name))) return this.importImage(spec); // tidies what an import left
+    if (has(importingName(name))) {
+      log.warn({ event: 'image.import.stale', lvol: importingName(name) }, 'half-made import found; the image goes lazy instead');
+      await ctx.deleteLvol(lvolAlias(ctx.lvs, importingName(name)));
+    }
+    // A file left by an interrupted import was never recorded as a source: fetch (and verify) afresh.
+    await this.dropSource(name, log, true);
+    this.progress.set(name, { phase: 'importing', ...(spec.sizeBytes !== undefined ? { sizeBytes: spec.sizeBytes } : {}) });
+    let made = false;
+    try {
+      const sizeBytes = await this.fetchToNode(spec, file, log);
+      this.imageSizes.set(name, sizeBytes);
+      ctx.lifetime.signal.throwIfAborted();
+      const cluster = ctx.lvstore.clusterBytes;
+      const padded = Math.ceil(sizeBytes / cluster) * cluster;
+      if (padded !== sizeBytes) await fs.truncate(file, padded);
+      // The digest of the file as the source is made: a restart checks it before reading it again.
+      const sha256 = await sha256File(file, ctx.lifetime.signal);
+      const img = await lazy.ensureFileImage(name, { local: true, sizeBytes: padded, sha256 });
+      made = true;
+      this.progress.delete(name);
+      return img;
+    } catch (e) {
+      const err = toBackendError(e, `lazy image ${name} from its file`);
+      if (!made && !(await ctx.listLvols().catch(() => [])).some((l) => l.name === lazyGoldenName(name))) {
+        await lazy.deleteLazy(name).catch(() => undefined);
+        await this.dropSource(name, log, true);
+        this.progress.set(name, { phase: 'failed', message: err.message });
+      }
+      log.warn({ event: 'image.lazy.failed', kind: err.kind, err: err.message }, 'lazy image from file failed');
+      throw err;
+    }
   }
 
   private async importImage(spec: ImageSpec): Promise<ObservedImage> {
@@ -156,6 +210,8 @@ export class ImageStore {
       if (!names.has(importingName(image)) && !bdevNames.has(sourceBdevName(image))) continue;
       const log = ctx.log.child({ image });
       const tidy = (async () => {
+        // A lazy golden over the file may still name the aio bdev: its hydration drops it.
+        if (await this.lazy?.localRecord(image).catch(() => undefined)) return this.describeImage(image);
         log.warn({ event: 'image.import.leftover' }, 'tidying what an interrupted import left next to its golden');
         await ctx.deleteLvolQuietly(lvolAlias(ctx.lvs, importingName(image)), log);
         await this.dropSource(image, log, true);
