@@ -107,15 +107,17 @@ export class ImageStore {
     this.progress.set(name, { phase: 'importing', ...(spec.sizeBytes !== undefined ? { sizeBytes: spec.sizeBytes } : {}) });
     let made = false;
     try {
-      const sizeBytes = await this.fetchToNode(spec, file, log);
+      const fetched = await this.fetchToNode(spec, file, log);
+      const sizeBytes = fetched.sizeBytes;
       this.imageSizes.set(name, sizeBytes);
       ctx.lifetime.signal.throwIfAborted();
+      // A raw image is on the node as fetched, so the fetch's digest covers it; a converted one
+      // is hashed here. A restart checks the file against it before reading it again.
+      const sha256 = spec.format === 'raw' && fetched.sha256 !== undefined ? fetched.sha256 : await sha256File(file, ctx.lifetime.signal);
       const cluster = ctx.lvstore.clusterBytes;
       const padded = Math.ceil(sizeBytes / cluster) * cluster;
       if (padded !== sizeBytes) await fs.truncate(file, padded);
-      // The digest of the file as the source is made: a restart checks it before reading it again.
-      const sha256 = await sha256File(file, ctx.lifetime.signal);
-      const img = await lazy.ensureFileImage(name, { local: true, sizeBytes: padded, sha256 });
+      const img = await lazy.ensureFileImage(name, { local: true, sizeBytes: padded, sha256, dataBytes: sizeBytes });
       made = true;
       this.progress.delete(name);
       return img;
@@ -159,7 +161,7 @@ export class ImageStore {
     this.progress.set(name, { phase: 'importing', ...(spec.sizeBytes !== undefined ? { sizeBytes: spec.sizeBytes } : {}) });
     let goldenMade = false;
     try {
-      const sizeBytes = await this.fetchToNode(spec, file, log);
+      const { sizeBytes } = await this.fetchToNode(spec, file, log);
       this.imageSizes.set(name, sizeBytes);
       this.progress.set(name, { phase: 'importing', sizeBytes });
       signal.throwIfAborted();
@@ -223,17 +225,17 @@ export class ImageStore {
   }
 
   /** A complete file at `file` (from an interrupted import) is reused: fetch renames atomically. */
-  private async fetchToNode(spec: ImageSpec, file: string, log: Logger): Promise<number> {
+  private async fetchToNode(spec: ImageSpec, file: string, log: Logger): Promise<{ sizeBytes: number; sha256?: string }> {
     try {
       const st = await fs.stat(file);
       log.info({ event: 'image.fetch.reuse', file, sizeBytes: st.size }, 'reusing downloaded image');
-      return st.size;
+      return { sizeBytes: st.size };
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
     }
     await fs.mkdir(path.dirname(file), { recursive: true });
     const fetched = await this.fetcher.fetchImage(spec, file, { ...this.fetcher.fetchOptions, signal: this.ctx.lifetime.signal, logger: log });
-    return fetched.sizeBytes;
+    return { sizeBytes: fetched.sizeBytes, sha256: fetched.sha256 };
   }
 
   /** Deletes the aio bdev of an import (and its file when asked). */

@@ -65,7 +65,17 @@ const RecordSchema = RemoteDiskRefSchema;
  * A lazy golden over the node's own file (v24.09+): what is needed to make its aio bdev again
  * after a restart, and the file's digest (checked before the file becomes a source again).
  */
-const LocalRecordSchema = z.object({ local: z.literal(true), sizeBytes: z.number().int().positive(), sha256: z.string().regex(/^[0-9a-f]{64}$/) }).strict();
+const LocalRecordSchema = z
+  .object({
+    local: z.literal(true),
+    /** The file's size: the image padded with zeros to whole clusters. */
+    sizeBytes: z.number().int().positive(),
+    /** sha256 of the file's first `dataBytes` bytes (the image as fetched); the rest is zeros. */
+    sha256: z.string().regex(/^[0-9a-f]{64}$/),
+    dataBytes: z.number().int().positive(),
+  })
+  .strict()
+  .refine((r) => r.dataBytes <= r.sizeBytes, { message: 'dataBytes is larger than sizeBytes', path: ['dataBytes'] });
 export type LocalRecord = z.output<typeof LocalRecordSchema>;
 
 /** Where a lazy golden reads its unread blocks from. */
@@ -396,8 +406,11 @@ export class LazyStore {
       throw new BackendError(`image ${name}: its file ${file} is gone (${String(e)}); delete the image to fetch it again`, 'notFound', { cause: e });
     }
     if (size !== rec.sizeBytes) throw new BackendError(`image ${name}: its file is ${size} bytes, its record says ${rec.sizeBytes}`, 'checksum');
-    const digest = justVerified ? rec.sha256 : await sha256File(file, ctx.lifetime.signal);
-    if (digest !== rec.sha256) throw new BackendError(`image ${name}: its file's sha256 ${digest} is not the recorded ${rec.sha256}`, 'checksum');
+    if (!justVerified) {
+      const digest = await sha256File(file, ctx.lifetime.signal, rec.dataBytes);
+      if (digest !== rec.sha256) throw new BackendError(`image ${name}: its file's sha256 ${digest} is not the recorded ${rec.sha256}`, 'checksum');
+      if (!(await zeroFrom(file, rec.dataBytes, ctx.lifetime.signal))) throw new BackendError(`image ${name}: its file's padding after byte ${rec.dataBytes} is not zeros`, 'checksum');
+    }
     await ctx.api.bdevAioCreate({ name: bdevName, filename: file, block_size: ctx.lvstore.blockSize, uuid: imageUuid(name) }).catch((e: unknown) => {
       if (!(e instanceof SpdkError && e.kind === 'exists')) throw toBackendError(e, `image ${name}: aio bdev over ${file}`);
     });
@@ -868,9 +881,19 @@ function serialOf(name: string): string {
   return name.replace(/[^A-Za-z0-9]/g, '').slice(-20) || 'kubevirt-spdk';
 }
 
-/** sha256 of a file (a lazy source is checked before guests read it). */
-export async function sha256File(file: string, signal: AbortSignal): Promise<string> {
+/** sha256 of a file's first `bytes` bytes, or all of it (a lazy source is checked before guests read it). */
+export async function sha256File(file: string, signal: AbortSignal, bytes?: number): Promise<string> {
   const hash = createHash('sha256');
-  for await (const chunk of createReadStream(file, { signal, highWaterMark: 1 << 20 })) hash.update(chunk as Buffer);
+  if (bytes === 0) return hash.digest('hex');
+  const opts = { signal, highWaterMark: 1 << 20, ...(bytes !== undefined ? { end: bytes - 1 } : {}) };
+  for await (const chunk of createReadStream(file, opts)) hash.update(chunk as Buffer);
   return hash.digest('hex');
+}
+
+/** Whether every byte of `file` from `offset` on is zero (the cluster padding of a lazy source). */
+async function zeroFrom(file: string, offset: number, signal: AbortSignal): Promise<boolean> {
+  for await (const chunk of createReadStream(file, { signal, start: offset, highWaterMark: 1 << 20 })) {
+    if ((chunk as Buffer).some((b) => b !== 0)) return false;
+  }
+  return true;
 }
