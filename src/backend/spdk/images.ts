@@ -76,8 +76,9 @@ export class ImageStore {
    */
   private async importOrLazy(spec: ImageSpec): Promise<ObservedImage> {
     const lazy = this.lazy;
-    if (lazy && (spec.peer !== undefined || (await lazy.hasImageRecord(spec.name)))) return lazy.ensureLazyImage(spec);
+    // An image already reading the node's file keeps it (a peer source would carry the same uuid).
     if (lazy && (await lazy.localRecord(spec.name))) return lazy.ensureFileImage(spec.name);
+    if (lazy && (spec.peer !== undefined || (await lazy.hasImageRecord(spec.name)))) return lazy.ensureLazyImage(spec);
     if (lazy && this.ctx.cfg.lazyLocal) {
       await this.keeper.ready();
       if (lazy.canLazyLocal) return this.lazyFromFile(spec, lazy);
