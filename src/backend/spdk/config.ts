@@ -50,6 +50,12 @@ export const SpdkBackendConfigSchema = z
      * image exports admit. Without it the target's default host NQN is used.
      */
     nodeName: z.string().min(1).max(200).regex(/^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$/, 'a Kubernetes node name').optional(),
+    /**
+     * An image fetched to the node's file becomes usable at once on SPDK v24.09+ (an aio bdev
+     * with a stable uuid under a lazy golden, hydrated in the background) instead of after the
+     * full copy into the lvstore. v24.01 always imports in full.
+     */
+    lazyLocal: z.boolean().default(false),
     /** Deadline of bdev_lvol_inflate, which copies the whole image. */
     inflateTimeoutMs: z.number().int().positive().default(60 * 60_000),
   })

@@ -8,7 +8,7 @@ import { BackendError, type ImageSpec, type ObservedImage } from '../types.js';
 import type { SpdkContext } from './context.js';
 import { toBackendError } from './errors.js';
 import { fanoutsIn, type FanoutLvol, type FanoutLanes } from './fanout.js';
-import type { LazyStore } from './lazy.js';
+import { sha256File, type LazyStore } from './lazy.js';
 import type { LvstoreKeeper } from './lvstore.js';
 import { checkImageName, classifyLvol, goldenName, importingName, lazyGoldenName, lvolAlias, sourceBdevName } from './naming.js';
 import type { ImportProgress } from './observe.js';
@@ -70,11 +70,68 @@ export class ImageStore {
     return signal ? detachOnAbort(shared, signal) : shared;
   }
 
-  /** A peer's golden (or an image already hydrating from one) goes lazy; anything else is imported. */
+  /**
+   * A peer's golden (or an image already hydrating from one) goes lazy; so does a file on the
+   * node when `lazyLocal` is set and the target keeps aio uuids (v24.09+); anything else is imported.
+   */
   private async importOrLazy(spec: ImageSpec): Promise<ObservedImage> {
     const lazy = this.lazy;
+    // An image already reading the node's file keeps it (a peer source would carry the same uuid).
+    if (lazy && (await lazy.localRecord(spec.name))) return lazy.ensureFileImage(spec.name);
     if (lazy && (spec.peer !== undefined || (await lazy.hasImageRecord(spec.name)))) return lazy.ensureLazyImage(spec);
+    if (lazy && this.ctx.cfg.lazyLocal) {
+      await this.keeper.ready();
+      if (lazy.canLazyLocal) return this.lazyFromFile(spec, lazy);
+    }
     return this.importImage(spec);
+  }
+
+  /**
+   * The image is fetched to the node's file as for an import (download or copy, sha256, inspect,
+   * size limits), and that file becomes the source of a lazy golden: disks are made at once and
+   * hydration copies the file into the lvstore underneath them (lazy.ts).
+   */
+  private async lazyFromFile(spec: ImageSpec, lazy: LazyStore): Promise<ObservedImage> {
+    const { ctx } = this;
+    const name = spec.name;
+    const log = ctx.log.child({ image: name });
+    const file = ctx.imageFile(name);
+    const lvols = await ctx.listLvols();
+    const has = (lvolName: string): boolean => lvols.some((l) => l.name === lvolName);
+    if (has(goldenName(name))) return this.importImage(spec); // tidies what an import left
+    if (has(importingName(name))) {
+      log.warn({ event: 'image.import.stale', lvol: importingName(name) }, 'half-made import found; the image goes lazy instead');
+      await ctx.deleteLvol(lvolAlias(ctx.lvs, importingName(name)));
+    }
+    // A file left by an interrupted import was never recorded as a source: fetch (and verify) afresh.
+    await this.dropSource(name, log, true);
+    this.progress.set(name, { phase: 'importing', ...(spec.sizeBytes !== undefined ? { sizeBytes: spec.sizeBytes } : {}) });
+    let made = false;
+    try {
+      const fetched = await this.fetchToNode(spec, file, log);
+      const sizeBytes = fetched.sizeBytes;
+      this.imageSizes.set(name, sizeBytes);
+      ctx.lifetime.signal.throwIfAborted();
+      // A raw image is on the node as fetched, so the fetch's digest covers it; a converted one
+      // is hashed here. A restart checks the file against it before reading it again.
+      const sha256 = spec.format === 'raw' && fetched.sha256 !== undefined ? fetched.sha256 : await sha256File(file, ctx.lifetime.signal);
+      const cluster = ctx.lvstore.clusterBytes;
+      const padded = Math.ceil(sizeBytes / cluster) * cluster;
+      if (padded !== sizeBytes) await fs.truncate(file, padded);
+      const img = await lazy.ensureFileImage(name, { local: true, sizeBytes: padded, sha256, dataBytes: sizeBytes });
+      made = true;
+      this.progress.delete(name);
+      return img;
+    } catch (e) {
+      const err = toBackendError(e, `lazy image ${name} from its file`);
+      if (!made && !(await ctx.listLvols().catch(() => [])).some((l) => l.name === lazyGoldenName(name))) {
+        await lazy.deleteLazy(name).catch(() => undefined);
+        await this.dropSource(name, log, true);
+        this.progress.set(name, { phase: 'failed', message: err.message });
+      }
+      log.warn({ event: 'image.lazy.failed', kind: err.kind, err: err.message }, 'lazy image from file failed');
+      throw err;
+    }
   }
 
   private async importImage(spec: ImageSpec): Promise<ObservedImage> {
@@ -105,7 +162,7 @@ export class ImageStore {
     this.progress.set(name, { phase: 'importing', ...(spec.sizeBytes !== undefined ? { sizeBytes: spec.sizeBytes } : {}) });
     let goldenMade = false;
     try {
-      const sizeBytes = await this.fetchToNode(spec, file, log);
+      const { sizeBytes } = await this.fetchToNode(spec, file, log);
       this.imageSizes.set(name, sizeBytes);
       this.progress.set(name, { phase: 'importing', sizeBytes });
       signal.throwIfAborted();
@@ -156,6 +213,8 @@ export class ImageStore {
       if (!names.has(importingName(image)) && !bdevNames.has(sourceBdevName(image))) continue;
       const log = ctx.log.child({ image });
       const tidy = (async () => {
+        // A lazy golden over the file may still name the aio bdev: its hydration drops it.
+        if (await this.lazy?.localRecord(image).catch(() => undefined)) return this.describeImage(image);
         log.warn({ event: 'image.import.leftover' }, 'tidying what an interrupted import left next to its golden');
         await ctx.deleteLvolQuietly(lvolAlias(ctx.lvs, importingName(image)), log);
         await this.dropSource(image, log, true);
@@ -167,17 +226,17 @@ export class ImageStore {
   }
 
   /** A complete file at `file` (from an interrupted import) is reused: fetch renames atomically. */
-  private async fetchToNode(spec: ImageSpec, file: string, log: Logger): Promise<number> {
+  private async fetchToNode(spec: ImageSpec, file: string, log: Logger): Promise<{ sizeBytes: number; sha256?: string }> {
     try {
       const st = await fs.stat(file);
       log.info({ event: 'image.fetch.reuse', file, sizeBytes: st.size }, 'reusing downloaded image');
-      return st.size;
+      return { sizeBytes: st.size };
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
     }
     await fs.mkdir(path.dirname(file), { recursive: true });
     const fetched = await this.fetcher.fetchImage(spec, file, { ...this.fetcher.fetchOptions, signal: this.ctx.lifetime.signal, logger: log });
-    return fetched.sizeBytes;
+    return { sizeBytes: fetched.sizeBytes, sha256: fetched.sha256 };
   }
 
   /** Deletes the aio bdev of an import (and its file when asked). */

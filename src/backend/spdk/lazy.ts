@@ -1,5 +1,8 @@
+import { createHash } from 'node:crypto';
+import { createReadStream } from 'node:fs';
 import fs from 'node:fs/promises';
 import path from 'node:path';
+import { z } from 'zod';
 import { backoffMs, type Backoff } from '../../backoff.js';
 import type { Logger } from '../../log.js';
 import { SpdkError } from '../../spdk/errors.js';
@@ -24,6 +27,7 @@ import {
   lvolAlias,
   nvmeBdevOf,
   peerControllerName,
+  sourceBdevName,
 } from './naming.js';
 import { bdevSizeBytes, lvolInfoOf } from './schemas.js';
 
@@ -56,6 +60,26 @@ const CONNECT_TIMEOUT_US = 10_000_000;
 const RETRY: Backoff = { initialMs: 500, maxMs: 30_000 };
 
 const RecordSchema = RemoteDiskRefSchema;
+
+/**
+ * A lazy golden over the node's own file (v24.09+): what is needed to make its aio bdev again
+ * after a restart, and the file's digest (checked before the file becomes a source again).
+ */
+const LocalRecordSchema = z
+  .object({
+    local: z.literal(true),
+    /** The file's size: the image padded with zeros to whole clusters. */
+    sizeBytes: z.number().int().positive(),
+    /** sha256 of the file's first `dataBytes` bytes (the image as fetched); the rest is zeros. */
+    sha256: z.string().regex(/^[0-9a-f]{64}$/),
+    dataBytes: z.number().int().positive(),
+  })
+  .strict()
+  .refine((r) => r.dataBytes <= r.sizeBytes, { message: 'dataBytes is larger than sizeBytes', path: ['dataBytes'] });
+export type LocalRecord = z.output<typeof LocalRecordSchema>;
+
+/** Where a lazy golden reads its unread blocks from. */
+type ImageSource = { kind: 'peer'; ref: RemoteDiskRef } | { kind: 'file'; rec: LocalRecord };
 
 interface Hydration {
   state: 'hydrating' | 'paused' | 'failed';
@@ -117,7 +141,7 @@ export class LazyStore {
     await fs.rm(this.recordFile(kind, name), { force: true });
   }
 
-  private async records(): Promise<Array<{ kind: 'image' | 'disk'; name: string }>> {
+  private async records(): Promise<Array<{ kind: 'image' | 'disk' | 'local'; name: string }>> {
     let names: string[];
     try {
       names = await fs.readdir(path.join(this.ctx.cfg.stateDir, 'lazy'));
@@ -125,14 +149,47 @@ export class LazyStore {
       return [];
     }
     return names.flatMap((f) => {
-      const m = /^(image|disk)-(.+)\.json$/.exec(f);
-      return m?.[1] !== undefined && m[2] !== undefined ? [{ kind: m[1] as 'image' | 'disk', name: m[2] }] : [];
+      const m = /^(image|disk|local)-(.+)\.json$/.exec(f);
+      return m?.[1] !== undefined && m[2] !== undefined ? [{ kind: m[1] as 'image' | 'disk' | 'local', name: m[2] }] : [];
     });
   }
 
   /** Whether image `name` has a lazy record (it is or was hydrating from a peer). */
   async hasImageRecord(name: string): Promise<boolean> {
     return (await this.readRecord('image', name)) !== undefined;
+  }
+
+  private localRecordFile(name: string): string {
+    return path.join(this.ctx.cfg.stateDir, 'lazy', `local-${name}.json`);
+  }
+
+  /** The record of a lazy golden over the node's file, if image `name` is or was hydrating from one. */
+  async localRecord(name: string): Promise<LocalRecord | undefined> {
+    const file = this.localRecordFile(name);
+    let text: string;
+    try {
+      text = await fs.readFile(file, 'utf8');
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+      throw new BackendError(`lazy image ${name}: cannot read its record: ${String(e)}`, 'internal', { cause: e });
+    }
+    try {
+      return LocalRecordSchema.parse(JSON.parse(text));
+    } catch (e) {
+      throw new BackendError(`lazy image ${name}: its record ${file} is not valid: ${String(e)}`, 'internal', { cause: e });
+    }
+  }
+
+  private async writeLocalRecord(name: string, rec: LocalRecord): Promise<void> {
+    const file = this.localRecordFile(name);
+    await fs.mkdir(path.dirname(file), { recursive: true });
+    await fs.writeFile(`${file}.tmp`, JSON.stringify(rec));
+    await fs.rename(`${file}.tmp`, file);
+  }
+
+  /** Lazy goldens over a local file need a stable aio uuid (v24.09+) and set_parent. */
+  get canLazyLocal(): boolean {
+    return (this.ctx.capabilities?.aioUuid ?? false) && this.canReparent;
   }
 
   // ---- attach / detach ------------------------------------------------------------------------
@@ -208,6 +265,14 @@ export class LazyStore {
    */
   async reattachAll(): Promise<void> {
     for (const r of await this.records()) {
+      if (r.kind === 'local') {
+        const local = await this.localRecord(r.name).catch(() => undefined);
+        if (!local) continue;
+        await this.fileSource(r.name, local).catch((e: unknown) => {
+          this.ctx.log.warn({ event: 'lazy.source.recreate_failed', image: r.name, err: String(e) }, 'file source not made again; retried by hydration');
+        });
+        continue;
+      }
       const rec = await this.readRecord(r.kind, r.name).catch(() => undefined);
       if (!rec) continue;
       const controller = r.kind === 'image' ? peerControllerName(r.name) : diskSourceControllerName(r.name);
@@ -220,9 +285,12 @@ export class LazyStore {
   /** Starts hydration of every recorded image (and disk asked to hydrate) that no task runs for. */
   async resume(): Promise<void> {
     for (const r of await this.records()) {
-      if (r.kind === 'image' && !this.images.has(r.name)) {
+      if (r.kind === 'local' && !this.images.has(r.name)) {
+        const rec = await this.localRecord(r.name).catch(() => undefined);
+        if (rec) this.startImageHydration(r.name, { kind: 'file', rec });
+      } else if (r.kind === 'image' && !this.images.has(r.name)) {
         const rec = await this.readRecord('image', r.name).catch(() => undefined);
-        if (rec) this.startImageHydration(r.name, rec.ref);
+        if (rec) this.startImageHydration(r.name, { kind: 'peer', ref: rec.ref });
       } else if (r.kind === 'disk' && !this.disks.has(r.name)) {
         const rec = await this.readRecord('disk', r.name).catch(() => undefined);
         if (rec?.hydrate) this.startDiskHydration(r.name, rec.ref);
@@ -246,7 +314,7 @@ export class LazyStore {
     const lvols = await ctx.listLvols();
     const has = (n: string): boolean => lvols.some((l) => l.name === n);
     if (has(goldenName(name))) {
-      if (rec || has(lazyGoldenName(name))) this.startImageHydration(name, ref); // finishes the repoint and detach
+      if (rec || has(lazyGoldenName(name))) this.startImageHydration(name, { kind: 'peer', ref }); // finishes the repoint and detach
       return this.describe(name);
     }
     await this.writeRecord('image', name, ref);
@@ -278,8 +346,103 @@ export class LazyStore {
       throw toBackendError(e, `image ${name}: making the lazy golden read-only`);
     });
     if (!has(lazyGoldenName(name))) log.info({ event: 'image.lazy.ready', sizeBytes, peer: `${ref.host}:${ref.port}` }, 'lazy golden ready: disks boot from the peer while it hydrates');
-    this.startImageHydration(name, ref);
+    this.startImageHydration(name, { kind: 'peer', ref });
     return this.describe(name);
+  }
+
+  /**
+   * ensureImage for an image already on the node as a file (`ctx.imageFile`, verified by the
+   * fetch; `rec` carries its digest and padded size): the aio bdev over it gets the image id as
+   * uuid, so the lazy golden's clones find it again after a spdk_tgt restart; disks clone the
+   * lazy golden at once and hydration copies the file into the lvstore underneath them.
+   */
+  async ensureFileImage(name: string, given?: LocalRecord): Promise<ObservedImage> {
+    const { ctx } = this;
+    checkImageName(name);
+    const log = ctx.log.child({ image: name });
+    await this.keeper.ready();
+    if (!this.canLazyLocal) throw new BackendError(`image ${name}: spdk ${ctx.capabilities?.version ?? '?'} cannot keep an aio bdev's uuid; a local file is imported in full`, 'invalid');
+    const rec = given ?? (await this.localRecord(name));
+    if (!rec) throw new BackendError(`image ${name}: no local file recorded to read it from`, 'invalid');
+    const lvols = await ctx.listLvols();
+    const has = (n: string): boolean => lvols.some((l) => l.name === n);
+    if (has(goldenName(name))) {
+      this.startImageHydration(name, { kind: 'file', rec }); // finishes the repoint and drops the file
+      return this.describe(name);
+    }
+    if (given) await this.writeLocalRecord(name, rec);
+    const src = await this.fileSource(name, rec, given !== undefined);
+    const lazyAlias = lvolAlias(ctx.lvs, lazyGoldenName(name));
+    if (!has(lazyGoldenName(name))) {
+      await ctx.api.bdevLvolCloneBdev({ bdev: src.name, lvs_name: ctx.lvs, clone_name: lazyGoldenName(name) }).catch((e: unknown) => {
+        throw toBackendError(e, `image ${name}: external-snapshot clone of ${src.name}`);
+      });
+    }
+    await ctx.snapshotLocks.run(lazyAlias, () => ctx.api.bdevLvolSetReadOnly({ name: lazyAlias })).catch((e: unknown) => {
+      throw toBackendError(e, `image ${name}: making the lazy golden read-only`);
+    });
+    if (!has(lazyGoldenName(name))) log.info({ event: 'image.lazy.ready', sizeBytes: rec.sizeBytes, source: 'file' }, 'lazy golden ready: disks boot from the node\'s file while it hydrates');
+    this.startImageHydration(name, { kind: 'file', rec });
+    return this.describe(name);
+  }
+
+  /**
+   * The aio bdev over the node's file, uuid = the image id (idempotent). Made again only after
+   * the file is checked against its record (`justVerified`: its digest was just taken).
+   */
+  private async fileSource(name: string, rec: LocalRecord, justVerified = false): Promise<Bdev> {
+    const { ctx } = this;
+    const bdevName = sourceBdevName(name);
+    const existing = await ctx.getBdev(bdevName);
+    if (existing) {
+      if (existing.uuid !== imageUuid(name)) throw new BackendError(`image ${name}: bdev ${bdevName} exists with uuid ${existing.uuid}, not the image id ${imageUuid(name)}`, 'internal');
+      return existing;
+    }
+    const file = ctx.imageFile(name);
+    let size: number;
+    try {
+      size = (await fs.stat(file)).size;
+    } catch (e) {
+      throw new BackendError(`image ${name}: its file ${file} is gone (${String(e)}); delete the image to fetch it again`, 'notFound', { cause: e });
+    }
+    if (size !== rec.sizeBytes) throw new BackendError(`image ${name}: its file is ${size} bytes, its record says ${rec.sizeBytes}`, 'checksum');
+    if (!justVerified) {
+      const digest = await sha256File(file, ctx.lifetime.signal, rec.dataBytes);
+      if (digest !== rec.sha256) throw new BackendError(`image ${name}: its file's sha256 ${digest} is not the recorded ${rec.sha256}`, 'checksum');
+      if (!(await zeroFrom(file, rec.dataBytes, ctx.lifetime.signal))) throw new BackendError(`image ${name}: its file's padding after byte ${rec.dataBytes} is not zeros`, 'checksum');
+    }
+    await ctx.api.bdevAioCreate({ name: bdevName, filename: file, block_size: ctx.lvstore.blockSize, uuid: imageUuid(name) }).catch((e: unknown) => {
+      if (!(e instanceof SpdkError && e.kind === 'exists')) throw toBackendError(e, `image ${name}: aio bdev over ${file}`);
+    });
+    await ctx.api.bdevWaitForExamine().catch(() => undefined);
+    const bdev = await ctx.getBdev(bdevName);
+    if (!bdev) throw new BackendError(`image ${name}: aio bdev ${bdevName} not listed after creating it`, 'internal');
+    ctx.log.info({ event: 'lazy.source.file', image: name, bdev: bdevName, uuid: bdev.uuid }, 'file source ready');
+    return bdev;
+  }
+
+  /** Deletes the file source once no lvol names it as its external snapshot. */
+  private async dropFileSource(name: string, log: Logger): Promise<void> {
+    const { ctx } = this;
+    const bdevName = sourceBdevName(name);
+    const src = await ctx.getBdev(bdevName);
+    if (src) {
+      const readers: string[] = [];
+      for (const l of await ctx.listLvols()) {
+        if (l.is_degraded) readers.push(l.name);
+        else if (l.is_esnap_clone) {
+          const info = lvolInfoOf((await ctx.getBdev(l.alias)) ?? ({ driver_specific: {} } as Bdev));
+          if (info?.external_snapshot_name === bdevName || info?.external_snapshot_name === src.uuid) readers.push(l.name);
+        }
+      }
+      if (readers.length > 0) throw new BackendError(`image ${name}: ${bdevName} still backs ${readers.join(', ')}; not deleting it`, 'busy');
+      await ctx.api.bdevAioDelete({ name: bdevName }).catch((e: unknown) => {
+        if (!isNotFound(e)) throw toBackendError(e, `image ${name}: deleting ${bdevName}`);
+      });
+      log.info({ event: 'lazy.source.dropped', bdev: bdevName }, 'file source deleted');
+    }
+    await fs.rm(ctx.imageFile(name), { force: true });
+    await fs.rm(this.localRecordFile(name), { force: true });
   }
 
   /** Image entry for ensureImage: the golden when it exists, else the lazy golden. */
@@ -349,10 +512,10 @@ export class LazyStore {
     return this.images.has(name);
   }
 
-  private startImageHydration(name: string, ref: RemoteDiskRef): void {
+  private startImageHydration(name: string, source: ImageSource): void {
     if (this.images.has(name)) return;
     const h: Hydration = { state: 'hydrating', task: Promise.resolve() };
-    h.task = this.retrying(h, `image ${name}`, () => this.hydrateImage(name, ref)).finally(() => {
+    h.task = this.retrying(h, `image ${name}`, () => this.hydrateImage(name, source)).finally(() => {
       if (this.images.get(name) === h && h.state !== 'failed') this.images.delete(name);
     });
     this.images.set(name, h);
@@ -386,7 +549,7 @@ export class LazyStore {
     }
   }
 
-  private async hydrateImage(name: string, ref: RemoteDiskRef): Promise<void> {
+  private async hydrateImage(name: string, source: ImageSource): Promise<void> {
     const { ctx } = this;
     const log = ctx.log.child({ image: name });
     await this.keeper.ready();
@@ -397,7 +560,7 @@ export class LazyStore {
     const controller = peerControllerName(name);
     const started = Date.now();
     if (!has(goldenName(name))) {
-      const src = await this.attach(controller, ref, `image ${name}`);
+      const src = source.kind === 'peer' ? await this.attach(controller, source.ref, `image ${name}`) : await this.fileSource(name, source.rec);
       const hyd = lvolAlias(ctx.lvs, lazyHydrateName(name));
       if (!has(lazyHydrateName(name))) {
         await ctx.api.bdevLvolCloneBdev({ bdev: src.name, lvs_name: ctx.lvs, clone_name: lazyHydrateName(name) }).catch((e: unknown) => {
@@ -441,6 +604,10 @@ export class LazyStore {
       }
     }
     if (after.some((l) => l.name === lazyHydrateName(name))) await ctx.deleteLvol(lvolAlias(ctx.lvs, lazyHydrateName(name)));
+    if (source.kind === 'file') {
+      await this.dropFileSource(name, log);
+      return;
+    }
     await this.detach(controller, log);
     await this.dropRecord('image', name);
   }
@@ -470,6 +637,8 @@ export class LazyStore {
     await this.detach(peerControllerName(name), ctx.log.child({ image: name }));
     this.images.delete(name);
     await this.dropRecord('image', name);
+    // The file source itself goes with the image's other import leftovers (ImageStore.dropSource).
+    await fs.rm(this.localRecordFile(name), { force: true });
   }
 
   // ---- image exports to peers -------------------------------------------------------------------
@@ -710,4 +879,21 @@ function abortableSleep(ms: number, signal: AbortSignal): Promise<void> {
 /** NVMe serial numbers are at most 20 ASCII characters. */
 function serialOf(name: string): string {
   return name.replace(/[^A-Za-z0-9]/g, '').slice(-20) || 'kubevirt-spdk';
+}
+
+/** sha256 of a file's first `bytes` bytes, or all of it (a lazy source is checked before guests read it). */
+export async function sha256File(file: string, signal: AbortSignal, bytes?: number): Promise<string> {
+  const hash = createHash('sha256');
+  if (bytes === 0) return hash.digest('hex');
+  const opts = { signal, highWaterMark: 1 << 20, ...(bytes !== undefined ? { end: bytes - 1 } : {}) };
+  for await (const chunk of createReadStream(file, opts)) hash.update(chunk as Buffer);
+  return hash.digest('hex');
+}
+
+/** Whether every byte of `file` from `offset` on is zero (the cluster padding of a lazy source). */
+async function zeroFrom(file: string, offset: number, signal: AbortSignal): Promise<boolean> {
+  for await (const chunk of createReadStream(file, { signal, start: offset, highWaterMark: 1 << 20 })) {
+    if ((chunk as Buffer).some((b) => b !== 0)) return false;
+  }
+  return true;
 }
