@@ -56,7 +56,7 @@ export const AgentFlagsSchema = z.object({
     .boolean()
     .default(false)
     .describe(
-      'qsd only: images from an http(s) origin (format raw) are usable at once, read from the origin through QEMU\'s curl driver while they are copied in the background, and verified after. Default: a full download first. Not implemented for the spdk backend (refused there); both backends read images lazily from peer nodes without it.',
+      "Images are usable at once and copied into the node in the background. qsd: an http(s) origin (format raw) is read through QEMU's curl driver while it is copied, and verified after. spdk (v24.09 or later, else a full import): the image is fetched and verified into a file on the node, then served from it while it is copied into the lvstore (the file is kept until then). Default: a full import first. Both backends read images lazily from peer nodes without it.",
     ),
   nbdPskFile: text('FILE')
     .optional()

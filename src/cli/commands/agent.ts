@@ -44,7 +44,6 @@ const AgentConfigSchema = AgentFlagsSchema.extend({
     }
     if (c.lvstoreBlockSize !== undefined && c.lvstoreBdev !== undefined) problem('lvstoreBlockSize', 'only applies to the aio file made without --lvstore-bdev (a device has its own block size)');
     if (c.bdevDir !== undefined && c.backend !== 'qsd') problem('bdevDir', 'only applies with --backend qsd (spdk bdevs are named in spdk_tgt)');
-    if (c.lazyImages && c.backend !== 'qsd') problem('lazyImages', 'only applies with --backend qsd: lazy images from the origin are not implemented for spdk (spdk nodes read images lazily from peer nodes without it)');
     if (c.nbdPskFile !== undefined && c.backend !== 'qsd') problem('nbdPskFile', 'only applies with --backend qsd (NBD is the transport of the qsd backend)');
   })
   .transform((c) => ({
@@ -88,6 +87,7 @@ export function backendOptionsOf(c: AgentConfig):
         vhostDir,
         stateDir: path.join(stateDir, 'spdk'),
         ...(c.node !== undefined ? { nodeName: c.node } : {}),
+        lazyLocal: c.lazyImages,
         lvstore: {
           baseBdev: c.lvstoreBdev
             ? { kind: 'existing', name: c.lvstoreBdev }

@@ -54,7 +54,8 @@ describe('the backend options, made from the config', () => {
     expect(backendOptionsOf(parseAgentArgs([...cluster, '--backend', 'qsd'], {}))).toMatchObject({ kind: 'qsd', options: { lazyImages: false } });
   });
 
-  it('refuses --lazy-images with the spdk backend, saying why', () => {
-    expect(() => parseAgentArgs([...cluster, '--lazy-images'], {})).toThrow(/--lazy-images: only applies with --backend qsd: lazy images from the origin are not implemented for spdk/);
+  it('spdk: --lazy-images serves images from the fetched file while they are copied in (lazyLocal); off by default', () => {
+    expect(backendOptionsOf(parseAgentArgs([...cluster, '--lazy-images'], {}))).toMatchObject({ kind: 'spdk', options: { lazyLocal: true } });
+    expect(backendOptionsOf(parseAgentArgs(cluster, {}))).toMatchObject({ kind: 'spdk', options: { lazyLocal: false } });
   });
 });
