@@ -132,8 +132,7 @@ describe('a VM booted from a lazily hydrating qsd disk', () => {
       const after = Number((await con.waitFor('SEQ', 60_000, (r) => Number(r) >= seq + 5)).rest);
       expect(after).toBeGreaterThanOrEqual(seq + 5);
 
-      con.send('stop');
-      const stopped = Number((await con.waitFor('STOPPED', 30_000)).rest);
+      const stopped = Number((await con.stopWriting()).rest);
       expect((await con.waitFor('VERIFY', 60_000)).rest).toBe(`OK ${stopped}`);
       await con.waitFor('POWEROFF', 20_000);
       await waitShutOff(name, 30_000);

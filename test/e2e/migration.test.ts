@@ -219,8 +219,7 @@ describe.skipIf(missing)('live migration with real QEMU over qemu-storage-daemon
 
     // The target keeps running on the source's data; then the guest verifies every record.
     await dstVm.console.waitFor('SEQ', 30_000, (r) => Number(r) >= lastOnSource + 6);
-    dstVm.console.send('stop');
-    const stopped = Number((await dstVm.console.waitFor('STOPPED', 30_000)).rest);
+    const stopped = Number((await dstVm.console.stopWriting()).rest);
     expect(stopped).toBeGreaterThan(lastOnSource + 6);
     expect((await dstVm.console.waitFor('VERIFY', 60_000)).rest).toBe(`OK ${stopped}`);
     await dstVm.exited(30_000);
@@ -282,8 +281,7 @@ describe.skipIf(missing)('live migration with real QEMU over qemu-storage-daemon
 
     // The guest goes on writing, then verifies every record it ever wrote.
     await dstVm.console.waitFor('SEQ', 90_000, (r) => Number(r) >= lastOnSource + 8);
-    dstVm.console.send('stop');
-    const stopped = Number((await dstVm.console.waitFor('STOPPED', 30_000)).rest);
+    const stopped = Number((await dstVm.console.stopWriting()).rest);
     expect((await dstVm.console.waitFor('VERIFY', 60_000)).rest).toBe(`OK ${stopped}`);
     await dstVm.exited(30_000);
 
@@ -380,8 +378,7 @@ describe.skipIf(missing)('live migration with real QEMU over qemu-storage-daemon
     await fs.rm(path.join(w.dir, 'b'), { recursive: true, force: true });
     const seqOnA = Math.max(...backOnA.console.events.filter((e) => e.word === 'SEQ').map((e) => Number(e.rest)), 0);
     await backOnA.console.waitFor('SEQ', 90_000, (r) => Number(r) >= seqOnA + 3);
-    backOnA.console.send('stop');
-    const stopped = Number((await backOnA.console.waitFor('STOPPED', 30_000)).rest);
+    const stopped = Number((await backOnA.console.stopWriting()).rest);
     expect((await backOnA.console.waitFor('VERIFY', 60_000)).rest).toBe(`OK ${stopped}`);
     await backOnA.exited(30_000);
     const disk = (await w.src.observe()).disks.find((d) => d.id === DISK_ID);
@@ -432,8 +429,7 @@ describe.skipIf(missing)('live migration with real QEMU over qemu-storage-daemon
     // The guest on the source never stopped and every record it wrote reads back.
     const before = Math.max(...con.events.filter((e) => e.word === 'SEQ').map((e) => Number(e.rest)));
     await con.waitFor('SEQ', 60_000, (r) => Number(r) >= before + 3);
-    con.send('stop');
-    const stopped = Number((await con.waitFor('STOPPED', 30_000)).rest);
+    const stopped = Number((await con.stopWriting()).rest);
     expect((await con.waitFor('VERIFY', 60_000)).rest).toBe(`OK ${stopped}`);
   }, 180_000);
 });

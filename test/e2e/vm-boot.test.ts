@@ -184,8 +184,7 @@ describe('a VM booted by libvirt from a vhost-user-blk clone of a golden image',
       pauses.push(`reconnectInterval ${intervalS} s: backend down ${(downMs / 1000).toFixed(2)} s, guest I/O paused ${(ioPauseMs(con, killedAt) / 1000).toFixed(2)} s`);
 
       // 3. The guest reads every record back.
-      con.send('stop');
-      const stopped = Number((await con.waitFor('STOPPED', 20_000)).rest);
+      const stopped = Number((await con.stopWriting()).rest);
       expect(stopped).toBeGreaterThan(after);
       expect((await con.waitFor('VERIFY', 30_000)).rest).toBe(`OK ${stopped}`);
       await con.waitFor('POWEROFF', 10_000);

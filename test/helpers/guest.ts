@@ -164,6 +164,22 @@ export class GuestConsole {
     this.socket.write(`${line}\n`);
   }
 
+  /**
+   * Ends the guest's write loop (ks.seq=0) and resolves with its STOPPED event. The line is
+   * sent again every 2 s: the guest polls the console with a short read timeout, and on a slow
+   * (loaded, TCG) guest a line arriving in pieces can be cut by that timeout and lost.
+   */
+  async stopWriting(timeoutMs = 60_000): Promise<KsEvent> {
+    const stopped = this.waitFor('STOPPED', timeoutMs);
+    this.send('stop');
+    const again = setInterval(() => this.send('stop'), 2_000);
+    try {
+      return await stopped;
+    } finally {
+      clearInterval(again);
+    }
+  }
+
   close(): void {
     this.socket?.destroy();
   }

@@ -95,7 +95,7 @@ export async function guestAcrossRestart(bin: string): Promise<GuestRestartResul
     const restartMs = Date.now() - killedAt;
     const before = seqAt.length;
     await until('guest writing again', () => seqAt.length >= before + 20, 120_000);
-    con.send('stop');
+    await con.stopWriting();
     const verify = await con.waitFor('VERIFY', 120_000);
 
     let pauseMs = 0;
