@@ -240,7 +240,8 @@ describe('live migration in cluster mode', () => {
     r.b.slots.splice(0);
     updateVmi(r, { 'kubevirt.io/nodeName': 'node-a' }, { ...state, ...end, completed: true, endTimestamp: new Date().toISOString() });
 
-    await until('B tore down controller and its clone', async () => (await controllers(r.b)).length === 0 && !(await bHoldsClone(r)) && !bReadsFromA(r));
+    // The journal forgets the clone in the same round that deletes it: wait for the round to end.
+    await until('B tore down controller and its clone', async () => (await controllers(r.b)).length === 0 && !(await bHoldsClone(r)) && !bReadsFromA(r) && Object.keys(r.b.agent.cluster.agent.ownedNow()).length === 0);
     expect(Object.keys(r.b.agent.cluster.agent.ownedNow())).toEqual([]);
     await until('A dropped the export and unpublished it', () => !exported(r.a) && (currentVmi(r).metadata?.annotations as Record<string, string>)[EXPORTS_ANNOTATION] === undefined);
     await until(`both nodes counted ${outcome}`, async () => (await migrations(r.a, outcome)) === 1 && (await migrations(r.b, outcome)) === 1);
