@@ -15,7 +15,7 @@ import { parseVmiYaml } from '../../src/api/vmi.js';
 import { QsdBackend } from '../../src/backend/qsd/index.js';
 import { convertDomain } from '../../src/converter/index.js';
 import { REPO_ROOT } from '../helpers/cli.js';
-import { ensureGuestBuilt, guestCmdline, GuestConsole } from '../helpers/guest.js';
+import { e2eDomain, ensureGuestBuilt, GuestConsole } from '../helpers/guest.js';
 import { defineAndStart, destroyAndUndefine, ensureLibvirt, waitShutOff, whyNoLibvirt, type LibvirtDaemons } from '../helpers/libvirt.js';
 import { startOrigin, type Origin } from '../helpers/origin.js';
 import { createGoldenImage, QEMU_SOCKET_OWNER } from '../helpers/qsd.js';
@@ -28,13 +28,6 @@ const haveCurl = spawnSync('sh', ['-c', 'ls /usr/lib/*/qemu/block-curl.so'], { s
 const skipReason = (await whyNoLibvirt()) ?? (haveCurl ? undefined : 'QEMU curl block driver missing (qemu-block-extra; make deps)');
 if (skipReason) console.warn(`lazy-boot e2e skipped: ${skipReason}`);
 
-function fill(template: string, values: Record<string, string>): string {
-  return template.replace(/\{\{([A-Z_]+)\}\}/g, (whole, key: string) => {
-    const v = values[key];
-    if (v === undefined) throw new Error(`domain template: no value for ${whole}`);
-    return v;
-  });
-}
 
 describe('a VM booted from a lazily hydrating qsd disk', () => {
   let tmp: string | undefined;
@@ -89,21 +82,7 @@ describe('a VM booted from a lazily hydrating qsd disk', () => {
       await fs.chmod(ctrl.socketPath, QEMU_SOCKET_OWNER.mode);
 
       const vmi = parseVmiYaml((await fs.readFile(path.join(FIXTURES, 'vmi.yaml'), 'utf8')).replace('name: vmi-e2e', `name: vmi-lazy-${run}`));
-      const kernel = path.join(dir, 'vmlinuz');
-      const initrd = path.join(dir, 'initramfs.gz');
-      await fs.copyFile((guest as { kernel: string }).kernel, kernel);
-      await fs.copyFile((guest as { initrd: string }).initrd, initrd);
-      const name = `${vmi.metadata.namespace}_${vmi.metadata.name}`;
-      const consoleSocket = path.join(dir, 'console.sock');
-      const template = fill(await fs.readFile(path.join(FIXTURES, 'domain.xml'), 'utf8'), {
-        NAME: name,
-        UID: vmi.metadata.uid ?? 'none',
-        KERNEL: kernel,
-        INITRD: initrd,
-        CMDLINE: guestCmdline({ mode: 'e2e', seq: 0, tag }),
-        CONSOLE_SOCKET: consoleSocket,
-        CONSOLE_LOG: path.join(dir, 'console.log'),
-      });
+      const { name, consoleSocket, template } = await e2eDomain(dir, vmi, guest as { kernel: string; initrd: string }, tag);
       const domainXml = convertDomain(template, vmi, { socketDir: path.dirname(ctrl.socketPath) });
       expect(domainXml).toContain(`path="${ctrl.socketPath}"`);
       const xmlFile = path.join(dir, 'domain.xml');

@@ -19,7 +19,7 @@ import { randomBytes } from 'node:crypto';
 import { parseVmiYaml } from '../../src/api/vmi.js';
 import { convertDomain } from '../../src/converter/index.js';
 import { REPO_ROOT } from '../helpers/cli.js';
-import { ensureGuestBuilt, guestCmdline, GuestConsole } from '../helpers/guest.js';
+import { e2eDomain, ensureGuestBuilt, GuestConsole } from '../helpers/guest.js';
 import {
   defineAndStart,
   destroyAndUndefine,
@@ -41,13 +41,6 @@ const SEQ_OFFSET = 2 * 1024 * 1024;
 const skipReason = await whyNoLibvirt();
 if (skipReason) console.warn(`vm-boot e2e skipped: ${skipReason}`);
 
-function fill(template: string, values: Record<string, string>): string {
-  return template.replace(/\{\{([A-Z_]+)\}\}/g, (whole, key: string) => {
-    const v = values[key];
-    if (v === undefined) throw new Error(`domain template: no value for ${whole}`);
-    return v;
-  });
-}
 
 /** The longest gap between two consecutive sequence records the host saw, from `from` on: the guest's I/O pause. */
 function ioPauseMs(con: GuestConsole, from: number): number {
@@ -123,22 +116,7 @@ describe('a VM booted by libvirt from a vhost-user-blk clone of a golden image',
       // memory must still be shared with the backend, through libvirt's file backing.
       if (memfdOff) vmiText = vmiText.replace('  annotations:\n', '  annotations:\n    kubevirt.io/memfd: "false"\n');
       const vmi = parseVmiYaml(vmiText.replace('name: vmi-e2e', `name: vmi-e2e-r${intervalS}`));
-      const kernel = path.join(dir, 'vmlinuz');
-      const initrd = path.join(dir, 'initramfs.gz');
-      // Own copies: libvirt relabels the kernel and initrd it boots, leave the shared cache alone.
-      await fs.copyFile((guest as { kernel: string }).kernel, kernel);
-      await fs.copyFile((guest as { initrd: string }).initrd, initrd);
-      const name = `${vmi.metadata.namespace}_${vmi.metadata.name}`;
-      const consoleSocket = path.join(dir, 'console.sock');
-      const template = fill(await fs.readFile(path.join(FIXTURES, 'domain.xml'), 'utf8'), {
-        NAME: name,
-        UID: vmi.metadata.uid ?? 'none',
-        KERNEL: kernel,
-        INITRD: initrd,
-        CMDLINE: guestCmdline({ mode: 'e2e', seq: 0, tag }),
-        CONSOLE_SOCKET: consoleSocket,
-        CONSOLE_LOG: path.join(dir, 'console.log'),
-      });
+      const { name, consoleSocket, template } = await e2eDomain(dir, vmi, guest as { kernel: string; initrd: string }, tag);
       const domainXml = convertDomain(template, vmi, { socketDir: dir });
       const xmlFile = path.join(dir, 'domain.xml');
       await fs.writeFile(xmlFile, domainXml);

@@ -5,6 +5,7 @@
  */
 import { execFile } from 'node:child_process';
 import net from 'node:net';
+import fs from 'node:fs/promises';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { REPO_ROOT } from './cli.js';
@@ -212,4 +213,42 @@ export class GuestConsole {
       }
     }
   }
+}
+
+/** The e2e domain template (test/fixtures/e2e/domain.xml) with every {{KEY}} filled. */
+function fillTemplate(template: string, values: Record<string, string>): string {
+  return template.replace(/\{\{([A-Z_]+)\}\}/g, (whole, key: string) => {
+    const v = values[key];
+    if (v === undefined) throw new Error(`domain template: no value for ${whole}`);
+    return v;
+  });
+}
+
+/**
+ * The libvirt domain a KubeVirt-like launcher would define for `vmi`, before our rewrite: own
+ * copies of the guest's kernel and initrd in `dir` (libvirt relabels what it boots; the shared
+ * cache stays untouched), the console on a socket in `dir`, the guest writing until "stop".
+ */
+export async function e2eDomain(
+  dir: string,
+  vmi: { metadata: { namespace: string; name: string; uid?: string | undefined } },
+  guest: { kernel: string; initrd: string },
+  tag: string,
+): Promise<{ name: string; consoleSocket: string; template: string }> {
+  const kernel = path.join(dir, 'vmlinuz');
+  const initrd = path.join(dir, 'initramfs.gz');
+  await fs.copyFile(guest.kernel, kernel);
+  await fs.copyFile(guest.initrd, initrd);
+  const name = `${vmi.metadata.namespace}_${vmi.metadata.name}`;
+  const consoleSocket = path.join(dir, 'console.sock');
+  const template = fillTemplate(await fs.readFile(path.join(REPO_ROOT, 'test', 'fixtures', 'e2e', 'domain.xml'), 'utf8'), {
+    NAME: name,
+    UID: vmi.metadata.uid ?? 'none',
+    KERNEL: kernel,
+    INITRD: initrd,
+    CMDLINE: guestCmdline({ mode: 'e2e', seq: 0, tag }),
+    CONSOLE_SOCKET: consoleSocket,
+    CONSOLE_LOG: path.join(dir, 'console.log'),
+  });
+  return { name, consoleSocket, template };
 }
