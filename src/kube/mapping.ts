@@ -243,7 +243,10 @@ export const NodeImageCacheImageSchema = z.object({
   name: z.string(),
   /** The golden's content key (contract imageKey): what peers match on. */
   key: z.string().optional(),
-  phase: z.enum(['importing', 'hydrating', 'ready', 'failed']),
+  /** `wanted`: the node needs the image, holds none yet, and waits for one node (the seed) to read the origin. */
+  phase: z.enum(['wanted', 'importing', 'hydrating', 'ready', 'failed']),
+  /** Phase wanted: when the node announced it (RFC 3339); older announcements expire. */
+  wantedAt: z.string().datetime().optional(),
   sizeBytes: z.number().int().nonnegative().optional(),
   clones: z.number().int().nonnegative().optional(),
   lastUsed: z.string().optional(),
@@ -278,35 +281,41 @@ export interface CacheExtras {
   /** Content key -> CachedImage names (desired state); a key no CachedImage names any more is listed under its key. */
   names?: Readonly<Record<string, readonly string[]>>;
   info?: ReadonlyMap<string, GoldenInfo>;
+  /** Content key -> when this node began to want it (ms): listed as phase wanted while no golden of it exists here. */
+  wanted?: ReadonlyMap<string, number>;
 }
 
 /** The NodeImageCache status from what the agent observed (its status.json): one entry per CachedImage name. */
 export function nodeImageCacheStatus(s: Pick<NodeStatus, 'backend' | 'images'>, updatedAt: string, extras: CacheExtras = {}): NodeImageCacheStatus {
-  const images = s.images
-    .flatMap((i) => {
-      const info = extras.info?.get(i.name);
-      const names = extras.names?.[i.name];
-      const base = {
-        phase: NodeImageCacheImageSchema.shape.phase.safeParse(i.phase).data ?? 'failed',
-        sizeBytes: i.sizeBytes,
-        clones: i.cloneCount,
-        ...(i.lastUse ? { lastUsed: i.lastUse } : {}),
-        ...(i.message ? { message: i.message } : {}),
-        ...(info?.hydratedPercent !== undefined ? { hydratedPercent: Math.round(info.hydratedPercent) } : {}),
-        ...(info?.source !== undefined ? { source: info.source } : {}),
-        ...(info?.export !== undefined ? { export: info.export } : {}),
-        ...(info?.peerReaders ? { peerReaders: info.peerReaders } : {}),
-      };
-      return (names?.length ? names : [i.name]).map((name) => ({ name, ...(extras.names ? { key: i.name } : {}), ...base }));
-    })
-    .sort((a, b) => a.name.localeCompare(b.name));
+  type Entry = z.output<typeof NodeImageCacheImageSchema>;
+  const held: Entry[] = s.images.flatMap((i) => {
+    const info = extras.info?.get(i.name);
+    const names = extras.names?.[i.name];
+    const base = {
+      phase: NodeImageCacheImageSchema.shape.phase.safeParse(i.phase).data ?? 'failed',
+      sizeBytes: i.sizeBytes,
+      clones: i.cloneCount,
+      ...(i.lastUse ? { lastUsed: i.lastUse } : {}),
+      ...(i.message ? { message: i.message } : {}),
+      ...(info?.hydratedPercent !== undefined ? { hydratedPercent: Math.round(info.hydratedPercent) } : {}),
+      ...(info?.source !== undefined ? { source: info.source } : {}),
+      ...(info?.export !== undefined ? { export: info.export } : {}),
+      ...(info?.peerReaders ? { peerReaders: info.peerReaders } : {}),
+    };
+    return (names?.length ? names : [i.name]).map((name) => ({ name, ...(extras.names ? { key: i.name } : {}), ...base }));
+  });
+  // Images this node needs and holds none of yet: announced for the seed rule (image-peers.ts).
+  const wanted: Entry[] = [...(extras.wanted ?? [])]
+    .filter(([key]) => !s.images.some((i) => i.name === key))
+    .flatMap(([key, at]) => (extras.names?.[key]?.length ? extras.names[key] : [key]).map((name) => ({ name, key, phase: 'wanted' as const, wantedAt: new Date(at).toISOString() })));
+  const images = [...held, ...wanted].sort((a, b) => a.name.localeCompare(b.name));
   const state = (i: (typeof images)[number]): string =>
     i.phase === 'ready' ? '' : i.phase === 'hydrating' ? `[hydrating ${i.hydratedPercent ?? 0}%${i.source ? ` from ${i.source}` : ''}]` : `[${i.phase}]`;
   const summary = images.length
     ? images.map((i) => `${i.name}${state(i)}${i.clones ? `(${i.clones} clone${i.clones === 1 ? '' : 's'})` : ''}`).join(', ')
     : 'none';
   // The cache's footprint: golden images only (clones are thin until written), each golden once.
-  const byKey = new Map(images.map((i) => [i.key ?? i.name, i.sizeBytes]));
+  const byKey = new Map(images.map((i) => [i.key ?? i.name, i.sizeBytes ?? 0]));
   const usedBytes = [...byKey.values()].reduce((n, b) => n + b, 0);
   return { backend: s.backend.kind, summary, usedBytes, updatedAt, images };
 }
@@ -319,9 +328,11 @@ export function nodeImageCacheStatus(s: Pick<NodeStatus, 'backend' | 'images'>, 
 export function peerGoldensOf(caches: readonly unknown[], opts: { allowUnix?: boolean } = {}): PeerGolden[] {
   const out = new Map<string, PeerGolden>();
   for (const raw of caches) {
-    const o = raw as { metadata?: { name?: unknown }; status?: { images?: unknown } | null } | null;
+    const o = raw as { metadata?: { name?: unknown }; status?: { images?: unknown; backend?: unknown } | null } | null;
     const node = o?.metadata?.name;
     if (typeof node !== 'string' || !Array.isArray(o?.status?.images)) continue;
+    const backend = o.status.backend;
+    const transport = backend === 'qsd' ? ('nbd' as const) : backend === 'spdk' ? ('nvmf-tcp' as const) : undefined;
     for (const item of o.status.images) {
       // One bad entry (an older agent, a hand edit) is skipped, never the whole node.
       const res = NodeImageCacheImageSchema.safeParse(item);
@@ -335,6 +346,8 @@ export function peerGoldensOf(caches: readonly unknown[], opts: { allowUnix?: bo
         ...(i.export && (opts.allowUnix || !(i.export.transport === 'nbd' && i.export.address.kind === 'unix')) ? { export: i.export } : {}),
         ...(i.source ? { source: i.source } : {}),
         ...(i.peerReaders ? { peerReaders: i.peerReaders } : {}),
+        ...(i.phase === 'wanted' && i.wantedAt !== undefined ? { wantedAt: Date.parse(i.wantedAt) } : {}),
+        ...(i.phase === 'wanted' && transport ? { transport } : {}),
       };
       // CachedImage names of one content on one node are one golden: the first entry speaks for it.
       if (!out.has(`${node}\0${key}`)) out.set(`${node}\0${key}`, g);
