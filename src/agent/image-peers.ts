@@ -365,11 +365,13 @@ export class ImagePeers {
     let first: SourceChoice | undefined =
       recorded === undefined ? undefined : recorded.node !== ORIGIN && recorded.ref ? { kind: 'peer', node: recorded.node, ref: recorded.ref, load: 0 } : { kind: 'origin' };
     for (;;) {
+      // Only an origin all nodes share (http) is worth a seed: a host path is read on each node.
+      const seeded = canLazy && this.seeding && 'http' in spec.source;
       const choice =
         first ??
         (!canLazy
           ? ({ kind: 'origin' } as const)
-          : this.seeding
+          : seeded
             ? await this.chooseSeeded(spec.name, transport, skip, signal)
             : chooseImageSource({ self: this.o.self, key: spec.name, goldens: this.goldens, transport, skip }));
       first = undefined;

@@ -32,7 +32,7 @@ const AgentConfigSchema = AgentFlagsSchema.extend({
   seedWait: duration()
     .default('5s')
     .describe(
-      'Cluster mode, lazy images from peers: when several nodes need an image that no node holds, one of them (the seed, the same for all: a rendezvous hash of the image and node names) reads the origin and the others read its golden. A node announces the image in its NodeImageCache (phase `wanted`) and waits this long for the seed to export it, then gives up on that seed (once more for the next seed), then reads the origin itself. The seed waits 1s (at most half of this) for the others\' announcements first. `0s`: no seeding, every node without a peer reads the origin at once. Needs `--node-address`: a node that cannot export neither seeds nor waits.',
+      'Cluster mode, lazy images from peers: when several nodes need an image (from an http(s) origin) that no node holds, one of them (the seed, the same for all: a rendezvous hash of the image and node names) reads the origin and the others read its golden. A node announces the image in its NodeImageCache (phase `wanted`) and waits this long for the seed to export it, then gives up on that seed (once more for the next seed), then reads the origin itself. The seed waits 1s (at most half of this) for the others\' announcements first. `0s`: no seeding, every node without a peer reads the origin at once. Needs `--node-address`: a node that cannot export neither seeds nor waits.',
     ),
 })
   // The rules between flags; each message names the flag(s).

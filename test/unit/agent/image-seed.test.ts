@@ -206,6 +206,18 @@ describe('ImagePeers with the seed rule', () => {
     expect(peers.wanting().has(KEY)).toBe(false);
   });
 
+  it('an image from a host path (read on each node, no shared origin) is not seeded', async () => {
+    const peers = make('x', 60_000, 10);
+    peers.setGoldens([wanted(nameRanked(true, 'x'), Date.now())]);
+    const used: string[] = [];
+    await peers.ensure({ ...spec, source: { hostPath: { path: '/images/i.raw' } } }, async (s) => {
+      used.push(s.peer ? 'peer' : 'origin');
+      return ok(s);
+    });
+    expect(used).toEqual(['origin']);
+    expect(peers.wanting().size).toBe(0);
+  });
+
   it('without an export address the node neither seeds nor waits', async () => {
     const peers = new ImagePeers({ self: 'x', backend: backend(), stateDir: dir, seed: { waitMs: 60_000 } });
     peers.setGoldens([wanted(nameRanked(true, 'x'), Date.now())]);
