@@ -206,6 +206,18 @@ describe('ImagePeers with the seed rule', () => {
     expect(peers.wanting().has(KEY)).toBe(false);
   });
 
+  it('a seed whose origin fails withdraws its announcement (the others choose another seed)', async () => {
+    const self = nameRanked(true, 'other');
+    const peers = make(self, 60_000, 5);
+    peers.setGoldens([wanted('other', Date.now())]);
+    const err = await peers.ensure(spec, async () => {
+      expect(peers.wanting().has(KEY)).toBe(true);
+      throw new Error('origin unreachable');
+    }).catch((e: unknown) => e);
+    expect(err).toMatchObject({ message: 'origin unreachable' });
+    expect(peers.wanting().size).toBe(0);
+  });
+
   it('an image from a host path (read on each node, no shared origin) is not seeded', async () => {
     const peers = make('x', 60_000, 10);
     peers.setGoldens([wanted(nameRanked(true, 'x'), Date.now())]);
