@@ -25,9 +25,9 @@ export interface PeerGolden {
   key: string;
   /** `wanted`: the node needs the image, holds none yet, and waits for a seed (see chooseWithSeed). */
   phase: 'wanted' | 'importing' | 'hydrating' | 'ready' | 'failed';
-  /** Phase wanted: when the node announced it (ms since epoch, its clock). */
+  /** Phase wanted, or importing as a seed: when the node announced it (ms since epoch, its clock). */
   wantedAt?: number;
-  /** Phase wanted: the transport the node would export the golden on (its backend's). */
+  /** Phase wanted or importing: the transport the node would export the golden on (its backend's). */
   transport?: RemoteDiskRef['transport'];
   /** Where other nodes read it (absent: not exported). */
   export?: RemoteDiskRef;
@@ -131,15 +131,16 @@ export function rendezvous(key: string, nodes: Iterable<string>): string | undef
   return best?.node;
 }
 
-/** A live announcement: phase wanted, of a transport this node reads, not older than the TTL (nor from the future). */
-const liveWanted = (g: PeerGolden, transport: RemoteDiskRef['transport'], t: SeedTiming): boolean =>
-  g.phase === 'wanted' && g.wantedAt !== undefined && (g.transport ?? transport) === transport && Math.abs(t.now - g.wantedAt) <= t.ttlMs;
+/** A live announcement: of a transport this node reads, not older than the TTL (nor from the future). */
+const live = (g: PeerGolden, transport: RemoteDiskRef['transport'], t: SeedTiming): boolean =>
+  g.wantedAt !== undefined && (g.transport ?? transport) === transport && Math.abs(t.now - g.wantedAt) <= t.ttlMs;
 
 /**
  * Where `self` hydrates `key` from when seeding is on. Pure. A usable peer (chooseImageSource:
  * ready, or hydrating straight from the origin) always wins, at once. Else the seed is chosen
- * among the nodes that read the origin for it now without exporting yet (importing), or, when
- * none does, among the nodes that announced they want it (live announcements, and `self`): the
+ * among the seeds that read the origin for it now without exporting yet (importing, with a live
+ * announcement: a full import), or, when none does, among the nodes that announced they want
+ * it (live announcements, and `self`): the
  * highest rendezvous rank of (key, node), so every node picks the same one from the same view
  * without talking. Nodes in `skip` (failed as a source, or given up on) are never the seed.
  * The seed reads the origin once `settleMs` have passed since it began to wait; the others wait
@@ -150,8 +151,9 @@ export function chooseWithSeed(input: Parameters<typeof chooseImageSource>[0] & 
   if (peer.kind === 'peer') return peer;
   const t = input.seed;
   const mine = input.goldens.filter((g) => g.key === input.key && g.node !== input.self && !input.skip?.has(g.node));
-  const importing = mine.filter((g) => g.phase === 'importing').map((g) => g.node);
-  const seed = importing.length ? rendezvous(input.key, importing) : rendezvous(input.key, [input.self, ...mine.filter((g) => liveWanted(g, input.transport, t)).map((g) => g.node)]);
+  const importing = mine.filter((g) => g.phase === 'importing' && live(g, input.transport, t)).map((g) => g.node);
+  const wanting = mine.filter((g) => g.phase === 'wanted' && live(g, input.transport, t)).map((g) => g.node);
+  const seed = rendezvous(input.key, importing.length ? importing : [input.self, ...wanting]);
   if (seed === undefined || seed === input.self) {
     const until = t.waitingSince + t.settleMs;
     return t.now >= until ? { kind: 'origin' } : { kind: 'wait', seed: input.self, untilMs: until };
@@ -212,7 +214,7 @@ export class ImagePeers {
   private loaded = false;
   private readonly exported = new Map<string, { ref: RemoteDiskRef; allowed: string }>();
   private readonly info = new Map<string, GoldenInfo>();
-  /** Keys this node announces it wants (ms it began): published as phase wanted until the golden shows up. */
+  /** Keys this node announces it wants (ms it began): phase wanted until the golden shows up, and its time while it imports. */
   private readonly wanted = new Map<string, number>();
   private readonly wakers = new Set<() => void>();
   private readonly listeners = new Set<() => void>();
@@ -406,8 +408,9 @@ export class ImagePeers {
     let changed = false;
     this.info.clear();
     for (const img of images) {
-      // The golden exists now: its phase speaks for this node, no announcement any more.
-      this.wanted.delete(img.name);
+      // The golden exists now: its phase speaks for this node. A full import keeps the time, so
+      // others wait for it as the seed, and stop when that time is old (a node that went away).
+      if (img.phase !== 'importing') this.wanted.delete(img.name);
       const info: GoldenInfo = {};
       if (img.phase === 'hydrating') {
         const src = this.sources[img.name];

@@ -245,7 +245,7 @@ export const NodeImageCacheImageSchema = z.object({
   key: z.string().optional(),
   /** `wanted`: the node needs the image, holds none yet, and waits for one node (the seed) to read the origin. */
   phase: z.enum(['wanted', 'importing', 'hydrating', 'ready', 'failed']),
-  /** Phase wanted: when the node announced it (RFC 3339); older announcements expire. */
+  /** Phase wanted, or importing as the seed: when the node announced it (RFC 3339); older announcements expire. */
   wantedAt: z.string().datetime().optional(),
   sizeBytes: z.number().int().nonnegative().optional(),
   clones: z.number().int().nonnegative().optional(),
@@ -301,6 +301,7 @@ export function nodeImageCacheStatus(s: Pick<NodeStatus, 'backend' | 'images'>, 
       ...(info?.source !== undefined ? { source: info.source } : {}),
       ...(info?.export !== undefined ? { export: info.export } : {}),
       ...(info?.peerReaders ? { peerReaders: info.peerReaders } : {}),
+      ...(i.phase === 'importing' && extras.wanted?.get(i.name) !== undefined ? { wantedAt: new Date(extras.wanted.get(i.name) ?? 0).toISOString() } : {}),
     };
     return (names?.length ? names : [i.name]).map((name) => ({ name, ...(extras.names ? { key: i.name } : {}), ...base }));
   });
@@ -346,8 +347,8 @@ export function peerGoldensOf(caches: readonly unknown[], opts: { allowUnix?: bo
         ...(i.export && (opts.allowUnix || !(i.export.transport === 'nbd' && i.export.address.kind === 'unix')) ? { export: i.export } : {}),
         ...(i.source ? { source: i.source } : {}),
         ...(i.peerReaders ? { peerReaders: i.peerReaders } : {}),
-        ...(i.phase === 'wanted' && i.wantedAt !== undefined ? { wantedAt: Date.parse(i.wantedAt) } : {}),
-        ...(i.phase === 'wanted' && transport ? { transport } : {}),
+        ...((i.phase === 'wanted' || i.phase === 'importing') && i.wantedAt !== undefined ? { wantedAt: Date.parse(i.wantedAt) } : {}),
+        ...((i.phase === 'wanted' || i.phase === 'importing') && transport ? { transport } : {}),
       };
       // CachedImage names of one content on one node are one golden: the first entry speaks for it.
       if (!out.has(`${node}\0${key}`)) out.set(`${node}\0${key}`, g);

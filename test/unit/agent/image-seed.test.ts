@@ -96,10 +96,14 @@ describe('chooseWithSeed (pure)', () => {
     expect(skipped.kind === 'origin' ? follower : skipped.kind === 'wait' ? skipped.seed : skipped.kind).toBe(without);
   });
 
-  it('a node already importing the image from the origin (no export yet) is the seed everyone waits for', () => {
-    const c = decide('w', [held('imp', 'importing'), wanted('zz')], timing(T0 + 1_000));
+  it('a seed already importing the image from the origin (a full import, no export yet) is the one everyone waits for, until its announcement is old', () => {
+    const importing = (at: number) => held('imp', 'importing', { wantedAt: at, transport: 'nbd' });
+    const c = decide('w', [importing(T0), wanted('zz')], timing(T0 + 1_000));
     expect(c).toEqual({ kind: 'wait', seed: 'imp', untilMs: T0 + 5_000 });
-    expect(decide('w', [held('imp', 'importing')], timing(T0 + 5_000))).toEqual({ kind: 'give-up', seed: 'imp' });
+    expect(decide('w', [importing(T0)], timing(T0 + 5_000))).toEqual({ kind: 'give-up', seed: 'imp' });
+    // A node that went away mid-import (its entry stays behind), or an import that was no seed's: not waited for.
+    expect(decide('w', [importing(T0 - 16_000)], timing(T0 + 1_000))).toEqual({ kind: 'origin' });
+    expect(decide('w', [held('imp', 'importing')], timing(T0 + 1_000))).toEqual({ kind: 'origin' });
   });
 });
 
@@ -116,7 +120,11 @@ describe('wanted in the NodeImageCache', () => {
     expect(read).toEqual([{ node: 'n1', key: KEY, phase: 'wanted', wantedAt: T0, transport: 'nbd' }]);
     const img = { name: KEY, phase: 'hydrating', sizeBytes: 1024, cloneCount: 0, ref: 'x' };
     const holding = nodeImageCacheStatus({ backend, images: [img] } as never, new Date(T0).toISOString(), { names: { [KEY]: ['base'] }, wanted: new Map([[KEY, T0]]) });
-    expect(holding.images.map((i) => i.phase)).toEqual(['hydrating']);
+    expect(holding.images).toEqual([expect.objectContaining({ name: 'base', phase: 'hydrating' })]);
+    expect(holding.images[0]?.wantedAt).toBeUndefined();
+    // A seed's full import keeps its time: the others wait for it, not for ever.
+    const importing = nodeImageCacheStatus({ backend, images: [{ ...img, phase: 'importing' }] } as never, new Date(T0).toISOString(), { names: { [KEY]: ['base'] }, wanted: new Map([[KEY, T0]]) });
+    expect(peerGoldensOf([{ metadata: { name: 'n1' }, status: importing }])).toEqual([expect.objectContaining({ node: 'n1', phase: 'importing', wantedAt: T0, transport: 'nbd' })]);
   });
 
   it('a malformed wantedAt is dropped with its entry, never the node', () => {
@@ -177,6 +185,11 @@ describe('ImagePeers with the seed rule', () => {
       return ok(s);
     });
     expect(used).toEqual(['origin']);
+    // A full import keeps its announcement's time (the others wait for it); a golden ends it.
+    await peers.sync([{ ...ok(spec), phase: 'importing' }]);
+    expect(peers.wanting().has(KEY)).toBe(true);
+    await peers.sync([{ ...ok(spec), phase: 'ready' }]);
+    expect(peers.wanting().has(KEY)).toBe(false);
   });
 
   it('a seed that never exports is given up on, the next too, then the origin: bounded, no deadlock', async () => {
