@@ -40,6 +40,15 @@ describe('chooseWithSeed (pure)', () => {
     expect(decide('solo', [], timing(T0 + 1_000))).toEqual({ kind: 'origin' });
   });
 
+  it('the seed does not depend on when each node announced (a node restarted mid-wait announces again, later: same seed)', () => {
+    const seed = rendezvous(KEY, nodes) ?? '';
+    const follower = nodes.find((n) => n !== seed) ?? '';
+    const early = nodes.filter((n) => n !== follower).map((n, i) => wanted(n, T0 + i * 100));
+    const late = nodes.filter((n) => n !== follower).map((n, i) => wanted(n, T0 + 3_000 - i * 100));
+    expect(decide(follower, early, timing(T0 + 3_500, { waitingSince: T0 + 3_400 }))).toMatchObject({ kind: 'wait', seed });
+    expect(decide(follower, late, timing(T0 + 3_500, { waitingSince: T0 + 3_400 }))).toMatchObject({ kind: 'wait', seed });
+  });
+
   it('different images get different seeds (no one node reads every image)', () => {
     const seeds = new Set(Array.from({ length: 32 }, (_, i) => rendezvous(`sha256-${String(i).padStart(40, '0')}`, nodes)));
     expect(seeds.size).toBeGreaterThan(3);
