@@ -42,7 +42,8 @@ const canRun =
 const NICS = 'kubevirt-spdk.io/v1alpha1/nodeimagecaches';
 const MiB = 1024 * 1024;
 const SIZE = 16 * MiB;
-const SEED_WAIT_MS = 3_000;
+// Long enough that a loaded machine never makes a follower give up on a live seed.
+const SEED_WAIT_MS = 8_000;
 const OWNER = { uid: process.getuid?.() ?? 0, gid: process.getgid?.() ?? 0 };
 const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
 
