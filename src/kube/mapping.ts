@@ -288,28 +288,30 @@ export interface CacheExtras {
 /** The NodeImageCache status from what the agent observed (its status.json): one entry per CachedImage name. */
 export function nodeImageCacheStatus(s: Pick<NodeStatus, 'backend' | 'images'>, updatedAt: string, extras: CacheExtras = {}): NodeImageCacheStatus {
   type Entry = z.output<typeof NodeImageCacheImageSchema>;
-  const held: Entry[] = s.images.flatMap((i) => {
-    const info = extras.info?.get(i.name);
-    const names = extras.names?.[i.name];
-    const base = {
-      phase: NodeImageCacheImageSchema.shape.phase.safeParse(i.phase).data ?? 'failed',
-      sizeBytes: i.sizeBytes,
-      clones: i.cloneCount,
-      ...(i.lastUse ? { lastUsed: i.lastUse } : {}),
-      ...(i.message ? { message: i.message } : {}),
-      ...(info?.hydratedPercent !== undefined ? { hydratedPercent: Math.round(info.hydratedPercent) } : {}),
-      ...(info?.source !== undefined ? { source: info.source } : {}),
-      ...(info?.export !== undefined ? { export: info.export } : {}),
-      ...(info?.peerReaders ? { peerReaders: info.peerReaders } : {}),
-      ...(i.phase === 'importing' && extras.wanted?.get(i.name) !== undefined ? { wantedAt: new Date(extras.wanted.get(i.name) ?? 0).toISOString() } : {}),
-    };
-    return (names?.length ? names : [i.name]).map((name) => ({ name, ...(extras.names ? { key: i.name } : {}), ...base }));
-  });
   // Images this node needs and holds none of yet: announced for the seed rule (image-peers.ts).
   const wanted: Entry[] = [...(extras.wanted ?? [])]
     .filter(([key]) => !s.images.some((i) => i.name === key))
     .flatMap(([key, at]) => (extras.names?.[key]?.length ? extras.names[key] : [key]).map((name) => ({ name, key, phase: 'wanted' as const, wantedAt: new Date(at).toISOString() })));
-  const images = [...held, ...wanted].sort((a, b) => a.name.localeCompare(b.name));
+  const images = s.images
+    .flatMap((i): Entry[] => {
+      const info = extras.info?.get(i.name);
+      const names = extras.names?.[i.name];
+      const base = {
+        phase: NodeImageCacheImageSchema.shape.phase.safeParse(i.phase).data ?? 'failed',
+        sizeBytes: i.sizeBytes,
+        clones: i.cloneCount,
+        ...(i.phase === 'importing' && extras.wanted?.has(i.name) ? { wantedAt: new Date(extras.wanted.get(i.name) ?? 0).toISOString() } : {}),
+        ...(i.lastUse ? { lastUsed: i.lastUse } : {}),
+        ...(i.message ? { message: i.message } : {}),
+        ...(info?.hydratedPercent !== undefined ? { hydratedPercent: Math.round(info.hydratedPercent) } : {}),
+        ...(info?.source !== undefined ? { source: info.source } : {}),
+        ...(info?.export !== undefined ? { export: info.export } : {}),
+        ...(info?.peerReaders ? { peerReaders: info.peerReaders } : {}),
+      };
+      return (names?.length ? names : [i.name]).map((name) => ({ name, ...(extras.names ? { key: i.name } : {}), ...base }));
+    })
+    .concat(wanted)
+    .sort((a, b) => a.name.localeCompare(b.name));
   const state = (i: (typeof images)[number]): string =>
     i.phase === 'ready' ? '' : i.phase === 'hydrating' ? `[hydrating ${i.hydratedPercent ?? 0}%${i.source ? ` from ${i.source}` : ''}]` : `[${i.phase}]`;
   const summary = images.length
