@@ -117,6 +117,8 @@ export class NodeAgent extends EventEmitter {
         afterMs: this.opts.sourceFailoverAfterMs ?? DEFAULT_SOURCE_FAILOVER_AFTER_MS,
         transport: backend.kind === 'qsd' ? 'nbd' : 'nvmf-tcp',
         canRetarget: backend.retargetImage !== undefined,
+        // spdk's lazy golden is bound to the peer's NVMe bdev: it moves to another peer only.
+        canRetargetToOrigin: backend.kind === 'qsd',
         view: () => peers.failoverView(),
         record: (name, source) => peers.setSource(name, source),
       });

@@ -41,8 +41,9 @@ export interface FailoverInput {
   /** The other nodes' goldens (their NodeImageCaches). */
   goldens: readonly PeerGolden[];
   transport: RemoteDiskRef['transport'];
-  /** Whether the backend can switch a golden's source at all. */
+  /** Whether the backend can switch a golden's source at all, and onto the origin too (qsd). */
   canRetarget: boolean;
+  canRetargetToOrigin: boolean;
   /** Per image, sources that failed as a new source just now: not chosen again yet. */
   failed?: ReadonlyMap<string, ReadonlySet<string>>;
 }
@@ -90,11 +91,11 @@ export function chooseFailovers(input: FailoverInput): FailoverDecision[] {
       continue;
     }
     const { peer: _peer, ...fromOrigin } = spec;
-    if (from !== ORIGIN && !skip.has(ORIGIN) && 'http' in spec.source) {
+    if (from !== ORIGIN && !skip.has(ORIGIN) && input.canRetargetToOrigin && 'http' in spec.source) {
       out.push({ kind: 'retargetImage', image: fromOrigin, from, to: ORIGIN, unreachableMs });
       continue;
     }
-    waiting('no other node holds it and the origin cannot serve it lazily: waiting for it to come back');
+    waiting(`no other node holds it and ${input.canRetargetToOrigin ? 'the origin cannot serve it lazily' : 'this backend cannot read the origin instead'}: waiting for it to come back`);
   }
   return out;
 }
@@ -113,6 +114,7 @@ export interface SourceFailoverOptions {
   afterMs: number;
   transport: RemoteDiskRef['transport'];
   canRetarget: boolean;
+  canRetargetToOrigin: boolean;
   /** The other nodes' goldens and this node's recorded sources now (ImagePeers). */
   view(): Promise<{ goldens: readonly PeerGolden[]; sources: Readonly<Record<string, RecordedSource>> }>;
   /** Records the source a golden hydrates from (image-sources.json, published in the NodeImageCache). */
@@ -144,7 +146,7 @@ export class SourceFailover {
       else failed.set(image, new Set(nodes.keys()));
     }
     const { goldens, sources } = await this.o.view();
-    return chooseFailovers({ self: this.o.self, now, afterMs: this.o.afterMs, images, specs, sources, goldens, transport: this.o.transport, canRetarget: this.o.canRetarget, failed });
+    return chooseFailovers({ self: this.o.self, now, afterMs: this.o.afterMs, images, specs, sources, goldens, transport: this.o.transport, canRetarget: this.o.canRetarget, canRetargetToOrigin: this.o.canRetargetToOrigin, failed });
   }
 
   /**
