@@ -29,6 +29,7 @@ const input = (o: Partial<FailoverInput> = {}): FailoverInput => ({
   goldens: [golden('a', 'ready'), golden('c', 'ready')],
   transport: 'nbd',
   canRetarget: true,
+  canRetargetToOrigin: true,
   ...o,
 });
 
@@ -78,7 +79,14 @@ describe('chooseFailovers (pure)', () => {
     expect(chooseFailovers(input({ specs: [] }))).toMatchObject([{ kind: 'reportBlocked', reason: expect.stringMatching(/no longer in the catalog/) }]);
   });
 
-  it('a backend that cannot switch (spdk) reports that it keeps waiting, and plans no switch', () => {
+  it('a backend that switches between peers only (spdk) never goes to the origin: it waits', () => {
+    expect(chooseFailovers(input({ canRetargetToOrigin: false }))).toMatchObject([{ kind: 'retargetImage', to: 'c' }]);
+    expect(chooseFailovers(input({ canRetargetToOrigin: false, goldens: [golden('a', 'ready')] }))).toEqual([
+      { kind: 'reportBlocked', object: 'image', name: KEY, reason: expect.stringMatching(/cannot read the origin instead: waiting/) },
+    ]);
+  });
+
+  it('a backend that cannot switch at all reports that it keeps waiting, and plans no switch', () => {
     expect(chooseFailovers(input({ canRetarget: false }))).toEqual([
       { kind: 'reportBlocked', object: 'image', name: KEY, reason: expect.stringMatching(/cannot switch a hydrating image to another source: waiting/) },
     ]);
@@ -107,6 +115,7 @@ describe('SourceFailover', () => {
       afterMs: 10_000,
       transport: 'nbd',
       canRetarget: true,
+      canRetargetToOrigin: true,
       view: () => Promise.resolve({ goldens: [golden('a', 'ready'), golden('c', 'ready')], sources: recorded }),
       record: (name, s) => {
         recorded[name] = s;
