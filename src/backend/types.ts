@@ -256,8 +256,9 @@ export interface StorageBackend extends EventEmitter {
    * name), `checksum` (it failed verification), `invalid` (the new source's size differs from the
    * golden's, or the origin cannot be read lazily: choose another), `transport` (the new source
    * does not answer: choose another, or retry later), `internal`. On every error the golden
-   * keeps the source it had. A backend without it (spdk: a clone is bound to its source bdev)
-   * keeps waiting for the source to come back.
+   * keeps the source it had. A backend without it keeps waiting for the source to come back.
+   * spdk switches to another peer only (a second path of the same NVMe controller): the origin
+   * is `invalid` there.
    */
   retargetImage?(spec: ImageSpec): Promise<ObservedImage>;
   /**
