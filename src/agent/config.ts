@@ -61,7 +61,7 @@ export const AgentFlagsSchema = z.object({
   sourceFailoverAfter: duration()
     .default('10s')
     .describe(
-      "Cluster mode: how long a lazy image's hydration source (a peer node, or the origin) may stay unreachable before the hydration moves to another source of the same content: the next peer, finally the origin (qsd; spdk moves to another peer only). Counted from the moment the copy stopped, which QEMU's NBD client reports after waiting 10 s for the peer to reconnect.",
+      "Cluster mode: how long a lazy image's hydration source (a peer node, or the origin) may stay unreachable before the hydration moves to another source of the same content: the next peer, finally the origin (qsd; spdk moves to another peer only). Counted from the moment the copy stopped: qsd, once QEMU's NBD client has waited 10 s for the peer to reconnect; spdk, once no path of the source's NVMe controller is connected.",
     ),
   nbdPskFile: text('FILE')
     .optional()
