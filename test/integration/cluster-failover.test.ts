@@ -160,6 +160,7 @@ describe.skipIf(!canRun)('source failover between nodes (qsd, cluster mode)', { 
       return s?.phase === 'hydrating' && (s.source === 'node-a' || s.source === 'node-c') ? s.source : undefined;
     });
     const [dead, other] = first === 'node-a' ? [a, c] : [c, a];
+    expect(cacheOf('node-b')?.key).toBe(KEY);
     const socket = path.join(dir, 'node-b', 'vh', 'slot-01', 'root');
     expect((await io(socket, [{ op: 'write', sector: 0, len: MiB, fill: 0x5a }])).map((r) => r.status)).toEqual([0]);
     await eventually('some hydration from the first peer', () => ((cacheOf('node-b')?.hydratedPercent ?? 0) >= 10 ? true : undefined));

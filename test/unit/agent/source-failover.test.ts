@@ -1,4 +1,14 @@
+import { mkdtemp, rm } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
 import { describe, expect, it } from 'vitest';
+import { emptyDesired } from '../../../src/agent/desired.js';
+import { Executor, FreshObserver } from '../../../src/agent/executor.js';
+import { ImageCache } from '../../../src/agent/image-cache.js';
+import { Journal } from '../../../src/agent/journal.js';
+import { indexDesired } from '../../../src/agent/safety.js';
+import { BackendError } from '../../../src/backend/types.js';
+import { FakeBackend } from '../../helpers/fake-backend.js';
 import { ORIGIN, type PeerGolden } from '../../../src/agent/image-peers.js';
 import { chooseFailovers, nextFailoverDue, SourceFailover, type FailoverInput, type RecordedSource, type RetargetImageAction } from '../../../src/agent/source-failover.js';
 import type { ImageSpec, ObservedImage, RemoteDiskRef } from '../../../src/backend/types.js';
@@ -142,5 +152,65 @@ describe('SourceFailover', () => {
     const { f, recorded } = rig();
     await f.willSwitch({ kind: 'retargetImage', image: spec, from: 'a', to: ORIGIN, unreachableMs: 1 });
     expect(recorded[KEY]).toEqual({ node: ORIGIN });
+  });
+});
+
+describe('the executor runs a switch (retargetImage)', () => {
+  async function rig(retarget: (s: ImageSpec) => Promise<ObservedImage>): Promise<{ exec: Executor; recorded: Record<string, RecordedSource>; calls: ImageSpec[]; journal: Journal; f: SourceFailover; dir: string }> {
+    const dir = await mkdtemp(path.join(os.tmpdir(), 'fo-'));
+    const calls: ImageSpec[] = [];
+    const backend = Object.assign(new FakeBackend(path.join(dir, 'vh')), {
+      retargetImage: (s: ImageSpec) => {
+        calls.push(s);
+        return retarget(s);
+      },
+    });
+    const journal = await Journal.open(path.join(dir, 'state'));
+    const recorded: Record<string, RecordedSource> = { [KEY]: { node: 'a', ref: ref('a') } };
+    const f = new SourceFailover({
+      self: 'b',
+      afterMs: 10_000,
+      transport: 'nbd',
+      canRetarget: true,
+      canRetargetToOrigin: true,
+      view: () => Promise.resolve({ goldens: [golden('a', 'ready'), golden('c', 'ready')], sources: recorded }),
+      record: (name, s) => {
+        recorded[name] = s;
+        return Promise.resolve();
+      },
+    });
+    const exec = new Executor({
+      backend,
+      journal,
+      images: new ImageCache(backend, journal),
+      observer: new FreshObserver(backend),
+      desiredNow: () => indexDesired(emptyDesired()),
+      retry: { attempts: 2, baseMs: 1, maxMs: 2 },
+      concurrency: 4,
+      failover: f,
+      now: () => NOW,
+    });
+    return { exec, recorded, calls, journal, f, dir };
+  }
+  const action: RetargetImageAction = { kind: 'retargetImage', image: { ...spec, peer: ref('c') }, from: 'a', to: 'c', unreachableMs: 12_000 };
+
+  it('records the new source and asks the backend to switch to it; nothing stays pending', async () => {
+    const r = await rig((s) => Promise.resolve({ ...paused(0), message: `now ${s.peer?.transport}` }));
+    const res = await r.exec.execute([action]);
+    expect(res.calls).toBe(1);
+    expect(r.calls).toEqual([action.image]);
+    expect(r.recorded[KEY]).toEqual({ node: 'c', ref: ref('c') });
+    expect(r.journal.state.pending).toEqual({});
+    await rm(r.dir, { recursive: true, force: true });
+  });
+
+  it('a switch the backend refuses puts the old source back on record, and the next plan skips that target', async () => {
+    const r = await rig(() => Promise.reject(new BackendError('peer c does not answer', 'transport')));
+    await r.exec.execute([action]);
+    expect(r.calls).toHaveLength(1);
+    expect(r.recorded[KEY]).toEqual({ node: 'a', ref: ref('a') });
+    expect(r.journal.state.pending).toEqual({});
+    expect(await r.f.plan([paused(12_000)], [spec], NOW)).toMatchObject([{ to: ORIGIN }]);
+    await rm(r.dir, { recursive: true, force: true });
   });
 });
