@@ -164,6 +164,34 @@ describe.skipIf(!canRun)('a hydration whose peer died switches to another source
     expect(all.map((r) => r.sha256)).toEqual(want);
   });
 
+  it('a daemon restart while the peer is dead: the golden cannot open (nor the disk), says so, and the switch opens it on C', async () => {
+    const image = randomBytes(SIZE);
+    const { b, refC, spec, socket } = await rig(image);
+    const pid = Number(await fs.readFile(path.join(dir, 'b', 's', 'qsd.pid'), 'utf8'));
+    const reconnected = new Promise((r) => b.once('connected', r));
+    process.kill(pid, 'SIGKILL');
+    await reconnected;
+    const disk = (await b.observe()).disks.find((d) => d.id === 'd-00000000000f-root');
+    // The disk's backing is the golden, whose source does not answer: no controller yet.
+    await expect(b.ensureController({ name: 'slot-01/root', diskRef: disk?.ref ?? '', readonly: false })).rejects.toMatchObject({ kind: 'transport' });
+    const paused = await waitFor('B says its source is unreachable', async () => {
+      const img = await imageOf(b);
+      return img?.sourceUnreachableSinceMs !== undefined ? img : undefined;
+    });
+    expect(paused.phase).toBe('hydrating');
+    expect((await b.retargetImage({ ...spec, peer: refC })).phase).toBe('hydrating');
+    const ctl = await b.ensureController({ name: 'slot-01/root', diskRef: disk?.ref ?? '', readonly: false });
+    expect(ctl.socketPath).toBe(socket);
+    const done = await waitFor('hydration on B', async () => {
+      const img = await imageOf(b);
+      return img?.phase === 'ready' || img?.phase === 'failed' ? img : undefined;
+    });
+    expect(done.phase).toBe('ready');
+    const want = mibSums(image);
+    want[0] = sha(Buffer.alloc(MiB, 0x5a));
+    expect((await readAll(socket)).map((r) => r.sha256)).toEqual(want);
+  });
+
   it('B switches to the origin over HTTP, and a daemon restart after the switch reopens the origin, not the dead peer', async () => {
     const image = randomBytes(SIZE);
     const { b, spec, socket } = await rig(image);

@@ -73,7 +73,12 @@ export class LazyGoldens {
   constructor(private readonly d: LazyDeps) {
     // A retry while the daemon is down waits for 'connected', which resumes every image.
     this.retries = new RetryLater(d.retryDelayMs, async (name) => {
-      if (d.session.connected) await d.session.serial(() => this.ensureRunning(name));
+      if (d.session.connected) {
+        await d.session.serial(() => this.ensureRunning(name)).catch((e: unknown) => {
+          this.noteUnreachable(name, e);
+          throw e;
+        });
+      }
     });
     d.session.on('qmp-event', (e: QmpEvent) => this.onEvent(e));
     d.session.on('connected', () => void this.resumeAll());
@@ -307,8 +312,19 @@ export class LazyGoldens {
     for (const f of files) {
       if (!f.endsWith('.lazy.json')) continue;
       const name = f.slice(0, -'.lazy.json'.length);
-      await this.d.session.serial(() => this.ensureRunning(name)).catch((e: unknown) => this.retryLater(name, (e as Error).message));
+      await this.d.session.serial(() => this.ensureRunning(name)).catch((e: unknown) => {
+        this.noteUnreachable(name, e);
+        this.retryLater(name, (e as Error).message);
+      });
     }
+  }
+
+  /**
+   * The source could not even be opened (a new daemon, the peer gone): unreachable from now,
+   * unless already so. Any stream that then runs clears it.
+   */
+  private noteUnreachable(name: string, e: unknown): void {
+    if (e instanceof BackendError && e.kind === 'transport' && !this.unreachable.has(name)) this.unreachable.set(name, { since: Date.now(), offset: -1 });
   }
 
   /** The stream is done: drop the source, freeze the golden, verify its content. */
