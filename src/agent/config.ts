@@ -58,6 +58,11 @@ export const AgentFlagsSchema = z.object({
     .describe(
       "Images are usable at once and copied into the node in the background. qsd: an http(s) origin (format raw) is read through QEMU's curl driver while it is copied, and verified after. spdk (v24.09 or later, else a full import): the image is fetched and verified into a file on the node, then served from it while it is copied into the lvstore (the file is kept until then). Default: a full import first. Both backends read images lazily from peer nodes without it.",
     ),
+  sourceFailoverAfter: duration()
+    .default('10s')
+    .describe(
+      "Cluster mode: how long a lazy image's hydration source (a peer node, or the origin) may stay unreachable before the hydration moves to another source of the same content: the next peer, finally the origin (qsd; spdk moves to another peer only). Counted from the moment the copy stopped: qsd, once QEMU's NBD client has waited 10 s for the peer to reconnect; spdk, once no path of the source's NVMe controller is connected.",
+    ),
   nbdPskFile: text('FILE')
     .optional()
     .describe(
@@ -86,6 +91,7 @@ export function agentOptionsOf(c: AgentFlags, backend: StorageBackend): Omit<Nod
     orphanGraceMs: c.orphanGrace,
     // --once reconciles on its own schedule; no background resync in between.
     resyncMs: c.once ? 0 : c.resync,
+    sourceFailoverAfterMs: c.sourceFailoverAfter,
     cache: { ...(c.cacheMaxSize !== undefined ? { maxSizeBytes: c.cacheMaxSize } : {}), ...(c.cacheMaxCount !== undefined ? { maxCount: c.cacheMaxCount } : {}) },
   };
 }

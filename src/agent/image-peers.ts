@@ -450,4 +450,22 @@ export class ImagePeers {
   published(): ReadonlyMap<string, GoldenInfo> {
     return this.info;
   }
+
+  // ---- source failover (source-failover.ts) ----------------------------------------------
+
+  /** The other nodes' goldens, and the source each local golden hydrates from now. */
+  async failoverView(): Promise<{ goldens: readonly PeerGolden[]; sources: Readonly<SourcesFile> }> {
+    await this.load();
+    return { goldens: this.goldens, sources: this.sources };
+  }
+
+  /**
+   * Records the source a golden hydrates from after a switch, before the backend switches (the
+   * new peer sees itself named and keeps its golden); undone with the previous one on failure.
+   */
+  async setSource(name: string, source: { node: string; ref?: RemoteDiskRef }): Promise<void> {
+    await this.load();
+    this.sources[name] = source.ref ? { node: source.node, ref: source.ref } : { node: source.node };
+    await this.save();
+  }
 }

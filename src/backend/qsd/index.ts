@@ -186,6 +186,11 @@ export class QsdBackend extends EventEmitter implements StorageBackend {
 
   // ---- peer distribution (see nbd.ts) ------------------------------------------------------
 
+  /** Switches a hydrating lazy golden to another source of the same content (retarget.ts). */
+  retargetImage(spec: ImageSpec): Promise<ObservedImage> {
+    return this.lazy.retarget(spec);
+  }
+
   /** Serves the golden read-only on the daemon's NBD server; with a PSK only key holders read it, `allowedNodes` is not enforced node by node (nbd.ts says why). */
   exportImage(name: string, opts: ImageExportOptions): Promise<RemoteDiskRef> {
     return this.session.serial(async () => {

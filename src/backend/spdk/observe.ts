@@ -23,7 +23,7 @@ export interface ObserveInput {
   /** Imports running (or failed) in this process, by image name. */
   imports: ReadonlyMap<string, ImportProgress>;
   /** Lazy images' hydration as this process runs it (paused/failed messages), by image name. */
-  lazy?: ReadonlyMap<string, { message?: string; failed: boolean }>;
+  lazy?: ReadonlyMap<string, { message?: string; failed: boolean; unreachableSince?: number }>;
   /** The lvstore's cluster size: a lazy image's hydrated percentage counts clusters. */
   clusterBytes?: number;
 }
@@ -120,6 +120,7 @@ export function buildObservedState(input: ObserveInput): ObservedState {
       ref: lvol.alias,
       cloneCount: disksOfLazy,
       ...(percent !== undefined ? { hydratedPercent: percent } : {}),
+      ...(run?.unreachableSince !== undefined ? { sourceUnreachableSinceMs: run.unreachableSince } : {}),
       message: run?.message ?? (lvol.is_degraded ? 'lazy golden degraded: its source is not attached' : `hydrating${percent !== undefined ? ` ${percent}%` : ''}`),
     });
   }
