@@ -11,6 +11,7 @@ import type { ImageSpec } from '../backend/types.js';
 import { RemoteDiskRefSchema } from '../backend/remote.js';
 import type { GoldenInfo, PeerGolden } from '../agent/image-peers.js';
 import type { PodSlot } from './podresources.js';
+import { MigrationHydratedSchema } from './migration-view.js';
 
 /**
  * The pure half of cluster mode: informer caches + PodResources slots + catalog -> the node's
@@ -265,6 +266,8 @@ export const NodeImageCacheStatusSchema = z.object({
   usedBytes: z.number().int().nonnegative(),
   updatedAt: z.string(),
   images: z.array(NodeImageCacheImageSchema),
+  /** Migration target: the disks that stand alone here (kube/migration-view.ts; the sources read it). */
+  migrationHydrated: MigrationHydratedSchema.optional(),
 });
 export type NodeImageCacheStatus = z.output<typeof NodeImageCacheStatusSchema>;
 

@@ -17,11 +17,25 @@ import { errorText } from './informer.js';
  */
 
 export const EXPORTS_ANNOTATION = 'kubevirt-spdk.io/migration-exports';
-/** Written by the target: the disks that stand alone there (the source may let go of them). */
-export const HYDRATED_ANNOTATION = 'kubevirt-spdk.io/migration-hydrated';
 
-/** One disk the target no longer reads from the source, for one migration. */
-export const PublishedHydratedSchema = z.array(z.object({ disk: z.string().min(1), migration: z.string().min(1) }).strict());
+/**
+ * A migration target's word that a disk stands alone there, so that the source may delete its
+ * copy. It is published in the target node's own NodeImageCache status (`migrationHydrated`),
+ * which only node agents write (a VMI annotation would be the VMI owner's to forge, and a
+ * forged word makes the source delete a copy the target still reads), and the source reads it
+ * only from the node its own record names as the migration's target.
+ */
+export const MAX_HYDRATED_ENTRIES = 1024;
+export const HydratedEntrySchema = z
+  .object({
+    /** The VMI's uid (a migration key without KubeVirt's uid is not unique across VMIs). */
+    vmi: z.string().min(1).max(128),
+    migration: z.string().min(1).max(600),
+    disk: z.string().min(1).max(63),
+  })
+  .strict();
+export const MigrationHydratedSchema = z.array(HydratedEntrySchema).max(MAX_HYDRATED_ENTRIES);
+export type HydratedEntry = z.output<typeof HydratedEntrySchema>;
 
 /** One published export; `migration` ties it to one migration, so a stale list is never attached. */
 export const PublishedExportSchema = z.object({ disk: z.string().min(1), migration: z.string().min(1), ref: RemoteDiskRefSchema }).strict();
@@ -59,8 +73,6 @@ export interface VmiMigrationFacts {
   sourceExports: Record<string, RemoteDiskRef> | undefined;
   /** Raw annotation value, to decide whether a patch is needed. */
   publishedRaw: string | undefined;
-  /** Raw hydration annotation (written by the target). */
-  hydratedRaw: string | undefined;
 }
 
 /** The migration state of a raw VMI, when it has a readable one. */
@@ -100,27 +112,36 @@ export function factsOf(raw: unknown): VmiMigrationFacts | { problem: string } {
     return { problem: errorText(e) };
   }
   const publishedRaw = vmi.metadata.annotations[EXPORTS_ANNOTATION];
-  const hydratedRaw = vmi.metadata.annotations[HYDRATED_ANNOTATION];
-  return { ref, state, disks, sourceExports: state ? exportsFor(publishedRaw, migrationKey(state)) : undefined, publishedRaw, hydratedRaw };
+  return { ref, state, disks, sourceExports: state ? exportsFor(publishedRaw, migrationKey(state)) : undefined, publishedRaw };
 }
 
-/** The disks the target published as standing alone, for one migration (empty when absent or unreadable). */
-export function hydratedFor(annotation: string | undefined, migration: string): Set<string> {
-  if (annotation === undefined) return new Set();
-  let parsed;
-  try {
-    parsed = PublishedHydratedSchema.safeParse(JSON.parse(annotation));
-  } catch {
-    return new Set();
-  }
-  return new Set(parsed.success ? parsed.data.filter((e) => e.migration === migration).map((e) => e.disk) : []);
+/**
+ * Source: the disks of one migration that its target says stand alone there, read from the
+ * NodeImageCache of `target` (the node the source's own record names) and no other node's.
+ * Empty when the target is unknown, has no such object, or its list does not parse.
+ */
+export function hydratedOn(caches: readonly unknown[], target: string | undefined, vmi: string, migration: string): Set<string> {
+  if (target === undefined) return new Set();
+  const own = caches.find((c) => (c as { metadata?: { name?: unknown } } | null)?.metadata?.name === target) as { status?: { migrationHydrated?: unknown } | null } | undefined;
+  const res = MigrationHydratedSchema.safeParse(own?.status?.migrationHydrated ?? []);
+  return new Set(res.success ? res.data.filter((e) => e.vmi === vmi && e.migration === migration).map((e) => e.disk) : []);
 }
 
-/** The merge patch that publishes a target's hydrated disks, or undefined when the VMI already says so (or there is nothing to say). */
-export function hydratedPatch(current: string | undefined, j: MigrationJournal): { metadata: { annotations: Record<string, string> } } | undefined {
-  if (j.role !== 'target' || j.hydrated.length === 0) return undefined;
-  const want = JSON.stringify(j.hydrated.map((disk) => ({ disk, migration: j.migrationUid })));
-  return want === current ? undefined : { metadata: { annotations: { [HYDRATED_ANNOTATION]: want } } };
+/** A target journal's word: the disks that stand alone here, as published entries. */
+export function hydratedEntriesOf(vmi: string, j: MigrationJournal): HydratedEntry[] {
+  return j.role === 'target' ? j.hydrated.map((disk) => ({ vmi, migration: j.migrationUid, disk })) : [];
+}
+
+/**
+ * The target's list after a round: what it said before and what its journals say now, each
+ * kept while this node still holds that disk from that migration (`holds`; the source may not
+ * have read it yet, and the target's record is forgotten once its disks stand alone), the
+ * oldest dropped beyond the bound.
+ */
+export function nextHydratedList(before: readonly HydratedEntry[], now: readonly HydratedEntry[], holds: (e: HydratedEntry) => boolean): HydratedEntry[] {
+  const out = new Map<string, HydratedEntry>();
+  for (const e of [...before, ...now]) if (holds(e)) out.set(JSON.stringify([e.vmi, e.migration, e.disk]), e);
+  return [...out.values()].slice(-MAX_HYDRATED_ENTRIES);
 }
 
 /** The published exports of one migration by disk name; undefined when absent or unreadable. */

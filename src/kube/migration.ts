@@ -5,6 +5,7 @@ import type { VmiRef } from '../api/status.js';
 import type { NodeAgent } from '../agent/agent.js';
 import { writeFileAtomic } from '../fsutil.js';
 import type { ListenAddress, RemoteDiskRef } from '../backend/remote.js';
+import { diskId } from '../contract/index.js';
 import type { StorageBackend } from '../backend/types.js';
 import type { Logger } from '../log.js';
 import { recordMigration, type Metrics } from '../metrics/metrics.js';
@@ -27,23 +28,28 @@ import { ClusterAgent, clusterParts, type ClusterAgentOptions, type ClusterSnaps
 import { errorText } from './informer.js';
 import { eventBody } from './mapping.js';
 import {
+  MigrationHydratedSchema,
   MigrationRecordSchema,
   exportsPatch,
   factsOf,
-  hydratedFor,
-  hydratedPatch,
+  hydratedEntriesOf,
+  hydratedOn,
   keepsNothing,
   mergeIntents,
   needsAbort,
   nodeIntentOf,
+  nextHydratedList,
   outcomeToReport,
+  type HydratedEntry,
   type MigrationRecord,
   type VmiMigrationFacts,
 } from './migration-view.js';
 
 export {
   EXPORTS_ANNOTATION,
-  HYDRATED_ANNOTATION,
+  HydratedEntrySchema,
+  MAX_HYDRATED_ENTRIES,
+  MigrationHydratedSchema,
   MigrationRecordSchema,
   PublishedExportSchema,
   PublishedExportsSchema,
@@ -51,15 +57,17 @@ export {
   exportsPatch,
   factsOf,
   handedOverByState,
-  hydratedFor,
-  hydratedPatch,
+  hydratedEntriesOf,
+  hydratedOn,
   keepsNothing,
   mergeIntents,
   recordIntent,
   needsAbort,
+  nextHydratedList,
   nodeIntentOf,
   outcomeToReport,
   publishedValue,
+  type HydratedEntry,
   type MigrationRecord,
   type PublishedExport,
   type VmiMigrationFacts,
@@ -72,8 +80,10 @@ export {
  * intent to the node view (the agent's one reconciler exports, attaches and tears down). The
  * source publishes its exports on the VMI (annotation `kubevirt-spdk.io/migration-exports`,
  * merge patch); the target reads them from its informer. After switchover the target
- * publishes the disks that stand alone there (`kubevirt-spdk.io/migration-hydrated`), and the
- * source lets go of them. A real backend restart mid-migration on the source (a new process:
+ * publishes the disks that stand alone there in its own NodeImageCache status
+ * (`migrationHydrated`, which only agents write; kept in `<stateDir>/migration-hydrated.json`
+ * while the disk is here), and the source lets go of them once the node its record names as
+ * the target says so. A real backend restart mid-migration on the source (a new process:
  * health().instance changed) cancels the migration (the exports the target reads are gone); a
  * transient reconnect to the same process does not.
  */
@@ -97,6 +107,8 @@ export interface MigrationAgentOptions {
   resync: () => void;
   /** How often VMIs tracked here but off this node's informers (handed over, failed) are fetched. */
   pollMs?: number;
+  /** Target: publishes the disks that stand alone here (the node's NodeImageCache `migrationHydrated`). */
+  publishHydrated?: (entries: readonly HydratedEntry[]) => void;
 }
 
 type Seen = { raw: unknown } | 'gone';
@@ -113,6 +125,11 @@ export class MigrationAgent {
   private wasDisconnected = false;
   /** The backend process seen last (health().instance), when the driver can tell. */
   private instance: string | undefined;
+  /** Target: the disks it said stand alone here, kept while they are here (the source may read them after this node forgot the migration). */
+  private hydrated: HydratedEntry[] = [];
+  private hydratedPublished = false;
+  /** A backend reconnect being checked (its tick follows). */
+  private reconnecting: Promise<void> | undefined;
   private readonly log: Logger;
 
   constructor(private readonly opts: MigrationAgentOptions) {
@@ -121,6 +138,10 @@ export class MigrationAgent {
 
   private get dir(): string {
     return path.join(this.opts.stateDir, 'migrations');
+  }
+
+  private get hydratedFile(): string {
+    return path.join(this.opts.stateDir, 'migration-hydrated.json');
   }
 
   /** Loads the records a previous run left (agent restart mid-migration). */
@@ -132,6 +153,15 @@ export class MigrationAgent {
         this.records.set(rec.vmi.uid, rec);
       } catch (e) {
         this.log.warn({ event: 'migration.record-unreadable', file: f, error: errorText(e) }, 'ignoring an unreadable migration record');
+      }
+    }
+    const said = await readFile(this.hydratedFile, 'utf8').catch(() => undefined);
+    if (said !== undefined) {
+      try {
+        this.hydrated = MigrationHydratedSchema.parse(JSON.parse(said));
+      } catch (e) {
+        // Lost, the word only delays the sources (they keep their copies): never a wrong delete.
+        this.log.warn({ event: 'migration.hydrated-unreadable', file: this.hydratedFile, error: errorText(e) }, 'ignoring an unreadable list of hydrated disks');
       }
     }
     this.opts.backend.on('disconnected', this.onDisconnected);
@@ -168,7 +198,12 @@ export class MigrationAgent {
   private readonly onConnected = (): void => {
     if (!this.wasDisconnected) return;
     this.wasDisconnected = false;
-    void this.backendReconnected();
+    const handled: Promise<void> = this.backendReconnected()
+      .catch((e: unknown) => this.log.error({ event: 'migration.reconnect-failed', error: errorText(e) }, 'cannot check the backend after a reconnect'))
+      .finally(() => {
+        if (this.reconnecting === handled) this.reconnecting = undefined;
+      });
+    this.reconnecting = handled;
   };
 
   private async backendReconnected(): Promise<void> {
@@ -212,9 +247,9 @@ export class MigrationAgent {
     });
   }
 
-  /** Resolves when no tick is running (tests). */
+  /** Resolves when no tick is running and no backend reconnect is being checked (tests). */
   async idle(): Promise<void> {
-    while (this.running) await this.running;
+    while (this.running || this.reconnecting) await (this.reconnecting ?? this.running);
   }
 
   private async save(rec: MigrationRecord): Promise<void> {
@@ -261,6 +296,7 @@ export class MigrationAgent {
         this.log.warn({ event: 'migration.step-failed', uid, error: errorText(e) }, 'migration step failed; planning again on the next trigger');
       }
     }
+    await this.sayHydrated([]);
     const after = JSON.stringify(this.nodeIntent(snap.vmis), (_k, v: unknown) => (v instanceof Map ? [...v] : v instanceof Set ? [...v] : v));
     if (after !== before) this.opts.resync();
   }
@@ -310,6 +346,11 @@ export class MigrationAgent {
       earlier = held;
       rec = undefined;
     }
+    if (rec && role === 'source' && rec.journal.peer === undefined && state.targetNode !== undefined) {
+      // The target, once known, is fixed for the migration: only that node's word lets this source go.
+      rec = { ...rec, journal: { ...rec.journal, peer: state.targetNode } };
+      await this.save(rec);
+    }
     if (!rec) {
       // Only a migration still running is worth starting; an old, finished one is history.
       if (outcomeOf(state) !== 'running') return;
@@ -350,11 +391,11 @@ export class MigrationAgent {
     let previousIntent: VmiMigrationIntent | undefined;
     let previous = rec.previous;
     if (previous) {
-      const p = planFinished({ ...common, targetHydrated: hydratedFor(facts.hydratedRaw, previous.migrationUid) }, previous);
+      const p = planFinished({ ...common, targetHydrated: this.targetSays(snap, uid, previous) }, previous);
       previous = applySteps(previous, p.actions);
       for (const a of p.actions) log.info({ event: `migration.previous.${a.type}`, previous: previous.migrationUid, ...('disk' in a ? { disk: a.disk } : {}) }, a.type);
       previousIntent = p.intent;
-      if (previous.role === 'target') await this.publishHydrated(facts, previous, log);
+      await this.sayHydrated(hydratedEntriesOf(uid, previous));
       const { previous: _done, ...rest } = rec;
       rec = keepsNothing(previous) ? rest : { ...rec, previous };
       if (keepsNothing(previous)) log.info({ event: 'migration.previous-done', previous: previous.migrationUid }, 'the earlier migration keeps nothing here any more');
@@ -364,7 +405,7 @@ export class MigrationAgent {
     const planned = planMigration({
       ...common,
       state,
-      targetHydrated: hydratedFor(facts.hydratedRaw, key),
+      targetHydrated: this.targetSays(snap, uid, rec.journal),
       ...(blockedBy !== undefined ? { blockedBy } : {}),
       journal: rec.journal,
     });
@@ -384,7 +425,7 @@ export class MigrationAgent {
       await this.save(current);
     }
     if (role === 'source') await this.publish(facts, current, log);
-    else await this.publishHydrated(facts, current.journal, log);
+    else await this.sayHydrated(hydratedEntriesOf(uid, current.journal));
     const report = outcomeToReport(plan, current.reported);
     if (report) {
       recordMigration(report, this.opts.metrics);
@@ -423,7 +464,7 @@ export class MigrationAgent {
         exportAddress: this.opts.exportAddress ?? { kind: 'tcp', host: 'unset', port: 4420 },
         sourceExports: undefined,
         here: this.here(facts, j.migrationUid),
-        targetHydrated: hydratedFor(facts.hydratedRaw, j.migrationUid),
+        targetHydrated: this.targetSays(snap, uid, j),
       },
       j,
     );
@@ -431,16 +472,39 @@ export class MigrationAgent {
     const next = applySteps(j, p.actions);
     for (const a of p.actions) log.info({ event: `migration.${a.type}`, ...('disk' in a ? { disk: a.disk } : {}) }, a.type);
     if (p.actions.length > 0) await this.save({ ...rec, journal: next });
-    if (next.role === 'target') await this.publishHydrated(facts, next, log);
+    await this.sayHydrated(hydratedEntriesOf(uid, next));
     if (keepsNothing(next)) await this.forget(uid);
   }
 
-  /** Target: the disks that stand alone here, for the source to let go of them. */
-  private async publishHydrated(facts: VmiMigrationFacts, j: MigrationJournal, log: Logger): Promise<void> {
-    const patch = hydratedPatch(facts.hydratedRaw, j);
-    if (!patch) return;
-    await this.opts.api.patchVmi(facts.ref.namespace, facts.ref.name, patch);
-    log.info({ event: 'migration.hydrated-published', migration: j.migrationUid, disks: j.hydrated }, 'hydrated disks published on the VMI');
+  /**
+   * Source: the disks of a migration its target says stand alone there, from the NodeImageCache
+   * of the node this node's own record names as the target (a VMI's owner can write the VMI,
+   * not a NodeImageCache; another node's word is not the target's).
+   */
+  private targetSays(snap: ClusterSnapshot, uid: string, j: MigrationJournal): Set<string> {
+    return j.role === 'source' ? hydratedOn(snap.nodeImageCaches ?? [], j.peer, uid, j.migrationUid) : new Set();
+  }
+
+  /**
+   * Target: adds what a journal says stands alone here, drops the disks this node no longer
+   * holds from their migration, persists the list (before any record is forgotten) and
+   * publishes it in the node's NodeImageCache.
+   */
+  private async sayHydrated(now: readonly HydratedEntry[]): Promise<void> {
+    const owned = this.opts.agent.ownedNow?.();
+    const holds = (e: HydratedEntry): boolean => owned === undefined || owned[diskId(e.vmi, e.disk)]?.migration === e.migration;
+    const next = nextHydratedList(this.hydrated, now, holds);
+    if (JSON.stringify(next) !== JSON.stringify(this.hydrated)) {
+      await writeFileAtomic(this.hydratedFile, `${JSON.stringify(next)}\n`);
+      const added = next.filter((e) => !this.hydrated.some((h) => h.vmi === e.vmi && h.migration === e.migration && h.disk === e.disk));
+      for (const e of added) this.log.info({ event: 'migration.hydrated-published', vmi: e.vmi, migration: e.migration, disk: e.disk }, 'disk stands alone here; published for the source');
+      this.hydrated = next;
+      this.hydratedPublished = false;
+    }
+    if (!this.hydratedPublished && this.opts.publishHydrated) {
+      this.opts.publishHydrated(this.hydrated);
+      this.hydratedPublished = true;
+    }
   }
 
   /** Deletes the VirtualMachineInstanceMigration (what `virtctl migrate-cancel` does). */
@@ -490,6 +554,7 @@ export function createMigratingClusterAgent(o: MigratingClusterOptions): { clust
     logger: o.logger,
     // Called only after start(), once the cluster below exists.
     resync: () => cluster.resync(),
+    publishHydrated: (entries) => parts.status.setMigrationHydrated(entries),
     ...(o.migrationPollMs !== undefined ? { pollMs: o.migrationPollMs } : {}),
   });
   const cluster = new ClusterAgent({ ...parts, onSnapshot: (s) => m.onSnapshot(s), migrationIntent: (onNode) => m.nodeIntent(onNode) });

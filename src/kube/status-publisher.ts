@@ -4,6 +4,7 @@ import type { VmiRef, VmiStatus } from '../api/status.js';
 import type { Logger } from '../log.js';
 import { isNotFound, type KubeApi } from './api.js';
 import { eventBody, eventsFor, newEvents, nodeImageCacheStatus, sameCacheStatus, vmiStatusPatch, type CacheExtras, type NodeImageCacheStatus } from './mapping.js';
+import type { HydratedEntry } from './migration-view.js';
 import { Outbox } from './outbox.js';
 
 export interface StatusPublisherOptions {
@@ -35,6 +36,8 @@ export class StatusPublisher {
   private readonly emitted = new Map<string, Set<string>>();
   private readonly lastStatus = new Map<string, { vmi: VmiRef; status: VmiStatus }>();
   private cacheWritten: { status: NodeImageCacheStatus; at: number } | undefined;
+  private lastCache: { node: Pick<NodeStatus, 'backend' | 'images'>; extras: CacheExtras } | undefined;
+  private migrationHydrated: readonly HydratedEntry[] | undefined;
 
   constructor(private readonly opts: StatusPublisherOptions) {
     this.log = opts.logger;
@@ -89,7 +92,12 @@ export class StatusPublisher {
   /** Rewrites the NodeImageCache when the node's cache changed (or as a heartbeat). */
   publishCache(node: Pick<NodeStatus, 'backend' | 'images'> | undefined, extras: CacheExtras = {}): void {
     if (!node) return;
-    const status = nodeImageCacheStatus(node, new Date().toISOString(), extras);
+    this.lastCache = { node, extras };
+    const status: NodeImageCacheStatus = {
+      ...nodeImageCacheStatus(node, new Date().toISOString(), extras),
+      // Always written when known (an empty list too): a merge patch leaves out what it omits.
+      ...(this.migrationHydrated ? { migrationHydrated: [...this.migrationHydrated] } : {}),
+    };
     const heartbeat = this.opts.cacheHeartbeatMs ?? 10 * 60_000;
     const prev = this.cacheWritten;
     if (prev && sameCacheStatus(prev.status, status) && Date.now() - prev.at < heartbeat) return;
@@ -104,6 +112,15 @@ export class StatusPublisher {
         throw e;
       }
     });
+  }
+
+  /**
+   * Migration target: the disks that stand alone on this node, written with the node's
+   * NodeImageCache status (written now when the cache was published before, else with the first).
+   */
+  setMigrationHydrated(entries: readonly HydratedEntry[]): void {
+    this.migrationHydrated = [...entries];
+    if (this.lastCache) this.publishCache(this.lastCache.node, this.lastCache.extras);
   }
 
   /** The API server is back: retry pending writes now. */

@@ -9,7 +9,7 @@ import { diskId } from '../../src/contract/index.js';
 import { exportNqn } from '../../src/backend/remote.js';
 import { createSpdkBackend, type SpdkBackend } from '../../src/backend/spdk/index.js';
 import { diskSourceControllerName } from '../../src/backend/spdk/naming.js';
-import { EXPORTS_ANNOTATION, HYDRATED_ANNOTATION, REASON_ABORTED, REASON_REFUSED, createMigratingClusterAgent } from '../../src/kube/migration.js';
+import { EXPORTS_ANNOTATION, MigrationHydratedSchema, REASON_ABORTED, REASON_REFUSED, createMigratingClusterAgent } from '../../src/kube/migration.js';
 import { QsdBackend } from '../../src/backend/qsd/index.js';
 import { hasCommand } from '../helpers/process.js';
 import { PodResourcesClient, type PodSlot } from '../../src/kube/podresources.js';
@@ -28,6 +28,7 @@ import { startFakePodResources } from '../helpers/fake-podresources.js';
  */
 
 const VMIMS = 'kubevirt.io/v1/virtualmachineinstancemigrations';
+const NODE_CACHES = 'kubevirt-spdk.io/v1alpha1/nodeimagecaches';
 const EVENTS = '/v1/events';
 const OWNER = { uid: process.getuid?.() ?? 0, gid: process.getgid?.() ?? 0 };
 const UID = 'uid-m1';
@@ -155,6 +156,11 @@ const vmiStatus = (r: Rig) => {
   return a === undefined ? undefined : VmiStatusSchema.parse(JSON.parse(a));
 };
 const annotations = (r: Rig) => (currentVmi(r).metadata?.annotations ?? {}) as Record<string, string>;
+/** What a node's agent says stands alone there after a migration: its NodeImageCache's `migrationHydrated`. */
+const saidHydrated = (api: FakeApiServer, node: string) =>
+  MigrationHydratedSchema.parse((api.get(NODE_CACHES, node)?.status as { migrationHydrated?: unknown } | undefined)?.migrationHydrated ?? []);
+/** The channel a VMI's owner could forge is not used. */
+const OLD_HYDRATED_ANNOTATION = 'kubevirt-spdk.io/migration-hydrated';
 const controllers = async (n: Node) => (await n.backend.observe()).controllers;
 const controller = async (n: Node, name: string) => (await controllers(n)).find((c) => c.name === name);
 const exported = (n: Node) => JSON.stringify(n.sim.snapshot()).includes(exportNqn(DISK));
@@ -192,7 +198,7 @@ describe('live migration in cluster mode', () => {
     const state = startMigration(r);
     await targetReady(r);
     expect((await slotFile(r.b, 'slot-05')).vmi).toMatchObject({ name: 'vm1', uid: UID });
-    expect(annotations(r)[HYDRATED_ANNOTATION]).toBeUndefined();
+    expect(saidHydrated(r.api, 'node-b')).toEqual([]);
 
     // KubeVirt: completed; the VMI now lives on node-b and the source pod is done.
     r.api.put(PODS, pod('virt-launcher-vm1-src', 'node-a', 'Succeeded'));
@@ -204,8 +210,9 @@ describe('live migration in cluster mode', () => {
       const s = vmiStatus(r);
       return s?.node === 'node-b' && s.disks[0]?.phase === 'Ready' && s.disks[0].dataNode === 'node-b';
     });
-    await until('B published that root stands alone there', () => annotations(r)[HYDRATED_ANNOTATION]);
-    expect(JSON.parse(annotations(r)[HYDRATED_ANNOTATION] ?? '[]')).toEqual([{ disk: 'root', migration: state.migrationUid }]);
+    await until('B published in its NodeImageCache that root stands alone there', () => saidHydrated(r.api, 'node-b').length > 0);
+    expect(saidHydrated(r.api, 'node-b')).toEqual([{ vmi: UID, migration: state.migrationUid, disk: 'root' }]);
+    expect(annotations(r)[OLD_HYDRATED_ANNOTATION]).toBeUndefined();
     await until('A unexported and deleted the disk', async () => !exported(r.a) && !(await r.a.backend.observe()).disks.some((d) => d.id === DISK));
     await until('A owns nothing of vm1', () => Object.keys(r.a.agent.cluster.agent.ownedNow()).length === 0);
     await until('both nodes counted a success', async () => (await migrations(r.a, 'succeeded')) === 1 && (await migrations(r.b, 'succeeded')) === 1);
@@ -249,7 +256,7 @@ describe('live migration in cluster mode', () => {
     expect((await controller(r.a, 'slot-01/root'))?.diskRef).toContain(DISK);
     expect((await r.a.backend.observe()).disks.map((d) => d.id)).toContain(DISK);
     expect(vmiStatus(r)).toMatchObject({ node: 'node-a', disks: [{ name: 'root', phase: 'Ready', dataNode: 'node-a' }] });
-    expect(annotations(r)[HYDRATED_ANNOTATION]).toBeUndefined();
+    expect(saidHydrated(r.api, 'node-b')).toEqual([]);
     expect(await migrations(r.a, 'succeeded')).toBe(0);
   });
 
@@ -451,7 +458,7 @@ describe.skipIf(!hasQsd)('live migration that moves the data (qsd nodes)', () =>
       await q.b.agent.start();
       await until('B serves the disk again', async () => (await holds(q.b)).controllers.includes('slot-05/root'));
       expect(statusOf(q.api)?.disks[0]?.dataNode).toBe('node-a');
-      expect(annotations(q.api)[HYDRATED_ANNOTATION]).toBeUndefined();
+      expect(saidHydrated(q.api, 'node-b')).toEqual([]);
       expect(Object.keys(q.a.agent.cluster.agent.ownedNow())).toEqual([DISK]);
     } finally {
       // A's daemon dies for real (a new process comes): its exports are made again, B's copy resumes.
@@ -474,7 +481,7 @@ describe.skipIf(!hasQsd)('live migration that moves the data (qsd nodes)', () =>
     // B serves a clone of A's export (owned by B), not the export itself; A still serves its VM.
     expect((await holds(q.b)).owned).toEqual([DISK]);
     expect((await holds(q.a)).controllers).toEqual(['slot-01/root']);
-    expect(annotations(q.api)[HYDRATED_ANNOTATION]).toBeUndefined();
+    expect(saidHydrated(q.api, 'node-b')).toEqual([]);
 
     complete(q, m1, q.a, q.b);
     await until('B reports the disk Ready with its data on node-b', () => {
@@ -482,8 +489,8 @@ describe.skipIf(!hasQsd)('live migration that moves the data (qsd nodes)', () =>
       return s?.node === 'node-b' && s.disks[0]?.phase === 'Ready' && s.disks[0].dataNode === 'node-b';
     });
     // B's word for A, written by B's planner right after (the status above is its agent's).
-    await until('B published that root stands alone there', () => annotations(q.api)[HYDRATED_ANNOTATION]);
-    expect(JSON.parse(annotations(q.api)[HYDRATED_ANNOTATION] ?? '[]')).toEqual([{ disk: 'root', migration: m1.migrationUid }]);
+    await until('B published in its NodeImageCache that root stands alone there', () => saidHydrated(q.api, 'node-b').length > 0);
+    expect(saidHydrated(q.api, 'node-b')).toEqual([{ vmi: UID, migration: m1.migrationUid, disk: 'root' }]);
     await until('A holds nothing of vm1 (no export, disk, controller, record of ownership)', async () => JSON.stringify(await holds(q.a)) === JSON.stringify({ disks: [], controllers: [], exports: [], owned: [] }));
     expect(await holds(q.b)).toMatchObject({ disks: [DISK], controllers: ['slot-05/root'] });
 
