@@ -11,7 +11,7 @@ import type { ImageSpec } from '../backend/types.js';
 import { RemoteDiskRefSchema } from '../backend/remote.js';
 import type { GoldenInfo, PeerGolden } from '../agent/image-peers.js';
 import type { PodSlot } from './podresources.js';
-import { MigrationHydratedSchema } from './migration-view.js';
+import { MigrationExportsSchema, MigrationHydratedSchema } from './migration-view.js';
 
 /**
  * The pure half of cluster mode: informer caches + PodResources slots + catalog -> the node's
@@ -268,6 +268,8 @@ export const NodeImageCacheStatusSchema = z.object({
   images: z.array(NodeImageCacheImageSchema),
   /** Migration target: the disks that stand alone here (kube/migration-view.ts; the sources read it). */
   migrationHydrated: MigrationHydratedSchema.optional(),
+  /** Migration source: the exports the targets clone (kube/migration-view.ts). */
+  migrationExports: MigrationExportsSchema.optional(),
 });
 export type NodeImageCacheStatus = z.output<typeof NodeImageCacheStatusSchema>;
 

@@ -29,8 +29,10 @@ import { errorText } from './informer.js';
 import { eventBody } from './mapping.js';
 import {
   MigrationHydratedSchema,
+  MAX_EXPORT_ENTRIES,
   MigrationRecordSchema,
-  exportsPatch,
+  exportEntriesOf,
+  exportsOn,
   factsOf,
   hydratedEntriesOf,
   hydratedOn,
@@ -40,21 +42,22 @@ import {
   nodeIntentOf,
   nextHydratedList,
   outcomeToReport,
+  type ExportEntry,
   type HydratedEntry,
   type MigrationRecord,
   type VmiMigrationFacts,
 } from './migration-view.js';
 
 export {
-  EXPORTS_ANNOTATION,
+  ExportEntrySchema,
   HydratedEntrySchema,
+  MAX_EXPORT_ENTRIES,
   MAX_HYDRATED_ENTRIES,
+  MigrationExportsSchema,
   MigrationHydratedSchema,
   MigrationRecordSchema,
-  PublishedExportSchema,
-  PublishedExportsSchema,
-  exportsFor,
-  exportsPatch,
+  exportEntriesOf,
+  exportsOn,
   factsOf,
   handedOverByState,
   hydratedEntriesOf,
@@ -66,10 +69,9 @@ export {
   nextHydratedList,
   nodeIntentOf,
   outcomeToReport,
-  publishedValue,
+  type ExportEntry,
   type HydratedEntry,
   type MigrationRecord,
-  type PublishedExport,
   type VmiMigrationFacts,
 } from './migration-view.js';
 
@@ -78,8 +80,8 @@ export {
  * (migration/coordinator.ts). It calls no backend: each tick plans every migration this node
  * takes part in, keeps the records (`<stateDir>/migrations`), and hands the node's migration
  * intent to the node view (the agent's one reconciler exports, attaches and tears down). The
- * source publishes its exports on the VMI (annotation `kubevirt-spdk.io/migration-exports`,
- * merge patch); the target reads them from its informer. After switchover the target
+ * source publishes its exports in its own NodeImageCache status (`migrationExports`); the
+ * target reads them from the node its record names as the source. After switchover the target
  * publishes the disks that stand alone there in its own NodeImageCache status
  * (`migrationHydrated`, which only agents write; kept in `<stateDir>/migration-hydrated.json`
  * while the disk is here), and the source lets go of them once the node its record names as
@@ -109,6 +111,8 @@ export interface MigrationAgentOptions {
   pollMs?: number;
   /** Target: publishes the disks that stand alone here (the node's NodeImageCache `migrationHydrated`). */
   publishHydrated?: (entries: readonly HydratedEntry[]) => void;
+  /** Source: publishes the exports the targets clone (the node's NodeImageCache `migrationExports`). */
+  publishExports?: (entries: readonly ExportEntry[]) => void;
 }
 
 type Seen = { raw: unknown } | 'gone';
@@ -128,6 +132,8 @@ export class MigrationAgent {
   /** Target: the disks it said stand alone here, kept while they are here (the source may read them after this node forgot the migration). */
   private hydrated: HydratedEntry[] = [];
   private hydratedPublished = false;
+  /** Source: the exports last published (JSON), to publish only changes. */
+  private exportsPublished: string | undefined;
   /** A backend reconnect being checked (its tick follows). */
   private reconnecting: Promise<void> | undefined;
   private readonly log: Logger;
@@ -297,6 +303,7 @@ export class MigrationAgent {
       }
     }
     await this.sayHydrated([]);
+    this.sayExports();
     const after = JSON.stringify(this.nodeIntent(snap.vmis), (_k, v: unknown) => (v instanceof Map ? [...v] : v instanceof Set ? [...v] : v));
     if (after !== before) this.opts.resync();
   }
@@ -346,9 +353,11 @@ export class MigrationAgent {
       earlier = held;
       rec = undefined;
     }
-    if (rec && role === 'source' && rec.journal.peer === undefined && state.targetNode !== undefined) {
-      // The target, once known, is fixed for the migration: only that node's word lets this source go.
-      rec = { ...rec, journal: { ...rec.journal, peer: state.targetNode } };
+    const peerNow = role === 'source' ? state.targetNode : state.sourceNode;
+    if (rec && rec.journal.peer === undefined && peerNow !== undefined) {
+      // The other node, once known, is fixed for the migration: only the target's word lets a
+      // source go, only the source's exports are cloned by a target.
+      rec = { ...rec, journal: { ...rec.journal, peer: peerNow } };
       await this.save(rec);
     }
     if (!rec) {
@@ -384,7 +393,7 @@ export class MigrationAgent {
       backendCanMigrate: !noAddress && b.exportDisk !== undefined && b.attachRemoteDisk !== undefined,
       backendCanClone: b.cloneRemoteDisk !== undefined && b.hydrateDisk !== undefined,
       exportAddress: this.opts.exportAddress ?? { kind: 'tcp', host: 'unset', port: 4420 },
-      sourceExports: facts.sourceExports,
+      sourceExports: role === 'target' ? exportsOn(snap.nodeImageCaches ?? [], rec.journal.peer, uid, key) : undefined,
       here: this.here(facts, key),
     };
     // The earlier migration first: what it still holds here, and whether it is done.
@@ -424,8 +433,7 @@ export class MigrationAgent {
       current = { ...current, journal: plan.journal };
       await this.save(current);
     }
-    if (role === 'source') await this.publish(facts, current, log);
-    else await this.sayHydrated(hydratedEntriesOf(uid, current.journal));
+    if (role === 'target') await this.sayHydrated(hydratedEntriesOf(uid, current.journal));
     const report = outcomeToReport(plan, current.reported);
     if (report) {
       recordMigration(report, this.opts.metrics);
@@ -438,17 +446,9 @@ export class MigrationAgent {
     if (plan.outcome !== 'running' && current.reported !== undefined && keepsNothing(current.journal)) await this.forget(uid);
   }
 
-  private async publish(facts: VmiMigrationFacts, rec: MigrationRecord, log: Logger): Promise<void> {
-    const patch = exportsPatch(facts.publishedRaw, rec.journal);
-    if (!patch) return;
-    await this.opts.api.patchVmi(facts.ref.namespace, facts.ref.name, patch);
-    log.info({ event: 'migration.exports-published', disks: Object.keys(rec.journal.exports) }, 'exports published on the VMI');
-  }
-
   /**
    * Plans a record of an earlier migration, succeeded, on its own: lets go of what the other node
    * no longer needs, publishes what this node hydrated, forgets the record once it keeps nothing.
-   * Its exports are not published again (the annotation belongs to the newer migration now).
    */
   private async finishAlone(uid: string, rec: MigrationRecord, facts: VmiMigrationFacts, snap: ClusterSnapshot): Promise<void> {
     const j = rec.journal;
@@ -483,6 +483,16 @@ export class MigrationAgent {
    */
   private targetSays(snap: ClusterSnapshot, uid: string, j: MigrationJournal): Set<string> {
     return j.role === 'source' ? hydratedOn(snap.nodeImageCaches ?? [], j.peer, uid, j.migrationUid) : new Set();
+  }
+
+  /** Source: publishes what every record still exports (a record forgotten exports nothing). */
+  private sayExports(): void {
+    const entries = [...this.records.values()].flatMap((r) => [r.journal, r.previous].flatMap((j) => (j ? exportEntriesOf(r.vmi.uid, j) : []))).slice(0, MAX_EXPORT_ENTRIES);
+    const key = JSON.stringify(entries);
+    if (key === this.exportsPublished || !this.opts.publishExports) return;
+    this.opts.publishExports(entries);
+    this.exportsPublished = key;
+    this.log.info({ event: 'migration.exports-published', exports: entries.map((e) => `${e.vmi}/${e.disk}@${e.migration}`) }, 'exports published in the NodeImageCache');
   }
 
   /**
@@ -554,7 +564,8 @@ export function createMigratingClusterAgent(o: MigratingClusterOptions): { clust
     logger: o.logger,
     // Called only after start(), once the cluster below exists.
     resync: () => cluster.resync(),
-    publishHydrated: (entries) => parts.status.setMigrationHydrated(entries),
+    publishHydrated: (entries) => parts.status.setMigrationStatus({ migrationHydrated: entries }),
+    publishExports: (entries) => parts.status.setMigrationStatus({ migrationExports: entries }),
     ...(o.migrationPollMs !== undefined ? { pollMs: o.migrationPollMs } : {}),
   });
   const cluster = new ClusterAgent({ ...parts, onSnapshot: (s) => m.onSnapshot(s), migrationIntent: (onNode) => m.nodeIntent(onNode) });

@@ -4,7 +4,7 @@ import type { VmiRef, VmiStatus } from '../api/status.js';
 import type { Logger } from '../log.js';
 import { isNotFound, type KubeApi } from './api.js';
 import { eventBody, eventsFor, newEvents, nodeImageCacheStatus, sameCacheStatus, vmiStatusPatch, type CacheExtras, type NodeImageCacheStatus } from './mapping.js';
-import type { HydratedEntry } from './migration-view.js';
+import type { ExportEntry, HydratedEntry } from './migration-view.js';
 import { Outbox } from './outbox.js';
 
 export interface StatusPublisherOptions {
@@ -37,7 +37,7 @@ export class StatusPublisher {
   private readonly lastStatus = new Map<string, { vmi: VmiRef; status: VmiStatus }>();
   private cacheWritten: { status: NodeImageCacheStatus; at: number } | undefined;
   private lastCache: { node: Pick<NodeStatus, 'backend' | 'images'>; extras: CacheExtras } | undefined;
-  private migrationHydrated: readonly HydratedEntry[] | undefined;
+  private migration: { migrationHydrated?: HydratedEntry[]; migrationExports?: ExportEntry[] } = {};
 
   constructor(private readonly opts: StatusPublisherOptions) {
     this.log = opts.logger;
@@ -95,8 +95,8 @@ export class StatusPublisher {
     this.lastCache = { node, extras };
     const status: NodeImageCacheStatus = {
       ...nodeImageCacheStatus(node, new Date().toISOString(), extras),
-      // Always written when known (an empty list too): a merge patch leaves out what it omits.
-      ...(this.migrationHydrated ? { migrationHydrated: [...this.migrationHydrated] } : {}),
+      // Written when known (an empty list too): a merge patch leaves out what it omits.
+      ...this.migration,
     };
     const heartbeat = this.opts.cacheHeartbeatMs ?? 10 * 60_000;
     const prev = this.cacheWritten;
@@ -115,11 +115,13 @@ export class StatusPublisher {
   }
 
   /**
-   * Migration target: the disks that stand alone on this node, written with the node's
-   * NodeImageCache status (written now when the cache was published before, else with the first).
+   * Live migration's part of the node's NodeImageCache status: as a target, the disks that stand
+   * alone here; as a source, the exports the targets clone. Written now when the cache was
+   * published before, else with the first.
    */
-  setMigrationHydrated(entries: readonly HydratedEntry[]): void {
-    this.migrationHydrated = [...entries];
+  setMigrationStatus(part: { migrationHydrated?: readonly HydratedEntry[]; migrationExports?: readonly ExportEntry[] }): void {
+    if (part.migrationHydrated) this.migration.migrationHydrated = [...part.migrationHydrated];
+    if (part.migrationExports) this.migration.migrationExports = [...part.migrationExports];
     if (this.lastCache) this.publishCache(this.lastCache.node, this.lastCache.extras);
   }
 

@@ -34,10 +34,13 @@ export function vmiWith(node: string, migrationState: object, annotations: Recor
   } as KubernetesObject;
 }
 
-/** A node's NodeImageCache whose status lists `migrationHydrated` (what a target agent writes). */
-export function nodeCacheSaying(node: string, migrationHydrated: unknown): KubernetesObject {
-  return { apiVersion: 'kubevirt-spdk.io/v1alpha1', kind: 'NodeImageCache', metadata: { name: node }, status: { backend: 'qsd', summary: 'none', usedBytes: 0, updatedAt: '', images: [], migrationHydrated } } as KubernetesObject;
+/** A node's NodeImageCache with these migration fields in its status (what its agent writes). */
+export function nodeCacheWith(node: string, migration: { migrationHydrated?: unknown; migrationExports?: unknown }): KubernetesObject {
+  return { apiVersion: 'kubevirt-spdk.io/v1alpha1', kind: 'NodeImageCache', metadata: { name: node }, status: { backend: 'qsd', summary: 'none', usedBytes: 0, updatedAt: '', images: [], ...migration } } as KubernetesObject;
 }
+
+/** A node's NodeImageCache whose status lists `migrationHydrated` (what a target agent writes). */
+export const nodeCacheSaying = (node: string, migrationHydrated: unknown): KubernetesObject => nodeCacheWith(node, { migrationHydrated });
 
 /** A backend that exports the disk and tells its process by `instance` (undefined: it cannot tell). */
 export class FakeMigrationBackend extends EventEmitter {

@@ -9,7 +9,7 @@ import { diskId } from '../../src/contract/index.js';
 import { exportNqn } from '../../src/backend/remote.js';
 import { createSpdkBackend, type SpdkBackend } from '../../src/backend/spdk/index.js';
 import { diskSourceControllerName } from '../../src/backend/spdk/naming.js';
-import { EXPORTS_ANNOTATION, MigrationHydratedSchema, REASON_ABORTED, REASON_REFUSED, createMigratingClusterAgent } from '../../src/kube/migration.js';
+import { MigrationExportsSchema, MigrationHydratedSchema, REASON_ABORTED, REASON_REFUSED, createMigratingClusterAgent } from '../../src/kube/migration.js';
 import { QsdBackend } from '../../src/backend/qsd/index.js';
 import { hasCommand } from '../helpers/process.js';
 import { PodResourcesClient, type PodSlot } from '../../src/kube/podresources.js';
@@ -136,8 +136,12 @@ const vmiStatus = (api: FakeApiServer) => {
 /** What a node's agent says stands alone there after a migration: its NodeImageCache's `migrationHydrated`. */
 const saidHydrated = (api: FakeApiServer, node: string) =>
   MigrationHydratedSchema.parse((api.get(NODE_CACHES, node)?.status as { migrationHydrated?: unknown } | undefined)?.migrationHydrated ?? []);
-/** The channel a VMI's owner could forge is not used. */
+/** What a node's agent exports for migrations: its NodeImageCache's `migrationExports`. */
+const saidExported = (api: FakeApiServer, node: string) =>
+  MigrationExportsSchema.parse((api.get(NODE_CACHES, node)?.status as { migrationExports?: unknown } | undefined)?.migrationExports ?? []);
+/** The channels a VMI's owner could forge are not used. */
 const OLD_HYDRATED_ANNOTATION = 'kubevirt-spdk.io/migration-hydrated';
+const OLD_EXPORTS_ANNOTATION = 'kubevirt-spdk.io/migration-exports';
 
 /** Changes the VMI as KubeVirt would (labels and status), keeping what the agents wrote. */
 function updateVmi(api: FakeApiServer, labels: Record<string, string>, migrationState: Record<string, unknown> | undefined): void {
@@ -192,7 +196,9 @@ const bReadsFromA = (r: Rig): boolean => JSON.stringify(r.b.sim.snapshot()).incl
  * through the NVMe-oF controller), and the slot file says ready; A still exports.
  */
 async function targetReady(r: Rig): Promise<void> {
-  await until('exports published on the VMI', () => (vmiNow(r.api).metadata?.annotations as Record<string, string>)[EXPORTS_ANNOTATION]);
+  await until('A published its exports in its NodeImageCache', () => saidExported(r.api, 'node-a').length > 0);
+  expect(saidExported(r.api, 'node-a')).toMatchObject([{ vmi: UID, disk: 'root' }]);
+  expect(annotations(r.api)[OLD_EXPORTS_ANNOTATION]).toBeUndefined();
   await until('slot-05 ready on node-b', async () => (await slotFile(r.b, 'slot-05').catch(() => undefined))?.ready);
   const c = await controller(r.b, 'slot-05/root');
   expect(c?.diskRef).toBe(`kvs/${DISK}`);
@@ -263,7 +269,7 @@ describe('live migration in cluster mode', () => {
     // The journal forgets the clone in the same round that deletes it: wait for the round to end.
     await until('B tore down controller and its clone', async () => (await controllers(r.b)).length === 0 && !(await bHoldsClone(r)) && !bReadsFromA(r) && Object.keys(r.b.agent.cluster.agent.ownedNow()).length === 0);
     expect(Object.keys(r.b.agent.cluster.agent.ownedNow())).toEqual([]);
-    await until('A dropped the export and unpublished it', () => !exported(r.a) && (vmiNow(r.api).metadata?.annotations as Record<string, string>)[EXPORTS_ANNOTATION] === undefined);
+    await until('A dropped the export and unpublished it', () => !exported(r.a) && saidExported(r.api, 'node-a').length === 0);
     await until(`both nodes counted ${outcome}`, async () => (await migrations(r.a, outcome)) === 1 && (await migrations(r.b, outcome)) === 1);
     // A is untouched: same controller, disk Ready, reported by A.
     expect((await controller(r.a, 'slot-01/root'))?.diskRef).toContain(DISK);

@@ -2,14 +2,15 @@ import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { freshJournal } from '../../../src/migration/coordinator.js';
-import { MAX_HYDRATED_ENTRIES, hydratedOn, nextHydratedList, type HydratedEntry } from '../../../src/kube/migration.js';
-import { ID, REF, UID, VMI_REF, migrationAgentRig, nodeCacheSaying, removeMigrationAgentDirs, vmiWith, type MigrationAgentRig } from '../../helpers/migration-agent.js';
+import { MAX_HYDRATED_ENTRIES, hydratedOn, nextHydratedList, type ExportEntry, type HydratedEntry } from '../../../src/kube/migration.js';
+import { ID, REF, UID, VMI_REF, migrationAgentRig, nodeCacheSaying, nodeCacheWith, removeMigrationAgentDirs, vmiWith, type MigrationAgentRig } from '../../helpers/migration-agent.js';
 
 /**
- * After a data-moving migration the source deletes its copy of a disk only on the word of the
- * migration's target that the disk stands alone there. That word is in the target node's own
- * NodeImageCache status (only agents write it), never on the VMI (its owner writes that), and
- * only the node the source's own record names as the target is heard.
+ * What the two nodes of a migration tell each other goes through their own NodeImageCache
+ * status (only agents write it), never through the VMI (its owner writes that), and each node
+ * hears only the other node its own record names. After a data-moving migration the source
+ * deletes its copy of a disk only on the target's word that the disk stands alone there; the
+ * target clones only what the source says it exports.
  */
 
 afterEach(removeMigrationAgentDirs);
@@ -131,6 +132,36 @@ describe('the target\'s word', () => {
     await r.tick([done]);
     expect(published.at(-1)).toEqual([]);
     expect(JSON.parse(await readFile(path.join(r.opts.stateDir, 'migration-hydrated.json'), 'utf8'))).toEqual([]);
+    await r.close();
+  });
+});
+
+describe('the target clones only what the source node says it exports', () => {
+  const migrating = vmiWith('node-a', m1, {
+    // What a VMI's owner could write: an export anywhere.
+    'kubevirt-spdk.io/migration-exports': JSON.stringify([{ disk: 'root', migration: 'm1', ref: { ...REF, address: { kind: 'unix', path: '/run/elsewhere.sock' } } }]),
+  });
+  const said = (over: Partial<ExportEntry> = {}): ExportEntry[] => [{ vmi: UID, migration: 'm1', disk: 'root', ref: REF, ...over }];
+
+  it('a VMI annotation or another node\'s list is not attached; the source node\'s is', async () => {
+    const r = await migrationAgentRig(migrating, { node: 'node-b', agent: { exportsNow: () => ({}), lastReport: undefined } });
+    expect(r.m.records.get(UID)?.journal).toMatchObject({ role: 'target', peer: 'node-a', attached: {} });
+    await r.tick([migrating], [nodeCacheWith('node-c', { migrationExports: said() })]);
+    expect(r.m.records.get(UID)?.journal.attached).toEqual({});
+    await r.tick([migrating], [nodeCacheWith('node-a', { migrationExports: said({ migration: 'm0' }) })]);
+    expect(r.m.records.get(UID)?.journal.attached).toEqual({});
+    await r.tick([migrating], [nodeCacheWith('node-a', { migrationExports: said() })]);
+    expect(r.m.records.get(UID)?.journal.attached).toEqual({ root: { kind: 'remote', ref: REF, node: 'node-a' } });
+    await r.close();
+  });
+
+  it('a source publishes its exports for the target, and takes them back on rollback', async () => {
+    const published: ExportEntry[][] = [];
+    const r = await migrationAgentRig(vmiWith('node-a', m1), { publishExports: (list) => void published.push([...list]) });
+    expect(published.at(-1)).toEqual(said());
+    r.vmi = vmiWith('node-a', { ...m1, failed: true });
+    await r.tick([r.vmi]);
+    expect(published.at(-1)).toEqual([]);
     await r.close();
   });
 });
