@@ -22,6 +22,8 @@ export interface ClusterSnapshot {
   migrationTargets: readonly KubernetesObject[];
   /** VMI uid -> slot on this node (a migration target's slot once its pod has one). */
   slots: ReadonlyMap<string, string>;
+  /** Every node's NodeImageCache (a migration target says there which disks stand alone); absent: none seen. */
+  nodeImageCaches?: readonly KubernetesObject[];
 }
 
 /** Timing and the migration seams: the same whether cluster mode builds its parts or is given them. */
@@ -231,6 +233,6 @@ export class ClusterAgent {
       }
       void this.agent.reconcile('desired-changed').catch((e: unknown) => this.log.error({ event: 'reconcile-failed', error: errorText(e) }, 'reconcile failed'));
     }
-    this.wiring.onSnapshot?.({ vmis: input.vmis, migrationTargets: input.migrationTargets, slots });
+    this.wiring.onSnapshot?.({ vmis: input.vmis, migrationTargets: input.migrationTargets, slots, nodeImageCaches: input.nodeImageCaches });
   }
 }

@@ -11,6 +11,7 @@ import type { ImageSpec } from '../backend/types.js';
 import { RemoteDiskRefSchema } from '../backend/remote.js';
 import type { GoldenInfo, PeerGolden } from '../agent/image-peers.js';
 import type { PodSlot } from './podresources.js';
+import { MigrationExportsSchema, MigrationHydratedSchema } from './migration-view.js';
 
 /**
  * The pure half of cluster mode: informer caches + PodResources slots + catalog -> the node's
@@ -236,7 +237,7 @@ export function eventBody(vmi: VmiRef, e: PlannedEvent, node: string, now: Date)
   };
 }
 
-// ---- node cache state -> NodeImageCache, CachedImage.status.readyNodes ---------------------------
+// ---- node cache state -> NodeImageCache (CachedImage.status is the controller's: src/controller/image-status.ts)
 
 export const NodeImageCacheImageSchema = z.object({
   /** The CachedImage name (one entry per CachedImage; names of one content share `key`). */
@@ -268,13 +269,12 @@ export const NodeImageCacheStatusSchema = z.object({
   usedBytes: z.number().int().nonnegative(),
   updatedAt: z.string(),
   images: z.array(NodeImageCacheImageSchema),
+  /** Migration target: the disks that stand alone here (kube/migration-view.ts; the sources read it). */
+  migrationHydrated: MigrationHydratedSchema.optional(),
+  /** Migration source: the exports the targets clone (kube/migration-view.ts). */
+  migrationExports: MigrationExportsSchema.optional(),
 });
 export type NodeImageCacheStatus = z.output<typeof NodeImageCacheStatusSchema>;
-
-const NodeImageCacheSchema = z.object({
-  metadata: z.object({ name: z.string() }).passthrough(),
-  status: z.object({ images: z.array(z.object({ name: z.string(), phase: z.string() }).passthrough()).default([]) }).passthrough().nullish(),
-});
 
 /** What the agent adds to its status.json images: CachedImage names per key, and peer distribution. */
 export interface CacheExtras {
@@ -361,31 +361,3 @@ export function peerGoldensOf(caches: readonly unknown[], opts: { allowUnix?: bo
 
 /** Whether two statuses differ in anything but their timestamp. */
 export const sameCacheStatus = (a: unknown, b: unknown): boolean => statusContent(a) === statusContent(b);
-
-/** Image name -> number of NodeImageCaches that list it ready. */
-export function readyNodeCounts(caches: readonly unknown[]): Map<string, number> {
-  const out = new Map<string, number>();
-  for (const raw of caches) {
-    const res = NodeImageCacheSchema.safeParse(raw);
-    if (!res.success) continue;
-    const ready = new Set((res.data.status?.images ?? []).filter((i) => i.phase === 'ready').map((i) => i.name));
-    for (const name of ready) out.set(name, (out.get(name) ?? 0) + 1);
-  }
-  return out;
-}
-
-/**
- * The CachedImages whose `status.readyNodes` differs from the count. Every agent computes the
- * same count from the same NodeImageCaches, so concurrent writers converge on one value.
- */
-export function readyNodesUpdates(cachedImages: readonly unknown[], counts: ReadonlyMap<string, number>): Array<{ name: string; readyNodes: number }> {
-  const out: Array<{ name: string; readyNodes: number }> = [];
-  for (const raw of cachedImages) {
-    const o = raw as { metadata?: { name?: unknown }; status?: { readyNodes?: unknown } | null } | null;
-    const name = o?.metadata?.name;
-    if (typeof name !== 'string') continue;
-    const want = counts.get(name) ?? 0;
-    if (o?.status?.readyNodes !== want) out.push({ name, readyNodes: want });
-  }
-  return out.sort((a, b) => a.name.localeCompare(b.name));
-}
