@@ -48,8 +48,6 @@ export function cases(targets: TargetBinary[]): TargetBinary[] {
   return targets.length ? targets : [{ label: 'SPDK_TGT unset', bin: '' }];
 }
 
-let shmSeq = 0;
-
 export function memoryArgs(): string[] {
   const custom = process.env.SPDK_TGT_ARGS;
   if (custom !== undefined) return custom.split(/\s+/).filter(Boolean);
@@ -70,6 +68,11 @@ export class RealTarget {
   proc: ChildProcess | undefined;
   readonly log: string[] = [];
   version = '';
+  /** Set by kill(): an exit after it is expected. */
+  private killing = false;
+  private exitWaiters: Array<(why: string) => void> = [];
+  /** Why the last process exited on its own (a crash), if it did. */
+  crashed: string | undefined;
 
   constructor(
     readonly bin: string,
@@ -82,23 +85,32 @@ export class RealTarget {
   async start(): Promise<void> {
     await fs.mkdir(this.vhostDir, { recursive: true });
     await fs.rm(this.socketPath, { force: true });
-    // A shm id of our own, and no core lock: several targets share the test machine's core 0.
-    const shm = String(1000 + ((process.pid * 7 + shmSeq++) % 30000));
-    const proc = spawn(this.bin, ['-m', '0x1', ...this.args, '-i', shm, '-r', this.socketPath, '-S', this.vhostDir, '--disable-cpumask-locks'], {
+    // No `-i <shm id>`: without it SPDK unlinks its hugepage files, so a SIGKILL frees them
+    // (with one, they stay allocated after the process is gone). No core lock: several
+    // targets share the test machine's core 0.
+    const proc = spawn(this.bin, ['-m', '0x1', ...this.args, '-r', this.socketPath, '-S', this.vhostDir, '--disable-cpumask-locks'], {
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     this.proc = proc;
+    this.killing = false;
+    this.crashed = undefined;
     const collect = (b: Buffer): void => {
       this.log.push(b.toString());
       if (this.log.length > 2000) this.log.splice(0, 1000);
     };
     proc.stdout?.on('data', collect);
     proc.stderr?.on('data', collect);
+    proc.once('exit', (code, sig) => {
+      if (this.killing || this.proc !== proc) return;
+      this.crashed = `spdk_tgt (pid ${proc.pid ?? '?'}) exited by itself (${sig ?? `code ${code ?? '?'}`})`;
+      for (const w of this.exitWaiters.splice(0)) w(this.crashed);
+    });
     const client = new SpdkRpcClient({ socketPath: this.socketPath, timeoutMs: 60_000, reconnect: { initialDelayMs: 20, maxDelayMs: 200 } });
     try {
       const exited = new Promise<never>((_, reject) =>
-        proc.once('exit', (code, sig) => reject(new Error(`spdk_tgt exited (${code ?? sig}) while starting:\n${this.log.join('').slice(-3000)}`))),
+        proc.once('exit', (code, sig) => reject(new Error(`spdk_tgt exited (${code ?? sig}) while starting:\n${this.logTail(3000)}`))),
       );
+      exited.catch(() => undefined);
       await Promise.race([client.call('framework_wait_init'), exited]);
       const v = (await client.call('spdk_get_version')) as { version: string };
       this.version = v.version;
@@ -107,10 +119,25 @@ export class RealTarget {
     }
   }
 
+  /** The last `chars` characters of its output. */
+  logTail(chars = 2000): string {
+    return this.log.join('').slice(-chars);
+  }
+
+  /**
+   * Resolves with a description once the running process exits without kill() (a crash);
+   * at once if it already did. Never resolves while it runs.
+   */
+  died(): Promise<string> {
+    if (this.crashed !== undefined) return Promise.resolve(this.crashed);
+    return new Promise((resolve) => this.exitWaiters.push(resolve));
+  }
+
   /** Kills it (SIGKILL by default) and waits until it is gone. */
   async kill(signal: NodeJS.Signals = 'SIGKILL'): Promise<void> {
     const p = this.proc;
     if (!p || p.exitCode !== null || p.signalCode !== null) return;
+    this.killing = true;
     const gone = new Promise<void>((r) => p.once('exit', () => r()));
     p.kill(signal);
     const timer = setTimeout(() => p.kill('SIGKILL'), 15_000);
