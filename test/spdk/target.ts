@@ -15,6 +15,7 @@ import net from 'node:net';
 import path from 'node:path';
 import { SpdkBackend } from '../../src/backend/spdk/backend.js';
 import type { Metrics } from '../../src/metrics/metrics.js';
+import type { SpdkApi } from '../../src/spdk/api.js';
 import { SpdkRpcClient } from '../../src/spdk/client.js';
 
 export interface TargetBinary {
@@ -176,29 +177,61 @@ export interface BackendNode {
   backend: SpdkBackend;
 }
 
+export interface RealBackendOptions {
+  /** Prefix of the node's temp dir (short: vhost socket paths must fit sun_path). */
+  prefix: string;
+  /** Size of the aio file under the lvstore. */
+  sizeMiB: number;
+  blockSize?: 512 | 4096;
+  metrics?: Metrics;
+  /** The node's name (its NVMe-oF host NQN). */
+  nodeName?: string;
+  /** RPC deadline of the backend's client (default: the client's own). */
+  timeoutMs?: number;
+  lazyLocal?: boolean;
+  /** Makes the lvstore's base bdev (e.g. a delay bdev over an aio file in `dir`) and returns its name. */
+  baseBdev?: (client: SpdkRpcClient, dir: string) => Promise<string>;
+  /** Wraps the backend's API (e.g. a gate the test opens); `release` runs before the backend closes. */
+  api?: (client: SpdkRpcClient) => { api: SpdkApi; release?: () => void };
+}
+
 /**
  * A real spdk_tgt in a fresh short temp dir (`prefix`) and an SpdkBackend started on it, its
- * lvstore on an aio file of `sizeMiB`. Cleanups (dir, target, backend) go onto `cleanups`,
- * for an afterEach to run in reverse order.
+ * lvstore on an aio file of `sizeMiB` (or on `baseBdev`). Cleanups (dir, target, backend) go
+ * onto `cleanups`, for an afterEach to run in reverse order. With LAZY_DEBUG set, the
+ * target's log tail is printed when it is killed.
  */
-export async function backendOnRealTarget(
-  bin: string,
-  opts: { prefix: string; sizeMiB: number; blockSize?: 512 | 4096; metrics?: Metrics },
-  cleanups: Array<() => Promise<void>>,
-): Promise<BackendNode> {
+export async function backendOnRealTarget(bin: string, opts: RealBackendOptions, cleanups: Array<() => Promise<void>>): Promise<BackendNode> {
   const dir = await shortTempDir(opts.prefix);
   cleanups.push(() => fs.rm(dir, { recursive: true, force: true }));
   const tgt = new RealTarget(bin, path.join(dir, 'rpc.sock'), path.join(dir, 'vh'));
   await tgt.start();
-  cleanups.push(() => tgt.kill('SIGKILL'));
-  const client = new SpdkRpcClient({ socketPath: tgt.socketPath, reconnect: { initialDelayMs: 20, maxDelayMs: 200 }, ...(opts.metrics ? { metrics: opts.metrics } : {}) });
+  cleanups.push(async () => {
+    if (process.env.LAZY_DEBUG) process.stdout.write(`--- ${opts.nodeName ?? opts.prefix} log ---\n${tgt.logTail(6000)}\n`);
+    await tgt.kill('SIGKILL');
+  });
+  const client = new SpdkRpcClient({
+    socketPath: tgt.socketPath,
+    reconnect: { initialDelayMs: 20, maxDelayMs: 200 },
+    ...(opts.timeoutMs !== undefined ? { timeoutMs: opts.timeoutMs } : {}),
+    ...(opts.metrics ? { metrics: opts.metrics } : {}),
+  });
+  const lvsFile = path.join(dir, 'lvs.img');
+  const base = opts.baseBdev ? { kind: 'existing' as const, name: await opts.baseBdev(client, dir) } : { kind: 'aio' as const, filename: lvsFile, sizeMiB: opts.sizeMiB, ...(opts.blockSize ? { blockSize: opts.blockSize } : {}) };
+  const wrapped = opts.api?.(client);
   const backend = new SpdkBackend({
     client,
+    ...(wrapped ? { api: wrapped.api } : {}),
+    ...(opts.nodeName !== undefined ? { nodeName: opts.nodeName } : {}),
+    ...(opts.lazyLocal !== undefined ? { lazyLocal: opts.lazyLocal } : {}),
     vhostDir: tgt.vhostDir,
     stateDir: path.join(dir, 'spdk'),
-    lvstore: { baseBdev: { kind: 'aio', filename: path.join(dir, 'lvs.img'), sizeMiB: opts.sizeMiB, ...(opts.blockSize ? { blockSize: opts.blockSize } : {}) } },
+    lvstore: { baseBdev: base },
   });
-  cleanups.push(() => backend.close());
+  cleanups.push(async () => {
+    wrapped?.release?.();
+    await backend.close();
+  });
   await backend.start();
   return { dir, tgt, client, backend };
 }
