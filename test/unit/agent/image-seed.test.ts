@@ -6,6 +6,8 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { chooseWithSeed, ImagePeers, ORIGIN, rendezvous, type ImagePeersOptions, type PeerGolden, type SeedTiming } from '../../../src/agent/image-peers.js';
 import type { ImageSpec, ObservedImage, RemoteDiskRef } from '../../../src/backend/types.js';
 import { nodeImageCacheStatus, peerGoldensOf } from '../../../src/kube/mapping.js';
+import { ValidationError } from '../../../src/api/errors.js';
+import { parseAgentArgs } from '../../../src/cli/commands/agent.js';
 
 const KEY = `sha256-${'b'.repeat(40)}`;
 const T0 = Date.parse('2026-01-01T00:00:00Z');
@@ -262,5 +264,26 @@ describe('ImagePeers with the seed rule', () => {
     });
     expect(used).toEqual(['origin']);
     expect(peers.wanting().size).toBe(0);
+  });
+});
+
+describe('--seed-wait and --seed-settle', () => {
+  const base = ['--backend', 'qsd', '--vhost-dir', 'vh', '--state-dir', 'st', '--node', 'n1'];
+  const problems = (argv: string[]): string[] => {
+    try {
+      parseAgentArgs([...base, ...argv], {});
+    } catch (e) {
+      if (e instanceof ValidationError) return e.problems;
+      throw e;
+    }
+    return [];
+  };
+
+  it('default to 5s and 1s; 0s turns seeding off; the settle must be shorter than the wait', () => {
+    expect(parseAgentArgs(base, {})).toMatchObject({ seedWait: 5_000, seedSettle: 1_000 });
+    expect(parseAgentArgs([...base, '--seed-wait', '0s'], {})).toMatchObject({ seedWait: 0 });
+    expect(parseAgentArgs([...base, '--seed-wait', '30s', '--seed-settle', '250ms'], {})).toMatchObject({ seedWait: 30_000, seedSettle: 250 });
+    expect(problems(['--seed-wait', '2s', '--seed-settle', '2s'])).toEqual(['--seed-settle: must be shorter than --seed-wait']);
+    expect(problems(['--seed-wait', 'soon'])).toEqual([expect.stringMatching(/^--seed-wait: .*not a duration/)]);
   });
 });
