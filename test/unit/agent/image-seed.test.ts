@@ -158,6 +158,10 @@ describe('ImagePeers with the seed rule', () => {
   const backend = (): Stub => Object.assign(new EventEmitter(), { kind: 'qsd' as const, exportImage: async () => ref('self') }) as unknown as Stub;
   const address = { kind: 'tcp' as const, host: '10.0.1.9', port: 4420 };
   const make = (self: string, waitMs: number, settleMs: number) => new ImagePeers({ self, backend: backend(), stateDir: dir, exportAddress: address, seed: { waitMs, settleMs } });
+  /** Until `peers` announces KEY (no fixed sleep: a loaded machine may take a while). */
+  const announcedOn = async (peers: ImagePeers): Promise<void> => {
+    while (!peers.wanting().has(KEY)) await new Promise((r) => setTimeout(r, 5));
+  };
   /** A node name that ranks above / below `other` for KEY. */
   const nameRanked = (above: boolean, other: string): string =>
     Array.from({ length: 64 }, (_, i) => `n${i}`).find((n) => (rendezvous(KEY, [n, other]) === n) === above) ?? '';
@@ -173,7 +177,7 @@ describe('ImagePeers with the seed rule', () => {
       used.push(s.peer ? 'peer' : 'origin');
       return ok(s);
     });
-    await new Promise((r) => setTimeout(r, 50));
+    await announcedOn(peers);
     expect(announced).toHaveLength(1);
     expect(used).toEqual([]);
     peers.setGoldens([held(seed, 'hydrating', { source: ORIGIN })]);
@@ -223,8 +227,7 @@ describe('ImagePeers with the seed rule', () => {
     peers.setGoldens([wanted(seed, Date.now())]);
     const ac = new AbortController();
     const waiting = peers.ensure(spec, async (s) => ok(s), ac.signal).catch((e: unknown) => e);
-    await new Promise((r) => setTimeout(r, 20));
-    expect(peers.wanting().has(KEY)).toBe(true);
+    await announcedOn(peers);
     ac.abort();
     expect(await waiting).toMatchObject({ name: 'AbortError' });
     expect(peers.wanting().has(KEY)).toBe(false);
