@@ -198,7 +198,7 @@ export interface ImagePeersOptions {
   now?: () => number;
 }
 
-/** How long the seed waits for other nodes' announcements to reach it (the informers' latency), at most half the wait. */
+/** How long the seed waits for other nodes' announcements to reach it (the informers' latency) unless told (at most half the wait). */
 export const SEED_SETTLE_MS = 1_000;
 /** Seeds a node gives up on (their export never came) before it reads the origin itself. */
 const MAX_GIVE_UPS = 2;
@@ -304,7 +304,7 @@ export class ImagePeers {
   private async chooseSeeded(key: string, transport: RemoteDiskRef['transport'], skip: Set<string>, signal?: AbortSignal): Promise<SourceChoice> {
     const now = this.now();
     const waitMs = this.o.seed?.waitMs ?? 0;
-    const settleMs = Math.min(this.o.seed?.settleMs ?? SEED_SETTLE_MS, waitMs / 2);
+    const settleMs = this.o.seed?.settleMs ?? Math.min(SEED_SETTLE_MS, waitMs / 2);
     const ttlMs = this.o.seed?.ttlMs ?? 3 * waitMs;
     const quick = chooseImageSource({ self: this.o.self, key, goldens: this.goldens, transport, skip });
     if (quick.kind === 'peer') return quick;

@@ -46,8 +46,8 @@ export interface ClusterWiring {
   migrationIntent?: (onNode: readonly KubernetesObject[]) => NodeMigrationIntent;
   /** Where this node serves its goldens to the other nodes (`--node-address`/NODE_IP); none: it serves no peer. */
   imageExportAddress?: ListenAddress;
-  /** The seed rule (`--seed-wait`): how long a node waits for the one node that reads the origin for all; 0: off. */
-  imageSeedWaitMs?: number;
+  /** The seed rule (`--seed-wait`, `--seed-settle`): how long a node waits for the one node that reads the origin for all; absent or 0: off. */
+  imageSeed?: { waitMs: number; settleMs?: number };
 }
 
 /** Cluster mode from configuration: `clusterParts` builds the API client, publisher and NodeAgent. */
@@ -82,7 +82,7 @@ export function clusterParts(o: ClusterAgentOptions): ClusterParts {
     stateDir: o.agent.stateDir,
     logger: o.logger,
     ...(o.imageExportAddress ? { exportAddress: o.imageExportAddress } : {}),
-    ...(o.imageSeedWaitMs ? { seed: { waitMs: o.imageSeedWaitMs } } : {}),
+    ...(o.imageSeed?.waitMs ? { seed: o.imageSeed } : {}),
   });
   const agent = new NodeAgent({ ...o.agent, node: o.node, logger: o.logger, onVmiStatus: status.onVmiStatus, peers });
   const { kubeConfig: _kc, agent: _agentOptions, ...wiring } = o;

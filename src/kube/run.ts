@@ -14,6 +14,8 @@ export interface RunClusterOptions {
   nodeAddress?: string;
   /** The seed rule's wait (`--seed-wait`); 0: off. */
   seedWaitMs?: number;
+  /** The seed rule's settle time (`--seed-settle`). */
+  seedSettleMs?: number;
   agent: ClusterAgentOptions['agent'];
   logger: Logger;
 }
@@ -32,7 +34,7 @@ export async function runClusterAgent(o: RunClusterOptions): Promise<number> {
     exportAddress,
     // Goldens are served to the other nodes on the same address (qsd: the daemon's one NBD server).
     ...(exportAddress ? { imageExportAddress: exportAddress } : {}),
-    ...(o.seedWaitMs ? { imageSeedWaitMs: o.seedWaitMs } : {}),
+    ...(o.seedWaitMs ? { imageSeed: { waitMs: o.seedWaitMs, ...(o.seedSettleMs !== undefined ? { settleMs: o.seedSettleMs } : {}) } } : {}),
   });
   const cluster = wired.cluster;
   const stopping = new Promise<void>((resolve) => {

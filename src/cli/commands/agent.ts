@@ -32,7 +32,12 @@ const AgentConfigSchema = AgentFlagsSchema.extend({
   seedWait: duration()
     .default('5s')
     .describe(
-      'Cluster mode, lazy images from peers: when several nodes need an image (from an http(s) origin) that no node holds, one of them (the seed, the same for all: a rendezvous hash of the image and node names) reads the origin and the others read its golden. A node announces the image in its NodeImageCache (phase `wanted`) and waits this long for the seed to export it, then gives up on that seed (once more for the next seed), then reads the origin itself. The seed waits 1s (at most half of this) for the others\' announcements first. `0s`: no seeding, every node without a peer reads the origin at once. Needs `--node-address`: a node that cannot export neither seeds nor waits.',
+      'Cluster mode, lazy images from peers: when several nodes need an image (from an http(s) origin) that no node holds, one of them (the seed, the same for all: a rendezvous hash of the image and node names) reads the origin and the others read its golden. A node announces the image in its NodeImageCache (phase `wanted`) and waits this long for the seed to export it, then gives up on that seed (once more for the next seed), then reads the origin itself. The seed waits `--seed-settle` for the others\' announcements first. `0s`: no seeding, every node without a peer reads the origin at once. Needs `--node-address`: a node that cannot export neither seeds nor waits.',
+    ),
+  seedSettle: duration()
+    .default('1s')
+    .describe(
+      'Cluster mode, with `--seed-wait`: how long the seed waits after announcing an image before it reads the origin, so that the announcements of nodes starting at the same moment reach it (the watch latency of NodeImageCaches). It delays the first disk of an image nobody holds by this much, even on a node that turns out to be alone; too short, and two nodes may both read the origin (twice, not once per node). Must be shorter than `--seed-wait`.',
     ),
 })
   // The rules between flags; each message names the flag(s).
@@ -49,6 +54,7 @@ const AgentConfigSchema = AgentFlagsSchema.extend({
     }
     if (c.lvstoreBlockSize !== undefined && c.lvstoreBdev !== undefined) problem('lvstoreBlockSize', 'only applies to the aio file made without --lvstore-bdev (a device has its own block size)');
     if (c.bdevDir !== undefined && c.backend !== 'qsd') problem('bdevDir', 'only applies with --backend qsd (spdk bdevs are named in spdk_tgt)');
+    if (c.seedWait > 0 && c.seedSettle >= c.seedWait) problem('seedSettle', 'must be shorter than --seed-wait');
     if (c.nbdPskFile !== undefined && c.backend !== 'qsd') problem('nbdPskFile', 'only applies with --backend qsd (NBD is the transport of the qsd backend)');
   })
   .transform((c) => ({
@@ -167,6 +173,7 @@ async function run(c: AgentConfig): Promise<number> {
         ...(c.nodeAddress ? { nodeAddress: c.nodeAddress } : {}),
         podResourcesSocket: c.podResourcesSocket,
         seedWaitMs: c.seedWait,
+        seedSettleMs: c.seedSettle,
         metricsPort: c.metricsPort ?? 0,
         agent,
         logger,

@@ -6,6 +6,8 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { chooseWithSeed, ImagePeers, ORIGIN, rendezvous, type ImagePeersOptions, type PeerGolden, type SeedTiming } from '../../../src/agent/image-peers.js';
 import type { ImageSpec, ObservedImage, RemoteDiskRef } from '../../../src/backend/types.js';
 import { nodeImageCacheStatus, peerGoldensOf } from '../../../src/kube/mapping.js';
+import { ValidationError } from '../../../src/api/errors.js';
+import { parseAgentArgs } from '../../../src/cli/commands/agent.js';
 
 const KEY = `sha256-${'b'.repeat(40)}`;
 const T0 = Date.parse('2026-01-01T00:00:00Z');
@@ -156,6 +158,10 @@ describe('ImagePeers with the seed rule', () => {
   const backend = (): Stub => Object.assign(new EventEmitter(), { kind: 'qsd' as const, exportImage: async () => ref('self') }) as unknown as Stub;
   const address = { kind: 'tcp' as const, host: '10.0.1.9', port: 4420 };
   const make = (self: string, waitMs: number, settleMs: number) => new ImagePeers({ self, backend: backend(), stateDir: dir, exportAddress: address, seed: { waitMs, settleMs } });
+  /** Until `peers` announces KEY (no fixed sleep: a loaded machine may take a while). */
+  const announcedOn = async (peers: ImagePeers): Promise<void> => {
+    while (!peers.wanting().has(KEY)) await new Promise((r) => setTimeout(r, 5));
+  };
   /** A node name that ranks above / below `other` for KEY. */
   const nameRanked = (above: boolean, other: string): string =>
     Array.from({ length: 64 }, (_, i) => `n${i}`).find((n) => (rendezvous(KEY, [n, other]) === n) === above) ?? '';
@@ -171,7 +177,7 @@ describe('ImagePeers with the seed rule', () => {
       used.push(s.peer ? 'peer' : 'origin');
       return ok(s);
     });
-    await new Promise((r) => setTimeout(r, 50));
+    await announcedOn(peers);
     expect(announced).toHaveLength(1);
     expect(used).toEqual([]);
     peers.setGoldens([held(seed, 'hydrating', { source: ORIGIN })]);
@@ -221,8 +227,7 @@ describe('ImagePeers with the seed rule', () => {
     peers.setGoldens([wanted(seed, Date.now())]);
     const ac = new AbortController();
     const waiting = peers.ensure(spec, async (s) => ok(s), ac.signal).catch((e: unknown) => e);
-    await new Promise((r) => setTimeout(r, 20));
-    expect(peers.wanting().has(KEY)).toBe(true);
+    await announcedOn(peers);
     ac.abort();
     expect(await waiting).toMatchObject({ name: 'AbortError' });
     expect(peers.wanting().has(KEY)).toBe(false);
@@ -262,5 +267,26 @@ describe('ImagePeers with the seed rule', () => {
     });
     expect(used).toEqual(['origin']);
     expect(peers.wanting().size).toBe(0);
+  });
+});
+
+describe('--seed-wait and --seed-settle', () => {
+  const base = ['--backend', 'qsd', '--vhost-dir', 'vh', '--state-dir', 'st', '--node', 'n1'];
+  const problems = (argv: string[]): string[] => {
+    try {
+      parseAgentArgs([...base, ...argv], {});
+    } catch (e) {
+      if (e instanceof ValidationError) return e.problems;
+      throw e;
+    }
+    return [];
+  };
+
+  it('default to 5s and 1s; 0s turns seeding off; the settle must be shorter than the wait', () => {
+    expect(parseAgentArgs(base, {})).toMatchObject({ seedWait: 5_000, seedSettle: 1_000 });
+    expect(parseAgentArgs([...base, '--seed-wait', '0s'], {})).toMatchObject({ seedWait: 0 });
+    expect(parseAgentArgs([...base, '--seed-wait', '30s', '--seed-settle', '250ms'], {})).toMatchObject({ seedWait: 30_000, seedSettle: 250 });
+    expect(problems(['--seed-wait', '2s', '--seed-settle', '2s'])).toEqual(['--seed-settle: must be shorter than --seed-wait']);
+    expect(problems(['--seed-wait', 'soon'])).toEqual([expect.stringMatching(/^--seed-wait: .*not a duration/)]);
   });
 });
