@@ -204,9 +204,15 @@ export class NodeAgent extends EventEmitter {
    * (triggers coalesce), which sees the latest desired state.
    */
   reconcile(reason: string): Promise<ReconcileReport> {
+    // The queued round begins a few microtasks after the running one ended: a trigger in between
+    // joins it (beginning a round of its own would run two rounds at once).
+    if (this.queued) {
+      this.queuedReasons.add(reason);
+      return this.queued;
+    }
     if (!this.running) return this.begin(reason);
     this.queuedReasons.add(reason);
-    this.queued ??= this.running
+    this.queued = this.running
       .then(
         () => undefined,
         () => undefined,

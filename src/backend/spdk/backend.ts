@@ -173,8 +173,10 @@ export class SpdkBackend extends EventEmitter implements StorageBackend {
     this.images.tidyFinishedImports(lvols, bdevs);
     this.resumeLazy();
     await this.lazy.refreshSourceStates();
+    const peerReaders = await this.lazy.peerReaders();
     return buildObservedState({
       lazy: this.lazy.imageMessages(),
+      peerReaders,
       clusterBytes: ctx.lvstore.clusterBytes,
       lvsName: ctx.lvs,
       vhostDir: this.vhostDir,

@@ -29,7 +29,7 @@ import {
   peerControllerName,
   sourceBdevName,
 } from './naming.js';
-import { bdevSizeBytes, lvolInfoOf } from './schemas.js';
+import { bdevSizeBytes, distinctHosts, lvolInfoOf, NvmfControllerListSchema } from './schemas.js';
 
 /**
  * Lazy images and lazy disks on spdk_tgt (see naming.ts for the objects):
@@ -698,7 +698,7 @@ export class LazyStore {
   private async inflate(alias: string, controller: string, what: string): Promise<void> {
     const { ctx } = this;
     try {
-      await ctx.api.bdevLvolInflate({ name: alias }, { timeoutMs: ctx.cfg.inflateTimeoutMs, signal: ctx.lifetime.signal });
+      await ctx.inflate(alias);
     } catch (e) {
       const state = await this.sourceState(controller);
       const err = toBackendError(e, `${what}: inflating ${alias}`);
@@ -785,6 +785,29 @@ export class LazyStore {
       if (!isNotFound(e)) throw toBackendError(e, `nvmf_delete_subsystem ${nqn}`);
     });
     ctx.log.info({ event: 'image.unexported', image: name, nqn }, 'image export deleted');
+  }
+
+  /**
+   * Per exported image, how many peer nodes read it now: distinct host NQNs holding a
+   * controller of its subsystem (a peer's lazy golden and its hydration share one controller;
+   * a host that detached or died is gone from the list within seconds, as recorded). What
+   * cannot be read is left out: observe never fails for it.
+   */
+  async peerReaders(): Promise<Map<string, number>> {
+    const out = new Map<string, number>();
+    const prefix = imageExportNqn('');
+    const subs = await this.ctx.api.nvmfGetSubsystems().catch(() => []);
+    for (const s of subs) {
+      if (!s.nqn.startsWith(prefix)) continue;
+      try {
+        const raw = await this.ctx.api.client.call('nvmf_subsystem_get_controllers', { nqn: s.nqn });
+        out.set(s.nqn.slice(prefix.length), distinctHosts(NvmfControllerListSchema.parse(raw)));
+      } catch (e) {
+        // Deleted meanwhile (-32602), or a reply we do not understand: no number rather than a wrong one.
+        this.ctx.log.debug({ event: 'image.readers_unknown', nqn: s.nqn, err: String(e) }, 'cannot count the readers of an export');
+      }
+    }
+    return out;
   }
 
   /** Whether the golden of `name` is exported to peers now (deleteImage refuses). */

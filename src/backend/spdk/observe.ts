@@ -26,6 +26,8 @@ export interface ObserveInput {
   lazy?: ReadonlyMap<string, { message?: string; failed: boolean; unreachableSince?: number }>;
   /** The lvstore's cluster size: a lazy image's hydrated percentage counts clusters. */
   clusterBytes?: number;
+  /** Exported images: how many peer nodes are connected to each export now. */
+  peerReaders?: ReadonlyMap<string, number>;
 }
 
 /** Indexes bdevs by name, alias and UUID: controllers name their bdev by UUID. */
@@ -146,6 +148,11 @@ export function buildObservedState(input: ObserveInput): ObservedState {
       cloneCount: 0,
       ...(p.message !== undefined ? { message: p.message } : {}),
     });
+  }
+
+  for (const [image, n] of input.peerReaders ?? []) {
+    const img = images.get(image);
+    if (img) img.peerReaders = n;
   }
 
   const controllers: ObservedController[] = [];
