@@ -4,8 +4,9 @@
  * golden over A's export and a disk of it; A's spdk_tgt is SIGKILLed mid-hydration (its read
  * latency held high so that B cannot finish first). B's hydration pauses and says since when;
  * retargetImage adds C's export as a second path of the same NVMe controller (nothing the lazy
- * golden names is detached: the recording's hazard), the inflate waiting on A goes on over C,
- * B's golden becomes ready, B lets go of both paths, and the disk reads back every byte.
+ * golden names is detached: the recording's hazard), the inflate waiting on A goes on over C
+ * (across a restart of B's spdk_tgt, which attaches C from the record), B's golden becomes
+ * ready, B lets go of the source, and the disk reads back every byte.
  * Opt-in: SPDK_TGT (and SPDK_TGT_OLD for a second version).
  */
 import { createHash, randomBytes } from 'node:crypto';
@@ -106,7 +107,7 @@ describe.skipIf(targets.length === 0).each(cases(targets))('a hydration whose pe
     const { spec, data } = await imageFile(a.dir);
     await a.backend.ensureImage(spec);
     const refA: RemoteDiskRef = await a.backend.exportImage('img', { listenAddress: { kind: 'tcp', host: '127.0.0.1', port: await freePort() }, allowedNodes: ['node-b'] });
-    const c = await node(bin, 'node-c', false);
+    const c = await node(bin, 'node-c', true);
     await c.backend.ensureImage({ ...spec, source: { hostPath: { path: path.join(a.dir, 'image.raw'), sha256: createHash('sha256').update(data).digest('hex') } } });
     const refC: RemoteDiskRef = await c.backend.exportImage('img', { listenAddress: { kind: 'tcp', host: '127.0.0.1', port: await freePort() }, allowedNodes: ['node-b'] });
 
@@ -130,11 +131,17 @@ describe.skipIf(targets.length === 0).each(cases(targets))('a hydration whose pe
     expect(other).toBeInstanceOf(BackendError);
     expect((other as BackendError).kind).toBe('invalid');
 
+    // C is slow too while B's spdk_tgt restarts right after the switch: B attaches C (its
+    // record), not the dead A, and the lazy lvols come back over it.
+    await setReadLatency(c, SLOW_US);
     await b.backend.retargetImage({ ...spec, peer: refC });
     // Idempotent.
     await b.backend.retargetImage({ ...spec, peer: refC });
+    await b.tgt.restart();
+    await until('B back with its lazy golden', async () => (await imageOf(b, 'img').catch(() => undefined))?.phase === 'hydrating', 60_000);
+    await setReadLatency(c, 0);
     await until('B hydrated over C', async () => (await imageOf(b, 'img').catch(() => undefined))?.phase === 'ready', 170_000);
-    await until('B let go of both paths', async () => (await nvmeControllers(b)).length === 0, 30_000);
+    await until('B let go of the source', async () => (await nvmeControllers(b)).length === 0, 30_000);
     await c.backend.unexportImage('img');
     await c.tgt.kill('SIGKILL');
     const all = await readDisk(bin, b, 'd-lazy', IMAGE_BYTES);
