@@ -246,7 +246,8 @@ export async function readExport(tgtBin: string, ref: { host: string; port: numb
   const attach = { name: 'R', trtype: 'tcp', adrfam: 'ipv4', traddr: ref.host, trsvcid: String(ref.port), subnqn: ref.subnqn };
   await fs.writeFile(config, JSON.stringify({ subsystems: [{ subsystem: 'bdev', config: [{ method: 'bdev_nvme_attach_controller', params: attach }] }] }));
   const count = Math.ceil(bytes / blockBytes);
-  const mem = ['-s', '256', ...(memoryArgs().includes('--no-huge') ? ['--no-huge'] : [])];
+  // No core lock: test files run in parallel and targets already share core 0.
+  const mem = ['-s', '256', '--disable-cpumask-locks', ...(memoryArgs().includes('--no-huge') ? ['--no-huge'] : [])];
   const fixed = [...mem, '--ib', 'Rn1', '--of', outFile, '--bs', String(blockBytes), '--count', String(count), '--json', config];
   const out: string[] = [];
   const code = await new Promise<number | null>((resolve) => {

@@ -111,8 +111,9 @@ export class SpdkContext {
    * and no backing device, and the first read of one (the GPT examine of its snapshot) crashes
    * spdk_tgt in `bs_io_unit_to_back_dev_lba`; or one inflate never answers. Waiting costs no
    * progress: a queued copy waits for the running one inside SPDK anyway.
-   * The lock is held until SPDK answers, even when the caller stops waiting (`signal`): an
-   * inflate goes on inside SPDK after its caller gave up.
+   * The lock is held until SPDK answers (or the connection or `inflateTimeoutMs` ends the
+   * call), even when the caller stops waiting (`signal`): an inflate goes on inside SPDK after
+   * its caller gave up.
    */
   async inflate(alias: string, signal?: AbortSignal): Promise<void> {
     const cancelled = (why: string): SpdkError => new SpdkError('bdev_lvol_inflate', LOCAL_ERROR_CODE, `${alias}: cancelled by caller: ${why}`, 'timeout', { cancelled: true });
