@@ -1,13 +1,13 @@
 import { createHash } from 'node:crypto';
 import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs/promises';
-import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { QsdBackend } from '../../src/backend/qsd/index.js';
 import { nodeNamesFor } from '../../src/backend/qsd/naming.js';
 import { BackendError, type ImageSpec } from '../../src/backend/types.js';
+import { connectable } from '../helpers/process.js';
 import { rejectionOf } from '../helpers/validation.js';
 
 // Needs the real daemon and qemu-img/qemu-io (Debian qemu-system-common, qemu-utils).
@@ -51,17 +51,6 @@ afterEach(async () => {
   await backend.close();
   await fs.rm(dir, { recursive: true, force: true });
 });
-
-function connectable(socketPath: string): Promise<boolean> {
-  return new Promise((resolve) => {
-    const s = net.createConnection({ path: socketPath });
-    s.once('connect', () => {
-      s.destroy();
-      resolve(true);
-    });
-    s.once('error', () => resolve(false));
-  });
-}
 
 /** qemu-io on an image; `-U` because the daemon may hold the image lock. */
 function qemuIo(args: string[]): string {
