@@ -334,22 +334,27 @@ export class NodeAgent extends EventEmitter {
       'reconcile round done',
     );
     this.observeRound(report, observed);
-    this.followHydration(report);
+    this.followHydration(report, observed);
     this.followFailover(observed);
     this.lastReport = report;
     this.emit('reconciled', report);
     return report;
   }
 
-  /** While a migrated disk copies, rounds come often enough to report its progress and its end. */
-  private followHydration(report: ReconcileReport): void {
+  /**
+   * While a migrated disk copies, rounds come often enough to report its progress and its end;
+   * while a golden hydrates, less often (peers choose by its percent; its end is published).
+   */
+  private followHydration(report: ReconcileReport, observed: ObservedState | undefined): void {
     const copying = report.vmis.some((v) => v.disks.some((d) => d.migration !== undefined && (d.migration.phase === 'Hydrating' || d.migration.phase === 'Paused')));
-    if (!copying || this.stopped || this.hydrationTimer) return;
+    const hydrating = observed?.images.some((i) => i.phase === 'hydrating') ?? false;
+    if ((!copying && !hydrating) || this.stopped || this.hydrationTimer) return;
+    const poll = this.opts.hydrationPollMs ?? 2_000;
     this.hydrationTimer = setTimeout(() => {
       this.hydrationTimer = undefined;
       if (this.stopped) return;
       void this.reconcile('hydration').catch((e: unknown) => this.log.error({ event: 'reconcile-failed', error: describeError(e) }, 'reconcile failed'));
-    }, this.opts.hydrationPollMs ?? 2_000);
+    }, copying ? poll : 5 * poll);
   }
 
   /** A round runs when the next paused hydration becomes due for a switch, not only at the next resync. */

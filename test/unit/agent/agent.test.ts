@@ -72,6 +72,33 @@ describe('NodeAgent against the fake backend', () => {
     expect(h.agent.lastReport?.vmis.every((v) => v.disks.every((d) => d.phase === 'Ready'))).toBe(true);
   });
 
+  it('a golden that finishes hydrating is published by a round of its own, not at the next resync', async () => {
+    h = await harness({ hydrationPollMs: 5 });
+    h.agent.setDesired(desiredOf([vmi('a', 'slot-01', [{ name: 'root', image: 'fedora' }])], [image('fedora')]));
+    await h.agent.converge('test');
+    const fedora = h.backend.images.get('fedora');
+    if (!fedora) throw new Error('no image');
+    h.backend.images.set('fedora', { ...fedora, phase: 'hydrating', hydratedPercent: 40 });
+    await h.agent.converge('test');
+    expect(h.agent.lastNodeStatus?.images.find((i) => i.name === 'fedora')?.phase).toBe('hydrating');
+    h.agent.start(); // resync is off in the harness: only the hydration follow-up can run a round
+    h.backend.images.set('fedora', { ...fedora, phase: 'ready' });
+    await new Promise<void>((resolve) => {
+      const seen = (r: { reason: string }): void => {
+        if (r.reason !== 'hydration' || h?.agent.lastNodeStatus?.images.find((i) => i.name === 'fedora')?.phase !== 'ready') return;
+        h?.agent.off('reconciled', seen);
+        resolve();
+      };
+      h?.agent.on('reconciled', seen);
+    });
+    // Nothing hydrates any more: no further follow-up round is scheduled.
+    let more = 0;
+    h.agent.on('reconciled', (r: { reason: string }) => void (r.reason === 'hydration' && more++));
+    await new Promise((r) => setTimeout(r, 100));
+    await h.agent.stop();
+    expect(more).toBe(0);
+  });
+
   it('disk ids are deterministic from uid and disk name', () => {
     expect(diskId('uid-a', 'root')).toBe(diskId('uid-a', 'root'));
     expect(diskId('uid-a', 'root')).not.toBe(diskId('uid-b', 'root'));
