@@ -13,6 +13,7 @@ import type { QsdSession } from './session.js';
 import { readLazyRecord, writeLazyRecord, type LazyRecord } from './lazy-record.js';
 import { checkRawOrigin, nbdNodeOptions, nbdRef, nbdUri, nodeSize, sizeProblem, sourceOf, type LazySource } from './sources.js';
 import { contentSha256 } from './verify.js';
+import type { BootOrder } from './boot-order.js';
 
 /**
  * Lazy goldens: an image is usable as soon as its source answers. The golden is a local qcow2
@@ -45,6 +46,22 @@ export const goldenNodeName = (name: string): string => `g${hash(name)}`;
 const sourceNodeName = (name: string): string => `s${hash(name)}`;
 const jobIdFor = (name: string): string => `hydrate-g${hash(name)}`;
 
+/** The golden node's options but its file (the reopen that flushes it while it hydrates reuses them). */
+export function goldenOptions(name: string, standalone: boolean): Record<string, unknown> {
+  const g = goldenNodeName(name);
+  return {
+    driver: 'qcow2',
+    'node-name': g,
+    'read-only': standalone,
+    // Always ours: the source node while it hydrates, nothing after.
+    backing: standalone ? null : sourceNodeName(name),
+    // While it hydrates: zero blocks stay unallocated, and a tiny L2 cache of small entries
+    // is written back as the stream moves on, so a daemon killed mid-way loses at most a
+    // few MiB of hydration (no QMP command flushes a node; eviction does).
+    ...(standalone ? {} : { 'detect-zeroes': 'on', 'l2-cache-entry-size': L2_ENTRY_BYTES, 'l2-cache-size': 2 * L2_ENTRY_BYTES }),
+  };
+}
+
 /** One L2 cache entry maps 64 clusters (4 MiB with 64 KiB clusters). */
 const L2_ENTRY_BYTES = 512;
 
@@ -60,6 +77,8 @@ export interface LazyDeps {
   listDisks(): Promise<ObservedDisk[]>;
   /** Client credentials for a peer's export (nbd-tls.ts); absent: plain NBD. */
   nbdTls?: NbdTls;
+  /** Boot-order prefetch (boot-order.ts): copy-on-read disks, record or replay a boot profile. */
+  bootOrder?: BootOrder;
 }
 
 export class LazyGoldens {
@@ -142,6 +161,7 @@ export class LazyGoldens {
     }
     log.info({ event: 'image.lazy.created', sizeBytes: size, source: source.kind }, 'lazy golden created');
     await this.ensureRunning(name);
+    this.d.bootOrder?.begin(spec, goldenNodeName(name), jobIdFor(name), size);
     return rec;
   }
 
@@ -190,21 +210,17 @@ export class LazyGoldens {
     if (!standalone) await this.openSource(name, rec.source);
     await session.exec(
       'blockdev-add',
-      {
-        driver: 'qcow2',
-        'node-name': g,
-        'read-only': standalone,
-        file: { driver: 'file', 'node-name': `${g}-f`, filename: golden, 'read-only': standalone },
-        // Always ours: the source node while it hydrates, nothing after.
-        backing: standalone ? null : sourceNodeName(name),
-        // While it hydrates: zero blocks stay unallocated, and a tiny L2 cache of small entries
-        // is written back as the stream moves on, so a daemon killed mid-way loses at most a
-        // few MiB of hydration (no QMP command flushes a node; eviction does).
-        ...(standalone ? {} : { 'detect-zeroes': 'on', 'l2-cache-entry-size': L2_ENTRY_BYTES, 'l2-cache-size': 2 * L2_ENTRY_BYTES }),
-      },
+      { ...goldenOptions(name, standalone), file: { driver: 'file', 'node-name': `${g}-f`, filename: golden, 'read-only': standalone } },
       `image ${name}: open golden`,
     );
     return g;
+  }
+
+  /** The node a disk of this golden is opened over: the golden, or while it hydrates its copy-on-read filter. */
+  async diskBackingNow(name: string): Promise<string> {
+    const g = await this.openGoldenNow(name);
+    if (!this.d.bootOrder || (await this.hydrated(g))) return g;
+    return this.d.bootOrder.diskBackingNow(name, g);
   }
 
   private async ensureRunning(name: string): Promise<void> {
@@ -276,6 +292,8 @@ export class LazyGoldens {
         if (!r || r.state === 'ready' || r.state === 'failed') return undefined;
         const g = goldenNodeName(name);
         if (!(await this.hydrated(g))) return undefined;
+        // The copy-on-read filter holds write permission on the golden: disks move off it first.
+        await this.d.bootOrder?.releaseNow(name, g);
         await session.deleteNode(sourceNodeName(name)).catch((e: unknown) => {
           if (!isGone(e)) throw e;
         });
@@ -329,7 +347,14 @@ export class LazyGoldens {
   }
 
   private async info(rec: LazyRecord, disks: ObservedDisk[]): Promise<ObservedImage> {
-    const base = { name: rec.name, sizeBytes: rec.sizeBytes, ref: this.d.layout.lazyGoldenPath(rec.name), cloneCount: disks.filter((d) => d.image === rec.name).length };
+    const bootProfile = await this.d.bootOrder?.profileOf(rec.name);
+    const base = {
+      name: rec.name,
+      sizeBytes: rec.sizeBytes,
+      ref: this.d.layout.lazyGoldenPath(rec.name),
+      cloneCount: disks.filter((d) => d.image === rec.name).length,
+      ...(bootProfile ? { bootProfile } : {}),
+    };
     if (rec.state === 'ready') return { ...base, phase: 'ready' };
     if (rec.state === 'failed') return { ...base, phase: 'failed', ...(rec.message ? { message: rec.message } : {}) };
     if (rec.state === 'verifying') return { ...base, phase: 'hydrating', hydratedPercent: 100, message: 'hydrated; verifying sha256' };
@@ -385,6 +410,7 @@ export class LazyGoldens {
         await session.exec('block-job-cancel', { device: job, force: true }, `image ${name}: cancel hydration`);
         for (let i = 0; i < 200 && (await jobs()).some((j) => j.device === job); i++) await new Promise((res) => setTimeout(res, 25));
       }
+      await this.d.bootOrder?.forgetNow(name);
       await session.deleteNode(goldenNodeName(name));
       await session.deleteNode(sourceNodeName(name));
     }

@@ -110,6 +110,7 @@ export function backendOptionsOf(c: AgentConfig):
       vhostDir,
       managed: true,
       lazyImages: c.lazyImages,
+      bootOrder: { record: c.bootRecordWindow > 0, capMs: c.bootRecordWindow },
       ...(c.bdevDir ? { bdevDir: c.bdevDir } : {}),
       ...(c.nbdPskFile !== undefined ? { nbdPsk: path.resolve(c.nbdPskFile) } : {}),
     },
