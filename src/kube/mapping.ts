@@ -256,6 +256,12 @@ export const NodeImageCacheImageSchema = z.object({
   export: RemoteDiskRefSchema.optional(),
   /** Other nodes hydrating from this golden now. */
   peerReaders: z.number().int().nonnegative().optional(),
+  /**
+   * The ranges the image's first boot read (contract boot-profile.ts), for other nodes to
+   * hydrate first. Unknown here: readers validate it apart (agent/boot-profile.ts), so that a
+   * bad profile drops the profile only, never the node's golden as a peer source.
+   */
+  bootProfile: z.unknown().optional(),
 });
 
 /** `NodeImageCache.status` (see manifests/crds/nodeimagecache.yaml). */
@@ -296,6 +302,7 @@ export function nodeImageCacheStatus(s: Pick<NodeStatus, 'backend' | 'images'>, 
         ...(info?.source !== undefined ? { source: info.source } : {}),
         ...(info?.export !== undefined ? { export: info.export } : {}),
         ...(info?.peerReaders ? { peerReaders: info.peerReaders } : {}),
+        ...(i.bootProfile ? { bootProfile: i.bootProfile } : {}),
       };
       return (names?.length ? names : [i.name]).map((name) => ({ name, ...(extras.names ? { key: i.name } : {}), ...base }));
     })
