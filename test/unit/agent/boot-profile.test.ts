@@ -9,7 +9,7 @@ const KEY = `sha256-${'a'.repeat(40)}`;
 const MiB = 1024 * 1024;
 const good = { sizeBytes: 64 * MiB, ranges: [{ offset: 0, length: 65536 }, { offset: 8 * MiB, length: 131072 }] };
 const cache = (node: string, images: unknown[]): unknown => ({ metadata: { name: node }, status: { images } });
-const spec: ImageSpec = { name: KEY, source: { http: { url: 'http://origin/img' } }, format: 'raw' };
+const spec: ImageSpec = { name: KEY, source: { http: { url: 'http://origin/img', sha256: 'a'.repeat(64) } }, format: 'raw' };
 
 describe('boot profiles from other nodes (pure reader)', () => {
   it('takes a valid profile per content key, the first node in name order', () => {
