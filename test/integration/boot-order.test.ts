@@ -1,5 +1,5 @@
 import { createHash, randomBytes } from 'node:crypto';
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -46,6 +46,7 @@ const BOOT: BootRange[] = [
 let dir: string;
 const backends: QsdBackend[] = [];
 const origins: Origin[] = [];
+const daemons: ChildProcess[] = [];
 
 /** Log lines of a backend, parsed. */
 function memoryLog(): { logger: pino.Logger; lines: () => Array<Record<string, unknown>> } {
@@ -115,6 +116,10 @@ beforeEach(async () => {
 afterEach(async () => {
   for (const b of backends.splice(0)) await b.close();
   for (const o of origins.splice(0)) await o.stop().catch(() => undefined);
+  for (const p of daemons.splice(0)) {
+    p.kill('SIGKILL');
+    if (p.exitCode === null) await new Promise((r) => p.once('exit', r));
+  }
   await fs.rm(dir, { recursive: true, force: true });
 });
 
@@ -196,5 +201,41 @@ describe.skipIf(!canRun || !haveCurl || !haveFuse)('boot-order prefetch (qsd)', 
       expect(done.phase).toBe('ready');
       expect(done.bootProfile).toBeUndefined();
     }
+  });
+
+  it('an agent restart mid-record (the daemon outlives it) resumes the paused stream; delete mid-record leaves nothing', async () => {
+    const image = randomBytes(SIZE);
+    const origin = await startOrigin(image, { bytesPerSecond: 16 * MiB });
+    origins.push(origin);
+    const stateDir = path.join(dir, 'u', 's');
+    await fs.mkdir(stateDir, { recursive: true });
+    const qmpSocket = path.join(dir, 'u', 'qmp.sock');
+    const qsd = spawn('qemu-storage-daemon', ['--chardev', `socket,id=m,path=${qmpSocket},server=on,wait=off`, '--monitor', 'chardev=m'], { stdio: 'ignore' });
+    daemons.push(qsd);
+    await waitFor('daemon socket', async () => fs.stat(qmpSocket).then(() => true, () => false), 10_000);
+    const unmanaged = { managed: false, qmpSocket, bootOrder: { record: true, capMs: 60_000, quietMs: 1_000, idleMs: 60_000, pollMs: 200 } };
+    const spec: ImageSpec = { name: 'img', source: { http: { url: origin.url, sha256: sha(image) } }, format: 'raw', sizeBytes: SIZE };
+    const b1 = await makeBackend('u', unmanaged);
+    await b1.ensureImage(spec);
+    const paused = async (b: QsdBackend): Promise<boolean | undefined> => (await b.qmpExecute<Array<{ paused: boolean }>>('query-block-jobs'))[0]?.paused;
+    await waitFor('record window armed (stream paused)', async () => (await paused(b1)) === true);
+    await b1.close();
+    const b2 = await makeBackend('u', { managed: false, qmpSocket });
+    const ready = await waitFor('hydration after the restart', async () => {
+      const i = await imageOf(b2, 'img');
+      return i?.phase === 'ready' || i?.phase === 'failed' ? i : undefined;
+    });
+    expect(ready.phase).toBe('ready');
+    await b2.deleteImage('img');
+    await b2.close();
+    // Again with a window running: deleting the image stops it and closes every node.
+    const b3 = await makeBackend('u', unmanaged);
+    await b3.ensureImage(spec);
+    await b3.ensureDisk({ id: 'd1', source: { kind: 'image', image: 'img' } });
+    await b3.deleteDisk('d1');
+    await b3.deleteImage('img');
+    expect(await b3.qmpExecute('query-block-jobs')).toEqual([]);
+    expect(await b3.qmpExecute('query-named-block-nodes', { flat: true })).toEqual([]);
+    expect(await fs.readdir(path.join(stateDir, 'images'))).toEqual([]);
   });
 });

@@ -289,9 +289,11 @@ export class BootOrder {
     await session.deleteNode(c);
   }
 
-  /** Resolves when no record or replay runs for the image (tests, bench). */
-  async settled(name: string): Promise<void> {
-    await this.work.get(name)?.done;
+  /** A job found paused with no record or replay of this process behind it is resumed (inside session.serial). */
+  async adoptPaused(name: string, job: string): Promise<void> {
+    if (this.work.has(name)) return;
+    await this.d.session.exec('block-job-resume', { device: job }, `image ${name}: resume hydration paused by an earlier agent`);
+    this.d.log.info({ event: 'image.boot.abandoned', image: name }, 'a record or replay of an earlier agent was cut; hydrating in order');
   }
 
   /** The golden is going (inside session.serial, callers checked clones): filter, work and profile go too. */

@@ -231,11 +231,16 @@ export class LazyGoldens {
       void this.finish(name);
       return;
     }
-    const jobs = await this.d.session.exec<Array<{ device: string }>>('query-block-jobs', undefined, 'query-block-jobs');
+    const jobs = await this.d.session.exec<Array<{ device: string; paused?: boolean }>>('query-block-jobs', undefined, 'query-block-jobs');
     const job = jobIdFor(name);
     // Also for a job found running (a daemon that outlived an agent): its end is ours to handle.
     this.byJob.set(job, name);
-    if (jobs.some((j) => j.device === job)) return;
+    const running = jobs.find((j) => j.device === job);
+    if (running) {
+      // Paused for a record or replay that no longer runs (the agent restarted): resume it.
+      if (running.paused === true) await this.d.bootOrder?.adoptPaused(name, job);
+      return;
+    }
     await this.d.session.exec(
       'block-stream',
       { 'job-id': job, device: g, 'on-error': 'report', ...(this.d.speedBytesPerSecond > 0 ? { speed: this.d.speedBytesPerSecond } : {}) },
