@@ -61,7 +61,7 @@ export const AgentFlagsSchema = z.object({
   bootRecordWindow: duration({ below: 600_001, bounds: 'from 0s to 10m' })
     .default('30s')
     .describe(
-      'qsd only: a lazy golden made with no boot profile known in the cluster records one: its hydration is paused from its creation until its first boot stopped reading new blocks (3 s quiet), at most this long after the first disk opened; other nodes then hydrate those blocks first. `0s`: never record (profiles from other nodes are still replayed).',
+      'qsd only: a lazy golden made with no boot profile known in the cluster records one: its hydration is paused from its creation until its first boot stopped reading new blocks (3 s quiet), at most this long after the first disk opened; other nodes then hydrate those blocks first. `0s`: never record (profiles from other nodes are still replayed). Standalone: never records (no other node would use it).',
     ),
   nbdPskFile: text('FILE')
     .optional()

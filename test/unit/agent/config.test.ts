@@ -58,6 +58,8 @@ describe('the backend options, made from the config', () => {
     expect(backendOptionsOf(parseAgentArgs([...cluster, '--backend', 'qsd', '--boot-record-window', '45s'], {}))).toMatchObject({ options: { bootOrder: { record: true, capMs: 45_000 } } });
     expect(backendOptionsOf(parseAgentArgs([...cluster, '--backend', 'qsd', '--boot-record-window', '0s'], {}))).toMatchObject({ options: { bootOrder: { record: false } } });
     expect(() => parseAgentArgs([...cluster, '--backend', 'qsd', '--boot-record-window', '1h'], {})).toThrow(/boot-record-window/);
+    const standalone = ['--standalone', '--vmis', 'v', '--images', 'i.yaml', '--vhost-dir', 'vh', '--state-dir', 'st', '--backend', 'qsd'];
+    expect(backendOptionsOf(parseAgentArgs(standalone, {}))).toMatchObject({ options: { bootOrder: { record: false } } });
   });
 
   it('spdk: --lazy-images serves images from the fetched file while they are copied in (lazyLocal); off by default', () => {
