@@ -165,7 +165,10 @@ export class BootOrder {
     await session.serial(async () => {
       // Stopped while queued (the golden may be frozen or gone by now): touch nothing.
       signal?.throwIfAborted();
-      await session.exec('blockdev-reopen', { options: [this.d.goldenReopenOptions(name)] }, `image ${name}: flush golden`);
+      const opts = this.d.goldenReopenOptions(name);
+      // The backing the golden has now (a source may have been switched since it was opened).
+      const backing = childOf(await this.graph(), String(opts['node-name']), 'backing');
+      await session.exec('blockdev-reopen', { options: [{ ...opts, ...(backing !== undefined ? { backing } : {}) }] }, `image ${name}: flush golden`);
     });
     const file = this.d.layout.lazyGoldenPath(name);
     // Backing null: only the golden's own clusters are present; -U: the daemon holds the file.
@@ -266,11 +269,7 @@ export class BootOrder {
     const { session } = this.d;
     const c = copyOnReadNodeName(name);
     if (!session.connected || !(await session.blockNodes()).some((n) => n['node-name'] === c)) return;
-    const graph = await session.exec<{ nodes: Array<{ id: number; name: string }>; edges: Array<{ parent: number; child: number; name: string }> }>(
-      'x-debug-query-block-graph',
-      undefined,
-      'x-debug-query-block-graph',
-    );
+    const graph = await this.graph();
     const byId = new Map(graph.nodes.map((n) => [n.id, n.name]));
     const cid = graph.nodes.find((n) => n.name === c)?.id;
     const nodes = await session.blockNodes();
@@ -296,6 +295,10 @@ export class BootOrder {
     this.d.log.info({ event: 'image.boot.abandoned', image: name }, 'a record or replay of an earlier agent was cut; hydrating in order');
   }
 
+  private graph(): Promise<BlockGraph> {
+    return this.d.session.exec<BlockGraph>('x-debug-query-block-graph', undefined, 'x-debug-query-block-graph');
+  }
+
   /** The golden is going (inside session.serial, callers checked clones): filter, work and profile go too. */
   async forgetNow(name: string): Promise<void> {
     const w = this.work.get(name);
@@ -306,6 +309,18 @@ export class BootOrder {
     }
     await fs.rm(this.profilePath(name), { force: true });
   }
+}
+
+interface BlockGraph {
+  nodes: Array<{ id: number; name: string }>;
+  edges: Array<{ parent: number; child: number; name: string }>;
+}
+
+/** The node name of `parent`'s child edge `edge` (e.g. its backing), if it has one. */
+function childOf(graph: BlockGraph, parent: string, edge: string): string | undefined {
+  const pid = graph.nodes.find((n) => n.name === parent)?.id;
+  const e = graph.edges.find((x) => x.parent === pid && x.name === edge);
+  return e === undefined ? undefined : graph.nodes.find((n) => n.id === e.child)?.name;
 }
 
 function sleep(ms: number, signal?: AbortSignal): Promise<void> {
