@@ -14,27 +14,75 @@ import { freePort, RealTarget, shortTempDir, spdkTargets } from '../test/spdk/ta
 import { fmt, timeIt, type BenchSection, type BenchTable } from './harness.js';
 
 const MiB = 2 ** 20;
-const SIZES_MIB = (process.env.BENCH_LAZY_MIB ?? "64,512").split(",").map(Number);
-
+const SIZES_MIB = (process.env.BENCH_LAZY_MIB ?? '64,512').split(',').map(Number);
+/** Bound of one step (an ensureImage, a hydration, a cleanup): a stuck target fails its row. */
+const STEP_MS = 180_000;
 
 interface Node {
+  name: string;
   tgt: RealTarget;
   backend: SpdkBackend;
 }
 
-async function node(bin: string, dir: string, name: string, lazyLocal = false): Promise<Node> {
-  const tgt = new RealTarget(bin, path.join(dir, `${name}.sock`), path.join(dir, `vh-${name}`));
-  await tgt.start();
-  const backend = new SpdkBackend({
-    client: new SpdkRpcClient({ socketPath: tgt.socketPath, timeoutMs: 300_000 }),
-    nodeName: name,
-    vhostDir: tgt.vhostDir,
-    stateDir: path.join(dir, `state-${name}`),
-    lvstore: { baseBdev: { kind: 'aio', filename: path.join(dir, `lvs-${name}.img`), sizeMiB: 4096, blockSize: 4096 } },
-    lazyLocal,
-  });
-  await backend.start();
-  return { tgt, backend };
+/**
+ * Every step of a run races its nodes' processes and a deadline: a target that exits by
+ * itself (a crash) or a step that does not end fails the row with what happened, instead
+ * of waiting on RPCs that will never be answered.
+ */
+class Rig {
+  readonly nodes: Node[] = [];
+
+  async step<T>(what: string, fn: () => Promise<T>, ms = STEP_MS): Promise<T> {
+    let timer: NodeJS.Timeout | undefined;
+    const deadline = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`${what}: no answer within ${ms / 1000} s`)), ms);
+    });
+    const deaths = this.nodes.map((n) => n.tgt.died().then((why): never => {
+      throw new Error(`${what}: ${n.name}'s ${why}`);
+    }));
+    try {
+      return await Promise.race([fn(), deadline, ...deaths]);
+    } catch (e) {
+      // An RPC can fail on the closed socket before the exit is seen: name the crash if there is one.
+      await new Promise((r) => setTimeout(r, 500));
+      const dead = this.nodes.find((n) => n.tgt.crashed !== undefined);
+      if (dead) {
+        const err = new Error(`${what}: ${dead.name}'s ${dead.tgt.crashed ?? ''}`);
+        (err as Error & { log?: string }).log = dead.tgt.logTail(4000);
+        throw err;
+      }
+      throw e;
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  async add(bin: string, dir: string, name: string, lazyLocal = false): Promise<Node> {
+    const tgt = new RealTarget(bin, path.join(dir, `${name}.sock`), path.join(dir, `vh-${name}`));
+    const backend = new SpdkBackend({
+      client: new SpdkRpcClient({ socketPath: tgt.socketPath, timeoutMs: 300_000 }),
+      nodeName: name,
+      vhostDir: tgt.vhostDir,
+      stateDir: path.join(dir, `state-${name}`),
+      lvstore: { baseBdev: { kind: 'aio', filename: path.join(dir, `lvs-${name}.img`), sizeMiB: 4096, blockSize: 4096 } },
+      lazyLocal,
+    });
+    const n = { name, tgt, backend };
+    this.nodes.push(n);
+    await this.step(`${name}: start`, async () => {
+      await tgt.start();
+      await backend.start();
+    });
+    return n;
+  }
+
+  /** Closes and kills every node (bounded: a backend whose target is gone must not hold it). */
+  async stop(): Promise<void> {
+    for (const n of this.nodes.splice(0).reverse()) {
+      await Promise.race([n.backend.close().catch(() => undefined), new Promise((r) => setTimeout(r, 15_000))]);
+      await n.tgt.kill('SIGKILL');
+    }
+  }
 }
 
 async function imageSpec(dir: string, name: string, mib: number): Promise<ImageSpec> {
@@ -45,63 +93,63 @@ async function imageSpec(dir: string, name: string, mib: number): Promise<ImageS
 }
 
 async function untilReady(b: SpdkBackend, image: string): Promise<void> {
-  const deadline = Date.now() + 120_000;
   for (;;) {
     const img = (await b.observe()).images.find((i) => i.name === image);
     if (img?.phase === 'ready') return;
-    if (img?.phase === 'failed' || Date.now() > deadline) throw new Error(`${image}: ${img?.phase ?? 'gone'}: ${img?.message ?? ''}`);
+    if (img?.phase === 'failed') throw new Error(`${image}: failed: ${img.message ?? ''}`);
     await new Promise((r) => setTimeout(r, 20));
   }
 }
 
 type Row = Array<string | number>;
 
-async function benchTarget(bin: string): Promise<{ peer: Row[]; local: Row[] }> {
+/** Runs both tables' rows for one binary into `peer` and `local` (rows measured before a failure stay). */
+async function benchTarget(bin: string, peer: Row[], local: Row[]): Promise<void> {
   const dir = await shortTempDir('kbl-');
-  const nodes: Node[] = [];
+  const rig = new Rig();
   try {
-    const a = await node(bin, dir, 'node-a');
-    nodes.push(a);
-    const b = await node(bin, dir, 'node-b');
-    nodes.push(b);
-    const rows: Row[] = [];
-    const local: Row[] = [];
+    const a = await rig.add(bin, dir, 'node-a');
+    const b = await rig.add(bin, dir, 'node-b');
     const fullMs = new Map<number, number>();
     for (const mib of SIZES_MIB) {
       const lazyName = `lazy${mib}`;
       const fullName = `full${mib}`;
       const spec = await imageSpec(dir, lazyName, mib);
-      await a.backend.ensureImage(spec);
-      const ref = await a.backend.exportImage(lazyName, { listenAddress: { kind: 'tcp', host: '127.0.0.1', port: await freePort() }, allowedNodes: ['node-b'] });
+      const ref = await rig.step(`${mib} MiB: node-a imports and exports`, async () => {
+        await a.backend.ensureImage(spec);
+        return a.backend.exportImage(lazyName, { listenAddress: { kind: 'tcp', host: '127.0.0.1', port: await freePort() }, allowedNodes: ['node-b'] });
+      });
       const t0 = process.hrtime.bigint();
-    const lazy = await timeIt(async () => {
-        await b.backend.ensureImage({ ...spec, peer: ref });
-        return b.backend.ensureDisk({ id: `d-${lazyName}`, source: { kind: 'image', image: lazyName } });
-      });
-      await untilReady(b.backend, lazyName);
+      const lazy = await rig.step(`${mib} MiB: node-b lazy image + disk`, () =>
+        timeIt(async () => {
+          await b.backend.ensureImage({ ...spec, peer: ref });
+          return b.backend.ensureDisk({ id: `d-${lazyName}`, source: { kind: 'image', image: lazyName } });
+        }),
+      );
+      await rig.step(`${mib} MiB: node-b hydration`, () => untilReady(b.backend, lazyName));
       const hydrateMs = Number(process.hrtime.bigint() - t0) / 1e6;
-      const fullSpec = { ...(await imageSpec(dir, fullName, mib)) };
-      const full = await timeIt(async () => {
-        await b.backend.ensureImage(fullSpec);
-        return b.backend.ensureDisk({ id: `d-${fullName}`, source: { kind: 'image', image: fullName } });
-      });
-      rows.push([`${b.tgt.version}`, mib, fmt(lazy.ms), fmt(full.ms), fmt(full.ms / lazy.ms), fmt(hydrateMs), fmt((mib * 1000) / hydrateMs)]);
+      const fullSpec = await imageSpec(dir, fullName, mib);
+      const full = await rig.step(`${mib} MiB: node-b full import + disk`, () =>
+        timeIt(async () => {
+          await b.backend.ensureImage(fullSpec);
+          return b.backend.ensureDisk({ id: `d-${fullName}`, source: { kind: 'image', image: fullName } });
+        }),
+      );
+      peer.push([`${b.tgt.version}`, mib, fmt(lazy.ms), fmt(full.ms), fmt(full.ms / lazy.ms), fmt(hydrateMs), fmt((mib * 1000) / hydrateMs)]);
       fullMs.set(mib, full.ms);
-      for (const [n, id] of [[lazyName, `d-${lazyName}`], [fullName, `d-${fullName}`]] as const) {
-        await b.backend.deleteDisk(id);
-        await b.backend.deleteImage(n);
-      }
-      await a.backend.unexportImage(lazyName);
-      await a.backend.deleteImage(lazyName);
+      await rig.step(`${mib} MiB: cleanup`, async () => {
+        for (const [n, id] of [[lazyName, `d-${lazyName}`], [fullName, `d-${fullName}`]] as const) {
+          await b.backend.deleteDisk(id);
+          await deleteImageWhenIdle(b.backend, n);
+        }
+        await a.backend.unexportImage(lazyName);
+        await a.backend.deleteImage(lazyName);
+      });
     }
     // Node C (lazyLocal) runs alone: a third target polling the same core slowed the peers' TCP
     // connections on v24.01 beyond their deadlines.
-    for (const n of nodes.splice(0).reverse()) {
-      await n.backend.close().catch(() => undefined);
-      await n.tgt.kill('SIGKILL');
-    }
-    const c = await node(bin, dir, 'node-c', true);
-    nodes.push(c);
+    await rig.stop();
+    const c = await rig.add(bin, dir, 'node-c', true);
     for (const mib of SIZES_MIB) {
       const full = { ms: fullMs.get(mib) ?? NaN };
       // The same kind of file on node C with lazyLocal: the file becomes the lazy golden's source.
@@ -109,29 +157,33 @@ async function benchTarget(bin: string): Promise<{ peer: Row[]; local: Row[] }> 
       const fileSpec = await imageSpec(dir, fileName, mib);
       const t1 = process.hrtime.bigint();
       let phase = '';
-      const fromFile = await timeIt(async () => {
-        phase = (await c.backend.ensureImage(fileSpec)).phase;
-        return c.backend.ensureDisk({ id: `d-${fileName}`, source: { kind: 'image', image: fileName } });
-      });
-      await untilReady(c.backend, fileName);
+      const fromFile = await rig.step(`${mib} MiB: node-c image + disk from its file`, () =>
+        timeIt(async () => {
+          phase = (await c.backend.ensureImage(fileSpec)).phase;
+          return c.backend.ensureDisk({ id: `d-${fileName}`, source: { kind: 'image', image: fileName } });
+        }),
+      );
+      await rig.step(`${mib} MiB: node-c hydration`, () => untilReady(c.backend, fileName));
       const fileHydrateMs = Number(process.hrtime.bigint() - t1) / 1e6;
       local.push([`${c.tgt.version}`, mib, phase === 'hydrating' ? 'lazy' : `full import (${phase})`, fmt(fromFile.ms), fmt(full.ms), fmt(full.ms / fromFile.ms), fmt(fileHydrateMs)]);
-      await c.backend.deleteDisk(`d-${fileName}`);
-      // 'ready' shows once the golden exists; the hydration task then repoints and drops the file source.
-      for (let i = 0; ; i++) {
-        const err = await c.backend.deleteImage(fileName).then(() => undefined, (e: unknown) => e as Error);
-        if (!err) break;
-        if (i >= 600 || !/hydration is running/.test(err.message)) throw err;
-        await new Promise((r) => setTimeout(r, 100));
-      }
+      await rig.step(`${mib} MiB: node-c cleanup`, async () => {
+        await c.backend.deleteDisk(`d-${fileName}`);
+        await deleteImageWhenIdle(c.backend, fileName);
+      });
     }
-    return { peer: rows, local };
   } finally {
-    for (const n of nodes.reverse()) {
-      await n.backend.close().catch(() => undefined);
-      await n.tgt.kill('SIGKILL');
-    }
+    await rig.stop();
     await fs.rm(dir, { recursive: true, force: true });
+  }
+}
+
+/** 'ready' shows once the golden exists; the hydration task then repoints and lets its source go. */
+async function deleteImageWhenIdle(b: SpdkBackend, image: string): Promise<void> {
+  for (;;) {
+    const err = await b.deleteImage(image).then(() => undefined, (e: unknown) => e as Error);
+    if (!err) return;
+    if (!/hydration is running/.test(err.message)) throw err;
+    await new Promise((r) => setTimeout(r, 100));
   }
 }
 
@@ -163,11 +215,11 @@ export async function section(): Promise<BenchSection> {
   }
   for (const t of targets) {
     try {
-      const r = await benchTarget(t.bin);
-      table.rows.push(...r.peer);
-      fromFile.rows.push(...r.local);
+      await benchTarget(t.bin, table.rows, fromFile.rows);
     } catch (e) {
-      table.rows.push([t.label, `failed: ${(e as Error).message.split('\n')[0] ?? ''}`, '-', '-', '-', '-', '-']);
+      const err = e as Error & { log?: string };
+      process.stderr.write(`spdk-lazy (${t.label}): ${err.message}\n${err.log !== undefined ? `--- its log ---\n${err.log}\n` : ''}`);
+      table.rows.push([t.label, `failed: ${err.message.split('\n')[0] ?? ''}`, '-', '-', '-', '-', '-']);
     }
   }
   return { area: 'Lazy images on real SPDK', tables: [table, fromFile] };

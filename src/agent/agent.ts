@@ -17,6 +17,7 @@ import { isFollowUp, isReport, orphanKey, reconcile, type Action, type Reconcile
 import { nodeStatusOf, reportOf, type ReconcileReport } from './report.js';
 import { DEFAULT_RETRY, type RetryOptions } from './retry.js';
 import { indexDesired, type DesiredIndex } from './safety.js';
+import { nextFailoverDue, SourceFailover } from './source-failover.js';
 
 export interface NodeAgentOptions {
   backend: StorageBackend;
@@ -46,9 +47,14 @@ export interface NodeAgentOptions {
   peers?: ImagePeers;
   /** Boot profiles other nodes published (cluster mode): a new lazy golden hydrates its key's first. */
   bootProfiles?: BootProfiles;
+  /** With peers: a hydration whose source is unreachable this long moves to another source (source-failover.ts). Default 10 s. */
+  sourceFailoverAfterMs?: number;
 }
 
 export type { ReconcileReport, VmiReport } from './report.js';
+
+/** How long a hydration's source may stay unreachable before it moves to another (after QEMU's own 10 s NBD reconnect). */
+export const DEFAULT_SOURCE_FAILOVER_AFTER_MS = 10_000;
 
 export const DEFAULT_SOCKET_POLICY: SocketPolicy = { uid: 107, gid: 107, mode: 0o660 };
 
@@ -69,6 +75,8 @@ export class NodeAgent extends EventEmitter {
   private queuedReasons = new Set<string>();
   private timer: NodeJS.Timeout | undefined;
   private hydrationTimer: NodeJS.Timeout | undefined;
+  private failoverTimer: NodeJS.Timeout | undefined;
+  private failover: SourceFailover | undefined;
   private stopped = false;
   /** The journal's exports may be gone from the backend (a new process): make them again, once. */
   private exportsStale = true;
@@ -105,6 +113,19 @@ export class NodeAgent extends EventEmitter {
   async init(): Promise<void> {
     await mkdir(path.join(this.opts.stateDir, 'slots'), { recursive: true });
     this.journal = await Journal.open(this.opts.stateDir, { logger: this.log, ...this.opts.journal });
+    const { peers, backend } = this.opts;
+    if (peers) {
+      this.failover = new SourceFailover({
+        self: this.opts.node ?? 'local',
+        afterMs: this.opts.sourceFailoverAfterMs ?? DEFAULT_SOURCE_FAILOVER_AFTER_MS,
+        transport: backend.kind === 'qsd' ? 'nbd' : 'nvmf-tcp',
+        canRetarget: backend.retargetImage !== undefined,
+        // spdk's lazy golden is bound to the peer's NVMe bdev: it moves to another peer only.
+        canRetargetToOrigin: backend.kind === 'qsd',
+        view: () => peers.failoverView(),
+        record: (name, source) => peers.setSource(name, source),
+      });
+    }
     this.images = new ImageCache(this.opts.backend, this.journal, { logger: this.log, now: () => this.now(), metrics: this.metrics, ...(this.opts.peers ? { peers: this.opts.peers } : {}), ...(this.opts.bootProfiles ? { bootProfiles: this.opts.bootProfiles } : {}) });
     this.executor = new Executor({
       backend: this.opts.backend,
@@ -117,6 +138,7 @@ export class NodeAgent extends EventEmitter {
       concurrency: this.opts.concurrency ?? 128,
       now: () => this.now(),
       metrics: this.metrics,
+      ...(this.failover ? { failover: this.failover } : {}),
       onImportSettled: (image) => {
         this.emit('import-settled', image);
         if (this.stopped) return;
@@ -173,6 +195,8 @@ export class NodeAgent extends EventEmitter {
     this.timer = undefined;
     clearTimeout(this.hydrationTimer);
     this.hydrationTimer = undefined;
+    clearTimeout(this.failoverTimer);
+    this.failoverTimer = undefined;
     this.opts.backend.off('connected', this.onConnected);
     this.opts.backend.off('disconnected', this.onDisconnected);
     await Promise.allSettled([this.running, this.queued, this.executor?.stop()]);
@@ -183,9 +207,15 @@ export class NodeAgent extends EventEmitter {
    * (triggers coalesce), which sees the latest desired state.
    */
   reconcile(reason: string): Promise<ReconcileReport> {
+    // The queued round begins a few microtasks after the running one ended: a trigger in between
+    // joins it (beginning a round of its own would run two rounds at once).
+    if (this.queued) {
+      this.queuedReasons.add(reason);
+      return this.queued;
+    }
     if (!this.running) return this.begin(reason);
     this.queuedReasons.add(reason);
-    this.queued ??= this.running
+    this.queued = this.running
       .then(
         () => undefined,
         () => undefined,
@@ -261,6 +291,8 @@ export class NodeAgent extends EventEmitter {
           { journal: this.journal.state, now: this.now(), failed: this.failed, sockets, recheckExports },
           this.config,
         );
+        // Paused hydrations whose source stayed away too long move to another one (source-failover.ts).
+        if (this.failover) plan = [...plan, ...(await this.failover.plan(observed.images, desired.images, this.now()))];
         await this.remember(plan, observed);
         if (recheckExports) this.exportsStale = false;
         if (!plan.some((a) => !isReport(a) && !isFollowUp(a))) {
@@ -306,6 +338,7 @@ export class NodeAgent extends EventEmitter {
     );
     this.observeRound(report, observed);
     this.followHydration(report);
+    this.followFailover(observed);
     this.lastReport = report;
     this.emit('reconciled', report);
     return report;
@@ -320,6 +353,18 @@ export class NodeAgent extends EventEmitter {
       if (this.stopped) return;
       void this.reconcile('hydration').catch((e: unknown) => this.log.error({ event: 'reconcile-failed', error: describeError(e) }, 'reconcile failed'));
     }, this.opts.hydrationPollMs ?? 2_000);
+  }
+
+  /** A round runs when the next paused hydration becomes due for a switch, not only at the next resync. */
+  private followFailover(observed: ObservedState | undefined): void {
+    if (!this.failover || !observed || this.stopped || this.failoverTimer) return;
+    const due = nextFailoverDue(observed.images, this.failover.afterMs, this.now());
+    if (due === undefined) return;
+    this.failoverTimer = setTimeout(() => {
+      this.failoverTimer = undefined;
+      if (this.stopped) return;
+      void this.reconcile('source-failover').catch((e: unknown) => this.log.error({ event: 'reconcile-failed', error: describeError(e) }, 'reconcile failed'));
+    }, Math.max(0, due - this.now()) + 50);
   }
 
   /** Gauges are set from the whole picture each round, so they never drift. */

@@ -63,6 +63,11 @@ export const AgentFlagsSchema = z.object({
     .describe(
       'qsd only: a lazy golden made with no boot profile known in the cluster records one: its hydration is paused from its creation until its first boot stopped reading new blocks (3 s quiet), at most this long after the first disk opened; other nodes then hydrate those blocks first. `0s`: never record (profiles from other nodes are still replayed). Standalone: never records (no other node would use it).',
     ),
+  sourceFailoverAfter: duration()
+    .default('10s')
+    .describe(
+      "Cluster mode: how long a lazy image's hydration source (a peer node, or the origin) may stay unreachable before the hydration moves to another source of the same content: the next peer, finally the origin (qsd; spdk moves to another peer only). Counted from the moment the copy stopped: qsd, once QEMU's NBD client has waited 10 s for the peer to reconnect; spdk, once no path of the source's NVMe controller is connected.",
+    ),
   nbdPskFile: text('FILE')
     .optional()
     .describe(
@@ -91,6 +96,7 @@ export function agentOptionsOf(c: AgentFlags, backend: StorageBackend): Omit<Nod
     orphanGraceMs: c.orphanGrace,
     // --once reconciles on its own schedule; no background resync in between.
     resyncMs: c.once ? 0 : c.resync,
+    sourceFailoverAfterMs: c.sourceFailoverAfter,
     cache: { ...(c.cacheMaxSize !== undefined ? { maxSizeBytes: c.cacheMaxSize } : {}), ...(c.cacheMaxCount !== undefined ? { maxCount: c.cacheMaxCount } : {}) },
   };
 }

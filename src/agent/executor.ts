@@ -8,6 +8,7 @@ import type { Journal, JournalState } from './journal.js';
 import { exportKey, type Action, type DiskTarget } from './reconcile.js';
 import { controllerName, socketPathProblem } from '../contract/index.js';
 import { BackgroundImports } from './imports.js';
+import type { SourceFailover } from './source-failover.js';
 import type { FreshObserver } from './observer.js';
 import { isTransient, withRetry, type RetryOptions } from './retry.js';
 import { whyNotCreateController, whyNotDeleteController, whyNotDeleteDisk, whyNotDetachDisk, whyNotEvictImage, type DesiredIndex, type SafetyContext } from './safety.js';
@@ -57,6 +58,8 @@ export interface ExecutorDeps {
   metrics?: Metrics;
   /** An image import started by a chain ended (ready or failed): time for another round. */
   onImportSettled?: (image: string) => void;
+  /** Source failover (source-failover.ts): the records around a retargetImage call. */
+  failover?: SourceFailover;
 }
 
 /** Runs `fn` over `items` with at most `limit` in flight. */
@@ -261,6 +264,12 @@ export class Executor {
     }
 
     for (const a of plan) {
+      if (a.kind !== 'retargetImage') continue;
+      result.calls++;
+      await this.retargetImage(a);
+    }
+
+    for (const a of plan) {
       if (a.kind !== 'evictImage') continue;
       const log = this.log.child({ image: a.name });
       try {
@@ -273,6 +282,29 @@ export class Executor {
       }
     }
     return result;
+  }
+
+  /**
+   * Moves a paused hydration onto another source (source-failover.ts decided which). Not
+   * retried here: a source that fails is skipped and the next round chooses another.
+   */
+  private async retargetImage(a: Extract<Action, { kind: 'retargetImage' }>): Promise<void> {
+    const name = a.image.name;
+    const log = this.log.child({ image: name });
+    const { backend, failover } = this.deps;
+    if (!backend.retargetImage || !failover) return;
+    const previous = (await failover.view()).sources[name];
+    const op = await this.deps.journal.intent('retargetImage', name);
+    try {
+      await failover.willSwitch(a);
+      const img = await backend.retargetImage(a.image);
+      log.info({ event: 'image-source-switched', from: a.from, to: a.to, unreachableMs: a.unreachableMs, phase: img.phase }, 'hydration switched to another source');
+    } catch (e) {
+      await failover.switchFailed(a, previous, (this.deps.now ?? Date.now)()).catch(() => undefined);
+      log.warn({ event: 'image-source-switch-failed', from: a.from, to: a.to, error: describeError(e) }, 'could not switch the hydration to that source; another is tried next');
+    } finally {
+      await this.deps.journal.done(op);
+    }
   }
 
   /** A migration method of the backend, or a clear error when this backend has none. */

@@ -102,11 +102,11 @@ export class ImageCache {
       const started = process.hrtime.bigint();
       let img: ObservedImage;
       try {
-        // With peers, the source is chosen (a peer's golden, the next one on failure, the origin).
+        // With peers, the source is chosen (a peer's golden, the next one on failure, a seed's, the origin).
         const peers = this.opts.peers;
         // A boot profile another node published: a lazy golden hydrates those ranges first.
         const withProfile = this.opts.bootProfiles?.withProfile(spec) ?? spec;
-        img = peers ? await peers.ensure(withProfile, (s) => this.backend.ensureImage(s, signal)) : await this.backend.ensureImage(withProfile, signal);
+        img = peers ? await peers.ensure(withProfile, (s) => this.backend.ensureImage(s, signal), signal) : await this.backend.ensureImage(withProfile, signal);
       } catch (e) {
         this.opts.metrics?.imageImportDuration.observe({ outcome: 'error' }, secondsSince(started));
         // The call is over: a failed import must not stay "pending" (one more per retry, replayed at every start).

@@ -5,6 +5,7 @@ import type { DesiredDisk, DesiredState } from './desired.js';
 import { chooseEvictions, importInProgress, type CacheEntry, type CacheLimits } from './image-cache.js';
 import type { JournalState } from './journal.js';
 import { warmImports } from './warm.js';
+import type { RetargetImageAction } from './source-failover.js';
 import { indexDesired, whyNotCreateController, whyNotDeleteController, whyNotDeleteDisk, whyNotDetachDisk, whyNotEvictImage, type SafetyContext } from './safety.js';
 
 /**
@@ -65,6 +66,8 @@ export type Action =
   | { kind: 'ensureExport'; id: string; vmi: VmiRef; disk: string; address: ListenAddress; why: string }
   | { kind: 'unexportDisk'; id: string; reason: string }
   | { kind: 'evictImage'; name: string; reason: string }
+  /** Source failover (source-failover.ts, planned by the agent beside the reconciler): a paused hydration moves to another source. */
+  | RetargetImageAction
   | { kind: 'reportOrphan'; object: 'disk' | 'controller'; name: string; firstSeen: number; collectAt: number }
   /** Something should go but may not yet (a safety rule holds it); retried every reconcile. */
   | { kind: 'reportBlocked'; object: 'disk' | 'controller' | 'image'; name: string; reason: string }

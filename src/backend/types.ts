@@ -100,6 +100,11 @@ export interface ObservedImage {
   message?: string;
   /** Phase 'hydrating': how much of the image is local, 0..100. */
   hydratedPercent?: number;
+  /**
+   * Phase 'hydrating': since when (ms since the epoch) the source cannot be read, while it still
+   * cannot (hydration paused); absent while it hydrates. What a caller measures a failover by.
+   */
+  sourceUnreachableSinceMs?: number;
   /** Peers reading through this node's export of the golden now (lazy readers + hydration streams), when the backend can tell: the load peers choose a source by. */
   peerReaders?: number;
   /** The boot profile this node recorded or replayed for the image, published for other nodes. */
@@ -250,6 +255,21 @@ export interface StorageBackend extends EventEmitter {
   hydrateDisk?(id: string): Promise<DiskHydration>;
 
   // ---- peer distribution (optional) ---------------------------------------------------------
+  /**
+   * Moves the hydrating lazy golden of `spec.name` onto another source of the same content:
+   * `spec.peer` (another node's export of the same content key), or without it the image's
+   * origin. For a source that died mid-hydration; disks cloned from the golden keep running,
+   * what is hydrated stays, the copy goes on from the new source, and a restart reopens the new
+   * one (it is recorded). Idempotent: on the source it has already, the copy is (re)started; a
+   * golden that stands alone (ready) is left as it is. Throws `notFound` (no lazy golden of that
+   * name), `checksum` (it failed verification), `invalid` (the new source's size differs from the
+   * golden's, or the origin cannot be read lazily: choose another), `transport` (the new source
+   * does not answer: choose another, or retry later), `internal`. On every error the golden
+   * keeps the source it had. A backend without it keeps waiting for the source to come back.
+   * spdk switches to another peer only (a second path of the same NVMe controller): the origin
+   * is `invalid` there.
+   */
+  retargetImage?(spec: ImageSpec): Promise<ObservedImage>;
   /**
    * Serves the golden of image `name` read-only to the peer nodes in `opts.allowedNodes`
    * (idempotent; the allowed set is replaced by the latest call). Never open to any host:

@@ -23,6 +23,8 @@ export interface ClusterSnapshot {
   migrationTargets: readonly KubernetesObject[];
   /** VMI uid -> slot on this node (a migration target's slot once its pod has one). */
   slots: ReadonlyMap<string, string>;
+  /** Every node's NodeImageCache (a migration target says there which disks stand alone); absent: none seen. */
+  nodeImageCaches?: readonly KubernetesObject[];
 }
 
 /** Timing and the migration seams: the same whether cluster mode builds its parts or is given them. */
@@ -45,6 +47,8 @@ export interface ClusterWiring {
   migrationIntent?: (onNode: readonly KubernetesObject[]) => NodeMigrationIntent;
   /** Where this node serves its goldens to the other nodes (`--node-address`/NODE_IP); none: it serves no peer. */
   imageExportAddress?: ListenAddress;
+  /** The seed rule (`--seed-wait`): how long a node waits for the one node that reads the origin for all; 0: off. */
+  imageSeedWaitMs?: number;
 }
 
 /** Cluster mode from configuration: `clusterParts` builds the API client, publisher and NodeAgent. */
@@ -81,6 +85,7 @@ export function clusterParts(o: ClusterAgentOptions): ClusterParts {
     stateDir: o.agent.stateDir,
     logger: o.logger,
     ...(o.imageExportAddress ? { exportAddress: o.imageExportAddress } : {}),
+    ...(o.imageSeedWaitMs ? { seed: { waitMs: o.imageSeedWaitMs } } : {}),
   });
   const bootProfiles = new BootProfiles(o.logger);
   const agent = new NodeAgent({ ...o.agent, node: o.node, logger: o.logger, onVmiStatus: status.onVmiStatus, peers, bootProfiles });
@@ -138,12 +143,17 @@ export class ClusterAgent {
   /** Opens the journal, starts the node view. Does not wait for the API server. */
   async start(): Promise<void> {
     await this.agent.init();
-    this.agent.on('reconciled', () =>
-      this.status.publishCache(this.agent.lastNodeStatus, { names: this.imageNames, ...(this.peers ? { info: this.peers.published() } : {}) }),
-    );
+    this.agent.on('reconciled', () => this.publishCache());
+    // An announcement (seed rule) is published at once: the other nodes choose the seed from it.
+    this.peers?.onAnnounce(() => this.publishCache());
     this.view.on('change', () => this.refresh());
     this.view.on('api-up', () => this.status.retryNow());
     await this.view.start();
+  }
+
+  private publishCache(): void {
+    const peers = this.peers ? { info: this.peers.published(), wanted: this.peers.wanting() } : {};
+    this.status.publishCache(this.agent.lastNodeStatus, { names: this.imageNames, ...peers });
   }
 
   async stop(): Promise<void> {
@@ -230,6 +240,6 @@ export class ClusterAgent {
       }
       void this.agent.reconcile('desired-changed').catch((e: unknown) => this.log.error({ event: 'reconcile-failed', error: errorText(e) }, 'reconcile failed'));
     }
-    this.wiring.onSnapshot?.({ vmis: input.vmis, migrationTargets: input.migrationTargets, slots });
+    this.wiring.onSnapshot?.({ vmis: input.vmis, migrationTargets: input.migrationTargets, slots, nodeImageCaches: input.nodeImageCaches });
   }
 }

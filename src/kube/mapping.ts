@@ -11,6 +11,7 @@ import type { ImageSpec } from '../backend/types.js';
 import { RemoteDiskRefSchema } from '../backend/remote.js';
 import type { GoldenInfo, PeerGolden } from '../agent/image-peers.js';
 import type { PodSlot } from './podresources.js';
+import { MigrationExportsSchema, MigrationHydratedSchema } from './migration-view.js';
 
 /**
  * The pure half of cluster mode: informer caches + PodResources slots + catalog -> the node's
@@ -236,14 +237,17 @@ export function eventBody(vmi: VmiRef, e: PlannedEvent, node: string, now: Date)
   };
 }
 
-// ---- node cache state -> NodeImageCache, CachedImage.status.readyNodes ---------------------------
+// ---- node cache state -> NodeImageCache (CachedImage.status is the controller's: src/controller/image-status.ts)
 
 export const NodeImageCacheImageSchema = z.object({
   /** The CachedImage name (one entry per CachedImage; names of one content share `key`). */
   name: z.string(),
   /** The golden's content key (contract imageKey): what peers match on. */
   key: z.string().optional(),
-  phase: z.enum(['importing', 'hydrating', 'ready', 'failed']),
+  /** `wanted`: the node needs the image, holds none yet, and waits for one node (the seed) to read the origin. */
+  phase: z.enum(['wanted', 'importing', 'hydrating', 'ready', 'failed']),
+  /** Phase wanted, or importing as the seed: when the node announced it (RFC 3339); older announcements expire. */
+  wantedAt: z.string().datetime().optional(),
   sizeBytes: z.number().int().nonnegative().optional(),
   clones: z.number().int().nonnegative().optional(),
   lastUsed: z.string().optional(),
@@ -271,31 +275,38 @@ export const NodeImageCacheStatusSchema = z.object({
   usedBytes: z.number().int().nonnegative(),
   updatedAt: z.string(),
   images: z.array(NodeImageCacheImageSchema),
+  /** Migration target: the disks that stand alone here (kube/migration-view.ts; the sources read it). */
+  migrationHydrated: MigrationHydratedSchema.optional(),
+  /** Migration source: the exports the targets clone (kube/migration-view.ts). */
+  migrationExports: MigrationExportsSchema.optional(),
 });
 export type NodeImageCacheStatus = z.output<typeof NodeImageCacheStatusSchema>;
-
-const NodeImageCacheSchema = z.object({
-  metadata: z.object({ name: z.string() }).passthrough(),
-  status: z.object({ images: z.array(z.object({ name: z.string(), phase: z.string() }).passthrough()).default([]) }).passthrough().nullish(),
-});
 
 /** What the agent adds to its status.json images: CachedImage names per key, and peer distribution. */
 export interface CacheExtras {
   /** Content key -> CachedImage names (desired state); a key no CachedImage names any more is listed under its key. */
   names?: Readonly<Record<string, readonly string[]>>;
   info?: ReadonlyMap<string, GoldenInfo>;
+  /** Content key -> when this node began to want it (ms): listed as phase wanted while no golden of it exists here. */
+  wanted?: ReadonlyMap<string, number>;
 }
 
 /** The NodeImageCache status from what the agent observed (its status.json): one entry per CachedImage name. */
 export function nodeImageCacheStatus(s: Pick<NodeStatus, 'backend' | 'images'>, updatedAt: string, extras: CacheExtras = {}): NodeImageCacheStatus {
+  type Entry = z.output<typeof NodeImageCacheImageSchema>;
+  // Images this node needs and holds none of yet: announced for the seed rule (image-peers.ts).
+  const wanted: Entry[] = [...(extras.wanted ?? [])]
+    .filter(([key]) => !s.images.some((i) => i.name === key))
+    .flatMap(([key, at]) => (extras.names?.[key]?.length ? extras.names[key] : [key]).map((name) => ({ name, key, phase: 'wanted' as const, wantedAt: new Date(at).toISOString() })));
   const images = s.images
-    .flatMap((i) => {
+    .flatMap((i): Entry[] => {
       const info = extras.info?.get(i.name);
       const names = extras.names?.[i.name];
       const base = {
         phase: NodeImageCacheImageSchema.shape.phase.safeParse(i.phase).data ?? 'failed',
         sizeBytes: i.sizeBytes,
         clones: i.cloneCount,
+        ...(i.phase === 'importing' && extras.wanted?.has(i.name) ? { wantedAt: new Date(extras.wanted.get(i.name) ?? 0).toISOString() } : {}),
         ...(i.lastUse ? { lastUsed: i.lastUse } : {}),
         ...(i.message ? { message: i.message } : {}),
         ...(info?.hydratedPercent !== undefined ? { hydratedPercent: Math.round(info.hydratedPercent) } : {}),
@@ -306,6 +317,7 @@ export function nodeImageCacheStatus(s: Pick<NodeStatus, 'backend' | 'images'>, 
       };
       return (names?.length ? names : [i.name]).map((name) => ({ name, ...(extras.names ? { key: i.name } : {}), ...base }));
     })
+    .concat(wanted)
     .sort((a, b) => a.name.localeCompare(b.name));
   const state = (i: (typeof images)[number]): string =>
     i.phase === 'ready' ? '' : i.phase === 'hydrating' ? `[hydrating ${i.hydratedPercent ?? 0}%${i.source ? ` from ${i.source}` : ''}]` : `[${i.phase}]`;
@@ -313,7 +325,7 @@ export function nodeImageCacheStatus(s: Pick<NodeStatus, 'backend' | 'images'>, 
     ? images.map((i) => `${i.name}${state(i)}${i.clones ? `(${i.clones} clone${i.clones === 1 ? '' : 's'})` : ''}`).join(', ')
     : 'none';
   // The cache's footprint: golden images only (clones are thin until written), each golden once.
-  const byKey = new Map(images.map((i) => [i.key ?? i.name, i.sizeBytes]));
+  const byKey = new Map(images.map((i) => [i.key ?? i.name, i.sizeBytes ?? 0]));
   const usedBytes = [...byKey.values()].reduce((n, b) => n + b, 0);
   return { backend: s.backend.kind, summary, usedBytes, updatedAt, images };
 }
@@ -326,9 +338,11 @@ export function nodeImageCacheStatus(s: Pick<NodeStatus, 'backend' | 'images'>, 
 export function peerGoldensOf(caches: readonly unknown[], opts: { allowUnix?: boolean } = {}): PeerGolden[] {
   const out = new Map<string, PeerGolden>();
   for (const raw of caches) {
-    const o = raw as { metadata?: { name?: unknown }; status?: { images?: unknown } | null } | null;
+    const o = raw as { metadata?: { name?: unknown }; status?: { images?: unknown; backend?: unknown } | null } | null;
     const node = o?.metadata?.name;
     if (typeof node !== 'string' || !Array.isArray(o?.status?.images)) continue;
+    const backend = o.status.backend;
+    const transport = backend === 'qsd' ? ('nbd' as const) : backend === 'spdk' ? ('nvmf-tcp' as const) : undefined;
     for (const item of o.status.images) {
       // One bad entry (an older agent, a hand edit) is skipped, never the whole node.
       const res = NodeImageCacheImageSchema.safeParse(item);
@@ -342,6 +356,8 @@ export function peerGoldensOf(caches: readonly unknown[], opts: { allowUnix?: bo
         ...(i.export && (opts.allowUnix || !(i.export.transport === 'nbd' && i.export.address.kind === 'unix')) ? { export: i.export } : {}),
         ...(i.source ? { source: i.source } : {}),
         ...(i.peerReaders ? { peerReaders: i.peerReaders } : {}),
+        ...((i.phase === 'wanted' || i.phase === 'importing') && i.wantedAt !== undefined ? { wantedAt: Date.parse(i.wantedAt) } : {}),
+        ...((i.phase === 'wanted' || i.phase === 'importing') && transport ? { transport } : {}),
       };
       // CachedImage names of one content on one node are one golden: the first entry speaks for it.
       if (!out.has(`${node}\0${key}`)) out.set(`${node}\0${key}`, g);
@@ -352,31 +368,3 @@ export function peerGoldensOf(caches: readonly unknown[], opts: { allowUnix?: bo
 
 /** Whether two statuses differ in anything but their timestamp. */
 export const sameCacheStatus = (a: unknown, b: unknown): boolean => statusContent(a) === statusContent(b);
-
-/** Image name -> number of NodeImageCaches that list it ready. */
-export function readyNodeCounts(caches: readonly unknown[]): Map<string, number> {
-  const out = new Map<string, number>();
-  for (const raw of caches) {
-    const res = NodeImageCacheSchema.safeParse(raw);
-    if (!res.success) continue;
-    const ready = new Set((res.data.status?.images ?? []).filter((i) => i.phase === 'ready').map((i) => i.name));
-    for (const name of ready) out.set(name, (out.get(name) ?? 0) + 1);
-  }
-  return out;
-}
-
-/**
- * The CachedImages whose `status.readyNodes` differs from the count. Every agent computes the
- * same count from the same NodeImageCaches, so concurrent writers converge on one value.
- */
-export function readyNodesUpdates(cachedImages: readonly unknown[], counts: ReadonlyMap<string, number>): Array<{ name: string; readyNodes: number }> {
-  const out: Array<{ name: string; readyNodes: number }> = [];
-  for (const raw of cachedImages) {
-    const o = raw as { metadata?: { name?: unknown }; status?: { readyNodes?: unknown } | null } | null;
-    const name = o?.metadata?.name;
-    if (typeof name !== 'string') continue;
-    const want = counts.get(name) ?? 0;
-    if (o?.status?.readyNodes !== want) out.push({ name, readyNodes: want });
-  }
-  return out.sort((a, b) => a.name.localeCompare(b.name));
-}

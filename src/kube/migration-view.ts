@@ -6,7 +6,7 @@ import type { DesiredExport } from '../agent/desired.js';
 import { RemoteDiskRefSchema, type RemoteDiskRef } from '../backend/remote.js';
 import { diskId, queuesOf } from '../contract/index.js';
 import type { MigrationOutcome } from '../metrics/metrics.js';
-import { intentOfRecord, migrationKey, outcomeOf, type MigratingDisk, type MigrationPlan, type NodeMigrationIntent, type VmiMigrationIntent } from '../migration/coordinator.js';
+import { intentOfRecord, outcomeOf, type MigratingDisk, type MigrationPlan, type NodeMigrationIntent, type VmiMigrationIntent } from '../migration/coordinator.js';
 import { MigrationJournalSchema, MigrationStateSchema, type MigrationJournal, type MigrationState } from '../migration/schemas.js';
 import { errorText } from './informer.js';
 
@@ -16,17 +16,42 @@ import { errorText } from './informer.js';
  * (what the node view takes from migrations). kube/migration.ts does the I/O.
  */
 
-export const EXPORTS_ANNOTATION = 'kubevirt-spdk.io/migration-exports';
-/** Written by the target: the disks that stand alone there (the source may let go of them). */
-export const HYDRATED_ANNOTATION = 'kubevirt-spdk.io/migration-hydrated';
+/**
+ * A migration target's word that a disk stands alone there, so that the source may delete its
+ * copy. It is published in the target node's own NodeImageCache status (`migrationHydrated`),
+ * which only node agents write (a VMI annotation would be the VMI owner's to forge, and a
+ * forged word makes the source delete a copy the target still reads), and the source reads it
+ * only from the node its own record names as the migration's target.
+ */
+export const MAX_HYDRATED_ENTRIES = 1024;
+export const HydratedEntrySchema = z
+  .object({
+    /** The VMI's uid (a migration key without KubeVirt's uid is not unique across VMIs). */
+    vmi: z.string().min(1).max(128),
+    migration: z.string().min(1).max(600),
+    disk: z.string().min(1).max(63),
+  })
+  .strict();
+export const MigrationHydratedSchema = z.array(HydratedEntrySchema).max(MAX_HYDRATED_ENTRIES);
+export type HydratedEntry = z.output<typeof HydratedEntrySchema>;
 
-/** One disk the target no longer reads from the source, for one migration. */
-export const PublishedHydratedSchema = z.array(z.object({ disk: z.string().min(1), migration: z.string().min(1) }).strict());
-
-/** One published export; `migration` ties it to one migration, so a stale list is never attached. */
-export const PublishedExportSchema = z.object({ disk: z.string().min(1), migration: z.string().min(1), ref: RemoteDiskRefSchema }).strict();
-export const PublishedExportsSchema = z.array(PublishedExportSchema);
-export type PublishedExport = z.output<typeof PublishedExportSchema>;
+/**
+ * A migration source's exports, published in the source node's own NodeImageCache status
+ * (`migrationExports`) for the target to clone: on the VMI, its owner could point the target
+ * at any address. The target reads them only from the node its record names as the source;
+ * `vmi` and `migration` tie an entry to one migration, so a stale one is never attached.
+ */
+export const MAX_EXPORT_ENTRIES = 1024;
+export const ExportEntrySchema = z
+  .object({
+    vmi: z.string().min(1).max(128),
+    migration: z.string().min(1).max(600),
+    disk: z.string().min(1).max(63),
+    ref: RemoteDiskRefSchema,
+  })
+  .strict();
+export const MigrationExportsSchema = z.array(ExportEntrySchema).max(MAX_EXPORT_ENTRIES);
+export type ExportEntry = z.output<typeof ExportEntrySchema>;
 
 /** What this node keeps per VMI between ticks and across agent restarts (`<stateDir>/migrations/<uid>.json`). */
 export const MigrationRecordSchema = z
@@ -55,12 +80,6 @@ export interface VmiMigrationFacts {
   ref: VmiRef;
   state: MigrationState | undefined;
   disks: MigratingDisk[];
-  /** The exports the source published for the VMI's current migration, by disk name. */
-  sourceExports: Record<string, RemoteDiskRef> | undefined;
-  /** Raw annotation value, to decide whether a patch is needed. */
-  publishedRaw: string | undefined;
-  /** Raw hydration annotation (written by the target). */
-  hydratedRaw: string | undefined;
 }
 
 /** The migration state of a raw VMI, when it has a readable one. */
@@ -99,58 +118,57 @@ export function factsOf(raw: unknown): VmiMigrationFacts | { problem: string } {
   } catch (e) {
     return { problem: errorText(e) };
   }
-  const publishedRaw = vmi.metadata.annotations[EXPORTS_ANNOTATION];
-  const hydratedRaw = vmi.metadata.annotations[HYDRATED_ANNOTATION];
-  return { ref, state, disks, sourceExports: state ? exportsFor(publishedRaw, migrationKey(state)) : undefined, publishedRaw, hydratedRaw };
+  return { ref, state, disks };
 }
 
-/** The disks the target published as standing alone, for one migration (empty when absent or unreadable). */
-export function hydratedFor(annotation: string | undefined, migration: string): Set<string> {
-  if (annotation === undefined) return new Set();
-  let parsed;
-  try {
-    parsed = PublishedHydratedSchema.safeParse(JSON.parse(annotation));
-  } catch {
-    return new Set();
-  }
-  return new Set(parsed.success ? parsed.data.filter((e) => e.migration === migration).map((e) => e.disk) : []);
+/**
+ * Source: the disks of one migration that its target says stand alone there, read from the
+ * NodeImageCache of `target` (the node the source's own record names) and no other node's.
+ * Empty when the target is unknown, has no such object, or its list does not parse.
+ */
+export function hydratedOn(caches: readonly unknown[], target: string | undefined, vmi: string, migration: string): Set<string> {
+  if (target === undefined) return new Set();
+  const own = caches.find((c) => (c as { metadata?: { name?: unknown } } | null)?.metadata?.name === target) as { status?: { migrationHydrated?: unknown } | null } | undefined;
+  const res = MigrationHydratedSchema.safeParse(own?.status?.migrationHydrated ?? []);
+  return new Set(res.success ? res.data.filter((e) => e.vmi === vmi && e.migration === migration).map((e) => e.disk) : []);
 }
 
-/** The merge patch that publishes a target's hydrated disks, or undefined when the VMI already says so (or there is nothing to say). */
-export function hydratedPatch(current: string | undefined, j: MigrationJournal): { metadata: { annotations: Record<string, string> } } | undefined {
-  if (j.role !== 'target' || j.hydrated.length === 0) return undefined;
-  const want = JSON.stringify(j.hydrated.map((disk) => ({ disk, migration: j.migrationUid })));
-  return want === current ? undefined : { metadata: { annotations: { [HYDRATED_ANNOTATION]: want } } };
+/** A target journal's word: the disks that stand alone here, as published entries. */
+export function hydratedEntriesOf(vmi: string, j: MigrationJournal): HydratedEntry[] {
+  return j.role === 'target' ? j.hydrated.map((disk) => ({ vmi, migration: j.migrationUid, disk })) : [];
 }
 
-/** The published exports of one migration by disk name; undefined when absent or unreadable. */
-export function exportsFor(annotation: string | undefined, migration: string): Record<string, RemoteDiskRef> | undefined {
-  if (annotation === undefined) return undefined;
-  let parsed;
-  try {
-    parsed = PublishedExportsSchema.safeParse(JSON.parse(annotation));
-  } catch {
-    return undefined;
-  }
-  if (!parsed.success) return undefined;
-  const mine = parsed.data.filter((e) => e.migration === migration);
+/**
+ * The target's list after a round: what it said before and what its journals say now, each
+ * kept while this node still holds that disk from that migration (`holds`; the source may not
+ * have read it yet, and the target's record is forgotten once its disks stand alone), the
+ * oldest dropped beyond the bound.
+ */
+export function nextHydratedList(before: readonly HydratedEntry[], now: readonly HydratedEntry[], holds: (e: HydratedEntry) => boolean): HydratedEntry[] {
+  const out = new Map<string, HydratedEntry>();
+  for (const e of [...before, ...now]) if (holds(e)) out.set(JSON.stringify([e.vmi, e.migration, e.disk]), e);
+  return [...out.values()].slice(-MAX_HYDRATED_ENTRIES);
+}
+
+/**
+ * Target: the exports of one migration by disk name, read from the NodeImageCache of `source`
+ * (the node the target's own record names) and no other node's; undefined when there are none
+ * or the list does not parse.
+ */
+export function exportsOn(caches: readonly unknown[], source: string | undefined, vmi: string, migration: string): Record<string, RemoteDiskRef> | undefined {
+  if (source === undefined) return undefined;
+  const own = caches.find((c) => (c as { metadata?: { name?: unknown } } | null)?.metadata?.name === source) as { status?: { migrationExports?: unknown } | null } | undefined;
+  const res = MigrationExportsSchema.safeParse(own?.status?.migrationExports ?? []);
+  const mine = res.success ? res.data.filter((e) => e.vmi === vmi && e.migration === migration) : [];
   return mine.length ? Object.fromEntries(mine.map((e) => [e.disk, e.ref])) : undefined;
 }
 
-/** The annotation value the source's journal calls for (null: remove it). */
-export function publishedValue(j: MigrationJournal): string | null {
-  const list: PublishedExport[] = Object.entries(j.exports)
+/** Source: what a journal exports, as published entries (by disk name). */
+export function exportEntriesOf(vmi: string, j: MigrationJournal): ExportEntry[] {
+  if (j.role !== 'source') return [];
+  return Object.entries(j.exports)
     .sort(([a], [b]) => a.localeCompare(b))
-    .map(([disk, ref]) => ({ disk, migration: j.migrationUid, ref }));
-  return list.length ? JSON.stringify(list) : null;
-}
-
-/** The merge patch that publishes the source's exports, or undefined when the VMI already says so. */
-export function exportsPatch(current: string | undefined, j: MigrationJournal): { metadata: { annotations: Record<string, string | null> } } | undefined {
-  const want = publishedValue(j);
-  if ((want ?? undefined) === current) return undefined;
-  if (want === null && current === undefined) return undefined;
-  return { metadata: { annotations: { [EXPORTS_ANNOTATION]: want } } };
+    .map(([disk, ref]) => ({ vmi, migration: j.migrationUid, disk, ref }));
 }
 
 /** What to report once a plan ran: at most one outcome per migration and node. */

@@ -5,6 +5,7 @@ import type { VmiRef } from '../api/status.js';
 import type { NodeAgent } from '../agent/agent.js';
 import { writeFileAtomic } from '../fsutil.js';
 import type { ListenAddress, RemoteDiskRef } from '../backend/remote.js';
+import { diskId } from '../contract/index.js';
 import type { StorageBackend } from '../backend/types.js';
 import type { Logger } from '../log.js';
 import { recordMigration, type Metrics } from '../metrics/metrics.js';
@@ -27,41 +28,50 @@ import { ClusterAgent, clusterParts, type ClusterAgentOptions, type ClusterSnaps
 import { errorText } from './informer.js';
 import { eventBody } from './mapping.js';
 import {
+  MigrationHydratedSchema,
+  MAX_EXPORT_ENTRIES,
   MigrationRecordSchema,
-  exportsPatch,
+  exportEntriesOf,
+  exportsOn,
   factsOf,
-  hydratedFor,
-  hydratedPatch,
+  hydratedEntriesOf,
+  hydratedOn,
   keepsNothing,
   mergeIntents,
   needsAbort,
   nodeIntentOf,
+  nextHydratedList,
   outcomeToReport,
+  type ExportEntry,
+  type HydratedEntry,
   type MigrationRecord,
   type VmiMigrationFacts,
 } from './migration-view.js';
 
 export {
-  EXPORTS_ANNOTATION,
-  HYDRATED_ANNOTATION,
+  ExportEntrySchema,
+  HydratedEntrySchema,
+  MAX_EXPORT_ENTRIES,
+  MAX_HYDRATED_ENTRIES,
+  MigrationExportsSchema,
+  MigrationHydratedSchema,
   MigrationRecordSchema,
-  PublishedExportSchema,
-  PublishedExportsSchema,
-  exportsFor,
-  exportsPatch,
+  exportEntriesOf,
+  exportsOn,
   factsOf,
   handedOverByState,
-  hydratedFor,
-  hydratedPatch,
+  hydratedEntriesOf,
+  hydratedOn,
   keepsNothing,
   mergeIntents,
   recordIntent,
   needsAbort,
+  nextHydratedList,
   nodeIntentOf,
   outcomeToReport,
-  publishedValue,
+  type ExportEntry,
+  type HydratedEntry,
   type MigrationRecord,
-  type PublishedExport,
   type VmiMigrationFacts,
 } from './migration-view.js';
 
@@ -70,10 +80,12 @@ export {
  * (migration/coordinator.ts). It calls no backend: each tick plans every migration this node
  * takes part in, keeps the records (`<stateDir>/migrations`), and hands the node's migration
  * intent to the node view (the agent's one reconciler exports, attaches and tears down). The
- * source publishes its exports on the VMI (annotation `kubevirt-spdk.io/migration-exports`,
- * merge patch); the target reads them from its informer. After switchover the target
- * publishes the disks that stand alone there (`kubevirt-spdk.io/migration-hydrated`), and the
- * source lets go of them. A real backend restart mid-migration on the source (a new process:
+ * source publishes its exports in its own NodeImageCache status (`migrationExports`); the
+ * target reads them from the node its record names as the source. After switchover the target
+ * publishes the disks that stand alone there in its own NodeImageCache status
+ * (`migrationHydrated`, which only agents write; kept in `<stateDir>/migration-hydrated.json`
+ * while the disk is here), and the source lets go of them once the node its record names as
+ * the target says so. A real backend restart mid-migration on the source (a new process:
  * health().instance changed) cancels the migration (the exports the target reads are gone); a
  * transient reconnect to the same process does not.
  */
@@ -97,6 +109,10 @@ export interface MigrationAgentOptions {
   resync: () => void;
   /** How often VMIs tracked here but off this node's informers (handed over, failed) are fetched. */
   pollMs?: number;
+  /** Target: publishes the disks that stand alone here (the node's NodeImageCache `migrationHydrated`). */
+  publishHydrated?: (entries: readonly HydratedEntry[]) => void;
+  /** Source: publishes the exports the targets clone (the node's NodeImageCache `migrationExports`). */
+  publishExports?: (entries: readonly ExportEntry[]) => void;
 }
 
 type Seen = { raw: unknown } | 'gone';
@@ -113,6 +129,13 @@ export class MigrationAgent {
   private wasDisconnected = false;
   /** The backend process seen last (health().instance), when the driver can tell. */
   private instance: string | undefined;
+  /** Target: the disks it said stand alone here, kept while they are here (the source may read them after this node forgot the migration). */
+  private hydrated: HydratedEntry[] = [];
+  private hydratedPublished = false;
+  /** Source: the exports last published (JSON), to publish only changes. */
+  private exportsPublished: string | undefined;
+  /** A backend reconnect being checked (its tick follows). */
+  private reconnecting: Promise<void> | undefined;
   private readonly log: Logger;
 
   constructor(private readonly opts: MigrationAgentOptions) {
@@ -121,6 +144,10 @@ export class MigrationAgent {
 
   private get dir(): string {
     return path.join(this.opts.stateDir, 'migrations');
+  }
+
+  private get hydratedFile(): string {
+    return path.join(this.opts.stateDir, 'migration-hydrated.json');
   }
 
   /** Loads the records a previous run left (agent restart mid-migration). */
@@ -132,6 +159,15 @@ export class MigrationAgent {
         this.records.set(rec.vmi.uid, rec);
       } catch (e) {
         this.log.warn({ event: 'migration.record-unreadable', file: f, error: errorText(e) }, 'ignoring an unreadable migration record');
+      }
+    }
+    const said = await readFile(this.hydratedFile, 'utf8').catch(() => undefined);
+    if (said !== undefined) {
+      try {
+        this.hydrated = MigrationHydratedSchema.parse(JSON.parse(said));
+      } catch (e) {
+        // Lost, the word only delays the sources (they keep their copies): never a wrong delete.
+        this.log.warn({ event: 'migration.hydrated-unreadable', file: this.hydratedFile, error: errorText(e) }, 'ignoring an unreadable list of hydrated disks');
       }
     }
     this.opts.backend.on('disconnected', this.onDisconnected);
@@ -168,7 +204,12 @@ export class MigrationAgent {
   private readonly onConnected = (): void => {
     if (!this.wasDisconnected) return;
     this.wasDisconnected = false;
-    void this.backendReconnected();
+    const handled: Promise<void> = this.backendReconnected()
+      .catch((e: unknown) => this.log.error({ event: 'migration.reconnect-failed', error: errorText(e) }, 'cannot check the backend after a reconnect'))
+      .finally(() => {
+        if (this.reconnecting === handled) this.reconnecting = undefined;
+      });
+    this.reconnecting = handled;
   };
 
   private async backendReconnected(): Promise<void> {
@@ -212,9 +253,9 @@ export class MigrationAgent {
     });
   }
 
-  /** Resolves when no tick is running (tests). */
+  /** Resolves when no tick is running and no backend reconnect is being checked (tests). */
   async idle(): Promise<void> {
-    while (this.running) await this.running;
+    while (this.running || this.reconnecting) await (this.reconnecting ?? this.running);
   }
 
   private async save(rec: MigrationRecord): Promise<void> {
@@ -261,6 +302,8 @@ export class MigrationAgent {
         this.log.warn({ event: 'migration.step-failed', uid, error: errorText(e) }, 'migration step failed; planning again on the next trigger');
       }
     }
+    await this.sayHydrated([]);
+    this.sayExports();
     const after = JSON.stringify(this.nodeIntent(snap.vmis), (_k, v: unknown) => (v instanceof Map ? [...v] : v instanceof Set ? [...v] : v));
     if (after !== before) this.opts.resync();
   }
@@ -310,6 +353,13 @@ export class MigrationAgent {
       earlier = held;
       rec = undefined;
     }
+    const peerNow = role === 'source' ? state.targetNode : state.sourceNode;
+    if (rec && rec.journal.peer === undefined && peerNow !== undefined) {
+      // The other node, once known, is fixed for the migration: only the target's word lets a
+      // source go, only the source's exports are cloned by a target.
+      rec = { ...rec, journal: { ...rec.journal, peer: peerNow } };
+      await this.save(rec);
+    }
     if (!rec) {
       // Only a migration still running is worth starting; an old, finished one is history.
       if (outcomeOf(state) !== 'running') return;
@@ -343,18 +393,18 @@ export class MigrationAgent {
       backendCanMigrate: !noAddress && b.exportDisk !== undefined && b.attachRemoteDisk !== undefined,
       backendCanClone: b.cloneRemoteDisk !== undefined && b.hydrateDisk !== undefined,
       exportAddress: this.opts.exportAddress ?? { kind: 'tcp', host: 'unset', port: 4420 },
-      sourceExports: facts.sourceExports,
+      sourceExports: role === 'target' ? exportsOn(snap.nodeImageCaches ?? [], rec.journal.peer, uid, key) : undefined,
       here: this.here(facts, key),
     };
     // The earlier migration first: what it still holds here, and whether it is done.
     let previousIntent: VmiMigrationIntent | undefined;
     let previous = rec.previous;
     if (previous) {
-      const p = planFinished({ ...common, targetHydrated: hydratedFor(facts.hydratedRaw, previous.migrationUid) }, previous);
+      const p = planFinished({ ...common, targetHydrated: this.targetSays(snap, uid, previous) }, previous);
       previous = applySteps(previous, p.actions);
       for (const a of p.actions) log.info({ event: `migration.previous.${a.type}`, previous: previous.migrationUid, ...('disk' in a ? { disk: a.disk } : {}) }, a.type);
       previousIntent = p.intent;
-      if (previous.role === 'target') await this.publishHydrated(facts, previous, log);
+      await this.sayHydrated(hydratedEntriesOf(uid, previous));
       const { previous: _done, ...rest } = rec;
       rec = keepsNothing(previous) ? rest : { ...rec, previous };
       if (keepsNothing(previous)) log.info({ event: 'migration.previous-done', previous: previous.migrationUid }, 'the earlier migration keeps nothing here any more');
@@ -364,7 +414,7 @@ export class MigrationAgent {
     const planned = planMigration({
       ...common,
       state,
-      targetHydrated: hydratedFor(facts.hydratedRaw, key),
+      targetHydrated: this.targetSays(snap, uid, rec.journal),
       ...(blockedBy !== undefined ? { blockedBy } : {}),
       journal: rec.journal,
     });
@@ -383,8 +433,7 @@ export class MigrationAgent {
       current = { ...current, journal: plan.journal };
       await this.save(current);
     }
-    if (role === 'source') await this.publish(facts, current, log);
-    else await this.publishHydrated(facts, current.journal, log);
+    if (role === 'target') await this.sayHydrated(hydratedEntriesOf(uid, current.journal));
     const report = outcomeToReport(plan, current.reported);
     if (report) {
       recordMigration(report, this.opts.metrics);
@@ -397,17 +446,9 @@ export class MigrationAgent {
     if (plan.outcome !== 'running' && current.reported !== undefined && keepsNothing(current.journal)) await this.forget(uid);
   }
 
-  private async publish(facts: VmiMigrationFacts, rec: MigrationRecord, log: Logger): Promise<void> {
-    const patch = exportsPatch(facts.publishedRaw, rec.journal);
-    if (!patch) return;
-    await this.opts.api.patchVmi(facts.ref.namespace, facts.ref.name, patch);
-    log.info({ event: 'migration.exports-published', disks: Object.keys(rec.journal.exports) }, 'exports published on the VMI');
-  }
-
   /**
    * Plans a record of an earlier migration, succeeded, on its own: lets go of what the other node
    * no longer needs, publishes what this node hydrated, forgets the record once it keeps nothing.
-   * Its exports are not published again (the annotation belongs to the newer migration now).
    */
   private async finishAlone(uid: string, rec: MigrationRecord, facts: VmiMigrationFacts, snap: ClusterSnapshot): Promise<void> {
     const j = rec.journal;
@@ -423,7 +464,7 @@ export class MigrationAgent {
         exportAddress: this.opts.exportAddress ?? { kind: 'tcp', host: 'unset', port: 4420 },
         sourceExports: undefined,
         here: this.here(facts, j.migrationUid),
-        targetHydrated: hydratedFor(facts.hydratedRaw, j.migrationUid),
+        targetHydrated: this.targetSays(snap, uid, j),
       },
       j,
     );
@@ -431,16 +472,49 @@ export class MigrationAgent {
     const next = applySteps(j, p.actions);
     for (const a of p.actions) log.info({ event: `migration.${a.type}`, ...('disk' in a ? { disk: a.disk } : {}) }, a.type);
     if (p.actions.length > 0) await this.save({ ...rec, journal: next });
-    if (next.role === 'target') await this.publishHydrated(facts, next, log);
+    await this.sayHydrated(hydratedEntriesOf(uid, next));
     if (keepsNothing(next)) await this.forget(uid);
   }
 
-  /** Target: the disks that stand alone here, for the source to let go of them. */
-  private async publishHydrated(facts: VmiMigrationFacts, j: MigrationJournal, log: Logger): Promise<void> {
-    const patch = hydratedPatch(facts.hydratedRaw, j);
-    if (!patch) return;
-    await this.opts.api.patchVmi(facts.ref.namespace, facts.ref.name, patch);
-    log.info({ event: 'migration.hydrated-published', migration: j.migrationUid, disks: j.hydrated }, 'hydrated disks published on the VMI');
+  /**
+   * Source: the disks of a migration its target says stand alone there, from the NodeImageCache
+   * of the node this node's own record names as the target (a VMI's owner can write the VMI,
+   * not a NodeImageCache; another node's word is not the target's).
+   */
+  private targetSays(snap: ClusterSnapshot, uid: string, j: MigrationJournal): Set<string> {
+    return j.role === 'source' ? hydratedOn(snap.nodeImageCaches ?? [], j.peer, uid, j.migrationUid) : new Set();
+  }
+
+  /** Source: publishes what every record still exports (a record forgotten exports nothing). */
+  private sayExports(): void {
+    const entries = [...this.records.values()].flatMap((r) => [r.journal, r.previous].flatMap((j) => (j ? exportEntriesOf(r.vmi.uid, j) : []))).slice(0, MAX_EXPORT_ENTRIES);
+    const key = JSON.stringify(entries);
+    if (key === this.exportsPublished || !this.opts.publishExports) return;
+    this.opts.publishExports(entries);
+    this.exportsPublished = key;
+    this.log.info({ event: 'migration.exports-published', exports: entries.map((e) => `${e.vmi}/${e.disk}@${e.migration}`) }, 'exports published in the NodeImageCache');
+  }
+
+  /**
+   * Target: adds what a journal says stands alone here, drops the disks this node no longer
+   * holds from their migration, persists the list (before any record is forgotten) and
+   * publishes it in the node's NodeImageCache.
+   */
+  private async sayHydrated(now: readonly HydratedEntry[]): Promise<void> {
+    const owned = this.opts.agent.ownedNow?.();
+    const holds = (e: HydratedEntry): boolean => owned === undefined || owned[diskId(e.vmi, e.disk)]?.migration === e.migration;
+    const next = nextHydratedList(this.hydrated, now, holds);
+    if (JSON.stringify(next) !== JSON.stringify(this.hydrated)) {
+      await writeFileAtomic(this.hydratedFile, `${JSON.stringify(next)}\n`);
+      const added = next.filter((e) => !this.hydrated.some((h) => h.vmi === e.vmi && h.migration === e.migration && h.disk === e.disk));
+      for (const e of added) this.log.info({ event: 'migration.hydrated-published', vmi: e.vmi, migration: e.migration, disk: e.disk }, 'disk stands alone here; published for the source');
+      this.hydrated = next;
+      this.hydratedPublished = false;
+    }
+    if (!this.hydratedPublished && this.opts.publishHydrated) {
+      this.opts.publishHydrated(this.hydrated);
+      this.hydratedPublished = true;
+    }
   }
 
   /** Deletes the VirtualMachineInstanceMigration (what `virtctl migrate-cancel` does). */
@@ -490,6 +564,8 @@ export function createMigratingClusterAgent(o: MigratingClusterOptions): { clust
     logger: o.logger,
     // Called only after start(), once the cluster below exists.
     resync: () => cluster.resync(),
+    publishHydrated: (entries) => parts.status.setMigrationStatus({ migrationHydrated: entries }),
+    publishExports: (entries) => parts.status.setMigrationStatus({ migrationExports: entries }),
     ...(o.migrationPollMs !== undefined ? { pollMs: o.migrationPollMs } : {}),
   });
   const cluster = new ClusterAgent({ ...parts, onSnapshot: (s) => m.onSnapshot(s), migrationIntent: (onNode) => m.nodeIntent(onNode) });

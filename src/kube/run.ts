@@ -12,6 +12,8 @@ export interface RunClusterOptions {
   metricsPort: number;
   /** This node's IP for migration exports (default: NODE_IP). */
   nodeAddress?: string;
+  /** The seed rule's wait (`--seed-wait`); 0: off. */
+  seedWaitMs?: number;
   agent: ClusterAgentOptions['agent'];
   logger: Logger;
 }
@@ -30,6 +32,7 @@ export async function runClusterAgent(o: RunClusterOptions): Promise<number> {
     exportAddress,
     // Goldens are served to the other nodes on the same address (qsd: the daemon's one NBD server).
     ...(exportAddress ? { imageExportAddress: exportAddress } : {}),
+    ...(o.seedWaitMs ? { imageSeedWaitMs: o.seedWaitMs } : {}),
   });
   const cluster = wired.cluster;
   const stopping = new Promise<void>((resolve) => {

@@ -4,6 +4,7 @@ import type { VmiRef, VmiStatus } from '../api/status.js';
 import type { Logger } from '../log.js';
 import { isNotFound, type KubeApi } from './api.js';
 import { eventBody, eventsFor, newEvents, nodeImageCacheStatus, sameCacheStatus, vmiStatusPatch, type CacheExtras, type NodeImageCacheStatus } from './mapping.js';
+import type { ExportEntry, HydratedEntry } from './migration-view.js';
 import { Outbox } from './outbox.js';
 
 export interface StatusPublisherOptions {
@@ -35,6 +36,8 @@ export class StatusPublisher {
   private readonly emitted = new Map<string, Set<string>>();
   private readonly lastStatus = new Map<string, { vmi: VmiRef; status: VmiStatus }>();
   private cacheWritten: { status: NodeImageCacheStatus; at: number } | undefined;
+  private lastCache: { node: Pick<NodeStatus, 'backend' | 'images'>; extras: CacheExtras } | undefined;
+  private migration: { migrationHydrated?: HydratedEntry[]; migrationExports?: ExportEntry[] } = {};
 
   constructor(private readonly opts: StatusPublisherOptions) {
     this.log = opts.logger;
@@ -89,7 +92,12 @@ export class StatusPublisher {
   /** Rewrites the NodeImageCache when the node's cache changed (or as a heartbeat). */
   publishCache(node: Pick<NodeStatus, 'backend' | 'images'> | undefined, extras: CacheExtras = {}): void {
     if (!node) return;
-    const status = nodeImageCacheStatus(node, new Date().toISOString(), extras);
+    this.lastCache = { node, extras };
+    const status: NodeImageCacheStatus = {
+      ...nodeImageCacheStatus(node, new Date().toISOString(), extras),
+      // Written when known (an empty list too): a merge patch leaves out what it omits.
+      ...this.migration,
+    };
     const heartbeat = this.opts.cacheHeartbeatMs ?? 10 * 60_000;
     const prev = this.cacheWritten;
     if (prev && sameCacheStatus(prev.status, status) && Date.now() - prev.at < heartbeat) return;
@@ -104,6 +112,17 @@ export class StatusPublisher {
         throw e;
       }
     });
+  }
+
+  /**
+   * Live migration's part of the node's NodeImageCache status: as a target, the disks that stand
+   * alone here; as a source, the exports the targets clone. Written now when the cache was
+   * published before, else with the first.
+   */
+  setMigrationStatus(part: { migrationHydrated?: readonly HydratedEntry[]; migrationExports?: readonly ExportEntry[] }): void {
+    if (part.migrationHydrated) this.migration.migrationHydrated = [...part.migrationHydrated];
+    if (part.migrationExports) this.migration.migrationExports = [...part.migrationExports];
+    if (this.lastCache) this.publishCache(this.lastCache.node, this.lastCache.extras);
   }
 
   /** The API server is back: retry pending writes now. */

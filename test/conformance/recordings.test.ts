@@ -69,7 +69,6 @@ const LAZY_KNOWN: Record<number, string> = {
   485: CNTLID,
   342: HOSTS,
   356: HOSTS,
-  362: HOSTS,
 };
 
 interface Case {

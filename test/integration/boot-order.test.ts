@@ -8,7 +8,8 @@ import pino from 'pino';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { subtractRanges, type BootProfile, type BootRange } from '../../src/contract/boot-profile.js';
 import { QsdBackend, type QsdBackendOptions } from '../../src/backend/qsd/index.js';
-import { goldenNodeName, goldenOptions } from '../../src/backend/qsd/lazy.js';
+import { goldenNodeName } from '../../src/backend/qsd/lazy.js';
+import { hydratingGoldenOptions } from '../../src/backend/qsd/retarget.js';
 import type { ImageSpec, ObservedImage } from '../../src/backend/types.js';
 import { startOrigin, type Origin } from '../helpers/origin.js';
 import { frontEndAsync } from '../helpers/vhost-front-end.js';
@@ -103,7 +104,12 @@ function coverage(origin: Origin, ranges: readonly BootRange[]): { min: number; 
 
 /** The golden's own clusters now: its node reopened with its own options (a flush), then its file mapped. */
 async function goldenAllocation(b: QsdBackend, name: string, file: string): Promise<BootRange[]> {
-  await b.qmpExecute('blockdev-reopen', { options: [{ ...goldenOptions(name, false), file: `${goldenNodeName(name)}-f` }] });
+  const g = goldenNodeName(name);
+  const graph = await b.qmpExecute<{ nodes: Array<{ id: number; name: string }>; edges: Array<{ parent: number; child: number; name: string }> }>('x-debug-query-block-graph');
+  const gid = graph.nodes.find((n) => n.name === g)?.id;
+  const backing = graph.nodes.find((n) => n.id === graph.edges.find((e) => e.parent === gid && e.name === 'backing')?.child)?.name;
+  expect(backing).toBeDefined();
+  await b.qmpExecute('blockdev-reopen', { options: [hydratingGoldenOptions(g, backing!)] });
   const res = spawnSync('qemu-img', ['map', '-U', '--output=json', `json:${JSON.stringify({ driver: 'qcow2', file: { driver: 'file', filename: file }, backing: null })}`], { encoding: 'utf8' });
   expect(res.status).toBe(0);
   return (JSON.parse(res.stdout) as Array<{ start: number; length: number; present: boolean }>).filter((e) => e.present).map((e) => ({ offset: e.start, length: e.length }));

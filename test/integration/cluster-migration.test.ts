@@ -9,7 +9,7 @@ import { diskId } from '../../src/contract/index.js';
 import { exportNqn } from '../../src/backend/remote.js';
 import { createSpdkBackend, type SpdkBackend } from '../../src/backend/spdk/index.js';
 import { diskSourceControllerName } from '../../src/backend/spdk/naming.js';
-import { EXPORTS_ANNOTATION, HYDRATED_ANNOTATION, REASON_ABORTED, REASON_REFUSED, createMigratingClusterAgent } from '../../src/kube/migration.js';
+import { MigrationExportsSchema, MigrationHydratedSchema, REASON_ABORTED, REASON_REFUSED, createMigratingClusterAgent } from '../../src/kube/migration.js';
 import { QsdBackend } from '../../src/backend/qsd/index.js';
 import { hasCommand } from '../helpers/process.js';
 import { PodResourcesClient, type PodSlot } from '../../src/kube/podresources.js';
@@ -28,6 +28,7 @@ import { startFakePodResources } from '../helpers/fake-podresources.js';
  */
 
 const VMIMS = 'kubevirt.io/v1/virtualmachineinstancemigrations';
+const NODE_CACHES = 'kubevirt-spdk.io/v1alpha1/nodeimagecaches';
 const EVENTS = '/v1/events';
 const OWNER = { uid: process.getuid?.() ?? 0, gid: process.getgid?.() ?? 0 };
 const UID = 'uid-m1';
@@ -106,55 +107,79 @@ afterEach(async () => {
   await rm(r.dir, { recursive: true, force: true });
 });
 
-// ---- the test plays KubeVirt -----------------------------------------------------------------------
+// ---- the test plays KubeVirt (both rigs: an API server and two nodes with slots and an agent) ----
+
+/** What the scenario steps need of a node, whatever its backend. */
+interface NodeLike {
+  name: string;
+  slots: PodSlot[];
+  agent: { start(): Promise<void> };
+}
+interface Pair {
+  api: FakeApiServer;
+  a: NodeLike;
+  b: NodeLike;
+}
 
 const pod = (name: string, node: string, phase?: string): Obj => launcherPod(name, UID, node, phase);
 
-const currentVmi = (r: Rig): Obj => {
-  const o = r.api.get(VMIS, 'vm1', 'default');
+const vmiNow = (api: FakeApiServer): Obj => {
+  const o = api.get(VMIS, 'vm1', 'default');
   if (!o) throw new Error('vm1 is gone');
   return o;
 };
+const annotations = (api: FakeApiServer) => (vmiNow(api).metadata?.annotations ?? {}) as Record<string, string>;
+const vmiStatus = (api: FakeApiServer) => {
+  const a = annotations(api)[STATUS_ANNOTATION];
+  return a === undefined ? undefined : VmiStatusSchema.parse(JSON.parse(a));
+};
+/** What a node's agent says stands alone there after a migration: its NodeImageCache's `migrationHydrated`. */
+const saidHydrated = (api: FakeApiServer, node: string) =>
+  MigrationHydratedSchema.parse((api.get(NODE_CACHES, node)?.status as { migrationHydrated?: unknown } | undefined)?.migrationHydrated ?? []);
+/** What a node's agent exports for migrations: its NodeImageCache's `migrationExports`. */
+const saidExported = (api: FakeApiServer, node: string) =>
+  MigrationExportsSchema.parse((api.get(NODE_CACHES, node)?.status as { migrationExports?: unknown } | undefined)?.migrationExports ?? []);
+/** The channels a VMI's owner could forge are not used. */
+const OLD_HYDRATED_ANNOTATION = 'kubevirt-spdk.io/migration-hydrated';
+const OLD_EXPORTS_ANNOTATION = 'kubevirt-spdk.io/migration-exports';
 
 /** Changes the VMI as KubeVirt would (labels and status), keeping what the agents wrote. */
-function updateVmi(r: Rig, labels: Record<string, string>, migrationState: Record<string, unknown> | undefined): void {
-  const o = currentVmi(r);
+function updateVmi(api: FakeApiServer, labels: Record<string, string>, migrationState: Record<string, unknown> | undefined): void {
+  const o = vmiNow(api);
   const meta = o.metadata as { labels?: Record<string, string>; resourceVersion?: string };
   delete meta.resourceVersion;
-  r.api.put(VMIS, { ...o, metadata: { ...meta, labels }, status: migrationState ? { migrationState } : {} });
+  api.put(VMIS, { ...o, metadata: { ...meta, labels }, status: migrationState ? { migrationState } : {} });
 }
 
-async function runningOnA(r: Rig): Promise<void> {
-  r.api.put(VMIS, vmiObject('vm1', UID, VOLUMES, 'node-a'));
-  r.api.put(PODS, pod('virt-launcher-vm1-src', 'node-a'));
-  r.a.slots.push({ namespace: 'default', pod: 'virt-launcher-vm1-src', container: 'compute', slot: 'slot-01' });
-  await Promise.all([r.a.agent.start(), r.b.agent.start()]);
-  await until('vm1 Ready on node-a', () => vmiStatus(r)?.disks[0]?.phase === 'Ready');
+/** vm1 runs on node-a at slot-01; both agents started. */
+async function runningOnA(p: Pair): Promise<void> {
+  p.api.put(VMIS, vmiObject('vm1', UID, VOLUMES, 'node-a'));
+  p.api.put(PODS, pod('virt-launcher-vm1-src', 'node-a'));
+  p.a.slots.push({ namespace: 'default', pod: 'virt-launcher-vm1-src', container: 'compute', slot: 'slot-01' });
+  await Promise.all([p.a.agent.start(), p.b.agent.start()]);
+  await until('vm1 Ready on node-a', () => vmiStatus(p.api)?.disks[0]?.phase === 'Ready');
 }
 
-/** `virtctl migrate vm1`: the migration object, the target pod with its slot, migrationState. */
-function startMigration(r: Rig, extra: Record<string, unknown> = {}): Record<string, unknown> {
-  const vmim = r.api.put(VMIMS, { apiVersion: 'kubevirt.io/v1', kind: 'VirtualMachineInstanceMigration', metadata: { name: 'mig1', namespace: 'default' }, spec: { vmiName: 'vm1' } });
-  r.api.put(PODS, pod('virt-launcher-vm1-tgt', 'node-b'));
-  r.b.slots.push({ namespace: 'default', pod: 'virt-launcher-vm1-tgt', container: 'compute', slot: 'slot-05' });
-  const state = {
-    migrationUid: vmim.metadata?.uid as string,
-    sourceNode: 'node-a',
-    targetNode: 'node-b',
-    targetPod: 'virt-launcher-vm1-tgt',
-    mode: 'PreCopy',
-    startTimestamp: new Date().toISOString(),
-    ...extra,
-  };
-  updateVmi(r, { 'kubevirt.io/nodeName': 'node-a', 'kubevirt.io/migrationTargetNodeName': 'node-b' }, state);
+/** `virtctl migrate vm1`: the migration object `name`, the target pod with its slot on `to`, migrationState. */
+function startMigration(api: FakeApiServer, name: string, from: NodeLike, to: NodeLike, slot: string, extra: Record<string, unknown> = {}): Record<string, unknown> & { targetPod: string } {
+  const vmim = api.put(VMIMS, { apiVersion: 'kubevirt.io/v1', kind: 'VirtualMachineInstanceMigration', metadata: { name, namespace: 'default' }, spec: { vmiName: 'vm1' } });
+  const targetPod = `virt-launcher-${name}`;
+  api.put(PODS, pod(targetPod, to.name));
+  to.slots.push({ namespace: 'default', pod: targetPod, container: 'compute', slot });
+  const state = { migrationUid: vmim.metadata?.uid as string, sourceNode: from.name, targetNode: to.name, targetPod, mode: 'PreCopy', startTimestamp: new Date().toISOString(), ...extra };
+  updateVmi(api, { 'kubevirt.io/nodeName': from.name, 'kubevirt.io/migrationTargetNodeName': to.name }, state);
   return state;
 }
 
-const vmiStatus = (r: Rig) => {
-  const a = (currentVmi(r).metadata?.annotations as Record<string, string> | undefined)?.[STATUS_ANNOTATION];
-  return a === undefined ? undefined : VmiStatusSchema.parse(JSON.parse(a));
-};
-const annotations = (r: Rig) => (currentVmi(r).metadata?.annotations ?? {}) as Record<string, string>;
+/** KubeVirt: the migration completed; the VMI lives on `to` and the source pod is done. */
+function complete(api: FakeApiServer, state: Record<string, unknown>, from: NodeLike, to: NodeLike): void {
+  for (const s of from.slots) api.put(PODS, pod(s.pod, from.name, 'Succeeded'));
+  from.slots.splice(0);
+  updateVmi(api, { 'kubevirt.io/nodeName': to.name }, { ...state, completed: true, endTimestamp: new Date().toISOString() });
+}
+
+// ---- the spdk rig: simulator state ------------------------------------------------------------------
+
 const controllers = async (n: Node) => (await n.backend.observe()).controllers;
 const controller = async (n: Node, name: string) => (await controllers(n)).find((c) => c.name === name);
 const exported = (n: Node) => JSON.stringify(n.sim.snapshot()).includes(exportNqn(DISK));
@@ -171,7 +196,9 @@ const bReadsFromA = (r: Rig): boolean => JSON.stringify(r.b.sim.snapshot()).incl
  * through the NVMe-oF controller), and the slot file says ready; A still exports.
  */
 async function targetReady(r: Rig): Promise<void> {
-  await until('exports published on the VMI', () => (currentVmi(r).metadata?.annotations as Record<string, string>)[EXPORTS_ANNOTATION]);
+  await until('A published its exports in its NodeImageCache', () => saidExported(r.api, 'node-a').length > 0);
+  expect(saidExported(r.api, 'node-a')).toMatchObject([{ vmi: UID, disk: 'root' }]);
+  expect(annotations(r.api)[OLD_EXPORTS_ANNOTATION]).toBeUndefined();
   await until('slot-05 ready on node-b', async () => (await slotFile(r.b, 'slot-05').catch(() => undefined))?.ready);
   const c = await controller(r.b, 'slot-05/root');
   expect(c?.diskRef).toBe(`kvs/${DISK}`);
@@ -180,7 +207,7 @@ async function targetReady(r: Rig): Promise<void> {
   expect(Object.keys(r.b.agent.cluster.agent.ownedNow())).toEqual([DISK]);
   expect(exported(r.a)).toBe(true);
   // Nothing is copied before switchover: no hydration is reported yet.
-  expect(vmiStatus(r)?.disks[0]?.dataNode).toBe('node-a');
+  expect(vmiStatus(r.api)?.disks[0]?.dataNode).toBe('node-a');
   // The source VM still runs from its own controller.
   expect((await controller(r.a, 'slot-01/root'))?.diskRef).toContain(DISK);
 }
@@ -189,23 +216,22 @@ describe('live migration in cluster mode', () => {
   it('hands a node-local disk over: B serves a clone of the export at the target slot, hydrates after switchover, and A lets go once B has every byte', async () => {
     const r = rig!;
     await runningOnA(r);
-    const state = startMigration(r);
+    const state = startMigration(r.api, 'mig1', r.a, r.b, 'slot-05');
     await targetReady(r);
     expect((await slotFile(r.b, 'slot-05')).vmi).toMatchObject({ name: 'vm1', uid: UID });
-    expect(annotations(r)[HYDRATED_ANNOTATION]).toBeUndefined();
+    expect(saidHydrated(r.api, 'node-b')).toEqual([]);
 
     // KubeVirt: completed; the VMI now lives on node-b and the source pod is done.
-    r.api.put(PODS, pod('virt-launcher-vm1-src', 'node-a', 'Succeeded'));
-    r.a.slots.splice(0);
-    updateVmi(r, { 'kubevirt.io/nodeName': 'node-b' }, { ...state, completed: true, endTimestamp: new Date().toISOString() });
+    complete(r.api, state, r.a, r.b);
 
     await until('A gave up its controller', async () => (await controller(r.a, 'slot-01/root')) === undefined);
     await until('B reports the disk Ready with its data on node-b', () => {
-      const s = vmiStatus(r);
+      const s = vmiStatus(r.api);
       return s?.node === 'node-b' && s.disks[0]?.phase === 'Ready' && s.disks[0].dataNode === 'node-b';
     });
-    await until('B published that root stands alone there', () => annotations(r)[HYDRATED_ANNOTATION]);
-    expect(JSON.parse(annotations(r)[HYDRATED_ANNOTATION] ?? '[]')).toEqual([{ disk: 'root', migration: state.migrationUid }]);
+    await until('B published in its NodeImageCache that root stands alone there', () => saidHydrated(r.api, 'node-b').length > 0);
+    expect(saidHydrated(r.api, 'node-b')).toEqual([{ vmi: UID, migration: state.migrationUid, disk: 'root' }]);
+    expect(annotations(r.api)[OLD_HYDRATED_ANNOTATION]).toBeUndefined();
     await until('A unexported and deleted the disk', async () => !exported(r.a) && !(await r.a.backend.observe()).disks.some((d) => d.id === DISK));
     await until('A owns nothing of vm1', () => Object.keys(r.a.agent.cluster.agent.ownedNow()).length === 0);
     await until('both nodes counted a success', async () => (await migrations(r.a, 'succeeded')) === 1 && (await migrations(r.b, 'succeeded')) === 1);
@@ -216,10 +242,10 @@ describe('live migration in cluster mode', () => {
     expect((await controller(r.b, 'slot-05/root'))?.diskRef).toBe(`kvs/${DISK}`);
     expect(await bHoldsClone(r)).toBe(true);
     expect((await slotFile(r.b, 'slot-05')).ready).toBe(true);
-    expect(vmiStatus(r)).toMatchObject({ node: 'node-b', disks: [{ name: 'root', phase: 'Ready', dataNode: 'node-b' }] });
+    expect(vmiStatus(r.api)).toMatchObject({ node: 'node-b', disks: [{ name: 'root', phase: 'Ready', dataNode: 'node-b' }] });
 
     // The VMI is deleted: B lets go of its controller and disk; A holds nothing either.
-    r.api.put(PODS, pod('virt-launcher-vm1-tgt', 'node-b', 'Succeeded'));
+    r.api.put(PODS, pod(state.targetPod, 'node-b', 'Succeeded'));
     r.b.slots.splice(0);
     r.api.remove(VMIS, 'vm1', 'default');
     await until('B dropped controller and disk', async () => (await controllers(r.b)).length === 0 && !(await bHoldsClone(r)));
@@ -233,30 +259,30 @@ describe('live migration in cluster mode', () => {
   ] as const)('rolls back on B and leaves A serving when the migration %s', async (outcome, end) => {
     const r = rig!;
     await runningOnA(r);
-    const state = startMigration(r);
+    const state = startMigration(r.api, 'mig1', r.a, r.b, 'slot-05');
     await targetReady(r);
 
-    r.api.put(PODS, pod('virt-launcher-vm1-tgt', 'node-b', 'Failed'));
+    r.api.put(PODS, pod(state.targetPod, 'node-b', 'Failed'));
     r.b.slots.splice(0);
-    updateVmi(r, { 'kubevirt.io/nodeName': 'node-a' }, { ...state, ...end, completed: true, endTimestamp: new Date().toISOString() });
+    updateVmi(r.api, { 'kubevirt.io/nodeName': 'node-a' }, { ...state, ...end, completed: true, endTimestamp: new Date().toISOString() });
 
     // The journal forgets the clone in the same round that deletes it: wait for the round to end.
     await until('B tore down controller and its clone', async () => (await controllers(r.b)).length === 0 && !(await bHoldsClone(r)) && !bReadsFromA(r) && Object.keys(r.b.agent.cluster.agent.ownedNow()).length === 0);
     expect(Object.keys(r.b.agent.cluster.agent.ownedNow())).toEqual([]);
-    await until('A dropped the export and unpublished it', () => !exported(r.a) && (currentVmi(r).metadata?.annotations as Record<string, string>)[EXPORTS_ANNOTATION] === undefined);
+    await until('A dropped the export and unpublished it', () => !exported(r.a) && saidExported(r.api, 'node-a').length === 0);
     await until(`both nodes counted ${outcome}`, async () => (await migrations(r.a, outcome)) === 1 && (await migrations(r.b, outcome)) === 1);
     // A is untouched: same controller, disk Ready, reported by A.
     expect((await controller(r.a, 'slot-01/root'))?.diskRef).toContain(DISK);
     expect((await r.a.backend.observe()).disks.map((d) => d.id)).toContain(DISK);
-    expect(vmiStatus(r)).toMatchObject({ node: 'node-a', disks: [{ name: 'root', phase: 'Ready', dataNode: 'node-a' }] });
-    expect(annotations(r)[HYDRATED_ANNOTATION]).toBeUndefined();
+    expect(vmiStatus(r.api)).toMatchObject({ node: 'node-a', disks: [{ name: 'root', phase: 'Ready', dataNode: 'node-a' }] });
+    expect(saidHydrated(r.api, 'node-b')).toEqual([]);
     expect(await migrations(r.a, 'succeeded')).toBe(0);
   });
 
   it('refuses post-copy with a Warning Event and makes nothing on B', async () => {
     const r = rig!;
     await runningOnA(r);
-    startMigration(r, { mode: 'PostCopy' });
+    startMigration(r.api, 'mig1', r.a, r.b, 'slot-05', { mode: 'PostCopy' });
     const ev = await until('a refusal Event on the VMI', () => events(r, REASON_REFUSED)[0]);
     expect(ev).toMatchObject({ type: 'Warning', involvedObject: { kind: 'VirtualMachineInstance', name: 'vm1', uid: UID } });
     expect(String(ev.message)).toMatch(/post-copy/);
@@ -270,7 +296,7 @@ describe('live migration in cluster mode', () => {
   it('cancels the migration (deletes the migration object) when the source backend restarts mid-migration', async () => {
     const r = rig!;
     await runningOnA(r);
-    startMigration(r);
+    startMigration(r.api, 'mig1', r.a, r.b, 'slot-05');
     await targetReady(r);
     expect(r.api.get(VMIMS, 'mig1', 'default')).toBeDefined();
     const made = r.a.agent.migration.records.get(UID)?.backendInstance;
@@ -294,7 +320,7 @@ describe('live migration in cluster mode', () => {
   it('goes on when the source RPC connection drops and comes back to the same spdk_tgt (a reconnect is no restart)', async () => {
     const r = rig!;
     await runningOnA(r);
-    const state = startMigration(r);
+    const state = startMigration(r.api, 'mig1', r.a, r.b, 'slot-05');
     await targetReady(r);
     const made = r.a.agent.migration.records.get(UID)?.backendInstance;
     expect(made).toMatch(/^[0-9a-f]{16}$/);
@@ -323,10 +349,8 @@ describe('live migration in cluster mode', () => {
     expect(exported(r.a)).toBe(true);
 
     // The migration then completes as usual: B hydrates and owns the disk, A lets go.
-    r.api.put(PODS, pod('virt-launcher-vm1-src', 'node-a', 'Succeeded'));
-    r.a.slots.splice(0);
-    updateVmi(r, { 'kubevirt.io/nodeName': 'node-b' }, { ...state, completed: true, endTimestamp: new Date().toISOString() });
-    await until('B reports the disk Ready with its data on node-b', () => vmiStatus(r)?.disks[0]?.dataNode === 'node-b');
+    complete(r.api, state, r.a, r.b);
+    await until('B reports the disk Ready with its data on node-b', () => vmiStatus(r.api)?.disks[0]?.dataNode === 'node-b');
     await until('A unexported and deleted the disk', async () => !exported(r.a) && !(await r.a.backend.observe()).disks.some((d) => d.id === DISK));
     await until('both nodes counted a success', async () => (await migrations(r.a, 'succeeded')) === 1 && (await migrations(r.b, 'succeeded')) === 1);
     expect(await migrations(r.a, 'aborted')).toBe(0);
@@ -390,22 +414,6 @@ describe.skipIf(!hasQsd)('live migration that moves the data (qsd nodes)', () =>
     await rm(q.dir, { recursive: true, force: true });
   });
 
-  const vmiNow = (api: FakeApiServer): Obj => {
-    const o = api.get(VMIS, 'vm1', 'default');
-    if (!o) throw new Error('vm1 is gone');
-    return o;
-  };
-  const annotations = (api: FakeApiServer) => (vmiNow(api).metadata?.annotations ?? {}) as Record<string, string>;
-  const statusOf = (api: FakeApiServer) => {
-    const a = annotations(api)[STATUS_ANNOTATION];
-    return a === undefined ? undefined : VmiStatusSchema.parse(JSON.parse(a));
-  };
-  const put = (api: FakeApiServer, labels: Record<string, string>, migrationState: Record<string, unknown>): void => {
-    const o = vmiNow(api);
-    const meta = o.metadata as { labels?: Record<string, string>; resourceVersion?: string };
-    delete meta.resourceVersion;
-    api.put(VMIS, { ...o, metadata: { ...meta, labels }, status: { migrationState } });
-  };
   const holds = async (n: QNode) => {
     const o = await n.backend.observe();
     const exports = await n.backend.qmpExecute<Array<{ type: string }>>('query-block-exports');
@@ -414,85 +422,66 @@ describe.skipIf(!hasQsd)('live migration that moves the data (qsd nodes)', () =>
 
   /** KubeVirt moves vm1 from `from` to `to` (new migration object, target pod and slot), up to the target being ready. */
   async function migrate(q: NonNullable<typeof qrig>, name: string, from: QNode, to: QNode, slot: string): Promise<Record<string, unknown>> {
-    const vmim = q.api.put(VMIMS, { apiVersion: 'kubevirt.io/v1', kind: 'VirtualMachineInstanceMigration', metadata: { name, namespace: 'default' }, spec: { vmiName: 'vm1' } });
-    q.api.put(PODS, launcherPod(`virt-launcher-${name}`, UID, to.name));
-    to.slots.push({ namespace: 'default', pod: `virt-launcher-${name}`, container: 'compute', slot });
-    const state = { migrationUid: vmim.metadata?.uid as string, sourceNode: from.name, targetNode: to.name, targetPod: `virt-launcher-${name}`, mode: 'PreCopy', startTimestamp: new Date().toISOString() };
-    put(q.api, { 'kubevirt.io/nodeName': from.name, 'kubevirt.io/migrationTargetNodeName': to.name }, state);
+    const state = startMigration(q.api, name, from, to, slot);
     await until(`${to.name} serves ${slot}`, async () => (await holds(to)).controllers.includes(`${slot}/root`));
     return state;
   }
 
-  /** KubeVirt: the migration completed; the source pod is done. */
-  function complete(q: NonNullable<typeof qrig>, state: Record<string, unknown>, from: QNode, to: QNode): void {
-    for (const s of from.slots) q.api.put(PODS, launcherPod(s.pod, UID, from.name, 'Succeeded'));
-    from.slots.splice(0);
-    put(q.api, { 'kubevirt.io/nodeName': to.name }, { ...state, completed: true, endTimestamp: new Date().toISOString() });
-  }
-
   it('after switchover the source keeps its copy through restarts (the target agent, the source daemon) until the target has every byte', async () => {
     const q = qrig!;
-    q.api.put(VMIS, vmiObject('vm1', UID, VOLUMES, 'node-a'));
-    q.api.put(PODS, launcherPod('virt-launcher-vm1-src', UID, 'node-a'));
-    q.a.slots.push({ namespace: 'default', pod: 'virt-launcher-vm1-src', container: 'compute', slot: 'slot-01' });
-    await Promise.all([q.a.agent.start(), q.b.agent.start()]);
-    await until('vm1 Ready on node-a', () => statusOf(q.api)?.disks[0]?.phase === 'Ready');
+    await runningOnA(q);
     const m1 = await migrate(q, 'mig1', q.a, q.b, 'slot-05');
 
     // A's daemon freezes: B's copy cannot make progress once the migration succeeded.
     const pid = Number((await readFile(path.join(q.a.dir, 'qsd', 'qsd.pid'), 'utf8')).trim());
     process.kill(pid, 'SIGSTOP');
     try {
-      complete(q, m1, q.a, q.b);
-      await until('B hydrating from A', () => statusOf(q.api)?.node === 'node-b' && statusOf(q.api)?.disks[0]?.migration?.phase !== undefined && statusOf(q.api)?.disks[0]?.dataNode === 'node-a');
+      complete(q.api, m1, q.a, q.b);
+      await until('B hydrating from A', () => vmiStatus(q.api)?.node === 'node-b' && vmiStatus(q.api)?.disks[0]?.migration?.phase !== undefined && vmiStatus(q.api)?.disks[0]?.dataNode === 'node-a');
       // B's agent restarts mid-copy: it resumes from its record; A keeps everything.
       await q.b.agent.stop();
       q.b.agent = q.b.newAgent();
       await q.b.agent.start();
       await until('B serves the disk again', async () => (await holds(q.b)).controllers.includes('slot-05/root'));
-      expect(statusOf(q.api)?.disks[0]?.dataNode).toBe('node-a');
-      expect(annotations(q.api)[HYDRATED_ANNOTATION]).toBeUndefined();
+      expect(vmiStatus(q.api)?.disks[0]?.dataNode).toBe('node-a');
+      expect(saidHydrated(q.api, 'node-b')).toEqual([]);
       expect(Object.keys(q.a.agent.cluster.agent.ownedNow())).toEqual([DISK]);
     } finally {
       // A's daemon dies for real (a new process comes): its exports are made again, B's copy resumes.
       process.kill(pid, 'SIGKILL');
     }
-    await until('B has every byte: the data node is B', () => statusOf(q.api)?.disks[0]?.dataNode === 'node-b', 30_000);
+    await until('B has every byte: the data node is B', () => vmiStatus(q.api)?.disks[0]?.dataNode === 'node-b', 30_000);
     await until('A holds nothing of vm1', async () => JSON.stringify(await holds(q.a)) === JSON.stringify({ disks: [], controllers: [], exports: [], owned: [] }), 30_000);
     expect(await holds(q.b)).toMatchObject({ disks: [DISK], controllers: ['slot-05/root'] });
   }, 90_000);
 
   it('the target clones, hydrates after switchover and owns the disk; the source then holds nothing; and back again (A -> B -> A)', async () => {
     const q = qrig!;
-    q.api.put(VMIS, vmiObject('vm1', UID, VOLUMES, 'node-a'));
-    q.api.put(PODS, launcherPod('virt-launcher-vm1-src', UID, 'node-a'));
-    q.a.slots.push({ namespace: 'default', pod: 'virt-launcher-vm1-src', container: 'compute', slot: 'slot-01' });
-    await Promise.all([q.a.agent.start(), q.b.agent.start()]);
-    await until('vm1 Ready on node-a', () => statusOf(q.api)?.disks[0]?.phase === 'Ready');
+    await runningOnA(q);
 
     const m1 = await migrate(q, 'mig1', q.a, q.b, 'slot-05');
     // B serves a clone of A's export (owned by B), not the export itself; A still serves its VM.
     expect((await holds(q.b)).owned).toEqual([DISK]);
     expect((await holds(q.a)).controllers).toEqual(['slot-01/root']);
-    expect(annotations(q.api)[HYDRATED_ANNOTATION]).toBeUndefined();
+    expect(saidHydrated(q.api, 'node-b')).toEqual([]);
 
-    complete(q, m1, q.a, q.b);
+    complete(q.api, m1, q.a, q.b);
     await until('B reports the disk Ready with its data on node-b', () => {
-      const s = statusOf(q.api);
+      const s = vmiStatus(q.api);
       return s?.node === 'node-b' && s.disks[0]?.phase === 'Ready' && s.disks[0].dataNode === 'node-b';
     });
     // B's word for A, written by B's planner right after (the status above is its agent's).
-    await until('B published that root stands alone there', () => annotations(q.api)[HYDRATED_ANNOTATION]);
-    expect(JSON.parse(annotations(q.api)[HYDRATED_ANNOTATION] ?? '[]')).toEqual([{ disk: 'root', migration: m1.migrationUid }]);
+    await until('B published in its NodeImageCache that root stands alone there', () => saidHydrated(q.api, 'node-b').length > 0);
+    expect(saidHydrated(q.api, 'node-b')).toEqual([{ vmi: UID, migration: m1.migrationUid, disk: 'root' }]);
     await until('A holds nothing of vm1 (no export, disk, controller, record of ownership)', async () => JSON.stringify(await holds(q.a)) === JSON.stringify({ disks: [], controllers: [], exports: [], owned: [] }));
     expect(await holds(q.b)).toMatchObject({ disks: [DISK], controllers: ['slot-05/root'] });
 
     // Right after, back to A: A clones B's disk, hydrates, and B lets go.
     const m2 = await migrate(q, 'mig2', q.b, q.a, 'slot-02');
     expect((await holds(q.a)).owned).toEqual([DISK]);
-    complete(q, m2, q.b, q.a);
+    complete(q.api, m2, q.b, q.a);
     await until('A reports the disk Ready with its data on node-a', () => {
-      const s = statusOf(q.api);
+      const s = vmiStatus(q.api);
       return s?.node === 'node-a' && s.disks[0]?.phase === 'Ready' && s.disks[0].dataNode === 'node-a';
     });
     await until('B holds nothing of vm1', async () => JSON.stringify(await holds(q.b)) === JSON.stringify({ disks: [], controllers: [], exports: [], owned: [] }));

@@ -1,12 +1,12 @@
-import { createHash, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs/promises';
-import os from 'node:os';
 import path from 'node:path';
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { QsdBackend, type QsdBackendOptions } from '../../src/backend/qsd/index.js';
-import type { ImageSpec, ObservedImage, RemoteDiskRef } from '../../src/backend/types.js';
-import { frontEnd, frontEndAsync } from '../helpers/vhost-front-end.js';
+import { describe, expect, it } from 'vitest';
+import type { QsdBackend } from '../../src/backend/qsd/index.js';
+import type { ImageSpec, RemoteDiskRef } from '../../src/backend/types.js';
+import { MiB, imageOf, mibSums, qsdCanRun, readAll, sha, useQsdNodes, waitFor } from '../helpers/qsd-nodes.js';
+import { frontEnd } from '../helpers/vhost-front-end.js';
 
 /**
  * Goldens served node to node on real qemu-storage-daemons (one per "node", NBD on unix
@@ -15,67 +15,23 @@ import { frontEnd, frontEndAsync } from '../helpers/vhost-front-end.js';
  * itself be a source (C from B while B still hydrates from A).
  */
 
-const available = (cmd: string, args: string[]): boolean => spawnSync(cmd, args, { stdio: 'ignore' }).status === 0;
-const canRun =
-  available('qemu-storage-daemon', ['--version']) &&
-  available('qemu-img', ['--version']) &&
-  available('qemu-io', ['--version']) &&
-  available('python3', ['-c', 'import os, socket; os.eventfd; os.memfd_create; socket.send_fds']);
-
-const MiB = 1024 * 1024;
+const canRun = qsdCanRun({ qemuIo: true });
 const SIZE = 16 * MiB;
-const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
-const mibSums = (b: Buffer): string[] => Array.from({ length: b.length / MiB }, (_, i) => sha(b.subarray(i * MiB, (i + 1) * MiB)));
-
-let dir: string;
-const backends: QsdBackend[] = [];
-
-async function node(name: string, extra: Partial<QsdBackendOptions> = {}): Promise<QsdBackend> {
-  const b = new QsdBackend({ stateDir: path.join(dir, name, 's'), vhostDir: path.join(dir, name, 'v'), managed: true, restartDelayMs: 50, hydrationRetryMs: 100, ...extra });
-  backends.push(b);
-  await b.start();
-  return b;
-}
-
-const imageOf = async (b: QsdBackend, name: string): Promise<ObservedImage | undefined> => (await b.observe()).images.find((i) => i.name === name);
-
-async function waitFor<T>(what: string, fn: () => Promise<T | undefined | false>, timeoutMs = 90_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await fn();
-    if (v !== undefined && v !== false) return v;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
-
-async function readAll(socketPath: string, bytes: number): Promise<string[]> {
-  const res = await frontEndAsync(socketPath, Array.from({ length: bytes / MiB }, (_, i) => ({ op: 'read' as const, sector: (i * MiB) / 512, len: MiB })));
-  expect(res.results.every((r) => r.status === 0)).toBe(true);
-  return res.results.map((r) => r.sha256 ?? '');
-}
+const q = useQsdNodes('distrib-');
+const { node } = q;
 
 const nbdUri = (ref: RemoteDiskRef): string => (ref.transport === 'nbd' && ref.address.kind === 'unix' ? `nbd+unix:///${ref.exportName}?socket=${ref.address.path}` : '');
-
-beforeEach(async () => {
-  dir = await fs.mkdtemp(path.join(os.tmpdir(), 'distrib-'));
-});
-
-afterEach(async () => {
-  for (const b of backends.splice(0)) await b.close();
-  await fs.rm(dir, { recursive: true, force: true });
-});
 
 describe.skipIf(!canRun)('goldens served to peers over NBD (qsd exportImage)', { timeout: 150_000 }, () => {
   const KEY = `sha256-${'0'.repeat(40)}`;
 
   async function nodeA(image: Buffer): Promise<{ a: QsdBackend; ref: RemoteDiskRef; spec: ImageSpec }> {
-    const src = path.join(dir, 'src.raw');
+    const src = path.join(q.dir, 'src.raw');
     await fs.writeFile(src, image);
     const a = await node('a');
     const spec: ImageSpec = { name: KEY, source: { hostPath: { path: src, sha256: sha(image) } }, format: 'raw', sizeBytes: SIZE };
     await a.ensureImage(spec);
-    const ref = await a.exportImage(KEY, { listenAddress: { kind: 'unix', path: path.join(dir, 'a-nbd.sock') }, allowedNodes: ['b'] });
+    const ref = await a.exportImage(KEY, { listenAddress: { kind: 'unix', path: path.join(q.dir, 'a-nbd.sock') }, allowedNodes: ['b'] });
     return { a, ref, spec };
   }
 
@@ -116,7 +72,7 @@ describe.skipIf(!canRun)('goldens served to peers over NBD (qsd exportImage)', {
   it('the export is read-only, is idempotent, and goes with the golden', async () => {
     const image = Buffer.concat([randomBytes(4 * MiB), Buffer.alloc(SIZE - 4 * MiB)]);
     const { a, ref } = await nodeA(image);
-    expect(await a.exportImage(KEY, { listenAddress: { kind: 'unix', path: path.join(dir, 'a-nbd.sock') }, allowedNodes: ['b', 'c'] })).toEqual(ref);
+    expect(await a.exportImage(KEY, { listenAddress: { kind: 'unix', path: path.join(q.dir, 'a-nbd.sock') }, allowedNodes: ['b', 'c'] })).toEqual(ref);
     const read = spawnSync('qemu-io', ['-r', '-f', 'raw', '-c', 'read -P 0 8M 1M', nbdUri(ref)], { encoding: 'utf8' });
     expect(read.status).toBe(0);
     const write = spawnSync('qemu-io', ['-f', 'raw', '-c', 'write -P 0x11 0 512', nbdUri(ref)], { encoding: 'utf8' });
@@ -135,7 +91,7 @@ describe.skipIf(!canRun)('goldens served to peers over NBD (qsd exportImage)', {
     const { a, ref, spec } = await nodeA(image);
     const b = await node('b', { hydrationBytesPerSecond: 2 * MiB });
     await b.ensureImage({ ...spec, peer: ref });
-    const refB = await b.exportImage(KEY, { listenAddress: { kind: 'unix', path: path.join(dir, 'b-nbd.sock') }, allowedNodes: ['c'] });
+    const refB = await b.exportImage(KEY, { listenAddress: { kind: 'unix', path: path.join(q.dir, 'b-nbd.sock') }, allowedNodes: ['c'] });
     const c = await node('c');
     expect((await c.ensureImage({ ...spec, peer: refB })).phase).toBe('hydrating');
     await waitFor('hydration on C', async () => ((await imageOf(c, KEY))?.phase === 'ready' ? true : undefined));

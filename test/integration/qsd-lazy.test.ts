@@ -1,14 +1,13 @@
-import { createHash, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { spawnSync } from 'node:child_process';
 import { once } from 'node:events';
 import fs from 'node:fs/promises';
-import os from 'node:os';
 import path from 'node:path';
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { QsdBackend, type QsdBackendOptions } from '../../src/backend/qsd/index.js';
-import { BackendError, type ImageSpec, type ObservedImage } from '../../src/backend/types.js';
+import { afterEach, describe, expect, it } from 'vitest';
+import { BackendError, type ImageSpec } from '../../src/backend/types.js';
 import { startOrigin, type Origin } from '../helpers/origin.js';
 import { rejectionOf } from '../helpers/validation.js';
+import { MiB, imageOf, mibSums, qsdCanRun, readAll, sha, useQsdNodes, waitFor } from '../helpers/qsd-nodes.js';
 import { frontEnd, frontEndAsync } from '../helpers/vhost-front-end.js';
 
 /**
@@ -17,73 +16,24 @@ import { frontEnd, frontEndAsync } from '../helpers/vhost-front-end.js';
  * hydration completes in the background, and afterwards the source can go away.
  */
 
-const available = (cmd: string, args: string[]): boolean => spawnSync(cmd, args, { stdio: 'ignore' }).status === 0;
 // QEMU's curl block driver (Debian: qemu-block-extra), loaded by qemu-storage-daemon on demand.
 const haveCurl = spawnSync('sh', ['-c', 'ls /usr/lib/*/qemu/block-curl.so'], { stdio: 'ignore' }).status === 0;
-const canRun =
-  available('qemu-storage-daemon', ['--version']) &&
-  available('qemu-img', ['--version']) &&
-  available('python3', ['-c', 'import os, socket; os.eventfd; os.memfd_create; socket.send_fds']);
+const canRun = qsdCanRun();
 
-const MiB = 1024 * 1024;
 const SIZE = 16 * MiB;
-const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
 /** Random data with a zero tail, so that hydration meets both. */
 function makeImage(size = SIZE): Buffer {
   const b = Buffer.alloc(size);
   randomBytes(size - 4 * MiB).copy(b);
   return b;
 }
-const mibSums = (b: Buffer): string[] => Array.from({ length: b.length / MiB }, (_, i) => sha(b.subarray(i * MiB, (i + 1) * MiB)));
-/** Reads the disk behind a vhost-user-blk socket, one sha256 per MiB, as a guest would. */
-async function readAll(socketPath: string, bytes: number): Promise<string[]> {
-  const reqs = Array.from({ length: bytes / MiB }, (_, i) => ({ op: 'read' as const, sector: (i * MiB) / 512, len: MiB }));
-  const res = await frontEndAsync(socketPath, reqs);
-  expect(res.results.every((r) => r.status === 0)).toBe(true);
-  return res.results.map((r) => r.sha256 ?? '');
-}
 
-let dir: string;
-const backends: QsdBackend[] = [];
+const q = useQsdNodes('qsdlazy-', { lazyImages: true });
+const makeBackend = q.node;
 const origins: Origin[] = [];
 
-async function makeBackend(name: string, extra: Partial<QsdBackendOptions> = {}): Promise<QsdBackend> {
-  const b = new QsdBackend({
-    stateDir: path.join(dir, name, 's'),
-    vhostDir: path.join(dir, name, 'v'),
-    managed: true,
-    restartDelayMs: 50,
-    hydrationRetryMs: 100,
-    lazyImages: true,
-    ...extra,
-  });
-  backends.push(b);
-  await b.start();
-  return b;
-}
-
-async function imageOf(b: QsdBackend, name: string): Promise<ObservedImage | undefined> {
-  return (await b.observe()).images.find((i) => i.name === name);
-}
-
-async function waitFor<T>(what: string, fn: () => Promise<T | undefined | false>, timeoutMs = 90_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await fn();
-    if (v !== undefined && v !== false) return v;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
-
-beforeEach(async () => {
-  dir = await fs.mkdtemp(path.join(os.tmpdir(), 'qsdlazy-'));
-});
-
 afterEach(async () => {
-  for (const b of backends.splice(0)) await b.close();
   for (const o of origins.splice(0)) await o.stop().catch(() => undefined);
-  await fs.rm(dir, { recursive: true, force: true });
 });
 
 // Hydration at a few MiB/s takes seconds; several real daemons may share two busy cores.
@@ -137,7 +87,7 @@ describe.skipIf(!canRun || !haveCurl)('lazy goldens over HTTP (QEMU curl driver)
     await b.ensureController({ name: 'slot-01/root', diskRef: disk.ref, readonly: false });
     await waitFor('half hydrated', async () => ((await imageOf(b, 'img'))?.hydratedPercent ?? 0) >= 50);
     const servedBefore = origin.served();
-    const pid = Number((await fs.readFile(path.join(dir, 'n', 's', 'qsd.pid'), 'utf8')).trim());
+    const pid = Number((await fs.readFile(path.join(q.dir, 'n', 's', 'qsd.pid'), 'utf8')).trim());
     const back = once(b, 'connected');
     process.kill(pid, 'SIGKILL');
     await back;
@@ -175,7 +125,7 @@ describe.skipIf(!canRun || !haveCurl)('lazy goldens over HTTP (QEMU curl driver)
     await b.deleteImage('img');
     await b.deleteImage('img');
     expect((await b.observe()).images).toEqual([]);
-    expect(await fs.readdir(path.join(dir, 'n', 's', 'images'))).toEqual([]);
+    expect(await fs.readdir(path.join(q.dir, 'n', 's', 'images'))).toEqual([]);
     expect(await b.qmpExecute('query-named-block-nodes', { flat: true })).toEqual([]);
   });
 
@@ -189,7 +139,7 @@ describe.skipIf(!canRun || !haveCurl)('lazy goldens over HTTP (QEMU curl driver)
     await b.deleteImage('img');
     expect(await b.qmpExecute('query-block-jobs')).toEqual([]);
     expect(await b.qmpExecute('query-named-block-nodes', { flat: true })).toEqual([]);
-    expect(await fs.readdir(path.join(dir, 'n', 's', 'images'))).toEqual([]);
+    expect(await fs.readdir(path.join(q.dir, 'n', 's', 'images'))).toEqual([]);
     const served = origin.served();
     await new Promise((r) => setTimeout(r, 300));
     expect(origin.served()).toBe(served);
@@ -247,7 +197,7 @@ describe.skipIf(!canRun || !haveCurl)('lazy goldens over HTTP (QEMU curl driver)
     const img = await b.ensureImage({ name: 'img', source: { http: { url: origin.url, sha256: sha(image) } }, format: 'raw', sizeBytes: SIZE });
     expect(img).toMatchObject({ phase: 'ready', sizeBytes: SIZE });
     expect(img.ref.endsWith('img.raw')).toBe(true);
-    expect(await fs.readdir(path.join(dir, 'n', 's', 'images'))).toEqual(['img.raw']);
+    expect(await fs.readdir(path.join(q.dir, 'n', 's', 'images'))).toEqual(['img.raw']);
   });
 
   it('refuses a source larger than declared or a raw source that is a qcow2 image, leaving nothing behind', async () => {
@@ -261,7 +211,7 @@ describe.skipIf(!canRun || !haveCurl)('lazy goldens over HTTP (QEMU curl driver)
     );
     expect(big.kind).toBe('invalid');
     expect(big.message).toMatch(/actual size 16777216 bytes is larger than the declared size/);
-    const qcow = path.join(dir, 'x.qcow2');
+    const qcow = path.join(q.dir, 'x.qcow2');
     expect(spawnSync('qemu-img', ['create', '-q', '-f', 'qcow2', qcow, '16M']).status).toBe(0);
     const qOrigin = await startOrigin(await fs.readFile(qcow));
     origins.push(qOrigin);
@@ -273,7 +223,7 @@ describe.skipIf(!canRun || !haveCurl)('lazy goldens over HTTP (QEMU curl driver)
     expect(smuggled.message).toMatch(/is a qcow2 image but declared format raw/);
     const state = await b.observe();
     expect(state.images).toEqual([]);
-    expect(await fs.readdir(path.join(dir, 'n', 's', 'images'))).toEqual([]);
+    expect(await fs.readdir(path.join(q.dir, 'n', 's', 'images'))).toEqual([]);
     const nodes = await b.qmpExecute<Array<{ 'node-name': string }>>('query-named-block-nodes', { flat: true });
     expect(nodes).toEqual([]);
   });
@@ -282,12 +232,12 @@ describe.skipIf(!canRun || !haveCurl)('lazy goldens over HTTP (QEMU curl driver)
 describe.skipIf(!canRun)('lazy goldens from a peer (NBD)', { timeout: 120_000 }, () => {
   it('node B serves a disk from node A\'s export at once, hydrates, and keeps every byte after A is gone', async () => {
     const image = makeImage();
-    const src = path.join(dir, 'src.raw');
+    const src = path.join(q.dir, 'src.raw');
     await fs.writeFile(src, image);
     const a = await makeBackend('a', { lazyImages: false });
     await a.ensureImage({ name: 'img', source: { hostPath: { path: src, sha256: sha(image) } }, format: 'raw' });
     await a.ensureDisk({ id: 'a-img', source: { kind: 'image', image: 'img' } });
-    const ref = await a.exportDisk('a-img', { listenAddress: { kind: 'unix', path: path.join(dir, 'a-nbd.sock') } });
+    const ref = await a.exportDisk('a-img', { listenAddress: { kind: 'unix', path: path.join(q.dir, 'a-nbd.sock') } });
 
     const b = await makeBackend('b');
     const spec: ImageSpec = { name: 'img', source: { hostPath: { path: '/nonexistent/on-b', sha256: sha(image) } }, format: 'raw', sizeBytes: SIZE, peer: ref };
@@ -304,12 +254,12 @@ describe.skipIf(!canRun)('lazy goldens from a peer (NBD)', { timeout: 120_000 },
 
   it('a peer that restarts mid-hydration pauses it; B resumes once the export is back and loses nothing', async () => {
     const image = makeImage();
-    const src = path.join(dir, 'src.raw');
+    const src = path.join(q.dir, 'src.raw');
     await fs.writeFile(src, image);
     const a = await makeBackend('a', { lazyImages: false });
     await a.ensureImage({ name: 'img', source: { hostPath: { path: src } }, format: 'raw' });
     await a.ensureDisk({ id: 'a-img', source: { kind: 'image', image: 'img' } });
-    const listenAddress = { kind: 'unix' as const, path: path.join(dir, 'a-nbd.sock') };
+    const listenAddress = { kind: 'unix' as const, path: path.join(q.dir, 'a-nbd.sock') };
     const ref = await a.exportDisk('a-img', { listenAddress });
 
     const b = await makeBackend('b', { hydrationBytesPerSecond: 2 * MiB });
@@ -317,7 +267,7 @@ describe.skipIf(!canRun)('lazy goldens from a peer (NBD)', { timeout: 120_000 },
     const disk = await b.ensureDisk({ id: 'b1', source: { kind: 'image', image: 'img' } });
     const ctrl = await b.ensureController({ name: 'slot-01/root', diskRef: disk.ref, readonly: false });
     await waitFor('some hydration', async () => ((await imageOf(b, 'img'))?.hydratedPercent ?? 0) >= 20);
-    const pid = Number((await fs.readFile(path.join(dir, 'a', 's', 'qsd.pid'), 'utf8')).trim());
+    const pid = Number((await fs.readFile(path.join(q.dir, 'a', 's', 'qsd.pid'), 'utf8')).trim());
     const back = once(a, 'connected');
     process.kill(pid, 'SIGKILL');
     await back;
@@ -330,12 +280,12 @@ describe.skipIf(!canRun)('lazy goldens from a peer (NBD)', { timeout: 120_000 },
 
   it('a disk cloned from another node\'s export takes writes at once and stands alone after hydrateDisk', async () => {
     const image = makeImage();
-    const src = path.join(dir, 'src.raw');
+    const src = path.join(q.dir, 'src.raw');
     await fs.writeFile(src, image);
     const a = await makeBackend('a', { lazyImages: false });
     await a.ensureImage({ name: 'img', source: { hostPath: { path: src } }, format: 'raw' });
     await a.ensureDisk({ id: 'vm', source: { kind: 'image', image: 'img' } });
-    const ref = await a.exportDisk('vm', { listenAddress: { kind: 'unix', path: path.join(dir, 'a-nbd.sock') } });
+    const ref = await a.exportDisk('vm', { listenAddress: { kind: 'unix', path: path.join(q.dir, 'a-nbd.sock') } });
 
     const b = await makeBackend('b');
     const disk = await b.cloneRemoteDisk(ref, 'vm');

@@ -1,19 +1,19 @@
-import { createHash, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
 import fs from 'node:fs/promises';
 import net from 'node:net';
-import os from 'node:os';
 import path from 'node:path';
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { QsdBackend, type QsdBackendOptions } from '../../src/backend/qsd/index.js';
+import { afterEach, describe, expect, it } from 'vitest';
+import { QsdBackend } from '../../src/backend/qsd/index.js';
 import { nbdUri } from '../../src/backend/qsd/sources.js';
 import type { ListenAddress, RemoteDiskRef } from '../../src/backend/remote.js';
-import { BackendError, type ImageSpec, type ObservedImage } from '../../src/backend/types.js';
+import { BackendError, type ImageSpec } from '../../src/backend/types.js';
 import { standaloneAgentArgs } from '../helpers/agent.js';
 import { exited, killAll, startCli } from '../helpers/process.js';
 import { rejectionOf } from '../helpers/validation.js';
-import { frontEnd, frontEndAsync } from '../helpers/vhost-front-end.js';
+import { MiB, imageOf, mibSums, qsdCanRun, readAll, sha, useQsdNodes, waitFor } from '../helpers/qsd-nodes.js';
+import { frontEnd } from '../helpers/vhost-front-end.js';
 
 /**
  * TLS-PSK on the qsd driver's NBD traffic, with real qemu-storage-daemons on loopback TCP: nodes
@@ -21,21 +21,12 @@ import { frontEnd, frontEndAsync } from '../helpers/vhost-front-end.js';
  * the key (plain NBD, or another key) reads nothing; a key file others can read is refused.
  */
 
-const available = (cmd: string, args: string[]): boolean => spawnSync(cmd, args, { stdio: 'ignore' }).status === 0;
-const canRun =
-  available('qemu-storage-daemon', ['--version']) &&
-  available('qemu-img', ['--version']) &&
-  available('qemu-io', ['--version']) &&
-  available('python3', ['-c', 'import os, socket; os.eventfd; os.memfd_create; socket.send_fds']);
+const canRun = qsdCanRun({ qemuIo: true });
 
-const MiB = 1024 * 1024;
 const SIZE = 8 * MiB;
 const KEY_NAME = `sha256-${'1'.repeat(40)}`;
-const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
-const mibSums = (b: Buffer): string[] => Array.from({ length: b.length / MiB }, (_, i) => sha(b.subarray(i * MiB, (i + 1) * MiB)));
 
-let dir: string;
-const backends: QsdBackend[] = [];
+const q = useQsdNodes('qsdtls-');
 const procs: ChildProcess[] = [];
 
 /** A free loopback port (the NBD server binds it right after). */
@@ -49,7 +40,7 @@ async function freePort(): Promise<number> {
 
 /** A keys.psk file of mode 0600 in its own directory; returns the file and its key (hex). */
 async function pskFile(name: string, mode = 0o600): Promise<{ file: string; hex: string }> {
-  const d = path.join(dir, `psk-${name}`);
+  const d = path.join(q.dir, `psk-${name}`);
   await fs.mkdir(d, { recursive: true });
   const hex = randomBytes(32).toString('hex');
   const file = path.join(d, 'keys.psk');
@@ -58,47 +49,10 @@ async function pskFile(name: string, mode = 0o600): Promise<{ file: string; hex:
   return { file, hex };
 }
 
-async function node(name: string, extra: Partial<QsdBackendOptions>): Promise<QsdBackend> {
-  const b = new QsdBackend({
-    stateDir: path.join(dir, name, 's'),
-    vhostDir: path.join(dir, name, 'v'),
-    managed: true,
-    restartDelayMs: 50,
-    hydrationRetryMs: 100,
-    ...extra,
-  });
-  backends.push(b);
-  await b.start();
-  return b;
-}
-
-async function imageOf(b: QsdBackend, name: string): Promise<ObservedImage | undefined> {
-  return (await b.observe()).images.find((i) => i.name === name);
-}
-
-async function waitFor(what: string, fn: () => Promise<boolean>, timeoutMs = 90_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await fn())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
-
-async function readAll(socketPath: string, bytes: number): Promise<string[]> {
-  const reqs = Array.from({ length: bytes / MiB }, (_, i) => ({ op: 'read' as const, sector: (i * MiB) / 512, len: MiB }));
-  const res = await frontEndAsync(socketPath, reqs);
-  expect(res.results.every((r) => r.status === 0)).toBe(true);
-  return res.results.map((r) => r.sha256 ?? '');
-}
-
-beforeEach(async () => {
-  dir = await fs.mkdtemp(path.join(os.tmpdir(), 'qsdtls-'));
-});
+const { node } = q;
 
 afterEach(async () => {
-  for (const b of backends.splice(0)) await b.close();
   await killAll(procs);
-  await fs.rm(dir, { recursive: true, force: true });
 });
 
 describe.skipIf(!canRun)('NBD with the cluster PSK (qsd, TLS-PSK)', { timeout: 150_000 }, () => {
@@ -106,7 +60,7 @@ describe.skipIf(!canRun)('NBD with the cluster PSK (qsd, TLS-PSK)', { timeout: 1
   async function nodeA(psk: string): Promise<{ a: QsdBackend; image: Buffer; golden: RemoteDiskRef; disk: RemoteDiskRef; spec: ImageSpec }> {
     const image = Buffer.alloc(SIZE);
     randomBytes(SIZE - 2 * MiB).copy(image);
-    const src = path.join(dir, 'src.raw');
+    const src = path.join(q.dir, 'src.raw');
     await fs.writeFile(src, image);
     const a = await node('a', { nbdPsk: psk });
     const spec: ImageSpec = { name: KEY_NAME, source: { hostPath: { path: src, sha256: sha(image) } }, format: 'raw', sizeBytes: SIZE };
@@ -149,7 +103,7 @@ describe.skipIf(!canRun)('NBD with the cluster PSK (qsd, TLS-PSK)', { timeout: 1
     await b.ensureImage({ ...spec, source: { hostPath: { path: '/nonexistent/on-b', sha256: sha(image) } }, peer: golden });
     await waitFor('some hydration', async () => ((await imageOf(b, KEY_NAME))?.hydratedPercent ?? 0) >= 10);
     for (const [backend, name] of [[b, 'b'], [a, 'a']] as const) {
-      const pid = Number((await fs.readFile(path.join(dir, name, 's', 'qsd.pid'), 'utf8')).trim());
+      const pid = Number((await fs.readFile(path.join(q.dir, name, 's', 'qsd.pid'), 'utf8')).trim());
       const back = once(backend, 'connected');
       process.kill(pid, 'SIGKILL');
       await back;
@@ -215,14 +169,14 @@ describe.skipIf(!canRun)('NBD with the cluster PSK (qsd, TLS-PSK)', { timeout: 1
 
   it('a daemon that outlived a keyless agent with a plain NBD server: a keyed agent refuses to export on it', async () => {
     // An unmanaged daemon: it stays when its backend closes (as a daemon outliving its agent).
-    const qmp = path.join(dir, 'u-qmp.sock');
+    const qmp = path.join(q.dir, 'u-qmp.sock');
     const daemon = spawn('qemu-storage-daemon', ['--chardev', `socket,id=m,path=${qmp},server=on,wait=off`, '--monitor', 'chardev=m,mode=control'], { stdio: 'ignore' });
     procs.push(daemon);
     await waitFor('daemon QMP socket', () => fs.stat(qmp).then(() => true, () => false), 10_000);
     const image = randomBytes(SIZE);
-    const src = path.join(dir, 'src.raw');
+    const src = path.join(q.dir, 'src.raw');
     await fs.writeFile(src, image);
-    const opts = { stateDir: path.join(dir, 'u', 's'), vhostDir: path.join(dir, 'u', 'v'), managed: false, qmpSocket: qmp } as const;
+    const opts = { stateDir: path.join(q.dir, 'u', 's'), vhostDir: path.join(q.dir, 'u', 'v'), managed: false, qmpSocket: qmp } as const;
     const listenAddress: ListenAddress = { kind: 'tcp', host: '127.0.0.1', port: await freePort() };
     const plain = await node('u', opts);
     await plain.ensureImage({ name: KEY_NAME, source: { hostPath: { path: src } }, format: 'raw', sizeBytes: SIZE });
@@ -238,20 +192,20 @@ describe.skipIf(!canRun)('NBD with the cluster PSK (qsd, TLS-PSK)', { timeout: 1
 
   it('refuses a key file others can read, or a malformed one, at start: names the file and the rule, never the key', async () => {
     const open = await pskFile('open', 0o644);
-    const b = new QsdBackend({ stateDir: path.join(dir, 'x', 's'), vhostDir: path.join(dir, 'x', 'v'), managed: true, nbdPsk: open.file });
-    backends.push(b);
+    const b = new QsdBackend({ stateDir: path.join(q.dir, 'x', 's'), vhostDir: path.join(q.dir, 'x', 'v'), managed: true, nbdPsk: open.file });
+    q.track(b);
     const err = await rejectionOf(b.start(), BackendError);
     expect(err.message).toContain(open.file);
     expect(err.message).toMatch(/world-readable/);
     expect(err.message).not.toContain(open.hex);
     // Refused before the daemon was started.
-    await expect(fs.stat(path.join(dir, 'x', 's', 'qsd.pid'))).rejects.toThrow();
+    await expect(fs.stat(path.join(q.dir, 'x', 's', 'qsd.pid'))).rejects.toThrow();
 
-    const bad = path.join(dir, 'bad.psk');
+    const bad = path.join(q.dir, 'bad.psk');
     const secret = randomBytes(32).toString('hex');
     await fs.writeFile(bad, `${secret}\n`, { mode: 0o600 });
-    const b2 = new QsdBackend({ stateDir: path.join(dir, 'y', 's'), vhostDir: path.join(dir, 'y', 'v'), managed: true, nbdPsk: bad });
-    backends.push(b2);
+    const b2 = new QsdBackend({ stateDir: path.join(q.dir, 'y', 's'), vhostDir: path.join(q.dir, 'y', 'v'), managed: true, nbdPsk: bad });
+    q.track(b2);
     const err2 = await rejectionOf(b2.start(), BackendError);
     expect(err2.message).toContain(`NBD PSK file ${bad}: line 1 is not`);
     expect(err2.message).not.toContain(secret);
@@ -260,9 +214,9 @@ describe.skipIf(!canRun)('NBD with the cluster PSK (qsd, TLS-PSK)', { timeout: 1
 
 describe.skipIf(!canRun)('the agent process and --nbd-psk-file', { timeout: 120_000 }, () => {
   async function standalone(...more: string[]): Promise<{ code: number | null; out: string }> {
-    await fs.mkdir(path.join(dir, 'vmis'), { recursive: true });
-    await fs.writeFile(path.join(dir, 'images.yaml'), '');
-    const p = startCli(standaloneAgentArgs('qsd', { dir }, '--once', '--timeout', '30s', ...more), procs);
+    await fs.mkdir(path.join(q.dir, 'vmis'), { recursive: true });
+    await fs.writeFile(path.join(q.dir, 'images.yaml'), '');
+    const p = startCli(standaloneAgentArgs('qsd', { dir: q.dir }, '--once', '--timeout', '30s', ...more), procs);
     const code = await exited(p);
     return { code, out: p.out.join('') };
   }

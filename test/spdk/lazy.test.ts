@@ -14,11 +14,10 @@ import { createHash, randomBytes } from 'node:crypto';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { SpdkBackend } from '../../src/backend/spdk/backend.js';
 import type { ImageSpec, ObservedImage, RemoteDiskRef } from '../../src/backend/types.js';
-import { SpdkRpcClient } from '../../src/spdk/client.js';
+import type { SpdkRpcClient } from '../../src/spdk/client.js';
 import { until } from '../helpers/process.js';
-import { cases, freePort, readExport, realSpdkOrSkip, RealTarget, shortTempDir } from './target.js';
+import { backendOnRealTarget, cases, freePort, readExport, realSpdkOrSkip, type BackendNode } from './target.js';
 
 const targets = realSpdkOrSkip('test/spdk/lazy.test.ts');
 const MiB = 2 ** 20;
@@ -36,42 +35,33 @@ afterEach(async () => {
 });
 
 
-interface Node {
-  dir: string;
-  tgt: RealTarget;
-  client: SpdkRpcClient;
-  backend: SpdkBackend;
-}
+type Node = BackendNode;
 
 /** spdk_tgt + backend for node `name`; `slow` puts the lvstore on a delay bdev `slow` over an aio file. */
 async function node(bin: string, name: string, slow: boolean): Promise<Node> {
-  const dir = await shortTempDir(`kl${name.slice(-1)}-`);
-  cleanups.push(() => fs.rm(dir, { recursive: true, force: true }));
-  const tgt = new RealTarget(bin, path.join(dir, 'rpc.sock'), path.join(dir, 'vh'));
-  await tgt.start();
-  cleanups.push(async () => {
-    if (process.env.LAZY_DEBUG) process.stdout.write(`--- ${name} log ---\n${tgt.log.join('').slice(-6000)}\n`);
-    await tgt.kill('SIGKILL');
-  });
-  const client = new SpdkRpcClient({ socketPath: tgt.socketPath, timeoutMs: 120_000, reconnect: { initialDelayMs: 20, maxDelayMs: 200 } });
-  cleanups.push(() => client.close());
-  const lvsFile = path.join(dir, 'lvs.img');
-  if (slow) {
-    await fs.writeFile(lvsFile, Buffer.alloc(0));
-    await fs.truncate(lvsFile, 1024 * MiB);
-    await client.call('bdev_aio_create', { name: 'base', filename: lvsFile, block_size: 4096 });
-    await client.call('bdev_delay_create', { base_bdev_name: 'base', name: 'slow', avg_read_latency: 0, p99_read_latency: 0, avg_write_latency: 0, p99_write_latency: 0 });
-  }
-  const backend = new SpdkBackend({
-    client: new SpdkRpcClient({ socketPath: tgt.socketPath, timeoutMs: 120_000, reconnect: { initialDelayMs: 20, maxDelayMs: 200 } }),
-    nodeName: name,
-    vhostDir: tgt.vhostDir,
-    stateDir: path.join(dir, 'spdk'),
-    lvstore: { baseBdev: slow ? { kind: 'existing', name: 'slow' } : { kind: 'aio', filename: lvsFile, sizeMiB: 1024, blockSize: 4096 } },
-  });
-  cleanups.push(() => backend.close());
-  await backend.start();
-  return { dir, tgt, client, backend };
+  return backendOnRealTarget(
+    bin,
+    {
+      prefix: `kl${name.slice(-1)}-`,
+      sizeMiB: 1024,
+      blockSize: 4096,
+      nodeName: name,
+      timeoutMs: 120_000,
+      ...(slow
+        ? {
+            baseBdev: async (client: SpdkRpcClient, dir: string): Promise<string> => {
+              const lvsFile = path.join(dir, 'lvs.img');
+              await fs.writeFile(lvsFile, Buffer.alloc(0));
+              await fs.truncate(lvsFile, 1024 * MiB);
+              await client.call('bdev_aio_create', { name: 'base', filename: lvsFile, block_size: 4096 });
+              await client.call('bdev_delay_create', { base_bdev_name: 'base', name: 'slow', avg_read_latency: 0, p99_read_latency: 0, avg_write_latency: 0, p99_write_latency: 0 });
+              return 'slow';
+            },
+          }
+        : {}),
+    },
+    cleanups,
+  );
 }
 
 async function setReadLatency(n: Node, us: number): Promise<void> {
@@ -118,6 +108,8 @@ describe.skipIf(targets.length === 0).each(cases(targets))('lazy images between 
     // The disk reads A's bytes while B's copy is still being made.
     expect((await readDisk(bin, b, 'd-lazy', 16 * 1024)).equals(data.subarray(0, 16 * 1024))).toBe(true);
     expect(await imageOf(b, 'img')).toMatchObject({ phase: 'hydrating' });
+    // A counts B as the one node reading its export.
+    expect(await imageOf(a, 'img')).toMatchObject({ phase: 'ready', peerReaders: 1 });
 
     // spdk_tgt on B dies mid-hydration and comes back: the lazy lvols load degraded until the
     // backend attaches A again from its record, then hydration resumes.
@@ -126,6 +118,7 @@ describe.skipIf(targets.length === 0).each(cases(targets))('lazy images between 
     await setReadLatency(a, 0);
     await until('B hydrated', async () => (await imageOf(b, 'img').catch(() => undefined))?.phase === 'ready', 170_000);
     await until('B let go of A', async () => (await nvmeControllers(b)).length === 0, 30_000);
+    await until('A counts no reader', async () => (await imageOf(a, 'img'))?.peerReaders === 0, 30_000);
 
     // A stops serving (and could delete its copy): B has everything.
     await a.backend.unexportImage('img');

@@ -15,6 +15,7 @@ import net from 'node:net';
 import path from 'node:path';
 import { SpdkBackend } from '../../src/backend/spdk/backend.js';
 import type { Metrics } from '../../src/metrics/metrics.js';
+import type { SpdkApi } from '../../src/spdk/api.js';
 import { SpdkRpcClient } from '../../src/spdk/client.js';
 
 export interface TargetBinary {
@@ -48,8 +49,6 @@ export function cases(targets: TargetBinary[]): TargetBinary[] {
   return targets.length ? targets : [{ label: 'SPDK_TGT unset', bin: '' }];
 }
 
-let shmSeq = 0;
-
 export function memoryArgs(): string[] {
   const custom = process.env.SPDK_TGT_ARGS;
   if (custom !== undefined) return custom.split(/\s+/).filter(Boolean);
@@ -70,6 +69,11 @@ export class RealTarget {
   proc: ChildProcess | undefined;
   readonly log: string[] = [];
   version = '';
+  /** Set by kill(): an exit after it is expected. */
+  private killing = false;
+  private exitWaiters: Array<(why: string) => void> = [];
+  /** Why the last process exited on its own (a crash), if it did. */
+  crashed: string | undefined;
 
   constructor(
     readonly bin: string,
@@ -82,23 +86,32 @@ export class RealTarget {
   async start(): Promise<void> {
     await fs.mkdir(this.vhostDir, { recursive: true });
     await fs.rm(this.socketPath, { force: true });
-    // A shm id of our own, and no core lock: several targets share the test machine's core 0.
-    const shm = String(1000 + ((process.pid * 7 + shmSeq++) % 30000));
-    const proc = spawn(this.bin, ['-m', '0x1', ...this.args, '-i', shm, '-r', this.socketPath, '-S', this.vhostDir, '--disable-cpumask-locks'], {
+    // No `-i <shm id>`: without it SPDK unlinks its hugepage files, so a SIGKILL frees them
+    // (with one, they stay allocated after the process is gone). No core lock: several
+    // targets share the test machine's core 0.
+    const proc = spawn(this.bin, ['-m', '0x1', ...this.args, '-r', this.socketPath, '-S', this.vhostDir, '--disable-cpumask-locks'], {
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     this.proc = proc;
+    this.killing = false;
+    this.crashed = undefined;
     const collect = (b: Buffer): void => {
       this.log.push(b.toString());
       if (this.log.length > 2000) this.log.splice(0, 1000);
     };
     proc.stdout?.on('data', collect);
     proc.stderr?.on('data', collect);
+    proc.once('exit', (code, sig) => {
+      if (this.killing || this.proc !== proc) return;
+      this.crashed = `spdk_tgt (pid ${proc.pid ?? '?'}) exited by itself (${sig ?? `code ${code ?? '?'}`})`;
+      for (const w of this.exitWaiters.splice(0)) w(this.crashed);
+    });
     const client = new SpdkRpcClient({ socketPath: this.socketPath, timeoutMs: 60_000, reconnect: { initialDelayMs: 20, maxDelayMs: 200 } });
     try {
       const exited = new Promise<never>((_, reject) =>
-        proc.once('exit', (code, sig) => reject(new Error(`spdk_tgt exited (${code ?? sig}) while starting:\n${this.log.join('').slice(-3000)}`))),
+        proc.once('exit', (code, sig) => reject(new Error(`spdk_tgt exited (${code ?? sig}) while starting:\n${this.logTail(3000)}`))),
       );
+      exited.catch(() => undefined);
       await Promise.race([client.call('framework_wait_init'), exited]);
       const v = (await client.call('spdk_get_version')) as { version: string };
       this.version = v.version;
@@ -107,10 +120,25 @@ export class RealTarget {
     }
   }
 
+  /** The last `chars` characters of its output. */
+  logTail(chars = 2000): string {
+    return this.log.join('').slice(-chars);
+  }
+
+  /**
+   * Resolves with a description once the running process exits without kill() (a crash);
+   * at once if it already did. Never resolves while it runs.
+   */
+  died(): Promise<string> {
+    if (this.crashed !== undefined) return Promise.resolve(this.crashed);
+    return new Promise((resolve) => this.exitWaiters.push(resolve));
+  }
+
   /** Kills it (SIGKILL by default) and waits until it is gone. */
   async kill(signal: NodeJS.Signals = 'SIGKILL'): Promise<void> {
     const p = this.proc;
     if (!p || p.exitCode !== null || p.signalCode !== null) return;
+    this.killing = true;
     const gone = new Promise<void>((r) => p.once('exit', () => r()));
     p.kill(signal);
     const timer = setTimeout(() => p.kill('SIGKILL'), 15_000);
@@ -149,29 +177,61 @@ export interface BackendNode {
   backend: SpdkBackend;
 }
 
+export interface RealBackendOptions {
+  /** Prefix of the node's temp dir (short: vhost socket paths must fit sun_path). */
+  prefix: string;
+  /** Size of the aio file under the lvstore. */
+  sizeMiB: number;
+  blockSize?: 512 | 4096;
+  metrics?: Metrics;
+  /** The node's name (its NVMe-oF host NQN). */
+  nodeName?: string;
+  /** RPC deadline of the backend's client (default: the client's own). */
+  timeoutMs?: number;
+  lazyLocal?: boolean;
+  /** Makes the lvstore's base bdev (e.g. a delay bdev over an aio file in `dir`) and returns its name. */
+  baseBdev?: (client: SpdkRpcClient, dir: string) => Promise<string>;
+  /** Wraps the backend's API (e.g. a gate the test opens); `release` runs before the backend closes. */
+  api?: (client: SpdkRpcClient) => { api: SpdkApi; release?: () => void };
+}
+
 /**
  * A real spdk_tgt in a fresh short temp dir (`prefix`) and an SpdkBackend started on it, its
- * lvstore on an aio file of `sizeMiB`. Cleanups (dir, target, backend) go onto `cleanups`,
- * for an afterEach to run in reverse order.
+ * lvstore on an aio file of `sizeMiB` (or on `baseBdev`). Cleanups (dir, target, backend) go
+ * onto `cleanups`, for an afterEach to run in reverse order. With LAZY_DEBUG set, the
+ * target's log tail is printed when it is killed.
  */
-export async function backendOnRealTarget(
-  bin: string,
-  opts: { prefix: string; sizeMiB: number; blockSize?: 512 | 4096; metrics?: Metrics },
-  cleanups: Array<() => Promise<void>>,
-): Promise<BackendNode> {
+export async function backendOnRealTarget(bin: string, opts: RealBackendOptions, cleanups: Array<() => Promise<void>>): Promise<BackendNode> {
   const dir = await shortTempDir(opts.prefix);
   cleanups.push(() => fs.rm(dir, { recursive: true, force: true }));
   const tgt = new RealTarget(bin, path.join(dir, 'rpc.sock'), path.join(dir, 'vh'));
   await tgt.start();
-  cleanups.push(() => tgt.kill('SIGKILL'));
-  const client = new SpdkRpcClient({ socketPath: tgt.socketPath, reconnect: { initialDelayMs: 20, maxDelayMs: 200 }, ...(opts.metrics ? { metrics: opts.metrics } : {}) });
+  cleanups.push(async () => {
+    if (process.env.LAZY_DEBUG) process.stdout.write(`--- ${opts.nodeName ?? opts.prefix} log ---\n${tgt.logTail(6000)}\n`);
+    await tgt.kill('SIGKILL');
+  });
+  const client = new SpdkRpcClient({
+    socketPath: tgt.socketPath,
+    reconnect: { initialDelayMs: 20, maxDelayMs: 200 },
+    ...(opts.timeoutMs !== undefined ? { timeoutMs: opts.timeoutMs } : {}),
+    ...(opts.metrics ? { metrics: opts.metrics } : {}),
+  });
+  const lvsFile = path.join(dir, 'lvs.img');
+  const base = opts.baseBdev ? { kind: 'existing' as const, name: await opts.baseBdev(client, dir) } : { kind: 'aio' as const, filename: lvsFile, sizeMiB: opts.sizeMiB, ...(opts.blockSize ? { blockSize: opts.blockSize } : {}) };
+  const wrapped = opts.api?.(client);
   const backend = new SpdkBackend({
     client,
+    ...(wrapped ? { api: wrapped.api } : {}),
+    ...(opts.nodeName !== undefined ? { nodeName: opts.nodeName } : {}),
+    ...(opts.lazyLocal !== undefined ? { lazyLocal: opts.lazyLocal } : {}),
     vhostDir: tgt.vhostDir,
     stateDir: path.join(dir, 'spdk'),
-    lvstore: { baseBdev: { kind: 'aio', filename: path.join(dir, 'lvs.img'), sizeMiB: opts.sizeMiB, ...(opts.blockSize ? { blockSize: opts.blockSize } : {}) } },
+    lvstore: { baseBdev: base },
   });
-  cleanups.push(() => backend.close());
+  cleanups.push(async () => {
+    wrapped?.release?.();
+    await backend.close();
+  });
   await backend.start();
   return { dir, tgt, client, backend };
 }

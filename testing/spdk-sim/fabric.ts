@@ -26,8 +26,13 @@ export interface NvmfInitiator {
 }
 
 export interface NvmfTarget {
-  /** The subsystem `nqn` if it is listening on `address` and admits `hostnqn`; undefined otherwise. */
-  connect(nqn: string, address: ListenAddress, hostnqn: string): RemoteSubsystem | undefined;
+  /**
+   * The subsystem `nqn` if it is listening on `address` and admits `hostnqn`; undefined
+   * otherwise. A connect makes a controller on the target (nvmf_subsystem_get_controllers).
+   */
+  connect(nqn: string, address: ListenAddress, hostnqn: string, hostid: string): RemoteSubsystem | undefined;
+  /** The host's connection of controller `cntlid` closed (detach, or the host process died). */
+  disconnect(nqn: string, cntlid: number): void;
 }
 
 /**
@@ -41,6 +46,22 @@ export class NvmfFabric {
   private readonly listeners = new Map<string, NvmfTarget>();
   private readonly watchers = new Map<string, Set<NvmfInitiator>>();
   private readonly addresses = new Map<string, ListenAddress>();
+  /** Open host connections: which target's controller each initiator holds. */
+  private readonly links = new Map<NvmfInitiator, Array<{ target: NvmfTarget; nqn: string; cntlid: number }>>();
+
+  /** `initiator` holds controller `cntlid` of `target`'s subsystem `nqn`. */
+  linked(initiator: NvmfInitiator, target: NvmfTarget, nqn: string, cntlid: number): void {
+    const list = this.links.get(initiator) ?? [];
+    list.push({ target, nqn, cntlid });
+    this.links.set(initiator, list);
+  }
+
+  /** `initiator` closed its connection to controller `cntlid` of `nqn` (a detach, or a reconnect replacing it). */
+  unlinked(initiator: NvmfInitiator, nqn: string, cntlid: number): void {
+    const list = this.links.get(initiator) ?? [];
+    for (const l of list.filter((x) => x.nqn === nqn && x.cntlid === cntlid)) l.target.disconnect(l.nqn, l.cntlid);
+    this.links.set(initiator, list.filter((x) => !(x.nqn === nqn && x.cntlid === cntlid)));
+  }
 
   /** `initiator` holds a controller connected to `address`. */
   watch(address: ListenAddress, initiator: NvmfInitiator): void {
@@ -50,8 +71,11 @@ export class NvmfFabric {
     this.watchers.set(key, set);
   }
 
+  /** The initiator's process went away: its TCP connections close, so targets drop its controllers. */
   unwatch(initiator: NvmfInitiator): void {
     for (const set of this.watchers.values()) set.delete(initiator);
+    for (const l of this.links.get(initiator) ?? []) l.target.disconnect(l.nqn, l.cntlid);
+    this.links.delete(initiator);
   }
 
   /** A target dropped a namespace of `nqn` that its listeners at `addresses` exported. */
@@ -87,6 +111,8 @@ export class NvmfFabric {
   }
 
   unlistenAll(target: NvmfTarget): void {
+    // The target is gone: nothing to tell it; its hosts' links die with it.
+    for (const [initiator, list] of this.links) this.links.set(initiator, list.filter((l) => l.target !== target));
     for (const [key, t] of this.listeners) {
       if (t === target) {
         this.listeners.delete(key);

@@ -179,19 +179,72 @@ export class LvolModel extends LvstoreModel {
     // Reads through a lost NVMe-oF source fail; one that is reconnecting stalls the copy until
     // it is back (v25.09 recording, section g).
     if (source === 'failed') throw invalidParams('EIO');
+    if (this.inflating.size > 0 && need > 0) {
+      // Real v24.01 and v25.09: every inflate copies through the RPC thread's one blobstore
+      // channel; a cluster copy queued behind another inflate's is replayed as a 0-byte read
+      // and never allocated. The inflate still answers true: the lvol is thick with clusters
+      // that hold no data and have no backing device (seen on our builds: three inflates at
+      // once left two of them with 0 of 16 clusters). Reading one crashes the target (see
+      // completeOperation). Drivers run one inflate at a time.
+      this.env.log('inflate overlapped another inflate: its clusters were never copied', { lvol: lvol.name, missing: need });
+      this.noteLeakedChannels(lvs, lvol);
+      lvol.thin = false;
+      lvol.parent = null;
+      this.persist(lvs);
+      this.syncLvolBdevs();
+      return true;
+    }
     if (source === 'reconnecting') {
+      this.inflating.set(lvol.uuid, 'pending');
       return new Pending(
         () => this.sourceState(lvs, lvol) !== 'reconnecting',
         undefined,
         () => {
+          this.inflating.delete(lvol.uuid);
           if (this.sourceState(lvs, lvol) === 'failed') throw invalidParams('EIO');
           this.finishInflate(lvs, lvol);
           return true;
         },
       );
     }
+    // The copy runs until the operation completes: one cluster per poll, as SPDK copies them.
+    if (need > 0) {
+      this.inflating.set(lvol.uuid, 'op');
+      this.opPolls = need;
+    }
     this.finishInflate(lvs, lvol);
     return true;
+  }
+
+  /** Inflates copying now: until their completion poll ('op'), or until their stalled source is back ('pending'). */
+  protected readonly inflating = new Map<string, 'op' | 'pending'>();
+
+  override completeOperation(uuids: string[]): void {
+    const created = uuids.filter((u) => this.creating.has(u));
+    for (const u of uuids) if (this.inflating.get(u) === 'op') this.inflating.delete(u);
+    super.completeOperation(uuids);
+    // A new bdev is examined (GPT reads its first blocks): a read that lands on a cluster an
+    // overlapped inflate never copied dereferences the missing backing device (real v24.01:
+    // SIGSEGV in bs_io_unit_to_back_dev_lba during the examine of a snapshot).
+    for (const u of created) {
+      for (const lvs of this.lvstores.values()) {
+        const lvol = lvs.lvols.find((l) => l.uuid === u);
+        if (lvol && this.firstClusterIsHole(lvs, lvol)) this.env.crash?.(`examine of ${lvol.name} read a cluster that an overlapped inflate never copied`);
+      }
+    }
+  }
+
+  /** Whether reading cluster 0 of `lvol` reaches a thick, parentless lvol that does not own it. */
+  protected firstClusterIsHole(lvs: Lvstore, lvol: Lvol): boolean {
+    let cur: Lvol | undefined = lvol;
+    for (let depth = 0; cur && depth < 256; depth++) {
+      if (cur.allocated > 0 || cur.clusters === 0) return false;
+      const parent: Lvol['parent'] = cur.parent;
+      if (!parent) return !cur.thin;
+      if (parent.kind === 'esnap') return false;
+      cur = lvs.lvols.find((l) => l.uuid === parent.uuid);
+    }
+    return false;
   }
 
   /**

@@ -135,6 +135,8 @@ export const METHODS: Record<string, MethodDef> = {
   nvmf_subsystem_remove_host: req(schemas.nvmfHost, (ctx, p) => ctx.model.nvmfHost(p, false)),
   nvmf_subsystem_allow_any_host: req(schemas.nvmfAllowAnyHost, (ctx, p) => ctx.model.nvmfAllowAnyHost(p)),
   nvmf_get_subsystems: opt(schemas.nvmfGetSubsystems, (ctx, p) => ctx.model.nvmfGetSubsystems(p)),
+  // Without params: -32602 "Invalid parameters" (recorded), not a decode failure.
+  nvmf_subsystem_get_controllers: opt(schemas.nqnOnly, (ctx, p) => ctx.model.nvmfGetControllers(p)),
 
   bdev_nvme_attach_controller: req(schemas.nvmeAttach, (ctx, p) => ctx.model.nvmeAttach(p)),
   bdev_nvme_detach_controller: req(schemas.nvmeDetach, (ctx, p) => ctx.model.nvmeDetach(p)),

@@ -23,6 +23,7 @@ export class SpdkModel extends NvmfModel {
       ocf: [...this.ocf.values()],
       subsystems: [...this.subsystems.values()],
       nvmeControllers: [...this.nvmeControllers.values()],
+      inflating: [...this.lvstores.values()].flatMap((lvs) => lvs.lvols.filter((l) => this.inflating.has(l.uuid)).map((l) => `${lvs.name}/${l.name}`)),
     });
   }
 }
@@ -36,4 +37,6 @@ export interface ModelSnapshot {
   ocf: OcfVbdev[];
   subsystems: NvmfSubsystem[];
   nvmeControllers: NvmeController[];
+  /** Lvols (lvs/name) whose inflate is copying now. */
+  inflating: string[];
 }

@@ -117,6 +117,8 @@ export class NvmfModel extends OcfModel implements NvmfTarget, NvmfInitiator {
     const found = s.listeners.find((l) => NvmfFabric.key(l) === key);
     if (!found) throw new RpcError(JSONRPC_INVALID_PARAMS, 'Invalid parameters');
     s.listeners = s.listeners.filter((l) => l !== found);
+    // Hosts connected through it lose their connection.
+    if (s.controllers) s.controllers = s.controllers.filter((c) => c.address !== key);
     this.unlistenIfUnused(found, s);
     return true;
   }
@@ -198,8 +200,31 @@ export class NvmfModel extends OcfModel implements NvmfTarget, NvmfInitiator {
     return list;
   }
 
+  /**
+   * nvmf_subsystem_get_controllers: one entry per connected host controller (recorded on real
+   * v24.01 and v25.09: gone when the host detaches or its process dies; an unknown or missing
+   * NQN answers -32602 "Invalid parameters").
+   */
+  nvmfGetControllers(p: P.NqnOnly | undefined): Json {
+    const s = p ? this.subsystems.get(p.nqn) : undefined;
+    if (!s) throw new RpcError(JSONRPC_INVALID_PARAMS, 'Invalid parameters');
+    return (s.controllers ?? []).map((c) => ({
+      cntlid: c.cntlid,
+      ...(this.profile.nvmfCntrlType ? { cntrltype: 'io' } : {}),
+      hostnqn: c.hostnqn,
+      hostid: c.hostid,
+      num_io_qpairs: 1,
+    }));
+  }
+
+  /** NvmfTarget: the host closed its connection to controller `cntlid`. */
+  disconnect(nqn: string, cntlid: number): void {
+    const s = this.subsystems.get(nqn);
+    if (s?.controllers) s.controllers = s.controllers.filter((c) => c.cntlid !== cntlid);
+  }
+
   /** NvmfTarget: what an initiator attaching to this simulator's subsystem sees. */
-  connect(nqn: string, address: ListenAddress, hostnqn: string): RemoteSubsystem | undefined {
+  connect(nqn: string, address: ListenAddress, hostnqn: string, hostid: string): RemoteSubsystem | undefined {
     const s = this.subsystems.get(nqn);
     if (!s) return undefined;
     const key = NvmfFabric.key(address);
@@ -211,6 +236,7 @@ export class NvmfModel extends OcfModel implements NvmfTarget, NvmfInitiator {
     });
     const cntlid = s.nextCntlid ?? 1;
     s.nextCntlid = cntlid + 1;
+    s.controllers = [...(s.controllers ?? []), { cntlid, hostnqn, hostid, address: key }];
     return { namespaces, serialNumber: s.serialNumber, modelNumber: s.modelNumber, cntlid };
   }
 
@@ -222,8 +248,9 @@ export class NvmfModel extends OcfModel implements NvmfTarget, NvmfInitiator {
     if (existing) throw new RpcError(-114, `A controller named ${p.name} already exists with the specified network path${this.profile.listenTransportKey ? '\n' : ''}`);
     const trtype = p.trtype.toUpperCase();
     const address: ListenAddress = { trtype, adrfam: (p.adrfam ?? 'IPv4').replace(/^ipv/i, 'IPv'), traddr: p.traddr, trsvcid: p.trsvcid ?? '4420' };
-    // One default host NQN per target process, as SPDK generates it once.
-    this.defaultHostNqn ??= `nqn.2014-08.org.nvmexpress:uuid:${this.env.randomUuid()}`;
+    // One host id per target process, and the default host NQN made of it (as recorded).
+    this.hostId ??= this.env.randomUuid();
+    this.defaultHostNqn ??= `nqn.2014-08.org.nvmexpress:uuid:${this.hostId}`;
     const hostnqn = p.hostnqn ?? this.defaultHostNqn;
     const subnqn = p.subnqn ?? DISCOVERY_NQN;
     // The same path under a second name: -17, before any connect (v25.09 recording, section d).
@@ -231,7 +258,7 @@ export class NvmfModel extends OcfModel implements NvmfTarget, NvmfInitiator {
     // Real v24.01: a port nobody listens on answers -19 "No such device"; a listening target
     // that refuses the connect (unknown NQN, host not allowed) -32602 "Invalid parameters".
     const target = trtype === 'PCIE' ? undefined : this.env.fabric.lookup(address);
-    const remote = target?.connect(subnqn, address, hostnqn);
+    const remote = target?.connect(subnqn, address, hostnqn, this.hostId);
     if (!remote) {
       this.env.log('failed to connect to NVMe controller', { name: p.name, traddr: p.traddr, trsvcid: address.trsvcid, subnqn });
       // A closed port: -19 on v24.01, -5 on v25.09 (both recorded).
@@ -246,6 +273,7 @@ export class NvmfModel extends OcfModel implements NvmfTarget, NvmfInitiator {
     const names = fresh.map((ns) => `${p.name}n${ns.nsid}`);
     this.nvmeControllers.set(p.name, { name: p.name, trid: { ...address, subnqn }, hostnqn, bdevs: names, serialNumber: remote.serialNumber, modelNumber: remote.modelNumber, cntlid: remote.cntlid, state: 'enabled', lossTimeoutSec: p.ctrlr_loss_timeout_sec ?? 0 });
     this.env.fabric.watch(address, this);
+    if (target) this.env.fabric.linked(this, target, subnqn, remote.cntlid);
     fresh.forEach((ns, i) => {
       this.register({ kind: 'nvme', name: names[i] ?? '', uuid: ns.uuid, blockSize: ns.blockSize, numBlocks: ns.numBlocks, controller: p.name, nsid: ns.nsid, unmap: ns.unmap });
     });
@@ -265,6 +293,7 @@ export class NvmfModel extends OcfModel implements NvmfTarget, NvmfInitiator {
     const held = (): boolean => c.bdevs.some((b) => this.unregistering.has(b) || this.channelHeld(b));
     if (!held()) {
       this.nvmeControllers.delete(p.name);
+      this.env.fabric.unlinked(this, c.trid.subnqn, c.cntlid);
       return true;
     }
     c.state = 'deleting';
@@ -307,8 +336,12 @@ export class NvmfModel extends OcfModel implements NvmfTarget, NvmfInitiator {
   }
 
   private reconnect(c: NvmeController): boolean {
-    const remote = this.env.fabric.lookup(c.trid)?.connect(c.trid.subnqn, c.trid, c.hostnqn);
-    if (!remote) return false;
+    const target = this.env.fabric.lookup(c.trid);
+    this.hostId ??= this.env.randomUuid();
+    const remote = target?.connect(c.trid.subnqn, c.trid, c.hostnqn, this.hostId);
+    if (!target || !remote) return false;
+    this.env.fabric.unlinked(this, c.trid.subnqn, c.cntlid);
+    this.env.fabric.linked(this, target, c.trid.subnqn, remote.cntlid);
     c.state = 'enabled';
     c.cntlid = remote.cntlid;
     return true;
@@ -328,13 +361,17 @@ export class NvmfModel extends OcfModel implements NvmfTarget, NvmfInitiator {
     for (const [name, held] of this.pendingDetach) {
       if (!held()) {
         this.pendingDetach.delete(name);
+        const c = this.nvmeControllers.get(name);
         this.nvmeControllers.delete(name);
+        if (c) this.env.fabric.unlinked(this, c.trid.subnqn, c.cntlid);
       }
     }
   }
 
   protected readonly pendingDetach = new Map<string, () => boolean>();
   private defaultHostNqn: string | undefined;
+  /** The host id this target's initiator sends (one per process, as SPDK makes it). */
+  private hostId: string | undefined;
 
   nvmeGetControllers(p: P.OptionalName | undefined): Json {
     this.reapControllers();

@@ -146,6 +146,8 @@ export interface NvmfSubsystem {
   namespaces: NvmfNamespace[];
   /** The controller id the next connect gets (min_cntlid first). */
   nextCntlid?: number;
+  /** Hosts connected now, one controller per connect (nvmf_subsystem_get_controllers). */
+  controllers?: Array<{ cntlid: number; hostnqn: string; hostid: string; address: string }>;
 }
 
 export interface NvmeController {

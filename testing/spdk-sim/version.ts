@@ -8,7 +8,8 @@
  *   adds `num_allocated_clusters`; nvmf listen addresses lose v24.01's `transport`;
  * - v24.01 cannot inflate an esnap clone whose external snapshot has smaller blocks than the
  *   lvstore (-32602 "Input/output error", seen on a real v24.01 with a 4096-byte lvstore and
- *   a 512-byte image); v25.09 can (its recording inflates a 512-byte image into a 4 KiB one).
+ *   a 512-byte image); v25.09 can (its recording inflates a 512-byte image into a 4 KiB one);
+ * - v25.09's nvmf_subsystem_get_controllers adds `cntrltype` (recorded on both).
  */
 export const SPDK_VERSIONS = ['24.01', '25.09'] as const;
 export type SpdkVersion = (typeof SPDK_VERSIONS)[number];
@@ -33,6 +34,8 @@ export interface VersionProfile {
   inflateSmallerEsnapBlocks: boolean;
   /** NVMe version an SPDK NVMe-oF target reports (ctrlr vs). */
   nvmeVersion: string;
+  /** nvmf_subsystem_get_controllers lists `cntrltype`. */
+  nvmfCntrlType: boolean;
 }
 
 const PROFILES: Record<SpdkVersion, VersionProfile> = {
@@ -48,6 +51,7 @@ const PROFILES: Record<SpdkVersion, VersionProfile> = {
     listenTransportKey: true,
     inflateSmallerEsnapBlocks: false,
     nvmeVersion: '1.3',
+    nvmfCntrlType: false,
   },
   '25.09': {
     version: '25.09',
@@ -61,6 +65,7 @@ const PROFILES: Record<SpdkVersion, VersionProfile> = {
     listenTransportKey: false,
     inflateSmallerEsnapBlocks: true,
     nvmeVersion: '1.4',
+    nvmfCntrlType: true,
   },
 };
 

@@ -56,8 +56,10 @@ export interface BootOrderDeps {
   qemuImg: string;
   log: Logger;
   options: BootOrderOptions;
-  /** The golden node's own blockdev options (lazy.ts), for the reopen that flushes it. */
-  goldenReopenOptions(name: string): Record<string, unknown>;
+  /** The golden's node name (lazy.ts). */
+  goldenNode(name: string): string;
+  /** The hydrating golden node's options over `backing` (retarget.ts), for the reopen that flushes it. */
+  goldenReopenOptions(name: string, backing: string): Record<string, unknown>;
 }
 
 const hash = (s: string): string => createHash('sha256').update(s).digest('hex').slice(0, 24);
@@ -165,10 +167,10 @@ export class BootOrder {
     await session.serial(async () => {
       // Stopped while queued (the golden may be frozen or gone by now): touch nothing.
       signal?.throwIfAborted();
-      const opts = this.d.goldenReopenOptions(name);
-      // The backing the golden has now (a source may have been switched since it was opened).
-      const backing = childOf(await this.graph(), String(opts['node-name']), 'backing');
-      await session.exec('blockdev-reopen', { options: [{ ...opts, ...(backing !== undefined ? { backing } : {}) }] }, `image ${name}: flush golden`);
+      // The source the golden reads now (it may have been switched since the golden was opened).
+      const backing = childOf(await this.graph(), this.d.goldenNode(name), 'backing');
+      if (backing === undefined) throw new BackendError(`image ${name}: the golden has no source any more; nothing to record`, 'internal');
+      await session.exec('blockdev-reopen', { options: [this.d.goldenReopenOptions(name, backing)] }, `image ${name}: flush golden`);
     });
     const file = this.d.layout.lazyGoldenPath(name);
     // Backing null: only the golden's own clusters are present; -U: the daemon holds the file.

@@ -24,7 +24,8 @@ import { RemoteDisks } from './hydrate.js';
 import { QsdImages } from './images.js';
 import { QsdLayout } from './layout.js';
 import { BootOrder, DEFAULT_BOOT_ORDER, type BootOrderOptions } from './boot-order.js';
-import { LazyGoldens, goldenNodeName, goldenOptions } from './lazy.js';
+import { LazyGoldens, goldenNodeName } from './lazy.js';
+import { hydratingGoldenOptions } from './retarget.js';
 import * as nbd from './nbd.js';
 import { NbdTls } from './nbd-tls.js';
 import { QsdSession } from './session.js';
@@ -131,7 +132,8 @@ export class QsdBackend extends EventEmitter implements StorageBackend {
       qemuImg,
       log,
       options: { ...DEFAULT_BOOT_ORDER, ...opts.bootOrder },
-      goldenReopenOptions: (name) => ({ ...goldenOptions(name, false), file: `${goldenNodeName(name)}-f` }),
+      goldenNode: goldenNodeName,
+      goldenReopenOptions: (name, backing) => hydratingGoldenOptions(goldenNodeName(name), backing),
     });
     this.lazy = new LazyGoldens({ session, layout, qemuImg, log, retryDelayMs, speedBytesPerSecond, listDisks: () => this.disks.list(), nbdTls, bootOrder });
     this.remote = new RemoteDisks({ session, layout, qemuImg, log, retryDelayMs, nbdTls });
@@ -202,6 +204,11 @@ export class QsdBackend extends EventEmitter implements StorageBackend {
   }
 
   // ---- peer distribution (see nbd.ts) ------------------------------------------------------
+
+  /** Switches a hydrating lazy golden to another source of the same content (retarget.ts). */
+  retargetImage(spec: ImageSpec): Promise<ObservedImage> {
+    return this.lazy.retarget(spec);
+  }
 
   /** Serves the golden read-only on the daemon's NBD server; with a PSK only key holders read it, `allowedNodes` is not enforced node by node (nbd.ts says why). */
   exportImage(name: string, opts: ImageExportOptions): Promise<RemoteDiskRef> {

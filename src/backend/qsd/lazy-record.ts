@@ -15,6 +15,8 @@ export const LazyRecordSchema = z
     version: z.literal(1),
     name: z.string(),
     source: LazySourceSchema,
+    /** How often the source was switched (retarget.ts); names the source's block node. Absent: 0. */
+    generation: z.number().int().nonnegative().optional(),
     sizeBytes: z.number().int().nonnegative(),
     sha256: z.string().optional(),
     state: z.enum(['hydrating', 'verifying', 'ready', 'failed']),

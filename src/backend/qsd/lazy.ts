@@ -14,6 +14,7 @@ import { readLazyRecord, writeLazyRecord, type LazyRecord } from './lazy-record.
 import { checkRawOrigin, nbdNodeOptions, nbdRef, nbdUri, nodeSize, sizeProblem, sourceOf, type LazySource } from './sources.js';
 import { contentSha256 } from './verify.js';
 import type { BootOrder } from './boot-order.js';
+import { hydratingGoldenOptions, retargetNow } from './retarget.js';
 
 /**
  * Lazy goldens: an image is usable as soon as its source answers. The golden is a local qcow2
@@ -43,27 +44,12 @@ import type { BootOrder } from './boot-order.js';
 const exists = (f: string): Promise<boolean> => fs.stat(f).then(() => true, () => false);
 const hash = (s: string): string => createHash('sha256').update(s).digest('hex').slice(0, 24);
 export const goldenNodeName = (name: string): string => `g${hash(name)}`;
-const sourceNodeName = (name: string): string => `s${hash(name)}`;
+/** Generation 0 is the source the golden was made from; each switch (retarget.ts) opens the next. */
+const sourceNodeName = (name: string, generation = 0): string => (generation === 0 ? `s${hash(name)}` : `s${hash(name)}-${generation}`);
+/** Every source node an image may have open (a crash mid-switch can leave two). */
+const isSourceNodeOf = (name: string, node: string): boolean => node === `s${hash(name)}` || node.startsWith(`s${hash(name)}-`);
 const jobIdFor = (name: string): string => `hydrate-g${hash(name)}`;
 
-/** The golden node's options but its file (the reopen that flushes it while it hydrates reuses them). */
-export function goldenOptions(name: string, standalone: boolean): Record<string, unknown> {
-  const g = goldenNodeName(name);
-  return {
-    driver: 'qcow2',
-    'node-name': g,
-    'read-only': standalone,
-    // Always ours: the source node while it hydrates, nothing after.
-    backing: standalone ? null : sourceNodeName(name),
-    // While it hydrates: zero blocks stay unallocated, and a tiny L2 cache of small entries
-    // is written back as the stream moves on, so a daemon killed mid-way loses at most a
-    // few MiB of hydration (no QMP command flushes a node; eviction does).
-    ...(standalone ? {} : { 'detect-zeroes': 'on', 'l2-cache-entry-size': L2_ENTRY_BYTES, 'l2-cache-size': 2 * L2_ENTRY_BYTES }),
-  };
-}
-
-/** One L2 cache entry maps 64 clusters (4 MiB with 64 KiB clusters). */
-const L2_ENTRY_BYTES = 512;
 
 export interface LazyDeps {
   session: QsdSession;
@@ -84,11 +70,18 @@ export interface LazyDeps {
 export class LazyGoldens {
   private readonly retries: RetryLater;
   private readonly byJob = new Map<string, string>();
+  /** Since when each image's source could not be read, and how far its stream had got then. */
+  private readonly unreachable = new Map<string, { since: number; offset: number }>();
 
   constructor(private readonly d: LazyDeps) {
     // A retry while the daemon is down waits for 'connected', which resumes every image.
     this.retries = new RetryLater(d.retryDelayMs, async (name) => {
-      if (d.session.connected) await d.session.serial(() => this.ensureRunning(name));
+      if (d.session.connected) {
+        await d.session.serial(() => this.ensureRunning(name)).catch((e: unknown) => {
+          this.noteUnreachable(name, e);
+          throw e;
+        });
+      }
     });
     d.session.on('qmp-event', (e: QmpEvent) => this.onEvent(e));
     d.session.on('connected', () => void this.resumeAll());
@@ -177,8 +170,7 @@ export class LazyGoldens {
     await fs.rename(tmp, golden);
   }
 
-  private async openSource(name: string, source: LazySource): Promise<void> {
-    const s = sourceNodeName(name);
+  private async openSource(name: string, source: LazySource, s = sourceNodeName(name)): Promise<void> {
     if ((await this.d.session.blockNodes()).some((n) => n['node-name'] === s)) return;
     const opts =
       source.kind === 'http'
@@ -207,13 +199,62 @@ export class LazyGoldens {
     const header = await layout.readHeader(golden);
     if (!header) throw new BackendError(`image ${name}: ${golden} is not a qcow2 image`, 'internal');
     const standalone = header.backingFile === undefined;
-    if (!standalone) await this.openSource(name, rec.source);
-    await session.exec(
-      'blockdev-add',
-      { ...goldenOptions(name, standalone), file: { driver: 'file', 'node-name': `${g}-f`, filename: golden, 'read-only': standalone } },
-      `image ${name}: open golden`,
-    );
+    const source = sourceNodeName(name, rec.generation);
+    if (!standalone) await this.openSource(name, rec.source, source);
+    const options = standalone
+      ? { driver: 'qcow2', 'node-name': g, 'read-only': true, file: { driver: 'file', 'node-name': `${g}-f`, filename: golden, 'read-only': true }, backing: null }
+      : { ...hydratingGoldenOptions(g, source), file: { driver: 'file', 'node-name': `${g}-f`, filename: golden, 'read-only': false } };
+    await session.exec('blockdev-add', options, `image ${name}: open golden`);
     return g;
+  }
+
+  /**
+   * Moves a hydrating golden onto another source of the same content (retarget.ts). Resolves
+   * with the image as observed after the switch.
+   */
+  async retarget(spec: ImageSpec): Promise<ObservedImage> {
+    const name = spec.name;
+    const source = sourceOf(spec);
+    // The probe goes over the network: before the queue, which it must not hold.
+    if (source.kind === 'http' && !(await checkRawOrigin(name, source.url)).ranges) {
+      throw new BackendError(`image ${name}: origin ${source.url} serves no byte ranges; it cannot be read lazily`, 'invalid');
+    }
+    const rec = await this.d.session.serial(() =>
+      retargetNow(
+        {
+          session: this.d.session,
+          log: this.d.log.child({ image: name }),
+          goldenNode: goldenNodeName(name),
+          sourceNode: (generation) => sourceNodeName(name, generation),
+          record: () => this.record(name),
+          save: (r) => this.save(r),
+          openGolden: () => this.openGoldenNow(name),
+          openSource: (s, node) => this.openSource(name, s, node),
+          cancelStream: () => this.cancelStream(name),
+          sourceNodes: async () => (await this.d.session.blockNodes()).flatMap((n) => (n['node-name'] && isSourceNodeOf(name, n['node-name']) ? [n['node-name']] : [])),
+          startStream: async () => {
+            this.retries.forget(name);
+            this.unreachable.delete(name);
+            await this.ensureRunning(name);
+          },
+        },
+        name,
+        source,
+      ),
+    );
+    return this.info(rec, await this.d.listDisks());
+  }
+
+  /** Stops the image's stream (if one runs) and waits until it is gone. Inside session.serial. */
+  private async cancelStream(name: string): Promise<void> {
+    const { session } = this.d;
+    const job = jobIdFor(name);
+    this.byJob.delete(job);
+    const jobs = () => session.exec<Array<{ device: string }>>('query-block-jobs', undefined, 'query-block-jobs');
+    if (!(await jobs()).some((j) => j.device === job)) return;
+    await session.exec('block-job-cancel', { device: job, force: true }, `image ${name}: cancel hydration`);
+    // A read in flight to a dead NBD peer ends after its reconnect-delay (10 s).
+    for (let i = 0; i < 800 && (await jobs()).some((j) => j.device === job); i++) await new Promise((res) => setTimeout(res, 25));
   }
 
   /** The node a disk of this golden is opened over: the golden, or while it hydrates its copy-on-read filter. */
@@ -267,6 +308,10 @@ export class LazyGoldens {
     this.byJob.delete(job);
     const error = e.data?.error;
     if (typeof error === 'string') {
+      const offset = typeof e.data?.offset === 'number' ? e.data.offset : 0;
+      const was = this.unreachable.get(name);
+      // A stream that got further than at the last failure had its source back in between.
+      if (!was || offset > was.offset) this.unreachable.set(name, { since: Date.now(), offset });
       this.d.log.warn({ event: 'image.hydrate.paused', image: name, err: error }, 'hydration stopped; retrying');
       this.retryLater(name, error);
       return;
@@ -283,8 +328,19 @@ export class LazyGoldens {
     for (const f of files) {
       if (!f.endsWith('.lazy.json')) continue;
       const name = f.slice(0, -'.lazy.json'.length);
-      await this.d.session.serial(() => this.ensureRunning(name)).catch((e: unknown) => this.retryLater(name, (e as Error).message));
+      await this.d.session.serial(() => this.ensureRunning(name)).catch((e: unknown) => {
+        this.noteUnreachable(name, e);
+        this.retryLater(name, (e as Error).message);
+      });
     }
+  }
+
+  /**
+   * The source could not even be opened (a new daemon, the peer gone): unreachable from now,
+   * unless already so. Any stream that then runs clears it.
+   */
+  private noteUnreachable(name: string, e: unknown): void {
+    if (e instanceof BackendError && e.kind === 'transport' && !this.unreachable.has(name)) this.unreachable.set(name, { since: Date.now(), offset: -1 });
   }
 
   /** The stream is done: drop the source, freeze the golden, verify its content. */
@@ -299,9 +355,11 @@ export class LazyGoldens {
         if (!(await this.hydrated(g))) return undefined;
         // The copy-on-read filter holds write permission on the golden: disks move off it first.
         await this.d.bootOrder?.releaseNow(name, g);
-        await session.deleteNode(sourceNodeName(name)).catch((e: unknown) => {
-          if (!isGone(e)) throw e;
-        });
+        for (const n of (await session.blockNodes()).map((x) => x['node-name'] ?? '').filter((x) => isSourceNodeOf(name, x))) {
+          await session.deleteNode(n).catch((e: unknown) => {
+            if (!isGone(e)) throw e;
+          });
+        }
         // Read-only from now on; the reopen also flushes what the stream wrote.
         const ro = (await session.blockNodes()).find((n) => n['node-name'] === g)?.ro;
         if (!ro) {
@@ -327,6 +385,7 @@ export class LazyGoldens {
       await fs.chmod(golden, 0o400);
       await this.save(next);
       this.retries.forget(name);
+      this.unreachable.delete(name);
       if (next.state === 'failed') log.error({ event: 'image.hydrate.checksum', err: next.message }, 'hydrated image failed verification');
       else log.info({ event: 'image.hydrate.done', verified: rec.sha256 !== undefined }, 'image hydrated');
     } catch (e) {
@@ -348,6 +407,8 @@ export class LazyGoldens {
       .exec<Array<{ device: string; len: number; offset: number }>>('query-block-jobs', undefined, 'query-block-jobs')
       .catch(() => []);
     const j = jobs.find((x) => x.device === jobIdFor(name));
+    const was = this.unreachable.get(name);
+    if (j && was && j.offset > was.offset) this.unreachable.delete(name);
     return j && j.len > 0 ? Math.floor((100 * j.offset) / j.len) : undefined;
   }
 
@@ -366,7 +427,8 @@ export class LazyGoldens {
     const pct = await this.progress(rec.name);
     const paused = this.retries.lastError(rec.name);
     const message = pct !== undefined ? `hydrating ${pct}%` : paused !== undefined ? `hydration paused (${paused}); retrying` : 'hydrating';
-    return { ...base, phase: 'hydrating', hydratedPercent: pct ?? 0, message };
+    const since = this.unreachable.get(rec.name)?.since;
+    return { ...base, phase: 'hydrating', hydratedPercent: pct ?? 0, message, ...(since !== undefined ? { sourceUnreachableSinceMs: since } : {}) };
   }
 
   /**
@@ -400,6 +462,7 @@ export class LazyGoldens {
     const golden = layout.lazyGoldenPath(name);
     if (!(await this.has(name)) && !(await fs.stat(golden).then(() => true, () => false))) return;
     this.retries.forget(name);
+    this.unreachable.delete(name);
     await session.serial(() => this.discardNow(name));
   }
 
@@ -408,16 +471,10 @@ export class LazyGoldens {
     const { session, layout } = this.d;
     const golden = layout.lazyGoldenPath(name);
     if (session.connected) {
-      const job = jobIdFor(name);
-      this.byJob.delete(job);
-      const jobs = () => session.exec<Array<{ device: string }>>('query-block-jobs', undefined, 'query-block-jobs');
-      if ((await jobs()).some((j) => j.device === job)) {
-        await session.exec('block-job-cancel', { device: job, force: true }, `image ${name}: cancel hydration`);
-        for (let i = 0; i < 200 && (await jobs()).some((j) => j.device === job); i++) await new Promise((res) => setTimeout(res, 25));
-      }
+      await this.cancelStream(name);
       await this.d.bootOrder?.forgetNow(name);
       await session.deleteNode(goldenNodeName(name));
-      await session.deleteNode(sourceNodeName(name));
+      for (const n of (await session.blockNodes()).map((x) => x['node-name'] ?? '').filter((x) => isSourceNodeOf(name, x))) await session.deleteNode(n);
     }
     await Promise.all([golden, `${golden}.part`, layout.lazyRecordPath(name)].map((f) => fs.rm(f, { force: true })));
   }

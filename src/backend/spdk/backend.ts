@@ -173,8 +173,10 @@ export class SpdkBackend extends EventEmitter implements StorageBackend {
     this.images.tidyFinishedImports(lvols, bdevs);
     this.resumeLazy();
     await this.lazy.refreshSourceStates();
+    const peerReaders = await this.lazy.peerReaders();
     return buildObservedState({
       lazy: this.lazy.imageMessages(),
+      peerReaders,
       clusterBytes: ctx.lvstore.clusterBytes,
       lvsName: ctx.lvs,
       vhostDir: this.vhostDir,
@@ -253,6 +255,19 @@ export class SpdkBackend extends EventEmitter implements StorageBackend {
 
   exportImage(name: string, opts: ImageExportOptions): Promise<RemoteDiskRef> {
     return this.lazy.exportImage(name, opts);
+  }
+
+  /**
+   * Switches a lazy golden's hydration to another peer's export of the image (lazy.ts: a second
+   * path of the same controller, nothing detached). Not to the origin: the golden is bound to
+   * the NVMe bdev, which a file's aio bdev cannot join (`invalid`).
+   */
+  async retargetImage(spec: ImageSpec): Promise<ObservedImage> {
+    if (!spec.peer) throw new BackendError(`image ${spec.name}: spdk switches a lazy golden to another peer's export only, not to its origin`, 'invalid');
+    await this.lazy.retargetImage(spec.name, spec.peer);
+    const img = (await this.observe()).images.find((i) => i.name === spec.name);
+    if (!img) throw new BackendError(`image ${spec.name}: not on this node`, 'notFound');
+    return img;
   }
 
   unexportImage(name: string): Promise<void> {

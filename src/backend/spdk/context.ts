@@ -1,6 +1,7 @@
 import path from 'node:path';
 import type { Logger } from '../../log.js';
 import type { SpdkApi } from '../../spdk/api.js';
+import { LOCAL_ERROR_CODE } from '../../spdk/client.js';
 import { SpdkError } from '../../spdk/errors.js';
 import type { Bdev, Lvol, VhostController } from '../../spdk/schemas.js';
 import { KeyedMutex, SingleFlight } from './concurrency.js';
@@ -48,6 +49,8 @@ export class SpdkContext {
   readonly diskLocks = new KeyedMutex();
   readonly controllerLocks = new KeyedMutex();
   readonly snapshotLocks = new KeyedMutex();
+  /** One bdev_lvol_inflate at a time on this target: see inflate(). */
+  private readonly inflates = new KeyedMutex();
   lvstore: LvstoreInfo = { clusterBytes: 4 * MiB, blockSize: DEFAULT_AIO_BLOCK_SIZE };
   capabilities: SpdkCapabilities | undefined;
   private readonly reads = new SingleFlight();
@@ -95,6 +98,35 @@ export class SpdkContext {
         if (e instanceof SpdkError && e.kind === 'notFound') return undefined;
         throw toBackendError(e, `looking up bdev ${name}`);
       }
+    });
+  }
+
+  // ---- inflate --------------------------------------------------------------------------------
+
+  /**
+   * bdev_lvol_inflate, never two at once on one target. SPDK (v24.01 and v25.09 alike) runs
+   * every inflate's cluster copies on the RPC thread's blobstore channel; a copy queued behind
+   * another inflate's is replayed as the 0-byte read it is made of and never allocates its
+   * cluster. That inflate still ends "done": the lvol is thick with clusters that have no data
+   * and no backing device, and the first read of one (the GPT examine of its snapshot) crashes
+   * spdk_tgt in `bs_io_unit_to_back_dev_lba`; or one inflate never answers. Waiting costs no
+   * progress: a queued copy waits for the running one inside SPDK anyway.
+   * The lock is held until SPDK answers, even when the caller stops waiting (`signal`): an
+   * inflate goes on inside SPDK after its caller gave up.
+   */
+  async inflate(alias: string, signal?: AbortSignal): Promise<void> {
+    const cancelled = (why: string): SpdkError => new SpdkError('bdev_lvol_inflate', LOCAL_ERROR_CODE, `${alias}: cancelled by caller: ${why}`, 'timeout', { cancelled: true });
+    const reason = (s: AbortSignal): string => (s.reason instanceof Error ? s.reason.message : String(s.reason ?? 'aborted'));
+    if (signal?.aborted === true) throw cancelled(reason(signal));
+    const call = this.inflates.run('inflate', async () => {
+      if (signal?.aborted === true) throw cancelled(`${reason(signal)} (while another inflate ran)`);
+      await this.api.bdevLvolInflate({ name: alias }, { timeoutMs: this.cfg.inflateTimeoutMs, signal: this.lifetime.signal });
+    });
+    if (!signal) return call;
+    await new Promise<void>((resolve, reject) => {
+      const onAbort = (): void => reject(cancelled(`${reason(signal)} (SPDK goes on copying)`));
+      signal.addEventListener('abort', onAbort, { once: true });
+      call.then(resolve, reject).finally(() => signal.removeEventListener('abort', onAbort));
     });
   }
 

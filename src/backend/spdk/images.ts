@@ -176,7 +176,7 @@ export class ImageStore {
       signal.throwIfAborted();
       this.progress.set(name, { phase: 'hydrating', sizeBytes });
       log.info({ event: 'image.import.hydrate', sizeBytes }, 'inflating image into the lvstore');
-      await ctx.api.bdevLvolInflate({ name: importing }, { timeoutMs: ctx.cfg.inflateTimeoutMs, signal });
+      await ctx.inflate(importing, signal);
       await ctx.api.bdevLvolSnapshot({ lvol_name: importing, snapshot_name: goldenName(name) });
       goldenMade = true;
       // The importing lvol is now an empty clone of the golden; the aio bdev has no users.

@@ -29,7 +29,7 @@ import {
   peerControllerName,
   sourceBdevName,
 } from './naming.js';
-import { bdevSizeBytes, lvolInfoOf } from './schemas.js';
+import { bdevSizeBytes, distinctHosts, lvolInfoOf, NvmfControllerListSchema } from './schemas.js';
 
 /**
  * Lazy images and lazy disks on spdk_tgt (see naming.ts for the objects):
@@ -84,6 +84,8 @@ type ImageSource = { kind: 'peer'; ref: RemoteDiskRef } | { kind: 'file'; rec: L
 interface Hydration {
   state: 'hydrating' | 'paused' | 'failed';
   message?: string;
+  /** Since when (ms since the epoch) its source has been unreachable, while it is. */
+  unreachableSince?: number;
   task: Promise<void>;
 }
 
@@ -91,6 +93,21 @@ interface Hydration {
 export const imageUuid = (image: string): string => stableUuid(`image:${image}`);
 /** NGUID form (32 hex digits, no dashes) of a UUID. */
 export const nguidOf = (uuid: string): string => uuid.replace(/-/g, '').toUpperCase();
+
+/** A controller with several paths (a switched source) is usable while any of them is. */
+const pathState = (ctrlrs: ReadonlyArray<{ state?: string | undefined }> | undefined): string | undefined =>
+  ctrlrs?.some((c) => c.state === 'enabled') ? 'enabled' : ctrlrs?.[0]?.state;
+
+/**
+ * The controller ids an image export of this node hands out: a range of its own (from the node
+ * name), because a node that switched its source reads two peers' exports of one subsystem NQN
+ * as two paths of one controller, and SPDK refuses two paths with the same controller id.
+ */
+export function cntlidRange(nodeName: string | undefined): { min_cntlid: number; max_cntlid: number } | undefined {
+  if (nodeName === undefined) return undefined;
+  const block = createHash('sha256').update(nodeName).digest().readUInt32BE(0) % 1000;
+  return { min_cntlid: 1 + block * 64, max_cntlid: 64 + block * 64 };
+}
 
 const isNotFound = (e: unknown): boolean => e instanceof SpdkError && e.kind === 'notFound';
 
@@ -237,11 +254,68 @@ export class LazyStore {
     return bdev;
   }
 
+  /**
+   * Moves a lazy golden's hydration onto another peer's export of the same image (its source
+   * died): the export is added as a second path of the same NVMe controller (the same
+   * subsystem NQN and namespace id, which SPDK checks), so the bdev the lazy golden names stays
+   * and nothing is detached (detaching a source a clone names hangs or breaks its readers, the
+   * recording's hazard); I/O waiting on the dead path, a running inflate included, goes on over
+   * the new one. The record names the new export, so a restart attaches it. Idempotent. Throws
+   * `notFound` (no lazy golden over a peer), `invalid` (another image or size, or SPDK refused
+   * the path: namespace or controller id), `transport` (the export does not answer).
+   */
+  async retargetImage(name: string, ref: RemoteDiskRef): Promise<void> {
+    checkImageName(name);
+    const what = `image ${name}: switching source`;
+    const rec = await this.readRecord('image', name);
+    if (!rec) throw new BackendError(`image ${name}: no lazy golden over a peer on this node to switch`, 'notFound');
+    if (ref.transport !== 'nvmf-tcp' || rec.ref.transport !== 'nvmf-tcp') throw new BackendError(`${what}: spdk reads NVMe-oF/TCP exports only`, 'invalid');
+    if (JSON.stringify(rec.ref) === JSON.stringify(ref)) return;
+    if (ref.subnqn !== rec.ref.subnqn) throw new BackendError(`${what}: ${ref.subnqn} is another image's export than ${rec.ref.subnqn}`, 'invalid');
+    if (ref.sizeBytes > 0 && rec.ref.sizeBytes > 0 && ref.sizeBytes !== rec.ref.sizeBytes) {
+      throw new BackendError(`${what}: the new export is ${ref.sizeBytes} bytes, the old one ${rec.ref.sizeBytes}`, 'invalid');
+    }
+    const { ctx } = this;
+    const controller = peerControllerName(name);
+    if (!(await ctx.getBdev(nvmeBdevOf(controller)))) {
+      // Not attached (spdk_tgt restarted while the old peer was away): attach the new one; the
+      // degraded clones come back when a bdev with the image id exists.
+      await this.writeRecord('image', name, ref);
+      await this.attach(controller, ref, what);
+      ctx.log.info({ event: 'lazy.source.switched', image: name, nqn: ref.subnqn, traddr: ref.host, trsvcid: ref.port }, 'lazy source switched');
+      return;
+    }
+    const nodeName = ctx.cfg.nodeName;
+    try {
+      // No `multipath` mode: each version's default is what the first path was attached with.
+      await ctx.api.bdevNvmeAttachController({
+        name: controller,
+        trtype: 'TCP',
+        adrfam: ref.adrfam === 'ipv6' ? 'IPv6' : 'IPv4',
+        traddr: ref.host,
+        trsvcid: String(ref.port),
+        subnqn: ref.subnqn,
+        ...(nodeName !== undefined ? { hostnqn: hostNqnOf(nodeName) } : {}),
+        ctrlr_loss_timeout_sec: -1,
+        reconnect_delay_sec: RECONNECT_DELAY_SEC,
+        fabrics_connect_timeout_us: CONNECT_TIMEOUT_US,
+      });
+    } catch (e) {
+      // -114: this path is there already.
+      if (!(e instanceof SpdkError && (e.code === -114 || e.kind === 'exists'))) {
+        const err = toBackendError(e, `${what}: adding ${ref.subnqn} at ${ref.host}:${ref.port} as a path`);
+        throw new BackendError(err.message, err.kind === 'invalid' ? 'invalid' : 'transport', { cause: e });
+      }
+    }
+    await this.writeRecord('image', name, ref);
+    ctx.log.info({ event: 'lazy.source.switched', image: name, nqn: ref.subnqn, traddr: ref.host, trsvcid: ref.port }, 'lazy source switched (a second path)');
+  }
+
   /** Whether the source controller is connected; a reconnecting one means 'paused'. */
   private async sourceState(controller: string): Promise<string | undefined> {
     try {
       const [c] = await this.ctx.api.bdevNvmeGetControllers({ name: controller });
-      return c?.ctrlrs[0]?.state;
+      return pathState(c?.ctrlrs);
     } catch {
       return undefined;
     }
@@ -470,8 +544,13 @@ export class LazyStore {
   }
 
   /** What observe() adds for a lazy image: message (paused, failed) of the running hydration. */
-  imageMessages(): Map<string, { message?: string; failed: boolean }> {
-    return new Map([...this.images].map(([k, h]) => [k, { ...(h.message !== undefined ? { message: h.message } : {}), failed: h.state === 'failed' }]));
+  imageMessages(): Map<string, { message?: string; failed: boolean; unreachableSince?: number }> {
+    return new Map(
+      [...this.images].map(([k, h]) => [
+        k,
+        { ...(h.message !== undefined ? { message: h.message } : {}), failed: h.state === 'failed', ...(h.state === 'paused' && h.unreachableSince !== undefined ? { unreachableSince: h.unreachableSince } : {}) },
+      ]),
+    );
   }
 
   /**
@@ -486,16 +565,18 @@ export class LazyStore {
     } catch {
       return;
     }
-    const stateOf = (name: string): string | undefined => ctrls.find((c) => c.name === name)?.ctrlrs[0]?.state;
+    const stateOf = (name: string): string | undefined => pathState(ctrls.find((c) => c.name === name)?.ctrlrs);
     const mark = (h: Hydration, controller: string): void => {
       if (h.state === 'failed') return;
       const state = stateOf(controller);
       if (state !== undefined && state !== 'enabled') {
         h.state = 'paused';
         h.message = `hydration paused (source ${controller}: ${state})`;
+        h.unreachableSince ??= Date.now();
       } else if (h.state === 'paused' && h.message?.startsWith('hydration paused (source ') === true) {
         h.state = 'hydrating';
         delete h.message;
+        delete h.unreachableSince;
       }
     };
     for (const [name, h] of this.images) mark(h, peerControllerName(name));
@@ -529,6 +610,7 @@ export class LazyStore {
         await step();
         h.state = 'hydrating';
         delete h.message;
+        delete h.unreachableSince;
         return;
       } catch (e) {
         if (signal.aborted) return;
@@ -616,7 +698,7 @@ export class LazyStore {
   private async inflate(alias: string, controller: string, what: string): Promise<void> {
     const { ctx } = this;
     try {
-      await ctx.api.bdevLvolInflate({ name: alias }, { timeoutMs: ctx.cfg.inflateTimeoutMs, signal: ctx.lifetime.signal });
+      await ctx.inflate(alias);
     } catch (e) {
       const state = await this.sourceState(controller);
       const err = toBackendError(e, `${what}: inflating ${alias}`);
@@ -663,7 +745,7 @@ export class LazyStore {
     if (!sub) {
       // Never open to any host: only the peers named below may connect.
       await ctx.api
-        .nvmfCreateSubsystem({ nqn, allow_any_host: false, serial_number: serialOf(name), model_number: 'kubevirt-spdk image' })
+        .nvmfCreateSubsystem({ nqn, allow_any_host: false, serial_number: serialOf(name), model_number: 'kubevirt-spdk image', ...cntlidRange(ctx.cfg.nodeName) })
         .catch(fail(`nvmf_create_subsystem ${nqn}`));
       sub = { nqn, subtype: 'NVMe', listen_addresses: [], hosts: [], namespaces: [] };
     }
@@ -703,6 +785,29 @@ export class LazyStore {
       if (!isNotFound(e)) throw toBackendError(e, `nvmf_delete_subsystem ${nqn}`);
     });
     ctx.log.info({ event: 'image.unexported', image: name, nqn }, 'image export deleted');
+  }
+
+  /**
+   * Per exported image, how many peer nodes read it now: distinct host NQNs holding a
+   * controller of its subsystem (a peer's lazy golden and its hydration share one controller;
+   * a host that detached or died is gone from the list within seconds, as recorded). What
+   * cannot be read is left out: observe never fails for it.
+   */
+  async peerReaders(): Promise<Map<string, number>> {
+    const out = new Map<string, number>();
+    const prefix = imageExportNqn('');
+    const subs = await this.ctx.api.nvmfGetSubsystems().catch(() => []);
+    for (const s of subs) {
+      if (!s.nqn.startsWith(prefix)) continue;
+      try {
+        const raw = await this.ctx.api.client.call('nvmf_subsystem_get_controllers', { nqn: s.nqn });
+        out.set(s.nqn.slice(prefix.length), distinctHosts(NvmfControllerListSchema.parse(raw)));
+      } catch (e) {
+        // Deleted meanwhile (-32602), or a reply we do not understand: no number rather than a wrong one.
+        this.ctx.log.debug({ event: 'image.readers_unknown', nqn: s.nqn, err: String(e) }, 'cannot count the readers of an export');
+      }
+    }
+    return out;
   }
 
   /** Whether the golden of `name` is exported to peers now (deleteImage refuses). */

@@ -23,9 +23,11 @@ export interface ObserveInput {
   /** Imports running (or failed) in this process, by image name. */
   imports: ReadonlyMap<string, ImportProgress>;
   /** Lazy images' hydration as this process runs it (paused/failed messages), by image name. */
-  lazy?: ReadonlyMap<string, { message?: string; failed: boolean }>;
+  lazy?: ReadonlyMap<string, { message?: string; failed: boolean; unreachableSince?: number }>;
   /** The lvstore's cluster size: a lazy image's hydrated percentage counts clusters. */
   clusterBytes?: number;
+  /** Exported images: how many peer nodes are connected to each export now. */
+  peerReaders?: ReadonlyMap<string, number>;
 }
 
 /** Indexes bdevs by name, alias and UUID: controllers name their bdev by UUID. */
@@ -120,6 +122,7 @@ export function buildObservedState(input: ObserveInput): ObservedState {
       ref: lvol.alias,
       cloneCount: disksOfLazy,
       ...(percent !== undefined ? { hydratedPercent: percent } : {}),
+      ...(run?.unreachableSince !== undefined ? { sourceUnreachableSinceMs: run.unreachableSince } : {}),
       message: run?.message ?? (lvol.is_degraded ? 'lazy golden degraded: its source is not attached' : `hydrating${percent !== undefined ? ` ${percent}%` : ''}`),
     });
   }
@@ -145,6 +148,11 @@ export function buildObservedState(input: ObserveInput): ObservedState {
       cloneCount: 0,
       ...(p.message !== undefined ? { message: p.message } : {}),
     });
+  }
+
+  for (const [image, n] of input.peerReaders ?? []) {
+    const img = images.get(image);
+    if (img) img.peerReaders = n;
   }
 
   const controllers: ObservedController[] = [];

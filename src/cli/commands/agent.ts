@@ -15,7 +15,7 @@ import type { SpdkBackendOptions } from '../../backend/spdk/config.js';
 import type { StorageBackend } from '../../backend/types.js';
 import { DEFAULT_POD_RESOURCES_SOCKET } from '../../kube/kubelet-paths.js';
 import { createLogger, type Logger } from '../../log.js';
-import { defineCommand, parseFlags, text, type Command } from '../../config.js';
+import { defineCommand, duration, parseFlags, text, type Command } from '../../config.js';
 import { stopSignal } from '../signals.js';
 
 const MiB = 2 ** 20;
@@ -29,6 +29,11 @@ const AgentConfigSchema = AgentFlagsSchema.extend({
   nodeAddress: text('IP').optional().describe('Cluster mode: the address this node exports migrating disks and its cached images (read-only, to the other nodes) on, port 4420 (NVMe-oF/TCP; NBD with the qsd backend). Without it, node-local disks cannot migrate away and no other node reads its images.'),
   kubeconfig: text('FILE').optional().describe('Cluster mode: kubeconfig file. In-cluster config when absent.'),
   podResourcesSocket: text('PATH').default(DEFAULT_POD_RESOURCES_SOCKET).describe('Cluster mode: the kubelet PodResources API socket, used to map launcher pods to slots.'),
+  seedWait: duration()
+    .default('5s')
+    .describe(
+      'Cluster mode, lazy images from peers: when several nodes need an image (from an http(s) origin) that no node holds, one of them (the seed, the same for all: a rendezvous hash of the image and node names) reads the origin and the others read its golden. A node announces the image in its NodeImageCache (phase `wanted`) and waits this long for the seed to export it, then gives up on that seed (once more for the next seed), then reads the origin itself. The seed waits 1s (at most half of this) for the others\' announcements first. `0s`: no seeding, every node without a peer reads the origin at once. Needs `--node-address`: a node that cannot export neither seeds nor waits.',
+    ),
 })
   // The rules between flags; each message names the flag(s).
   .superRefine((c, ctx) => {
@@ -163,6 +168,7 @@ async function run(c: AgentConfig): Promise<number> {
         ...(c.kubeconfig ? { kubeconfig: c.kubeconfig } : {}),
         ...(c.nodeAddress ? { nodeAddress: c.nodeAddress } : {}),
         podResourcesSocket: c.podResourcesSocket,
+        seedWaitMs: c.seedWait,
         metricsPort: c.metricsPort ?? 0,
         agent,
         logger,

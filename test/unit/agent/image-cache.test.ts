@@ -91,6 +91,27 @@ describe('ImageCache in the agent', () => {
     }
   });
 
+  it('a trigger after a round ended, before the round it queued began, joins that round (rounds never overlap)', async () => {
+    // The race behind "many disks of one image share one import" failing under load: the
+    // import's end queued a round while one ran; converge's next trigger came after that round
+    // ended but before the queued one began, began its own round, and the two ran at once
+    // (one reported the disks the other was still making as not ready).
+    const h = await harness();
+    try {
+      const reasons: string[] = [];
+      h.agent.on('reconciled', (r: { reason: string }) => reasons.push(r.reason));
+      const first = h.agent.reconcile('round');
+      const queued = h.agent.reconcile('image-settled:fedora');
+      await first;
+      const next = h.agent.reconcile('converge');
+      expect(next).toBe(queued);
+      await next;
+      expect(reasons).toEqual(['round', 'image-settled:fedora,converge']);
+    } finally {
+      await h.cleanup();
+    }
+  });
+
   it('the LRU order survives an agent restart (last use is in the journal)', async () => {
     const h = await harness();
     try {

@@ -113,6 +113,16 @@ describe('imageStatusUpdates: what the controller writes', () => {
     expect(imageStatusUpdates([garbage], caches, nodes)).toEqual([{ name: 'fedora', status: { readyNodes: 2, readyNodeNames: ['a', 'b'], prefetchNodes: null } }]);
   });
 
+  it('counts each node once per ready image (not importing or hydrating; a cache without status holds nothing) and rewrites only a count that is off', () => {
+    const more = [...caches, nic('d', [['fedora', 'ready'], ['fedora', 'ready'], ['debian', 'importing']]), { metadata: { name: 'e' } }];
+    expect(nodeCacheIndex(more).holders).toEqual(new Map([['fedora', ['a', 'b', 'd']]]));
+    const imgs = [image('fedora', undefined, { readyNodes: 3, readyNodeNames: ['a', 'b', 'd'] }), image('debian', undefined, { readyNodes: 1 }), image('new')];
+    expect(imageStatusUpdates(imgs, more, nodes)).toEqual([
+      { name: 'debian', status: { readyNodes: 0, readyNodeNames: [], prefetchNodes: null } },
+      { name: 'new', status: { readyNodes: 0, readyNodeNames: [], prefetchNodes: null } },
+    ]);
+  });
+
   it('an invalid CachedImage still gets its counts but no prefetch; objects without a name are skipped', () => {
     const bad = { ...image('weird', { count: 0 }) };
     expect(imageStatusUpdates([bad, { metadata: {} }, null], caches, nodes)).toEqual([{ name: 'weird', status: { readyNodes: 0, readyNodeNames: [], prefetchNodes: null } }]);

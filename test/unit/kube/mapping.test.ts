@@ -7,8 +7,6 @@ import {
   eventsFor,
   newEvents,
   nodeImageCacheStatus,
-  readyNodeCounts,
-  readyNodesUpdates,
   slotsByVmi,
   vmiStatusPatch,
 } from '../../../src/kube/mapping.js';
@@ -145,20 +143,5 @@ describe('node cache state', () => {
         { name: 'fedora', phase: 'ready', sizeBytes: 100, clones: 3, lastUsed: '2024-01-01T00:00:00Z' },
       ],
     });
-  });
-
-  it('counts ready nodes per image and patches only CachedImages whose count is off', () => {
-    const nic = (node: string, images: Array<[string, string]>) => ({ metadata: { name: node }, status: { images: images.map(([name, phase]) => ({ name, phase })) } });
-    const counts = readyNodeCounts([nic('a', [['fedora', 'ready'], ['debian', 'importing']]), nic('b', [['fedora', 'ready']]), { metadata: { name: 'c' } }]);
-    expect(counts).toEqual(new Map([['fedora', 2]]));
-    const imgs = [
-      { metadata: { name: 'fedora' }, status: { readyNodes: 2 } },
-      { metadata: { name: 'debian' }, status: { readyNodes: 1 } },
-      { metadata: { name: 'new' } },
-    ];
-    expect(readyNodesUpdates(imgs, counts)).toEqual([
-      { name: 'debian', readyNodes: 0 },
-      { name: 'new', readyNodes: 0 },
-    ]);
   });
 });

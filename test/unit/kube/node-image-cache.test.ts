@@ -1,7 +1,8 @@
 import { describe, expect, it } from 'vitest';
 import type { NodeStatus } from '../../../src/agent/node-status.js';
 import type { RemoteDiskRef } from '../../../src/backend/types.js';
-import { nodeImageCacheStatus, peerGoldensOf, readyNodeCounts } from '../../../src/kube/mapping.js';
+import { nodeCacheIndex } from '../../../src/controller/image-status.js';
+import { nodeImageCacheStatus, peerGoldensOf } from '../../../src/kube/mapping.js';
 
 const KEY = `sha256-${'a'.repeat(40)}`;
 const ref: RemoteDiskRef = { transport: 'nbd', address: { kind: 'tcp', host: '10.0.0.1', port: 4420 }, exportName: `img.${KEY}`, sizeBytes: 1024 };
@@ -25,8 +26,8 @@ describe('NodeImageCache status: CachedImage names over content keys, peer distr
     expect(s.images[0]).toMatchObject({ phase: 'hydrating', hydratedPercent: 37, source: 'node-a', export: ref, peerReaders: 2 });
     expect(s.summary).toBe('fedora[hydrating 37% from node-a](1 clone), fedora-copy[hydrating 37% from node-a](1 clone), sha256-old(1 clone)');
     expect(s.usedBytes).toBe(1124);
-    // readyNodes counts CachedImage names.
-    expect(readyNodeCounts([{ metadata: { name: 'n' }, status: s }])).toEqual(new Map([['sha256-old', 1]]));
+    // The controller's readyNodes counts the ready CachedImage names of what the agent published.
+    expect(nodeCacheIndex([{ metadata: { name: 'n' }, status: s }]).holders).toEqual(new Map([['sha256-old', ['n']]]));
   });
 
   it('reads every node\'s goldens; a bad entry is skipped, not the node', () => {

@@ -3,7 +3,7 @@ import { describe, expect, it } from 'vitest';
 import { diskId } from '../../../src/contract/index.js';
 import type { RemoteDiskRef } from '../../../src/backend/remote.js';
 import { clusterDesired } from '../../../src/kube/mapping.js';
-import { EXPORTS_ANNOTATION, exportAddressOf, exportsFor, exportsPatch, factsOf, needsAbort, nodeIntentOf, outcomeToReport, type MigrationRecord } from '../../../src/kube/migration.js';
+import { exportAddressOf, exportEntriesOf, exportsOn, factsOf, needsAbort, nodeIntentOf, outcomeToReport, type ExportEntry, type MigrationRecord } from '../../../src/kube/migration.js';
 import { applySteps, freshJournal, planMigration } from '../../../src/migration/coordinator.js';
 import type { MigrationJournal } from '../../../src/migration/schemas.js';
 
@@ -23,23 +23,18 @@ function vmi(labels: Record<string, string>, migrationState?: object, annotation
 
 const record = (journal: MigrationJournal, over: Partial<MigrationRecord> = {}): MigrationRecord => ({ vmi: { namespace: 'default', name: 'vm1', uid: UID }, sourceNode: 'a', journal, ...over });
 
+/** A node's NodeImageCache listing migration exports (what a source agent writes). */
+const cacheOf = (node: string, migrationExports: unknown) => ({ metadata: { name: node }, status: { migrationExports } });
+
 describe('VMI -> migration facts', () => {
-  it('reads state, disks (local vs shared bdev) and only the exports of the current migration', () => {
-    const published = JSON.stringify([
-      { disk: 'root', migration: 'm1', ref },
-      { disk: 'root', migration: 'm0', ref: { ...ref, host: '10.9.9.9' } },
-    ]);
-    const f = factsOf(vmi({}, running, { [EXPORTS_ANNOTATION]: published }));
+  it('reads state and disks (local vs shared bdev)', () => {
+    const f = factsOf(vmi({}, running));
     if ('problem' in f) throw new Error(f.problem);
     expect(f.state?.targetNode).toBe('b');
     expect(f.disks).toEqual([
       { name: 'root', diskId: diskId(UID, 'root'), source: { kind: 'local' }, readonly: false, queues: 2 },
       { name: 'data', diskId: diskId(UID, 'data'), source: { kind: 'bdev', bdev: 'Nvme0n1' }, readonly: false, queues: 1 },
     ]);
-    expect(f.sourceExports).toEqual({ root: ref });
-    expect(exportsFor(published, 'm2')).toBeUndefined();
-    expect(exportsFor('not json', 'm1')).toBeUndefined();
-    expect(exportsFor(JSON.stringify([{ disk: 'root', migration: 'm1', ref: { transport: 'nvmf-tcp' } }]), 'm1')).toBeUndefined();
   });
 
   it('names the field when migrationState is malformed instead of throwing', () => {
@@ -50,15 +45,22 @@ describe('VMI -> migration facts', () => {
 });
 
 describe('publishing exports', () => {
-  it('patches only when the annotation differs, and removes it once nothing is exported', () => {
+  it('the target reads the exports of its VMI\'s current migration from the source node\'s NodeImageCache only', () => {
+    const e = (over: Partial<ExportEntry> = {}): ExportEntry => ({ vmi: UID, migration: 'm1', disk: 'root', ref, ...over });
+    const caches = [cacheOf('a', [e(), e({ migration: 'm0', ref: { ...ref, host: '10.9.9.9' } }), e({ vmi: 'u2', disk: 'data' })]), cacheOf('c', [e({ disk: 'data' })])];
+    expect(exportsOn(caches, 'a', UID, 'm1')).toEqual({ root: ref });
+    expect(exportsOn(caches, 'a', UID, 'm2')).toBeUndefined();
+    expect(exportsOn(caches, 'c', UID, 'm1')).toEqual({ data: ref });
+    expect(exportsOn(caches, undefined, UID, 'm1')).toBeUndefined();
+    expect(exportsOn([cacheOf('a', 'not a list')], 'a', UID, 'm1')).toBeUndefined();
+    expect(exportsOn([cacheOf('a', [{ ...e(), ref: { transport: 'nvmf-tcp' } }])], 'a', UID, 'm1')).toBeUndefined();
+  });
+
+  it('a source publishes what its journal exports, and nothing once it exports nothing', () => {
     const j = { ...freshJournal('m1', 'source'), exports: { root: ref } };
-    const patch = exportsPatch(undefined, j);
-    expect(patch).toBeDefined();
-    const value = patch!.metadata.annotations[EXPORTS_ANNOTATION]!;
-    expect(exportsFor(value, 'm1')).toEqual({ root: ref });
-    expect(exportsPatch(value, j)).toBeUndefined();
-    expect(exportsPatch(value, { ...j, exports: {} })).toEqual({ metadata: { annotations: { [EXPORTS_ANNOTATION]: null } } });
-    expect(exportsPatch(undefined, { ...j, exports: {} })).toBeUndefined();
+    expect(exportsOn([cacheOf('a', exportEntriesOf(UID, j))], 'a', UID, 'm1')).toEqual({ root: ref });
+    expect(exportEntriesOf(UID, { ...j, exports: {} })).toEqual([]);
+    expect(exportEntriesOf(UID, { ...freshJournal('m1', 'target'), exports: { root: ref } })).toEqual([]);
   });
 
   it('a scripted migration: what the source publishes is what the target attaches', () => {
@@ -67,18 +69,16 @@ describe('publishing exports', () => {
     const base = { disks: src.disks, backendCanMigrate: true, exportAddress: { kind: 'tcp' as const, host: '10.0.0.1', port: 4420 } };
     const sPlan = planMigration({ ...base, node: 'a', state: src.state, slot: 'slot-01', sourceExports: undefined, here: { exported: {}, disks: {} }, journal: undefined });
     expect(sPlan.intent.exports.map((e) => e.diskId)).toEqual([diskId(UID, 'root')]);
-    // The agent exports; the planner records it; the agent publishes the record on the VMI.
+    // The agent exports; the planner records it; the agent publishes the record in node a's NodeImageCache.
     const sDone = planMigration({ ...base, node: 'a', state: src.state, slot: 'slot-01', sourceExports: undefined, here: { exported: { root: ref }, disks: {} }, journal: sPlan.journal });
     const sJournal = applySteps(sDone.journal!, sDone.actions);
     expect(sJournal.exports).toEqual({ root: ref });
-    const annotation = exportsPatch(undefined, sJournal)!.metadata.annotations[EXPORTS_ANNOTATION]!;
-    const tgt = factsOf(vmi({}, running, { [EXPORTS_ANNOTATION]: annotation }));
-    if ('problem' in tgt) throw new Error(tgt.problem);
-    const tPlan = planMigration({ ...base, node: 'b', state: tgt.state, slot: 'slot-05', sourceExports: tgt.sourceExports, here: { exported: {}, disks: {} }, journal: undefined });
+    const sourceExports = exportsOn([cacheOf('a', exportEntriesOf(UID, sJournal))], 'a', UID, 'm1');
+    const tPlan = planMigration({ ...base, node: 'b', state: src.state, slot: 'slot-05', sourceExports, here: { exported: {}, disks: {} }, journal: undefined });
     expect(tPlan.actions).toContainEqual({ type: 'recordAttached', disk: 'root', attached: { kind: 'remote', ref, node: 'a' } });
     expect(tPlan.actions).toContainEqual({ type: 'recordAttached', disk: 'data', attached: { kind: 'shared', bdev: 'Nvme0n1' } });
     const ready = { root: { phase: 'Ready' }, data: { phase: 'Ready' } };
-    const tServed = planMigration({ ...base, node: 'b', state: tgt.state, slot: 'slot-05', sourceExports: tgt.sourceExports, here: { exported: {}, disks: ready }, journal: applySteps(tPlan.journal!, tPlan.actions) });
+    const tServed = planMigration({ ...base, node: 'b', state: src.state, slot: 'slot-05', sourceExports, here: { exported: {}, disks: ready }, journal: applySteps(tPlan.journal!, tPlan.actions) });
     expect(tServed.actions.at(-2)).toEqual({ type: 'reportTargetReady', slot: 'slot-05' });
   });
 });
