@@ -247,4 +247,26 @@ describe.skipIf(!canRun || !haveCurl || !haveFuse)('boot-order prefetch (qsd)', 
     expect(await b3.qmpExecute('query-named-block-nodes', { flat: true })).toEqual([]);
     expect(await fs.readdir(path.join(stateDir, 'images'))).toEqual([]);
   });
+
+  it('a stream that runs again during the record window (a source switch, a restart) records nothing rather than a wrong profile', async () => {
+    const image = randomBytes(SIZE);
+    const origin = await startOrigin(image, { bytesPerSecond: 4 * MiB });
+    origins.push(origin);
+    const log = memoryLog();
+    const n = await makeBackend('r', { logger: log.logger, bootOrder: { record: true, capMs: 20_000, quietMs: 1_500, idleMs: 20_000, pollMs: 200 } });
+    await n.ensureImage({ name: 'img', source: { http: { url: origin.url, sha256: sha(image) } }, format: 'raw', sizeBytes: SIZE });
+    const disk = await n.ensureDisk({ id: 'd1', source: { kind: 'image', image: 'img' } });
+    const ctrl = await n.ensureController({ name: 'slot-01/root', diskRef: disk.ref, readonly: false });
+    const jobs = await n.qmpExecute<Array<{ device: string; paused: boolean }>>('query-block-jobs');
+    expect(jobs[0]?.paused).toBe(true);
+    await frontEndAsync(ctrl.socketPath, [{ op: 'read', sector: (5 * MiB) / 512, len: K }]);
+    await n.qmpExecute('block-job-resume', { device: jobs[0]!.device });
+    const done = await waitFor('hydration', async () => {
+      const i = await imageOf(n, 'img');
+      return i?.phase === 'ready' || i?.phase === 'failed' ? i : undefined;
+    });
+    expect(done.phase).toBe('ready');
+    expect(done.bootProfile).toBeUndefined();
+    await waitFor('the record gives up', async () => log.lines().some((l) => l.event === 'image.boot.failed' && /ran again during the record window/.test(String(l.err))));
+  });
 });

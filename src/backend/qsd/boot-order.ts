@@ -161,6 +161,17 @@ export class BootOrder {
     }
   }
 
+  /**
+   * The stream must have stayed paused all through the window: one restarted meanwhile (a
+   * source switch, a daemon restart) copies in order and its blocks would pass for boot reads.
+   */
+  private async stillPaused(name: string, job: string): Promise<void> {
+    const jobs = await this.d.session.exec<Array<{ device: string; paused: boolean }>>('query-block-jobs', undefined, 'query-block-jobs');
+    if (jobs.find((j) => j.device === job)?.paused !== true) {
+      throw new BackendError(`image ${name}: hydration ran again during the record window (a source switch or a daemon restart); nothing recorded`, 'internal');
+    }
+  }
+
   /** What the golden's own layer holds now: its node reopened (flushed), then its file mapped. */
   async allocated(name: string, signal?: AbortSignal): Promise<BootRange[]> {
     const { session } = this.d;
@@ -200,13 +211,16 @@ export class BootOrder {
       await sleep(pollMs, signal);
       const now = Date.now();
       const bytes = rangesBytes(await this.allocated(name, signal));
+      await this.stillPaused(name, job);
       if (bytes !== last) {
         last = bytes;
         grewAt = now;
       }
       if (now - start >= capMs || (grewAt !== undefined ? now - grewAt >= quietMs : now - start >= idleMs)) break;
     }
-    const profile = coalesceBootRanges(subtractRanges(await this.allocated(name, signal), before), sizeBytes);
+    const after = await this.allocated(name, signal);
+    await this.stillPaused(name, job);
+    const profile = coalesceBootRanges(subtractRanges(after, before), sizeBytes);
     if (!profile) {
       log.info({ event: 'image.boot.unrecorded', windowMs: Date.now() - start }, 'the first boot read nothing new');
       return;
