@@ -313,9 +313,14 @@ export function nodeImageCacheStatus(s: Pick<NodeStatus, 'backend' | 'images'>, 
         ...(info?.source !== undefined ? { source: info.source } : {}),
         ...(info?.export !== undefined ? { export: info.export } : {}),
         ...(info?.peerReaders ? { peerReaders: info.peerReaders } : {}),
-        ...(i.bootProfile ? { bootProfile: i.bootProfile } : {}),
       };
-      return (names?.length ? names : [i.name]).map((name) => ({ name, ...(extras.names ? { key: i.name } : {}), ...base }));
+      // The boot profile (up to 1024 ranges) once per golden, on its first name: readers match by key.
+      return (names?.length ? names : [i.name]).map((name, k) => ({
+        name,
+        ...(extras.names ? { key: i.name } : {}),
+        ...base,
+        ...(i.bootProfile && k === 0 ? { bootProfile: i.bootProfile } : {}),
+      }));
     })
     .concat(wanted)
     .sort((a, b) => a.name.localeCompare(b.name));

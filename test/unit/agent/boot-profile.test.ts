@@ -58,9 +58,12 @@ describe('boot profiles from other nodes (pure reader)', () => {
     const s = nodeImageCacheStatus(
       { backend: { kind: 'qsd', ok: true }, images: [{ name: KEY, phase: 'ready', sizeBytes: 64 * MiB, cloneCount: 0, bootProfile: good }] },
       '2026-01-01T00:00:00Z',
-      { names: { [KEY]: ['fedora'] } },
+      { names: { [KEY]: ['fedora', 'fedora-copy'] } },
     );
     expect(s.images[0]).toMatchObject({ name: 'fedora', key: KEY, bootProfile: good });
+    // Once per golden: the other names of the same content do not repeat it.
+    expect(s.images[1]).toMatchObject({ name: 'fedora-copy', key: KEY });
+    expect(s.images[1]?.bootProfile).toBeUndefined();
     expect(bootProfilesOf([{ metadata: { name: 'node-a' }, status: s }]).profiles.get(KEY)).toEqual(good);
   });
 });
