@@ -89,7 +89,7 @@ export class BootOrder {
     return path.join(this.d.layout.imagesDir, `${path.basename(this.d.layout.lazyRecordPath(name), '.lazy.json')}.boot.json`);
   }
 
-  /** The profile recorded or replayed here, if any (unreadable: none, and said once in the log). */
+  /** The profile recorded or replayed here, if any (a file that does not parse is no profile: it is only ever written by us, atomically). */
   async profileOf(name: string): Promise<BootProfile | undefined> {
     const text = await fs.readFile(this.profilePath(name), 'utf8').catch(() => undefined);
     if (text === undefined) return undefined;
