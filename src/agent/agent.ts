@@ -10,6 +10,7 @@ import { Executor, FreshObserver, describeError, type DiskOutcome } from './exec
 import { writeFileAtomic } from '../fsutil.js';
 import { ImageCache, type CacheLimits } from './image-cache.js';
 import type { ImagePeers } from './image-peers.js';
+import type { BootProfiles } from './boot-profile.js';
 import { Journal, type JournalOptions, type JournalState } from './journal.js';
 import type { NodeStatus } from './node-status.js';
 import { isFollowUp, isReport, orphanKey, reconcile, type Action, type ReconcileConfig, type SocketPolicy, type SocketStat } from './reconcile.js';
@@ -44,6 +45,8 @@ export interface NodeAgentOptions {
   metrics?: Metrics;
   /** Node-to-node image distribution (cluster mode): image sources by load, goldens exported to peers. */
   peers?: ImagePeers;
+  /** Boot profiles other nodes published (cluster mode): a new lazy golden hydrates its key's first. */
+  bootProfiles?: BootProfiles;
   /** With peers: a hydration whose source is unreachable this long moves to another source (source-failover.ts). Default 10 s. */
   sourceFailoverAfterMs?: number;
 }
@@ -123,7 +126,7 @@ export class NodeAgent extends EventEmitter {
         record: (name, source) => peers.setSource(name, source),
       });
     }
-    this.images = new ImageCache(this.opts.backend, this.journal, { logger: this.log, now: () => this.now(), metrics: this.metrics, ...(this.opts.peers ? { peers: this.opts.peers } : {}) });
+    this.images = new ImageCache(this.opts.backend, this.journal, { logger: this.log, now: () => this.now(), metrics: this.metrics, ...(this.opts.peers ? { peers: this.opts.peers } : {}), ...(this.opts.bootProfiles ? { bootProfiles: this.opts.bootProfiles } : {}) });
     this.executor = new Executor({
       backend: this.opts.backend,
       journal: this.journal,

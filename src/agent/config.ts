@@ -58,6 +58,11 @@ export const AgentFlagsSchema = z.object({
     .describe(
       "Images are usable at once and copied into the node in the background. qsd: an http(s) origin (format raw) is read through QEMU's curl driver while it is copied, and verified after. spdk (v24.09 or later, else a full import): the image is fetched and verified into a file on the node, then served from it while it is copied into the lvstore (the file is kept until then). Default: a full import first. Both backends read images lazily from peer nodes without it.",
     ),
+  bootRecordWindow: duration({ below: 600_001, bounds: 'from 0s to 10m' })
+    .default('30s')
+    .describe(
+      'qsd only: a lazy golden made with no boot profile known in the cluster records one: its hydration is paused from its creation until its first boot stopped reading new blocks (3 s quiet), at most this long after the first disk opened; other nodes then hydrate those blocks first. `0s`: never record (profiles from other nodes are still replayed). Standalone: never records (no other node would use it).',
+    ),
   sourceFailoverAfter: duration()
     .default('10s')
     .describe(

@@ -2,6 +2,7 @@ import type { ImageSpec, ObservedImage, StorageBackend } from '../backend/types.
 import { silentLogger, type Logger } from '../log.js';
 import { secondsSince, type Metrics } from '../metrics/metrics.js';
 import type { ImagePeers } from './image-peers.js';
+import type { BootProfiles } from './boot-profile.js';
 import type { Journal } from './journal.js';
 
 /**
@@ -75,7 +76,7 @@ export class ImageCache {
   constructor(
     private readonly backend: StorageBackend,
     private readonly journal: Journal,
-    private readonly opts: { logger?: Logger; now?: () => number; metrics?: Metrics; peers?: ImagePeers } = {},
+    private readonly opts: { logger?: Logger; now?: () => number; metrics?: Metrics; peers?: ImagePeers; bootProfiles?: BootProfiles } = {},
   ) {}
 
   private get log(): Logger {
@@ -103,7 +104,9 @@ export class ImageCache {
       try {
         // With peers, the source is chosen (a peer's golden, the next one on failure, a seed's, the origin).
         const peers = this.opts.peers;
-        img = peers ? await peers.ensure(spec, (s) => this.backend.ensureImage(s, signal), signal) : await this.backend.ensureImage(spec, signal);
+        // A boot profile another node published: a lazy golden hydrates those ranges first.
+        const withProfile = this.opts.bootProfiles?.withProfile(spec) ?? spec;
+        img = peers ? await peers.ensure(withProfile, (s) => this.backend.ensureImage(s, signal), signal) : await this.backend.ensureImage(withProfile, signal);
       } catch (e) {
         this.opts.metrics?.imageImportDuration.observe({ outcome: 'error' }, secondsSince(started));
         // The call is over: a failed import must not stay "pending" (one more per retry, replayed at every start).

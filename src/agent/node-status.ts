@@ -1,5 +1,6 @@
 import { z } from 'zod';
 import { DiskStatusSchema, VmiRefSchema } from '../api/status.js';
+import { BootProfileSchema } from '../contract/boot-profile.js';
 
 /**
  * `<stateDir>/status.json`: what the node serves, written atomically by the agent after each
@@ -13,7 +14,16 @@ export const NodeStatusSchema = z.object({
   resyncMs: z.number(),
   reconcile: z.object({ reason: z.string(), passes: z.number(), durationMs: z.number(), converged: z.boolean() }),
   images: z.array(
-    z.object({ name: z.string(), phase: z.string(), sizeBytes: z.number(), cloneCount: z.number(), lastUse: z.string().optional(), message: z.string().optional() }),
+    z.object({
+      name: z.string(),
+      phase: z.string(),
+      sizeBytes: z.number(),
+      cloneCount: z.number(),
+      lastUse: z.string().optional(),
+      message: z.string().optional(),
+      /** The boot profile recorded or replayed here (published in the NodeImageCache). */
+      bootProfile: BootProfileSchema.optional(),
+    }),
   ),
   disks: z.array(z.object({ id: z.string(), ref: z.string(), sizeBytes: z.number(), image: z.string().optional(), owned: z.boolean(), vmi: z.string().optional() })),
   controllers: z.array(z.object({ name: z.string(), diskRef: z.string(), socketPath: z.string(), sessions: z.number(), readonly: z.boolean() })),

@@ -107,7 +107,7 @@ export function nodeStatusOf(
     reconcile: { reason: report.reason, passes: report.passes, durationMs: report.durationMs, converged: report.converged },
     images: (observed?.images ?? []).map((i) => {
       const lastUse = journal.imageLastUse[i.name];
-      return { name: i.name, phase: i.phase, sizeBytes: i.sizeBytes, cloneCount: i.cloneCount, ...(lastUse ? { lastUse: new Date(lastUse).toISOString() } : {}), ...(i.message ? { message: i.message } : {}) };
+      return { name: i.name, phase: i.phase, sizeBytes: i.sizeBytes, cloneCount: i.cloneCount, ...(lastUse ? { lastUse: new Date(lastUse).toISOString() } : {}), ...(i.message ? { message: i.message } : {}), ...(i.bootProfile ? { bootProfile: i.bootProfile } : {}) };
     }),
     disks: (observed?.disks ?? []).map((d) => ({ id: d.id, ref: d.ref, sizeBytes: d.sizeBytes, owned: d.owned, ...(d.image ? { image: d.image } : {}), ...(owners.has(d.id) ? { vmi: owners.get(d.id) } : {}) })),
     controllers: (observed?.controllers ?? []).map((c) => ({ name: c.name, diskRef: c.diskRef, socketPath: c.socketPath, sessions: c.sessions, readonly: c.readonly })),

@@ -1,6 +1,7 @@
 import type { EventEmitter } from 'node:events';
 import type { ImageSource } from '../api/cachedimage.js';
 import type { ExportOptions, ListenAddress, RemoteDiskRef } from './remote.js';
+import type { BootProfile } from '../contract/boot-profile.js';
 
 export type { ExportOptions, ListenAddress, RemoteDiskRef } from './remote.js';
 
@@ -77,6 +78,12 @@ export interface ImageSpec {
    * that reads through to it and hydrates in the background (backends that support it).
    */
   peer?: RemoteDiskRef;
+  /**
+   * The ranges another node's first boot of this image read (contract boot-profile.ts, already
+   * validated by the agent; backends check it again): a lazy golden hydrates them first.
+   * Backends that cannot replay ignore it.
+   */
+  bootProfile?: BootProfile;
 }
 
 export type ImagePhase = 'importing' | 'hydrating' | 'ready' | 'failed';
@@ -100,6 +107,8 @@ export interface ObservedImage {
   sourceUnreachableSinceMs?: number;
   /** Peers reading through this node's export of the golden now (lazy readers + hydration streams), when the backend can tell: the load peers choose a source by. */
   peerReaders?: number;
+  /** The boot profile this node recorded or replayed for the image, published for other nodes. */
+  bootProfile?: BootProfile;
 }
 
 export type DiskSourceSpec = { kind: 'image'; image: string } | { kind: 'blank' } | { kind: 'bdev'; bdev: string };

@@ -6,6 +6,7 @@ import { errorText } from './informer.js';
 import type { NodeMigrationIntent } from '../migration/coordinator.js';
 import { clusterDesired, peerGoldensOf, type ClusterDesired } from './mapping.js';
 import { ImagePeers } from '../agent/image-peers.js';
+import { BootProfiles } from '../agent/boot-profile.js';
 import type { ListenAddress } from '../backend/remote.js';
 import { NodeView, type NodeViewInput } from './node-view.js';
 import type { SlotLister } from './pod-slots.js';
@@ -64,6 +65,8 @@ export interface ClusterParts extends ClusterWiring {
   status: StatusPublisher;
   /** Peer image distribution; the NodeAgent must have been given the same object as `peers`. */
   peers?: ImagePeers;
+  /** Boot profiles read from NodeImageCaches; the NodeAgent must have been given the same object. */
+  bootProfiles?: BootProfiles;
 }
 
 /** The parts cluster mode needs, built from configuration (the one place they are constructed). */
@@ -84,9 +87,10 @@ export function clusterParts(o: ClusterAgentOptions): ClusterParts {
     ...(o.imageExportAddress ? { exportAddress: o.imageExportAddress } : {}),
     ...(o.imageSeed?.waitMs ? { seed: o.imageSeed } : {}),
   });
-  const agent = new NodeAgent({ ...o.agent, node: o.node, logger: o.logger, onVmiStatus: status.onVmiStatus, peers });
+  const bootProfiles = new BootProfiles(o.logger);
+  const agent = new NodeAgent({ ...o.agent, node: o.node, logger: o.logger, onVmiStatus: status.onVmiStatus, peers, bootProfiles });
   const { kubeConfig: _kc, agent: _agentOptions, ...wiring } = o;
-  return { ...wiring, api, agent, status, peers };
+  return { ...wiring, api, agent, status, peers, bootProfiles };
 }
 
 const isOptions = (o: ClusterAgentOptions | ClusterParts): o is ClusterAgentOptions => 'kubeConfig' in o;
@@ -107,6 +111,7 @@ export class ClusterAgent {
   private readonly log: Logger;
   private readonly wiring: ClusterWiring;
   private readonly peers: ImagePeers | undefined;
+  private readonly bootProfiles: BootProfiles | undefined;
   private imageNames: Readonly<Record<string, readonly string[]>> = {};
   private slots = new Map<string, string>();
   private desiredKey: string | undefined;
@@ -121,6 +126,7 @@ export class ClusterAgent {
     this.api = parts.api;
     this.status = parts.status;
     this.peers = parts.peers;
+    this.bootProfiles = parts.bootProfiles;
     this.log = parts.logger;
     this.view = new NodeView({
       node: parts.node,
@@ -218,6 +224,7 @@ export class ClusterAgent {
       const served = this.peers.servedToPeers();
       if (served.length) desired.servedToPeers = served;
     }
+    this.bootProfiles?.setCaches(input.nodeImageCaches);
     this.imageNames = desired.imageNames ?? {};
     this.slots = slots;
     this.status.syncVmis(new Set(desired.vmis.map((v) => v.ref.uid)), input.vmis);

@@ -260,6 +260,12 @@ export const NodeImageCacheImageSchema = z.object({
   export: RemoteDiskRefSchema.optional(),
   /** Other nodes hydrating from this golden now. */
   peerReaders: z.number().int().nonnegative().optional(),
+  /**
+   * The ranges the image's first boot read (contract boot-profile.ts), for other nodes to
+   * hydrate first. Unknown here: readers validate it apart (agent/boot-profile.ts), so that a
+   * bad profile drops the profile only, never the node's golden as a peer source.
+   */
+  bootProfile: z.unknown().optional(),
 });
 
 /** `NodeImageCache.status` (see manifests/crds/nodeimagecache.yaml). */
@@ -308,7 +314,13 @@ export function nodeImageCacheStatus(s: Pick<NodeStatus, 'backend' | 'images'>, 
         ...(info?.export !== undefined ? { export: info.export } : {}),
         ...(info?.peerReaders ? { peerReaders: info.peerReaders } : {}),
       };
-      return (names?.length ? names : [i.name]).map((name) => ({ name, ...(extras.names ? { key: i.name } : {}), ...base }));
+      // The boot profile (up to 1024 ranges) once per golden, on its first name: readers match by key.
+      return (names?.length ? names : [i.name]).map((name, k) => ({
+        name,
+        ...(extras.names ? { key: i.name } : {}),
+        ...base,
+        ...(i.bootProfile && k === 0 ? { bootProfile: i.bootProfile } : {}),
+      }));
     })
     .concat(wanted)
     .sort((a, b) => a.name.localeCompare(b.name));

@@ -12,6 +12,8 @@ export interface Origin {
   /** Body bytes written to clients so far. */
   served(): number;
   requests(): number;
+  /** Body bytes sent per range request, [start, end) each (not the HEAD requests). */
+  sent(): Array<[number, number]>;
   stop(): Promise<void>;
 }
 
@@ -20,6 +22,7 @@ export async function startOrigin(image: Buffer, opts: { bytesPerSecond?: number
   const chunk = 64 * 1024;
   let served = 0;
   let requests = 0;
+  const sent: Array<[number, number]> = [];
   const sockets = new Set<Socket>();
   const server = http.createServer((req, res) => {
     requests++;
@@ -50,6 +53,7 @@ export async function startOrigin(image: Buffer, opts: { bytesPerSecond?: number
       }
       const n = Math.min(chunk, end - pos + 1);
       const piece = image.subarray(pos, pos + n);
+      sent.push([pos, pos + n]);
       pos += n;
       served += n;
       const ok = res.write(piece);
@@ -72,6 +76,7 @@ export async function startOrigin(image: Buffer, opts: { bytesPerSecond?: number
     port,
     served: () => served,
     requests: () => requests,
+    sent: () => sent,
     stop: async () => {
       for (const s of sockets) s.destroy();
       await new Promise<void>((resolve) => server.close(() => resolve()));

@@ -23,7 +23,9 @@ import { QsdDisks } from './disks.js';
 import { RemoteDisks } from './hydrate.js';
 import { QsdImages } from './images.js';
 import { QsdLayout } from './layout.js';
-import { LazyGoldens } from './lazy.js';
+import { BootOrder, DEFAULT_BOOT_ORDER, type BootOrderOptions } from './boot-order.js';
+import { LazyGoldens, goldenNodeName } from './lazy.js';
+import { hydratingGoldenOptions } from './retarget.js';
 import * as nbd from './nbd.js';
 import { NbdTls } from './nbd-tls.js';
 import { QsdSession } from './session.js';
@@ -81,6 +83,14 @@ export interface QsdBackendOptions {
    * open to any host that reaches the server (a warning at start says so).
    */
   nbdPsk?: string;
+  /**
+   * Boot-order prefetch of lazy goldens (boot-order.ts): a golden made with no boot profile
+   * records one from its first boot (its hydration paused for that window, at most `capMs`);
+   * one made with an ImageSpec's `bootProfile` hydrates those ranges first (always). Default:
+   * record off (the agent's `--boot-record-window` turns it on); window cap 30 s, closed after
+   * 3 s without new reads, or 10 s without any.
+   */
+  bootOrder?: Partial<BootOrderOptions>;
 }
 
 export class QsdBackend extends EventEmitter implements StorageBackend {
@@ -116,7 +126,16 @@ export class QsdBackend extends EventEmitter implements StorageBackend {
     const nbdTls = (this.nbdTls = new NbdTls((command, args, what) => session.exec(command, args, what)));
     const retryDelayMs = opts.hydrationRetryMs ?? 500;
     const speedBytesPerSecond = opts.hydrationBytesPerSecond ?? 0;
-    this.lazy = new LazyGoldens({ session, layout, qemuImg, log, retryDelayMs, speedBytesPerSecond, listDisks: () => this.disks.list(), nbdTls });
+    const bootOrder = new BootOrder({
+      session,
+      layout,
+      qemuImg,
+      log,
+      options: { ...DEFAULT_BOOT_ORDER, ...opts.bootOrder },
+      goldenNode: goldenNodeName,
+      goldenReopenOptions: (name, backing) => hydratingGoldenOptions(goldenNodeName(name), backing),
+    });
+    this.lazy = new LazyGoldens({ session, layout, qemuImg, log, retryDelayMs, speedBytesPerSecond, listDisks: () => this.disks.list(), nbdTls, bootOrder });
     this.remote = new RemoteDisks({ session, layout, qemuImg, log, retryDelayMs, nbdTls });
     this.images = new QsdImages({
       layout,
@@ -223,7 +242,7 @@ export class QsdBackend extends EventEmitter implements StorageBackend {
     if (backing === undefined) return undefined;
     if (path.dirname(backing) === this.layout.imagesDir && backing.endsWith('.qcow2')) {
       const image = this.layout.imageOfBacking(backing);
-      return image === undefined ? undefined : this.lazy.openGoldenNow(image);
+      return image === undefined ? undefined : this.lazy.diskBackingNow(image);
     }
     if (path.dirname(diskRef) === this.layout.disksDir) return this.remote.backingNow(path.basename(diskRef, '.qcow2'));
     return undefined;

@@ -13,6 +13,7 @@ import type { QsdSession } from './session.js';
 import { readLazyRecord, writeLazyRecord, type LazyRecord } from './lazy-record.js';
 import { checkRawOrigin, nbdNodeOptions, nbdRef, nbdUri, nodeSize, sizeProblem, sourceOf, type LazySource } from './sources.js';
 import { contentSha256 } from './verify.js';
+import type { BootOrder } from './boot-order.js';
 import { hydratingGoldenOptions, retargetNow } from './retarget.js';
 
 /**
@@ -62,6 +63,8 @@ export interface LazyDeps {
   listDisks(): Promise<ObservedDisk[]>;
   /** Client credentials for a peer's export (nbd-tls.ts); absent: plain NBD. */
   nbdTls?: NbdTls;
+  /** Boot-order prefetch (boot-order.ts): copy-on-read disks, record or replay a boot profile. */
+  bootOrder?: BootOrder;
 }
 
 export class LazyGoldens {
@@ -151,6 +154,7 @@ export class LazyGoldens {
     }
     log.info({ event: 'image.lazy.created', sizeBytes: size, source: source.kind }, 'lazy golden created');
     await this.ensureRunning(name);
+    this.d.bootOrder?.begin(spec, goldenNodeName(name), jobIdFor(name), size);
     return rec;
   }
 
@@ -253,6 +257,13 @@ export class LazyGoldens {
     for (let i = 0; i < 800 && (await jobs()).some((j) => j.device === job); i++) await new Promise((res) => setTimeout(res, 25));
   }
 
+  /** The node a disk of this golden is opened over: the golden, or while it hydrates its copy-on-read filter. */
+  async diskBackingNow(name: string): Promise<string> {
+    const g = await this.openGoldenNow(name);
+    if (!this.d.bootOrder || (await this.hydrated(g))) return g;
+    return this.d.bootOrder.diskBackingNow(name, g);
+  }
+
   private async ensureRunning(name: string): Promise<void> {
     const rec = await this.record(name);
     if (!rec || rec.state === 'failed' || rec.state === 'ready') return;
@@ -261,11 +272,16 @@ export class LazyGoldens {
       void this.finish(name);
       return;
     }
-    const jobs = await this.d.session.exec<Array<{ device: string }>>('query-block-jobs', undefined, 'query-block-jobs');
+    const jobs = await this.d.session.exec<Array<{ device: string; paused?: boolean }>>('query-block-jobs', undefined, 'query-block-jobs');
     const job = jobIdFor(name);
     // Also for a job found running (a daemon that outlived an agent): its end is ours to handle.
     this.byJob.set(job, name);
-    if (jobs.some((j) => j.device === job)) return;
+    const running = jobs.find((j) => j.device === job);
+    if (running) {
+      // Paused for a record or replay that no longer runs (the agent restarted): resume it.
+      if (running.paused === true) await this.d.bootOrder?.adoptPaused(name, job);
+      return;
+    }
     await this.d.session.exec(
       'block-stream',
       { 'job-id': job, device: g, 'on-error': 'report', ...(this.d.speedBytesPerSecond > 0 ? { speed: this.d.speedBytesPerSecond } : {}) },
@@ -337,6 +353,8 @@ export class LazyGoldens {
         if (!r || r.state === 'ready' || r.state === 'failed') return undefined;
         const g = goldenNodeName(name);
         if (!(await this.hydrated(g))) return undefined;
+        // The copy-on-read filter holds write permission on the golden: disks move off it first.
+        await this.d.bootOrder?.releaseNow(name, g);
         for (const n of (await session.blockNodes()).map((x) => x['node-name'] ?? '').filter((x) => isSourceNodeOf(name, x))) {
           await session.deleteNode(n).catch((e: unknown) => {
             if (!isGone(e)) throw e;
@@ -395,7 +413,14 @@ export class LazyGoldens {
   }
 
   private async info(rec: LazyRecord, disks: ObservedDisk[]): Promise<ObservedImage> {
-    const base = { name: rec.name, sizeBytes: rec.sizeBytes, ref: this.d.layout.lazyGoldenPath(rec.name), cloneCount: disks.filter((d) => d.image === rec.name).length };
+    const bootProfile = await this.d.bootOrder?.profileOf(rec.name);
+    const base = {
+      name: rec.name,
+      sizeBytes: rec.sizeBytes,
+      ref: this.d.layout.lazyGoldenPath(rec.name),
+      cloneCount: disks.filter((d) => d.image === rec.name).length,
+      ...(bootProfile ? { bootProfile } : {}),
+    };
     if (rec.state === 'ready') return { ...base, phase: 'ready' };
     if (rec.state === 'failed') return { ...base, phase: 'failed', ...(rec.message ? { message: rec.message } : {}) };
     if (rec.state === 'verifying') return { ...base, phase: 'hydrating', hydratedPercent: 100, message: 'hydrated; verifying sha256' };
@@ -447,6 +472,7 @@ export class LazyGoldens {
     const golden = layout.lazyGoldenPath(name);
     if (session.connected) {
       await this.cancelStream(name);
+      await this.d.bootOrder?.forgetNow(name);
       await session.deleteNode(goldenNodeName(name));
       for (const n of (await session.blockNodes()).map((x) => x['node-name'] ?? '').filter((x) => isSourceNodeOf(name, x))) await session.deleteNode(n);
     }

@@ -20,8 +20,26 @@ const BlockExportInfoSchema = z.array(
   z.object({ id: z.string(), type: z.string(), 'node-name': z.string(), 'shutting-down': z.boolean() }).passthrough(),
 );
 const BlockNodeInfoSchema = z.array(
-  z.object({ 'node-name': z.string().optional(), file: z.string(), ro: z.boolean(), drv: z.string() }).passthrough(),
+  z
+    .object({ 'node-name': z.string().optional(), file: z.string(), ro: z.boolean(), drv: z.string() })
+    .passthrough()
+    .transform((n) => ({ ...n, file: plainFileName(n.file) })),
 );
+
+/**
+ * A format node whose backing is not the one its header names (a disk over a lazy golden's
+ * copy-on-read filter) is reported with a `json:{...}` file name; its own file is still the
+ * plain one at `file.filename`, and that is what every lookup by disk file means.
+ */
+export function plainFileName(file: string): string {
+  if (!file.startsWith('json:')) return file;
+  try {
+    const o = JSON.parse(file.slice('json:'.length)) as { file?: { driver?: unknown; filename?: unknown } };
+    return o.file?.driver === 'file' && typeof o.file.filename === 'string' ? o.file.filename : file;
+  } catch {
+    return file;
+  }
+}
 const VersionInfoSchema = z.object({
   qemu: z.object({ major: z.number(), minor: z.number(), micro: z.number() }),
   package: z.string(),

@@ -121,6 +121,8 @@ export function backendOptionsOf(c: AgentConfig):
       vhostDir,
       managed: true,
       lazyImages: c.lazyImages,
+      // Standalone: no other node would use a profile, so none is recorded (nor hydration paused for it).
+      bootOrder: { record: c.bootRecordWindow > 0 && !c.standalone, capMs: c.bootRecordWindow },
       ...(c.bdevDir ? { bdevDir: c.bdevDir } : {}),
       ...(c.nbdPskFile !== undefined ? { nbdPsk: path.resolve(c.nbdPskFile) } : {}),
     },

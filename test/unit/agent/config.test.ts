@@ -50,9 +50,17 @@ describe('the backend options, made from the config', () => {
   it('qsd: --lazy-images turns lazy goldens from the origin on; off by default', () => {
     expect(backendOptionsOf(parseAgentArgs([...cluster, '--backend', 'qsd', '--lazy-images'], {}))).toEqual({
       kind: 'qsd',
-      options: { stateDir: path.join(path.resolve('st'), 'qsd'), vhostDir: path.resolve('vh'), managed: true, lazyImages: true },
+      options: { stateDir: path.join(path.resolve('st'), 'qsd'), vhostDir: path.resolve('vh'), managed: true, lazyImages: true, bootOrder: { record: true, capMs: 30_000 } },
     });
     expect(backendOptionsOf(parseAgentArgs([...cluster, '--backend', 'qsd'], {}))).toMatchObject({ kind: 'qsd', options: { lazyImages: false } });
+  });
+
+  it('qsd: --boot-record-window bounds the first boot\'s recording; 0s turns recording off', () => {
+    expect(backendOptionsOf(parseAgentArgs([...cluster, '--backend', 'qsd', '--boot-record-window', '45s'], {}))).toMatchObject({ options: { bootOrder: { record: true, capMs: 45_000 } } });
+    expect(backendOptionsOf(parseAgentArgs([...cluster, '--backend', 'qsd', '--boot-record-window', '0s'], {}))).toMatchObject({ options: { bootOrder: { record: false } } });
+    expect(() => parseAgentArgs([...cluster, '--backend', 'qsd', '--boot-record-window', '1h'], {})).toThrow(/boot-record-window/);
+    const standalone = ['--standalone', '--vmis', 'v', '--images', 'i.yaml', '--vhost-dir', 'vh', '--state-dir', 'st', '--backend', 'qsd'];
+    expect(backendOptionsOf(parseAgentArgs(standalone, {}))).toMatchObject({ options: { bootOrder: { record: false } } });
   });
 
   it('spdk: --lazy-images serves images from the fetched file while they are copied in (lazyLocal); off by default', () => {
