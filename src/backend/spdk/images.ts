@@ -90,7 +90,7 @@ export class ImageStore {
   /**
    * The image is fetched to the node's file as for an import (download or copy, sha256, inspect,
    * size limits), and that file becomes the source of a lazy golden: disks are made at once and
-   * hydration copies the file into the lvstore underneath them (lazy.ts).
+   * hydration copies the file into the lvstore underneath them (lazy-images.ts, file-source.ts).
    */
   private async lazyFromFile(spec: ImageSpec, lazy: LazyStore): Promise<ObservedImage> {
     const { ctx } = this;
