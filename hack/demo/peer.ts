@@ -10,7 +10,7 @@
  */
 import { chown, chmod } from 'node:fs/promises';
 import path from 'node:path';
-import { chooseImageSource, ORIGIN } from '../../src/agent/image-peers.js';
+import { chooseImageSource, ORIGIN } from '../../src/agent/image-sources.js';
 import { QsdBackend } from '../../src/backend/qsd/index.js';
 import type { ImageSpec } from '../../src/backend/types.js';
 import { imageKey } from '../../src/contract/index.js';

@@ -1,5 +1,5 @@
 import type { ImageSpec, ObservedImage, RemoteDiskRef } from '../backend/types.js';
-import { chooseImageSource, ORIGIN, type PeerGolden } from './image-peers.js';
+import { chooseImageSource, ORIGIN, type PeerGolden } from './image-sources.js';
 
 /**
  * Source failover: a lazy golden whose source (a peer that died or left, or the origin) has

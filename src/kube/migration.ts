@@ -5,7 +5,6 @@ import type { VmiRef } from '../api/status.js';
 import type { NodeAgent } from '../agent/agent.js';
 import { writeFileAtomic } from '../fsutil.js';
 import type { ListenAddress, RemoteDiskRef } from '../backend/remote.js';
-import { diskId } from '../contract/index.js';
 import type { StorageBackend } from '../backend/types.js';
 import type { Logger } from '../log.js';
 import { recordMigration, type Metrics } from '../metrics/metrics.js';
@@ -22,25 +21,20 @@ import {
   type NodeMigrationIntent,
   type VmiMigrationIntent,
 } from '../migration/coordinator.js';
-import type { MigrationJournal, MigrationState } from '../migration/schemas.js';
+import type { MigrationState } from '../migration/schemas.js';
 import type { KubeApi } from './api.js';
 import { ClusterAgent, clusterParts, type ClusterAgentOptions, type ClusterSnapshot } from './cluster.js';
 import { errorText } from './informer.js';
 import { eventBody } from './mapping.js';
+import { MigrationNodeStatus } from './migration-node-status.js';
 import {
-  MigrationHydratedSchema,
-  MAX_EXPORT_ENTRIES,
   MigrationRecordSchema,
-  exportEntriesOf,
-  exportsOn,
   factsOf,
   hydratedEntriesOf,
-  hydratedOn,
   keepsNothing,
   mergeIntents,
   needsAbort,
   nodeIntentOf,
-  nextHydratedList,
   outcomeToReport,
   type ExportEntry,
   type HydratedEntry,
@@ -80,14 +74,11 @@ export {
  * (migration/coordinator.ts). It calls no backend: each tick plans every migration this node
  * takes part in, keeps the records (`<stateDir>/migrations`), and hands the node's migration
  * intent to the node view (the agent's one reconciler exports, attaches and tears down). The
- * source publishes its exports in its own NodeImageCache status (`migrationExports`); the
- * target reads them from the node its record names as the source. After switchover the target
- * publishes the disks that stand alone there in its own NodeImageCache status
- * (`migrationHydrated`, which only agents write; kept in `<stateDir>/migration-hydrated.json`
- * while the disk is here), and the source lets go of them once the node its record names as
- * the target says so. A real backend restart mid-migration on the source (a new process:
- * health().instance changed) cancels the migration (the exports the target reads are gone); a
- * transient reconnect to the same process does not.
+ * source publishes its exports in its own NodeImageCache status; after switchover the target
+ * publishes the disks that stand alone there, and the source lets go of them once its target
+ * says so (migration-node-status.ts: what the two nodes say and hear). A real backend restart
+ * mid-migration on the source (a new process: health().instance changed) cancels the migration
+ * (the exports the target reads are gone); a transient reconnect to the same process does not.
  */
 
 export { VMIM_PLURAL } from './api.js';
@@ -129,25 +120,25 @@ export class MigrationAgent {
   private wasDisconnected = false;
   /** The backend process seen last (health().instance), when the driver can tell. */
   private instance: string | undefined;
-  /** Target: the disks it said stand alone here, kept while they are here (the source may read them after this node forgot the migration). */
-  private hydrated: HydratedEntry[] = [];
-  private hydratedPublished = false;
-  /** Source: the exports last published (JSON), to publish only changes. */
-  private exportsPublished: string | undefined;
+  /** What this node says and hears in NodeImageCache status (hydrated disks, exports). */
+  private readonly words: MigrationNodeStatus;
   /** A backend reconnect being checked (its tick follows). */
   private reconnecting: Promise<void> | undefined;
   private readonly log: Logger;
 
   constructor(private readonly opts: MigrationAgentOptions) {
     this.log = opts.logger.child({ component: 'migration' });
+    this.words = new MigrationNodeStatus({
+      stateDir: opts.stateDir,
+      agent: opts.agent,
+      logger: this.log,
+      ...(opts.publishHydrated ? { publishHydrated: opts.publishHydrated } : {}),
+      ...(opts.publishExports ? { publishExports: opts.publishExports } : {}),
+    });
   }
 
   private get dir(): string {
     return path.join(this.opts.stateDir, 'migrations');
-  }
-
-  private get hydratedFile(): string {
-    return path.join(this.opts.stateDir, 'migration-hydrated.json');
   }
 
   /** Loads the records a previous run left (agent restart mid-migration). */
@@ -161,15 +152,7 @@ export class MigrationAgent {
         this.log.warn({ event: 'migration.record-unreadable', file: f, error: errorText(e) }, 'ignoring an unreadable migration record');
       }
     }
-    const said = await readFile(this.hydratedFile, 'utf8').catch(() => undefined);
-    if (said !== undefined) {
-      try {
-        this.hydrated = MigrationHydratedSchema.parse(JSON.parse(said));
-      } catch (e) {
-        // Lost, the word only delays the sources (they keep their copies): never a wrong delete.
-        this.log.warn({ event: 'migration.hydrated-unreadable', file: this.hydratedFile, error: errorText(e) }, 'ignoring an unreadable list of hydrated disks');
-      }
-    }
+    await this.words.load();
     this.opts.backend.on('disconnected', this.onDisconnected);
     this.opts.backend.on('connected', this.onConnected);
     this.instance = (await this.opts.backend.health()).instance;
@@ -302,8 +285,8 @@ export class MigrationAgent {
         this.log.warn({ event: 'migration.step-failed', uid, error: errorText(e) }, 'migration step failed; planning again on the next trigger');
       }
     }
-    await this.sayHydrated([]);
-    this.sayExports();
+    await this.words.sayHydrated([]);
+    this.words.sayExports(this.records.values());
     const after = JSON.stringify(this.nodeIntent(snap.vmis), (_k, v: unknown) => (v instanceof Map ? [...v] : v instanceof Set ? [...v] : v));
     if (after !== before) this.opts.resync();
   }
@@ -393,18 +376,18 @@ export class MigrationAgent {
       backendCanMigrate: !noAddress && b.exportDisk !== undefined && b.attachRemoteDisk !== undefined,
       backendCanClone: b.cloneRemoteDisk !== undefined && b.hydrateDisk !== undefined,
       exportAddress: this.opts.exportAddress ?? { kind: 'tcp', host: 'unset', port: 4420 },
-      sourceExports: role === 'target' ? exportsOn(snap.nodeImageCaches ?? [], rec.journal.peer, uid, key) : undefined,
+      sourceExports: role === 'target' ? this.words.sourceExports(snap.nodeImageCaches, rec.journal.peer, uid, key) : undefined,
       here: this.here(facts, key),
     };
     // The earlier migration first: what it still holds here, and whether it is done.
     let previousIntent: VmiMigrationIntent | undefined;
     let previous = rec.previous;
     if (previous) {
-      const p = planFinished({ ...common, targetHydrated: this.targetSays(snap, uid, previous) }, previous);
+      const p = planFinished({ ...common, targetHydrated: this.words.targetSays(snap.nodeImageCaches, uid, previous) }, previous);
       previous = applySteps(previous, p.actions);
       for (const a of p.actions) log.info({ event: `migration.previous.${a.type}`, previous: previous.migrationUid, ...('disk' in a ? { disk: a.disk } : {}) }, a.type);
       previousIntent = p.intent;
-      await this.sayHydrated(hydratedEntriesOf(uid, previous));
+      await this.words.sayHydrated(hydratedEntriesOf(uid, previous));
       const { previous: _done, ...rest } = rec;
       rec = keepsNothing(previous) ? rest : { ...rec, previous };
       if (keepsNothing(previous)) log.info({ event: 'migration.previous-done', previous: previous.migrationUid }, 'the earlier migration keeps nothing here any more');
@@ -414,7 +397,7 @@ export class MigrationAgent {
     const planned = planMigration({
       ...common,
       state,
-      targetHydrated: this.targetSays(snap, uid, rec.journal),
+      targetHydrated: this.words.targetSays(snap.nodeImageCaches, uid, rec.journal),
       ...(blockedBy !== undefined ? { blockedBy } : {}),
       journal: rec.journal,
     });
@@ -433,7 +416,7 @@ export class MigrationAgent {
       current = { ...current, journal: plan.journal };
       await this.save(current);
     }
-    if (role === 'target') await this.sayHydrated(hydratedEntriesOf(uid, current.journal));
+    if (role === 'target') await this.words.sayHydrated(hydratedEntriesOf(uid, current.journal));
     const report = outcomeToReport(plan, current.reported);
     if (report) {
       recordMigration(report, this.opts.metrics);
@@ -464,7 +447,7 @@ export class MigrationAgent {
         exportAddress: this.opts.exportAddress ?? { kind: 'tcp', host: 'unset', port: 4420 },
         sourceExports: undefined,
         here: this.here(facts, j.migrationUid),
-        targetHydrated: this.targetSays(snap, uid, j),
+        targetHydrated: this.words.targetSays(snap.nodeImageCaches, uid, j),
       },
       j,
     );
@@ -472,49 +455,8 @@ export class MigrationAgent {
     const next = applySteps(j, p.actions);
     for (const a of p.actions) log.info({ event: `migration.${a.type}`, ...('disk' in a ? { disk: a.disk } : {}) }, a.type);
     if (p.actions.length > 0) await this.save({ ...rec, journal: next });
-    await this.sayHydrated(hydratedEntriesOf(uid, next));
+    await this.words.sayHydrated(hydratedEntriesOf(uid, next));
     if (keepsNothing(next)) await this.forget(uid);
-  }
-
-  /**
-   * Source: the disks of a migration its target says stand alone there, from the NodeImageCache
-   * of the node this node's own record names as the target (a VMI's owner can write the VMI,
-   * not a NodeImageCache; another node's word is not the target's).
-   */
-  private targetSays(snap: ClusterSnapshot, uid: string, j: MigrationJournal): Set<string> {
-    return j.role === 'source' ? hydratedOn(snap.nodeImageCaches ?? [], j.peer, uid, j.migrationUid) : new Set();
-  }
-
-  /** Source: publishes what every record still exports (a record forgotten exports nothing). */
-  private sayExports(): void {
-    const entries = [...this.records.values()].flatMap((r) => [r.journal, r.previous].flatMap((j) => (j ? exportEntriesOf(r.vmi.uid, j) : []))).slice(0, MAX_EXPORT_ENTRIES);
-    const key = JSON.stringify(entries);
-    if (key === this.exportsPublished || !this.opts.publishExports) return;
-    this.opts.publishExports(entries);
-    this.exportsPublished = key;
-    this.log.info({ event: 'migration.exports-published', exports: entries.map((e) => `${e.vmi}/${e.disk}@${e.migration}`) }, 'exports published in the NodeImageCache');
-  }
-
-  /**
-   * Target: adds what a journal says stands alone here, drops the disks this node no longer
-   * holds from their migration, persists the list (before any record is forgotten) and
-   * publishes it in the node's NodeImageCache.
-   */
-  private async sayHydrated(now: readonly HydratedEntry[]): Promise<void> {
-    const owned = this.opts.agent.ownedNow?.();
-    const holds = (e: HydratedEntry): boolean => owned === undefined || owned[diskId(e.vmi, e.disk)]?.migration === e.migration;
-    const next = nextHydratedList(this.hydrated, now, holds);
-    if (JSON.stringify(next) !== JSON.stringify(this.hydrated)) {
-      await writeFileAtomic(this.hydratedFile, `${JSON.stringify(next)}\n`);
-      const added = next.filter((e) => !this.hydrated.some((h) => h.vmi === e.vmi && h.migration === e.migration && h.disk === e.disk));
-      for (const e of added) this.log.info({ event: 'migration.hydrated-published', vmi: e.vmi, migration: e.migration, disk: e.disk }, 'disk stands alone here; published for the source');
-      this.hydrated = next;
-      this.hydratedPublished = false;
-    }
-    if (!this.hydratedPublished && this.opts.publishHydrated) {
-      this.opts.publishHydrated(this.hydrated);
-      this.hydratedPublished = true;
-    }
   }
 
   /** Deletes the VirtualMachineInstanceMigration (what `virtctl migrate-cancel` does). */

@@ -14,7 +14,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { imageUuid } from '../../src/backend/spdk/lazy.js';
+import { imageUuid } from '../../src/backend/spdk/image-export.js';
 import type { ImageSpec, ObservedImage } from '../../src/backend/types.js';
 import { SpdkApi } from '../../src/spdk/api.js';
 import type { CallOptions } from '../../src/spdk/client.js';

@@ -258,7 +258,7 @@ export class SpdkBackend extends EventEmitter implements StorageBackend {
   }
 
   /**
-   * Switches a lazy golden's hydration to another peer's export of the image (lazy.ts: a second
+   * Switches a lazy golden's hydration to another peer's export of the image (retarget.ts: a second
    * path of the same controller, nothing detached). Not to the origin: the golden is bound to
    * the NVMe bdev, which a file's aio bdev cannot join (`invalid`).
    */

@@ -8,7 +8,8 @@ import { BackendError, type ImageSpec, type ObservedImage } from '../types.js';
 import type { SpdkContext } from './context.js';
 import { toBackendError } from './errors.js';
 import { fanoutsIn, type FanoutLvol, type FanoutLanes } from './fanout.js';
-import { sha256File, type LazyStore } from './lazy.js';
+import { sha256File } from './file-source.js';
+import type { LazyStore } from './lazy.js';
 import type { LvstoreKeeper } from './lvstore.js';
 import { checkImageName, classifyLvol, goldenName, importingName, lazyGoldenName, lvolAlias, sourceBdevName } from './naming.js';
 import type { ImportProgress } from './observe.js';
@@ -89,7 +90,7 @@ export class ImageStore {
   /**
    * The image is fetched to the node's file as for an import (download or copy, sha256, inspect,
    * size limits), and that file becomes the source of a lazy golden: disks are made at once and
-   * hydration copies the file into the lvstore underneath them (lazy.ts).
+   * hydration copies the file into the lvstore underneath them (lazy-images.ts, file-source.ts).
    */
   private async lazyFromFile(spec: ImageSpec, lazy: LazyStore): Promise<ObservedImage> {
     const { ctx } = this;

@@ -28,7 +28,7 @@ type BaseRecord = z.output<typeof BaseRecordSchema>;
 
 export class LvstoreKeeper {
   private lvstoreReady: Promise<void> | undefined;
-  /** Attaches the other nodes' exports lazy clones read (set by the backend; see lazy.ts). */
+  /** Attaches the other nodes' exports lazy clones read (set by the backend; see LazyStore.reattachAll). */
   reattachLazySources: (() => Promise<void>) | undefined;
 
   constructor(private readonly ctx: SpdkContext) {}

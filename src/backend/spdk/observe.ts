@@ -3,7 +3,7 @@ import type { ImagePhase, ObservedController, ObservedDisk, ObservedImage, Obser
 import { classifyLvol, goldenName, imageOfSnapshot, lvolAlias, parseControllerName } from './naming.js';
 import type { Bdev, Lvol, VhostController } from '../../spdk/schemas.js';
 import { bdevSizeBytes, lvolInfoOf } from './schemas.js';
-import { hydratedPercent } from './lazy.js';
+import { hydratedPercent } from './hydration.js';
 
 const MiB = 1024 * 1024;
 

@@ -9,7 +9,7 @@ import { Journal } from '../../../src/agent/journal.js';
 import { indexDesired } from '../../../src/agent/safety.js';
 import { BackendError } from '../../../src/backend/types.js';
 import { FakeBackend } from '../../helpers/fake-backend.js';
-import { ORIGIN, type PeerGolden } from '../../../src/agent/image-peers.js';
+import { ORIGIN, type PeerGolden } from '../../../src/agent/image-sources.js';
 import { chooseFailovers, nextFailoverDue, SourceFailover, type FailoverInput, type RecordedSource, type RetargetImageAction } from '../../../src/agent/source-failover.js';
 import type { ImageSpec, ObservedImage, RemoteDiskRef } from '../../../src/backend/types.js';
 

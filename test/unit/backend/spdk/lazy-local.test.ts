@@ -4,7 +4,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { SpdkBackend } from '../../../../src/backend/spdk/index.js';
-import { imageUuid } from '../../../../src/backend/spdk/lazy.js';
+import { imageUuid } from '../../../../src/backend/spdk/image-export.js';
 import type { ImageSpec, ObservedImage } from '../../../../src/backend/types.js';
 import { SpdkRpcClient } from '../../../../src/spdk/client.js';
 import { SpdkSimulator, type SpdkVersion } from '../../../../testing/spdk-sim/index.js';
