@@ -7,8 +7,6 @@ import { silentLogger, type Logger } from '../log.js';
 import { writeFileAtomic } from '../fsutil.js';
 import { chooseImageSource, chooseWithSeed, ORIGIN, readersOf, servedToPeers, type PeerGolden, type SourceChoice } from './image-sources.js';
 
-// The cluster view (kube/mapping.ts) builds PeerGoldens with the rest of what it reads from here.
-export type { PeerGolden } from './image-sources.js';
 
 /**
  * Node-to-node image distribution (the agent's side, with I/O). Every node serves the goldens

@@ -9,7 +9,8 @@ import type { NodeMigrationIntent } from '../migration/coordinator.js';
 import type { NodeStatus } from '../agent/node-status.js';
 import type { ImageSpec } from '../backend/types.js';
 import { RemoteDiskRefSchema } from '../backend/remote.js';
-import type { GoldenInfo, PeerGolden } from '../agent/image-peers.js';
+import type { GoldenInfo } from '../agent/image-peers.js';
+import type { PeerGolden } from '../agent/image-sources.js';
 import type { PodSlot } from './podresources.js';
 import { MigrationExportsSchema, MigrationHydratedSchema } from './migration-view.js';
 
