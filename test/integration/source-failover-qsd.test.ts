@@ -83,7 +83,7 @@ afterEach(async () => {
 
 describe.skipIf(!canRun)('a hydration whose peer died switches to another source (qsd retargetImage)', { timeout: 180_000 }, () => {
   /** Image on A (killable) and C; B hydrates from A at 1 MiB/s with a disk served and written. */
-  async function rig(image: Buffer): Promise<{ a: ChildProcess; b: QsdBackend; refC: RemoteDiskRef; spec: ImageSpec; socket: string }> {
+  async function rig(image: Buffer): Promise<{ a: ChildProcess; b: QsdBackend; refC: RemoteDiskRef; spec: ImageSpec; socket: string; diskRef: string }> {
     const src = path.join(dir, 'src.raw');
     await fs.writeFile(src, image);
     const spec: ImageSpec = { name: KEY, source: { hostPath: { path: src, sha256: sha(image) } }, format: 'raw', sizeBytes: SIZE };
@@ -107,12 +107,12 @@ describe.skipIf(!canRun)('a hydration whose peer died switches to another source
     await waitFor('some hydration from A', async () => ((await imageOf(b))?.hydratedPercent ?? 0) >= 15);
     daemon.kill('SIGKILL');
     await new Promise((r) => daemon.once('exit', r));
-    return { a: daemon, b, refC, spec, socket: ctl.socketPath };
+    return { a: daemon, b, refC, spec, socket: ctl.socketPath, diskRef: disk.ref };
   }
 
   it('B switches from the SIGKILLed A to C, finishes, verifies, and the disk keeps every write', async () => {
     const image = randomBytes(SIZE);
-    const { b, refC, spec, socket } = await rig(image);
+    const { b, refC, spec, socket, diskRef } = await rig(image);
 
     // Paused, and says since when (QEMU's NBD client waits out its reconnect-delay first).
     const paused = await waitFor('hydration paused on B', async () => {
@@ -142,6 +142,9 @@ describe.skipIf(!canRun)('a hydration whose peer died switches to another source
     expect(switched.sourceUnreachableSinceMs).toBeUndefined();
     // Idempotent: the same source again changes nothing.
     expect((await b.retargetImage({ ...spec, peer: refC })).phase).toBe('hydrating');
+    // The controller still says it serves the disk's file (QEMU now names the node json:{...}):
+    // an agent must not take it for another disk and replace it.
+    expect((await b.observe()).controllers).toMatchObject([{ name: 'slot-01/root', diskRef }]);
     // The guest writes after the switch, and reads a block that was not hydrated (now from C).
     const after = await io(socket, [
       { op: 'write', sector: (2 * MiB) / 512, len: MiB, fill: 0x66 },

@@ -213,7 +213,8 @@ export class QsdSession extends EventEmitter {
   instance: string | undefined;
 
   async blockNodes(): Promise<BlockNodeInfo[]> {
-    return BlockNodeInfoSchema.parse(await this.exec('query-named-block-nodes', { flat: true }, 'query-named-block-nodes'));
+    const nodes = BlockNodeInfoSchema.parse(await this.exec('query-named-block-nodes', { flat: true }, 'query-named-block-nodes'));
+    return nodes.map((n) => ({ ...n, file: ownFile(n.file) }));
   }
 
   async exports(): Promise<BlockExportInfo[]> {
@@ -232,6 +233,21 @@ export class QsdSession extends EventEmitter {
         await new Promise((r) => setTimeout(r, 50));
       }
     }
+  }
+}
+
+/**
+ * A node's own file. QEMU names a node `json:{...}` when its chain differs from what the image
+ * headers say (a lazy golden switched to another source: retarget.ts; every disk over it then
+ * gets such a name too); the node's own file is the `file.filename` inside. Anything else as is.
+ */
+export function ownFile(name: string): string {
+  if (!name.startsWith('json:')) return name;
+  try {
+    const o = JSON.parse(name.slice('json:'.length)) as { file?: { filename?: unknown } };
+    return typeof o.file?.filename === 'string' ? o.file.filename : name;
+  } catch {
+    return name;
   }
 }
 
