@@ -21,7 +21,7 @@ import type { QsdSession } from './session.js';
  * golden's qcow2 header keeps the first source's name: it is never read (the backing is always
  * given by node name, from the record), only its presence says "still hydrating". Since the
  * chain no longer matches the headers, QEMU names the golden and every disk over it `json:{...}`
- * from then on; the session's node listing takes each node's own file out of it (ownFile).
+ * from then on; the session's node listing takes each node's own file out of it (plainFileName).
  */
 
 /** The golden's options while it hydrates; the same on open and on reopen (a reopen resets what it leaves out). */

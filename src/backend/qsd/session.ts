@@ -28,8 +28,9 @@ const BlockNodeInfoSchema = z.array(
 
 /**
  * A format node whose backing is not the one its header names (a disk over a lazy golden's
- * copy-on-read filter) is reported with a `json:{...}` file name; its own file is still the
- * plain one at `file.filename`, and that is what every lookup by disk file means.
+ * copy-on-read filter, or over a golden switched to another source: retarget.ts) is reported
+ * with a `json:{...}` file name; its own file is still the plain one at `file.filename`, and
+ * that is what every lookup by disk file means.
  */
 export function plainFileName(file: string): string {
   if (!file.startsWith('json:')) return file;
@@ -213,8 +214,7 @@ export class QsdSession extends EventEmitter {
   instance: string | undefined;
 
   async blockNodes(): Promise<BlockNodeInfo[]> {
-    const nodes = BlockNodeInfoSchema.parse(await this.exec('query-named-block-nodes', { flat: true }, 'query-named-block-nodes'));
-    return nodes.map((n) => ({ ...n, file: ownFile(n.file) }));
+    return BlockNodeInfoSchema.parse(await this.exec('query-named-block-nodes', { flat: true }, 'query-named-block-nodes'));
   }
 
   async exports(): Promise<BlockExportInfo[]> {
@@ -233,21 +233,6 @@ export class QsdSession extends EventEmitter {
         await new Promise((r) => setTimeout(r, 50));
       }
     }
-  }
-}
-
-/**
- * A node's own file. QEMU names a node `json:{...}` when its chain differs from what the image
- * headers say (a lazy golden switched to another source: retarget.ts; every disk over it then
- * gets such a name too); the node's own file is the `file.filename` inside. Anything else as is.
- */
-export function ownFile(name: string): string {
-  if (!name.startsWith('json:')) return name;
-  try {
-    const o = JSON.parse(name.slice('json:'.length)) as { file?: { filename?: unknown } };
-    return typeof o.file?.filename === 'string' ? o.file.filename : name;
-  } catch {
-    return name;
   }
 }
 
