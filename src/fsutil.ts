@@ -1,5 +1,6 @@
-import { open, rename, mkdir, unlink } from 'node:fs/promises';
+import { open, readFile, rename, mkdir, unlink } from 'node:fs/promises';
 import path from 'node:path';
+import type { z } from 'zod';
 
 let tmpCounter = 0;
 
@@ -33,4 +34,20 @@ export async function writeFileAtomic(file: string, data: string, opts: { mode?:
       await dh.close();
     }
   }
+}
+
+/**
+ * A JSON state file checked against its schema: undefined when there is no file; otherwise the
+ * schema's verdict (text that is not JSON fails it like a wrong shape does).
+ */
+export async function readJsonFile<S extends z.ZodTypeAny>(file: string, schema: S): Promise<z.SafeParseReturnType<unknown, z.output<S>> | undefined> {
+  const text = await readFile(file, 'utf8').catch(() => undefined);
+  if (text === undefined) return undefined;
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch {
+    json = undefined;
+  }
+  return schema.safeParse(json) as z.SafeParseReturnType<unknown, z.output<S>>;
 }

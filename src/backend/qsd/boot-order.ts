@@ -3,7 +3,7 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import { z } from 'zod';
 import { BootProfileSchema, bootProfileProblem, coalesceBootRanges, rangesBytes, subtractRanges, type BootProfile, type BootRange } from '../../contract/boot-profile.js';
-import { writeFileAtomic } from '../../fsutil.js';
+import { readJsonFile, writeFileAtomic } from '../../fsutil.js';
 import type { Logger } from '../../log.js';
 import { run } from '../image-source.js';
 import { BackendError, type ImageSpec } from '../types.js';
@@ -91,16 +91,8 @@ export class BootOrder {
 
   /** The profile recorded or replayed here, if any (a file that does not parse is no profile: it is only ever written by us, atomically). */
   async profileOf(name: string): Promise<BootProfile | undefined> {
-    const text = await fs.readFile(this.profilePath(name), 'utf8').catch(() => undefined);
-    if (text === undefined) return undefined;
-    let json: unknown;
-    try {
-      json = JSON.parse(text);
-    } catch {
-      json = undefined;
-    }
-    const res = StoredProfileSchema.safeParse(json);
-    return res.success ? res.data.profile : undefined;
+    const res = await readJsonFile(this.profilePath(name), StoredProfileSchema);
+    return res?.success ? res.data.profile : undefined;
   }
 
   private async save(name: string, origin: StoredProfile['origin'], profile: BootProfile): Promise<void> {

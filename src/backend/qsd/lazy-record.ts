@@ -1,6 +1,5 @@
-import fs from 'node:fs/promises';
 import { z } from 'zod';
-import { writeFileAtomic } from '../../fsutil.js';
+import { readJsonFile, writeFileAtomic } from '../../fsutil.js';
 import { BackendError } from '../types.js';
 import type { QsdLayout } from './layout.js';
 import { LazySourceSchema } from './sources.js';
@@ -26,15 +25,8 @@ export const LazyRecordSchema = z
 export type LazyRecord = z.output<typeof LazyRecordSchema>;
 
 export async function readLazyRecord(layout: QsdLayout, name: string): Promise<LazyRecord | undefined> {
-  const text = await fs.readFile(layout.lazyRecordPath(name), 'utf8').catch(() => undefined);
-  if (text === undefined) return undefined;
-  let json: unknown;
-  try {
-    json = JSON.parse(text);
-  } catch {
-    json = undefined;
-  }
-  const parsed = LazyRecordSchema.safeParse(json);
+  const parsed = await readJsonFile(layout.lazyRecordPath(name), LazyRecordSchema);
+  if (!parsed) return undefined;
   if (!parsed.success) throw new BackendError(`image ${name}: lazy record ${layout.lazyRecordPath(name)} is unreadable: ${parsed.error.message}`, 'internal');
   return parsed.data;
 }
