@@ -19,6 +19,7 @@ import { buildDesired, type DesiredState } from '../src/agent/desired.js';
 import { standaloneVmi } from '../src/agent/standalone.js';
 import { SpdkBackend } from '../src/backend/spdk/index.js';
 import type { ImageSpec } from '../src/backend/types.js';
+import { imageKey } from '../src/contract/index.js';
 import { createMetrics } from '../src/metrics/metrics.js';
 import { SpdkRpcClient } from '../src/spdk/client.js';
 import { guestAcrossRestart, whyNoGuest } from '../test/spdk/guest-run.js';
@@ -103,8 +104,10 @@ async function benchTarget(bin: string): Promise<TargetResult> {
     const bytes = Buffer.alloc(IMAGE_MIB * MiB, 7);
     await writeFile(imageFile, bytes);
     const image: ImageSpec = { name: 'base', format: 'raw', source: { hostPath: { path: imageFile, sha256: createHash('sha256').update(bytes).digest('hex') } } };
-    await backend.ensureImage(image);
-    const golden = 'kvs/img-base';
+    // The golden the agent clones: images are keyed by content (the contract's imageKey).
+    const key = imageKey(image);
+    await backend.ensureImage({ ...image, name: key });
+    const golden = `kvs/img-${key}`;
     const owner = { uid: process.getuid?.() ?? 0, gid: process.getgid?.() ?? 0, mode: 0o660 };
     const agent = new NodeAgent({ backend, stateDir: path.join(dir, 'state'), socket: owner, orphanGraceMs: 0, resyncMs: 0, metrics });
     await agent.init();

@@ -86,6 +86,10 @@ export interface ImageSpec {
   bootProfile?: BootProfile;
 }
 
+/**
+ * 'importing': disks cannot clone it yet; 'hydrating': disks clone it now while its data still
+ * arrives underneath (a lazy golden); 'ready': whole and local; 'failed'.
+ */
 export type ImagePhase = 'importing' | 'hydrating' | 'ready' | 'failed';
 
 export interface ObservedImage {

@@ -175,7 +175,8 @@ export class ImageStore {
       await this.keeper.createImportSource(name, file);
       await ctx.api.bdevLvolCloneBdev({ bdev: sourceBdevName(name), lvs_name: ctx.lvs, clone_name: importingName(name) });
       signal.throwIfAborted();
-      this.progress.set(name, { phase: 'hydrating', sizeBytes });
+      // Still 'importing' (no disk can clone it before the golden exists), only the message moves on.
+      this.progress.set(name, { phase: 'importing', sizeBytes, message: 'copying into the lvstore' });
       log.info({ event: 'image.import.hydrate', sizeBytes }, 'inflating image into the lvstore');
       await ctx.inflate(importing, signal);
       await ctx.api.bdevLvolSnapshot({ lvol_name: importing, snapshot_name: goldenName(name) });

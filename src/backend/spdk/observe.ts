@@ -9,7 +9,8 @@ const MiB = 1024 * 1024;
 
 /** What this process knows about an import that SPDK's listing cannot tell (download, errors). */
 export interface ImportProgress {
-  phase: Exclude<ImagePhase, 'ready'>;
+  /** Never 'hydrating': that phase says disks can clone the image already (a lazy golden). */
+  phase: Exclude<ImagePhase, 'ready' | 'hydrating'>;
   sizeBytes?: number;
   message?: string;
 }

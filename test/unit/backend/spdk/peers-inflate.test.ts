@@ -159,3 +159,18 @@ describe.each(['24.01', '25.09'] as const)('one inflate at a time per target (v%
     expect(holes).toEqual([]);
   }, 60_000);
 });
+
+describe.each(['24.01', '25.09'] as const)('a full import copying into the lvstore (v%s)', (version) => {
+  it("says 'importing', not 'hydrating' (which tells the agent disks can clone it), until its golden exists", async () => {
+    const a = await node('node-a', version);
+    a.sim.injectFault({ method: 'bdev_lvol_inflate', action: 'hang', times: 1 });
+    const importing = a.backend.ensureImage(await imageSpec('img'));
+    await until('the import copies into the lvstore', async () => (await imageOf(a, 'img'))?.message === 'copying into the lvstore', 10_000);
+    expect(await imageOf(a, 'img')).toMatchObject({ phase: 'importing' });
+    await expect(a.backend.ensureDisk({ id: 'd-early', source: { kind: 'image', image: 'img' } })).rejects.toMatchObject({ kind: 'notFound' });
+    a.sim.clearFaults();
+    await importing.catch(() => undefined);
+    await until('the image is ready', async () => (await a.backend.ensureImage(await imageSpec('img'))).phase === 'ready', 30_000);
+    expect(await imageOf(a, 'img')).toMatchObject({ phase: 'ready' });
+  }, 60_000);
+});
