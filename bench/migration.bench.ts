@@ -264,7 +264,7 @@ async function dataMovingTable(): Promise<BenchTable | undefined> {
     notes: [
       `${MOVE_ROUNDS} rounds each, medians. Pause = QEMU's reported migration downtime (target: under 100 ms beyond today's). Baseline: today's behaviour in the same run (the target attaches the export, the data stays on the source).`,
       'Hydration starts when the migration is reported succeeded (never before: the source QEMU still writes); "source holds nothing" = its export, disks and controllers gone, after the target published that every disk stands alone.',
-      'Over NBD on a unix socket on one machine: the copy is bounded by qemu-storage-daemon and the disk, not a network. SPDK's remote clone (external-snapshot clone of the attached export, inflate, set_parent) is measured per disk in the real-SPDK lazy section (lazy: first disk Ready, until hydrated).',
+      'Over NBD on a unix socket on one machine: the copy is bounded by qemu-storage-daemon and the disk, not a network. The spdk remote clone (external-snapshot clone of the attached export, inflate, set_parent) is measured per disk in the real-SPDK lazy section (lazy: first disk Ready, until hydrated).',
     ],
   };
 }

@@ -54,7 +54,7 @@ export interface NodeAgentOptions {
 export type { ReconcileReport, VmiReport } from './report.js';
 
 /** How long a hydration's source may stay unreachable before it moves to another (after QEMU's own 10 s NBD reconnect). */
-export const DEFAULT_SOURCE_FAILOVER_AFTER_MS = 10_000;
+export const DEFAULT_SOURCE_FAILOVER_AFTER_MS = 2_000;
 
 export const DEFAULT_SOCKET_POLICY: SocketPolicy = { uid: 107, gid: 107, mode: 0o660 };
 

@@ -64,9 +64,9 @@ export const AgentFlagsSchema = z.object({
       'qsd only: a lazy golden made with no boot profile known in the cluster records one: its hydration is paused from its creation until its first boot stopped reading new blocks (3 s quiet), at most this long after the first disk opened; other nodes then hydrate those blocks first. `0s`: never record (profiles from other nodes are still replayed). Standalone: never records (no other node would use it).',
     ),
   sourceFailoverAfter: duration()
-    .default('10s')
+    .default('2s')
     .describe(
-      "Cluster mode: how long a lazy image's hydration source (a peer node, or the origin) may stay unreachable before the hydration moves to another source of the same content: the next peer, finally the origin (qsd; spdk moves to another peer only). Counted from the moment the copy stopped: qsd, once QEMU's NBD client has waited 10 s for the peer to reconnect; spdk, once no path of the source's NVMe controller is connected.",
+      "Cluster mode: how long a lazy image's hydration source (a peer node, or the origin) may stay unreachable before the hydration moves to another source of the same content: the next peer, finally the origin (qsd; spdk moves to another peer only). Counted from the moment the copy stopped: qsd, once QEMU's NBD client has waited 10 s for the peer to reconnect; spdk, once no path of the source's NVMe controller is connected. Short by default: on qsd a restarting peer is already waited for by those 10 s, and from then until the switch a guest's reads of blocks not yet hydrated fail.",
     ),
   nbdPskFile: text('FILE')
     .optional()

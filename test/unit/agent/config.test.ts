@@ -23,7 +23,7 @@ describe('the agent options, made once from the config', () => {
 
   it('defaults: QEMU 107:107 and 0660, 5m grace, 30s resync, 10s source failover, no cache limit; --once reconciles without a background resync', () => {
     const backend = new FakeBackend('vh');
-    expect(agentOptionsOf(parseAgentArgs(standalone, {}), backend)).toMatchObject({ socket: { uid: 107, gid: 107, mode: 0o660 }, orphanGraceMs: 300_000, resyncMs: 30_000, sourceFailoverAfterMs: 10_000, cache: {} });
+    expect(agentOptionsOf(parseAgentArgs(standalone, {}), backend)).toMatchObject({ socket: { uid: 107, gid: 107, mode: 0o660 }, orphanGraceMs: 300_000, resyncMs: 30_000, sourceFailoverAfterMs: 2_000, cache: {} });
     expect(agentOptionsOf(parseAgentArgs([...standalone, '--once'], {}), backend).resyncMs).toBe(0);
     expect(AGENT_DEFAULTS).toEqual({ backend: 'spdk', spdkSocket: '/var/tmp/spdk.sock', socketOwner: { uid: 107, gid: 107 } });
   });
