@@ -121,7 +121,7 @@ export function launcherPod(name: string, uid: string, node: string, phase = 'Ru
 }
 
 /** What KubeVirt would have: the VMI on this node, its launcher pod, the pod's slot. */
-export function schedule(r: ClusterRig, name: string, uid: string, slot: string, volumes: string): void {
+export function schedule(r: Pick<ClusterRig, 'api' | 'node' | 'slots'>, name: string, uid: string, slot: string, volumes: string): void {
   r.api.put(VMIS, vmiObject(name, uid, volumes, r.node));
   r.api.put(PODS, launcherPod(`virt-launcher-${name}`, uid, r.node));
   r.slots.push({ namespace: 'default', pod: `virt-launcher-${name}`, container: 'compute', slot });

@@ -10,14 +10,10 @@
  * without racing it; the latency is dropped to let hydration complete.
  * Opt-in: SPDK_TGT (and SPDK_TGT_OLD for a second version).
  */
-import { createHash, randomBytes } from 'node:crypto';
-import fs from 'node:fs/promises';
-import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import type { ImageSpec, ObservedImage, RemoteDiskRef } from '../../src/backend/types.js';
-import type { SpdkRpcClient } from '../../src/spdk/client.js';
+import type { RemoteDiskRef } from '../../src/backend/types.js';
 import { until } from '../helpers/process.js';
-import { backendOnRealTarget, cases, freePort, readExport, realSpdkOrSkip, type BackendNode } from './target.js';
+import { cases, freePort, imageFile, imageOf, nvmeControllers, peerNode, readDisk, realSpdkOrSkip, setReadLatency, type BackendNode } from './target.js';
 
 const targets = realSpdkOrSkip('test/spdk/lazy.test.ts');
 const MiB = 2 ** 20;
@@ -34,68 +30,12 @@ afterEach(async () => {
   for (const c of cleanups.splice(0).reverse()) await c().catch(() => undefined);
 });
 
-
-type Node = BackendNode;
-
-/** spdk_tgt + backend for node `name`; `slow` puts the lvstore on a delay bdev `slow` over an aio file. */
-async function node(bin: string, name: string, slow: boolean): Promise<Node> {
-  return backendOnRealTarget(
-    bin,
-    {
-      prefix: `kl${name.slice(-1)}-`,
-      sizeMiB: 1024,
-      blockSize: 4096,
-      nodeName: name,
-      timeoutMs: 120_000,
-      ...(slow
-        ? {
-            baseBdev: async (client: SpdkRpcClient, dir: string): Promise<string> => {
-              const lvsFile = path.join(dir, 'lvs.img');
-              await fs.writeFile(lvsFile, Buffer.alloc(0));
-              await fs.truncate(lvsFile, 1024 * MiB);
-              await client.call('bdev_aio_create', { name: 'base', filename: lvsFile, block_size: 4096 });
-              await client.call('bdev_delay_create', { base_bdev_name: 'base', name: 'slow', avg_read_latency: 0, p99_read_latency: 0, avg_write_latency: 0, p99_write_latency: 0 });
-              return 'slow';
-            },
-          }
-        : {}),
-    },
-    cleanups,
-  );
-}
-
-async function setReadLatency(n: Node, us: number): Promise<void> {
-  for (const latency_type of ['avg_read', 'p99_read']) await n.client.call('bdev_delay_update_latency', { delay_bdev_name: 'slow', latency_type, latency_us: us });
-}
-
-async function imageFile(dir: string): Promise<{ spec: ImageSpec; data: Buffer }> {
-  const data = randomBytes(IMAGE_BYTES);
-  const file = path.join(dir, 'image.raw');
-  await fs.writeFile(file, data);
-  return { data, spec: { name: 'img', format: 'raw', source: { hostPath: { path: file, sha256: createHash('sha256').update(data).digest('hex') } } } };
-}
-
-/** The first `bytes` of B's disk `id`, read through an NVMe-oF export of it (our own initiator). */
-async function readDisk(bin: string, n: Node, id: string, bytes: number): Promise<Buffer> {
-  const ref = await n.backend.exportDisk(id, { listenAddress: { kind: 'tcp', host: '127.0.0.1', port: await freePort() } });
-  if (ref.transport !== 'nvmf-tcp') throw new Error('spdk exports NVMe-oF');
-  const out = path.join(n.dir, `${id}-${Date.now()}.bin`);
-  try {
-    await readExport(bin, ref, bytes, out, bytes >= MiB ? MiB : 4096);
-    return (await fs.readFile(out)).subarray(0, bytes);
-  } finally {
-    await n.backend.unexportDisk(id);
-    await fs.rm(out, { force: true });
-  }
-}
-
-const imageOf = async (n: Node, image: string): Promise<ObservedImage | undefined> => (await n.backend.observe()).images.find((i) => i.name === image);
-const nvmeControllers = async (n: Node): Promise<string[]> => ((await n.client.call('bdev_nvme_get_controllers')) as Array<{ name: string }>).map((c) => c.name);
+const node = (bin: string, name: string, slow: boolean): Promise<BackendNode> => peerNode(bin, name, slow, cleanups);
 
 describe.skipIf(targets.length === 0).each(cases(targets))('lazy images between two real spdk_tgt ($label)', ({ bin }) => {
   it('B boots a disk from A\'s golden at once, hydrates it across its own spdk_tgt restart, and keeps every byte after A stops serving', async () => {
     const a = await node(bin, 'node-a', true);
-    const { spec, data } = await imageFile(a.dir);
+    const { spec, data } = await imageFile(a.dir, IMAGE_BYTES);
     await a.backend.ensureImage(spec);
     const ref: RemoteDiskRef = await a.backend.exportImage('img', { listenAddress: { kind: 'tcp', host: '127.0.0.1', port: await freePort() }, allowedNodes: ['node-b'] });
     expect(ref).toMatchObject({ transport: 'nvmf-tcp', sizeBytes: IMAGE_BYTES });
@@ -130,7 +70,7 @@ describe.skipIf(targets.length === 0).each(cases(targets))('lazy images between 
 
   it('a disk that lives on A becomes B\'s own (cloneRemoteDisk, hydrateDisk), and A\'s copy can go', async () => {
     const a = await node(bin, 'node-a', true);
-    const { spec, data } = await imageFile(a.dir);
+    const { spec, data } = await imageFile(a.dir, IMAGE_BYTES);
     await a.backend.ensureImage(spec);
     await a.backend.ensureDisk({ id: 'd-mig', source: { kind: 'image', image: 'img' } });
     const ref = await a.backend.exportDisk('d-mig', { listenAddress: { kind: 'tcp', host: '127.0.0.1', port: await freePort() } });

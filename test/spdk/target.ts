@@ -9,11 +9,13 @@
  * memory arguments.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
+import { createHash, randomBytes } from 'node:crypto';
 import { existsSync, readFileSync } from 'node:fs';
 import fs from 'node:fs/promises';
 import net from 'node:net';
 import path from 'node:path';
 import { SpdkBackend } from '../../src/backend/spdk/backend.js';
+import type { ImageSpec, ObservedImage } from '../../src/backend/types.js';
 import type { Metrics } from '../../src/metrics/metrics.js';
 import type { SpdkApi } from '../../src/spdk/api.js';
 import { SpdkRpcClient } from '../../src/spdk/client.js';
@@ -262,3 +264,66 @@ export async function readExport(tgtBin: string, ref: { host: string; port: numb
   });
   if (code !== 0) throw new Error(`spdk_dd exited ${code}:\n${out.join('').slice(-2000)}`);
 }
+
+/**
+ * Node `name` of the node-to-node suites (lazy images, source failover): a real spdk_tgt with a
+ * 1 GiB lvstore (4 KiB blocks) and a backend whose client waits up to 120 s. With `slow` the
+ * lvstore sits on a delay bdev `slow` over an aio file, so a test can hold this node's reads
+ * back (setReadLatency) while a peer must not finish copying from it.
+ */
+export async function peerNode(bin: string, name: string, slow: boolean, cleanups: Array<() => Promise<void>>): Promise<BackendNode> {
+  return backendOnRealTarget(
+    bin,
+    {
+      prefix: `kl${name.slice(-1)}-`,
+      sizeMiB: 1024,
+      blockSize: 4096,
+      nodeName: name,
+      timeoutMs: 120_000,
+      ...(slow
+        ? {
+            baseBdev: async (client: SpdkRpcClient, dir: string): Promise<string> => {
+              const lvsFile = path.join(dir, 'lvs.img');
+              await fs.writeFile(lvsFile, Buffer.alloc(0));
+              await fs.truncate(lvsFile, 1024 * 2 ** 20);
+              await client.call('bdev_aio_create', { name: 'base', filename: lvsFile, block_size: 4096 });
+              await client.call('bdev_delay_create', { base_bdev_name: 'base', name: 'slow', avg_read_latency: 0, p99_read_latency: 0, avg_write_latency: 0, p99_write_latency: 0 });
+              return 'slow';
+            },
+          }
+        : {}),
+    },
+    cleanups,
+  );
+}
+
+/** Read latency of a `slow` peerNode's base, in microseconds (0: full speed). */
+export async function setReadLatency(n: BackendNode, us: number): Promise<void> {
+  for (const latency_type of ['avg_read', 'p99_read']) await n.client.call('bdev_delay_update_latency', { delay_bdev_name: 'slow', latency_type, latency_us: us });
+}
+
+/** `bytes` random bytes in `<dir>/image.raw` and the ImageSpec `img` of that file (with its sha256). */
+export async function imageFile(dir: string, bytes: number): Promise<{ spec: ImageSpec; data: Buffer }> {
+  const data = randomBytes(bytes);
+  const file = path.join(dir, 'image.raw');
+  await fs.writeFile(file, data);
+  return { data, spec: { name: 'img', format: 'raw', source: { hostPath: { path: file, sha256: createHash('sha256').update(data).digest('hex') } } } };
+}
+
+/** The first `bytes` of the node's disk `id`, read through an NVMe-oF export of it (our own initiator). */
+export async function readDisk(bin: string, n: BackendNode, id: string, bytes: number): Promise<Buffer> {
+  const ref = await n.backend.exportDisk(id, { listenAddress: { kind: 'tcp', host: '127.0.0.1', port: await freePort() } });
+  if (ref.transport !== 'nvmf-tcp') throw new Error('spdk exports NVMe-oF');
+  const out = path.join(n.dir, `${id}-${Date.now()}.bin`);
+  try {
+    await readExport(bin, ref, bytes, out, bytes >= 2 ** 20 ? 2 ** 20 : 4096);
+    return (await fs.readFile(out)).subarray(0, bytes);
+  } finally {
+    await n.backend.unexportDisk(id);
+    await fs.rm(out, { force: true });
+  }
+}
+
+export const imageOf = async (n: BackendNode, image: string): Promise<ObservedImage | undefined> => (await n.backend.observe()).images.find((i) => i.name === image);
+/** The NVMe-oF controllers the node's target has attached (a peer it reads from). */
+export const nvmeControllers = async (n: BackendNode): Promise<string[]> => ((await n.client.call('bdev_nvme_get_controllers')) as Array<{ name: string }>).map((c) => c.name);
