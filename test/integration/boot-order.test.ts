@@ -10,9 +10,10 @@ import { subtractRanges, type BootProfile, type BootRange } from '../../src/cont
 import { QsdBackend, type QsdBackendOptions } from '../../src/backend/qsd/index.js';
 import { goldenNodeName } from '../../src/backend/qsd/lazy.js';
 import { hydratingGoldenOptions } from '../../src/backend/qsd/retarget.js';
-import type { ImageSpec, ObservedImage } from '../../src/backend/types.js';
+import type { ImageSpec } from '../../src/backend/types.js';
 import { startOrigin, type Origin } from '../helpers/origin.js';
 import { frontEndAsync } from '../helpers/vhost-front-end.js';
+import { imageOf, waitFor } from '../helpers/qsd-nodes.js';
 
 /**
  * Boot-order prefetch on real qemu-storage-daemons: node A boots a lazy golden from a throttled
@@ -76,17 +77,7 @@ async function makeBackend(name: string, extra: Partial<QsdBackendOptions> = {})
   return b;
 }
 
-const imageOf = async (b: QsdBackend, name: string): Promise<ObservedImage | undefined> => (await b.observe()).images.find((i) => i.name === name);
 
-async function waitFor<T>(what: string, fn: () => Promise<T | undefined | false>, timeoutMs = 90_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await fn();
-    if (v !== undefined && v !== false) return v;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
 
 /** How many times the origin sent each byte of `ranges`, at least and at most. */
 function coverage(origin: Origin, ranges: readonly BootRange[]): { min: number; max: number } {

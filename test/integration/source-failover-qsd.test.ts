@@ -8,6 +8,7 @@ import { QsdBackend, type QsdBackendOptions } from '../../src/backend/qsd/index.
 import { BackendError, type ImageSpec, type ObservedImage, type RemoteDiskRef } from '../../src/backend/types.js';
 import { startOrigin, type Origin } from '../helpers/origin.js';
 import { frontEndAsync, type Request } from '../helpers/vhost-front-end.js';
+import { imageOf as imageNamed, waitFor } from '../helpers/qsd-nodes.js';
 
 /**
  * A hydration whose peer died switches to another source, on real qemu-storage-daemons (one
@@ -51,17 +52,8 @@ async function killableNode(name: string): Promise<{ backend: QsdBackend; daemon
   return { backend: await node(name, { managed: false, qmpSocket: qmp }), daemon };
 }
 
-const imageOf = async (b: QsdBackend): Promise<ObservedImage | undefined> => (await b.observe()).images.find((i) => i.name === KEY);
+const imageOf = (b: QsdBackend): Promise<ObservedImage | undefined> => imageNamed(b, KEY);
 
-async function waitFor<T>(what: string, fn: () => Promise<T | undefined | false>, timeoutMs = 90_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await fn();
-    if (v !== undefined && v !== false) return v;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
 
 async function io(socketPath: string, requests: Request[]): Promise<Array<{ status: number; sha256?: string }>> {
   return (await frontEndAsync(socketPath, requests)).results;
