@@ -156,6 +156,9 @@ export class SpdkApi {
   bdevNvmeGetControllers(p?: SpdkParams<'bdev_nvme_get_controllers'>, opts?: CallOptions) {
     return this.invoke('bdev_nvme_get_controllers', p, opts);
   }
+  nvmfSubsystemGetControllers(p: SpdkParams<'nvmf_subsystem_get_controllers'>, opts?: CallOptions) {
+    return this.invoke('nvmf_subsystem_get_controllers', p, opts);
+  }
   nvmfSubsystemAddHost(p: SpdkParams<'nvmf_subsystem_add_host'>, opts?: CallOptions) {
     return this.invoke('nvmf_subsystem_add_host', p, opts);
   }

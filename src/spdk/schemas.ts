@@ -377,6 +377,23 @@ export const AttachedBdevs = z.array(z.string());
 export const NvmfSubsystemHostParams = z.object({ nqn, host: nqn, tgt_name: tgtName }).strict();
 export type NvmfSubsystemHostParams = z.input<typeof NvmfSubsystemHostParams>;
 
+export const NvmfSubsystemGetControllersParams = z.object({ nqn, tgt_name: tgtName }).strict();
+/**
+ * One entry per host controller connected to the subsystem (recorded on real v24.01 and v25.09,
+ * test/fixtures/spdk/*-nvmf-readers-transcript.jsonl; v25.09 adds `cntrltype`).
+ */
+export const NvmfControllerList = z.array(
+  z
+    .object({
+      cntlid: z.number().int(),
+      hostnqn: z.string(),
+      hostid: z.string().optional(),
+      num_io_qpairs: z.number().int().optional(),
+    })
+    .passthrough(),
+);
+export type NvmfControllerList = z.output<typeof NvmfControllerList>;
+
 export const BdevNvmeGetControllersParams = z.object({ name: name.optional() }).strict();
 /** One NVMe bdev controller; `state` is e.g. enabled, resetting, reconnect_is_delayed, failed, deleting. */
 export const NvmeBdevController = z
@@ -443,6 +460,7 @@ export const SPDK_METHODS = {
   bdev_nvme_attach_controller: { params: BdevNvmeAttachControllerParams, result: AttachedBdevs },
   bdev_nvme_detach_controller: { params: BdevNvmeDetachControllerParams, result: True },
   bdev_nvme_get_controllers: { params: BdevNvmeGetControllersParams.optional(), result: NvmeBdevControllerList },
+  nvmf_subsystem_get_controllers: { params: NvmfSubsystemGetControllersParams, result: NvmfControllerList },
   nvmf_subsystem_add_host: { params: NvmfSubsystemHostParams, result: True },
   nvmf_subsystem_remove_host: { params: NvmfSubsystemHostParams, result: True },
 } as const satisfies Record<string, { params: z.ZodTypeAny; result: z.ZodTypeAny }>;

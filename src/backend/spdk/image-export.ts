@@ -8,7 +8,7 @@ import type { LvstoreKeeper } from './lvstore.js';
 import { stableUuid } from './lvstore.js';
 import { checkImageName, goldenName, lvolAlias } from './naming.js';
 import { isNotFound } from './remote-sources.js';
-import { bdevSizeBytes, distinctHosts, NvmfControllerListSchema } from './schemas.js';
+import { bdevSizeBytes, distinctHosts } from './schemas.js';
 
 /**
  * A hydrated golden served to peer nodes as an NVMe-oF/TCP subsystem (one per image, named by
@@ -114,16 +114,19 @@ export class ImageExports {
     const out = new Map<string, number>();
     const prefix = imageExportNqn('');
     const subs = await this.ctx.api.nvmfGetSubsystems().catch(() => []);
-    for (const s of subs) {
-      if (!s.nqn.startsWith(prefix)) continue;
-      try {
-        const raw = await this.ctx.api.client.call('nvmf_subsystem_get_controllers', { nqn: s.nqn });
-        out.set(s.nqn.slice(prefix.length), distinctHosts(NvmfControllerListSchema.parse(raw)));
-      } catch (e) {
-        // Deleted meanwhile (-32602), or a reply we do not understand: no number rather than a wrong one.
-        this.ctx.log.debug({ event: 'image.readers_unknown', nqn: s.nqn, err: String(e) }, 'cannot count the readers of an export');
-      }
-    }
+    // One call per exported image, on every observe: concurrent, so the round waits for one poll.
+    await Promise.all(
+      subs
+        .filter((s) => s.nqn.startsWith(prefix))
+        .map(async (s) => {
+          try {
+            out.set(s.nqn.slice(prefix.length), distinctHosts(await this.ctx.api.nvmfSubsystemGetControllers({ nqn: s.nqn })));
+          } catch (e) {
+            // Deleted meanwhile (-32602), or a reply we do not understand: no number rather than a wrong one.
+            this.ctx.log.debug({ event: 'image.readers_unknown', nqn: s.nqn, err: String(e) }, 'cannot count the readers of an export');
+          }
+        }),
+    );
     return out;
   }
 

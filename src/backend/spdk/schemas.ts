@@ -30,22 +30,5 @@ export function lvolInfoOf(bdev: Bdev): LvolDriverInfo | undefined {
 
 export const bdevSizeBytes = (b: Bdev): number => b.block_size * b.num_blocks;
 
-/**
- * `nvmf_subsystem_get_controllers` reply: one entry per connected host controller (recorded on
- * real v24.01 and v25.09, test/fixtures/spdk/*-nvmf-readers-transcript.jsonl; v25.09 adds
- * `cntrltype`). Read here, not in the shared client's method table: only this driver asks.
- */
-export const NvmfControllerListSchema = z.array(
-  z
-    .object({
-      cntlid: z.number().int(),
-      hostnqn: z.string(),
-      hostid: z.string().optional(),
-      num_io_qpairs: z.number().int().optional(),
-    })
-    .passthrough(),
-);
-export type NvmfControllerList = z.output<typeof NvmfControllerListSchema>;
-
 /** How many distinct hosts (peer nodes) hold a controller of a subsystem. */
-export const distinctHosts = (ctrls: NvmfControllerList): number => new Set(ctrls.map((c) => c.hostnqn)).size;
+export const distinctHosts = (ctrls: readonly { hostnqn: string }[]): number => new Set(ctrls.map((c) => c.hostnqn)).size;
