@@ -1,6 +1,7 @@
 import { createHash } from 'node:crypto';
 import fs from 'node:fs/promises';
 import path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { z } from 'zod';
 import { BootProfileSchema, bootProfileProblem, coalesceBootRanges, rangesBytes, subtractRanges, type BootProfile, type BootRange } from '../../contract/boot-profile.js';
 import { readJsonFile, writeFileAtomic } from '../../fsutil.js';
@@ -146,10 +147,9 @@ export class BootOrder {
     await session.exec('block-job-pause', { device: job }, `image ${name}: pause hydration`);
     // A chunk in flight still lands: the job is quiet once it says paused and not busy.
     for (;;) {
-      const jobs = await session.exec<Array<{ device: string; paused: boolean; busy: boolean }>>('query-block-jobs', undefined, 'query-block-jobs');
-      const j = jobs.find((x) => x.device === job);
+      const j = await session.blockJob(job);
       if (!j || (j.paused && !j.busy)) return;
-      await sleep(20, signal);
+      await sleep(20, undefined, { signal });
     }
   }
 
@@ -158,8 +158,7 @@ export class BootOrder {
    * source switch, a daemon restart) copies in order and its blocks would pass for boot reads.
    */
   private async stillPaused(name: string, job: string): Promise<void> {
-    const jobs = await this.d.session.exec<Array<{ device: string; paused: boolean }>>('query-block-jobs', undefined, 'query-block-jobs');
-    if (jobs.find((j) => j.device === job)?.paused !== true) {
+    if ((await this.d.session.blockJob(job))?.paused !== true) {
       throw new BackendError(`image ${name}: hydration ran again during the record window (a source switch or a daemon restart); nothing recorded`, 'internal');
     }
   }
@@ -191,7 +190,7 @@ export class BootOrder {
     const opened = new Promise<void>((resolve) => (w.firstDisk = resolve));
     await this.pause(name, job, signal);
     const before = await this.allocated(name, signal);
-    const first = await Promise.race([opened.then(() => true), sleep(capMs, signal).then(() => false)]);
+    const first = await Promise.race([opened.then(() => true), sleep(capMs, undefined, { signal }).then(() => false)]);
     if (!first) {
       log.info({ event: 'image.boot.unrecorded' }, 'no disk opened over the new golden; nothing to record');
       return;
@@ -200,7 +199,7 @@ export class BootOrder {
     let last = rangesBytes(before);
     let grewAt: number | undefined;
     for (;;) {
-      await sleep(pollMs, signal);
+      await sleep(pollMs, undefined, { signal });
       const now = Date.now();
       const bytes = rangesBytes(await this.allocated(name, signal));
       await this.stillPaused(name, job);
@@ -329,22 +328,4 @@ function childOf(graph: BlockGraph, parent: string, edge: string): string | unde
   const pid = graph.nodes.find((n) => n.name === parent)?.id;
   const e = graph.edges.find((x) => x.parent === pid && x.name === edge);
   return e === undefined ? undefined : graph.nodes.find((n) => n.id === e.child)?.name;
-}
-
-function sleep(ms: number, signal?: AbortSignal): Promise<void> {
-  return new Promise((resolve, reject) => {
-    if (signal?.aborted) {
-      reject(signal.reason as Error);
-      return;
-    }
-    const t = setTimeout(() => {
-      signal?.removeEventListener('abort', onAbort);
-      resolve();
-    }, ms);
-    const onAbort = (): void => {
-      clearTimeout(t);
-      reject(signal?.reason as Error);
-    };
-    signal?.addEventListener('abort', onAbort, { once: true });
-  });
 }

@@ -166,8 +166,7 @@ export class RemoteDisks {
       return { id, state: 'standalone', percent: 100 };
     }
     const job = jobIdFor(id);
-    const jobs = await session.exec<Array<{ device: string; len: number; offset: number }>>('query-block-jobs', undefined, 'query-block-jobs');
-    const running = jobs.find((j) => j.device === job);
+    const running = await session.blockJob(job);
     if (running) return { id, state: 'hydrating', percent: running.len > 0 ? Math.floor((100 * running.offset) / running.len) : 0 };
     try {
       const node = await this.openNow(id);
@@ -222,8 +221,7 @@ export class RemoteDisks {
     if (!(await this.record(id))) return;
     const job = jobIdFor(id);
     if (this.d.session.connected) {
-      const jobs = await this.d.session.exec<Array<{ device: string }>>('query-block-jobs', undefined, 'query-block-jobs');
-      if (jobs.some((j) => j.device === job)) await this.d.session.exec('block-job-cancel', { device: job, force: true }, `disk ${id}: cancel hydration`);
+      if (await this.d.session.blockJob(job)) await this.d.session.exec('block-job-cancel', { device: job, force: true }, `disk ${id}: cancel hydration`);
       await this.d.session.deleteNode(overlayNode(id)).catch(() => undefined);
       await this.d.session.deleteNode(remoteNode(id)).catch(() => undefined);
     }

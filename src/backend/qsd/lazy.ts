@@ -250,11 +250,10 @@ export class LazyGoldens {
     const { session } = this.d;
     const job = jobIdFor(name);
     this.byJob.delete(job);
-    const jobs = () => session.exec<Array<{ device: string }>>('query-block-jobs', undefined, 'query-block-jobs');
-    if (!(await jobs()).some((j) => j.device === job)) return;
+    if (!(await session.blockJob(job))) return;
     await session.exec('block-job-cancel', { device: job, force: true }, `image ${name}: cancel hydration`);
     // A read in flight to a dead NBD peer ends after its reconnect-delay (10 s).
-    for (let i = 0; i < 800 && (await jobs()).some((j) => j.device === job); i++) await new Promise((res) => setTimeout(res, 25));
+    for (let i = 0; i < 800 && (await session.blockJob(job)); i++) await new Promise((res) => setTimeout(res, 25));
   }
 
   /** The node a disk of this golden is opened over: the golden, or while it hydrates its copy-on-read filter. */
@@ -272,14 +271,13 @@ export class LazyGoldens {
       void this.finish(name);
       return;
     }
-    const jobs = await this.d.session.exec<Array<{ device: string; paused?: boolean }>>('query-block-jobs', undefined, 'query-block-jobs');
     const job = jobIdFor(name);
     // Also for a job found running (a daemon that outlived an agent): its end is ours to handle.
     this.byJob.set(job, name);
-    const running = jobs.find((j) => j.device === job);
+    const running = await this.d.session.blockJob(job);
     if (running) {
       // Paused for a record or replay that no longer runs (the agent restarted): resume it.
-      if (running.paused === true) await this.d.bootOrder?.adoptPaused(name, job);
+      if (running.paused) await this.d.bootOrder?.adoptPaused(name, job);
       return;
     }
     await this.d.session.exec(
@@ -403,10 +401,7 @@ export class LazyGoldens {
 
   private async progress(name: string): Promise<number | undefined> {
     if (!this.d.session.connected) return undefined;
-    const jobs = await this.d.session
-      .exec<Array<{ device: string; len: number; offset: number }>>('query-block-jobs', undefined, 'query-block-jobs')
-      .catch(() => []);
-    const j = jobs.find((x) => x.device === jobIdFor(name));
+    const j = await this.d.session.blockJob(jobIdFor(name)).catch(() => undefined);
     const was = this.unreachable.get(name);
     if (j && was && j.offset > was.offset) this.unreachable.delete(name);
     return j && j.len > 0 ? Math.floor((100 * j.offset) / j.len) : undefined;

@@ -41,6 +41,10 @@ export function plainFileName(file: string): string {
     return file;
   }
 }
+/** The fields of QEMU's BlockJobInfo this driver reads (all always present since QEMU 2.x). */
+const BlockJobInfoSchema = z.array(
+  z.object({ device: z.string(), len: z.number(), offset: z.number(), paused: z.boolean(), busy: z.boolean() }).passthrough(),
+);
 const VersionInfoSchema = z.object({
   qemu: z.object({ major: z.number(), minor: z.number(), micro: z.number() }),
   package: z.string(),
@@ -48,6 +52,7 @@ const VersionInfoSchema = z.object({
 
 export type BlockNodeInfo = z.output<typeof BlockNodeInfoSchema>[number];
 export type BlockExportInfo = z.output<typeof BlockExportInfoSchema>[number];
+export type BlockJobInfo = z.output<typeof BlockJobInfoSchema>[number];
 
 const MAX_RESTART_DELAY_MS = 5_000;
 
@@ -215,6 +220,11 @@ export class QsdSession extends EventEmitter {
 
   async blockNodes(): Promise<BlockNodeInfo[]> {
     return BlockNodeInfoSchema.parse(await this.exec('query-named-block-nodes', { flat: true }, 'query-named-block-nodes'));
+  }
+
+  /** The block job `id` (QEMU calls it `device`), if it runs. */
+  async blockJob(id: string): Promise<BlockJobInfo | undefined> {
+    return BlockJobInfoSchema.parse(await this.exec('query-block-jobs', undefined, 'query-block-jobs')).find((j) => j.device === id);
   }
 
   async exports(): Promise<BlockExportInfo[]> {
