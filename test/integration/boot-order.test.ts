@@ -13,7 +13,7 @@ import { hydratingGoldenOptions } from '../../src/backend/qsd/retarget.js';
 import type { ImageSpec } from '../../src/backend/types.js';
 import { startOrigin, type Origin } from '../helpers/origin.js';
 import { frontEndAsync } from '../helpers/vhost-front-end.js';
-import { imageOf, waitFor } from '../helpers/qsd-nodes.js';
+import { imageOf, qsdCanRun, waitFor } from '../helpers/qsd-nodes.js';
 
 /**
  * Boot-order prefetch on real qemu-storage-daemons: node A boots a lazy golden from a throttled
@@ -22,13 +22,9 @@ import { imageOf, waitFor } from '../helpers/qsd-nodes.js';
  * goldens still hydrate fully and verify. A bad profile is refused and changes nothing else.
  */
 
-const available = (cmd: string, args: string[]): boolean => spawnSync(cmd, args, { stdio: 'ignore' }).status === 0;
 const haveCurl = spawnSync('sh', ['-c', 'ls /usr/lib/*/qemu/block-curl.so'], { stdio: 'ignore' }).status === 0;
 const haveFuse = spawnSync('sh', ['-c', 'test -c /dev/fuse && test "$(id -u)" = 0'], { stdio: 'ignore' }).status === 0;
-const canRun =
-  available('qemu-storage-daemon', ['--version']) &&
-  available('qemu-img', ['--version']) &&
-  available('python3', ['-c', 'import os, socket; os.eventfd; os.memfd_create; socket.send_fds']);
+const canRun = qsdCanRun();
 
 const MiB = 1024 * 1024;
 const K = 64 * 1024;

@@ -7,14 +7,10 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { QsdBackend } from '../../src/backend/qsd/index.js';
 import type { ObservedDisk } from '../../src/backend/types.js';
 import { frontEnd } from '../helpers/vhost-front-end.js';
+import { qsdCanRun } from '../helpers/qsd-nodes.js';
 
 
-const available = (cmd: string, args: string[]): boolean => spawnSync(cmd, args, { stdio: 'ignore' }).status === 0;
-// Needs the real daemon, qemu-img, and a Python with memfd/eventfd/send_fds for the front end.
-const canRun =
-  available('qemu-storage-daemon', ['--version']) &&
-  available('qemu-img', ['--version']) &&
-  available('python3', ['-c', 'import os, socket; os.eventfd; os.memfd_create; socket.send_fds']);
+const canRun = qsdCanRun();
 
 const MiB = 1024 * 1024;
 const VIRTIO_BLK_S_OK = 0;

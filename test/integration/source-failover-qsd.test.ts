@@ -1,4 +1,4 @@
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import fs from 'node:fs/promises';
 import os from 'node:os';
@@ -8,7 +8,7 @@ import { QsdBackend, type QsdBackendOptions } from '../../src/backend/qsd/index.
 import { BackendError, type ImageSpec, type ObservedImage, type RemoteDiskRef } from '../../src/backend/types.js';
 import { startOrigin, type Origin } from '../helpers/origin.js';
 import { frontEndAsync, type Request } from '../helpers/vhost-front-end.js';
-import { imageOf as imageNamed, waitFor } from '../helpers/qsd-nodes.js';
+import { imageOf as imageNamed, qsdCanRun, waitFor } from '../helpers/qsd-nodes.js';
 
 /**
  * A hydration whose peer died switches to another source, on real qemu-storage-daemons (one
@@ -19,11 +19,7 @@ import { imageOf as imageNamed, waitFor } from '../helpers/qsd-nodes.js';
  * daemon after the switch reopens the new source, not the dead one.
  */
 
-const available = (cmd: string, args: string[]): boolean => spawnSync(cmd, args, { stdio: 'ignore' }).status === 0;
-const canRun =
-  available('qemu-storage-daemon', ['--version']) &&
-  available('qemu-img', ['--version']) &&
-  available('python3', ['-c', 'import os, socket; os.eventfd; os.memfd_create; socket.send_fds']);
+const canRun = qsdCanRun();
 
 const MiB = 1024 * 1024;
 const SIZE = 16 * MiB;
