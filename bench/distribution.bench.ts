@@ -21,8 +21,6 @@
  */
 import { createHash, randomBytes } from 'node:crypto';
 import fs from 'node:fs/promises';
-import http from 'node:http';
-import type { Socket } from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { NodeAgent } from '../src/agent/agent.js';
@@ -40,6 +38,7 @@ import { silentLogger } from '../src/log.js';
 import { CIMGS, launcherPod, PODS, vmiObject, VMIS } from '../test/helpers/cluster-rig.js';
 import { FakeApiServer } from '../test/helpers/fake-apiserver.js';
 import { startFakePodResources } from '../test/helpers/fake-podresources.js';
+import { startOrigin } from '../test/helpers/origin.js';
 import { fmt, type BenchSection } from './harness.js';
 
 const MiB = 1024 * 1024;
@@ -49,65 +48,6 @@ const ORIGIN_BYTES_PER_SECOND = 64 * MiB;
 const NODES = [1, 2, 4, 8];
 /** The agent's default `--seed-wait` (the seed itself settles SEED_SETTLE_MS first). */
 const SEED_WAIT_MS = 5_000;
-
-interface Origin {
-  url: string;
-  served(): number;
-  stop(): Promise<void>;
-}
-
-/** One image over HTTP (HEAD, Range) through one shared token bucket: the origin's bandwidth. */
-async function startOrigin(image: Buffer): Promise<Origin> {
-  let served = 0;
-  let nextFree = Date.now();
-  const sockets = new Set<Socket>();
-  const server = http.createServer((req, res) => {
-    if (req.method === 'HEAD') {
-      res.writeHead(200, { 'content-length': image.length, 'accept-ranges': 'bytes' }).end();
-      return;
-    }
-    const m = /^bytes=(\d+)-(\d*)$/.exec(req.headers.range ?? '');
-    const start = m ? Number(m[1]) : 0;
-    const end = m?.[2] ? Math.min(Number(m[2]), image.length - 1) : image.length - 1;
-    res.writeHead(m ? 206 : 200, { 'content-length': end - start + 1, ...(m ? { 'content-range': `bytes ${start}-${end}/${image.length}` } : {}) });
-    let pos = start;
-    const pump = (): void => {
-      if (res.destroyed) return;
-      if (pos > end) {
-        res.end();
-        return;
-      }
-      const n = Math.min(64 * 1024, end - pos + 1);
-      const now = Date.now();
-      const at = Math.max(now, nextFree);
-      nextFree = at + (n / ORIGIN_BYTES_PER_SECOND) * 1000;
-      setTimeout(() => {
-        if (res.destroyed) return;
-        const piece = image.subarray(pos, pos + n);
-        pos += n;
-        served += n;
-        if (res.write(piece)) pump();
-        else res.once('drain', pump);
-      }, at - now);
-    };
-    pump();
-  });
-  server.on('connection', (s) => {
-    sockets.add(s);
-    s.once('close', () => sockets.delete(s));
-  });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const addr = server.address();
-  const port = typeof addr === 'object' && addr ? addr.port : 0;
-  return {
-    url: `http://127.0.0.1:${port}/image.raw`,
-    served: () => served,
-    stop: async () => {
-      for (const s of sockets) s.destroy();
-      await new Promise<void>((resolve) => server.close(() => resolve()));
-    },
-  };
-}
 
 type Way = 'local' | 'full copy' | 'lazy, origin' | 'lazy, peers' | 'agents, no seed' | 'seeded';
 
@@ -130,7 +70,7 @@ async function waitWhole(b: QsdBackend, name: string): Promise<void> {
 
 async function run(way: Way, n: number, image: Buffer, root: string): Promise<Result> {
   const dir = await fs.mkdtemp(path.join(root, `${way.replace(/\W+/g, '-')}-${n}-`));
-  const origin = await startOrigin(image);
+  const origin = await startOrigin(image, { linkBytesPerSecond: ORIGIN_BYTES_PER_SECOND });
   const sha256 = createHash('sha256').update(image).digest('hex');
   const name = `sha256-${sha256.slice(0, 40)}`;
   const backends: QsdBackend[] = [];
@@ -184,7 +124,7 @@ async function until(what: string, fn: () => boolean, ms = 300_000): Promise<voi
 /** N node agents in cluster mode, nobody holding the image, N VMIs at once: the seed rule end to end (or off: `--seed-wait 0s`). */
 async function runAgents(way: 'agents, no seed' | 'seeded', n: number, image: Buffer, root: string): Promise<Result> {
   const dir = await fs.mkdtemp(path.join(root, `agents-${n}-`));
-  const origin = await startOrigin(image);
+  const origin = await startOrigin(image, { linkBytesPerSecond: ORIGIN_BYTES_PER_SECOND });
   const api = await FakeApiServer.start();
   const sha256 = createHash('sha256').update(image).digest('hex');
   api.put(CIMGS, { apiVersion: 'kubevirt-spdk.io/v1alpha1', kind: 'CachedImage', metadata: { name: 'img' }, spec: { source: { http: { url: origin.url, sha256 } }, size: image.length } });

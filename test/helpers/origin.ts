@@ -17,8 +17,25 @@ export interface Origin {
   stop(): Promise<void>;
 }
 
-export async function startOrigin(image: Buffer, opts: { bytesPerSecond?: number; name?: string; port?: number; ranges?: boolean } = {}): Promise<Origin> {
+/**
+ * `bytesPerSecond` throttles each request on its own; `linkBytesPerSecond` is one token bucket
+ * shared by every request (the origin's uplink, which N nodes at once divide).
+ */
+export async function startOrigin(
+  image: Buffer,
+  opts: { bytesPerSecond?: number; linkBytesPerSecond?: number; name?: string; port?: number; ranges?: boolean } = {},
+): Promise<Origin> {
   const rate = opts.bytesPerSecond ?? Infinity;
+  const link = opts.linkBytesPerSecond;
+  let linkFree = Date.now();
+  /** How long `n` bytes wait for their turn on the shared link. */
+  const linkWait = (n: number): number => {
+    if (link === undefined) return 0;
+    const now = Date.now();
+    const at = Math.max(now, linkFree);
+    linkFree = at + (n / link) * 1000;
+    return at - now;
+  };
   const chunk = 64 * 1024;
   let served = 0;
   let requests = 0;
@@ -52,15 +69,21 @@ export async function startOrigin(image: Buffer, opts: { bytesPerSecond?: number
         return;
       }
       const n = Math.min(chunk, end - pos + 1);
-      const piece = image.subarray(pos, pos + n);
-      sent.push([pos, pos + n]);
-      pos += n;
-      served += n;
-      const ok = res.write(piece);
-      const delay = Number.isFinite(rate) ? (n / rate) * 1000 : 0;
-      const next = (): void => void setTimeout(pump, delay);
-      if (ok) next();
-      else res.once('drain', next);
+      const send = (): void => {
+        if (res.destroyed) return;
+        const piece = image.subarray(pos, pos + n);
+        sent.push([pos, pos + n]);
+        pos += n;
+        served += n;
+        const ok = res.write(piece);
+        const delay = Number.isFinite(rate) ? (n / rate) * 1000 : 0;
+        const next = (): void => void setTimeout(pump, delay);
+        if (ok) next();
+        else res.once('drain', next);
+      };
+      const wait = linkWait(n);
+      if (wait > 0) setTimeout(send, wait);
+      else send();
     };
     pump();
   });
