@@ -96,6 +96,18 @@ make_golden_image() {
   say "sha256  $GOLDEN_SHA"
 }
 
+# wait_until PID LOG WHO WHAT CMD...: polls CMD for up to 60 s while process PID (WHO, logging
+# to LOG) runs; dies with LOG's tail if PID exits or WHAT is not ready in time.
+wait_until() {
+  local pid=$1 log=$2 who=$3 what=$4 deadline=$((SECONDS + 60))
+  shift 4
+  until "$@" 2>/dev/null; do
+    kill -0 "$pid" 2>/dev/null || die "$who exited: $(tail -5 "$log")"
+    [ "$SECONDS" -lt "$deadline" ] || die "$what was not ready in 60 s: $(tail -5 "$log")"
+    sleep 0.2
+  done
+}
+
 # Provisions the VMI's disk the way a node does: the agent reads the VMI (its
 # kubevirt-spdk.io/volumes annotation) and the CachedImage catalog, imports the image into its
 # cache once, makes a thin clone per disk and serves it as vhost-user-blk at
@@ -111,12 +123,7 @@ provision_disk() {
     --vmis "$WORK/vmis" --images "$WORK/images.yaml" --vhost-dir "$WORK/vhost" --state-dir "$WORK/state" \
     --socket-owner "$SOCKET_UID:$SOCKET_GID" --socket-mode "$SOCKET_MODE" --resync 2s) >"$WORK/agent.log" 2>&1 &
   AGENT_PID=$!
-  local deadline=$((SECONDS + 60))
-  until grep -Eq '"ready": *true' "$WORK/state/slots/$SLOT.json" 2>/dev/null; do
-    kill -0 "$AGENT_PID" 2>/dev/null || die "the agent exited: $(tail -5 "$WORK/agent.log")"
-    [ "$SECONDS" -lt "$deadline" ] || die "the disk was not ready in 60 s: $(tail -5 "$WORK/agent.log")"
-    sleep 0.2
-  done
+  wait_until "$AGENT_PID" "$WORK/agent.log" "the agent" "the disk" grep -Eq '"ready": *true' "$WORK/state/slots/$SLOT.json"
   CLONE=$(ls "$WORK"/state/qsd/disks/*.qcow2)
   say "slot    $SLOT ready ($WORK/state/slots/$SLOT.json, what the device plugin waits for)"
   say "clone   $CLONE"
@@ -213,12 +220,7 @@ peer_boot() {
   mkdir -p "$WORK/peer"
   (cd "$ROOT" && exec node --import tsx hack/demo/peer.ts "$WORK/peer" "$GOLDEN" "$GOLDEN_SHA" "$SOCKET_UID:$SOCKET_GID" "$SOCKET_MODE") >"$WORK/peer.log" 2>&1 &
   PEER_PID=$!
-  local deadline=$((SECONDS + 60))
-  until grep -q '"event":"b-ready"' "$WORK/peer.log" 2>/dev/null; do
-    kill -0 "$PEER_PID" 2>/dev/null || die "the two-node demo exited: $(tail -5 "$WORK/peer.log")"
-    [ "$SECONDS" -lt "$deadline" ] || die "node B's disk was not ready in 60 s: $(tail -5 "$WORK/peer.log")"
-    sleep 0.2
-  done
+  wait_until "$PEER_PID" "$WORK/peer.log" "the two-node demo" "node B's disk" grep -q '"event":"b-ready"' "$WORK/peer.log"
   say "node A  $(grep '"a-exported"' "$WORK/peer.log" | sed 's/.*"export":"\([^"]*\)".*/exports its golden read-only over NBD as \1/')"
   say "node B  $(grep '"b-source"' "$WORK/peer.log" | sed 's/.*"source":"\([^"]*\)".*/chooses its source: \1/')"
   say "node B  $(grep '"b-ready"' "$WORK/peer.log" | sed 's/.*"ms":\([0-9]*\).*"hydratedPercent":\([0-9]*\).*/disk ready in \1 ms, with \2% of the image on the node/')"
@@ -231,8 +233,7 @@ peer_boot() {
   "${VIRSH[@]}" define "$WORK/domain-b.xml" >/dev/null
   "${VIRSH[@]}" start "$DOMAIN" >/dev/null
   say "booted  the VM on node B"
-  local shown=0 line result="" events=0
-  deadline=$((SECONDS + 180))
+  local shown=0 line result="" events=0 deadline=$((SECONDS + 180))
   while :; do
     mapfile -t plines < <(grep '"event":"\(b-hydrating\|b-whole\|a-gone\)"' "$WORK/peer.log" 2>/dev/null)
     while [ "$events" -lt "${#plines[@]}" ]; do
